@@ -1,0 +1,154 @@
+"""The one configuration module: every setting comes from an environment variable.
+
+Each entry of ``SETTINGS`` is one row of the README's settings table
+(`ticktape config` prints it).  Code reads ``settings()`` and never ``os.environ``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_SYMBOLS = (
+    "AAPL MSFT GOOGL AMZN NVDA META TSLA BRK-B UNH JNJ JPM V PG XOM MA HD CVX LLY ABBV MRK "
+    "AVGO PEP KO COST WMT MCD CSCO TMO ACN ABT ADBE DHR VZ CMCSA NKE CRM NFLX TXN INTC DIS "
+    "AMD PFE PM ORCL WFC UPS RTX HON QCOM LIN"
+).split()
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+def _setting(env: str, default, doc: str, *, secret: bool = False):
+    return field(default=default, metadata={"env": env, "doc": doc, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Kafka -----------------------------------------------------------------
+    kafka_bootstrap_servers: str = _setting(
+        "KAFKA_BOOTSTRAP_SERVERS", "", "Kafka bootstrap servers; empty = the local stack's broker")
+    kafka_security_protocol: str = _setting(
+        "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    kafka_sasl_mechanism: str = _setting(
+        "KAFKA_SASL_MECHANISM", "", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    kafka_sasl_username: str = _setting("KAFKA_SASL_USERNAME", "", "SASL user name")
+    kafka_sasl_password: str = _setting("KAFKA_SASL_PASSWORD", "", "SASL password", secret=True)
+    kafka_ssl_ca_location: str = _setting("KAFKA_SSL_CA_LOCATION", "", "CA bundle file for SSL")
+    kafka_session_timeout_ms: int = _setting(
+        "KAFKA_SESSION_TIMEOUT_MS", 6000,
+        "consumer-group session timeout (the local broker's join waits about half of it)")
+    topic_prefix: str = _setting(
+        "TOPIC_PREFIX", "", "prefix for every topic and consumer group (a backtest uses bt.<run_id>.)")
+    schema_registry_url: str = _setting(
+        "SCHEMA_REGISTRY_URL", "", "Confluent Schema Registry; empty = registry-free encoding")
+    # --- storage -----------------------------------------------------------------
+    database_url: str = _setting(
+        "DATABASE_URL", "", "PostgreSQL/TimescaleDB URL (may carry sslmode); empty = local stack",
+        secret=True)
+    redis_url: str = _setting(
+        "REDIS_URL", "", "Redis URL (redis:// or rediss://, may carry a password); empty = local stack",
+        secret=True)
+    redis_ttl_s: int = _setting("REDIS_TTL_S", 86400, "TTL of the latest-state keys in Redis")
+    # --- local stack ---------------------------------------------------------------
+    home: str = _setting(
+        "TICKTAPE_HOME", str(REPO_ROOT / ".ticktape"), "where the local stack keeps its data and pids")
+    # --- market data -------------------------------------------------------------
+    symbols: str = _setting(
+        "SYMBOLS", " ".join(DEFAULT_SYMBOLS), "symbols for the simulator and yahoo (space/comma separated)")
+    sim_seed: int = _setting("SIM_SEED", 42, "simulator seed (same seed, same ticks)")
+    sim_tick_rate: float = _setting("SIM_TICK_RATE", 2000.0, "simulator ticks per second, all symbols")
+    sim_start: str = _setting(
+        "SIM_START", "", "simulator event-time start (ISO-8601); empty = now (live pace)")
+    # --- stream processing ---------------------------------------------------------
+    bar_intervals: str = _setting("BAR_INTERVALS", "1s,1m", "bar intervals (s, m, h suffixes)")
+    bar_grace_ms: int = _setting(
+        "BAR_GRACE_MS", 500, "how long after window end a bar waits for out-of-order ticks")
+    processor_batch_size: int = _setting(
+        "PROCESSOR_BATCH_SIZE", 5000, "max events an agent takes per batch")
+    processor_batch_ms: int = _setting(
+        "PROCESSOR_BATCH_MS", 50, "max wait for a batch to fill, milliseconds")
+    # --- sinks -----------------------------------------------------------------------
+    sink_batch_size: int = _setting("SINK_BATCH_SIZE", 5000, "rows per database transaction")
+    sink_max_latency_ms: int = _setting(
+        "SINK_MAX_LATENCY_MS", 500, "max time a row waits before its batch is written")
+    # --- monitoring ------------------------------------------------------------------
+    metrics_port: int = _setting(
+        "METRICS_PORT", 0, "port of this process's /metrics; 0 = the role's default port")
+    metrics_host: str = _setting("METRICS_HOST", "127.0.0.1", "address /metrics binds to")
+    log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+
+    # ----------------------------------------------------------------------------
+    @property
+    def symbol_list(self) -> list[str]:
+        return [s for s in self.symbols.replace(",", " ").split() if s]
+
+    @property
+    def interval_list(self) -> list[str]:
+        return [s.strip() for s in self.bar_intervals.split(",") if s.strip()]
+
+    def topic(self, name: str) -> str:
+        """The run's name for a catalog topic (the prefix namespaces a whole run)."""
+        return f"{self.topic_prefix}{name}"
+
+    def group(self, name: str) -> str:
+        return f"{self.topic_prefix}ticktape.{name}"
+
+    def redacted(self) -> dict[str, str]:
+        """Settings as strings with secrets masked, safe for logs."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["secret"]:
+                value = redact_url(str(value)) if "url" in f.name else ("***" if value else "")
+            out[f.metadata["env"]] = str(value)
+        return out
+
+
+def redact_url(url: str) -> str:
+    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def _convert(raw: str, typ, env: str):
+    try:
+        if typ in (int, "int"):
+            return int(raw)
+        if typ in (float, "float"):
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{env}={raw!r} is not a number") from None
+    return raw
+
+
+def settings(**overrides) -> Settings:
+    """Settings from the environment; keyword overrides win (used by tests and the CLI)."""
+    values = {}
+    for f in fields(Settings):
+        env = f.metadata["env"]
+        if f.name in overrides:
+            values[f.name] = overrides[f.name]
+        elif env in os.environ and os.environ[env] != "":
+            values[f.name] = _convert(os.environ[env], f.type, env)
+    return Settings(**values)
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(env var, default, meaning) rows: the README's settings table."""
+    rows = []
+    for f in fields(Settings):
+        default = f.default
+        if f.name == "home":
+            default = "<repo>/.ticktape"
+        if f.name == "symbols":
+            default = "the 50 large US stocks"
+        rows.append((f.metadata["env"], str(default), f.metadata["doc"]))
+    return rows

@@ -1,0 +1,171 @@
+"""Kafka clients built from settings, and the topic catalog (``kafka/topics.yaml``).
+
+Security settings (SASL/SSL) pass through to every client: confluent-kafka producers,
+consumers and admin, and the Faust app (aiokafka).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+
+import yaml
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from .config import REPO_ROOT, Settings
+
+log = logging.getLogger(__name__)
+CATALOG_FILE = REPO_ROOT / "kafka" / "topics.yaml"
+
+
+def client_config(s: Settings) -> dict:
+    """Connection and security settings shared by every confluent-kafka client."""
+    if not s.kafka_bootstrap_servers:
+        raise KafkaException("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or run `ticktape stack up`")
+    conf = {"bootstrap.servers": s.kafka_bootstrap_servers,
+            "security.protocol": s.kafka_security_protocol}
+    if s.kafka_sasl_mechanism:
+        conf["sasl.mechanism"] = s.kafka_sasl_mechanism
+        conf["sasl.username"] = s.kafka_sasl_username
+        conf["sasl.password"] = s.kafka_sasl_password
+    if s.kafka_ssl_ca_location:
+        conf["ssl.ca.location"] = s.kafka_ssl_ca_location
+    return conf
+
+
+def producer(s: Settings, **overrides) -> Producer:
+    conf = client_config(s) | {
+        "enable.idempotence": True,  # no duplicates from producer retries
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "queue.buffering.max.messages": 1_000_000,
+    }
+    conf.update(overrides)
+    return Producer(conf)
+
+
+def consumer(s: Settings, group: str, **overrides) -> Consumer:
+    conf = client_config(s) | {
+        "group.id": group,
+        "enable.auto.commit": False,  # offsets are committed after the work is durable
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": s.kafka_session_timeout_ms,
+        "heartbeat.interval.ms": max(500, s.kafka_session_timeout_ms // 6),
+        "fetch.queue.backoff.ms": 10,  # else the consumer stalls ~1 s when its queue drains
+        "isolation.level": "read_committed",
+    }
+    conf.update(overrides)
+    return Consumer(conf)
+
+
+def admin(s: Settings) -> AdminClient:
+    return AdminClient(client_config(s))
+
+
+def faust_broker_settings(s: Settings) -> dict:
+    """Keyword arguments for ``faust.App`` carrying the same connection and security."""
+    import ssl
+
+    import faust
+
+    if not s.kafka_bootstrap_servers:
+        raise KafkaException("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or run `ticktape stack up`")
+    kwargs = {"broker": ";".join(f"kafka://{h}" for h in s.kafka_bootstrap_servers.split(","))}
+    proto = s.kafka_security_protocol.upper()
+    ctx = None
+    if proto in ("SSL", "SASL_SSL"):
+        ctx = ssl.create_default_context(cafile=s.kafka_ssl_ca_location or None)
+    if proto.startswith("SASL"):
+        kwargs["broker_credentials"] = faust.SASLCredentials(
+            username=s.kafka_sasl_username, password=s.kafka_sasl_password,
+            mechanism=s.kafka_sasl_mechanism or "PLAIN", ssl_context=ctx)
+    elif ctx is not None:
+        kwargs["broker_credentials"] = faust.SSLCredentials(ctx)
+    return kwargs
+
+
+# --- the topic catalog -------------------------------------------------------------
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str  # catalog name, without prefix
+    event: str | None  # schemas/<event>.vN.avsc; None for raw topics (DLQ, model announcements)
+    partitions: int
+    replication_factor: int
+    retention_ms: int
+    cleanup_policy: str
+
+    def configs(self) -> dict[str, str]:
+        # Always explicit: some brokers report no configs for a topic created without them.
+        return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+
+
+@lru_cache(maxsize=1)
+def topic_catalog() -> dict[str, TopicSpec]:
+    doc = yaml.safe_load(CATALOG_FILE.read_text())
+    defaults = doc.get("defaults", {})
+    out = {}
+    for name, spec in doc["topics"].items():
+        merged = defaults | (spec or {})
+        out[name] = TopicSpec(
+            name=name, event=merged.get("event"), partitions=int(merged["partitions"]),
+            replication_factor=int(merged["replication_factor"]),
+            retention_ms=int(merged["retention_ms"]), cleanup_policy=merged["cleanup_policy"])
+    return out
+
+
+def topic_spec(name: str) -> TopicSpec:
+    """The catalog entry of a topic name with or without the run prefix."""
+    cat = topic_catalog()
+    if name in cat:
+        return cat[name]
+    for base, spec in cat.items():
+        if name.endswith("." + base) or name.endswith(base) and name[: -len(base)].endswith("."):
+            return spec
+    raise KeyError(f"{name} is not in {CATALOG_FILE.relative_to(REPO_ROOT)}")
+
+
+def ensure_topics(s: Settings, names: list[str] | None = None, *, extra: list[TopicSpec] = ()) -> list[str]:
+    """Create missing catalog topics (with the run prefix); returns the names created."""
+    cat = topic_catalog()
+    specs = [cat[n] for n in (names or list(cat))] + list(extra)
+    adm = admin(s)
+    existing = set(adm.list_topics(timeout=10).topics)
+    new = [NewTopic(s.topic(sp.name), num_partitions=sp.partitions,
+                    replication_factor=sp.replication_factor, config=sp.configs())
+           for sp in specs if s.topic(sp.name) not in existing]
+    created = []
+    for name, fut in (adm.create_topics(new, operation_timeout=10).items() if new else []):
+        try:
+            fut.result()
+            created.append(name)
+        except KafkaException as e:
+            if e.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise
+    return created
+
+
+def delete_topics(s: Settings, names: list[str]) -> None:
+    adm = admin(s)
+    for fut in adm.delete_topics(names, operation_timeout=10).values():
+        try:
+            fut.result()
+        except KafkaException as e:
+            if e.args[0].name() != "UNKNOWN_TOPIC_OR_PART":
+                raise
+
+
+def describe_topic(s: Settings, name: str) -> dict:
+    adm = admin(s)
+    md = adm.list_topics(topic=name, timeout=10).topics.get(name)
+    if md is None or md.error is not None:
+        raise KeyError(f"topic {name} does not exist")
+    configs = {}
+    try:
+        res = adm.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, name)])
+        for fut in res.values():
+            configs = {k: v.value for k, v in fut.result().items()
+                       if k in ("cleanup.policy", "retention.ms")}
+    except KafkaException as e:  # some brokers answer describe_configs partially
+        log.debug("describe_configs %s: %s", name, e)
+    return {"topic": name, "partitions": len(md.partitions), "configs": configs}

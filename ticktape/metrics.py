@@ -1,0 +1,66 @@
+"""Every Prometheus metric of the project, in one place (SPEC §8).
+
+Names carry the ``ticktape_`` prefix; labels are ``stage`` (producer/bars/indicators/
+predict/strategy/risk/execution/portfolio/sink), ``topic``, and ``symbol`` only where
+the symbol set is bounded by configuration.  Each process calls ``serve(role)``.
+"""
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+# Default /metrics port per role, so the local Prometheus knows where to scrape.
+ROLE_PORTS = {
+    "producer": 9101, "worker": 9102, "sink-postgres": 9103, "sink-redis": 9104,
+    "run": 9100, "websocket": 9105, "yahoo": 9106,
+}
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+# --- flow -----------------------------------------------------------------------------
+EVENTS_IN = Counter("ticktape_events_in", "events consumed", ["stage", "topic"])
+EVENTS_OUT = Counter("ticktape_events_out", "events published", ["stage", "topic"])
+EVENT_LATENCY = Histogram(
+    "ticktape_event_latency_seconds",
+    "event time (bar: window end + grace) to processed, per stage", ["stage"],
+    buckets=LATENCY_BUCKETS)
+CONSUMER_LAG = Gauge(
+    "ticktape_consumer_lag", "messages behind the high watermark",
+    ["group", "topic", "partition"])
+LATE_TICKS = Counter("ticktape_late_ticks", "ticks later than the grace period", ["interval"])
+BARS_CLOSED = Counter("ticktape_bars_closed", "bars closed", ["interval"])
+DLQ_MESSAGES = Counter("ticktape_dlq_messages", "messages sent to a dead-letter topic", ["stage", "topic"])
+PROCESSING_ERRORS = Counter("ticktape_processing_errors", "errors while processing", ["stage"])
+
+# --- sinks ------------------------------------------------------------------------------
+SINK_ROWS = Counter("ticktape_sink_rows", "rows written (new, after dedupe)", ["sink", "table"])
+SINK_BATCHES = Counter("ticktape_sink_batches", "batches committed", ["sink", "table"])
+SINK_BATCH_LATENCY = Histogram(
+    "ticktape_sink_batch_seconds", "time to write and commit one batch", ["sink"],
+    buckets=LATENCY_BUCKETS)
+SINK_ERRORS = Counter("ticktape_sink_errors", "failed write attempts", ["sink"])
+SINK_HEALTHY = Gauge("ticktape_sink_healthy", "1 when the sink's last write succeeded", ["sink"])
+
+# --- process ----------------------------------------------------------------------------
+PROCESS_UP = Gauge("ticktape_process_up", "1 while the process runs", ["role"])
+BUILD = Info("ticktape_build", "version of the running code")
+
+
+def serve(role: str, s: Settings) -> int:
+    """Start this process's /metrics endpoint; returns the port (0 = disabled on clash)."""
+    port = s.metrics_port or ROLE_PORTS.get(role, 0)
+    try:
+        start_http_server(port, addr=s.metrics_host)
+    except OSError as e:
+        log.warning("metrics port %s for %s unavailable (%s); /metrics disabled", port, role, e)
+        return 0
+    from . import __version__
+
+    BUILD.info({"version": __version__})
+    PROCESS_UP.labels(role).set(1)
+    return port

@@ -1,0 +1,208 @@
+"""Avro serialization of events (SPEC §3).
+
+Two wire formats, both readable by any Avro reader:
+
+* without a Schema Registry: Avro *single-object encoding* — ``C3 01`` + the 8-byte
+  little-endian CRC-64-AVRO fingerprint of the writer schema's canonical form + the
+  Avro body.  A reader finds the writer schema by fingerprint among ``schemas/*.avsc``.
+* with ``SCHEMA_REGISTRY_URL``: Confluent's format — ``00`` + 4-byte big-endian schema
+  id + the Avro body; schemas are registered under ``<topic>-value``.
+
+Inside the process event times are ints (microseconds since the epoch, UTC): the
+binary encoding of ``timestamp-micros`` is a plain long, so the codecs use copies of
+the schemas without the logical type and skip datetime conversion.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import struct
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from .config import REPO_ROOT
+
+SCHEMA_DIR = REPO_ROOT / "schemas"
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = b"\x00"
+
+
+class SerdeError(ValueError):
+    """A message that cannot be decoded or a record that cannot be encoded."""
+
+
+def _strip_logical_types(schema):
+    if isinstance(schema, dict):
+        out = {k: _strip_logical_types(v) for k, v in schema.items() if k != "logicalType"}
+        return out
+    if isinstance(schema, list):
+        return [_strip_logical_types(s) for s in schema]
+    return schema
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    event_type: str  # file stem before the version: "tick", "bar", ...
+    version: int
+    path: Path
+    schema: dict  # as written in the file
+    parsed: dict  # fastavro-parsed, logical types stripped (ints for timestamps)
+    canonical: str
+    fingerprint: bytes  # 8 bytes, little endian CRC-64-AVRO
+
+
+def _load_version(path: Path) -> SchemaVersion:
+    event_type, vpart = path.name[: -len(".avsc")].rsplit(".v", 1)
+    schema = json.loads(path.read_text())
+    parsed_full = fastavro.parse_schema(copy.deepcopy(schema))
+    canonical = to_parsing_canonical_form(parsed_full)
+    fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+    parsed = fastavro.parse_schema(_strip_logical_types(schema), _write_hint=False)
+    return SchemaVersion(event_type, int(vpart), path, schema, parsed, canonical, fp)
+
+
+class SchemaCatalog:
+    """Every version of every event schema in ``schemas/``."""
+
+    def __init__(self, directory: Path = SCHEMA_DIR):
+        self.versions: dict[str, list[SchemaVersion]] = {}
+        self.by_fingerprint: dict[bytes, SchemaVersion] = {}
+        for path in sorted(directory.glob("*.v*.avsc")):
+            sv = _load_version(path)
+            self.versions.setdefault(sv.event_type, []).append(sv)
+            self.by_fingerprint[sv.fingerprint] = sv
+        for versions in self.versions.values():
+            versions.sort(key=lambda v: v.version)
+
+    def latest(self, event_type: str) -> SchemaVersion:
+        try:
+            return self.versions[event_type][-1]
+        except KeyError:
+            raise SerdeError(f"unknown event type {event_type!r}") from None
+
+    @property
+    def event_types(self) -> list[str]:
+        return sorted(self.versions)
+
+
+_catalog: SchemaCatalog | None = None
+
+
+def catalog() -> SchemaCatalog:
+    global _catalog
+    if _catalog is None:
+        _catalog = SchemaCatalog()
+    return _catalog
+
+
+class RegistryClient:
+    """The few calls of the Confluent Schema Registry REST API the codecs need."""
+
+    def __init__(self, url: str, timeout: float = 10.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._ids: dict[tuple[str, str], int] = {}
+        self._schemas: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method,
+            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            raise SerdeError(f"schema registry {method} {path}: HTTP {e.code} {e.read()[:200]!r}") from None
+        except urllib.error.URLError as e:
+            raise SerdeError(f"schema registry unreachable: {e.reason}") from None
+
+    def register(self, subject: str, schema_json: str) -> int:
+        key = (subject, schema_json)
+        with self._lock:
+            if key not in self._ids:
+                resp = self._call("POST", f"/subjects/{subject}/versions", {"schema": schema_json})
+                self._ids[key] = int(resp["id"])
+                self._schemas[self._ids[key]] = schema_json
+            return self._ids[key]
+
+    def schema(self, schema_id: int) -> str:
+        with self._lock:
+            if schema_id not in self._schemas:
+                self._schemas[schema_id] = self._call("GET", f"/schemas/ids/{schema_id}")["schema"]
+            return self._schemas[schema_id]
+
+
+class Serde:
+    """Encode/decode events; one instance per process is enough (thread-safe caches)."""
+
+    def __init__(self, registry_url: str = "", schemas: SchemaCatalog | None = None):
+        self.schemas = schemas or catalog()
+        self.registry = RegistryClient(registry_url) if registry_url else None
+        self._writers_by_id: dict[int, SchemaVersion | dict] = {}
+
+    # -- encoding -------------------------------------------------------------------
+    def encode(self, event_type: str, record: dict, topic: str | None = None) -> bytes:
+        sv = self.schemas.latest(event_type)
+        buf = io.BytesIO()
+        if self.registry is not None:
+            if topic is None:
+                raise SerdeError("a topic is needed to register schemas (subject <topic>-value)")
+            schema_id = self.registry.register(f"{topic}-value", json.dumps(sv.schema))
+            buf.write(CONFLUENT_MAGIC + struct.pack(">I", schema_id))
+        else:
+            buf.write(SINGLE_OBJECT_MAGIC + sv.fingerprint)
+        try:
+            fastavro.schemaless_writer(buf, sv.parsed, record)
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise SerdeError(f"cannot encode {event_type}: {e}") from None
+        return buf.getvalue()
+
+    # -- decoding -------------------------------------------------------------------
+    def decode(self, data: bytes) -> tuple[str, dict]:
+        """(event_type, record) of a message in either wire format."""
+        if not data:
+            raise SerdeError("empty message")
+        if data[:2] == SINGLE_OBJECT_MAGIC and len(data) >= 10:
+            writer = self.schemas.by_fingerprint.get(data[2:10])
+            if writer is None:
+                raise SerdeError(f"unknown schema fingerprint {data[2:10].hex()}")
+            body = 10
+        elif data[:1] == CONFLUENT_MAGIC and len(data) >= 5:
+            writer = self._writer_for_id(struct.unpack(">I", data[1:5])[0])
+            body = 5
+        else:
+            raise SerdeError(f"not an Avro event (first bytes {data[:4].hex()})")
+        reader = self.schemas.latest(writer.event_type)
+        try:
+            record = fastavro.schemaless_reader(
+                io.BytesIO(data[body:]), writer.parsed,
+                None if reader is writer else reader.parsed)
+        except Exception as e:  # fastavro raises many types on corrupt bodies
+            raise SerdeError(f"corrupt {writer.event_type} body: {type(e).__name__}: {e}") from None
+        return writer.event_type, record
+
+    def _writer_for_id(self, schema_id: int) -> SchemaVersion:
+        if self.registry is None:
+            raise SerdeError("message in Schema Registry format but SCHEMA_REGISTRY_URL is not set")
+        if schema_id not in self._writers_by_id:
+            parsed = fastavro.parse_schema(json.loads(self.registry.schema(schema_id)))
+            fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parsed), "CRC-64-AVRO"))
+            sv = self.schemas.by_fingerprint.get(fp)
+            if sv is None:
+                raise SerdeError(f"registry schema id {schema_id} is not one of schemas/*.avsc")
+            self._writers_by_id[schema_id] = sv
+        return self._writers_by_id[schema_id]
+
+
+def to_json(record: dict) -> str:
+    """One JSON line for a decoded record (bytes as hex), stable key order."""
+    return json.dumps(record, sort_keys=True, default=lambda o: o.hex() if isinstance(o, bytes) else str(o))
