@@ -129,8 +129,17 @@ def _convert(raw: str, typ, env: str):
     return raw
 
 
+# Endpoint settings that the running local stack fills in when the environment is silent.
+_STACK_ENDPOINTS = {"KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers",
+                    "DATABASE_URL": "database_url", "REDIS_URL": "redis_url"}
+
+
 def settings(**overrides) -> Settings:
-    """Settings from the environment; keyword overrides win (used by tests and the CLI)."""
+    """Settings from the environment; keyword overrides win (used by tests and the CLI).
+
+    Kafka, database and Redis not given by env vars come from the local stack
+    (``ticktape stack up``) when it runs.
+    """
     values = {}
     for f in fields(Settings):
         env = f.metadata["env"]
@@ -138,6 +147,15 @@ def settings(**overrides) -> Settings:
             values[f.name] = overrides[f.name]
         elif env in os.environ and os.environ[env] != "":
             values[f.name] = _convert(os.environ[env], f.type, env)
+    missing = [env for env, name in _STACK_ENDPOINTS.items() if not values.get(name)]
+    if missing:
+        from .stack import LocalStack
+
+        home = values.get("home") or Settings.__dataclass_fields__["home"].default
+        local = LocalStack(home).endpoints()
+        for env in missing:
+            if env in local:
+                values[_STACK_ENDPOINTS[env]] = local[env]
     return Settings(**values)
 
 

@@ -1,0 +1,119 @@
+"""Shared fixtures: real services for the tests.
+
+Services come, in order of preference, from env vars (KAFKA_BOOTSTRAP_SERVERS,
+DATABASE_URL, REDIS_URL), from testcontainers when a Docker engine is reachable, or
+from local processes started by ``ticktape.stack.LocalStack`` in a temporary home on
+free 127.0.0.1 ports (the case on this machine and in CI).  Every test gets its own
+topic prefix and, where it asks for one, its own database and Redis db, so tests never
+see each other's data.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ticktape.config import settings as make_settings
+from ticktape.stack import LocalStack
+
+
+def _docker_available() -> bool:
+    if not (Path("/var/run/docker.sock").exists() or os.environ.get("DOCKER_HOST")):
+        return False
+    try:
+        import docker  # noqa: F401  (testcontainers' dependency)
+        import testcontainers  # noqa: F401
+    except ImportError:
+        return False
+    try:
+        import docker as docker_sdk
+
+        docker_sdk.from_env().ping()
+        return True
+    except Exception:
+        return False
+
+
+def _containers():
+    """(endpoints, stop) from testcontainers: the usual case on a user's machine."""
+    from testcontainers.kafka import KafkaContainer
+    from testcontainers.postgres import PostgresContainer
+    from testcontainers.redis import RedisContainer
+
+    kafka = KafkaContainer("apache/kafka:3.9.0").with_kraft().start()
+    pg = PostgresContainer("timescale/timescaledb:2.17.2-pg16", driver=None).start()
+    rd = RedisContainer("redis:7").start()
+    endpoints = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.get_bootstrap_server(),
+        "DATABASE_URL": pg.get_connection_url(),
+        "REDIS_URL": f"redis://{rd.get_container_host_ip()}:{rd.get_exposed_port(6379)}/0",
+    }
+    return endpoints, lambda: [c.stop() for c in (kafka, pg, rd)]
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory):
+    """KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL / REDIS_URL of real services."""
+    given = {k: os.environ[k] for k in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL")
+             if os.environ.get(k)}
+    stop = None
+    if len(given) < 3 and _docker_available():
+        found, stop = _containers()
+        endpoints = found | given
+    else:
+        local = LocalStack(tmp_path_factory.mktemp("stack"))
+        endpoints = local.up(kafka="KAFKA_BOOTSTRAP_SERVERS" not in given,
+                             postgres="DATABASE_URL" not in given,
+                             redis="REDIS_URL" not in given) | given
+        stop = local.down
+    yield endpoints
+    stop()
+
+
+_redis_dbs = itertools.cycle(range(1, 16))
+
+
+@pytest.fixture
+def settings(services, tmp_path):
+    """Settings pointing at the test services, with a topic prefix of this test's own."""
+    return make_settings(
+        kafka_bootstrap_servers=services["KAFKA_BOOTSTRAP_SERVERS"],
+        database_url=services["DATABASE_URL"],
+        redis_url=services["REDIS_URL"],
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+        home=str(tmp_path),
+        metrics_port=0,
+    )
+
+
+@pytest.fixture
+def fresh_db(services):
+    """DATABASE_URL of a new, empty database (dropped afterwards)."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin_url = services["DATABASE_URL"]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    params = conninfo_to_dict(admin_url) | {"dbname": name}
+    yield make_conninfo(**params)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def fresh_redis(services):
+    """REDIS_URL of a Redis db of this test's own, emptied before and after."""
+    import redis
+
+    base = services["REDIS_URL"].rsplit("/", 1)[0]
+    url = f"{base}/{next(_redis_dbs)}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()

