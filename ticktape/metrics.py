@@ -46,6 +46,9 @@ SINK_BATCH_LATENCY = Histogram(
 SINK_ERRORS = Counter("ticktape_sink_errors", "failed write attempts", ["sink"])
 SINK_HEALTHY = Gauge("ticktape_sink_healthy", "1 when the sink's last write succeeded", ["sink"])
 
+# --- risk -------------------------------------------------------------------------------
+KILL_SWITCH = Gauge("ticktape_kill_switch", "1 when the account is HALTED", ["account"])
+
 # --- process ----------------------------------------------------------------------------
 PROCESS_UP = Gauge("ticktape_process_up", "1 while the process runs", ["role"])
 BUILD = Info("ticktape_build", "version of the running code")
