@@ -20,8 +20,9 @@ COMMANDS = [
 ]
 
 
-class UsageError(Exception):
-    """A bad argument value found after parsing: one line, exit 2."""
+class UsageError(argparse.ArgumentTypeError):
+    """A bad argument value: one line, exit 2 (raised by argument types while parsing,
+    or by a command after parsing)."""
 
 
 class _Parser(argparse.ArgumentParser):
