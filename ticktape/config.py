@@ -71,6 +71,42 @@ class Settings:
         "PROCESSOR_BATCH_SIZE", 5000, "max events an agent takes per batch")
     processor_batch_ms: int = _setting(
         "PROCESSOR_BATCH_MS", 50, "max wait for a batch to fill, milliseconds")
+    # --- trading (strategy, risk, paper execution, portfolio) ------------------------
+    trading_account: str = _setting("TRADING_ACCOUNT", "paper", "account the strategy trades for")
+    starting_cash: float = _setting("STARTING_CASH", 1_000_000.0, "the account's cash before any fill")
+    strategy_interval: str = _setting(
+        "STRATEGY_INTERVAL", "1m", "bar interval whose predictions the strategy trades")
+    strategy_enter_p: float = _setting(
+        "STRATEGY_ENTER_P", 0.60, "go long when p_up >= this (short when p_up <= 1 - this)")
+    strategy_exit_p: float = _setting(
+        "STRATEGY_EXIT_P", 0.55,
+        "stay long while p_up >= this (short while p_up <= 1 - this); enter - exit = hysteresis")
+    strategy_sides: str = _setting("STRATEGY_SIDES", "long_short", "long_short or long_only")
+    strategy_min_hold_bars: int = _setting(
+        "STRATEGY_MIN_HOLD_BARS", 5, "bars a new target stands before it may change again")
+    strategy_sizing: str = _setting(
+        "STRATEGY_SIZING", "fixed_notional", "fixed_notional or vol_target (position size rule)")
+    strategy_notional: float = _setting(
+        "STRATEGY_NOTIONAL", 10_000.0,
+        "notional per position (vol_target: at the target volatility)")
+    strategy_vol_target: float = _setting(
+        "STRATEGY_VOL_TARGET", 0.20, "vol_target: annualized volatility a position is sized to")
+    strategy_max_vol_scale: float = _setting(
+        "STRATEGY_MAX_VOL_SCALE", 3.0, "vol_target: cap of vol_target / volatility_20")
+    strategy_lot_size: float = _setting(
+        "STRATEGY_LOT_SIZE", 1.0, "order quantities are whole multiples of this")
+    exec_slippage_bps: float = _setting(
+        "EXEC_SLIPPAGE_BPS", 1.0, "paper fills: price worsened by this many basis points")
+    exec_commission: str = _setting(
+        "EXEC_COMMISSION", "per_share", "paper fills: commission model, per_share or bps")
+    exec_commission_per_share: float = _setting(
+        "EXEC_COMMISSION_PER_SHARE", 0.005, "per_share model: commission per share")
+    exec_commission_bps: float = _setting(
+        "EXEC_COMMISSION_BPS", 1.0, "bps model: commission in basis points of notional")
+    exec_commission_min: float = _setting(
+        "EXEC_COMMISSION_MIN", 1.0, "minimum commission per fill (both models)")
+    risk_config: str = _setting(
+        "RISK_CONFIG", "", "risk limits YAML file; empty = config/risk.yaml of the repo")
     # --- sinks -----------------------------------------------------------------------
     sink_batch_size: int = _setting("SINK_BATCH_SIZE", 5000, "rows per database transaction")
     sink_max_latency_ms: int = _setting(
