@@ -111,6 +111,14 @@ class Settings:
     sink_batch_size: int = _setting("SINK_BATCH_SIZE", 5000, "rows per database transaction")
     sink_max_latency_ms: int = _setting(
         "SINK_MAX_LATENCY_MS", 500, "max time a row waits before its batch is written")
+    tsdb_compress_after: str = _setting(
+        "TSDB_COMPRESS_AFTER", "7 days",
+        "TimescaleDB: compress ticks/bars/indicators/predictions chunks older than this")
+    tsdb_retention_ticks: str = _setting(
+        "TSDB_RETENTION_TICKS", "30 days", "TimescaleDB: drop tick chunks older than this; empty = keep")
+    tsdb_retention_bars: str = _setting(
+        "TSDB_RETENTION_BARS", "365 days",
+        "TimescaleDB: drop raw bar chunks older than this (bars_1h/bars_1d keep theirs); empty = keep")
     # --- monitoring ------------------------------------------------------------------
     metrics_port: int = _setting(
         "METRICS_PORT", 0, "port of this process's /metrics; 0 = the role's default port")
