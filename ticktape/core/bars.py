@@ -1,0 +1,193 @@
+"""Bar aggregation (SPEC §4): tumbling event-time windows per symbol, pure and fast.
+
+One ``BarAggregator`` serves one input partition (a Kafka partition, or a whole file in
+a backtest).  Its watermark is the partition's *stream time*: the largest event time
+seen in it, quote-only ticks included.  A window ``[start, start + width)`` of every
+symbol closes once ``watermark >= window end + grace``; a trade whose window is already
+closed is *late* for that interval (reported, never merged).  Because closing and
+lateness depend only on the watermark, the output is a function of the partition's
+tick sequence alone — however it is cut into batches.  The watermark moves only with
+data: the last windows close when a later tick arrives.
+
+Bar fields are those of ``schemas/bar.v1.avsc``: ``open``/``close`` are the prices of
+the earliest/latest trade by event time (ties: arrival order), ``volume`` the sum of
+sizes, ``vwap = sum(price * size) / volume`` — or ``close`` when the volume is 0 (only
+zero-size trades).  Only ticks with both ``price`` and ``size`` form bars.
+
+Positions (e.g. Kafka offsets) make redelivery harmless: each symbol remembers the
+position of the last trade it applied and skips trades at or before it, so a worker
+that restarts from older committed offsets with newer saved state counts nothing twice.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from .intervals import interval_seconds
+
+_INF = float("inf")
+# accumulator slots of one open window
+_O, _H, _L, _C, _VOL, _PV, _N, _OTS, _CTS = range(9)
+
+
+class BarBatch(NamedTuple):
+    """What one call of ``BarAggregator.process`` produced."""
+
+    bars: list[dict]  # closed bars, ordered by (window_end, symbol, interval length)
+    late: list[tuple[int, tuple[str, ...]]]  # (index in the batch, intervals it was late for)
+    invalid: list[tuple[int, str]]  # (index in the batch, reason): non-finite price, negative size
+
+
+class BarAggregator:
+    def __init__(self, intervals: Sequence[str], grace_us: int):
+        if not intervals:
+            raise ValueError("at least one bar interval is needed")
+        if grace_us < 0:
+            raise ValueError(f"grace must not be negative, got {grace_us} µs")
+        self.intervals = tuple(intervals)
+        self.grace_us = int(grace_us)
+        self._widths = tuple(interval_seconds(i) * 1_000_000 for i in self.intervals)
+        self.watermark: int | None = None
+        # symbol -> [last applied position or None, {window start: accumulator} per interval]
+        self._symbols: dict[str, list] = {}
+        self._next_close = _INF  # smallest end + grace of any open window
+        self._dirty: set[str] = set()
+
+    # -- processing ------------------------------------------------------------------
+    def add(self, tick: dict, position: int | None = None) -> BarBatch:
+        return self.process([tick], None if position is None else [position])
+
+    def process(self, ticks: Sequence[dict], positions: Sequence[int] | None = None) -> BarBatch:
+        """Apply ticks in order; return the bars this closed, the late and invalid ticks."""
+        wm = self.watermark if self.watermark is not None else -(1 << 63)
+        widths, grace, symbols, dirty = self._widths, self.grace_us, self._symbols, self._dirty
+        intervals = self.intervals
+        next_close = self._next_close
+        late: list[tuple[int, tuple[str, ...]]] = []
+        invalid: list[tuple[int, str]] = []
+        for idx, tick in enumerate(ticks):
+            ts = tick["ts"]
+            price = tick["price"]
+            size = tick["size"]
+            if price is None or size is None:  # quote only: moves the watermark, forms no bar
+                if ts > wm:
+                    wm = ts
+                continue
+            if not (size >= 0.0 and -_INF < price < _INF):  # NaN fails both comparisons
+                invalid.append((idx, f"invalid trade: price={price!r} size={size!r}"))
+                continue
+            if ts > wm:
+                wm = ts
+            sym = tick["symbol"]
+            state = symbols.get(sym)
+            if state is None:
+                state = symbols[sym] = [None, *({} for _ in widths)]
+            if positions is not None:
+                pos = positions[idx]
+                if state[0] is not None and pos <= state[0]:
+                    continue  # applied before a restart
+                state[0] = pos
+            dirty.add(sym)
+            late_for = None
+            for k, width in enumerate(widths, 1):
+                start = ts - ts % width
+                close_at = start + width + grace
+                if close_at <= wm:
+                    late_for = (late_for or ()) + (intervals[k - 1],)
+                    continue
+                acc = state[k].get(start)
+                if acc is None:
+                    state[k][start] = [price, price, price, price, size, price * size, 1, ts, ts]
+                    if close_at < next_close:
+                        next_close = close_at
+                    continue
+                if price > acc[_H]:
+                    acc[_H] = price
+                elif price < acc[_L]:
+                    acc[_L] = price
+                if ts < acc[_OTS]:
+                    acc[_O] = price
+                    acc[_OTS] = ts
+                if ts >= acc[_CTS]:
+                    acc[_C] = price
+                    acc[_CTS] = ts
+                acc[_VOL] += size
+                acc[_PV] += price * size
+                acc[_N] += 1
+            if late_for is not None:
+                late.append((idx, late_for))
+        if ticks:
+            self.watermark = wm
+        self._next_close = next_close
+        bars = self._close() if wm >= next_close else []
+        return BarBatch(bars, late, invalid)
+
+    def _close(self) -> list[dict]:
+        """Close every window whose end + grace the watermark has reached."""
+        wm, grace = self.watermark, self.grace_us
+        out = []
+        next_close = _INF
+        for sym, state in self._symbols.items():
+            for k, width in enumerate(self._widths, 1):
+                wins = state[k]
+                if not wins:
+                    continue
+                for start in [s for s in wins if s + width + grace <= wm]:
+                    out.append((start + width, sym, width, self._bar(sym, k - 1, start, width, wins.pop(start))))
+                    self._dirty.add(sym)
+                for start in wins:
+                    next_close = min(next_close, start + width + grace)
+        self._next_close = next_close
+        out.sort(key=lambda t: t[:3])
+        return [t[3] for t in out]
+
+    def _bar(self, symbol: str, i: int, start: int, width: int, acc: list) -> dict:
+        interval = self.intervals[i]
+        volume = acc[_VOL]
+        return {
+            "event_id": f"{symbol}:{interval}:{start}",
+            "symbol": symbol, "interval": interval,
+            "ts": start + width, "window_start": start, "window_end": start + width,
+            "open": acc[_O], "high": acc[_H], "low": acc[_L], "close": acc[_C],
+            "volume": volume, "vwap": acc[_PV] / volume if volume else acc[_C],
+            "trade_count": acc[_N],
+        }
+
+    # -- state -----------------------------------------------------------------------
+    def take_dirty(self) -> list[str]:
+        """Symbols whose state changed since the last call, sorted."""
+        out = sorted(self._dirty)
+        self._dirty.clear()
+        return out
+
+    @property
+    def symbols(self) -> list[str]:
+        return sorted(self._symbols)
+
+    def symbol_state(self, symbol: str) -> dict:
+        """One symbol's state as plain JSON-able data (open windows, last position)."""
+        state = self._symbols[symbol]
+        return {"pos": state[0],
+                "open": {iv: [[s, *state[k][s]] for s in sorted(state[k])]
+                         for k, iv in enumerate(self.intervals, 1) if state[k]}}
+
+    def set_symbol_state(self, symbol: str, data: dict) -> None:
+        """Restore one symbol saved by ``symbol_state`` (windows of other intervals are dropped)."""
+        state = [data["pos"], *({} for _ in self._widths)]
+        for k, (iv, width) in enumerate(zip(self.intervals, self._widths), 1):
+            for start, *acc in data["open"].get(iv, ()):
+                state[k][start] = acc
+                self._next_close = min(self._next_close, start + width + self.grace_us)
+        self._symbols[symbol] = state
+
+    def to_state(self) -> dict:
+        return {"watermark": self.watermark,
+                "symbols": {sym: self.symbol_state(sym) for sym in sorted(self._symbols)}}
+
+    @classmethod
+    def from_state(cls, state: dict, intervals: Sequence[str], grace_us: int) -> "BarAggregator":
+        agg = cls(intervals, grace_us)
+        agg.watermark = state["watermark"]
+        for sym, data in state["symbols"].items():
+            agg.set_symbol_state(sym, data)
+        return agg
