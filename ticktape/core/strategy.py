@@ -1,0 +1,240 @@
+"""Strategy: predictions -> target position per symbol -> order intents (Signal events).
+
+Rule (per symbol, one decision per prediction of ``cfg.interval``):
+
+* flat  -> long  when ``p_up >= enter_p``; flat -> short when ``p_up <= 1 - enter_p``
+  (``sides = long_short``);
+* long  -> flat  when ``p_up < exit_p`` (straight to short if also ``p_up <= 1 - enter_p``);
+* short -> flat  when ``p_up > 1 - exit_p`` (straight to long if also ``p_up >= enter_p``).
+
+``enter_p - exit_p`` is the hysteresis band.  A target, once changed, stands for at
+least ``min_hold_bars`` decisions.  The size is fixed when a position is entered (no
+rebalancing while the direction holds): ``notional / close`` (fixed_notional) or
+``notional * min(vol_target / volatility_20, max_vol_scale) / close`` (vol_target),
+rounded down to whole lots; an entry that sizes to 0 lots is not taken.
+
+The Signal carries the new ``target_position``; ``side``/``quantity`` are the change
+from the previous target.  The risk engine orders ``target - committed position``, so
+a rejected intent never leaves the account off target by more than the last change.
+
+Price and volatility come from the IndicatorSet of the same bar (same ``ts``).  The
+two inputs are joined per symbol by ``ts``, so the decisions do not depend on how the
+two topics interleave.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from ..config import ConfigError
+from .trading import side_of
+
+STRATEGY_NAME = "p_up_hysteresis"
+JOIN_BUFFER = 256  # events per symbol and input waiting for their partner
+_DIRECTION = {1: "long", 0: "flat", -1: "short"}
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyConfig:
+    account: str = "paper"
+    interval: str = "1m"
+    enter_p: float = 0.60
+    exit_p: float = 0.55
+    sides: str = "long_short"
+    min_hold_bars: int = 5
+    sizing: str = "fixed_notional"
+    notional: float = 10_000.0
+    vol_target: float = 0.20
+    max_vol_scale: float = 3.0
+    lot_size: float = 1.0
+
+    def __post_init__(self):
+        if not 0.5 < self.enter_p < 1.0:
+            raise ConfigError(f"STRATEGY_ENTER_P must be in (0.5, 1), got {self.enter_p!r}")
+        if not 0.0 < self.exit_p <= self.enter_p:
+            raise ConfigError(
+                f"STRATEGY_EXIT_P must be in (0, STRATEGY_ENTER_P={self.enter_p}], got {self.exit_p!r}")
+        if self.sides not in ("long_short", "long_only"):
+            raise ConfigError(f"STRATEGY_SIDES must be long_short or long_only, got {self.sides!r}")
+        if self.sizing not in ("fixed_notional", "vol_target"):
+            raise ConfigError(
+                f"STRATEGY_SIZING must be fixed_notional or vol_target, got {self.sizing!r}")
+        if not (isinstance(self.min_hold_bars, int) and self.min_hold_bars >= 0):
+            raise ConfigError(f"STRATEGY_MIN_HOLD_BARS must be an integer >= 0, got {self.min_hold_bars!r}")
+        for env, value in (("STRATEGY_NOTIONAL", self.notional), ("STRATEGY_VOL_TARGET", self.vol_target),
+                           ("STRATEGY_MAX_VOL_SCALE", self.max_vol_scale),
+                           ("STRATEGY_LOT_SIZE", self.lot_size)):
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{env} must be a positive number, got {value!r}")
+        if not self.account:
+            raise ConfigError("TRADING_ACCOUNT must not be empty")
+
+    @classmethod
+    def from_settings(cls, s) -> "StrategyConfig":
+        return cls(s.trading_account, s.strategy_interval, s.strategy_enter_p, s.strategy_exit_p,
+                   s.strategy_sides, s.strategy_min_hold_bars, s.strategy_sizing, s.strategy_notional,
+                   s.strategy_vol_target, s.strategy_max_vol_scale, s.strategy_lot_size)
+
+
+class SymbolState:
+    __slots__ = ("direction", "target", "decisions", "changed_at", "last_pred_ts", "last_ind_ts",
+                 "preds", "inds")
+
+    def __init__(self):
+        self.direction = 0  # -1 short, 0 flat, 1 long
+        self.target = 0.0
+        self.decisions = 0
+        self.changed_at: int | None = None  # decision number of the last target change
+        self.last_pred_ts: int | None = None
+        self.last_ind_ts: int | None = None
+        self.preds: deque = deque()  # [ts, p_up, event_id, model_version] waiting for indicators
+        self.inds: deque = deque(maxlen=JOIN_BUFFER)  # [ts, close, volatility_20]
+
+    def to_dict(self) -> dict:
+        return {"direction": self.direction, "target": self.target, "decisions": self.decisions,
+                "changed_at": self.changed_at, "last_pred_ts": self.last_pred_ts,
+                "last_ind_ts": self.last_ind_ts, "preds": [list(p) for p in self.preds],
+                "inds": [list(i) for i in self.inds]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SymbolState":
+        s = cls()
+        s.direction, s.target, s.decisions = d["direction"], d["target"], d["decisions"]
+        s.changed_at, s.last_pred_ts, s.last_ind_ts = d["changed_at"], d["last_pred_ts"], d["last_ind_ts"]
+        s.preds.extend(list(p) for p in d["preds"])
+        s.inds.extend(list(i) for i in d["inds"])
+        return s
+
+
+class Strategy:
+    __slots__ = ("cfg", "symbols", "unmatched_predictions")
+
+    def __init__(self, cfg: StrategyConfig):
+        self.cfg = cfg
+        self.symbols: dict[str, SymbolState] = {}
+        # predictions whose bar's IndicatorSet never came (a pipeline fault; export as a metric)
+        self.unmatched_predictions = 0
+
+    def to_dict(self) -> dict:
+        return {"symbols": {sym: s.to_dict() for sym, s in self.symbols.items()},
+                "unmatched_predictions": self.unmatched_predictions}
+
+    @classmethod
+    def from_dict(cls, d: dict, cfg: StrategyConfig) -> "Strategy":
+        st = cls(cfg)
+        st.symbols = {sym: SymbolState.from_dict(s) for sym, s in d["symbols"].items()}
+        st.unmatched_predictions = d["unmatched_predictions"]
+        return st
+
+
+def _symbol(st: Strategy, symbol: str) -> SymbolState:
+    s = st.symbols.get(symbol)
+    if s is None:
+        s = st.symbols[symbol] = SymbolState()
+    return s
+
+
+def on_indicator_set(st: Strategy, ind: dict) -> list[dict]:
+    if ind["interval"] != st.cfg.interval:
+        return []
+    s = _symbol(st, ind["symbol"])
+    ts = ind["ts"]
+    if s.last_ind_ts is not None and ts <= s.last_ind_ts:
+        return []  # redelivered
+    s.last_ind_ts = ts
+    s.inds.append([ts, ind["close"], ind["volatility_20"]])
+    return _drain(st, ind["symbol"], s) if s.preds else []
+
+
+def on_prediction(st: Strategy, pred: dict) -> list[dict]:
+    if pred["interval"] != st.cfg.interval:
+        return []
+    p_up = pred["p_up"]
+    if not 0.0 <= p_up <= 1.0:
+        raise ValueError(f"prediction {pred['event_id']}: p_up={p_up!r} is not a probability")
+    s = _symbol(st, pred["symbol"])
+    ts = pred["ts"]
+    if s.last_pred_ts is not None and ts <= s.last_pred_ts:
+        return []  # redelivered
+    s.last_pred_ts = ts
+    if len(s.preds) == JOIN_BUFFER:
+        s.preds.popleft()
+        st.unmatched_predictions += 1
+    s.preds.append([ts, p_up, pred["event_id"], pred["model_version"]])
+    return _drain(st, pred["symbol"], s) if s.inds else []
+
+
+def _drain(st: Strategy, symbol: str, s: SymbolState) -> list[dict]:
+    """Decide every prediction whose IndicatorSet has arrived, in ts order."""
+    out = []
+    preds, inds = s.preds, s.inds
+    while preds and inds:
+        pts, its = preds[0][0], inds[0][0]
+        if its < pts:
+            inds.popleft()  # a bar the model did not score: no prediction will come for it
+        elif its > pts:
+            preds.popleft()  # its indicators were passed over: they will never come
+            st.unmatched_predictions += 1
+        else:
+            out.extend(_decide(st, symbol, s, preds.popleft(), inds.popleft()))
+    return out
+
+
+def _decide(st: Strategy, symbol: str, s: SymbolState, pred: list, ind: list) -> list[dict]:
+    cfg = st.cfg
+    ts, p_up, pred_id, model_version = pred
+    close, vol = ind[1], ind[2]
+    s.decisions += 1
+    d = s.direction
+    shorts = cfg.sides == "long_short"
+    enter_long, enter_short = p_up >= cfg.enter_p, shorts and p_up <= 1.0 - cfg.enter_p
+    if d == 1:
+        want = 1 if p_up >= cfg.exit_p else (-1 if enter_short else 0)
+    elif d == -1:
+        want = -1 if p_up <= 1.0 - cfg.exit_p else (1 if enter_long else 0)
+    else:
+        want = 1 if enter_long else (-1 if enter_short else 0)
+    if want == d or (s.changed_at is not None and s.decisions - s.changed_at < cfg.min_hold_bars):
+        return []
+    size, sizing = _size(cfg, close, vol) if want else (0.0, "")
+    if want and size == 0.0:
+        if d == 0:
+            return []  # cannot size an entry: stay flat
+        want, sizing = 0, f"exit only: {sizing}"
+    if want == 1:
+        rule = f"p_up {p_up:.4f} >= {cfg.enter_p:g}"
+    elif want == -1:
+        rule = f"p_up {p_up:.4f} <= {1.0 - cfg.enter_p:g}"
+    elif d == 1:
+        rule = f"p_up {p_up:.4f} < {cfg.exit_p:g}"
+    else:
+        rule = f"p_up {p_up:.4f} > {1.0 - cfg.exit_p:g}"
+    target = want * size
+    delta = target - s.target
+    s.direction, s.target, s.changed_at = want, target, s.decisions
+    reason = f"{rule}: {_DIRECTION[d]} -> {_DIRECTION[want]}"
+    if sizing:
+        reason += f" ({sizing})"
+    return [{
+        "event_id": f"sig:{cfg.account}:{pred_id}", "account": cfg.account, "symbol": symbol,
+        "ts": ts, "side": side_of(delta), "quantity": abs(delta), "target_position": target,
+        "reference_price": close, "strategy": STRATEGY_NAME, "reason": reason,
+        "model_version": model_version,
+    }]
+
+
+def _size(cfg: StrategyConfig, close: float, vol: float | None) -> tuple[float, str]:
+    """(quantity in whole lots, how it was sized) for a new position at ``close``."""
+    if cfg.sizing == "vol_target":
+        if vol is None:
+            return 0.0, "vol_target: volatility_20 not available yet"
+        scale = cfg.max_vol_scale if vol <= 0 else min(cfg.vol_target / vol, cfg.max_vol_scale)
+        notional = cfg.notional * scale
+        how = f"vol_target {cfg.vol_target:g} / volatility {vol:.4f}: notional {notional:.2f} @ {close:g}"
+    else:
+        notional = cfg.notional
+        how = f"fixed_notional {notional:.2f} @ {close:g}"
+    if not close > 0:
+        return 0.0, f"no positive price ({close!r})"
+    return math.floor(notional / close / cfg.lot_size) * cfg.lot_size, how
