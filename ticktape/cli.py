@@ -66,4 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m ticktape.cli`: run the importable module, whose UsageError the commands raise
+    from ticktape.cli import main as _main
+
+    sys.exit(_main())
