@@ -1,0 +1,136 @@
+"""Kafka -> PostgreSQL/TimescaleDB writer: batched binary COPY into a per-connection
+staging table, then ``INSERT … SELECT … ON CONFLICT DO NOTHING`` into the table of
+record, all tables of a batch in one transaction.  Idempotent on each table's key
+(event_id plus its time column): a replayed event never adds a row.
+
+A row the database refuses for its content (a CHECK/NOT NULL violation, an invalid
+value) is found by bisecting the table's rows under savepoints; the writer returns it
+as poison and commits the rest.  Connection failures propagate for the runner to retry.
+"""
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from psycopg import errors, sql
+
+from ticktape import metrics
+from ticktape.config import ConfigError, Settings
+
+from .runner import Item, Poison
+from .tables import TABLES, Table
+
+log = logging.getLogger(__name__)
+
+# Errors caused by a row's content (SQLSTATE classes 22 and 23): the row is poison.
+ROW_ERRORS = (errors.DataError, errors.IntegrityError)
+
+
+class TableWriter:
+    """COPY + INSERT statements of one table, and its column types for binary COPY."""
+
+    def __init__(self, conn: psycopg.Connection, table: Table):
+        self.table = table
+        cols = sql.SQL(", ").join(map(sql.Identifier, table.columns))
+        self.stage = sql.Identifier(f"stage_{table.name}")
+        target = sql.Identifier(table.name)
+        conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DELETE ROWS").format(
+            self.stage, target))
+        types = dict(conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (table.name,)).fetchall())
+        missing = [c for c in table.columns if c not in types]
+        if missing:
+            raise ConfigError(f"table {table.name} lacks columns {missing}: run `ticktape db migrate`")
+        self.types = [types[c] for c in table.columns]
+        self.copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(self.stage, cols)
+        self.insert = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
+            target, cols, cols, self.stage)
+        self.truncate = sql.SQL("TRUNCATE {}").format(self.stage)
+
+    def write(self, cur: psycopg.Cursor, rows: list[tuple]) -> int:
+        """Rows new to the table (duplicates of stored events are skipped)."""
+        with cur.copy(self.copy) as cp:
+            cp.set_types(self.types)
+            for row in rows:
+                cp.write_row(row)
+        cur.execute(self.insert)
+        inserted = cur.rowcount
+        cur.execute(self.truncate)  # the bisection reuses the stage inside one transaction
+        return inserted
+
+
+class PostgresWriter:
+    name = "postgres"
+
+    def __init__(self, s: Settings):
+        if not s.database_url:
+            raise ConfigError("no database: set DATABASE_URL or run `ticktape stack up`")
+        self.url = s.database_url
+        self.conn: psycopg.Connection | None = None
+        self.tables: dict[str, TableWriter] = {}
+
+    def _connect(self) -> psycopg.Connection:
+        if self.conn is None or self.conn.closed:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5,
+                                   application_name="ticktape-sink-postgres")
+            try:
+                self.tables = {t.name: TableWriter(conn, t) for t in TABLES.values()}
+            except BaseException:
+                conn.close()
+                raise
+            self.conn = conn
+        return self.conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def write(self, items: list[Item]) -> list[Poison]:
+        groups: dict[str, list[tuple[Item, tuple]]] = {}
+        poison = []
+        for it in items:
+            table = TABLES[it.event]
+            try:
+                groups.setdefault(table.name, []).append((it, table.row(it.record)))
+            except (KeyError, TypeError, ValueError, OverflowError) as e:
+                poison.append(Poison(it.msg, f"cannot map to table {table.name}: {e!r}"))
+        if not groups:
+            return poison
+        try:
+            conn = self._connect()
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    counts = {t: self.tables[t].write(cur, [r for _, r in rows]) for t, rows in groups.items()}
+            except ROW_ERRORS:
+                counts = {}
+                with conn.transaction(), conn.cursor() as cur:
+                    for t, rows in groups.items():
+                        counts[t], bad = self._bisect(cur, self.tables[t], rows)
+                        poison += bad
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            self.close()  # reconnect (and recreate the staging tables) on the next attempt
+            raise
+        for t, n in counts.items():
+            metrics.SINK_ROWS.labels(self.name, t).inc(n)
+            metrics.SINK_BATCHES.labels(self.name, t).inc()
+        return poison
+
+    def _bisect(self, cur, tw: TableWriter, rows: list[tuple[Item, tuple]]) -> tuple[int, list[Poison]]:
+        """Write rows under a savepoint; on a row error split until the bad rows are isolated."""
+        try:
+            with cur.connection.transaction():
+                return tw.write(cur, [r for _, r in rows]), []
+        except ROW_ERRORS as e:
+            if len(rows) == 1:
+                return 0, [Poison(rows[0][0].msg, f"{tw.table.name}: {_describe(e)}")]
+        mid = len(rows) // 2
+        n1, p1 = self._bisect(cur, tw, rows[:mid])
+        n2, p2 = self._bisect(cur, tw, rows[mid:])
+        return n1 + n2, p1 + p2
+
+
+def _describe(e: psycopg.Error) -> str:
+    """SQLSTATE and primary message (never the failing row's detail)."""
+    return f"{e.sqlstate} {type(e).__name__}: {e.diag.message_primary or e}"

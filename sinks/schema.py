@@ -1,0 +1,151 @@
+"""Schema management: versioned, idempotent migrations (``ticktape db migrate``).
+
+Migrations are the files ``sinks/migrations/NNNN_<name>[.<flavor>].sql``, applied in
+order, each in its own transaction, and recorded in ``schema_migrations``.  A version
+may exist in two flavors: ``.timescaledb.sql`` (used when the ``timescaledb`` extension
+is available: hypertables, compression, continuous aggregates) and ``.postgres.sql``
+(plain PostgreSQL: the same tables, keys and views).  A session-level advisory lock
+serialises concurrent migrators (the stack, two sinks starting at once).
+
+On TimescaleDB the compression and retention policies come from settings and are
+re-applied on every run, so changing TSDB_* and migrating again takes effect.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from ticktape.config import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+TIMESCALEDB = "timescaledb"
+POSTGRES = "postgres"
+_LOCK_KEY = 0x7469636B  # "tick": the advisory lock every migrator takes
+_FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+?)(?:\.(?P<flavor>timescaledb|postgres))?\.sql$")
+
+# Hypertables whose old chunks are compressed (segmented by symbol, see 0002).
+COMPRESSED = ("ticks", "bars", "indicators", "predictions")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str  # "0001_tables"
+    flavor: str | None  # None: the same on both flavors
+    path: Path
+
+    @property
+    def sql(self) -> str:
+        return self.path.read_text()
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
+
+
+def migrations(flavor: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """The migrations of one flavor, in version order (a flavored file wins over a common one)."""
+    by_version: dict[str, Migration] = {}
+    for path in sorted(directory.glob("*.sql")):
+        m = _FILE.match(path.name)
+        if not m:
+            raise ConfigError(f"migration file name {path.name} is not NNNN_name[.flavor].sql")
+        if m["flavor"] not in (None, flavor):
+            continue
+        mig = Migration(m["version"], f"{m['version']}_{m['name']}", m["flavor"], path)
+        if m["version"] in by_version and by_version[m["version"]].flavor is not None:
+            continue
+        by_version[m["version"]] = mig
+    return [by_version[v] for v in sorted(by_version)]
+
+
+def _database_url(s: Settings) -> str:
+    if not s.database_url:
+        raise ConfigError("no database: set DATABASE_URL or run `ticktape stack up`")
+    return s.database_url
+
+
+def _flavor(conn: psycopg.Connection) -> str:
+    """timescaledb when the extension is (or can be) installed, else postgres."""
+    if not conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone():
+        return POSTGRES
+    try:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    except psycopg.Error as e:  # e.g. available but not in shared_preload_libraries
+        log.warning("timescaledb is available but cannot be created (%s); using plain PostgreSQL",
+                    e.diag.message_primary or e)
+        return POSTGRES
+    return TIMESCALEDB
+
+
+_CREATE_LEDGER = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    text PRIMARY KEY,
+    name       text NOT NULL,
+    flavor     text NOT NULL,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+
+def migrate(s: Settings) -> list[str]:
+    """Apply the pending migrations; returns the names applied (empty when up to date)."""
+    applied_now = []
+    with psycopg.connect(_database_url(s), autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            flavor = _flavor(conn)
+            conn.execute(_CREATE_LEDGER)
+            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            for mig in migrations(flavor):
+                if mig.version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(mig.sql)
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name, flavor, checksum) VALUES (%s, %s, %s, %s)",
+                        (mig.version, mig.name, flavor, mig.checksum))
+                log.info("applied migration %s (%s)", mig.name, flavor)
+                applied_now.append(mig.name)
+            if flavor == TIMESCALEDB:
+                _apply_policies(conn, s)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+    return applied_now
+
+
+def _apply_policies(conn: psycopg.Connection, s: Settings) -> None:
+    """Compression and retention policies from settings (replaced, so changes take effect)."""
+    with conn.transaction():
+        for table in COMPRESSED:
+            conn.execute("SELECT remove_compression_policy(%s, if_exists => TRUE)", (table,))
+            if s.tsdb_compress_after:
+                conn.execute("SELECT add_compression_policy(%s, compress_after => %s::interval)",
+                             (table, s.tsdb_compress_after))
+        for table, keep in (("ticks", s.tsdb_retention_ticks), ("bars", s.tsdb_retention_bars)):
+            conn.execute("SELECT remove_retention_policy(%s, if_exists => TRUE)", (table,))
+            if keep:
+                conn.execute("SELECT add_retention_policy(%s, drop_after => %s::interval)", (table, keep))
+
+
+def status(s: Settings) -> tuple[list[dict], list[str]]:
+    """(applied migrations as dicts, names of the pending ones)."""
+    with psycopg.connect(_database_url(s), autocommit=True) as conn:
+        ledger = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0]
+        applied = []
+        if ledger:
+            cur = conn.execute(
+                "SELECT version, name, flavor, checksum, applied_at FROM schema_migrations ORDER BY version")
+            applied = [dict(zip(("version", "name", "flavor", "checksum", "applied_at"), r)) for r in cur]
+        flavor = applied[-1]["flavor"] if applied else (
+            TIMESCALEDB if conn.execute(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone() else POSTGRES)
+    done = {a["version"] for a in applied}
+    return applied, [m.name for m in migrations(flavor) if m.version not in done]

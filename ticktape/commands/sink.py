@@ -1,0 +1,59 @@
+"""`ticktape sink postgres|redis [--topics ...]`: the long-running sink processes.
+
+SIGTERM/SIGINT: the current batch is written and committed, then the process exits 0.
+The main job starts them as ``python -m ticktape.cli sink postgres``.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+
+from .. import metrics
+from ..cli import UsageError
+from ..config import settings
+
+log = logging.getLogger(__name__)
+
+
+def register(sub):
+    p = sub.add_parser("sink", help="write topics of record to PostgreSQL, or latest state to Redis")
+    ssub = p.add_subparsers(dest="target", metavar="TARGET", required=True)
+    for target, what in (("postgres", "every topic of record into its table"),
+                         ("redis", "the latest tick/bar/indicators/prediction/position per symbol")):
+        sp = ssub.add_parser(target, help=f"write {what}")
+        sp.add_argument("--topics", nargs="+", metavar="TOPIC",
+                        help="catalog topic names (without the run prefix); default: all of this sink's")
+        sp.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from sinks import redis_sink, schema
+    from sinks.runner import SinkRunner
+    from sinks.tables import topics_of_record
+
+    s = settings()
+    allowed = topics_of_record() if args.target == "postgres" else redis_sink.topics()
+    topics = args.topics or allowed
+    unknown = [t for t in topics if t not in allowed]
+    if unknown:
+        raise UsageError(f"sink {args.target}: not a topic it writes: {', '.join(unknown)} "
+                         f"(choose from {', '.join(allowed)})")
+    if args.target == "postgres":
+        from sinks.postgres import PostgresWriter
+
+        import psycopg
+
+        try:
+            schema.migrate(s)
+        except psycopg.Error as e:
+            raise SystemExit(f"ticktape: sink postgres: database not ready: {type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+        writer = PostgresWriter(s)
+    else:
+        writer = redis_sink.RedisWriter(s)
+    runner = SinkRunner(s, writer, topics)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: runner.stop())
+    port = metrics.serve(f"sink-{args.target}", s)
+    log.info("sink %s: %d topics, group %s, /metrics on %s", args.target, len(topics), runner.group, port or "-")
+    return runner.run()
