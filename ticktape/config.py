@@ -63,6 +63,26 @@ class Settings:
     sim_tick_rate: float = _setting("SIM_TICK_RATE", 2000.0, "simulator ticks per second, all symbols")
     sim_start: str = _setting(
         "SIM_START", "", "simulator event-time start (ISO-8601); empty = now (live pace)")
+    alpaca_api_key_id: str = _setting(
+        "ALPACA_API_KEY_ID", "", "Alpaca API key id (produce websocket --provider alpaca)", secret=True)
+    alpaca_api_secret_key: str = _setting(
+        "ALPACA_API_SECRET_KEY", "", "Alpaca API secret key", secret=True)
+    alpaca_feed: str = _setting("ALPACA_FEED", "iex", "Alpaca data feed: iex (free), sip, delayed_sip, test")
+    websocket_url: str = _setting(
+        "WEBSOCKET_URL", "", "override the provider's stream URL (sandbox, a local test server)")
+    websocket_queue_size: int = _setting(
+        "WEBSOCKET_QUEUE_SIZE", 100000, "events buffered between the feed and Kafka (bounded)")
+    websocket_on_full: str = _setting(
+        "WEBSOCKET_ON_FULL", "block",
+        "when that buffer is full: block (stop reading the socket) or drop (count and report drops)")
+    websocket_ping_interval_s: float = _setting(
+        "WEBSOCKET_PING_INTERVAL_S", 10.0, "heartbeat: seconds between WebSocket pings")
+    websocket_timeout_s: float = _setting(
+        "WEBSOCKET_TIMEOUT_S", 10.0, "a ping or handshake step unanswered this long → reconnect")
+    websocket_backoff_base_s: float = _setting(
+        "WEBSOCKET_BACKOFF_BASE_S", 0.5, "first reconnect delay (doubles per failure, full jitter)")
+    websocket_backoff_max_s: float = _setting(
+        "WEBSOCKET_BACKOFF_MAX_S", 30.0, "longest reconnect delay")
     # --- stream processing ---------------------------------------------------------
     bar_intervals: str = _setting("BAR_INTERVALS", "1s,1m", "bar intervals (s, m, h suffixes)")
     bar_grace_ms: int = _setting(

@@ -49,6 +49,23 @@ SINK_HEALTHY = Gauge("ticktape_sink_healthy", "1 when the sink's last write succ
 # --- risk -------------------------------------------------------------------------------
 KILL_SWITCH = Gauge("ticktape_kill_switch", "1 when the account is HALTED", ["account"])
 
+# --- market-data sources (label source: websocket:<provider>, yahoo) ----------------------
+SOURCE_MESSAGES = Counter(
+    "ticktape_source_messages", "provider messages received, by kind "
+    "(trade/quote/bar/control/ignored/unknown/malformed; yahoo: rows)", ["source", "kind"])
+SOURCE_EVENTS = Counter("ticktape_source_events", "events handed to the producer", ["source"])
+SOURCE_RECONNECTS = Counter("ticktape_source_reconnects", "reconnections to the provider", ["source"])
+SOURCE_GAPS = Counter(
+    "ticktape_source_gaps", "per-symbol streams that may have missed data (after a reconnect)", ["source"])
+SOURCE_DUPLICATES = Counter(
+    "ticktape_source_duplicates", "events received again and not republished", ["source"])
+SOURCE_DROPS = Counter(
+    "ticktape_source_drops", "events dropped because Kafka was slower (drop policy only)", ["source"])
+SOURCE_ERRORS = Counter("ticktape_source_errors", "provider errors and failed requests", ["source"])
+SOURCE_LATENCY = Histogram(
+    "ticktape_source_latency_seconds", "event time to handed to the producer", ["source"],
+    buckets=LATENCY_BUCKETS)
+
 # --- process ----------------------------------------------------------------------------
 PROCESS_UP = Gauge("ticktape_process_up", "1 while the process runs", ["role"])
 BUILD = Info("ticktape_build", "version of the running code")
