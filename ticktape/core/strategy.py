@@ -2,10 +2,10 @@
 
 Rule (per symbol, one decision per prediction of ``cfg.interval``):
 
-* flat  -> long  when ``p_up >= enter_p``; flat -> short when ``p_up <= 1 - enter_p``
-  (``sides = long_short``);
-* long  -> flat  when ``p_up < exit_p`` (straight to short if also ``p_up <= 1 - enter_p``);
-* short -> flat  when ``p_up > 1 - exit_p`` (straight to long if also ``p_up >= enter_p``).
+* flat  -> long  when ``p_up >= enter_p``; flat -> short when ``p_down >= enter_p``
+  (``p_down = 1 - p_up``; shorts only with ``sides = long_short``);
+* long  -> flat  when ``p_up < exit_p`` (straight to short if also ``p_down >= enter_p``);
+* short -> flat  when ``p_down < exit_p`` (straight to long if also ``p_up >= enter_p``).
 
 ``enter_p - exit_p`` is the hysteresis band.  A target, once changed, stands for at
 least ``min_hold_bars`` decisions.  The size is fixed when a position is entered (no
@@ -188,11 +188,12 @@ def _decide(st: Strategy, symbol: str, s: SymbolState, pred: list, ind: list) ->
     s.decisions += 1
     d = s.direction
     shorts = cfg.sides == "long_short"
-    enter_long, enter_short = p_up >= cfg.enter_p, shorts and p_up <= 1.0 - cfg.enter_p
+    p_down = 1.0 - p_up  # shorts compare p_down with the thresholds: exact mirror, no 1 - 0.55 rounding
+    enter_long, enter_short = p_up >= cfg.enter_p, shorts and p_down >= cfg.enter_p
     if d == 1:
         want = 1 if p_up >= cfg.exit_p else (-1 if enter_short else 0)
     elif d == -1:
-        want = -1 if p_up <= 1.0 - cfg.exit_p else (1 if enter_long else 0)
+        want = -1 if p_down >= cfg.exit_p else (1 if enter_long else 0)
     else:
         want = 1 if enter_long else (-1 if enter_short else 0)
     if want == d or (s.changed_at is not None and s.decisions - s.changed_at < cfg.min_hold_bars):
