@@ -427,7 +427,8 @@ def compute_batch(symbols: Sequence[str], window_start, open_, high, low, close,
     late = np.flatnonzero(same & (ws[order][1:] <= ws[order][:-1]))
     if late.size:
         row = int(order[1:][late].min())
-        raise BarError(f"bar of {symbols[row]} does not start after the previous bar of {symbols[row]}", row)
+        raise BarError(f"bars of {symbols[row]} out of time order: this one does not start "
+                       "after the previous one", row)
 
     # Columns by decreasing bar count: the symbols still active at step k are a prefix.
     by_count = np.argsort(-counts, kind="stable")
