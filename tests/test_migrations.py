@@ -1,0 +1,104 @@
+"""Schema migrations: idempotent, recorded, tables = Avro fields with (event_id, time)
+keys, and the bars_1h / bars_1d query surface returns the right aggregates."""
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta, timezone
+
+import psycopg
+import pytest
+
+from sinks import schema
+from sinks.tables import TABLES
+from ticktape import cli
+
+
+@pytest.fixture
+def db(settings, fresh_db):
+    return dataclasses.replace(settings, database_url=fresh_db)
+
+
+def test_migration_files_resolve_per_flavor():
+    names = {f: [(m.name, m.path.name) for m in schema.migrations(f)] for f in (schema.POSTGRES, schema.TIMESCALEDB)}
+    assert names[schema.POSTGRES] == [("0001_tables", "0001_tables.sql"),
+                                      ("0002_time_series", "0002_time_series.postgres.sql")]
+    assert names[schema.TIMESCALEDB] == [("0001_tables", "0001_tables.sql"),
+                                         ("0002_time_series", "0002_time_series.timescaledb.sql")]
+
+
+def test_migrate_is_idempotent_and_recorded(db):
+    assert schema.migrate(db) == ["0001_tables", "0002_time_series"]
+    assert schema.migrate(db) == []
+    applied, pending = schema.status(db)
+    assert [a["name"] for a in applied] == ["0001_tables", "0002_time_series"] and pending == []
+    with psycopg.connect(db.database_url) as conn:
+        has_tsdb = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+        assert {a["flavor"] for a in applied} == {schema.TIMESCALEDB if has_tsdb else schema.POSTGRES}
+        for t in TABLES.values():
+            cols = [r[0] for r in conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                "AND NOT attisdropped ORDER BY attnum", (t.name,))]
+            assert cols == list(t.columns), t.name
+            key = [r[0] for r in conn.execute(
+                "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary "
+                "ORDER BY array_position(i.indkey, a.attnum)", (t.name,))]
+            assert key == ["event_id", "window_start" if t.name == "bars" else "ts"], t.name
+        assert conn.execute("SELECT data_type FROM information_schema.columns WHERE table_name = 'predictions' "
+                            "AND column_name = 'features'").fetchone() == ("jsonb",)
+
+
+def test_db_cli_migrate_and_status(db, monkeypatch, capsys):
+    monkeypatch.setenv("DATABASE_URL", db.database_url)
+    assert cli.main(["db", "status"]) == 1  # pending
+    assert "0001_tables" in capsys.readouterr().out
+    assert cli.main(["db", "migrate"]) == 0
+    assert capsys.readouterr().out.split("\n")[:2] == ["applied 0001_tables", "applied 0002_time_series"]
+    assert cli.main(["db", "migrate"]) == 0
+    assert capsys.readouterr().out == "schema up to date\n"
+    assert cli.main(["db", "status"]) == 0
+
+
+def _bar(symbol, start, o, h, low, c, v, vwap, n, interval="1m"):
+    step = timedelta(minutes=1) if interval == "1m" else timedelta(seconds=1)
+    return (f"{symbol}-{interval}-{start.isoformat()}", symbol, interval, start + step, start, start + step,
+            o, h, low, c, v, vwap, n)
+
+
+def test_bars_1h_and_1d_aggregate_the_1min_bars(db):
+    schema.migrate(db)
+    d0 = datetime(2026, 3, 2, tzinfo=timezone.utc)
+    bars = [
+        # AAPL, day 1, hour 10: three bars (inserted out of order)
+        _bar("AAPL", d0 + timedelta(hours=10, minutes=30), 11, 13, 10, 12, 20, 11.5, 2),
+        _bar("AAPL", d0 + timedelta(hours=10, minutes=0), 10, 12, 9, 11, 10, 10.5, 1),
+        _bar("AAPL", d0 + timedelta(hours=10, minutes=59), 12, 12.5, 11.5, 12.25, 10, 12, 4),
+        # AAPL, day 1, hour 11: one bar
+        _bar("AAPL", d0 + timedelta(hours=11, minutes=5), 13, 14, 12.5, 13.5, 40, 13, 8),
+        # AAPL, day 2, hour 0: one bar
+        _bar("AAPL", d0 + timedelta(days=1, minutes=1), 20, 21, 19, 20.5, 5, 20, 1),
+        # MSFT, day 1, hour 10
+        _bar("MSFT", d0 + timedelta(hours=10, minutes=1), 300, 301, 299, 300.5, 1, 300, 1),
+        # 1 s bars are not part of the 1 h view
+        _bar("AAPL", d0 + timedelta(hours=10, minutes=0), 999, 999, 999, 999, 999, 999, 9, interval="1s"),
+    ]
+    with psycopg.connect(db.database_url) as conn:
+        cols = ", ".join(TABLES["bar"].columns)
+        conn.cursor().executemany(f"INSERT INTO bars ({cols}) VALUES ({', '.join(['%s'] * 13)})", bars)
+        conn.commit()
+        hours = conn.execute("SELECT bucket, symbol, open, high, low, close, volume, vwap, trade_count, bar_count "
+                             "FROM bars_1h ORDER BY symbol, bucket").fetchall()
+        days = conn.execute("SELECT bucket, symbol, open, high, low, close, volume, vwap, trade_count, bar_count "
+                            "FROM bars_1d ORDER BY symbol, bucket").fetchall()
+    h = lambda n: d0 + timedelta(hours=n)  # noqa: E731
+    assert hours == [
+        (h(10), "AAPL", 10, 13, 9, 12.25, 40, (10.5 * 10 + 11.5 * 20 + 12 * 10) / 40, 7, 3),
+        (h(11), "AAPL", 13, 14, 12.5, 13.5, 40, 13, 8, 1),
+        (h(24), "AAPL", 20, 21, 19, 20.5, 5, 20, 1, 1),
+        (h(10), "MSFT", 300, 301, 299, 300.5, 1, 300, 1, 1),
+    ]
+    assert days == [
+        (d0, "AAPL", 10, 14, 9, 13.5, 80, pytest.approx((10.5 * 10 + 11.5 * 20 + 12 * 10 + 13 * 40) / 80), 15, 4),
+        (h(24), "AAPL", 20, 21, 19, 20.5, 5, 20, 1, 1),
+        (d0, "MSFT", 300, 301, 299, 300.5, 1, 300, 1, 1),
+    ]
