@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ticktape.config import settings as make_settings
-from ticktape.stack import LocalStack
+from ticktape.stack import LocalStack, free_port
 
 
 def _docker_available() -> bool:
@@ -85,7 +85,7 @@ def settings(services, tmp_path):
         redis_url=services["REDIS_URL"],
         topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
         home=str(tmp_path),
-        metrics_port=0,
+        metrics_port=free_port(),
     )
 
 

@@ -155,11 +155,20 @@ def delete_topics(s: Settings, names: list[str]) -> None:
                 raise
 
 
-def describe_topic(s: Settings, name: str) -> dict:
-    adm = admin(s)
-    md = adm.list_topics(topic=name, timeout=10).topics.get(name)
+def topic_metadata(s: Settings, name: str, adm: AdminClient | None = None):
+    """Metadata of an existing topic; KeyError when it does not exist.
+
+    Lists all topics rather than asking for one by name: a metadata request naming a
+    topic makes some brokers auto-create it (without configs)."""
+    md = (adm or admin(s)).list_topics(timeout=10).topics.get(name)
     if md is None or md.error is not None:
         raise KeyError(f"topic {name} does not exist")
+    return md
+
+
+def describe_topic(s: Settings, name: str) -> dict:
+    adm = admin(s)
+    md = topic_metadata(s, name, adm)
     configs = {}
     try:
         res = adm.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, name)])
