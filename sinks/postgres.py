@@ -1,7 +1,12 @@
-"""Kafka -> PostgreSQL/TimescaleDB writer: batched binary COPY into a per-connection
-staging table, then ``INSERT … SELECT … ON CONFLICT DO NOTHING`` into the table of
-record, all tables of a batch in one transaction.  Idempotent on each table's key
-(event_id plus its time column): a replayed event never adds a row.
+"""Kafka -> PostgreSQL/TimescaleDB writer, all tables of a batch in one transaction,
+idempotent on each table's key (event_id plus its time column): a replayed event never
+adds a row.
+
+Per table, a batch is first COPYed (binary) straight into the table under a savepoint:
+new events, the usual case, go in at raw COPY speed and the primary key rejects any
+duplicate.  When it does (a redelivered or replayed batch), the savepoint is rolled
+back and the rows go the conflict-tolerant way: COPY into a per-connection staging
+table, then ``INSERT … SELECT … ON CONFLICT DO NOTHING``.
 
 A row the database refuses for its content (a CHECK/NOT NULL violation, an invalid
 value) is found by bisecting the table's rows under savepoints; the writer returns it
@@ -43,17 +48,31 @@ class TableWriter:
         if missing:
             raise ConfigError(f"table {table.name} lacks columns {missing}: run `ticktape db migrate`")
         self.types = [types[c] for c in table.columns]
-        self.copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(self.stage, cols)
+        self.copy_direct = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, cols)
+        self.copy_stage = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(self.stage, cols)
         self.insert = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
             target, cols, cols, self.stage)
         self.truncate = sql.SQL("TRUNCATE {}").format(self.stage)
 
-    def write(self, cur: psycopg.Cursor, rows: list[tuple]) -> int:
-        """Rows new to the table (duplicates of stored events are skipped)."""
-        with cur.copy(self.copy) as cp:
+    def _copy(self, cur: psycopg.Cursor, stmt, rows: list[tuple]) -> None:
+        with cur.copy(stmt) as cp:
             cp.set_types(self.types)
             for row in rows:
                 cp.write_row(row)
+
+    def write(self, cur: psycopg.Cursor, rows: list[tuple]) -> int:
+        """Rows new to the table (duplicates of stored events are skipped); must run
+        inside a transaction."""
+        try:
+            with cur.connection.transaction():
+                self._copy(cur, self.copy_direct, rows)
+            return len(rows)
+        except errors.UniqueViolation:
+            return self.write_staged(cur, rows)  # some events are stored already
+
+    def write_staged(self, cur: psycopg.Cursor, rows: list[tuple]) -> int:
+        """The conflict-tolerant path: staging table, then INSERT … ON CONFLICT DO NOTHING."""
+        self._copy(cur, self.copy_stage, rows)
         cur.execute(self.insert)
         inserted = cur.rowcount
         cur.execute(self.truncate)  # the bisection reuses the stage inside one transaction
