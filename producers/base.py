@@ -118,3 +118,35 @@ def paced(events, speed: float | None, stop: StopFlag, clock=time.monotonic):
             if delay > 0 and stop.wait(delay):
                 return
         yield ev
+
+
+class SourceStats:
+    """Counters of one source (``websocket:alpaca``, ``yahoo``…) kept as plain ints for
+    the source's summary and mirrored to the ``ticktape_source_*`` metrics."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.received: dict[str, int] = {}
+        self.published = self.reconnects = self.gaps = self.duplicates = self.drops = self.errors = 0
+        self._metrics = {name: metric.labels(source) for name, metric in (
+            ("published", metrics.SOURCE_EVENTS), ("reconnects", metrics.SOURCE_RECONNECTS),
+            ("gaps", metrics.SOURCE_GAPS), ("duplicates", metrics.SOURCE_DUPLICATES),
+            ("drops", metrics.SOURCE_DROPS), ("errors", metrics.SOURCE_ERRORS))}
+        self._latency = metrics.SOURCE_LATENCY.labels(source)
+
+    def receive(self, kind: str, n: int = 1) -> None:
+        self.received[kind] = self.received.get(kind, 0) + n
+        metrics.SOURCE_MESSAGES.labels(self.source, kind).inc(n)
+
+    def add(self, name: str, n: int = 1) -> None:
+        """Count ``n`` more published/reconnects/gaps/duplicates/drops/errors."""
+        setattr(self, name, getattr(self, name) + n)
+        self._metrics[name].inc(n)
+
+    def latency(self, event_ts_us: int) -> None:
+        self._latency.observe(max(0.0, time.time() - event_ts_us / 1e6))
+
+    def summary(self) -> str:
+        received = ", ".join(f"{k} {v}" for k, v in sorted(self.received.items())) or "nothing"
+        return (f"received {received}; published {self.published}, duplicates {self.duplicates}, "
+                f"gaps {self.gaps}, reconnects {self.reconnects}, drops {self.drops}, errors {self.errors}")

@@ -1,0 +1,311 @@
+"""`ticktape produce websocket`: a live provider feed (Alpaca market-data stream v2)
+publishing trades and quotes to md.ticks and minute bars to md.bars.1m.
+
+Two threads: the socket reader (asyncio) parses and normalizes every message, drops
+duplicates and numbers ticks (``ticktape.core.feed``), and hands events over through a
+bounded queue to the publisher thread, which owns the idempotent Kafka producer.  When
+Kafka is slower than the feed the queue fills; then the reader either waits (``block``:
+it stops reading the socket, the provider sees a slow client) or drops the newest
+events and counts them (``drop``).  Memory stays bounded either way.
+
+Connections are retried with exponential backoff and full jitter, and resubscribed;
+a WebSocket ping unanswered within WEBSOCKET_TIMEOUT_S counts as a dead connection.
+Errors that retrying cannot fix (a bad key, a plan that lacks the feed, too many
+symbols) end the feed with one clear message.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import queue
+import threading
+import time
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from ticktape import metrics
+from ticktape.config import ConfigError, Settings
+from ticktape.core import alpaca
+from ticktape.core.feed import FeedTracker, backoff_delays
+
+from .base import EventPublisher, SourceStats, StopFlag
+
+log = logging.getLogger(__name__)
+PROVIDERS = {"alpaca": alpaca}
+DROP_REPORT_S = 5.0  # at most one drop warning per this many seconds
+
+
+def add_arguments(p, parse_time, parse_speed) -> None:
+    p.add_argument("--provider", choices=sorted(PROVIDERS), default="alpaca", help="market-data provider")
+    p.add_argument("--symbols", help="comma/space separated symbols (SYMBOLS)")
+    p.add_argument("--channels", default=",".join(alpaca.CHANNELS),
+                   help="comma separated: trades, quotes, bars (default all)")
+    p.add_argument("--feed", help="provider feed, e.g. iex or sip (ALPACA_FEED)")
+    p.add_argument("--url", help="stream URL instead of the provider's (WEBSOCKET_URL)")
+    p.add_argument("--on-full", choices=("block", "drop"), help="when Kafka is slower (WEBSOCKET_ON_FULL)")
+    p.add_argument("--queue-size", type=int, help="events buffered for Kafka (WEBSOCKET_QUEUE_SIZE)")
+    p.add_argument("--count", type=int, help="stop after N new events")
+
+
+def run(args, s: Settings, stop: StopFlag | None = None) -> int:
+    overrides = {name: value for name, value in (
+        ("alpaca_feed", args.feed), ("websocket_url", args.url),
+        ("websocket_on_full", args.on_full), ("websocket_queue_size", args.queue_size)) if value is not None}
+    s = dataclasses.replace(s, **overrides)
+    symbols = args.symbols.replace(",", " ").split() if args.symbols else s.symbol_list
+    channels = tuple(c.strip() for c in args.channels.split(",") if c.strip())
+    bad = sorted(set(channels) - set(alpaca.CHANNELS))
+    if bad or not channels:
+        raise ConfigError(f"unknown channels {bad or channels}: choose from {', '.join(alpaca.CHANNELS)}")
+    feed = WebSocketFeed(s, symbols, channels, stop=stop or StopFlag(), count=args.count)
+    metrics.serve("websocket", s)
+    feed.run()
+    return 0
+
+
+class WebSocketFeed:
+    def __init__(self, s: Settings, symbols: list[str], channels: tuple[str, ...] = alpaca.CHANNELS, *,
+                 stop: StopFlag, count: int | None = None, publisher: EventPublisher | None = None):
+        if not s.alpaca_api_key_id or not s.alpaca_api_secret_key:
+            raise ConfigError("set ALPACA_API_KEY_ID and ALPACA_API_SECRET_KEY (the keys of an Alpaca account)")
+        if s.websocket_on_full not in ("block", "drop"):
+            raise ConfigError(f"WEBSOCKET_ON_FULL={s.websocket_on_full!r}: use block or drop")
+        if s.websocket_queue_size < 1:
+            raise ConfigError(f"WEBSOCKET_QUEUE_SIZE={s.websocket_queue_size}: must be at least 1")
+        if not symbols:
+            raise ConfigError("no symbols to subscribe to")
+        self.s = s
+        self.symbols = list(symbols)
+        self.channels = channels
+        self.stop = stop
+        self.count = count
+        self.url = s.websocket_url or alpaca.STREAM_URL.format(feed=s.alpaca_feed)
+        self.stats = SourceStats(alpaca.SOURCE)
+        self.tracker = FeedTracker()
+        self.accepted = 0  # new events handed over (queued or dropped)
+        self.queue: queue.Queue = queue.Queue(maxsize=s.websocket_queue_size)
+        self._drop = s.websocket_on_full == "drop"
+        self._publisher = publisher
+        self._failure: BaseException | None = None
+        self._sessions = 0
+        self._last_frame = time.monotonic()
+        self._warned_types: set = set()
+        self._drops_reported = (0, 0.0)
+
+    # -- the publisher thread ---------------------------------------------------------
+    def _drain(self, pub: EventPublisher) -> None:
+        try:
+            while (item := self.queue.get()) is not None:
+                topic, event_type, event = item
+                pub.publish(topic, event_type, event)
+                self.stats.add("published")
+                self.stats.latency(event["ts"])
+        except BaseException as e:  # the reader must not wait forever for a dead publisher
+            self._failure = e
+            self.stop.set()
+
+    def _put_blocking(self, item) -> None:
+        while self._failure is None:
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def run(self) -> None:
+        """Read the feed until stopped (signal, ``count``) or a fatal provider error,
+        then publish and flush everything received."""
+        pub = self._publisher or EventPublisher(self.s, stage="websocket")
+        publisher = threading.Thread(target=self._drain, args=(pub,), name="websocket-publisher", daemon=True)
+        publisher.start()
+        fatal = None
+        try:
+            asyncio.run(self._connect_loop())
+        except alpaca.ProviderError as e:
+            fatal = e
+        finally:
+            self._put_blocking(None)
+            publisher.join()
+            try:
+                if self._failure is None:
+                    pub.close()  # flush: everything received is delivered, or this raises
+            finally:
+                log.info("websocket %s: %s", alpaca.SOURCE, self.stats.summary())
+        if self._failure is not None:
+            raise self._failure
+        if fatal is not None:
+            raise ConfigError(f"{self.url}: {fatal}") from None
+
+    # -- the reader -------------------------------------------------------------------
+    def _done(self) -> bool:
+        return bool(self.stop) or (self.count is not None and self.accepted >= self.count)
+
+    async def _connect_loop(self) -> None:
+        delays = backoff_delays(self.s.websocket_backoff_base_s, self.s.websocket_backoff_max_s)
+        while not self._done():
+            subscribed_before = self._sessions
+            try:
+                await self._session()
+            except alpaca.ProviderError as e:
+                self.stats.add("errors")
+                if not e.retry:
+                    raise
+                reason = str(e)
+            except InvalidStatus as e:
+                status = e.response.status_code
+                if 400 <= status < 500 and status != 429:
+                    raise alpaca.ProviderError(status, f"HTTP {status} on connect") from None
+                self.stats.add("errors")
+                reason = f"HTTP {status} on connect"
+            except InvalidURI as e:
+                raise ConfigError(f"bad stream URL: {e}") from None
+            except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError, alpaca.ProtocolError) as e:
+                reason = f"{type(e).__name__}: {e}"
+            if self._done():
+                return
+            if self._sessions > subscribed_before:  # it worked for a while: start over
+                delays = backoff_delays(self.s.websocket_backoff_base_s, self.s.websocket_backoff_max_s)
+            delay = next(delays)
+            log.warning("websocket %s: %s; reconnecting in %.2f s", self.url, reason, delay)
+            if await self._sleep(delay):
+                return
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped first; True when stopped."""
+        deadline = time.monotonic() + seconds
+        while not self._done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            await asyncio.sleep(min(left, 0.1))
+        return True
+
+    async def _expect(self, ws, what: str) -> dict:
+        raw = await asyncio.wait_for(ws.recv(), self.s.websocket_timeout_s)
+        try:
+            messages = json.loads(raw)
+        except ValueError:
+            raise alpaca.ProtocolError(f"expected {what}, got non-JSON {str(raw)[:100]!r}") from None
+        return alpaca.check_control(messages, what)
+
+    async def _session(self) -> None:
+        timeout = self.s.websocket_timeout_s
+        async with connect(self.url, ping_interval=self.s.websocket_ping_interval_s, ping_timeout=timeout,
+                           open_timeout=timeout, close_timeout=1, max_size=2 ** 24) as ws:
+            await self._expect(ws, "connected")
+            await ws.send(alpaca.auth_message(self.s.alpaca_api_key_id, self.s.alpaca_api_secret_key))
+            await self._expect(ws, "authenticated")
+            await ws.send(alpaca.subscribe_message(self.symbols, self.channels))
+            self._check_ack(await self._expect(ws, "subscription"))
+            if self._sessions:
+                self.stats.add("reconnects")
+                self.tracker.reconnected()
+                log.info("websocket %s: reconnected and resubscribed after %.1f s without data",
+                         self.url, time.monotonic() - self._last_frame)
+            else:
+                log.info("websocket %s: subscribed to %s for %d symbols", self.url,
+                         ", ".join(self.channels), len(self.symbols))
+            self._sessions += 1
+            watcher = asyncio.create_task(self._close_when_done(ws))
+            try:
+                while True:
+                    try:
+                        raw = await ws.recv()
+                    except ConnectionClosed:
+                        if self._done():
+                            return
+                        raise
+                    self._last_frame = time.monotonic()
+                    for item in self._handle(raw):
+                        try:
+                            self.queue.put_nowait(item)
+                        except queue.Full:
+                            if self._drop:
+                                self._count_drop()
+                            else:  # back-pressure: wait without blocking the heartbeat
+                                await asyncio.to_thread(self._put_blocking, item)
+                    if self._done():
+                        return
+            finally:
+                watcher.cancel()
+
+    async def _close_when_done(self, ws) -> None:
+        while not self._done():
+            await asyncio.sleep(0.1)
+        await ws.close()
+
+    def _check_ack(self, ack: dict) -> None:
+        for channel in self.channels:
+            confirmed = set(ack.get(channel) or [])
+            if "*" in confirmed:
+                continue
+            missing = [s for s in self.symbols if alpaca.to_provider_symbol(s) not in confirmed]
+            if missing:
+                log.warning("websocket: %s not confirmed for %s", channel, ", ".join(missing))
+
+    def _count_drop(self) -> None:
+        self.stats.add("drops")
+        reported, at = self._drops_reported
+        now = time.monotonic()
+        if now - at >= DROP_REPORT_S:
+            log.warning("websocket: Kafka is slower than the feed: %d events dropped so far (%d since last report)",
+                        self.stats.drops, self.stats.drops - reported)
+            self._drops_reported = (self.stats.drops, now)
+
+    def _handle(self, raw) -> list[tuple[str, str, dict]]:
+        """New events of one frame, as (topic, event type, event); control errors raise."""
+        try:
+            messages = json.loads(raw)
+        except ValueError:
+            self.stats.receive("malformed")
+            log.warning("websocket: malformed frame skipped: %r", str(raw)[:120])
+            return []
+        if not isinstance(messages, list):
+            messages = [messages]
+        out = []
+        for m in messages:
+            if self.count is not None and self.accepted >= self.count:
+                break
+            kind = m.get("T") if isinstance(m, dict) else None
+            kind = kind if isinstance(kind, str) else None
+            spec = alpaca.DATA_TYPES.get(kind)
+            if spec is None:
+                self._other(m, kind)
+                continue
+            name, topic, event_type, mapper = spec
+            try:
+                event = mapper(m)
+            except (KeyError, ValueError, TypeError, AttributeError) as e:
+                self.stats.receive("malformed")
+                log.warning("websocket: malformed %s skipped (%s: %s): %.120s", name, type(e).__name__, e, m)
+                continue
+            self.stats.receive(name)
+            new, gap = self.tracker.bar(event) if event_type == "bar" else self.tracker.tick(event)
+            if not new:
+                self.stats.add("duplicates")
+                continue
+            if gap is not None:
+                self.stats.add("gaps")
+                log.info("websocket: %s %ss may have a gap between %d and %d (µs)", *gap)
+            self.accepted += 1
+            out.append((topic, event_type, event))
+        return out
+
+    def _other(self, m, kind) -> None:
+        if kind == "error":
+            raise alpaca.ProviderError(m.get("code"), str(m.get("msg", "")))
+        if kind in ("success", "subscription"):
+            self.stats.receive("control")
+        elif kind in alpaca.IGNORED_TYPES:
+            self.stats.receive("ignored")
+        elif isinstance(m, dict) and kind is not None:
+            self.stats.receive("unknown")
+            if kind not in self._warned_types and len(self._warned_types) < 100:
+                self._warned_types.add(kind)
+                log.warning("websocket: unknown message type %r skipped", kind)
+        else:
+            self.stats.receive("malformed")
+            log.warning("websocket: malformed message skipped: %.120s", m)
