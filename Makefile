@@ -1,0 +1,61 @@
+# The entry points people type.  Every target installs what it needs first.
+#   make run [DURATION=40]   the main job on the local stack (simulator + whole pipeline)
+#   make test                the whole test suite (real broker, PostgreSQL, Redis)
+#   make bench               the benchmark suite (prints a table, writes bench/results/)
+#   make stop                stop the local stack
+#   make up / make down      the full stack in docker/ (needs a Docker engine)
+
+VENV   ?= .venv
+PYTHON ?= python3
+PY      = $(VENV)/bin/python
+TT      = $(VENV)/bin/ticktape
+DURATION ?= 0
+STAMP   = $(VENV)/.installed
+APT_PACKAGES = redis-server prometheus kcat
+COMPOSE = docker compose -f docker/docker-compose.yml --env-file docker/.env
+
+.PHONY: run test bench stop up down system clean
+
+# Debian packages the local stack uses (PostgreSQL 15 binaries are expected on PATH).
+system:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v kcat >/dev/null || missing="$$missing kcat"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "please install:$$missing (e.g. sudo apt-get install -y $(APT_PACKAGES))"; exit 1; \
+	  fi; \
+	fi
+	@command -v initdb >/dev/null && command -v pg_ctl >/dev/null || \
+	  { echo "PostgreSQL server binaries (initdb, pg_ctl) must be on PATH"; exit 1; }
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,yahoo]'
+	touch $(STAMP)
+
+run: system $(STAMP)
+	$(TT) run --duration $(DURATION)
+
+test: system $(STAMP)
+	$(PY) -m pytest -q
+
+bench: system $(STAMP)
+	$(PY) -m bench
+
+stop: $(STAMP)
+	$(TT) stack down
+
+up:
+	$(COMPOSE) up -d --build
+
+down:
+	$(COMPOSE) down
+
+clean: stop
+	rm -rf .ticktape

@@ -1,0 +1,178 @@
+"""`ticktape run`: the main job on the local stack.
+
+Starts the stack (broker, PostgreSQL, Redis, and Prometheus when installed), then the
+pipeline as separate processes — the Faust worker, the PostgreSQL and Redis sinks, and
+the simulator — and shows a one-line live summary read from their /metrics.  On
+``--duration`` or Ctrl-C it stops the source first, lets the pipeline drain, then
+stops the rest; the stack stays up (`ticktape stack down` takes it down).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import metrics
+from ..config import settings
+from ..scrape import scrape, total
+from .stack import bring_up
+
+DRAIN_SECONDS = 8.0
+
+
+@dataclass
+class Child:
+    role: str  # metrics role (port) and log name
+    argv: list[str]
+    proc: subprocess.Popen | None = None
+    port: int = field(default=0)
+
+    def start(self, logs: Path, env: dict) -> None:
+        self.port = metrics.ROLE_PORTS[self.role]
+        log = open(logs / f"{self.role}.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ticktape.cli", *self.argv], stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=env | {"METRICS_PORT": str(self.port)},
+            start_new_session=True)  # Ctrl-C reaches us only; we stop children in order
+        log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if not self.alive():
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+def register(sub):
+    p = sub.add_parser("run", help="the main job: local stack + simulator + the whole pipeline")
+    p.add_argument("--duration", type=float, default=0, help="stop after S seconds (0 = until Ctrl-C)")
+    p.add_argument("--rate", type=float, help="simulator ticks per second (SIM_TICK_RATE)")
+    p.set_defaults(func=run)
+
+
+class Summary:
+    """Live figures from the children's /metrics: ticks/s in, bars, rows, lag."""
+
+    def __init__(self, children: list[Child]):
+        self.ports = {c.role: c.port for c in children}
+        self.prev: tuple[float, float] | None = None
+
+    def figures(self) -> dict[str, float]:
+        prod = scrape(self.ports["producer"])
+        work = scrape(self.ports["worker"])
+        sink = scrape(self.ports["sink-postgres"])
+        now = time.monotonic()
+        ticks = total(prod, "ticktape_events_out_total", topic="md.ticks")
+        rate = 0.0
+        if self.prev is not None and now > self.prev[0]:
+            rate = max(0.0, (ticks - self.prev[1]) / (now - self.prev[0]))
+        self.prev = (now, ticks)
+        return {"ticks": ticks, "ticks_per_s": rate,
+                "bars": total(work, "ticktape_bars_closed_total"),
+                "late": total(work, "ticktape_late_ticks_total"),
+                "rows": total(sink, "ticktape_sink_rows_total"),
+                "lag": total(sink, "ticktape_consumer_lag") + total(work, "ticktape_consumer_lag"),
+                "dlq": total(work, "ticktape_dlq_messages_total") + total(sink, "ticktape_dlq_messages_total")}
+
+    def line(self, elapsed: float) -> str:
+        f = self.figures()
+        return (f"[{elapsed:6.0f}s] ticks {f['ticks']:>9,.0f} ({f['ticks_per_s']:>7,.0f}/s)  "
+                f"bars {f['bars']:>8,.0f}  late {f['late']:>5,.0f}  rows {f['rows']:>9,.0f}  "
+                f"lag {f['lag']:>6,.0f}  dlq {f['dlq']:>3,.0f}")
+
+
+def run(args) -> int:
+    bring_up(with_prometheus=True)
+    s = settings()
+    logs = Path(s.home) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update({"KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "DATABASE_URL": s.database_url,
+                "REDIS_URL": s.redis_url, "PYTHONUNBUFFERED": "1"})
+    producer_args = ["produce", "sim"] + (["--rate", str(args.rate)] if args.rate else [])
+    pipeline = [Child("worker", ["process", "worker"]), Child("sink-postgres", ["sink", "postgres"]),
+                Child("sink-redis", ["sink", "redis"])]
+    source = Child("producer", producer_args)
+    for child in pipeline + [source]:
+        child.start(logs, env)
+
+    stop = {"now": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    summary = Summary(pipeline + [source])
+    tty = sys.stdout.isatty()
+    t0 = time.monotonic()
+    print(f"ticktape: pipeline running (logs in {logs}); Ctrl-C stops it", flush=True)
+    failed = None
+    while not stop["now"]:
+        time.sleep(1.0)
+        elapsed = time.monotonic() - t0
+        dead = [c for c in pipeline + [source] if not c.alive()]
+        if dead:
+            failed = dead[0]
+            break
+        line = summary.line(elapsed)
+        if tty:
+            print("\r" + line, end="", flush=True)
+        elif int(elapsed) % 5 == 0:
+            print(line, flush=True)
+        if args.duration and elapsed >= args.duration:
+            break
+    if tty:
+        print()
+    print("ticktape: stopping the source, draining the pipeline ...", flush=True)
+    source.stop()
+    _drain(summary)
+    codes = {c.role: c.stop() for c in pipeline}
+    print(summary.line(time.monotonic() - t0), flush=True)
+    _print_tables(s)
+    if failed is not None:
+        print(f"ticktape: {failed.role} exited with code {failed.proc.returncode}; "
+              f"see {logs / (failed.role + '.log')}", file=sys.stderr)
+        return 1
+    bad = {role: code for role, code in codes.items() if code not in (0, -signal.SIGTERM)}
+    if bad:
+        print(f"ticktape: unclean exit: {bad}; see {logs}", file=sys.stderr)
+        return 1
+    print("ticktape: stopped; the local stack is still up (ticktape stack down / make stop)")
+    return 0
+
+
+def _drain(summary: Summary) -> None:
+    """Wait until the sink stops writing new rows (or DRAIN_SECONDS pass)."""
+    deadline = time.monotonic() + DRAIN_SECONDS
+    last = -1.0
+    while time.monotonic() < deadline:
+        rows = summary.figures()["rows"]
+        if rows == last:
+            return
+        last = rows
+        time.sleep(1.0)
+
+
+def _print_tables(s) -> None:
+    import psycopg
+
+    from psycopg import sql
+
+    from sinks.tables import TABLE_OF_EVENT
+
+    try:
+        with psycopg.connect(s.database_url, connect_timeout=5) as conn:
+            counts = {t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()[0]
+                      for t in TABLE_OF_EVENT.values()}
+    except psycopg.Error as e:
+        print(f"ticktape: could not count rows: {e}", file=sys.stderr)
+        return
+    print("rows: " + "  ".join(f"{t} {n:,}" for t, n in counts.items()))
