@@ -177,3 +177,17 @@ def test_fill_memory_is_bounded():
     for i in range(pf_mod.FILL_MEMORY + 10):
         apply_fill(pf, fill("AAPL", T0 + i, "BUY", 1, 1.0, n=i))
     assert len(pf.to_dict()["recent_fills"]) == pf_mod.FILL_MEMORY
+
+
+def test_flat_book_has_exact_zero_totals():
+    pf = Portfolio("paper", 1000.0)
+    apply_fill(pf, fill("AAPL", T0, "BUY", 3, 10.1, n=1))
+    apply_fill(pf, fill("MSFT", T0, "SELL", 7, 3.3, n=2))
+    for p in (10.7, 10.3, 9.9, 11.1):
+        mark(pf, "AAPL", p)
+        mark(pf, "MSFT", p / 3)
+    apply_fill(pf, fill("AAPL", T0, "SELL", 3, 11.1, n=3))
+    apply_fill(pf, fill("MSFT", T0, "BUY", 7, 3.7, n=4))
+    eq = equity_event(pf, T0, "e")
+    assert (eq["market_value"], eq["gross_exposure"], eq["unrealized_pnl"]) == (0.0, 0.0, 0.0)
+    assert eq["equity"] == eq["cash"]

@@ -11,9 +11,10 @@ A symbol's mark is the last market price given to :func:`mark`; a symbol never m
 is marked at its first fill price.  The state depends only on the fills and marks, in
 order, so it can be rebuilt from ``trading.fills`` (+ market data) alone.
 
-Market value and gross exposure are kept as running totals (O(1) per mark, so a
-backtest can take an equity point per bar); every fill recomputes them exactly from
-the positions, so rounding never accumulates across trades.
+Market value, gross exposure, cost basis and realized PnL are kept as running totals,
+updated in O(1) per mark and per fill (a backtest takes an equity point per bar); the
+rounding they accumulate is far below a cent (tests compare them with an exact
+recomputation).
 """
 from __future__ import annotations
 
@@ -59,8 +60,11 @@ class Portfolio:
             "positions": {s: {"qty": p.qty, "avg_cost": p.avg_cost, "realized_pnl": p.realized_pnl}
                           for s, p in self.positions.items()},
             "marks": dict(self.marks),
+            # running totals carry their rounding history: stored so a restore is bit-identical
             "market_value": self.market_value,
             "gross_exposure": self.gross_exposure,
+            "cost_basis": self.cost_basis,
+            "realized_pnl": self.realized_pnl,
             "recent_fills": self.recent_fills.to_list(),
         }
 
@@ -71,25 +75,10 @@ class Portfolio:
         pf.positions = {s: Position(p["qty"], p["avg_cost"], p["realized_pnl"])
                         for s, p in d["positions"].items()}
         pf.marks = dict(d["marks"])
-        _recompute_totals(pf)
-        # the running totals carry the marks' rounding history: restore them bit for bit
-        pf.market_value = d["market_value"]
-        pf.gross_exposure = d["gross_exposure"]
+        pf.market_value, pf.gross_exposure = d["market_value"], d["gross_exposure"]
+        pf.cost_basis, pf.realized_pnl = d["cost_basis"], d["realized_pnl"]
         pf.recent_fills = RecentIds(FILL_MEMORY, d["recent_fills"])
         return pf
-
-
-def _recompute_totals(pf: Portfolio) -> None:
-    mv = gross = cost = realized = 0.0
-    marks = pf.marks
-    for sym, pos in pf.positions.items():
-        realized += pos.realized_pnl
-        if pos.qty:
-            m = marks[sym]
-            mv += pos.qty * m
-            gross += abs(pos.qty) * m
-            cost += pos.qty * pos.avg_cost
-    pf.market_value, pf.gross_exposure, pf.cost_basis, pf.realized_pnl = mv, gross, cost, realized
 
 
 def fold_fill(pf: Portfolio, fill: dict) -> Position | None:
@@ -104,7 +93,7 @@ def fold_fill(pf: Portfolio, fill: dict) -> Position | None:
     pos = pf.positions.get(sym)
     if pos is None:
         pos = pf.positions[sym] = Position()
-    old = pos.qty
+    old, old_avg, old_realized = pos.qty, pos.avg_cost, pos.realized_pnl
     new = old + q
     if old == 0.0 or (old > 0) == (q > 0):
         pos.avg_cost = (abs(old) * pos.avg_cost + abs(q) * price) / abs(new)
@@ -119,9 +108,15 @@ def fold_fill(pf: Portfolio, fill: dict) -> Position | None:
     pos.qty = new
     pos.realized_pnl -= commission
     pf.cash -= q * price + commission
-    if sym not in pf.marks:
-        pf.marks[sym] = price
-    _recompute_totals(pf)
+    m = pf.marks.get(sym)
+    if m is None:
+        m = pf.marks[sym] = price
+    pf.market_value += (new - old) * m
+    pf.gross_exposure += (abs(new) - abs(old)) * m
+    pf.cost_basis += new * pos.avg_cost - old * old_avg
+    pf.realized_pnl += pos.realized_pnl - old_realized
+    if new == 0.0 and not any(p.qty for p in pf.positions.values()):
+        pf.market_value = pf.gross_exposure = pf.cost_basis = 0.0  # flat book: no rounding residue
     return pos
 
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from ..config import ConfigError
 from .portfolio import Portfolio, fold_fill, mark
-from .trading import US_PER_S, RecentIds, iso, side_of, tick_price, utc_day
+from .trading import US_PER_DAY, US_PER_S, RecentIds, iso, side_of, tick_price, utc_day
 
 ACTIVE, REDUCING, HALTED = "ACTIVE", "REDUCING", "HALTED"
 TRADING_STATES = (ACTIVE, REDUCING, HALTED)
@@ -245,13 +245,17 @@ def _check_loss(r: Risk, ts: int) -> None:
 
 
 def _on_price(r: Risk, symbol: str, ts: int, price: float | None) -> None:
-    _roll_day(r, ts)
+    # runs for every tick and bar: the common path is inlined
+    if r.day is None or ts >= (r.day + 1) * US_PER_DAY:
+        _roll_day(r, ts)
     last = r.md_ts.get(symbol)
     if price is None or (last is not None and ts < last):
         return  # no price, or older than what we have (a late event)
     r.md_ts[symbol] = ts
-    mark(r.portfolio, symbol, price)
-    _check_loss(r, ts)
+    pf = r.portfolio
+    mark(pf, symbol, price)
+    if r.day_start_equity - pf.cash - pf.market_value >= r.limits.daily_loss_limit:
+        _check_loss(r, ts)
 
 
 def on_tick(r: Risk, tick: dict) -> list[dict]:

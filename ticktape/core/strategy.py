@@ -128,17 +128,10 @@ class Strategy:
         return st
 
 
-def _symbol(st: Strategy, symbol: str) -> SymbolState:
-    s = st.symbols.get(symbol)
-    if s is None:
-        s = st.symbols[symbol] = SymbolState()
-    return s
-
-
 def on_indicator_set(st: Strategy, ind: dict) -> list[dict]:
     if ind["interval"] != st.cfg.interval:
         return []
-    s = _symbol(st, ind["symbol"])
+    s = st.symbols.get(ind["symbol"]) or st.symbols.setdefault(ind["symbol"], SymbolState())
     ts = ind["ts"]
     if s.last_ind_ts is not None and ts <= s.last_ind_ts:
         return []  # redelivered
@@ -153,16 +146,22 @@ def on_prediction(st: Strategy, pred: dict) -> list[dict]:
     p_up = pred["p_up"]
     if not 0.0 <= p_up <= 1.0:
         raise ValueError(f"prediction {pred['event_id']}: p_up={p_up!r} is not a probability")
-    s = _symbol(st, pred["symbol"])
+    symbol = pred["symbol"]
+    s = st.symbols.get(symbol) or st.symbols.setdefault(symbol, SymbolState())
     ts = pred["ts"]
     if s.last_pred_ts is not None and ts <= s.last_pred_ts:
         return []  # redelivered
     s.last_pred_ts = ts
+    inds = s.inds
+    if not s.preds and inds and inds[-1][0] == ts:  # the usual order: this bar's indicators are in
+        ind = inds.pop()
+        inds.clear()  # older bars the model did not score
+        return _decide(st, symbol, s, ts, p_up, pred["event_id"], pred["model_version"], ind[1], ind[2])
     if len(s.preds) == JOIN_BUFFER:
         s.preds.popleft()
         st.unmatched_predictions += 1
     s.preds.append([ts, p_up, pred["event_id"], pred["model_version"]])
-    return _drain(st, pred["symbol"], s) if s.inds else []
+    return _drain(st, symbol, s) if inds else []
 
 
 def _drain(st: Strategy, symbol: str, s: SymbolState) -> list[dict]:
@@ -177,14 +176,15 @@ def _drain(st: Strategy, symbol: str, s: SymbolState) -> list[dict]:
             preds.popleft()  # its indicators were passed over: they will never come
             st.unmatched_predictions += 1
         else:
-            out.extend(_decide(st, symbol, s, preds.popleft(), inds.popleft()))
+            _, p_up, pred_id, model_version = preds.popleft()
+            _, close, vol = inds.popleft()
+            out.extend(_decide(st, symbol, s, pts, p_up, pred_id, model_version, close, vol))
     return out
 
 
-def _decide(st: Strategy, symbol: str, s: SymbolState, pred: list, ind: list) -> list[dict]:
+def _decide(st: Strategy, symbol: str, s: SymbolState, ts: int, p_up: float, pred_id: str,
+            model_version: str, close: float, vol: float | None) -> list[dict]:
     cfg = st.cfg
-    ts, p_up, pred_id, model_version = pred
-    close, vol = ind[1], ind[2]
     s.decisions += 1
     d = s.direction
     shorts = cfg.sides == "long_short"

@@ -1,0 +1,136 @@
+"""Throughput of the trading core: bars/s through strategy -> risk -> paper execution -> portfolio.
+
+Pure core on one core, no I/O.  Synthetic input (built before timing): per bar of each
+symbol a Bar, its IndicatorSet and a Prediction.  Each stage is timed on its own over the
+same input, then the whole chain as a backtest wires it (one equity point per timestamp).
+After one warm-up run each case runs ``--runs`` times; the table shows the median and the
+spread (min-max) of the rates, and the JSON goes to bench/results/trading.json.
+
+    python bench/bench_trading.py            # full run
+    python bench/bench_trading.py --quick    # seconds-long smoke run, no results file
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ticktape.core import execution as ex  # noqa: E402
+from ticktape.core import portfolio as pf  # noqa: E402
+from ticktape.core import risk as rk  # noqa: E402
+from ticktape.core import strategy as sg  # noqa: E402
+from ticktape.risk_config import DEFAULT_RISK_CONFIG, load_risk_limits  # noqa: E402
+
+T0 = 1_704_205_800_000_000
+MIN = 60_000_000
+
+
+def build(n_symbols: int, n_bars: int) -> list[tuple[dict, dict, dict]]:
+    events = []
+    for i in range(n_bars):
+        ts = T0 + i * MIN
+        for k in range(n_symbols):
+            sym = f"S{k:03d}"
+            close = 100.0 + 10 * math.sin(i / 37 + k)
+            bar = {"event_id": f"bar:{sym}:1m:{ts}", "symbol": sym, "interval": "1m", "ts": ts,
+                   "window_start": ts - MIN, "window_end": ts, "open": close - 0.1, "high": close + 0.2,
+                   "low": close - 0.2, "close": close, "volume": 1e4, "vwap": close, "trade_count": 50}
+            ind = {"event_id": f"ind:{sym}:1m:{ts}", "symbol": sym, "interval": "1m", "ts": ts,
+                   "close": close, "volume": 1e4, "volatility_20": 0.2}
+            pred = {"event_id": f"pred:{sym}:1m:{ts}", "symbol": sym, "interval": "1m", "ts": ts,
+                    "model_name": "xgb", "model_version": "1",
+                    "p_up": 0.5 + 0.45 * math.sin(i / 11 + 2 * k), "horizon": 5, "features": {}}
+            events.append((bar, ind, pred))
+    return events
+
+
+def run_chain(events, limits, stages=("strategy", "risk", "execution", "portfolio")) -> dict:
+    strat = sg.Strategy(sg.StrategyConfig())
+    risk = rk.Risk("paper", limits.for_account("paper"), 1e6)
+    exe = ex.Execution(ex.ExecConfig())
+    book = pf.Portfolio("paper", 1e6)
+    counts = {"signals": 0, "orders": 0, "rejections": 0, "fills": 0, "equity_points": 0}
+    last_ts = None
+    for bar, ind, pred in events:
+        ts = bar["ts"]
+        if "risk" in stages:
+            rk.on_bar(risk, bar)
+        if "execution" in stages:
+            for fill in ex.on_bar(exe, bar):
+                counts["fills"] += 1
+                rk.on_fill(risk, fill)
+                pf.apply_fill(book, fill)
+        if "portfolio" in stages:
+            pf.mark(book, bar["symbol"], bar["close"])
+            if ts != last_ts:  # one equity point per timestamp
+                pf.equity_event(book, ts, f"eq:paper:{ts}")
+                counts["equity_points"] += 1
+                last_ts = ts
+        if "strategy" not in stages:
+            continue
+        signals = sg.on_indicator_set(strat, ind) + sg.on_prediction(strat, pred)
+        counts["signals"] += len(signals)
+        if "risk" not in stages:
+            continue
+        for sig in signals:
+            for out in rk.on_signal(risk, sig):
+                if "reason_code" in out:
+                    counts["rejections"] += 1
+                else:
+                    counts["orders"] += 1
+                    ex.on_order(exe, out)
+    return counts
+
+
+STAGES = (("strategy", ("strategy",)), ("risk (marks)", ("risk",)),
+          ("portfolio (marks + equity)", ("portfolio",)),
+          ("whole chain", ("strategy", "risk", "execution", "portfolio")))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--symbols", type=int, default=50)
+    ap.add_argument("--bars", type=int, default=2000, help="bars per symbol")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="20 symbols x 500 bars, 3 runs, no results file")
+    ap.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "trading.json")
+    args = ap.parse_args()
+    if args.quick:
+        args.symbols, args.bars, args.runs = 20, 500, 3
+    limits = load_risk_limits(DEFAULT_RISK_CONFIG)
+    events = build(args.symbols, args.bars)
+    rows = []
+    for name, stages in STAGES:
+        run_chain(events, limits, stages)  # warm-up
+        rates = []
+        for _ in range(args.runs):
+            start = time.perf_counter()
+            counts = run_chain(events, limits, stages)
+            rates.append(len(events) / (time.perf_counter() - start))
+        rows.append({"stage": name, "bars": len(events), "median_bars_per_s": round(statistics.median(rates)),
+                     "min_bars_per_s": round(min(rates)), "max_bars_per_s": round(max(rates)), **counts})
+    print(f"{'stage':<28}{'bars':>8}{'bars/s (median)':>17}{'min-max':>19}{'signals':>9}{'orders':>8}"
+          f"{'rejects':>9}{'fills':>7}")
+    for r in rows:
+        spread = f"{r['min_bars_per_s']}-{r['max_bars_per_s']}"
+        print(f"{r['stage']:<28}{r['bars']:>8}{r['median_bars_per_s']:>17}{spread:>19}"
+              f"{r['signals']:>9}{r['orders']:>8}{r['rejections']:>9}{r['fills']:>7}")
+    if not args.quick:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps({
+            "benchmark": "trading", "symbols": args.symbols, "bars_per_symbol": args.bars,
+            "runs": args.runs, "python": platform.python_version(), "machine": platform.machine(),
+            "results": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
