@@ -46,6 +46,25 @@ SINK_BATCH_LATENCY = Histogram(
 SINK_ERRORS = Counter("ticktape_sink_errors", "failed write attempts", ["sink"])
 SINK_HEALTHY = Gauge("ticktape_sink_healthy", "1 when the sink's last write succeeded", ["sink"])
 
+# --- model ------------------------------------------------------------------------------
+INFERENCE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+INFERENCE_LATENCY = Histogram(
+    "ticktape_inference_latency_seconds", "time to score one batch of indicator sets", ["model"],
+    buckets=INFERENCE_BUCKETS)
+PREDICTIONS = Counter("ticktape_predictions", "predictions emitted", ["model", "version"])
+MODEL_ACTIVE = Gauge(
+    "ticktape_model_active", "1 for the model version the predict stage scores with, else 0",
+    ["model", "version"])
+
+# --- trading ----------------------------------------------------------------------------
+RISK_REJECTIONS = Counter("ticktape_risk_rejections", "orders the risk engine rejected", ["reason"])
+ORDERS = Counter("ticktape_orders", "orders approved by the risk engine", ["account", "side"])
+FILLS = Counter("ticktape_fills", "paper fills", ["account", "side"])
+EQUITY = Gauge("ticktape_equity", "account equity: cash + market value", ["account"])
+PNL = Gauge("ticktape_pnl", "account PnL by kind (realized, unrealized)", ["account", "kind"])
+GROSS_EXPOSURE = Gauge("ticktape_gross_exposure", "sum of |market value| over positions", ["account"])
+POSITIONS_OPEN = Gauge("ticktape_positions_open", "symbols with a non-zero position", ["account"])
+
 # --- risk -------------------------------------------------------------------------------
 KILL_SWITCH = Gauge("ticktape_kill_switch", "1 when the account is HALTED", ["account"])
 
