@@ -254,7 +254,7 @@ def _on_price(r: Risk, symbol: str, ts: int, price: float | None) -> None:
     r.md_ts[symbol] = ts
     pf = r.portfolio
     mark(pf, symbol, price)
-    if r.day_start_equity - pf.cash - pf.market_value >= r.limits.daily_loss_limit:
+    if r.day_start_equity - (pf.cash + pf.market_value) >= r.limits.daily_loss_limit:  # = _check_loss's test
         _check_loss(r, ts)
 
 
