@@ -67,11 +67,19 @@ class Summary:
     def __init__(self, children: list[Child]):
         self.ports = {c.role: c.port for c in children}
         self.prev: tuple[float, float] | None = None
+        self.last: dict[str, dict] = {}
+
+    def _scrape(self, role: str) -> dict:
+        """A process's metrics, or its last ones once it has stopped."""
+        samples = scrape(self.ports[role])
+        if samples:
+            self.last[role] = samples
+        return self.last.get(role, {})
 
     def figures(self) -> dict[str, float]:
-        prod = scrape(self.ports["producer"])
-        work = scrape(self.ports["worker"])
-        sink = scrape(self.ports["sink-postgres"])
+        prod = self._scrape("producer")
+        work = self._scrape("worker")
+        sink = self._scrape("sink-postgres")
         now = time.monotonic()
         ticks = total(prod, "ticktape_events_out_total", topic="md.ticks")
         rate = 0.0
@@ -134,8 +142,8 @@ def run(args) -> int:
     print("ticktape: stopping the source, draining the pipeline ...", flush=True)
     source.stop()
     _drain(summary)
-    codes = {c.role: c.stop() for c in pipeline}
     print(summary.line(time.monotonic() - t0), flush=True)
+    codes = {c.role: c.stop() for c in pipeline}
     _print_tables(s)
     if failed is not None:
         print(f"ticktape: {failed.role} exited with code {failed.proc.returncode}; "
