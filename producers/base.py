@@ -133,10 +133,14 @@ class SourceStats:
             ("gaps", metrics.SOURCE_GAPS), ("duplicates", metrics.SOURCE_DUPLICATES),
             ("drops", metrics.SOURCE_DROPS), ("errors", metrics.SOURCE_ERRORS))}
         self._latency = metrics.SOURCE_LATENCY.labels(source)
+        self._kinds = {}
 
     def receive(self, kind: str, n: int = 1) -> None:
         self.received[kind] = self.received.get(kind, 0) + n
-        metrics.SOURCE_MESSAGES.labels(self.source, kind).inc(n)
+        child = self._kinds.get(kind)
+        if child is None:
+            child = self._kinds[kind] = metrics.SOURCE_MESSAGES.labels(self.source, kind)
+        child.inc(n)
 
     def add(self, name: str, n: int = 1) -> None:
         """Count ``n`` more published/reconnects/gaps/duplicates/drops/errors."""

@@ -36,6 +36,7 @@ from .base import EventPublisher, SourceStats, StopFlag
 log = logging.getLogger(__name__)
 PROVIDERS = {"alpaca": alpaca}
 DROP_REPORT_S = 5.0  # at most one drop warning per this many seconds
+COUNT_BATCH = 1000  # the publisher updates its counters at least every this many events
 
 
 def add_arguments(p, parse_time, parse_speed) -> None:
@@ -97,12 +98,16 @@ class WebSocketFeed:
 
     # -- the publisher thread ---------------------------------------------------------
     def _drain(self, pub: EventPublisher) -> None:
+        pending = 0  # published but not yet counted: counters are updated in batches
         try:
             while (item := self.queue.get()) is not None:
                 topic, event_type, event = item
                 pub.publish(topic, event_type, event)
-                self.stats.add("published")
                 self.stats.latency(event["ts"])
+                pending += 1
+                if pending >= COUNT_BATCH or self.queue.empty():
+                    self.stats.add("published", pending)
+                    pending = 0
         except BaseException as e:  # the reader must not wait forever for a dead publisher
             self._failure = e
             self.stop.set()
@@ -265,7 +270,7 @@ class WebSocketFeed:
             return []
         if not isinstance(messages, list):
             messages = [messages]
-        out = []
+        out, kinds = [], {}
         for m in messages:
             if self.count is not None and self.accepted >= self.count:
                 break
@@ -282,7 +287,7 @@ class WebSocketFeed:
                 self.stats.receive("malformed")
                 log.warning("websocket: malformed %s skipped (%s: %s): %.120s", name, type(e).__name__, e, m)
                 continue
-            self.stats.receive(name)
+            kinds[name] = kinds.get(name, 0) + 1
             new, gap = self.tracker.bar(event) if event_type == "bar" else self.tracker.tick(event)
             if not new:
                 self.stats.add("duplicates")
@@ -292,6 +297,8 @@ class WebSocketFeed:
                 log.info("websocket: %s %ss may have a gap between %d and %d (µs)", *gap)
             self.accepted += 1
             out.append((topic, event_type, event))
+        for name, n in kinds.items():
+            self.stats.receive(name, n)
         return out
 
     def _other(self, m, kind) -> None:

@@ -108,7 +108,7 @@ def read_topic(s, topic: str) -> list[dict]:
     parts = kafka_clients.admin(s).list_topics(name, timeout=10).topics[name].partitions
     consumer.assign([TopicPartition(name, p, 0) for p in parts])
     serde, out, idle = Serde(), [], 0
-    while idle < 8:  # everything was flushed before: stop after ~2 s of silence
+    while idle < 4:  # everything was flushed before: stop after ~1 s of silence
         msg = consumer.poll(0.25)
         if msg is None:
             idle += 1
