@@ -206,3 +206,27 @@ class Serde:
 def to_json(record: dict) -> str:
     """One JSON line for a decoded record (bytes as hex), stable key order."""
     return json.dumps(record, sort_keys=True, default=lambda o: o.hex() if isinstance(o, bytes) else str(o))
+
+
+def backward_incompatibilities(old: dict, new: dict, samples: int = 200) -> list[str]:
+    """Why a reader with schema ``new`` cannot read data written with ``old`` ([] = it can).
+
+    Checks Avro schema resolution on generated records of the old schema, which covers
+    the usual breakages: a new field without a default, a changed type, a removed
+    enum symbol, a renamed record.
+    """
+    from fastavro.utils import generate_many
+
+    old_parsed = fastavro.parse_schema(copy.deepcopy(old))
+    new_parsed = fastavro.parse_schema(copy.deepcopy(new))
+    problems = []
+    for record in generate_many(old_parsed, samples):
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, old_parsed, record)
+        buf.seek(0)
+        try:
+            fastavro.schemaless_reader(buf, old_parsed, new_parsed)
+        except Exception as e:  # fastavro's SchemaResolutionError and friends
+            problems.append(f"{type(e).__name__}: {e}")
+            break
+    return problems
