@@ -218,6 +218,8 @@ class LocalStack:
         port = prev.get("port") if prev.get("port") and not port_open(prev["port"]) else free_port()
         conf = self.home / "prometheus.yml"
         conf.write_text((REPO_ROOT / "prometheus" / "prometheus.local.yml").read_text())
+        # its rule file, next to it; its scrape targets come from `ticktape run`
+        shutil.copyfile(REPO_ROOT / "prometheus" / "alerts.yml", self.home / "alerts.yml")
         proc = _spawn([binary, f"--config.file={conf}", f"--storage.tsdb.path={self.home / 'prometheus'}",
                        f"--web.listen-address=127.0.0.1:{port}"], self.home / "logs" / "prometheus.log")
         wait_port(port, "Prometheus", proc=proc)

@@ -20,6 +20,7 @@ from .. import metrics
 from ..config import settings
 from ..scrape import scrape, total
 from .stack import bring_up
+from .status import remove_run_files, write_run_files
 
 DRAIN_SECONDS = 8.0
 
@@ -114,6 +115,7 @@ def run(args) -> int:
     source = Child("producer", producer_args)
     for child in pipeline + [source]:
         child.start(logs, env)
+    write_run_files(s.home, [(c.role, c.port, c.proc.pid) for c in pipeline + [source]])
 
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
@@ -144,6 +146,7 @@ def run(args) -> int:
     _drain(summary)
     print(summary.line(time.monotonic() - t0), flush=True)
     codes = {c.role: c.stop() for c in pipeline}
+    remove_run_files(s.home)
     _print_tables(s)
     if failed is not None:
         print(f"ticktape: {failed.role} exited with code {failed.proc.returncode}; "
