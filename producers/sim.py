@@ -11,6 +11,7 @@ import logging
 import time
 
 from ticktape import metrics
+from ticktape.commands.produce import parse_time
 from ticktape.config import Settings
 from ticktape.core.sim import MarketSimulator
 
@@ -35,8 +36,9 @@ def run(args, s: Settings, stop: StopFlag | None = None) -> int:
     stop = stop or StopFlag()
     symbols = args.symbols.replace(",", " ").split() if args.symbols else s.symbol_list
     rate = args.rate or s.sim_tick_rate
-    live = args.start is None
-    start_us = args.start if not live else (time.time_ns() // 1000)
+    start = args.start if args.start is not None else (parse_time(s.sim_start) if s.sim_start else None)
+    live = start is None
+    start_us = start if not live else (time.time_ns() // 1000)
     speed = args.speed if args.speed is not None else (1.0 if live else None)
     seed = args.seed if args.seed is not None else s.sim_seed
     sim = MarketSimulator(symbols, seed=seed, tick_rate=rate, start_us=start_us)

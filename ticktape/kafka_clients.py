@@ -13,7 +13,7 @@ import yaml
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from .config import REPO_ROOT, Settings
+from .config import REPO_ROOT, ConfigError, Settings
 
 log = logging.getLogger(__name__)
 CATALOG_FILE = REPO_ROOT / "kafka" / "topics.yaml"
@@ -22,7 +22,7 @@ CATALOG_FILE = REPO_ROOT / "kafka" / "topics.yaml"
 def client_config(s: Settings) -> dict:
     """Connection and security settings shared by every confluent-kafka client."""
     if not s.kafka_bootstrap_servers:
-        raise KafkaException("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or run `ticktape stack up`")
+        raise ConfigError("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or run `ticktape stack up`")
     conf = {"bootstrap.servers": s.kafka_bootstrap_servers,
             "security.protocol": s.kafka_security_protocol}
     if s.kafka_sasl_mechanism:
@@ -70,7 +70,7 @@ def faust_broker_settings(s: Settings) -> dict:
     import faust
 
     if not s.kafka_bootstrap_servers:
-        raise KafkaException("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or run `ticktape stack up`")
+        raise ConfigError("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or run `ticktape stack up`")
     kwargs = {"broker": ";".join(f"kafka://{h}" for h in s.kafka_bootstrap_servers.split(","))}
     proto = s.kafka_security_protocol.upper()
     ctx = None
