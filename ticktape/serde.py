@@ -64,7 +64,7 @@ def _load_version(path: Path) -> SchemaVersion:
     parsed_full = fastavro.parse_schema(copy.deepcopy(schema))
     canonical = to_parsing_canonical_form(parsed_full)
     fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
-    parsed = fastavro.parse_schema(_strip_logical_types(schema), _write_hint=False)
+    parsed = fastavro.parse_schema(_strip_logical_types(schema))
     return SchemaVersion(event_type, int(vpart), path, schema, parsed, canonical, fp)
 
 
