@@ -46,16 +46,6 @@ SINK_BATCH_LATENCY = Histogram(
 SINK_ERRORS = Counter("ticktape_sink_errors", "failed write attempts", ["sink"])
 SINK_HEALTHY = Gauge("ticktape_sink_healthy", "1 when the sink's last write succeeded", ["sink"])
 
-# --- model ------------------------------------------------------------------------------
-INFERENCE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
-INFERENCE_LATENCY = Histogram(
-    "ticktape_inference_latency_seconds", "time to score one batch of indicator sets", ["model"],
-    buckets=INFERENCE_BUCKETS)
-PREDICTIONS = Counter("ticktape_predictions", "predictions emitted", ["model", "version"])
-MODEL_ACTIVE = Gauge(
-    "ticktape_model_active", "1 for the model version the predict stage scores with, else 0",
-    ["model", "version"])
-
 # --- trading ----------------------------------------------------------------------------
 RISK_REJECTIONS = Counter("ticktape_risk_rejections", "orders the risk engine rejected", ["reason"])
 ORDERS = Counter("ticktape_orders", "orders approved by the risk engine", ["account", "side"])
