@@ -1,0 +1,274 @@
+"""The Faust worker's bars stage on the real broker, checked against the pure core.
+
+The worker runs as the pipeline runs it: ``python -m ticktape.cli process worker`` in a
+subprocess, configured by env vars.  The watermark only moves with data, so each test
+ends its input with a quote-only tick one hour later in every partition: that closes
+every window.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from test_bars import random_ticks, tick
+
+from ticktape import kafka_clients
+from ticktape.config import REPO_ROOT
+from ticktape.core.bars import BarAggregator
+from ticktape.serde import Serde
+from ticktape.stack import free_port
+
+INTERVALS = ["1s", "1m"]
+GRACE_MS = 500
+PARTITIONS = kafka_clients.topic_spec("md.ticks").partitions
+serde = Serde()
+
+
+class Worker:
+    """One ``ticktape process worker`` subprocess."""
+
+    def __init__(self, s, log_path, **env):
+        self.metrics_port = free_port()
+        self.log_path = log_path
+        environ = os.environ | {
+            "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "TOPIC_PREFIX": s.topic_prefix,
+            "TICKTAPE_HOME": s.home, "METRICS_PORT": str(self.metrics_port),
+            "BAR_INTERVALS": ",".join(INTERVALS), "BAR_GRACE_MS": str(GRACE_MS),
+            "PYTHONPATH": str(REPO_ROOT)} | env
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "ticktape.cli", "process", "worker"],
+                                         env=environ, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+
+    def metric(self, name: str, **labels) -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        for line in text.splitlines():
+            if line.startswith(f"{name}{{{want}}} "):
+                return float(line.split()[-1])
+        raise KeyError(f"{name}{{{want}}} not in /metrics")
+
+    def wait_metric(self, name: str, value: float, timeout: float = 30.0, **labels) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.metric(name, **labels) == value:
+                    return True
+            except (OSError, KeyError):
+                pass  # not up yet
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+    def stop(self, sig=signal.SIGTERM, timeout=30) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+
+def produce(s, items) -> list[tuple[int, int]]:
+    """Send (key, value bytes, partition or None) items; (partition, offset) of each."""
+    prod = kafka_clients.producer(s)
+    placed = [None] * len(items)
+
+    def delivered(i):
+        def cb(err, msg):
+            assert err is None, err
+            placed[i] = (msg.partition(), msg.offset())
+        return cb
+
+    for i, (key, value, partition) in enumerate(items):
+        extra = {} if partition is None else {"partition": partition}
+        prod.produce(s.topic("md.ticks"), value=value, key=key, on_delivery=delivered(i), **extra)
+    assert prod.flush(30) == 0
+    return placed
+
+
+def flush_items(ts):
+    return [(b"ZFLUSH", serde.encode("tick", tick("ZFLUSH", ts, bid=1.0)), p) for p in range(PARTITIONS)]
+
+
+def expected_output(records, placed):
+    """Bars (per topic and partition, in order) and late tick bytes the core computes."""
+    per_partition = defaultdict(list)
+    for rec, (partition, offset) in zip(records, placed):
+        if rec is not None:
+            per_partition[partition].append((offset, rec))
+    bars, late, late_counts = defaultdict(list), defaultdict(list), defaultdict(int)
+    for partition, items in per_partition.items():
+        items.sort(key=lambda x: x[0])
+        ticks = [rec for _, rec in items]
+        out = BarAggregator(INTERVALS, GRACE_MS * 1000).process(ticks)
+        for bar in out.bars:
+            bars[(f"md.bars.{bar['interval']}", partition)].append(bar)
+        for idx, late_for in out.late:
+            late[partition].append(serde.encode("tick", ticks[idx]))
+            for iv in late_for:
+                late_counts[iv] += 1
+    return bars, late, late_counts
+
+
+def read(s, topic: str, count: int, timeout: float = 60.0, quiet: float = 2.0):
+    """Messages of a topic, by partition in order: waits for ``count`` of them, then
+    ``quiet`` seconds more so that extra (duplicate) messages would show too."""
+    partitions = kafka_clients.topic_spec(topic).partitions
+    cons = kafka_clients.consumer(s, f"{s.topic_prefix}reader")
+    cons.assign([TopicPartition(s.topic(topic), p, OFFSET_BEGINNING) for p in range(partitions)])
+    out = defaultdict(list)
+    n = 0
+    deadline = time.monotonic() + timeout
+    quiet_until = None
+    try:
+        while time.monotonic() < deadline:
+            if n >= count:
+                quiet_until = quiet_until or time.monotonic() + quiet
+                if time.monotonic() >= quiet_until:
+                    break
+            msg = cons.poll(0.2)
+            if msg is None:
+                continue
+            assert msg.error() is None, msg.error()
+            out[msg.partition()].append(msg)
+            n += 1
+    finally:
+        cons.close()
+    return out
+
+
+def decoded(messages):
+    return [serde.decode(m.value())[1] for m in messages]
+
+
+def test_worker_emits_exactly_the_core_bars(settings, tmp_path):
+    kafka_clients.ensure_topics(settings)
+    ticks = random_ticks(11, 4000)
+    ticks[1500]["price"] = math.nan  # an invalid trade: dead-lettered, not merged
+    items = [(t["symbol"].encode(), serde.encode("tick", t), None) for t in ticks]
+    items.insert(2000, (b"AAPL", b"not avro at all", None))
+    records = [dict(t) for t in ticks]
+    records.insert(2000, None)
+    records[1500] = None
+    items += flush_items(ticks[-1]["ts"] + 3600 * 10**6)
+    records += [serde.decode(v)[1] for _, v, _ in items[-PARTITIONS:]]
+    placed = produce(settings, items)
+    bars, late, late_counts = expected_output(records, placed)
+    n_bars = sum(map(len, bars.values()))
+    assert n_bars > 400 and sum(late_counts.values()) > 20
+
+    worker = Worker(settings, tmp_path / "worker.log")
+    try:
+        got = {}
+        for interval in INTERVALS:
+            topic = f"md.bars.{interval}"
+            want = sum(len(v) for (t, _), v in bars.items() if t == topic)
+            for partition, msgs in read(settings, topic, want).items():
+                got[(topic, partition)] = decoded(msgs)
+        assert got == dict(bars), worker.log_tail()  # same bars, same order, no extra copy
+
+        late_got = read(settings, "md.ticks.late", sum(map(len, late.values())))
+        assert {p: [m.value() for m in msgs] for p, msgs in late_got.items()} == dict(late)
+
+        dlq = [m for msgs in read(settings, "dlq.bars", 2).values() for m in msgs]
+        dlq.sort(key=lambda m: m.value() != items[1500][1])  # order depends on partitions
+        assert [m.value() for m in dlq] == [items[1500][1], b"not avro at all"]
+        headers = [dict(m.headers()) for m in dlq]
+        assert headers[0]["ticktape.error"].startswith(b"invalid trade: price=nan")
+        assert headers[1]["ticktape.error"] == b"not an Avro event (first bytes 6e6f7420)"
+        assert [(int(h["ticktape.source.partition"]), int(h["ticktape.source.offset"])) for h in headers] == [
+            placed[1500], placed[2000]]
+        assert {h["ticktape.source.topic"] for h in headers} == {settings.topic("md.ticks").encode()}
+
+        for interval in INTERVALS:
+            assert worker.metric("ticktape_late_ticks_total", interval=interval) == late_counts[interval]
+            assert worker.metric("ticktape_bars_closed_total", interval=interval) == sum(
+                len(v) for (t, _), v in bars.items() if t == f"md.bars.{interval}")
+        assert worker.metric("ticktape_dlq_messages_total", stage="bars", topic="dlq.bars") == 2
+        assert worker.wait_metric("ticktape_events_in_total", len(items), stage="bars", topic="md.ticks")
+    finally:
+        rc = worker.stop()
+    assert rc == 0, worker.log_tail()  # SIGTERM: a graceful stop
+
+
+def committed(s) -> int:
+    """Messages of md.ticks the worker's consumer group has committed."""
+    cons = kafka_clients.consumer(s, s.group("worker"))
+    try:
+        tps = cons.committed([TopicPartition(s.topic("md.ticks"), p) for p in range(PARTITIONS)], timeout=10)
+    finally:
+        cons.close()
+    return sum(max(tp.offset, 0) for tp in tps)
+
+
+def distinct(s, topic, count, key):
+    """The distinct messages of a topic, checking that repeats carry the same bytes."""
+    first_copy = {}
+    for msgs in read(s, topic, count, quiet=3.0).values():
+        for m in msgs:  # sent just before a kill, sent again after it: same bytes
+            assert first_copy.setdefault(key(m.value()), m.value()) == m.value()
+    return first_copy
+
+
+def test_worker_killed_mid_stream_resumes_exactly(settings, tmp_path):
+    kafka_clients.ensure_topics(settings)
+    ticks = random_ticks(12, 6000)
+    # first after the first restart: late only by the watermark saved before it
+    ticks[2000] = tick(ticks[1999]["symbol"], ticks[1999]["ts"] - 3 * 10**6, 100.0, 100.0)
+    items = [(t["symbol"].encode(), serde.encode("tick", t), None) for t in ticks]
+    items += flush_items(ticks[-1]["ts"] + 3600 * 10**6)
+    records = [dict(t) for t in ticks] + [serde.decode(v)[1] for _, v, _ in items[-PARTITIONS:]]
+    small_batches = {"PROCESSOR_BATCH_SIZE": "100", "PROCESSOR_BATCH_MS": "20"}
+
+    # 1. all of the first part processed and committed, then killed: its open windows
+    #    exist only in the table's changelog
+    placed = produce(settings, items[:2000])
+    first = Worker(settings, tmp_path / "worker1.log", **small_batches)
+    try:
+        assert first.wait_metric("ticktape_events_in_total", 2000, stage="bars", topic="md.ticks"), first.log_tail()
+        deadline = time.monotonic() + 20
+        while committed(settings) < 2000 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert committed(settings) == 2000
+    finally:
+        first.stop(signal.SIGKILL)
+
+    # 2. killed while working: its committed offsets lag behind its saved state
+    placed += produce(settings, items[2000:4000])
+    second = Worker(settings, tmp_path / "worker2.log", PROCESSOR_BATCH_SIZE="10")  # slow enough to catch
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if second.metric("ticktape_events_in_total", stage="bars", topic="md.ticks") >= 300:
+                    break
+            except (OSError, KeyError):
+                pass  # not up yet
+            time.sleep(0.01)
+        processed = second.metric("ticktape_events_in_total", stage="bars", topic="md.ticks")
+    finally:
+        second.stop(signal.SIGKILL)
+    assert 300 <= processed < 2000, second.log_tail()
+
+    # 3. the rest, and the output of the three workers is that of one uninterrupted run
+    placed += produce(settings, items[4000:])
+    bars, late, _ = expected_output(records, placed)
+    third = Worker(settings, tmp_path / "worker3.log")
+    try:
+        for interval in INTERVALS:
+            want = [b for (t, _), v in bars.items() if t == f"md.bars.{interval}" for b in v]
+            got = distinct(settings, f"md.bars.{interval}", len(want), lambda v: serde.decode(v)[1]["event_id"])
+            assert sorted(map(bytes, got.values())) == sorted(serde.encode("bar", b) for b in want), third.log_tail()
+        want_late = [v for vs in late.values() for v in vs]
+        assert sorted(distinct(settings, "md.ticks.late", len(want_late), lambda v: v)) == sorted(want_late)
+        # the last worker resumed from the saved state instead of starting over
+        assert third.metric("ticktape_bars_closed_total", interval="1s") < sum(
+            len(v) for (t, _), v in bars.items() if t == "md.bars.1s")
+    finally:
+        assert third.stop() == 0, third.log_tail()
