@@ -14,8 +14,6 @@ as poison and commits the rest.  Connection failures propagate for the runner to
 """
 from __future__ import annotations
 
-import logging
-
 import psycopg
 from psycopg import errors, sql
 
@@ -24,8 +22,6 @@ from ticktape.config import ConfigError, Settings
 
 from .runner import Item, Poison
 from .tables import TABLES, Table
-
-log = logging.getLogger(__name__)
 
 # Errors caused by a row's content (SQLSTATE classes 22 and 23): the row is poison.
 ROW_ERRORS = (errors.DataError, errors.IntegrityError)

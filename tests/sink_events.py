@@ -134,10 +134,11 @@ def run_until_committed(runner, ends: dict, timeout: float = 60.0) -> int:
     return result["rc"]
 
 
-def read_topic(s: Settings, full_topic: str, count: int, timeout: float = 20.0) -> list:
-    """The first `count` messages of partition 0 of a topic (no consumer group)."""
-    cons = kafka_clients.consumer(s, "unused", **{"enable.auto.offset.store": False})
-    cons.assign([TopicPartition(full_topic, 0, OFFSET_BEGINNING)])
+def read_topic(s: Settings, full_topic: str, count: int, *, partition: int = 0, offset: int = OFFSET_BEGINNING,
+               timeout: float = 20.0) -> list:
+    """Up to `count` messages of one partition from an offset (assigned: no group join)."""
+    cons = kafka_clients.consumer(s, "unused")
+    cons.assign([TopicPartition(full_topic, partition, offset)])
     out = []
     deadline = time.monotonic() + timeout
     try:
