@@ -278,11 +278,12 @@ def model() -> dict:
                    max(ts) AS "last prediction"
             FROM predictions WHERE $__timeFilter(ts) GROUP BY 1, 2 ORDER BY 4 DESC""", "table")], w=16, h=5),
         panel("Predictions per second", "timeseries", [prom(
-            "sum by (model, version) (rate(ticktape_predictions_total[1m]))", "{{model}} {{version}}")],
+            "sum by (model) (rate(ticktape_predictions_total[1m]))", "{{model}}")],
               unit="ops"),
         panel("Inference latency", "timeseries", [
-            prom(f"histogram_quantile({q}, sum by (le, model) (rate(ticktape_inference_latency_seconds_bucket[1m])))",
-                 f"{{{{model}}}} p{int(q * 100)}") for q in (0.5, 0.99)], unit="s"),
+            prom(f"histogram_quantile({q}, sum by (le) (rate(ticktape_inference_latency_seconds_bucket[1m])))",
+                 f"p{int(q * 100)}") for q in (0.5, 0.99)], unit="s",
+              description="Scoring time of the batch each prediction was in."),
         panel("p_up distribution", "barchart", [sql(p_up_hist, "table")], options={"xField": "p_up"}),
         panel("Hit rate of past predictions (direction over the horizon)", "timeseries", [sql(hit_rate)],
               unit="percentunit", defaults={"min": 0, "max": 1},
