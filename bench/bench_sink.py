@@ -84,11 +84,18 @@ def raw_copy(conn, rows, batch) -> tuple[float, int]:
     return time.perf_counter() - start, len(rows)
 
 
-def one_run(url: str, rows, batch) -> dict:
+PATHS = {"raw_copy": raw_copy, "staged": staged, "idempotent": idempotent, "idempotent_replay": idempotent}
+
+
+def one_run(url: str, rows, batch, reverse: bool) -> dict:
+    """Every path once; odd runs go in the opposite order so that no path always goes first."""
+    order = ["raw_copy", "staged", "idempotent", "idempotent_replay"]
+    if reverse:
+        order = ["idempotent", "idempotent_replay", "staged", "raw_copy"]
     out = {}
     with psycopg.connect(url, autocommit=True) as conn:
-        for name, fn in (("raw_copy", raw_copy), ("staged", staged), ("idempotent", idempotent),
-                         ("idempotent_replay", idempotent)):
+        for name in order:
+            fn = PATHS[name]
             if name != "idempotent_replay":
                 conn.execute("TRUNCATE ticks")
             conn.execute("VACUUM ANALYZE ticks")
@@ -123,7 +130,7 @@ def main(argv=None) -> int:
         schema.migrate(settings(database_url=url))
         flavor = schema.status(settings(database_url=url))[0][0]["flavor"]
         rows = make_rows(args.rows)
-        runs = [one_run(url, rows, args.batch) for _ in range(args.runs)]
+        runs = [one_run(url, rows, args.batch, reverse=i % 2 == 1) for i in range(args.runs)]
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
