@@ -55,6 +55,20 @@ PNL = Gauge("ticktape_pnl", "account PnL by kind (realized, unrealized)", ["acco
 GROSS_EXPOSURE = Gauge("ticktape_gross_exposure", "sum of |market value| over positions", ["account"])
 POSITIONS_OPEN = Gauge("ticktape_positions_open", "symbols with a non-zero position", ["account"])
 
+# --- model (predict agent) ----------------------------------------------------------------
+INFERENCE_LATENCY = Histogram(
+    "ticktape_inference_latency_seconds",
+    "model scoring time of the batch a prediction was in (features to p_up), per prediction",
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
+PREDICTIONS = Counter("ticktape_predictions", "predictions emitted", ["model"])
+PREDICTIONS_SKIPPED = Counter(
+    "ticktape_predictions_skipped", "indicator sets not scored (missing_features: lookback "
+    "not filled; no_model: no active model)", ["reason"])
+MODEL_ACTIVE = Gauge("ticktape_model_active", "1 for the model version this process scores with",
+                     ["model", "version"])
+MODEL_REFUSALS = Counter(
+    "ticktape_model_refusals", "announced models refused (feature list mismatch, bad artifact)", ["model"])
+
 # --- risk -------------------------------------------------------------------------------
 KILL_SWITCH = Gauge("ticktape_kill_switch", "1 when the account is HALTED", ["account"])
 
