@@ -78,10 +78,14 @@ class EventPublisher:
         self._out[topic].inc()
 
     def send_raw(self, full_topic: str, value: bytes, key: str | bytes | None,
-                 headers: list[tuple[str, bytes]] | None = None) -> None:
+                 headers: list[tuple[str, bytes]] | None = None, *, partition: int = -1,
+                 timestamp_ms: int = 0) -> None:
+        """Send encoded bytes; ``partition`` -1 = the default partitioner, ``timestamp_ms``
+        0 = now (replays pass the partition and record time they reproduce)."""
         while True:
             try:
                 self.producer.produce(full_topic, value=value, key=key, headers=headers,
+                                      partition=partition, timestamp=timestamp_ms,
                                       on_delivery=self._on_delivery)
                 break
             except BufferError:
