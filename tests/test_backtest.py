@@ -67,3 +67,81 @@ def test_win_rate_and_turnover_from_fills():
     assert out["win_rate"] == 0.5 and out["closing_trades"] == 4
     notional = 1000 + 1100 + 520 + 25 * 107 + 1000 + 150 + 150
     assert out["traded_notional"] == notional and out["turnover"] == notional / 1000.0
+
+
+# --- the in-process pipeline -------------------------------------------------------------
+
+import json  # noqa: E402
+from collections import defaultdict  # noqa: E402
+
+from ticktape.core import pipeline  # noqa: E402
+from ticktape.core.bars import BarAggregator  # noqa: E402
+from ticktape.core.features import FEATURE_NAMES, Bars, FeatureState, build_dataset  # noqa: E402
+from ticktape.core.indicators import IndicatorState, indicator_event  # noqa: E402
+from ticktape.core.ml import Model, TrainParams, train  # noqa: E402
+from ticktape.core.replay import partition_for  # noqa: E402
+from ticktape.core.sim import MarketSimulator  # noqa: E402
+from ticktape.core.simbars import simulated_bars  # noqa: E402
+
+SYMS = ["AAA", "BBB", "CCC", "DDD", "EEE"]
+SHORT = [f for f in FEATURE_NAMES if f not in ("sma_200_rel", "sma_50_rel")]
+
+
+@pytest.fixture(scope="module")
+def model():
+    hist = simulated_bars(SYMS, seed=5, start_us=T0 - 600 * MIN, minutes=480, tick_rate=5.0)
+    t = train(build_dataset(Bars.from_events(hist), "1m", 5), SHORT, 0.2, TrainParams(rounds=15), "direction")
+    return Model.load(t.artifact, t.metadata)
+
+
+def sim_by_partition(minutes: float, rate: float = 10.0, partitions: int = 6):
+    sim = MarketSimulator(SYMS, seed=9, tick_rate=rate, start_us=T0)
+    ticks = []
+    end = T0 + int(minutes * MIN)
+    while not ticks or ticks[-1]["ts"] < end:
+        ticks.extend(sim.next_chunk())
+    out = defaultdict(list)
+    for t in ticks:
+        if t["ts"] <= end:
+            out[partition_for(t["symbol"], partitions)].append(t)
+    return dict(out)
+
+
+def agent_path(ticks_by_partition, intervals, grace_us, model):
+    """The agents' way, event by event: aggregator per partition fed tick by tick, one
+    IndicatorState and FeatureState per (interval, symbol), one model call per set."""
+    bars, inds, preds = [], [], []
+    ind_states, feat_states = {}, {}
+    for p in sorted(ticks_by_partition):
+        agg = BarAggregator(intervals, grace_us)
+        for tick in ticks_by_partition[p]:
+            for bar in agg.add(tick).bars:
+                bars.append(bar)
+                key = (bar["interval"], bar["symbol"])
+                st = ind_states.setdefault(key, IndicatorState(bar["interval"]))
+                ind = indicator_event(bar, st.update(bar))
+                inds.append(ind)
+                vec = feat_states.setdefault(key, FeatureState()).update(ind)
+                if ind["interval"] == model.interval:
+                    preds.extend(model.predictions([(ind, vec)])[0])
+    return bars, inds, preds
+
+
+def test_pipeline_equals_the_agents_event_by_event_path(model):
+    ticks = sim_by_partition(45)
+    out = pipeline.run(ticks, ["1s", "1m"], 500_000, model)
+    bars, inds, preds = agent_path(ticks, ["1s", "1m"], 500_000, model)
+    key = lambda e: (e["ts"], e["event_id"])  # noqa: E731
+    assert sorted(out.bars["1s"] + out.bars["1m"], key=key) == sorted(bars, key=key)
+    assert json.dumps(sorted(out.indicators, key=key)) == json.dumps(sorted(inds, key=key))
+    assert json.dumps(sorted(out.predictions, key=key)) == json.dumps(sorted(preds, key=key))
+    n_1m = len(out.bars["1m"])
+    assert n_1m >= 40 * len(SYMS) and len(out.predictions) == n_1m - out.skipped_predictions
+    assert len(out.predictions) > 50  # the short feature list fills after ~21 bars
+
+
+def test_pipeline_is_byte_identical_twice(model):
+    ticks = sim_by_partition(20)
+    a = pipeline.run(ticks, ["1s", "1m"], 500_000, model)
+    b = pipeline.run(sim_by_partition(20), ["1s", "1m"], 500_000, model)
+    assert json.dumps(a.__dict__) == json.dumps(b.__dict__)
