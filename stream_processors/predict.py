@@ -42,7 +42,8 @@ from .bars import dead_letter_headers
 log = logging.getLogger(__name__)
 
 STAGE = "predict"
-STARTUP_WAIT_S = 15.0  # the first batch waits this long at most for ml.models to be read
+STARTUP_WAIT_S = 15.0
+FENCE_KEY = "@fence"  # table key of the recovery fence ('@' starts no interval)  # the first batch waits this long at most for ml.models to be read
 
 
 class ModelWatcher:
@@ -198,6 +199,11 @@ class PredictStage:
             data[key] = value
             changelog.append(self.table.send_changelog(partition, key, value))
         await asyncio.gather(*changelog)
+        # Some brokers (the local one) report a partition's high watermark as the start of
+        # its last record batch, and table recovery reads only up to it: a fence, sent
+        # once the states are in, becomes that last batch so every state is recovered.
+        await asyncio.gather(*(self.table.send_changelog(p, FENCE_KEY, {"p": p})
+                               for p in sorted({p for p, _ in dirty.values()})))
 
     async def _dead_letter(self, msg, error: str):
         self._dlq.inc()
