@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -55,7 +57,7 @@ def _containers():
 
 
 @pytest.fixture(scope="session")
-def services(tmp_path_factory):
+def services():
     """KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL / REDIS_URL of real services."""
     given = {k: os.environ[k] for k in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL")
              if os.environ.get(k)}
@@ -64,11 +66,14 @@ def services(tmp_path_factory):
         found, stop = _containers()
         endpoints = found | given
     else:
-        local = LocalStack(tmp_path_factory.mktemp("stack"))
+        # not under pytest's basetemp: another pytest run resets its root to mode 0700,
+        # and PostgreSQL, running as the postgres user, would lose its data directory
+        home = Path(tempfile.mkdtemp(prefix="ticktape-test-stack-"))
+        local = LocalStack(home)
         endpoints = local.up(kafka="KAFKA_BOOTSTRAP_SERVERS" not in given,
                              postgres="DATABASE_URL" not in given,
                              redis="REDIS_URL" not in given) | given
-        stop = local.down
+        stop = lambda: (local.down(), shutil.rmtree(home, ignore_errors=True))  # noqa: E731
     yield endpoints
     stop()
 
