@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from pathlib import Path
 import logging
 
 import faust
@@ -26,6 +27,7 @@ def build_app(s: Settings) -> faust.App:
         s.group("worker"),
         **kafka_clients.faust_broker_settings(s),
         store="memory://",
+        datadir=str(Path(s.home) / "faust"),  # not the working directory
         # tables' changelogs are co-partitioned with the symbol-keyed topics
         topic_partitions=ticks.partitions,
         topic_replication_factor=ticks.replication_factor,
