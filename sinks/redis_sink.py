@@ -10,6 +10,7 @@ never touches live keys):
 ``<prefix>ticktape:prediction:<symbol>``                latest Prediction
 ``<prefix>ticktape:position:<account>:<symbol>``        latest Position
 ``<prefix>ticktape:portfolio:<account>``                latest Equity (portfolio summary)
+``<prefix>ticktape:risk:<account>``                     latest RiskState (trading state)
 ======================================================  ===================
 
 Each hash holds the event's fields as strings (``ts`` in microseconds since the epoch,
@@ -37,6 +38,7 @@ KEY_FORMATS = {
     "prediction": "prediction:{symbol}",
     "position": "position:{account}:{symbol}",
     "equity": "portfolio:{account}",
+    "risk_state": "risk:{account}",
 }
 
 # KEYS[1] = hash, ARGV = ts, ttl, field, value, ...: write only if not older than stored.

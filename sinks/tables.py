@@ -18,7 +18,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 TABLE_OF_EVENT = {
     "tick": "ticks", "bar": "bars", "indicator_set": "indicators", "prediction": "predictions",
     "signal": "signals", "order": "orders", "order_rejected": "order_rejections", "fill": "fills",
-    "position": "positions", "equity": "equity",
+    "position": "positions", "equity": "equity", "risk_state": "risk_states",
 }
 
 

@@ -24,7 +24,7 @@ TOPIC_EVENTS = {"md.ticks": "tick", "md.bars.1s": "bar", "md.bars.1m": "bar",
                 "analytics.indicators": "indicator_set", "ml.predictions": "prediction",
                 "trading.signals": "signal", "trading.orders": "order",
                 "trading.orders.rejected": "order_rejected", "trading.fills": "fill",
-                "trading.positions": "position", "trading.equity": "equity"}
+                "trading.positions": "position", "trading.equity": "equity", "trading.risk": "risk_state"}
 
 
 def event(kind: str, i: int, *, symbol: str | None = None, interval: str = "1m", ts: int | None = None) -> dict:
@@ -69,6 +69,10 @@ def event(kind: str, i: int, *, symbol: str | None = None, interval: str = "1m",
     if kind == "equity":
         return base | {"account": "paper", "cash": 1e6 - i, "market_value": float(i), "equity": 1e6,
                        "gross_exposure": float(i), "realized_pnl": 0.0, "unrealized_pnl": 0.0}
+    if kind == "risk_state":
+        return base | {"account": "paper", "trading_state": "HALTED", "reason": "DAILY_LOSS_LIMIT",
+                       "detail": "daily loss 20001.00 reached the limit 20000.00", "equity": 1e6 - i,
+                       "daily_pnl": -20001.0}
     raise ValueError(kind)
 
 

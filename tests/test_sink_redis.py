@@ -30,7 +30,7 @@ def test_latest_state_per_symbol_with_ttl_and_no_rollback(settings, fresh_redis)
     s = dataclasses.replace(settings, redis_url=fresh_redis, redis_ttl_s=600, sink_max_latency_ms=100)
     topics = redis_sink.topics()
     assert topics == ["md.ticks", "md.bars.1s", "md.bars.1m", "analytics.indicators", "ml.predictions",
-                      "trading.positions", "trading.equity"]
+                      "trading.positions", "trading.equity", "trading.risk"]
     kafka_clients.ensure_topics(s, topics)
     ticks = [event("tick", i) for i in range(80)]  # 10 per symbol, increasing ts
     stale = event("tick", 999, symbol="AAPL", ts=T0)  # older than AAPL's latest, produced last

@@ -125,6 +125,9 @@ class Settings:
         "EXEC_COMMISSION_BPS", 1.0, "bps model: commission in basis points of notional")
     exec_commission_min: float = _setting(
         "EXEC_COMMISSION_MIN", 1.0, "minimum commission per fill (both models)")
+    exec_market_data: str = _setting(
+        "EXEC_MARKET_DATA", "ticks",
+        "paper fills: ticks (next ask/bid after the order) or bars (next bar's open, bar-only sources)")
     risk_config: str = _setting(
         "RISK_CONFIG", "", "risk limits YAML file; empty = config/risk.yaml of the repo")
     # --- sinks -----------------------------------------------------------------------

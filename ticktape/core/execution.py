@@ -91,31 +91,36 @@ def on_bar(ex: Execution, bar: dict) -> list[dict]:
 
 
 def _fill(ex: Execution, symbol: str, ts: int, buy_px: float | None, sell_px: float | None) -> list[dict]:
-    cfg = ex.cfg
-    slip = cfg.slippage_bps / 1e4
     fills, waiting = [], []
     for order in ex.open_orders[symbol]:
-        buy = order["side"] == BUY
-        base = buy_px if buy else sell_px
-        if order["ts"] >= ts or base is None:
+        base = buy_px if order["side"] == BUY else sell_px
+        fill = None if order["ts"] >= ts or base is None else fill_for(ex.cfg, order, ts, base)
+        if fill is None:
             waiting.append(order)
-            continue
-        price = base * (1.0 + slip) if buy else base * (1.0 - slip)
-        limit = order["limit_price"] if order["order_type"] == "LIMIT" else None
-        if limit is not None:
-            if (base > limit) if buy else (base < limit):
-                waiting.append(order)
-                continue
-            price = min(price, limit) if buy else max(price, limit)
-        qty = order["quantity"]
-        fills.append({
-            "event_id": f"fill:{order['event_id']}", "order_id": order["event_id"],
-            "account": order["account"], "symbol": symbol, "ts": ts, "side": order["side"],
-            "quantity": qty, "price": price, "commission": cfg.commission_for(qty, price),
-            "slippage_bps": cfg.slippage_bps,
-        })
+        else:
+            fills.append(fill)
     if waiting:
         ex.open_orders[symbol] = waiting
     else:
         del ex.open_orders[symbol]
     return fills
+
+
+def fill_for(cfg: ExecConfig, order: dict, ts: int, base: float) -> dict | None:
+    """The Fill of ``order`` against market price ``base`` (its side's) at ``ts``;
+    None when a LIMIT order is not marketable at that price."""
+    buy = order["side"] == BUY
+    slip = cfg.slippage_bps / 1e4
+    price = base * (1.0 + slip) if buy else base * (1.0 - slip)
+    if order["order_type"] == "LIMIT":
+        limit = order["limit_price"]
+        if (base > limit) if buy else (base < limit):
+            return None
+        price = min(price, limit) if buy else max(price, limit)
+    qty = order["quantity"]
+    return {
+        "event_id": f"fill:{order['event_id']}", "order_id": order["event_id"],
+        "account": order["account"], "symbol": order["symbol"], "ts": ts, "side": order["side"],
+        "quantity": qty, "price": price, "commission": cfg.commission_for(qty, price),
+        "slippage_bps": cfg.slippage_bps,
+    }

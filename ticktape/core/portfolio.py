@@ -162,9 +162,16 @@ def apply_fill(pf: Portfolio, fill: dict) -> list[dict]:
 
 def on_bar(pf: Portfolio, bar: dict) -> list[dict]:
     """Mark at the bar's close: [Position (if the symbol was ever held), Equity]."""
-    sym = bar["symbol"]
-    mark(pf, sym, bar["close"])
-    trigger = f"{pf.account}:{bar['event_id']}"
-    out = [position_event(pf, sym, bar["ts"], f"pos:{trigger}")] if sym in pf.positions else []
-    out.append(equity_event(pf, bar["ts"], f"eq:{trigger}"))
+    return _marked(pf, bar["symbol"], bar["ts"], bar["close"], f"{pf.account}:{bar['event_id']}")
+
+
+def on_mark(pf: Portfolio, m: dict) -> list[dict]:
+    """Mark at a Mark event's price (its id already names the account)."""
+    return _marked(pf, m["symbol"], m["ts"], m["price"], m["event_id"])
+
+
+def _marked(pf: Portfolio, sym: str, ts: int, price: float, trigger: str) -> list[dict]:
+    mark(pf, sym, price)
+    out = [position_event(pf, sym, ts, f"pos:{trigger}")] if sym in pf.positions else []
+    out.append(equity_event(pf, ts, f"eq:{trigger}"))
     return out

@@ -268,6 +268,12 @@ def on_bar(r: Risk, bar: dict) -> list[dict]:
     return []
 
 
+def on_mark(r: Risk, mark: dict) -> list[dict]:
+    """A Mark (the strategy stage's bar close): the market data of the trading pipeline."""
+    _on_price(r, mark["symbol"], mark["ts"], mark["price"])
+    return []
+
+
 def on_fill(r: Risk, fill: dict) -> list[dict]:
     _roll_day(r, fill["ts"])
     if fold_fill(r.portfolio, fill) is not None:

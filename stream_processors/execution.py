@@ -1,0 +1,121 @@
+"""The paper execution stage: trading.orders + market data (md.ticks, or the strategy
+interval's bars with EXEC_MARKET_DATA=bars) → trading.fills, and each Fill also to the
+account stream (trading.account) for the risk stage.
+
+One ``ExecutionDesk`` (``ticktape.core.desks``) for the worker's partitions.  Orders are
+sent by the risk stage to the partition of their symbol's market data, so a symbol's
+orders and prices meet here.  State: the ``execution`` table — per symbol its open
+orders (key ``<symbol>``) and per interval window its first prices (key
+``<symbol>@<window start>``, one small entry per window, deleted after a day of event
+time) — written to the changelog after each batch.
+"""
+from __future__ import annotations
+
+import faust
+
+from ticktape import kafka_clients, metrics
+from ticktape.config import Settings
+from ticktape.core.desks import ExecutionDesk
+from ticktape.core.execution import ExecConfig
+from ticktape.core.intervals import interval_seconds
+
+from .app import agent
+from .trading_io import TradingIO
+
+STAGE = "execution"
+
+
+class ExecutionStage:
+    def __init__(self, app: faust.App, s: Settings, table):
+        self.io = TradingIO(app, s, STAGE)
+        self.table = table
+        self.market = (s.topic("md.ticks") if s.exec_market_data == "ticks"
+                       else s.topic(f"md.bars.{s.strategy_interval}"))
+        self.orders = s.topic("trading.orders")
+        self.sources = {self.market, self.orders}
+        self.width = interval_seconds(s.strategy_interval) * 1_000_000
+        self.cfg = ExecConfig.from_settings(s)
+        self.source = s.exec_market_data
+        self.desk = ExecutionDesk(self.cfg, self.width, self.source)
+        self.loaded: set[int] = set()
+        self.partition_of: dict[str, int] = {}
+
+    def forget(self, partitions) -> None:
+        self.loaded -= set(partitions)
+        for sym in [k for k, p in self.partition_of.items() if p in partitions]:
+            del self.partition_of[sym]
+            self.desk.memory.pop(sym, None)
+            self.desk.open_orders.pop(sym, None)
+            self.desk.last_order_ts.pop(sym, None)
+
+    def load(self, partition: int) -> None:
+        if partition in self.loaded:
+            return
+        self.loaded.add(partition)
+        for key, value in self.table.data.items():
+            if value["p"] != partition:
+                continue
+            if "@" in key:
+                sym, b = key.rsplit("@", 1)
+                self.desk.memory.setdefault(sym, {})[int(b)] = list(value["m"])
+            else:
+                self.desk.set_symbol_state(key, value)
+                self.partition_of[key] = partition
+        for sym, mem in self.desk.memory.items():  # windows in ts order (pruning relies on it)
+            self.desk.memory[sym] = dict(sorted(mem.items()))
+            self.partition_of.setdefault(sym, partition)
+
+    async def process(self, events) -> None:
+        io = self.io
+        assigned = io.assigned(self.sources)
+        changes = {}
+        dirty = {}
+        fills = []
+        for ev in events:
+            msg = ev.message
+            if (msg.topic, msg.partition) not in assigned:
+                continue
+            self.load(msg.partition)
+            expected = ("order",) if msg.topic == self.orders else (("tick",) if self.source == "ticks" else ("bar",))
+            decoded = await io.decode(msg, expected)
+            if decoded is None:
+                continue
+            event_type, rec = decoded
+            sym = rec["symbol"]
+            self.partition_of[sym] = msg.partition
+            if event_type == "order":
+                fills += [(f, msg.partition) for f in self.desk.on_order(rec)]
+                dirty[sym] = msg.partition
+                continue
+            new, windows = self.desk.on_market(event_type, rec)
+            mem = self.desk.memory[sym]
+            for b in windows:
+                entry = mem.get(b)
+                changes[f"{sym}@{b}"] = (msg.partition, None if entry is None else {"p": msg.partition, "m": entry})
+            if new:
+                fills += [(f, msg.partition) for f in new]
+                dirty[sym] = msg.partition
+        for fill, partition in fills:
+            await io.send("trading.fills", "fill", fill, fill["symbol"], partition)
+            await io.send("trading.account", "fill", fill, fill["account"], io.account_partition(fill["account"]))
+            metrics.FILLS.labels(fill["account"], fill["side"]).inc()
+        for sym, p in dirty.items():
+            changes[sym] = (p, {"p": p, **self.desk.symbol_state(sym)})
+        await io.flush(self.table, changes)
+
+
+def attach(app: faust.App, s: Settings) -> None:
+    stage_topics = [s.topic("trading.orders"),
+                    s.topic("md.ticks") if s.exec_market_data == "ticks" else s.topic(f"md.bars.{s.strategy_interval}")]
+    topic = app.topic(*stage_topics, key_serializer="raw", value_serializer="raw")
+    table = app.Table(STAGE, partitions=kafka_clients.topic_spec("trading.orders").partitions)
+    stage = ExecutionStage(app, s, table)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        stage.forget({tp.partition for tp in revoked if tp.topic in stage.sources})
+
+    @agent(app, topic, name=STAGE)
+    async def execution(stream):
+        async for events in stream.take_events(s.processor_batch_size, within=s.processor_batch_ms / 1000):
+            await stage.process(events)

@@ -1,0 +1,88 @@
+"""The portfolio stage: the ledger (trading.ledger: an account's Fills and Marks in the
+risk stage's canonical order) → trading.positions (key ``<account>|<symbol>``,
+compacted) and trading.equity (key account).
+
+One ``PortfolioDesk`` per account (``ticktape.core.desks``), kept in the ``portfolio``
+table (one entry per account) and written to the changelog after each batch.  Gauges:
+equity, realized/unrealized PnL, gross exposure and open positions per account.
+"""
+from __future__ import annotations
+
+import faust
+
+from ticktape import kafka_clients, metrics
+from ticktape.config import Settings
+from ticktape.core.desks import PortfolioDesk
+from ticktape.core.portfolio import Portfolio
+
+from .app import agent
+from .trading_io import TradingIO
+
+STAGE = "portfolio"
+
+
+class PortfolioStage:
+    def __init__(self, app: faust.App, s: Settings, table):
+        self.io = TradingIO(app, s, STAGE)
+        self.s = s
+        self.table = table
+        self.sources = {s.topic("trading.ledger")}
+        self.desks: dict[str, tuple[int, PortfolioDesk]] = {}
+
+    def forget(self, partitions) -> None:
+        for account in [a for a, (p, _) in self.desks.items() if p in partitions]:
+            del self.desks[account]
+
+    def desk(self, account: str, partition: int) -> PortfolioDesk:
+        entry = self.desks.get(account)
+        if entry is None:
+            desk = PortfolioDesk(account, self.s.starting_cash)
+            saved = self.table.data.get(account)
+            if saved is not None:
+                desk.pf = Portfolio.from_dict(saved["pf"])
+            entry = self.desks[account] = (partition, desk)
+        return entry[1]
+
+    async def process(self, events) -> None:
+        io = self.io
+        assigned = io.assigned(self.sources)
+        touched = {}
+        for ev in events:
+            msg = ev.message
+            if (msg.topic, msg.partition) not in assigned:
+                continue
+            decoded = await io.decode(msg, ("fill", "mark"))
+            if decoded is None:
+                continue
+            kind, rec = decoded
+            account = rec["account"]
+            touched[account] = msg.partition
+            for out_kind, e in self.desk(account, msg.partition).on_ledger(kind, rec):
+                if out_kind == "position":
+                    await io.send("trading.positions", "position", e, f"{account}|{e['symbol']}", msg.partition)
+                else:
+                    await io.send("trading.equity", "equity", e, account, msg.partition)
+        for account in touched:
+            pf = self.desks[account][1].pf
+            metrics.EQUITY.labels(account).set(pf.equity)
+            metrics.PNL.labels(account, "realized").set(pf.realized_pnl)
+            metrics.PNL.labels(account, "unrealized").set(pf.market_value - pf.cost_basis)
+            metrics.GROSS_EXPOSURE.labels(account).set(pf.gross_exposure)
+            metrics.POSITIONS_OPEN.labels(account).set(sum(1 for p in pf.positions.values() if p.qty))
+        await io.flush(self.table, {a: (p, {"p": p, "pf": self.desks[a][1].pf.to_dict()})
+                                    for a, p in touched.items()})
+
+
+def attach(app: faust.App, s: Settings) -> None:
+    topic = app.topic(s.topic("trading.ledger"), key_serializer="raw", value_serializer="raw")
+    table = app.Table(STAGE, partitions=kafka_clients.topic_spec("trading.ledger").partitions)
+    stage = PortfolioStage(app, s, table)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        stage.forget({tp.partition for tp in revoked if tp.topic in stage.sources})
+
+    @agent(app, topic, name=STAGE)
+    async def portfolio(stream):
+        async for events in stream.take_events(s.processor_batch_size, within=s.processor_batch_ms / 1000):
+            await stage.process(events)

@@ -1,0 +1,126 @@
+"""The risk stage: the account stream (trading.account: Signals, Marks, Fills, Progress)
+and operator controls (trading.control) → trading.orders / trading.orders.rejected, the
+portfolio's ledger (trading.ledger) and trading-state changes (trading.risk).
+
+One ``RiskDesk`` per account (``ticktape.core.desks``): it buffers the account's events
+and processes them in the canonical order once nothing can precede them any more (see
+stream_processors/README.md), so its decisions do not depend on how the account stream
+was interleaved.  State: the ``risk`` table, one entry per account — the desk plus the
+partition of each symbol (from the strategy's header) — written to the changelog after
+each batch; ``ticktape risk status`` reads that changelog.
+"""
+from __future__ import annotations
+
+import time
+
+import faust
+
+from ticktape import kafka_clients, metrics
+from ticktape.config import Settings
+from ticktape.core.desks import RiskDesk
+from ticktape.core.risk import HALTED
+from ticktape.risk_config import load_risk_limits, risk_config_path
+
+from .app import agent
+from .trading_io import TradingIO, header_partition
+
+STAGE = "risk"
+
+
+class RiskStage:
+    def __init__(self, app: faust.App, s: Settings, table):
+        self.io = TradingIO(app, s, STAGE)
+        self.s = s
+        self.table = table
+        self.limits = load_risk_limits(risk_config_path(s))
+        self.universe = s.symbol_list
+        self.sources = {s.topic("trading.account"), s.topic("trading.control")}
+        self.desks: dict[str, tuple[int, RiskDesk, dict]] = {}  # account -> (partition, desk, symbol partitions)
+        self._latency = metrics.EVENT_LATENCY.labels(STAGE)
+
+    def forget(self, partitions) -> None:
+        for account in [a for a, (p, _, _) in self.desks.items() if p in partitions]:
+            del self.desks[account]
+
+    def desk(self, account: str, partition: int) -> tuple[int, RiskDesk, dict]:
+        entry = self.desks.get(account)
+        if entry is None:
+            saved = self.table.data.get(account)
+            limits = self.limits.for_account(account)
+            if saved is None:
+                desk, parts = RiskDesk(account, limits, self.s.starting_cash, self.universe), {}
+            else:
+                desk, parts = RiskDesk.from_dict(saved["desk"], limits, self.universe), dict(saved["partitions"])
+            entry = self.desks[account] = (partition, desk, parts)
+        return entry
+
+    async def process(self, events) -> None:
+        io = self.io
+        assigned = io.assigned(self.sources)
+        touched, out = {}, []
+        for ev in events:
+            msg = ev.message
+            if (msg.topic, msg.partition) not in assigned:
+                continue
+            decoded = await io.decode(msg, ("signal", "mark", "fill", "progress", "risk_control"))
+            if decoded is None:
+                continue
+            event_type, rec = decoded
+            account = rec["account"]
+            if io.account_partition(account) != msg.partition:
+                await io.dead_letter(msg, f"account {account!r} belongs to partition {io.account_partition(account)}")
+                continue
+            partition, desk, parts = self.desk(account, msg.partition)
+            touched[account] = partition
+            p = header_partition(msg)
+            if p is not None and "symbol" in rec:
+                parts[rec["symbol"]] = p
+            if event_type == "progress":
+                desk.on_progress(rec["symbol"], rec["ts"])
+            elif event_type == "risk_control":
+                out += [(desk, k, e) for k, e in desk.control(rec)]
+            else:
+                desk.add(event_type, rec)
+        for account in touched:
+            _, desk, _ = self.desks[account]
+            out += [(desk, k, e) for k, e in desk.release()]
+        now = time.time()
+        for desk, kind, e in out:
+            account = desk.account
+            partition, _, parts = self.desks[account]
+            if kind in ("order", "rejection"):
+                sym_p = parts.get(e["symbol"])
+                if sym_p is None:  # cannot happen: a signal always comes with its header
+                    raise RuntimeError(f"no partition known for {e['symbol']}")
+                if kind == "order":
+                    await io.send("trading.orders", "order", e, e["symbol"], sym_p)
+                    metrics.ORDERS.labels(account, e["side"]).inc()
+                else:
+                    await io.send("trading.orders.rejected", "order_rejected", e, e["symbol"], sym_p)
+                    metrics.RISK_REJECTIONS.labels(e["reason_code"]).inc()
+                self._latency.observe(now - e["ts"] / 1e6)
+            elif kind == "risk_state":
+                await io.send("trading.risk", "risk_state", e, account, partition)
+            else:
+                await io.send("trading.ledger", kind, e, account, partition)
+        for account in touched:
+            metrics.KILL_SWITCH.labels(account).set(1 if self.desks[account][1].risk.trading_state == HALTED else 0)
+        await io.flush(self.table, {a: (p, {"p": p, "desk": self.desks[a][1].to_dict(),
+                                             "partitions": self.desks[a][2]})
+                                    for a, p in touched.items()})
+
+
+def attach(app: faust.App, s: Settings) -> None:
+    topic = app.topic(s.topic("trading.account"), s.topic("trading.control"),
+                      key_serializer="raw", value_serializer="raw")
+    table = app.Table(STAGE, partitions=kafka_clients.topic_spec("trading.account").partitions)
+    stage = RiskStage(app, s, table)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        stage.forget({tp.partition for tp in revoked if tp.topic in stage.sources})
+
+    @agent(app, topic, name=STAGE)
+    async def risk(stream):
+        async for events in stream.take_events(s.processor_batch_size, within=s.processor_batch_ms / 1000):
+            await stage.process(events)

@@ -1,0 +1,95 @@
+"""What the four trading agents share: decoding with dead letters, sending events, and a
+table whose entries carry their changelog partition (as in the bars stage).
+
+Not a stage (it is not in ``STAGES``): strategy, risk, execution and portfolio import it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+
+from ticktape import kafka_clients, metrics
+from ticktape.config import Settings
+from ticktape.core.desks import account_partition
+from ticktape.serde import Serde, SerdeError
+
+from .bars import dead_letter_headers
+
+log = logging.getLogger(__name__)
+PARTITION_HEADER = "ticktape.partition"  # a symbol's partition number on symbol-keyed topics
+DLQ = "dlq.trading"
+
+
+class TradingIO:
+    def __init__(self, app: faust.App, s: Settings, stage: str):
+        self.app, self.s, self.stage = app, s, stage
+        self.serde = Serde(s.schema_registry_url)
+        self.dlq_topic = s.topic(DLQ)
+        self.account_partitions = kafka_clients.topic_spec("trading.account").partitions
+        self._dlq = metrics.DLQ_MESSAGES.labels(stage, DLQ)
+        self._in: dict[str, object] = {}
+        self._out: dict[str, object] = {}
+        self.deliveries: list = []
+
+    def account_partition(self, account: str) -> int:
+        return account_partition(account, self.account_partitions)
+
+    def assigned(self, topics) -> set[tuple[str, int]]:
+        return {(tp.topic, tp.partition) for tp in self.app.consumer.assignment() if tp.topic in topics}
+
+    async def decode(self, msg, expected: tuple[str, ...]) -> tuple[str, dict] | None:
+        """(event type, record), or None after sending the message to the dead-letter topic."""
+        topic = msg.topic[len(self.s.topic_prefix):]
+        counter = self._in.get(topic) or self._in.setdefault(topic, metrics.EVENTS_IN.labels(self.stage, topic))
+        counter.inc()
+        try:
+            event_type, record = self.serde.decode(msg.value)
+            if event_type not in expected:
+                raise SerdeError(f"expected {' or '.join(expected)} on {topic}, got a {event_type}")
+        except SerdeError as e:
+            await self.dead_letter(msg, str(e))
+            return None
+        return event_type, record
+
+    async def dead_letter(self, msg, error: str) -> None:
+        log.warning("%s: dead letter from %s[%s]@%s: %s", self.stage, msg.topic, msg.partition, msg.offset, error)
+        self._dlq.inc()
+        self.deliveries.append(await self.app.producer.send(
+            self.dlq_topic, msg.key, msg.value, None, msg.timestamp, dead_letter_headers(error, msg)))
+
+    async def send(self, topic: str, event_type: str, record: dict, key: str, partition: int,
+                   headers: list | None = None) -> None:
+        name = self.s.topic(topic)
+        value = self.serde.encode(event_type, record, topic=name)
+        self.deliveries.append(await self.app.producer.send(
+            name, key.encode(), value, partition, record["ts"] / 1e6, headers))
+        counter = self._out.get(topic) or self._out.setdefault(topic, metrics.EVENTS_OUT.labels(self.stage, topic))
+        counter.inc()
+
+    async def flush(self, table, changes: dict) -> None:
+        """Wait for the batch's events, then write ``{key: (partition, value or None)}``
+        to the table and its changelog (None deletes) and wait for that too."""
+        deliveries, self.deliveries = self.deliveries, []
+        await asyncio.gather(*deliveries)
+        data, futures = table.data, []
+        for key, (partition, value) in changes.items():
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+            futures.append(table.send_changelog(partition, key, value))
+        await asyncio.gather(*futures)
+
+
+def partition_header(partition: int) -> list[tuple[str, bytes]]:
+    return [(PARTITION_HEADER, str(partition).encode())]
+
+
+def header_partition(msg) -> int | None:
+    headers = msg.headers or ()
+    for k, v in (headers.items() if isinstance(headers, dict) else headers):
+        if k == PARTITION_HEADER:
+            return int(v)
+    return None

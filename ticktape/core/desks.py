@@ -1,0 +1,429 @@
+"""The trading flow as four deterministic desks, and the in-process run of all of them.
+
+The Faust agents (``stream_processors/{strategy,risk,execution,portfolio}.py``) and the
+in-process :func:`run_trading_chain` (tests, backtests) drive the *same* desks, so both
+give the same events.  Each desk's output depends only on the events it is given, never
+on how its input topics interleave:
+
+* :class:`StrategyDesk` (per symbol): predictions + indicator sets -> Signals (joined on
+  ``ts``), one Mark per indicator set (its close) from the symbol's first prediction on,
+  and the symbol's *progress*: every later Signal or Mark of the symbol has a larger
+  ``ts`` (inputs arrive in ``ts`` order per symbol).
+* :class:`RiskDesk` (per account): the account stream (Signals, Marks, Fills, progress,
+  operator controls) is put in the canonical order ``(ts, rank, symbol, event_id)`` with
+  rank Fill < Mark < Signal, and an event is processed only when nothing can still come
+  before it: its ts is at most every universe symbol's progress, and every approved
+  order placed before it has its Fill back.  Marks and Fills are passed on, in that
+  order, as the portfolio's ledger.  Controls apply where they arrive (operator acts).
+* :class:`ExecutionDesk` (per symbol): an order fills against the first market data
+  after it, kept per interval boundary (the first usable ask and bid of each window,
+  or the bar), so the fill is the same whether the data came before or after the order.
+* :class:`PortfolioDesk` (per account): folds the ledger into Positions and Equity.
+"""
+from __future__ import annotations
+
+import bisect
+import zlib
+from collections import deque
+from collections.abc import Iterable
+
+from . import execution as ex_mod
+from . import portfolio as pf_mod
+from . import risk as risk_mod
+from . import strategy as st_mod
+from .trading import BUY
+
+RANK = {"fill": 0, "mark": 1, "signal": 2}  # order of events with the same ts
+MEMORY_US = 86_400_000_000  # market data kept per symbol for orders still to come (event time)
+
+
+def account_partition(account: str, partitions: int) -> int:
+    """The partition of an account's events on account-keyed topics (any client, same answer)."""
+    return zlib.crc32(account.encode()) % partitions
+
+
+def canonical_key(kind: str, ev: dict) -> list:
+    return [ev["ts"], RANK[kind], ev["symbol"], ev["event_id"]]
+
+
+# --- strategy ------------------------------------------------------------------------
+
+class StrategyDesk:
+    """The strategy core plus the Marks and progress the risk desk needs."""
+
+    __slots__ = ("st", "marks_from", "held")
+
+    def __init__(self, cfg: st_mod.StrategyConfig):
+        self.st = st_mod.Strategy(cfg)
+        self.marks_from: dict[str, int] = {}  # symbol -> ts of its first prediction
+        self.held: dict[str, deque] = {}  # symbol -> Marks waiting for its first prediction
+
+    def symbol_state(self, symbol: str) -> dict | None:
+        s = self.st.symbols.get(symbol)
+        if s is None:
+            return None
+        return {"s": s.to_dict(), "marks_from": self.marks_from.get(symbol),
+                "held": list(self.held.get(symbol, ()))}
+
+    def set_symbol_state(self, symbol: str, d: dict) -> None:
+        self.st.symbols[symbol] = st_mod.SymbolState.from_dict(d["s"])
+        if d["marks_from"] is not None:
+            self.marks_from[symbol] = d["marks_from"]
+        if d["held"]:
+            self.held[symbol] = deque(d["held"], maxlen=st_mod.JOIN_BUFFER)
+
+    def progress(self, symbol: str) -> int | None:
+        s = self.st.symbols.get(symbol)
+        if s is None or s.last_ind_ts is None or s.last_pred_ts is None:
+            return None
+        return min(s.last_ind_ts, s.last_pred_ts)
+
+    def on_indicator_set(self, ind: dict) -> list[tuple[str, dict]]:
+        """[("mark", Mark)?, ("signal", Signal)...]"""
+        st, sym = self.st, ind["symbol"]
+        s = st.symbols.get(sym)
+        if ind["interval"] != st.cfg.interval or (
+                s is not None and s.last_ind_ts is not None and ind["ts"] <= s.last_ind_ts):
+            return []  # another interval, or redelivered
+        mark = {"event_id": f"mark:{st.cfg.account}:{ind['event_id']}", "account": st.cfg.account,
+                "symbol": sym, "ts": ind["ts"], "price": ind["close"]}
+        out = []
+        start = self.marks_from.get(sym)
+        if start is None:
+            held = self.held.get(sym) or self.held.setdefault(sym, deque(maxlen=st_mod.JOIN_BUFFER))
+            held.append(mark)
+        elif mark["ts"] >= start:
+            out.append(("mark", mark))
+        out += [("signal", sig) for sig in st_mod.on_indicator_set(st, ind)]
+        return out
+
+    def on_prediction(self, pred: dict) -> list[tuple[str, dict]]:
+        st, sym = self.st, pred["symbol"]
+        if pred["interval"] != st.cfg.interval:
+            return []
+        out = []
+        if sym not in self.marks_from:
+            s = st.symbols.get(sym)
+            if s is None or s.last_pred_ts is None or pred["ts"] > s.last_pred_ts:
+                # Marks start at the first prediction: a symbol never scored holds nothing back
+                self.marks_from[sym] = pred["ts"]
+                out += [("mark", m) for m in self.held.pop(sym, ()) if m["ts"] >= pred["ts"]]
+        out += [("signal", sig) for sig in st_mod.on_prediction(st, pred)]
+        return out
+
+
+# --- risk ----------------------------------------------------------------------------
+
+class RiskDesk:
+    """The risk engine of one account behind the ordering rule (see the module doc)."""
+
+    __slots__ = ("risk", "universe", "progress", "pending", "pending_ids", "open_orders", "last_key",
+                 "controls")
+
+    def __init__(self, account: str, limits: risk_mod.AccountLimits, starting_cash: float,
+                 universe: Iterable[str]):
+        self.risk = risk_mod.Risk(account, limits, starting_cash)
+        self.universe = tuple(sorted(set(universe)))
+        if not self.universe:
+            raise ValueError("the risk desk needs a symbol universe (SYMBOLS)")
+        self.progress: dict[str, int] = {}
+        self.pending: list[list] = []  # [ts, rank, symbol, event_id, kind, event], sorted
+        self.pending_ids: set[str] = set()
+        self.open_orders: dict[str, int] = {}  # approved order id -> ts, until its Fill arrives
+        self.last_key: list | None = None  # canonical key of the last processed event
+        self.controls = risk_mod.RecentIds(256)
+
+    @property
+    def account(self) -> str:
+        return self.risk.account
+
+    def to_dict(self) -> dict:
+        return {"risk": self.risk.to_dict(), "universe": list(self.universe),
+                "progress": dict(self.progress), "pending": [list(p) for p in self.pending],
+                "open_orders": dict(self.open_orders), "last_key": self.last_key,
+                "controls": self.controls.to_list()}
+
+    @classmethod
+    def from_dict(cls, d: dict, limits: risk_mod.AccountLimits, universe: Iterable[str]) -> "RiskDesk":
+        r = risk_mod.Risk.from_dict(d["risk"], limits)
+        desk = cls(r.account, limits, r.portfolio.starting_cash, universe)
+        desk.risk = r
+        desk.progress = dict(d["progress"])
+        desk.pending = [list(p) for p in d["pending"]]
+        desk.pending_ids = {p[3] for p in desk.pending}
+        desk.open_orders = dict(d["open_orders"])
+        desk.last_key = d["last_key"]
+        desk.controls = risk_mod.RecentIds(256, d["controls"])
+        return desk
+
+    def waiting_for(self) -> list[str]:
+        """Universe symbols whose progress holds the account back (none yet, or the lowest)."""
+        missing = [s for s in self.universe if s not in self.progress]
+        if missing:
+            return missing
+        low = min(self.progress[s] for s in self.universe)
+        return [s for s in self.universe if self.progress[s] == low]
+
+    def on_progress(self, symbol: str, ts: int) -> None:
+        if ts > self.progress.get(symbol, -1):
+            self.progress[symbol] = ts
+
+    def add(self, kind: str, ev: dict) -> None:
+        """Buffer a signal, mark or fill (redeliveries are dropped)."""
+        if ev["account"] != self.account:
+            raise ValueError(f"{kind} {ev['event_id']} is for account {ev['account']!r}, not {self.account!r}")
+        key = canonical_key(kind, ev)
+        if ev["event_id"] in self.pending_ids or (self.last_key is not None and key <= self.last_key):
+            return  # already buffered or processed: nothing new can sort before the last processed
+        if kind == "fill":
+            self.open_orders.pop(ev["order_id"], None)
+        self.pending_ids.add(ev["event_id"])
+        bisect.insort(self.pending, key + [kind, ev])
+
+    def control(self, ctl: dict) -> list[tuple[str, dict]]:
+        """An operator command, applied now; [("risk_state", RiskState)] when the state changes."""
+        if ctl["account"] != self.account:
+            raise ValueError(f"control {ctl['event_id']} is for account {ctl['account']!r}")
+        if self.controls.seen(ctl["event_id"]):
+            return []
+        r = self.risk
+        before = r.trading_state
+        ts = self.last_key[0] if self.last_key is not None else ctl["ts"]  # the event-time position
+        risk_mod.set_trading_state(r, ctl["state"], ts, who=ctl["operator"])
+        return [("risk_state", self._state_event(ts, ctl["event_id"]))] if r.trading_state != before else []
+
+    def release(self) -> list[tuple[str, dict]]:
+        """Process every buffered event nothing can precede any more, in canonical order:
+        [("order"|"rejection"|"fill"|"mark"|"risk_state", event)] (Fills and Marks = ledger)."""
+        if any(s not in self.progress for s in self.universe):
+            return []
+        barrier = min(self.progress[s] for s in self.universe)
+        first_open = min(self.open_orders.values(), default=None)
+        out, r, pending = [], self.risk, self.pending
+        done = 0
+        for item in pending:
+            ts = item[0]
+            if ts > barrier or (first_open is not None and first_open < ts):
+                break  # a Fill of that order may still come before this event
+            kind, ev = item[4], item[5]
+            self.pending_ids.discard(ev["event_id"])
+            self.last_key = item[:4]
+            done += 1
+            before = r.trading_state
+            if kind == "signal":
+                for decision in risk_mod.on_signal(r, ev):
+                    if decision["event_id"].startswith("ord:"):
+                        self.open_orders[decision["event_id"]] = decision["ts"]
+                        if first_open is None or decision["ts"] < first_open:
+                            first_open = decision["ts"]
+                        out.append(("order", decision))
+                    else:
+                        out.append(("rejection", decision))
+            elif kind == "mark":
+                risk_mod.on_mark(r, ev)
+                out.append(("mark", ev))
+            else:
+                risk_mod.on_fill(r, ev)
+                out.append(("fill", ev))
+            if r.trading_state != before:
+                out.append(("risk_state", self._state_event(ts, ev["event_id"])))
+        del pending[:done]
+        return out
+
+    def _state_event(self, ts: int, trigger: str) -> dict:
+        r = self.risk
+        return {"event_id": f"state:{r.account}:{trigger}", "account": r.account, "ts": ts,
+                "trading_state": r.trading_state,
+                "reason": r.halt_reason if r.trading_state == risk_mod.HALTED else None,
+                "detail": r.halt_detail, "equity": r.portfolio.equity, "daily_pnl": r.daily_pnl}
+
+
+# --- execution -----------------------------------------------------------------------
+
+class ExecutionDesk:
+    """Paper execution with market-data memory, per symbol.
+
+    ``memory[symbol][b]`` holds, for the window ``(b, b + width]`` (ticks) or the bar
+    starting at ``b`` (bars), ``[buy ts, buy price, sell ts, sell price]``: the first
+    usable ask (else trade price) and bid (else trade price) in offset order.  An order
+    at ``t`` fills at the first such price of a window ``b >= t``: exactly the first
+    market data after it for orders on an interval boundary (every strategy order; an
+    order between boundaries fills from the next boundary on).  Market data of a symbol
+    is expected in ``ts`` order.
+    """
+
+    __slots__ = ("cfg", "width", "source", "memory", "open_orders", "last_order_ts")
+
+    def __init__(self, cfg: ex_mod.ExecConfig, width_us: int, source: str = "ticks"):
+        if source not in ("ticks", "bars"):
+            raise ValueError(f"EXEC_MARKET_DATA must be ticks or bars, got {source!r}")
+        self.cfg, self.width, self.source = cfg, width_us, source
+        self.memory: dict[str, dict[int, list]] = {}
+        self.open_orders: dict[str, list[dict]] = {}
+        self.last_order_ts: dict[str, int] = {}
+
+    def symbol_state(self, symbol: str) -> dict:
+        return {"open": [dict(o) for o in self.open_orders.get(symbol, ())],
+                "last_order_ts": self.last_order_ts.get(symbol)}
+
+    def set_symbol_state(self, symbol: str, d: dict) -> None:
+        if d["open"]:
+            self.open_orders[symbol] = [dict(o) for o in d["open"]]
+        if d["last_order_ts"] is not None:
+            self.last_order_ts[symbol] = d["last_order_ts"]
+
+    def on_order(self, order: dict) -> list[dict]:
+        """[Fill] when the market data after the order is already known, else [] (it waits)."""
+        sym, ts = order["symbol"], order["ts"]
+        last = self.last_order_ts.get(sym)
+        if last is not None and ts <= last:
+            return []  # redelivered: one order per symbol and ts, in ts order
+        self.last_order_ts[sym] = ts
+        fill = self._try(order)
+        if fill is None:
+            self.open_orders.setdefault(sym, []).append(order)
+            return []
+        return [fill]
+
+    def on_market(self, kind: str, ev: dict) -> tuple[list[dict], list[int]]:
+        """(Fills, memory windows that changed) for a tick or bar."""
+        sym = ev["symbol"]
+        if kind == "tick":
+            if self.source != "ticks":
+                return [], []
+            price, ts = ev.get("price"), ev["ts"]
+            ask, bid = ev.get("ask"), ev.get("bid")
+            buy, sell = (ask if ask is not None else price), (bid if bid is not None else price)
+            b = (ts - 1) // self.width * self.width
+        else:
+            if self.source != "bars":
+                return [], []
+            ts, buy = ev["ts"], ev["open"]
+            sell, b = buy, ev["window_start"]
+        mem = self.memory.get(sym) or self.memory.setdefault(sym, {})
+        entry = mem.get(b)
+        changed = entry is None or (entry[0] is None and buy is not None) or (entry[2] is None and sell is not None)
+        if not changed:
+            return [], []
+        if entry is None:
+            entry = mem[b] = [None, None, None, None]
+        if entry[0] is None and buy is not None:
+            entry[0], entry[1] = ts, buy
+        if entry[2] is None and sell is not None:
+            entry[2], entry[3] = ts, sell
+        changed = [b]
+        cutoff = b - MEMORY_US
+        if next(iter(mem)) < cutoff:  # windows are added in ts order: the oldest come first
+            for old in [k for k in mem if k < cutoff]:
+                del mem[old]
+                changed.append(old)
+        fills = []
+        orders = self.open_orders.get(sym)
+        if orders:
+            waiting = []
+            for order in orders:
+                fill = self._try(order)
+                (waiting if fill is None else fills).append(order if fill is None else fill)
+            if waiting:
+                self.open_orders[sym] = waiting
+            else:
+                del self.open_orders[sym]
+        return fills, changed
+
+    def _try(self, order: dict) -> dict | None:
+        mem = self.memory.get(order["symbol"])
+        if not mem:
+            return None
+        t, w = order["ts"], self.width
+        slot = 0 if order["side"] == BUY else 2
+        b, top = -(-t // w) * w, max(mem)
+        while b <= top:
+            entry = mem.get(b)
+            if entry is not None and entry[slot] is not None:
+                fill = ex_mod.fill_for(self.cfg, order, entry[slot], entry[slot + 1])
+                if fill is not None:
+                    return fill
+            b += w
+        return None
+
+
+# --- portfolio -----------------------------------------------------------------------
+
+class PortfolioDesk:
+    """The portfolio fold of one account's ledger (Fills and Marks in canonical order)."""
+
+    __slots__ = ("pf",)
+
+    def __init__(self, account: str, starting_cash: float):
+        self.pf = pf_mod.Portfolio(account, starting_cash)
+
+    def on_ledger(self, kind: str, ev: dict) -> list[tuple[str, dict]]:
+        out = pf_mod.apply_fill(self.pf, ev) if kind == "fill" else pf_mod.on_mark(self.pf, ev)
+        return [("position" if e["event_id"].startswith("pos:") else "equity", e) for e in out]
+
+
+# --- in process ----------------------------------------------------------------------
+
+class TradingChain:
+    """All four desks wired as the agents wire them; :meth:`feed` one input event at a time.
+
+    ``outputs`` collects every emitted event by kind, in emission order.
+    """
+
+    def __init__(self, strategy_cfg: st_mod.StrategyConfig, limits: risk_mod.RiskLimits,
+                 exec_cfg: ex_mod.ExecConfig, starting_cash: float, universe: Iterable[str],
+                 width_us: int, market_data: str = "ticks"):
+        account = strategy_cfg.account
+        self.strategy = StrategyDesk(strategy_cfg)
+        self.risk = RiskDesk(account, limits.for_account(account), starting_cash, universe)
+        self.execution = ExecutionDesk(exec_cfg, width_us, market_data)
+        self.portfolio = PortfolioDesk(account, starting_cash)
+        self.outputs: dict[str, list[dict]] = {k: [] for k in (
+            "signal", "mark", "order", "rejection", "fill", "position", "equity", "risk_state")}
+
+    def feed(self, event_type: str, ev: dict) -> None:
+        if event_type in ("indicator_set", "prediction"):
+            desk = self.strategy
+            out = (desk.on_indicator_set if event_type == "indicator_set" else desk.on_prediction)(ev)
+            for kind, e in out:
+                self.outputs[kind].append(e)
+                self.risk.add(kind, e)
+            progress = desk.progress(ev["symbol"])
+            if progress is not None:
+                self.risk.on_progress(ev["symbol"], progress)
+        elif event_type in ("tick", "bar"):
+            self._fills(self.execution.on_market(event_type, ev)[0])
+        elif event_type == "risk_control":
+            self.outputs["risk_state"] += [e for _, e in self.risk.control(ev)]
+        else:
+            raise ValueError(f"the trading chain takes no {event_type!r} events")
+        self._pump()
+
+    def _fills(self, fills: list[dict]) -> None:
+        for f in fills:
+            self.outputs["fill"].append(f)
+            self.risk.add("fill", f)
+
+    def _pump(self) -> None:
+        while True:
+            released = self.risk.release()
+            if not released:
+                return
+            for kind, e in released:
+                if kind == "order":
+                    self.outputs["order"].append(e)
+                    self._fills(self.execution.on_order(e))
+                elif kind in ("fill", "mark"):
+                    for k, pe in self.portfolio.on_ledger(kind, e):
+                        self.outputs[k].append(pe)
+                else:
+                    self.outputs[kind].append(e)
+
+
+def run_trading_chain(events: Iterable[tuple[str, dict]], **chain_args) -> TradingChain:
+    """Feed ``(event_type, event)`` pairs (indicator_set, prediction, tick, bar,
+    risk_control) through a new :class:`TradingChain`; returns it (see ``outputs``)."""
+    chain = TradingChain(**chain_args)
+    for event_type, ev in events:
+        chain.feed(event_type, ev)
+    return chain
