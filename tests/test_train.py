@@ -295,3 +295,18 @@ def test_db_and_topic_sources_train_the_same_model(env, sim, capsys):
         assert len(fingerprints) == 1
     want = build_dataset(Bars.from_events([b for b in sim if b["symbol"] != "CCC"]), "1m", 5).fingerprint
     assert fingerprints == {want}
+
+
+def test_train_on_simulated_history_for_a_fresh_stack(env, monkeypatch, capsys):
+    monkeypatch.setenv("SYMBOLS", "AAPL MSFT")
+    argv = ["train", "--source", "sim", "--interval", "1s", "--sim-minutes", "10", "--rounds", "10",
+            "--exclude", "sma_200_rel,sma_50_rel"]
+    assert cli.main(argv + ["--activate"]) == 0
+    out = capsys.readouterr().out
+    assert "sim:seed=42 minutes=10 symbols=2" in out
+    version = out.split("model     direction ")[1].split()[0]
+    assert active_versions(env) == [version]
+    assert cli.main(argv) == 0  # the same simulated history: the same model
+    assert f"direction {version} already registered" in capsys.readouterr().out
+    assert cli.main(argv[:-2] + ["--sim-minutes", "0"]) == 2
+    assert "--sim-minutes must be positive" in capsys.readouterr().err

@@ -3,7 +3,8 @@ registered (optionally activated) model.
 
 Bars come from a CSV (``time,symbol,open,high,low,close,volume``, as `ticktape
 indicators` reads it; no VWAP column: the typical price stands in), the database's
-``bars`` table, or the ``md.bars.<interval>`` topic read from its start.  The indicator
+``bars`` table, the ``md.bars.<interval>`` topic read from its start, or the seeded
+simulator (``sim``: history for a fresh stack, made by the pure core).  The indicator
 engine runs over them, then ``ticktape.core.features`` (the predict agent's own code);
 ``ticktape.core.ml`` splits by time, trains and reports.  ``--from``/``--to`` select bars
 by window start (the indicators warm up inside that range).
@@ -20,7 +21,7 @@ from ..core.intervals import interval_seconds
 from ..core.ml import TrainParams, train
 from .produce import parse_time
 
-SOURCES = ("db", "csv", "topic")
+SOURCES = ("db", "csv", "topic", "sim")
 TOPIC_IDLE_S = 5.0  # reading a topic ends at every partition's end, or after this long without data
 
 
@@ -28,6 +29,8 @@ def register(sub):
     p = sub.add_parser("train", help="train an XGBoost direction model and register it")
     p.add_argument("--source", required=True, choices=SOURCES, help="where the bars are")
     p.add_argument("--input", help="CSV file of bars (--source csv)")
+    p.add_argument("--sim-minutes", type=float, default=240.0,
+                   help="--source sim: minutes of simulated history (SYMBOLS, SIM_SEED; default 240)")
     p.add_argument("--from", dest="start", type=parse_time, help="first window start, ISO-8601 (UTC)")
     p.add_argument("--to", dest="end", type=parse_time, help="window starts before this, ISO-8601 (UTC)")
     p.add_argument("--symbols", help="only these symbols (comma/space separated)")
@@ -138,6 +141,17 @@ def _topic_bars(s, interval: str) -> Bars:
     return Bars.from_events(list(seen.values()))
 
 
+def _sim_bars(s, interval: str, minutes: float) -> Bars:
+    """Bars of the seeded simulator (the pure core, no broker): a model for a fresh stack."""
+    from ..core.simbars import simulated_bars
+
+    if minutes <= 0:
+        raise UsageError(f"--sim-minutes must be positive, got {minutes:g}")
+    start_us = parse_time("2026-01-05T14:30:00Z")  # a fixed session open: same history every time
+    return Bars.from_events(simulated_bars(s.symbol_list, seed=s.sim_seed, start_us=start_us,
+                                           minutes=minutes, interval=interval))
+
+
 def _select(bars: Bars, start, end, symbols) -> Bars:
     keep = [i for i in range(len(bars))
             if (start is None or bars.window_start[i] >= start) and (end is None or bars.window_start[i] < end)
@@ -187,8 +201,11 @@ def run(args) -> int:
         source = f"csv:{args.input}"
     elif args.source == "db":
         bars, source = _db_bars(s, args.interval), f"db:bars interval={args.interval}"
-    else:
+    elif args.source == "topic":
         bars, source = _topic_bars(s, args.interval), f"topic:{s.topic(f'md.bars.{args.interval}')}"
+    else:
+        bars, source = _sim_bars(s, args.interval, args.sim_minutes), (
+            f"sim:seed={s.sim_seed} minutes={args.sim_minutes:g} symbols={len(s.symbol_list)}")
     if lines is not None and (args.start is not None or args.end is not None or symbols):
         lines = None  # rows are selected below: the engine's row no longer maps to a line
     bars = _select(bars, args.start, args.end, symbols)
