@@ -13,7 +13,6 @@ import faust
 from ticktape import kafka_clients, metrics
 from ticktape.config import Settings
 from ticktape.core.desks import PortfolioDesk
-from ticktape.core.portfolio import Portfolio
 
 from .app import agent
 from .trading_io import TradingIO
@@ -36,10 +35,9 @@ class PortfolioStage:
     def desk(self, account: str, partition: int) -> PortfolioDesk:
         entry = self.desks.get(account)
         if entry is None:
-            desk = PortfolioDesk(account, self.s.starting_cash)
             saved = self.table.data.get(account)
-            if saved is not None:
-                desk.pf = Portfolio.from_dict(saved["pf"])
+            desk = (PortfolioDesk(account, self.s.starting_cash) if saved is None
+                    else PortfolioDesk.from_dict(saved["desk"]))
             entry = self.desks[account] = (partition, desk)
         return entry[1]
 
@@ -69,7 +67,7 @@ class PortfolioStage:
             metrics.PNL.labels(account, "unrealized").set(pf.market_value - pf.cost_basis)
             metrics.GROSS_EXPOSURE.labels(account).set(pf.gross_exposure)
             metrics.POSITIONS_OPEN.labels(account).set(sum(1 for p in pf.positions.values() if p.qty))
-        await io.flush(self.table, {a: (p, {"p": p, "pf": self.desks[a][1].pf.to_dict()})
+        await io.flush(self.table, {a: (p, {"p": p, "desk": self.desks[a][1].to_dict()})
                                     for a, p in touched.items()})
 
 

@@ -15,11 +15,15 @@ from ticktape.core.risk import RiskLimits
 from ticktape.core.strategy import StrategyConfig
 
 SYMBOLS = ("AAPL", "KO", "MSFT")
-LIMITS = RiskLimits.from_dict({"defaults": {
+LIMITS_FILE = {"defaults": {
     "initial_state": "ACTIVE", "max_gross_exposure": 25_000, "daily_loss_limit": 3000,
     "max_orders_per_symbol": 3, "max_orders_total": 100, "rate_window_s": 600, "stale_after_s": 120,
     "symbol_defaults": {"max_position_qty": 5000, "max_position_notional": 100_000,
-                        "max_order_notional": 100_000, "price_collar_pct": 5}}})
+                        "max_order_notional": 100_000, "price_collar_pct": 5}}}
+LIMITS = RiskLimits.from_dict(LIMITS_FILE)
+# the same configuration as worker settings
+ENV = {"SYMBOLS": " ".join(SYMBOLS), "STRATEGY_MIN_HOLD_BARS": "2", "STRATEGY_NOTIONAL": "10000",
+       "EXEC_SLIPPAGE_BPS": "2", "STARTING_CASH": "100000", "TRADING_ACCOUNT": "paper", "STRATEGY_INTERVAL": "1m"}
 
 
 def chain_args(market_data="ticks"):
@@ -59,7 +63,8 @@ def sequential(st, market_data="ticks"):
 
 class Agents:
     """The four desks behind channels with arbitrary delivery order, as Kafka gives them:
-    order is kept per channel (a writer into a partition), not across channels."""
+    order is kept per channel (a writer into a partition), not across channels; after a
+    restart a channel may deliver its last items again."""
 
     def __init__(self, st, market_data="ticks"):
         a = chain_args(market_data)
@@ -69,6 +74,7 @@ class Agents:
         self.execution = desks.ExecutionDesk(a["exec_cfg"], MIN, market_data)
         self.portfolio = desks.PortfolioDesk("paper", a["starting_cash"])
         self.channels = {key: deque(evs) for key, evs in st.items()}
+        self.delivered: dict[tuple, deque] = {}
         self.out = {k: [] for k in ("signal", "mark", "order", "rejection", "fill", "position", "equity",
                                     "risk_state")}
 
@@ -81,6 +87,7 @@ class Agents:
             return False
         channel = rng.choice(ready)
         item = self.channels[channel].popleft()
+        self.delivered.setdefault(channel, deque(maxlen=4)).append(item)
         kind = channel[0]
         if kind in ("indicator_set", "prediction"):
             sym = item["symbol"]
@@ -118,6 +125,12 @@ class Agents:
                 self.out[k].append(e)
         return True
 
+    def redeliver(self, rng):
+        """Kafka after a crash: the last items of each channel come again (the state is newer)."""
+        for channel, items in self.delivered.items():
+            again = list(items)[len(items) - rng.randint(0, len(items)):]
+            self.channels[channel].extendleft(reversed(again))
+
     def restart(self):
         """Every desk from its JSON state, as the agents restore it from their tables."""
         rt = lambda x: json.loads(json.dumps(x))  # noqa: E731
@@ -134,9 +147,7 @@ class Agents:
             if sym in self.execution.memory:
                 ex.memory[sym] = {int(b): e for b, e in rt(self.execution.memory[sym]).items()}
         self.execution = ex
-        pf = desks.PortfolioDesk("paper", self.a["starting_cash"])
-        pf.pf = desks.pf_mod.Portfolio.from_dict(rt(self.portfolio.pf.to_dict()))
-        self.portfolio = pf
+        self.portfolio = desks.PortfolioDesk.from_dict(rt(self.portfolio.to_dict()))
 
 
 def by_id(events):
@@ -184,6 +195,7 @@ def test_any_interleaving_and_restarts_give_the_sequential_events(seed):
         steps += 1
         if rng.random() < 0.01:
             agents.restart()
+            agents.redeliver(rng)
     got = agents.out
     assert steps > 1000
     # the risk and portfolio stages: the same events in the same order

@@ -352,12 +352,27 @@ class ExecutionDesk:
 class PortfolioDesk:
     """The portfolio fold of one account's ledger (Fills and Marks in canonical order)."""
 
-    __slots__ = ("pf",)
+    __slots__ = ("pf", "last_key")
 
     def __init__(self, account: str, starting_cash: float):
         self.pf = pf_mod.Portfolio(account, starting_cash)
+        self.last_key: list | None = None  # the ledger is in canonical order: older = redelivered
+
+    def to_dict(self) -> dict:
+        return {"pf": self.pf.to_dict(), "last_key": self.last_key}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PortfolioDesk":
+        pf = pf_mod.Portfolio.from_dict(d["pf"])
+        desk = cls(pf.account, pf.starting_cash)
+        desk.pf, desk.last_key = pf, d["last_key"]
+        return desk
 
     def on_ledger(self, kind: str, ev: dict) -> list[tuple[str, dict]]:
+        key = canonical_key(kind, ev)
+        if self.last_key is not None and key <= self.last_key:
+            return []
+        self.last_key = key
         out = pf_mod.apply_fill(self.pf, ev) if kind == "fill" else pf_mod.on_mark(self.pf, ev)
         return [("position" if e["event_id"].startswith("pos:") else "equity", e) for e in out]
 
