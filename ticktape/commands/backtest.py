@@ -1,0 +1,495 @@
+"""`ticktape backtest`: run a period through bars, indicators, predict, strategy, risk,
+execution and portfolio; store, print and report the run.
+
+    ticktape backtest --from 2026-11-20T14:00 --to 2026-11-20T15:00 [--symbols AAPL,MSFT]
+        [--model VERSION] [--config risk.yaml] [--mode inprocess|kafka] [--source topic|db]
+        [--report out.html] [--sweep STRATEGY_ENTER_P=0.55,0.6 ...] [--jobs N] [--keep]
+        [--check-live]
+    ticktape backtest compare RUN_A RUN_B
+
+Input: the live ``md.ticks`` topic (TOPIC_PREFIX) over [--from, --to], or the ``ticks``
+table (``--source db``), split into md.ticks's partitions as the live producers split
+them.  Model: --model, else the registry's active one (none: no predictions, no trades).
+Parameters: the settings (env vars) — bar intervals and grace, STRATEGY_*, EXEC_*,
+STARTING_CASH, SYMBOLS (the risk desk's universe; --symbols narrows it and the input) —
+and the risk file (--config, else RISK_CONFIG).
+
+Modes: ``inprocess`` runs the pure core over the events; ``kafka`` runs the real Faust
+worker in the namespace ``bt.<run_id>.`` (topics deleted afterwards unless --keep).  Both
+give the same events.  Every run is stored in ``backtest_runs`` / ``backtest_equity`` /
+``backtest_trades`` (never in a live table).  ``--sweep`` runs one in-process backtest per
+combination of values, in parallel (--jobs, default: every core).  ``--check-live``
+compares the run's events with what the live pipeline published for the period.
+
+Figures: see ``ticktape.core.performance`` (Sharpe/Sortino annualized per strategy
+interval, risk-free rate 0; win rate over fills that reduce a position; turnover =
+traded notional / mean equity).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import fields, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from ..cli import UsageError
+from ..config import REPO_ROOT, ConfigError, Settings, _convert, settings
+from .produce import parse_time
+
+log = logging.getLogger(__name__)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+SWEEP_PREFIXES = ("strategy_", "exec_")
+SWEEP_NAMES = ("starting_cash",)
+
+
+def register(sub):
+    p = sub.add_parser("backtest", help="run a period through the whole pipeline, store and report it",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("action", nargs="*", metavar="compare RUN_A RUN_B",
+                   help="compare two stored runs (else: run a backtest)")
+    p.add_argument("--from", dest="start", type=parse_time, help="first event time, ISO-8601 (inclusive)")
+    p.add_argument("--to", dest="end", type=parse_time, help="last event time, ISO-8601 (inclusive)")
+    p.add_argument("--symbols", help="only these symbols (comma/space separated; default SYMBOLS)")
+    p.add_argument("--model", help="model version (or a unique prefix); default: the active one")
+    p.add_argument("--config", help="risk limits YAML (default RISK_CONFIG or config/risk.yaml)")
+    p.add_argument("--mode", choices=("inprocess", "kafka"), default="inprocess", help="default inprocess")
+    p.add_argument("--source", choices=("topic", "db"), default="topic",
+                   help="ticks from the md.ticks topic (default) or the ticks table")
+    p.add_argument("--report", help="write an HTML report here (and the equity curve as <name>.png)")
+    p.add_argument("--sweep", action="append", default=[], metavar="PARAM=V1,V2,...",
+                   help="one in-process run per value (repeat for a grid); PARAM: a STRATEGY_*, EXEC_* "
+                        "setting or STARTING_CASH")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel sweep runs (default: cores)")
+    p.add_argument("--keep", action="store_true", help="kafka mode: keep the bt.<run_id>.* topics")
+    p.add_argument("--check-live", action="store_true",
+                   help="compare the events with those the live pipeline published for the period")
+    p.add_argument("--timeout", type=float, default=900.0, help="kafka mode: seconds to wait for the worker")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.action:
+        if args.action[0] != "compare" or len(args.action) != 3:
+            raise UsageError("expected `backtest compare RUN_A RUN_B` or options only")
+        return compare(args.action[1], args.action[2])
+    return backtest(args)
+
+
+# --- arguments -----------------------------------------------------------------------
+
+def _symbols(text: str | None, s: Settings) -> tuple[str, ...]:
+    if text is None:
+        return tuple(s.symbol_list)
+    symbols = tuple(sorted({x for x in text.replace(",", " ").split() if x}))
+    if not symbols:
+        raise UsageError("--symbols is empty")
+    return symbols
+
+
+def parse_sweep(specs: list[str]) -> list[dict]:
+    """Every combination of the --sweep values, as Settings overrides (in given order)."""
+    if not specs:
+        return []
+    by_env = {f.metadata["env"]: f for f in fields(Settings)}
+    by_name = {f.name: f for f in fields(Settings)}
+    axes = []
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        f = by_name.get(name.strip().lower()) or by_env.get(name.strip().upper())
+        if not sep or not values.strip():
+            raise UsageError(f"--sweep {spec!r}: expected PARAM=V1,V2,...")
+        if f is None or not (f.name.startswith(SWEEP_PREFIXES) or f.name in SWEEP_NAMES):
+            raise UsageError(f"--sweep {spec!r}: {name} is not a STRATEGY_*, EXEC_* setting or STARTING_CASH")
+        if any(f.name == a[0] for a in axes):
+            raise UsageError(f"--sweep names {f.metadata['env']} twice")
+        try:
+            axes.append((f.name, [_convert(v.strip(), f.type, f.metadata["env"]) for v in values.split(",")]))
+        except ConfigError as e:
+            raise UsageError(f"--sweep {spec!r}: {e}") from None
+    return [dict(zip([a[0] for a in axes], combo)) for combo in itertools.product(*[a[1] for a in axes])]
+
+
+def make_setup(s: Settings, symbols: tuple[str, ...], risk_path: str | None):
+    """The run's Setup from settings; a bad value → UsageError naming it."""
+    import yaml
+
+    from ..core.backtest import Setup
+    from ..core.execution import ExecConfig
+    from ..core.strategy import StrategyConfig
+    from ..risk_config import load_risk_limits, risk_config_path
+
+    path = Path(risk_path) if risk_path else risk_config_path(s)
+    try:
+        limits = load_risk_limits(path)
+        return Setup(tuple(s.interval_list), s.bar_grace_ms * 1000, StrategyConfig.from_settings(s),
+                     ExecConfig.from_settings(s), limits, yaml.safe_load(path.read_text()), s.starting_cash,
+                     symbols, s.exec_market_data)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+def code_version() -> str:
+    """The package version, the git commit and whether the code differs from it."""
+    from .. import __version__
+
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ticktape", "stream_processors"],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
+
+
+def load_model(s: Settings, version: str | None):
+    """(Model, metadata, artifact), or None when no version is given and none is active."""
+    from ..core.ml import Model, ModelMismatch
+    from ..registry import RegistryError, get, list_models
+    from .models import registry_errors
+
+    with registry_errors():
+        if version is None:
+            try:
+                active = [r for r in list_models(s) if r["active"]]
+            except Exception as e:  # no database or no models table yet: no active model
+                log.debug("no model registry: %s", e)
+                return None
+            if not active:
+                return None
+            version = active[0]["version"]
+        try:
+            meta, artifact, _ = get(s, version)
+            return Model.load(artifact, meta), meta, artifact
+        except (RegistryError, ModelMismatch) as e:
+            raise UsageError(str(e)) from None
+
+
+# --- input ---------------------------------------------------------------------------
+
+def read_ticks(s: Settings, source: str, start: int, end: int, symbols: set[str] | None) -> dict[int, list[dict]]:
+    """The period's ticks per md.ticks partition (catalog count), each in its order."""
+    from producers.replay import read_db, read_topic
+    from ticktape import kafka_clients
+    from ticktape.core.replay import partition_for
+
+    n = kafka_clients.topic_spec("md.ticks").partitions
+    out: dict[int, list[dict]] = {p: [] for p in range(n)}
+    if source == "db":
+        for t in read_db(s, "ticks", "1m", start, end, symbols):
+            out[partition_for(t["symbol"], n)].append(t)
+        return out
+    topic = s.topic("md.ticks")
+    try:
+        same = len(kafka_clients.topic_metadata(s, topic).partitions) == n
+    except KeyError:
+        raise UsageError(f"topic {topic} does not exist (nothing recorded yet?)") from None
+    for rec in read_topic(s, topic, start, end, symbols, decode=True):
+        out[rec.partition if same else partition_for(rec.event["symbol"], n)].append(rec.event)
+    return out
+
+
+# --- storage -------------------------------------------------------------------------
+
+def _dt(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _us(dt: datetime) -> int:
+    return (dt - _EPOCH) // timedelta(microseconds=1)
+
+
+def store(s: Settings, row: dict, result) -> None:
+    """One run: its row, equity curve and trades, in one transaction."""
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    from sinks import schema
+
+    schema.migrate(s)
+    with psycopg.connect(s.database_url) as conn:
+        conn.execute(
+            "INSERT INTO backtest_runs (run_id, mode, period_start, period_end, symbols, parameters, code_version, "
+            "model_version, data_fingerprint, results_sha256, metrics, counts) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (row["run_id"], row["mode"], _dt(row["period_start"]), _dt(row["period_end"]), list(row["symbols"]),
+             Jsonb(row["parameters"]), row["code_version"], row["model_version"], row["data_fingerprint"],
+             row["results_sha256"], Jsonb(row["metrics"]), Jsonb(row["counts"])))
+        cur = conn.cursor()
+        with cur.copy("COPY backtest_equity (run_id, ts, equity, cash, market_value, gross_exposure, "
+                      "realized_pnl, unrealized_pnl, drawdown) FROM STDIN") as cp:
+            for r in result.equity:
+                cp.write_row((row["run_id"], _dt(r["ts"]), r["equity"], r["cash"], r["market_value"],
+                              r["gross_exposure"], r["realized_pnl"], r["unrealized_pnl"], r["drawdown"]))
+        with cur.copy("COPY backtest_trades (run_id, event_id, order_id, ts, symbol, side, quantity, price, "
+                      "commission, slippage_bps) FROM STDIN") as cp:
+            for t in result.trades:
+                cp.write_row((row["run_id"], t["event_id"], t["order_id"], _dt(t["ts"]), t["symbol"], t["side"],
+                              t["quantity"], t["price"], t["commission"], t["slippage_bps"]))
+
+
+def load_run(s: Settings, run_id: str) -> dict:
+    import psycopg
+
+    cols = ("run_id", "created_at", "mode", "period_start", "period_end", "symbols", "parameters",
+            "code_version", "model_version", "data_fingerprint", "results_sha256", "metrics", "counts")
+    with psycopg.connect(s.database_url) as conn:
+        found = conn.execute(f"SELECT {', '.join(cols)} FROM backtest_runs WHERE run_id = %s",
+                             (run_id,)).fetchone()
+    if found is None:
+        raise UsageError(f"no backtest run {run_id!r} (see the backtest_runs table)")
+    row = dict(zip(cols, found))
+    row["period_start"], row["period_end"] = _us(row["period_start"]), _us(row["period_end"])
+    return row
+
+
+# --- output --------------------------------------------------------------------------
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.4f} %"
+
+
+def _num(x, fmt=".3f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def figure_lines(m: dict, c: dict) -> list[str]:
+    rej = c["rejections"]
+    by_reason = ", ".join(f"{k} {v}" for k, v in rej.items()) or "none"
+    return [f"  total return {_pct(m['total_return']):>14}   CAGR {_pct(m['cagr'])}",
+            f"  Sharpe {_num(m['sharpe']):>20}   Sortino {_num(m['sortino'])}",
+            f"  max drawdown {_pct(m['max_drawdown']):>14}   win rate {_pct(m['win_rate'])} "
+            f"of {m['closing_trades']} closing trades",
+            f"  turnover {_num(m['turnover'], '.4f'):>18}   end equity {m['end_equity']:,.2f}",
+            f"  orders {c['orders']}   fills {c['fills']}   rejections {sum(rej.values())} ({by_reason})"]
+
+
+def _iso(us: int) -> str:
+    return _dt(us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --- the run -------------------------------------------------------------------------
+
+def backtest(args) -> int:
+    from ..core import backtest as bt
+
+    s = settings()
+    if args.start is None or args.end is None:
+        raise UsageError("a backtest needs --from and --to")
+    if args.end < args.start:
+        raise UsageError("--to is before --from")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    sweep = parse_sweep(args.sweep)
+    if sweep and args.mode == "kafka":
+        raise UsageError("--sweep runs in-process: drop --mode kafka")
+    if args.keep and args.mode != "kafka":
+        raise UsageError("--keep is for --mode kafka")
+    if args.report and not args.report.endswith((".html", ".htm")):
+        raise UsageError(f"--report {args.report}: expected an .html file name")
+    symbols = _symbols(args.symbols, s)
+    if not symbols:
+        raise UsageError("no symbols: set SYMBOLS or give --symbols")
+    variants = sweep or [{}]
+    setups = [make_setup(replace(s, **o), symbols, args.config) for o in variants]
+    if not s.database_url:
+        raise UsageError("no database to store the run: set DATABASE_URL or run `ticktape stack up`")
+    loaded = load_model(s, args.model)
+    model, meta, artifact = loaded if loaded else (None, None, None)
+    if model is None:
+        print("backtest: no model given and none active: no predictions, so no trades", file=sys.stderr)
+
+    ticks = read_ticks(s, args.source, args.start, args.end, set(symbols) if args.symbols else None)
+    n_ticks = sum(map(len, ticks.values()))
+    if n_ticks == 0:
+        raise UsageError(f"no ticks between {_iso(args.start)} and {_iso(args.end)} "
+                         f"({'ticks table' if args.source == 'db' else s.topic('md.ticks')})")
+    fingerprint = bt.data_fingerprint(ticks)
+    for t in bt.flush_ticks(args.end, setups[0], len(ticks)):
+        ticks[t["seq"]].append(t)
+    common = {"mode": args.mode, "period_start": args.start, "period_end": args.end, "symbols": list(symbols),
+              "code_version": code_version(), "model_version": meta["version"] if meta else None,
+              "data_fingerprint": fingerprint}
+    print(f"backtest: {n_ticks:,} ticks, {_iso(args.start)} .. {_iso(args.end)}, {len(symbols)} symbols, "
+          f"model {meta['name'] + ' ' + meta['version'] if meta else 'none'}, {args.mode}")
+
+    if sweep:
+        return _sweep(s, args, ticks, model, setups, variants, common)
+    setup = setups[0]
+    run_id = new_run_id()
+    if args.mode == "kafka":
+        from .. import backtest_kafka
+
+        try:
+            risk = str(Path(args.config).resolve()) if args.config else s.risk_config
+            events = backtest_kafka.run(replace(s, symbols=" ".join(symbols), risk_config=risk), run_id, ticks,
+                                        (meta, artifact) if meta else None, keep=args.keep,
+                                        timeout_s=args.timeout, say=print)
+        except backtest_kafka.KafkaModeError as e:
+            raise SystemExit(f"ticktape: backtest {run_id}: {e}") from None
+    else:
+        events = bt.run(ticks, setup, model)
+    result = bt.summarize(events, setup, args.start)
+    row = common | {"run_id": run_id, "parameters": setup.parameters(), "results_sha256": result.sha256,
+                    "metrics": result.metrics, "counts": result.counts}
+    store(s, row, result)
+    print(f"backtest {run_id} stored: {len(result.equity)} equity points, {len(result.trades)} trades; "
+          f"results sha256 {result.sha256[:16]}")
+    for line in figure_lines(result.metrics, result.counts):
+        print(line)
+    if args.report:
+        from .. import report
+
+        html_path, png = report.write(args.report, row, result.equity, result.trades, events["order_rejected"])
+        print(f"report {html_path} (equity curve {png})")
+    if args.check_live:
+        return check_live(s, events, args.start, args.end, setup)
+    return 0
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+# --- sweeps --------------------------------------------------------------------------
+
+_SHARED: dict = {}  # what forked sweep workers read: ticks and analytics, computed once
+
+
+def _sweep_one(i: int):
+    from ..core import backtest as bt
+
+    setup, start = _SHARED["setups"][i], _SHARED["start"]
+    return bt.summarize(bt.trading(_SHARED["ticks"], _SHARED["analytics"], setup), setup, start)
+
+
+def _sweep(s: Settings, args, ticks, model, setups, variants, common) -> int:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from ..core import backtest as bt
+
+    _SHARED.update(ticks=ticks, analytics=bt.analytics(ticks, setups[0], model), setups=setups, start=args.start)
+    jobs = min(args.jobs, len(setups))
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            results = list(pool.map(_sweep_one, range(len(setups))))
+    else:
+        results = [_sweep_one(i) for i in range(len(setups))]
+    _SHARED.clear()
+    names = list(variants[0])
+    print("  ".join(f"{n.upper():>16}" for n in names) + f"  {'run':<12} {'return':>11} {'Sharpe':>9} "
+          f"{'max dd':>10} {'orders':>6} {'rejected':>8}")
+    for overrides, setup, result in zip(variants, setups, results):
+        run_id = new_run_id()
+        row = common | {"run_id": run_id, "parameters": setup.parameters(), "results_sha256": result.sha256,
+                        "metrics": result.metrics, "counts": result.counts}
+        store(s, row, result)
+        m = result.metrics
+        print("  ".join(f"{overrides[n]!s:>16}" for n in names) + f"  {run_id:<12} {_pct(m['total_return']):>11} "
+              f"{_num(m['sharpe']):>9} {_pct(m['max_drawdown']):>10} {m['orders']:>6} {m['rejections']:>8}")
+        if args.report:
+            from .. import report
+
+            path = Path(args.report)
+            report.write(path.with_name(f"{path.stem}-{run_id}{path.suffix}"), row, result.equity, result.trades)
+    return 0
+
+
+# --- compare -------------------------------------------------------------------------
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def compare(a: str, b: str) -> int:
+    s = settings()
+    if not s.database_url:
+        raise UsageError("no database: set DATABASE_URL or run `ticktape stack up`")
+    ra, rb = load_run(s, a), load_run(s, b)
+    print(f"{'':<22}{a:>22}{b:>22}")
+    for key in ("mode", "model_version", "code_version"):
+        print(f"{key:<22}{str(ra[key]):>22}{str(rb[key]):>22}")
+    print(f"{'period':<22}{_iso(ra['period_start'])[:19]:>22}{_iso(rb['period_start'])[:19]:>22}")
+    print(f"{'':<22}{_iso(ra['period_end'])[:19]:>22}{_iso(rb['period_end'])[:19]:>22}")
+    for key in ("total_return", "cagr", "max_drawdown", "win_rate"):
+        print(f"{key:<22}{_pct(ra['metrics'][key]):>22}{_pct(rb['metrics'][key]):>22}")
+    for key in ("sharpe", "sortino", "turnover"):
+        print(f"{key:<22}{_num(ra['metrics'][key]):>22}{_num(rb['metrics'][key]):>22}")
+    for key in ("end_equity", "closing_trades", "orders", "rejections"):
+        print(f"{key:<22}{ra['metrics'][key]:>22,}{rb['metrics'][key]:>22,}")
+    pa, pb = _flat(ra["parameters"]), _flat(rb["parameters"])
+    diff = sorted(k for k in pa.keys() | pb.keys() if pa.get(k) != pb.get(k))
+    for k in diff:
+        print(f"parameter {k}: {json.dumps(pa.get(k))} vs {json.dumps(pb.get(k))}")
+    same_data = ra["data_fingerprint"] == rb["data_fingerprint"]
+    same = ra["results_sha256"] == rb["results_sha256"]
+    print(f"input data: {'same' if same_data else 'different'}; parameters: "
+          f"{'same' if not diff else f'{len(diff)} differ'}; equity and trades: {'identical' if same else 'differ'}")
+    return 0
+
+
+# --- against the live pipeline --------------------------------------------------------
+
+def live_events(s: Settings, start: int, end: int) -> dict[str, list[dict]]:
+    """What the live pipeline published with event time in [start, end], per event type."""
+    from producers.replay import read_topic
+    from ticktape import kafka_clients
+
+    from ..backtest_kafka import output_topics
+
+    out: dict[str, list[dict]] = {}
+    existing = set(kafka_clients.admin(s).list_topics(timeout=10).topics)
+    for name, event_type in sorted(output_topics(s).items()):
+        if event_type is None or event_type == "tick" or s.topic(name) not in existing:
+            continue
+        out.setdefault(event_type, []).extend(r.event for r in read_topic(s, s.topic(name), start, end, decode=True))
+    return out
+
+
+def differences(live: dict[str, list[dict]], ours: dict[str, list[dict]], start: int, end: int):
+    """Per event type: (live count, backtest count, first difference or None), both sides
+    limited to event time in [start, end]."""
+    from ..core.backtest import canonical
+
+    out = {}
+    for event_type in sorted(set(live) | set(ours)):
+        a = {e["event_id"]: canonical(e) for e in live.get(event_type, ()) if start <= e["ts"] <= end}
+        b = {e["event_id"]: canonical(e) for e in ours.get(event_type, ()) if start <= e["ts"] <= end}
+        first = None
+        for key in sorted(a.keys() | b.keys()):
+            if a.get(key) != b.get(key):
+                first = (f"{key}: only live" if key not in b else f"{key}: only in the backtest" if key not in a
+                         else f"{key}: live {a[key].decode()[:300]} != backtest {b[key].decode()[:300]}")
+                break
+        out[event_type] = (len(a), len(b), first)
+    return out
+
+
+def check_live(s: Settings, events, start: int, end: int, setup) -> int:
+    """Compare with the live topics over the windows that lie wholly in the period (a
+    window ending after --to may hold live ticks past it)."""
+    cutoff = end + 1
+    diffs = differences(live_events(s, start, cutoff), events.by_type, start, cutoff)
+    bad = 0
+    for event_type, (n_live, n_bt, first) in diffs.items():
+        print(f"  {event_type:<16} live {n_live:>8}  backtest {n_bt:>8}  {'equal' if first is None else first}")
+        bad += first is not None
+    if bad:
+        print(f"live check: {bad} event type(s) differ (the live run must start at --from with empty state "
+              f"and the model active throughout)")
+        return 1
+    print("live check: every event equals the live pipeline's")
+    return 0
