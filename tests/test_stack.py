@@ -57,6 +57,12 @@ def test_stack_lifecycle_and_env(tmp_path):
         # up again is a no-op that keeps the same endpoints
         tt(home, "stack", "up")
         assert tt(home, "stack", "env").stdout.strip() == out
+        # down and up again: PostgreSQL keeps its data (and its password)
+        tt(home, "stack", "down")
+        assert tt(home, "stack", "status", check=False).returncode == 1
+        tt(home, "stack", "up")
+        res = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=60)
+        assert res.returncode == 0 and int(res.stdout.strip()) >= 1, res.stderr
     finally:
         tt(home, "stack", "down", check=False)
     assert tt(home, "stack", "status", check=False).returncode == 1

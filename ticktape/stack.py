@@ -100,7 +100,7 @@ class LocalStack:
     def endpoints(self) -> dict[str, str]:
         """KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL / REDIS_URL of the running local services."""
         out = {}
-        st = self.state()
+        st = {name: svc for name, svc in self.state().items() if svc.get("pid")}
         if "kafka" in st:
             out["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{st['kafka']['port']}"
         if "postgres" in st:
@@ -108,7 +108,7 @@ class LocalStack:
             out["DATABASE_URL"] = (f"postgresql://{PG_USER}:{pg['password']}@127.0.0.1:{pg['port']}/{PG_DB}")
         if "redis" in st:
             rd = st["redis"]
-            out["REDIS_URL"] = f"redis://:{rd['password']}@127.0.0.1:{rd['port']}/0"
+            out["REDIS_URL"] = f"redis://default:{rd['password']}@127.0.0.1:{rd['port']}/0"
         if "prometheus" in st:
             out["PROMETHEUS_URL"] = f"http://127.0.0.1:{st['prometheus']['port']}"
         return out
@@ -124,7 +124,7 @@ class LocalStack:
             if not wanted:
                 continue
             cur = st.get(name)
-            if cur and pid_alive(cur["pid"]) and port_open(cur["port"]):
+            if cur and cur.get("pid") and pid_alive(cur["pid"]) and port_open(cur["port"]):
                 continue
             st[name] = start(cur or {})
             self._save(st)
@@ -227,22 +227,27 @@ class LocalStack:
 
     # -- down / status --------------------------------------------------------------------
     def down(self) -> None:
+        """Stop every service; what outlives a stop (the PostgreSQL data directory and
+        its password) stays recorded for the next `up`."""
         st = self.state()
-        pg = st.pop("postgres", None)
-        if pg and pid_alive(pg["pid"]):
-            subprocess.run(_as_postgres_user(["pg_ctl", "-D", pg["data"], "-m", "fast", "-w", "stop"]),
-                           capture_output=True)
-        for name in ("kafka", "redis", "prometheus"):
-            svc = st.pop(name, None)
-            if svc and pid_alive(svc["pid"]):
-                _terminate(svc["pid"])
+        for name, svc in st.items():
+            if not svc.get("pid"):
+                continue
+            if pid_alive(svc["pid"]):
+                if name == "postgres":
+                    subprocess.run(_as_postgres_user(["pg_ctl", "-D", svc["data"], "-m", "fast", "-w", "stop"]),
+                                   capture_output=True)
+                else:
+                    _terminate(svc["pid"])
+            svc["pid"] = None
         self._save(st)
 
     def status(self) -> dict[str, dict]:
         out = {}
         for name, svc in self.state().items():
-            alive = pid_alive(svc["pid"]) and port_open(svc["port"])
-            out[name] = {"running": alive, "port": svc["port"], "pid": svc["pid"]}
+            if svc.get("pid"):
+                alive = pid_alive(svc["pid"]) and port_open(svc["port"])
+                out[name] = {"running": alive, "port": svc["port"], "pid": svc["pid"]}
         return out
 
 

@@ -23,6 +23,10 @@ from .stack import bring_up
 from .status import remove_run_files, write_run_files
 
 DRAIN_SECONDS = 8.0
+BOOTSTRAP_INTERVAL = "1s"
+# features with a 50/200-bar lookback would keep a short run from ever predicting
+BOOTSTRAP_TRAIN = ["--source", "sim", "--sim-minutes", "60", "--horizon", "5",
+                   "--exclude", "sma_200_rel,sma_50_rel", "--activate"]
 
 
 @dataclass
@@ -59,6 +63,8 @@ def register(sub):
     p = sub.add_parser("run", help="the main job: local stack + simulator + the whole pipeline")
     p.add_argument("--duration", type=float, default=0, help="stop after S seconds (0 = until Ctrl-C)")
     p.add_argument("--rate", type=float, help="simulator ticks per second (SIM_TICK_RATE)")
+    p.add_argument("--no-bootstrap-model", dest="bootstrap_model", action="store_false",
+                   help="do not train a model on simulated history when none is active")
     p.set_defaults(func=run)
 
 
@@ -109,6 +115,10 @@ def run(args) -> int:
     env = dict(os.environ)
     env.update({"KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "DATABASE_URL": s.database_url,
                 "REDIS_URL": s.redis_url, "PYTHONUNBUFFERED": "1"})
+    # the demo trades 1-second bars, so predictions and orders flow within a minute
+    env.setdefault("STRATEGY_INTERVAL", BOOTSTRAP_INTERVAL)
+    if args.bootstrap_model:
+        _ensure_model(env["STRATEGY_INTERVAL"])
     producer_args = ["produce", "sim"] + (["--rate", str(args.rate)] if args.rate else [])
     pipeline = [Child("worker", ["process", "worker"]), Child("sink-postgres", ["sink", "postgres"]),
                 Child("sink-redis", ["sink", "redis"])]
@@ -158,6 +168,22 @@ def run(args) -> int:
         return 1
     print("ticktape: stopped; the local stack is still up (ticktape stack down / make stop)")
     return 0
+
+
+def _ensure_model(interval: str) -> None:
+    """A fresh stack has no model: train and activate one on the simulator's history, so
+    the whole path (predictions, orders, fills) runs.  The simulator is a random walk —
+    this model only makes the pipeline flow; train a real one with `ticktape train`."""
+    from .. import registry
+    from ..cli import main as cli_main
+
+    if any(m["active"] for m in registry.list_models(settings())):
+        return
+    print(f"ticktape: no active model: training one on simulated {interval} bars "
+          "(ticktape train --source sim) ...", flush=True)
+    code = cli_main(["train", "--interval", interval, *BOOTSTRAP_TRAIN])
+    if code != 0:
+        raise SystemExit(f"ticktape: could not train the bootstrap model (exit {code})")
 
 
 def _drain(summary: Summary) -> None:
