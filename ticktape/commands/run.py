@@ -96,6 +96,9 @@ class Summary:
         return {"ticks": ticks, "ticks_per_s": rate,
                 "bars": total(work, "ticktape_bars_closed_total"),
                 "late": total(work, "ticktape_late_ticks_total"),
+                "predictions": total(work, "ticktape_predictions_total"),
+                "orders": total(work, "ticktape_orders_total"),
+                "fills": total(work, "ticktape_fills_total"),
                 "rows": total(sink, "ticktape_sink_rows_total"),
                 "lag": total(sink, "ticktape_consumer_lag") + total(work, "ticktape_consumer_lag"),
                 "dlq": total(work, "ticktape_dlq_messages_total") + total(sink, "ticktape_dlq_messages_total")}
@@ -103,7 +106,8 @@ class Summary:
     def line(self, elapsed: float) -> str:
         f = self.figures()
         return (f"[{elapsed:6.0f}s] ticks {f['ticks']:>9,.0f} ({f['ticks_per_s']:>7,.0f}/s)  "
-                f"bars {f['bars']:>8,.0f}  late {f['late']:>5,.0f}  rows {f['rows']:>9,.0f}  "
+                f"bars {f['bars']:>7,.0f}  late {f['late']:>4,.0f}  pred {f['predictions']:>6,.0f}  "
+                f"orders {f['orders']:>4,.0f}  fills {f['fills']:>4,.0f}  rows {f['rows']:>9,.0f}  "
                 f"lag {f['lag']:>6,.0f}  dlq {f['dlq']:>3,.0f}")
 
 
