@@ -1,10 +1,15 @@
 """The producer core every source shares: Avro encoding, an idempotent Kafka producer
-with delivery reports, back-pressure, metrics and a graceful stop that flushes
-everything.  Sources (sim, websocket, yahoo, replay) only turn their input into events
-and call ``publish``.
+with delivery reports, back-pressure, metrics, tick batching and a graceful stop that
+flushes everything.  Sources (sim, websocket, yahoo, replay) only turn their input into
+events and call ``publish``.
+
+With ``TICK_BATCH_MAX`` > 1, ticks are grouped per symbol into TickBatch messages
+(``ticktape.core.tickbatch``) of up to that many ticks, none waiting longer than
+``TICK_BATCH_MS``: a background thread sends groups that waited that long.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -14,6 +19,7 @@ from confluent_kafka import KafkaError
 
 from ticktape import kafka_clients, metrics
 from ticktape.config import Settings
+from ticktape.core.tickbatch import TickBatcher, make_batch
 from ticktape.serde import Serde
 
 log = logging.getLogger(__name__)
@@ -56,53 +62,88 @@ class EventPublisher:
         self.last_error: KafkaError | None = None
         self._topics: dict[str, str] = {}
         self._out = {}
+        self._batcher = TickBatcher(s.tick_batch_max, s.tick_batch_ms) if s.tick_batch_max > 1 else None
+        self._lock = threading.Lock()  # the batcher is shared with the linger thread
+        self._linger: threading.Thread | None = None
+        self._closed = threading.Event()
 
-    def _on_delivery(self, err, msg) -> None:
+    def _on_delivery(self, err, msg, events: int = 1) -> None:
+        """Delivery report of a message holding ``events`` events (a TickBatch: its ticks)."""
         if err is not None:
-            self.failed += 1
+            self.failed += events
             self.last_error = err
             log.error("delivery to %s failed: %s", msg.topic(), err)
         else:
-            self.delivered += 1
+            self.delivered += events
 
     def publish(self, topic: str, event_type: str, record: dict, key: str | None = None,
                 headers: list[tuple[str, bytes]] | None = None) -> None:
         """Encode and send one event to catalog topic ``topic`` (blocks while the local
-        queue is full: back-pressure instead of unbounded memory)."""
+        queue is full: back-pressure instead of unbounded memory).  With tick batching,
+        a tick (keyed by its symbol) joins its symbol's batch instead."""
         full = self._topics.get(topic)
         if full is None:
             full = self._topics[topic] = self.settings.topic(topic)
             self._out[topic] = metrics.EVENTS_OUT.labels(self.stage, topic)
-        value = self.serde.encode(event_type, record, topic=full)
-        self.send_raw(full, value, key if key is not None else record.get("symbol"), headers)
+        if self._batcher is not None and event_type == "tick" and key is None and headers is None:
+            with self._lock:
+                ready = self._batcher.add(topic, record, time.monotonic())
+                self._send_groups(ready)
+            if self._linger is None:
+                self._linger = threading.Thread(target=self._linger_loop, name="tick-batches", daemon=True)
+                self._linger.start()
+        else:
+            value = self.serde.encode(event_type, record, topic=full)
+            self.send_raw(full, value, key if key is not None else record.get("symbol"), headers)
         self._out[topic].inc()
+
+    def _send_groups(self, groups) -> None:
+        """Send (topic, ticks) groups of the batcher: a TickBatch, or a Tick when alone."""
+        for topic, ticks in groups:
+            full = self._topics[topic]
+            if len(ticks) == 1:
+                self.send_raw(full, self.serde.encode("tick", ticks[0], topic=full), ticks[0]["symbol"])
+            else:
+                self.send_raw(full, self.serde.encode("tick_batch", make_batch(ticks), topic=full),
+                              ticks[0]["symbol"], events=len(ticks))
+
+    def _linger_loop(self) -> None:
+        while not self._closed.wait(self._batcher.linger_s / 2):
+            with self._lock:
+                self._send_groups(self._batcher.due(time.monotonic()))
 
     def send_raw(self, full_topic: str, value: bytes, key: str | bytes | None,
                  headers: list[tuple[str, bytes]] | None = None, *, partition: int = -1,
-                 timestamp_ms: int = 0) -> None:
+                 timestamp_ms: int = 0, events: int = 1) -> None:
         """Send encoded bytes; ``partition`` -1 = the default partitioner, ``timestamp_ms``
         0 = now (replays pass the partition and record time they reproduce)."""
+        report = self._on_delivery if events == 1 else functools.partial(self._on_delivery, events=events)
         while True:
             try:
                 self.producer.produce(full_topic, value=value, key=key, headers=headers,
                                       partition=partition, timestamp=timestamp_ms,
-                                      on_delivery=self._on_delivery)
+                                      on_delivery=report)
                 break
             except BufferError:
                 self.producer.poll(0.05)  # queue full: wait for deliveries
-        self.sent += 1
-        if self.sent % 1000 == 0:
+        self.sent += events
+        if self.sent % 1000 < events:
             self.producer.poll(0)
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Wait until every event sent so far is acknowledged; raise if any failed."""
-        remaining = self.producer.flush(timeout)
+        """Send the open tick batches, then wait until every event sent so far is
+        acknowledged; raise if any failed."""
+        with self._lock:
+            if self._batcher is not None:
+                self._send_groups(self._batcher.drain())
+            remaining = self.producer.flush(timeout)
         if remaining:
             raise DeliveryError(f"{remaining} events not delivered within {timeout:.0f} s")
         if self.failed:
             raise DeliveryError(f"{self.failed} events failed delivery (last: {self.last_error})")
 
     def close(self) -> None:
+        self._closed.set()
         self.flush()
 
 

@@ -5,7 +5,8 @@ Sources (each yields ``ReplayRecord``s, every partition's records in its own ord
 * topic: start offsets from ``offsets_for_times(--from)``, then every record's event
   time (its ``ts`` field; the record timestamp for topics without an event schema) is
   checked against both bounds, so a broker whose time lookup is coarse still gives the
-  exact range.  A partition is finished at its first record after ``--to``, or at its
+  exact range; a TickBatch is cut to its ticks in range (``decode`` readers get its
+  ticks one by one).  A partition is finished at its first record after ``--to``, or at its
   end: nothing arrived for ``IDLE_S`` and its position is at or past the high
   watermark (the watermark alone is not trusted: some brokers report it early).
   Records keep their partition, key, value bytes and record timestamp.  The lower
@@ -40,6 +41,7 @@ from ticktape.cli import UsageError
 from ticktape.config import Settings
 from ticktape.core.intervals import interval_seconds
 from ticktape.core.replay import PartitionMerger, in_range, partition_for
+from ticktape.core.tickbatch import expand, make_batch
 from ticktape.serde import Serde, SerdeError
 
 from .base import EventPublisher, StopFlag, paced
@@ -56,7 +58,7 @@ class ReplayRecord:
     partition: int
     ts: int  # event time, µs
     key: bytes | None
-    value: bytes  # encoded event
+    value: bytes | None  # encoded event (None: a tick of a TickBatch read with decode=True)
     timestamp_ms: int  # record timestamp to publish with
     event: dict | None = None  # the decoded event, when the source has it
 
@@ -113,10 +115,23 @@ def read_topic(s: Settings, topic: str, start: int | None, end: int | None,
                 event = None
                 if event_type is not None:
                     try:
-                        _, event = serde.decode(msg.value())
+                        got, event = serde.decode(msg.value())
                         ts = event["ts"]
-                    except (SerdeError, KeyError):
+                        if got == "tick_batch":
+                            batch_records = _batch_records(serde, msg, event, start, end, decode)
+                    except (SerdeError, KeyError, ValueError):
                         undecodable += 1
+                        continue
+                    if got == "tick_batch":
+                        if batch_records and (symbols is None or event["symbol"] in symbols):
+                            for rec in batch_records:
+                                merger.add(p, rec.ts, rec)
+                        else:
+                            merger.seen(p, ts)
+                        if end is not None and ts > end:  # its last tick is past the range
+                            open_parts.discard(p)
+                            merger.finish(p)
+                            cons.pause([TopicPartition(topic, p)])
                         continue
                 else:
                     ts = rec_ts_ms * 1000
@@ -152,6 +167,27 @@ def read_topic(s: Settings, topic: str, start: int | None, end: int | None,
             log.warning("replay: %d undecodable records of %s skipped", undecodable, topic)
     finally:
         cons.close()
+
+
+def _batch_records(serde: Serde, msg, batch: dict, start: int | None, end: int | None,
+                   decode: bool) -> list[ReplayRecord]:
+    """The records of a TickBatch message for a range: decoding readers get one record per
+    tick (``value`` None: only its event); others the message itself when every tick is
+    in range, else a batch of the ticks that are (a Tick when one)."""
+    ticks = expand(batch)
+    inside = [t for t in ticks if (start is None or t["ts"] >= start) and (end is None or t["ts"] <= end)]
+    p, key, rec_ts_ms = msg.partition(), msg.key(), msg.timestamp()[1]
+    if decode:
+        return [ReplayRecord(p, t["ts"], key, None, rec_ts_ms, t) for t in inside]
+    if not inside:
+        return []
+    if len(inside) == len(ticks):
+        value = msg.value()
+    elif len(inside) == 1:
+        value = serde.encode("tick", inside[0], topic=msg.topic())
+    else:
+        value = serde.encode("tick_batch", make_batch(inside), topic=msg.topic())
+    return [ReplayRecord(p, inside[-1]["ts"], key, value, rec_ts_ms)]
 
 
 def _key(msg) -> str | None:

@@ -23,6 +23,7 @@ from confluent_kafka import KafkaException, Message, TopicPartition
 
 from ticktape import kafka_clients, metrics
 from ticktape.config import Settings
+from ticktape.core.tickbatch import expand
 from ticktape.serde import Serde, SerdeError
 
 from .tables import expected_event
@@ -165,6 +166,7 @@ class SinkRunner:
         items, poison = [], []
         counts = Counter()
         now_us = time.time_ns() // 1000
+        latency = metrics.EVENT_LATENCY.labels(self.stage)
         for m in batch:
             name, event = self.topics[m.topic()]
             counts[name] += 1
@@ -172,13 +174,17 @@ class SinkRunner:
                 continue  # a tombstone of a compacted topic: nothing to store
             try:
                 got, record = self.serde.decode(m.value())
-                if got != event:
+                if got == "tick_batch" and event == "tick":
+                    records = expand(record)  # a TickBatch stores as its ticks
+                elif got != event:
                     raise SerdeError(f"a {got} event on a topic of {event} events")
-            except SerdeError as e:
+                else:
+                    records = [record]
+            except (SerdeError, ValueError) as e:
                 poison.append(Poison(m, str(e)))
                 continue
-            items.append(Item(m, got, record))
-            metrics.EVENT_LATENCY.labels(self.stage).observe(max(0, now_us - record["ts"]) / 1e6)
+            items.extend(Item(m, event, r) for r in records)
+            latency.observe(max(0, now_us - record["ts"]) / 1e6)
         for name, n in counts.items():
             metrics.EVENTS_IN.labels(self.stage, name).inc(n)
         return items, poison
@@ -186,6 +192,12 @@ class SinkRunner:
     def _dead_letter(self, poison: list[Poison]) -> None:
         if not poison:
             return
+        # rows of one TickBatch share its message: dead-letter it once, with every error
+        by_msg: dict[tuple, Poison] = {}
+        for p in poison:
+            key = (p.msg.topic(), p.msg.partition(), p.msg.offset())
+            by_msg[key] = Poison(p.msg, f"{by_msg[key].error}; {p.error}") if key in by_msg else p
+        poison = list(by_msg.values())
         if self._producer is None:
             self._producer = kafka_clients.producer(self.s)
         for p in poison:

@@ -63,6 +63,12 @@ class Settings:
     sim_tick_rate: float = _setting("SIM_TICK_RATE", 2000.0, "simulator ticks per second, all symbols")
     sim_start: str = _setting(
         "SIM_START", "", "simulator event-time start (ISO-8601); empty = now (live pace)")
+    tick_batch_max: int = _setting(
+        "TICK_BATCH_MAX", 0,
+        "producers: up to this many ticks of a symbol per md.ticks message (a TickBatch); 0 = one tick per message")
+    tick_batch_ms: int = _setting(
+        "TICK_BATCH_MS", 20,
+        "producers: longest a tick waits for its batch (wall and event time); keep it well below BAR_GRACE_MS")
     alpaca_api_key_id: str = _setting(
         "ALPACA_API_KEY_ID", "", "Alpaca API key id (produce websocket --provider alpaca)", secret=True)
     alpaca_api_secret_key: str = _setting(

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fastavro
+import numpy as np
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from .config import REPO_ROOT
@@ -169,18 +170,7 @@ class Serde:
     # -- decoding -------------------------------------------------------------------
     def decode(self, data: bytes) -> tuple[str, dict]:
         """(event_type, record) of a message in either wire format."""
-        if not data:
-            raise SerdeError("empty message")
-        if data[:2] == SINGLE_OBJECT_MAGIC and len(data) >= 10:
-            writer = self.schemas.by_fingerprint.get(data[2:10])
-            if writer is None:
-                raise SerdeError(f"unknown schema fingerprint {data[2:10].hex()}")
-            body = 10
-        elif data[:1] == CONFLUENT_MAGIC and len(data) >= 5:
-            writer = self._writer_for_id(struct.unpack(">I", data[1:5])[0])
-            body = 5
-        else:
-            raise SerdeError(f"not an Avro event (first bytes {data[:4].hex()})")
+        writer, body = self._writer(data)
         reader = self.schemas.latest(writer.event_type)
         try:
             record = fastavro.schemaless_reader(
@@ -189,6 +179,40 @@ class Serde:
         except Exception as e:  # fastavro raises many types on corrupt bodies
             raise SerdeError(f"corrupt {writer.event_type} body: {type(e).__name__}: {e}") from None
         return writer.event_type, record
+
+    def _writer(self, data: bytes) -> tuple[SchemaVersion, int]:
+        """The writer schema of a message and where its Avro body starts."""
+        if not data:
+            raise SerdeError("empty message")
+        if data[:2] == SINGLE_OBJECT_MAGIC and len(data) >= 10:
+            writer = self.schemas.by_fingerprint.get(data[2:10])
+            if writer is None:
+                raise SerdeError(f"unknown schema fingerprint {data[2:10].hex()}")
+            return writer, 10
+        if data[:1] == CONFLUENT_MAGIC and len(data) >= 5:
+            return self._writer_for_id(struct.unpack(">I", data[1:5])[0]), 5
+        raise SerdeError(f"not an Avro event (first bytes {data[:4].hex()})")
+
+    def decode_trades(self, data: bytes) -> tuple[str, str | None, list, list, list]:
+        """``(event_type, symbol, ts, price, size)`` of a message: the columns bars are
+        made of, for one Tick or every tick of a TickBatch (empty lists for other events).
+
+        A TickBatch written with ``tick_batch.v1`` is read by ``read_trade_columns``, which
+        stops after the ``size`` column and decodes the arrays with numpy: several times
+        faster than decoding every field."""
+        writer, body = self._writer(data)
+        if writer.event_type == "tick_batch" and writer.version == 1:
+            try:
+                return ("tick_batch", *read_trade_columns(data, body))
+            except (IndexError, ValueError, UnicodeDecodeError) as e:
+                raise SerdeError(f"corrupt tick_batch body: {type(e).__name__}: {e}") from None
+        event_type, record = self.decode(data)
+        if event_type == "tick":
+            return event_type, record["symbol"], [record["ts"]], [record["price"]], [record["size"]]
+        if event_type == "tick_batch":
+            cols = record["ticks"]
+            return event_type, record["symbol"], cols["ts"], cols["price"], cols["size"]
+        return event_type, None, [], [], []
 
     def _writer_for_id(self, schema_id: int) -> SchemaVersion:
         if self.registry is None:
@@ -201,6 +225,102 @@ class Serde:
                 raise SerdeError(f"registry schema id {schema_id} is not one of schemas/*.avsc")
             self._writers_by_id[schema_id] = sv
         return self._writers_by_id[schema_id]
+
+
+# -- the TickBatch columns the bar stage needs, decoded with numpy ----------------------
+# Avro binary encoding: a long is a zigzag varint, a string its byte length (a long) and
+# UTF-8, an array a series of blocks (item count, items; a negative count is followed by
+# the block's byte size) ended by a zero count, a union the branch index then the value.
+def _long(data: bytes, pos: int) -> tuple[int, int]:
+    shift = n = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (n >> 1) ^ -(n & 1), pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than 10 bytes")
+
+
+def _string(data: bytes, pos: int) -> tuple[str, int]:
+    n, pos = _long(data, pos)
+    if n < 0 or pos + n > len(data):
+        raise ValueError("string beyond the message")
+    return data[pos:pos + n].decode(), pos + n
+
+
+def _blocks(data: bytes, pos: int, read_items) -> tuple[list, int]:
+    out: list = []
+    while True:
+        count, pos = _long(data, pos)
+        if count == 0:
+            return out, pos
+        if count < 0:
+            count = -count
+            _, pos = _long(data, pos)  # block size in bytes
+        items, pos = read_items(data, pos, count)
+        out += items
+
+
+_SHIFTS = np.arange(0, 70, 7, dtype=np.uint64)
+
+
+def _longs(data: bytes, pos: int, count: int) -> tuple[list[int], int]:
+    """``count`` varint longs at once: split at the bytes below 0x80, shift, add."""
+    raw = np.frombuffer(data, np.uint8, min(len(data) - pos, 10 * count), pos)
+    ends = np.flatnonzero(raw < 0x80)[:count]
+    if len(ends) < count:
+        raise ValueError("array of longs beyond the message")
+    starts = np.empty(count, np.int64)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    lengths = ends - starts + 1
+    if lengths.max() > 10:
+        raise ValueError("varint longer than 10 bytes")
+    size = int(ends[-1]) + 1
+    digit = np.arange(size, dtype=np.int64) - np.repeat(starts, lengths)
+    parts = (raw[:size] & 0x7F).astype(np.uint64) << _SHIFTS[digit]
+    n = np.add.reduceat(parts, starts)  # the parts' bits do not overlap: add = or
+    values = (n >> np.uint64(1)).astype(np.int64) ^ -(n & np.uint64(1)).astype(np.int64)
+    return values.tolist(), pos + size
+
+
+def _optional_doubles(data: bytes, pos: int, count: int) -> tuple[list, int]:
+    """``count`` items of the union [null, double]: 9-byte strides when none is null."""
+    if pos + 9 * count <= len(data):
+        branch = np.ndarray((count,), np.uint8, data, pos, (9,))
+        if (branch == 2).all():
+            return np.ndarray((count,), "<f8", data, pos + 1, (9,)).tolist(), pos + 9 * count
+    out = []
+    for _ in range(count):
+        b = data[pos]
+        if b == 0:
+            out.append(None)
+            pos += 1
+        elif b == 2:
+            out.append(struct.unpack_from("<d", data, pos + 1)[0])
+            pos += 9
+        else:
+            raise ValueError(f"union branch byte {b}")
+    if pos > len(data):
+        raise ValueError("array of doubles beyond the message")
+    return out, pos
+
+
+def read_trade_columns(data: bytes, pos: int) -> tuple[str, list, list, list]:
+    """(symbol, ts, price, size) of a ``tick_batch.v1`` body starting at ``pos``."""
+    _, pos = _string(data, pos)  # event_id
+    symbol, pos = _string(data, pos)
+    _, pos = _long(data, pos)  # ts
+    _, pos = _string(data, pos)  # source
+    ts, pos = _blocks(data, pos, _longs)
+    price, pos = _blocks(data, pos, _optional_doubles)
+    size, pos = _blocks(data, pos, _optional_doubles)
+    if not len(ts) == len(price) == len(size):
+        raise ValueError(f"columns of different lengths ({len(ts)}, {len(price)}, {len(size)})")
+    return symbol, ts, price, size
 
 
 def to_json(record: dict) -> str:

@@ -10,6 +10,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicP
 from .. import kafka_clients
 from ..cli import UsageError
 from ..config import settings
+from ..core.tickbatch import events_of
 from ..serde import Serde, SerdeError, to_json
 
 
@@ -31,7 +32,7 @@ def register(sub):
     d.add_argument("topic")
     d.set_defaults(func=run_describe)
     tsub.add_parser("create", help="create missing catalog topics").set_defaults(func=run_create)
-    t = tsub.add_parser("tail", help="print decoded events as JSON lines")
+    t = tsub.add_parser("tail", help="print decoded events as JSON lines (a TickBatch as its ticks)")
     t.add_argument("topic", help="catalog name (the run prefix is added) or a full topic name")
     t.add_argument("--from-beginning", action="store_true", help="start at the oldest event")
     t.add_argument("--count", type=_positive, help="stop after N events")
@@ -96,13 +97,14 @@ def run_tail(args) -> int:
                 raise KafkaException(msg.error())
             last = time.monotonic()
             try:
-                _, record = serde.decode(msg.value())
-                line = to_json(record)
-            except SerdeError as e:
-                line = json.dumps({"undecodable": str(e), "partition": msg.partition(), "offset": msg.offset()})
-            sys.stdout.write(line + "\n")
+                lines = [to_json(r) for r in events_of(*serde.decode(msg.value()))]  # a TickBatch: its ticks
+            except (SerdeError, ValueError) as e:
+                lines = [json.dumps({"undecodable": str(e), "partition": msg.partition(), "offset": msg.offset()})]
+            if args.count is not None:
+                lines = lines[:args.count - seen]
+            sys.stdout.write("".join(line + "\n" for line in lines))
             sys.stdout.flush()
-            seen += 1
+            seen += len(lines)
     except (KeyboardInterrupt, BrokenPipeError):
         pass
     finally:

@@ -20,7 +20,8 @@ that restarts from older committed offsets with newer saved state counts nothing
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import NamedTuple
 
 from .intervals import interval_seconds
@@ -59,16 +60,26 @@ class BarAggregator:
 
     def process(self, ticks: Sequence[dict], positions: Sequence[int] | None = None) -> BarBatch:
         """Apply ticks in order; return the bars this closed, the late and invalid ticks."""
+        return self.process_columns([t["symbol"] for t in ticks], [t["ts"] for t in ticks],
+                                    [t["price"] for t in ticks], [t["size"] for t in ticks], positions)
+
+    def process_columns(self, symbols: Iterable[str], times: Iterable[int], prices: Iterable,
+                        sizes: Iterable, positions: Iterable[int] | None = None) -> BarBatch:
+        """``process`` over ticks given as columns (tick ``i`` = the ``i``-th item of each).
+
+        A TickBatch message is such columns for one symbol (``itertools.repeat`` it), so
+        the bar stage applies one without building a dict per tick."""
         wm = self.watermark if self.watermark is not None else -(1 << 63)
-        widths, grace, symbols, dirty = self._widths, self.grace_us, self._symbols, self._dirty
+        widths, grace, table, dirty = self._widths, self.grace_us, self._symbols, self._dirty
         intervals = self.intervals
+        windows = tuple(enumerate(widths, 1))
         next_close = self._next_close
         late: list[tuple[int, tuple[str, ...]]] = []
         invalid: list[tuple[int, str]] = []
-        for idx, tick in enumerate(ticks):
-            ts = tick["ts"]
-            price = tick["price"]
-            size = tick["size"]
+        last_sym = state = None
+        idx = -1
+        for idx, (sym, ts, price, size, pos) in enumerate(
+                zip(symbols, times, prices, sizes, repeat(None) if positions is None else positions)):
             if price is None or size is None:  # quote only: moves the watermark, forms no bar
                 if ts > wm:
                     wm = ts
@@ -78,18 +89,18 @@ class BarAggregator:
                 continue
             if ts > wm:
                 wm = ts
-            sym = tick["symbol"]
-            state = symbols.get(sym)
-            if state is None:
-                state = symbols[sym] = [None, *({} for _ in widths)]
-            if positions is not None:
-                pos = positions[idx]
+            if sym is not last_sym:  # a batch's ticks share one symbol object
+                state = table.get(sym)
+                if state is None:
+                    state = table[sym] = [None, *({} for _ in widths)]
+                last_sym = sym
+            if pos is not None:
                 if state[0] is not None and pos <= state[0]:
                     continue  # applied before a restart
                 state[0] = pos
             dirty.add(sym)
             late_for = None
-            for k, width in enumerate(widths, 1):
+            for k, width in windows:
                 start = ts - ts % width
                 close_at = start + width + grace
                 if close_at <= wm:
@@ -116,7 +127,7 @@ class BarAggregator:
                 acc[_N] += 1
             if late_for is not None:
                 late.append((idx, late_for))
-        if ticks:
+        if idx >= 0:
             self.watermark = wm
         self._next_close = next_close
         bars = self._close() if wm >= next_close else []
