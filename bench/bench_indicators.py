@@ -6,26 +6,17 @@ Pure core on one core, no I/O: seeded random-walk bars for S symbols × T bars, 
 After one warm-up run, each case runs ``--runs`` times; the table shows the median and
 the spread (min-max) of the rates, and the JSON goes to bench/results/indicators.json.
 
-    python bench/bench_indicators.py            # full run
-    python bench/bench_indicators.py --quick    # seconds-long smoke run
+    python -m bench.bench_indicators            # full run
+    python -m bench.bench_indicators --quick    # seconds-long smoke run
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import statistics
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from ticktape.core.indicators import IndicatorState, compute_batch  # noqa: E402
+from bench.harness import Figure, bench_main, repeat, timed_rate
+from ticktape.core.indicators import IndicatorState, compute_batch
 
 TARGET = 200_000  # symbol-bars/s, batch path
 MINUTE = 60_000_000
@@ -71,60 +62,22 @@ def run_updates(bars: list[dict]) -> int:
     return len(bars)
 
 
-def measure(fn, arg, runs: int) -> dict:
-    fn(arg)  # warm-up
-    rates = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        count = fn(arg)
-        rates.append(count / (time.perf_counter() - start))
-    return {"symbol_bars": count, "runs": runs, "median": statistics.median(rates),
-            "min": min(rates), "max": max(rates), "rates": rates}
+def run(quick: bool, runs: int) -> list[Figure]:
+    symbols, bars, update_symbols = (20, 300, 2) if quick else (500, 2000, 10)
+    data = make_bars(symbols, bars)
+    updates = bar_dicts(data, update_symbols)
+    return [
+        Figure("indicators", f"all 20 indicators, batch engine ({symbols} symbols x {bars} bars)", "symbol-bars/s",
+               repeat(lambda: timed_rate(lambda: run_batch(data)), runs), goal=f">= {TARGET:,}",
+               target=None if quick else TARGET, detail={"symbol_bars": symbols * bars}),
+        Figure("indicators", f"all 20 indicators, per-symbol update ({update_symbols} symbols x {bars} bars)",
+               "symbol-bars/s", repeat(lambda: timed_rate(lambda: run_updates(updates)), runs),
+               detail={"symbol_bars": len(updates)}),
+    ]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--symbols", type=int, default=500)
-    parser.add_argument("--bars", type=int, default=2000, help="bars per symbol")
-    parser.add_argument("--update-symbols", type=int, default=10,
-                        help="symbols for the per-symbol update() case (it is ~20x slower)")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run (20 symbols × 300 bars, 3 runs)")
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "indicators.json")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.symbols, args.bars, args.update_symbols, args.runs = 20, 300, 2, 3
-    if args.runs < 3:
-        parser.error("--runs must be at least 3")
-
-    data = make_bars(args.symbols, args.bars)
-    cases = {
-        f"batch compute_batch ({args.symbols} symbols x {args.bars} bars)": measure(run_batch, data, args.runs),
-        f"per-symbol IndicatorState.update ({min(args.update_symbols, args.symbols)} symbols x {args.bars} bars)":
-            measure(run_updates, bar_dicts(data, args.update_symbols), args.runs),
-    }
-    print(f"{'case':<62} {'symbol-bars':>11} {'median/s':>11} {'min/s':>11} {'max/s':>11}")
-    for name, r in cases.items():
-        print(f"{name:<62} {r['symbol_bars']:>11,} {r['median']:>11,.0f} {r['min']:>11,.0f} {r['max']:>11,.0f}")
-    batch = next(iter(cases.values()))
-    # A quick run is too small to say anything about the target.
-    target_met = None if args.quick else batch["median"] >= TARGET
-    print(f"target {TARGET:,} symbol-bars/s (batch): "
-          + {None: "not assessed (quick run)", True: "met", False: "NOT met"}[target_met])
-
-    result = {
-        "benchmark": "indicators", "unit": "symbol-bars/s", "target": TARGET,
-        "target_met": target_met, "quick": args.quick,
-        "params": {"symbols": args.symbols, "bars": args.bars, "update_symbols": args.update_symbols,
-                   "runs": args.runs},
-        "machine": {"python": platform.python_version(), "numpy": np.__version__,
-                    "cpu_count": os.cpu_count(), "platform": platform.platform()},
-        "cases": cases,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}")
-    return 0
+    return bench_main("indicators", run, __doc__, argv)
 
 
 if __name__ == "__main__":

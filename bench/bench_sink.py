@@ -5,37 +5,27 @@ back to staging table + INSERT … ON CONFLICT DO NOTHING when the key rejects a
 duplicate; the staging path alone and a full replay (every row a duplicate) are
 measured too.
 
-    python bench/bench_sink.py            # 200k ticks, 5 runs
-    python bench/bench_sink.py --quick    # smoke test
+    python -m bench.bench_sink            # 200k ticks, 5 runs
+    python -m bench.bench_sink --quick    # smoke test
 
-Uses DATABASE_URL (or the local stack's database); without one it starts a PostgreSQL
-of its own in a temporary directory.  Writes bench/results/sink.json.
+Uses DATABASE_URL (or the local stack's database, started when not running), in a
+database of its own that is dropped afterwards.  Writes bench/results/sink.json.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import statistics
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from sinks import schema  # noqa: E402
-from sinks.postgres import TableWriter  # noqa: E402
-from sinks.tables import TABLES  # noqa: E402
-from ticktape.config import settings  # noqa: E402
-from ticktape.stack import LocalStack  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results" / "sink.json"
+from bench.harness import Figure, bench_main, repeat, services
+from sinks import schema
+from sinks.postgres import TableWriter
+from sinks.tables import TABLES
+from ticktape.config import settings
 T0 = 1_767_225_600_000_000
 
 
@@ -107,62 +97,40 @@ def one_run(url: str, rows, batch, reverse: bool) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=200_000)
-    ap.add_argument("--batch", type=int, default=5000, help="rows per transaction (SINK_BATCH_SIZE)")
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="20k rows, 3 runs, no results file")
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.rows, args.runs = 20_000, 3
+LABELS = {"raw_copy": "raw binary COPY into `ticks` (no idempotency)",
+          "staged": "staging table, INSERT … ON CONFLICT DO NOTHING always",
+          "idempotent": "sink path (direct COPY, staging on a duplicate)",
+          "idempotent_replay": "sink path, every row already stored (replay)"}
 
-    own = None
-    admin_url = settings().database_url
-    if not admin_url:
-        own = LocalStack(Path(tempfile.mkdtemp(prefix="bench-sink-")))
-        admin_url = own.up(kafka=False, postgres=True, redis=False)["DATABASE_URL"]
+
+def run(quick: bool, runs: int) -> list[Figure]:
+    n, batch = (20_000, 5000) if quick else (200_000, 5000)
+    admin_url = services().database_url
     db = f"bench_sink_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{db}"')
     url = make_conninfo(**(conninfo_to_dict(admin_url) | {"dbname": db}))
     try:
-        schema.migrate(settings(database_url=url))
-        flavor = schema.status(settings(database_url=url))[0][0]["flavor"]
-        rows = make_rows(args.rows)
-        runs = [one_run(url, rows, args.batch, reverse=i % 2 == 1) for i in range(args.runs)]
+        s = settings(database_url=url)
+        schema.migrate(s)
+        flavor = schema.status(s)[0][0]["flavor"]
+        rows = make_rows(n)
+        turn = iter(range(runs + 1))
+        results = repeat(lambda: one_run(url, rows, batch, reverse=next(turn) % 2 == 1), runs)
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        if own:
-            own.down()
+    detail = {"rows": n, "batch": batch, "flavor": flavor}
+    figures = [Figure("sink", f"{label} ({n:,} ticks, {batch} per transaction)", "rows/s",
+                      [r[name] for r in results], detail=detail) for name, label in LABELS.items()]
+    figures.append(Figure("sink", "sink path / raw COPY, same run", "%",
+                          [100 * r["idempotent"] / r["raw_copy"] for r in results], goal=">= 80%",
+                          target=80.0, detail=detail))
+    return figures
 
-    summary = {}
-    for name in ("raw_copy", "staged", "idempotent", "idempotent_replay"):
-        vals = [r[name] for r in runs]
-        summary[name] = {"median_rows_per_s": statistics.median(vals), "min": min(vals), "max": max(vals)}
-    ratios = [r["idempotent"] / r["raw_copy"] for r in runs]
-    summary["idempotent_vs_raw"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
 
-    print(f"sink benchmark: {args.rows} ticks, batches of {args.batch}, {args.runs} runs, {flavor}\n")
-    print("| path | rows/s (median) | min | max |\n|---|---:|---:|---:|")
-    labels = {"raw_copy": "raw binary COPY into `ticks` (no idempotency)",
-              "staged": "staging table → INSERT … ON CONFLICT DO NOTHING, always",
-              "idempotent": "**sink path** (direct COPY, staging on a duplicate)",
-              "idempotent_replay": "sink path, every row already stored (replay)"}
-    for name, label in labels.items():
-        v = summary[name]
-        print(f"| {label} | {v['median_rows_per_s']:,.0f} | {v['min']:,.0f} | {v['max']:,.0f} |")
-    r = summary["idempotent_vs_raw"]
-    print(f"\nsink path / raw COPY: {r['median']:.0%} (runs {r['min']:.0%} – {r['max']:.0%})")
-    if not args.quick:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps({
-            "rows": args.rows, "batch": args.batch, "runs": args.runs, "flavor": flavor,
-            "python": platform.python_version(), "machine": platform.machine(),
-            "per_run": runs, "summary": summary}, indent=2) + "\n")
-        print(f"written {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}")
-    return 0
+def main(argv=None) -> int:
+    return bench_main("sink", run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -6,28 +6,19 @@ same input, then the whole chain as a backtest wires it (one equity point per ti
 After one warm-up run each case runs ``--runs`` times; the table shows the median and the
 spread (min-max) of the rates, and the JSON goes to bench/results/trading.json.
 
-    python bench/bench_trading.py            # full run
-    python bench/bench_trading.py --quick    # seconds-long smoke run, no results file
+    python -m bench.bench_trading            # full run
+    python -m bench.bench_trading --quick    # seconds-long smoke run
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import platform
-import statistics
-import sys
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from ticktape.core import execution as ex  # noqa: E402
-from ticktape.core import portfolio as pf  # noqa: E402
-from ticktape.core import risk as rk  # noqa: E402
-from ticktape.core import strategy as sg  # noqa: E402
-from ticktape.risk_config import DEFAULT_RISK_CONFIG, load_risk_limits  # noqa: E402
+from bench.harness import Figure, bench_main, repeat, timed_rate
+from ticktape.core import execution as ex
+from ticktape.core import portfolio as pf
+from ticktape.core import risk as rk
+from ticktape.core import strategy as sg
+from ticktape.risk_config import DEFAULT_RISK_CONFIG, load_risk_limits
 
 T0 = 1_704_205_800_000_000
 MIN = 60_000_000
@@ -95,41 +86,26 @@ STAGES = (("strategy", ("strategy",)), ("risk (marks)", ("risk",)),
           ("whole chain", ("strategy", "risk", "execution", "portfolio")))
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--symbols", type=int, default=50)
-    ap.add_argument("--bars", type=int, default=2000, help="bars per symbol")
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--quick", action="store_true", help="20 symbols x 500 bars, 3 runs, no results file")
-    ap.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "trading.json")
-    args = ap.parse_args()
-    if args.quick:
-        args.symbols, args.bars, args.runs = 20, 500, 3
+def run(quick: bool, runs: int) -> list[Figure]:
+    symbols, bars = (20, 500) if quick else (50, 2000)
     limits = load_risk_limits(DEFAULT_RISK_CONFIG)
-    events = build(args.symbols, args.bars)
-    rows = []
+    events = build(symbols, bars)
+    figures = []
     for name, stages in STAGES:
-        run_chain(events, limits, stages)  # warm-up
-        rates = []
-        for _ in range(args.runs):
-            start = time.perf_counter()
-            counts = run_chain(events, limits, stages)
-            rates.append(len(events) / (time.perf_counter() - start))
-        rows.append({"stage": name, "bars": len(events), "median_bars_per_s": round(statistics.median(rates)),
-                     "min_bars_per_s": round(min(rates)), "max_bars_per_s": round(max(rates)), **counts})
-    print(f"{'stage':<28}{'bars':>8}{'bars/s (median)':>17}{'min-max':>19}{'signals':>9}{'orders':>8}"
-          f"{'rejects':>9}{'fills':>7}")
-    for r in rows:
-        spread = f"{r['min_bars_per_s']}-{r['max_bars_per_s']}"
-        print(f"{r['stage']:<28}{r['bars']:>8}{r['median_bars_per_s']:>17}{spread:>19}"
-              f"{r['signals']:>9}{r['orders']:>8}{r['rejections']:>9}{r['fills']:>7}")
-    if not args.quick:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({
-            "benchmark": "trading", "symbols": args.symbols, "bars_per_symbol": args.bars,
-            "runs": args.runs, "python": platform.python_version(), "machine": platform.machine(),
-            "results": rows}, indent=2) + "\n")
-    return 0
+        counts = run_chain(events, limits, stages)
+
+        def once() -> int:
+            run_chain(events, limits, stages)
+            return len(events)
+
+        rates = repeat(lambda: timed_rate(once), runs)
+        figures.append(Figure("trading", f"{name} ({symbols} symbols x {bars} bars)", "bars/s", rates,
+                              detail={"bars": len(events), **counts}))
+    return figures
+
+
+def main(argv=None) -> int:
+    return bench_main("trading", run, __doc__, argv)
 
 
 if __name__ == "__main__":
