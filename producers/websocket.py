@@ -108,6 +108,8 @@ class WebSocketFeed:
                 if pending >= COUNT_BATCH or self.queue.empty():
                     self.stats.add("published", pending)
                     pending = 0
+            # the stop marker already queued behind the last items: count them too
+            self.stats.add("published", pending)
         except BaseException as e:  # the reader must not wait forever for a dead publisher
             self._failure = e
             self.stop.set()

@@ -18,6 +18,7 @@ from ticktape.config import Settings
 from ticktape.core.desks import ExecutionDesk
 from ticktape.core.execution import ExecConfig
 from ticktape.core.intervals import interval_seconds
+from ticktape.core.tickbatch import events_of
 
 from .app import agent
 from .trading_io import TradingIO
@@ -76,7 +77,8 @@ class ExecutionStage:
             if (msg.topic, msg.partition) not in assigned:
                 continue
             self.load(msg.partition)
-            expected = ("order",) if msg.topic == self.orders else (("tick",) if self.source == "ticks" else ("bar",))
+            expected = (("order",) if msg.topic == self.orders
+                        else ("tick", "tick_batch") if self.source == "ticks" else ("bar",))
             decoded = await io.decode(msg, expected)
             if decoded is None:
                 continue
@@ -87,14 +89,15 @@ class ExecutionStage:
                 fills += [(f, msg.partition) for f in self.desk.on_order(rec)]
                 dirty[sym] = msg.partition
                 continue
-            new, windows = self.desk.on_market(event_type, rec)
-            mem = self.desk.memory[sym]
-            for b in windows:
-                entry = mem.get(b)
-                changes[f"{sym}@{b}"] = (msg.partition, None if entry is None else {"p": msg.partition, "m": entry})
-            if new:
-                fills += [(f, msg.partition) for f in new]
-                dirty[sym] = msg.partition
+            for market in events_of(event_type, rec):  # a TickBatch: its ticks, in order
+                new, windows = self.desk.on_market("bar" if event_type == "bar" else "tick", market)
+                mem = self.desk.memory[sym]
+                for b in windows:
+                    entry = mem.get(b)
+                    changes[f"{sym}@{b}"] = (msg.partition, None if entry is None else {"p": msg.partition, "m": entry})
+                if new:
+                    fills += [(f, msg.partition) for f in new]
+                    dirty[sym] = msg.partition
         for fill, partition in fills:
             await io.send("trading.fills", "fill", fill, fill["symbol"], partition)
             await io.send("trading.account", "fill", fill, fill["account"], io.account_partition(fill["account"]))

@@ -37,6 +37,7 @@ class RiskStage:
         self.sources = {s.topic("trading.account"), s.topic("trading.control")}
         self.desks: dict[str, tuple[int, RiskDesk, dict]] = {}  # account -> (partition, desk, symbol partitions)
         self._latency = metrics.EVENT_LATENCY.labels(STAGE)
+        self.grace_s = s.bar_grace_ms / 1000  # latency from the bar's close, as in the other stages
 
     def forget(self, partitions) -> None:
         for account in [a for a, (p, _, _) in self.desks.items() if p in partitions]:
@@ -98,7 +99,7 @@ class RiskStage:
                 else:
                     await io.send("trading.orders.rejected", "order_rejected", e, e["symbol"], sym_p)
                     metrics.RISK_REJECTIONS.labels(e["reason_code"]).inc()
-                self._latency.observe(now - e["ts"] / 1e6)
+                self._latency.observe(now - e["ts"] / 1e6 - self.grace_s)
             elif kind == "risk_state":
                 await io.send("trading.risk", "risk_state", e, account, partition)
             else:

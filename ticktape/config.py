@@ -97,6 +97,11 @@ class Settings:
         "PROCESSOR_BATCH_SIZE", 5000, "max events an agent takes per batch")
     processor_batch_ms: int = _setting(
         "PROCESSOR_BATCH_MS", 50, "max wait for a batch to fill, milliseconds")
+    worker_stages: str = _setting(
+        "WORKER_STAGES", "", "stages a worker runs (comma separated, e.g. bars); empty = all")
+    topic_partitions: int = _setting(
+        "TOPIC_PARTITIONS", 0,
+        "partitions of every symbol-keyed topic created from now on (co-partitioned); 0 = the catalog's")
     # --- trading (strategy, risk, paper execution, portfolio) ------------------------
     trading_account: str = _setting("TRADING_ACCOUNT", "paper", "account the strategy trades for")
     starting_cash: float = _setting("STARTING_CASH", 1_000_000.0, "the account's cash before any fill")

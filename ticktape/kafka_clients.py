@@ -100,10 +100,20 @@ class TopicSpec:
         return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
 
 
-@lru_cache(maxsize=1)
-def topic_catalog() -> dict[str, TopicSpec]:
+def topic_catalog(s: Settings | None = None) -> dict[str, TopicSpec]:
+    """The catalog with TOPIC_PARTITIONS (of ``s``, else of the environment) applied:
+    it replaces the default count, so the symbol-keyed topics stay co-partitioned."""
+    if s is None:
+        from .config import settings
+
+        s = settings()
+    return _catalog(s.topic_partitions)
+
+
+@lru_cache(maxsize=4)
+def _catalog(partitions: int) -> dict[str, TopicSpec]:
     doc = yaml.safe_load(CATALOG_FILE.read_text())
-    defaults = doc.get("defaults", {})
+    defaults = doc.get("defaults", {}) | ({"partitions": partitions} if partitions > 0 else {})
     out = {}
     for name, spec in doc["topics"].items():
         merged = defaults | (spec or {})
@@ -114,9 +124,9 @@ def topic_catalog() -> dict[str, TopicSpec]:
     return out
 
 
-def topic_spec(name: str) -> TopicSpec:
+def topic_spec(name: str, s: Settings | None = None) -> TopicSpec:
     """The catalog entry of a topic name with or without the run prefix."""
-    cat = topic_catalog()
+    cat = topic_catalog(s)
     if name in cat:
         return cat[name]
     for base, spec in cat.items():
@@ -127,7 +137,7 @@ def topic_spec(name: str) -> TopicSpec:
 
 def ensure_topics(s: Settings, names: list[str] | None = None, *, extra: list[TopicSpec] = ()) -> list[str]:
     """Create missing catalog topics (with the run prefix); returns the names created."""
-    cat = topic_catalog()
+    cat = topic_catalog(s)
     specs = [cat[n] for n in (names or list(cat))] + list(extra)
     adm = admin(s)
     existing = set(adm.list_topics(timeout=10).topics)

@@ -1,0 +1,86 @@
+"""Tick → bar throughput of the worker on the real broker (goal 1), against a naive Faust
+agent in the same run.
+
+Per run, in fresh namespaces (TOPIC_PREFIX): md.ticks is preloaded with simulated ticks
+— TickBatch messages as the producers send them at that rate (TICK_BATCH_MAX /
+TICK_BATCH_MS) — and a bars-only worker (WORKER_STAGES=bars) decodes, aggregates, sends
+the bars and writes its changelog; its rate is read from its own ticks-in counter, from
+the first poll that sees ticks to the one that sees all (start-up excluded).  Then the
+naive per-event windowed-table agent (bench/naive_bars.py) gets single-tick messages;
+the ratio is of the two rates of the same run.
+
+    python -m bench.bench_ticks            # 1,000,000 ticks (50 symbols), naive 20,000
+    python -m bench.bench_ticks --quick    # smoke test
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.harness import Figure, bench_main, repeat, services
+from bench.processes import Process, drop, namespace, preload, time_count
+from ticktape.stack import free_port
+
+TICK_RATE = 100_000.0  # event-time ticks/s of the preloaded stream: what the producers batch
+
+
+def worker_rate(s, n_ticks: int, n_symbols: int, logs: Path, batch_max: int, batch_ms: int) -> dict:
+    ns = namespace(s, "ticks", tick_batch_max=batch_max, tick_batch_ms=batch_ms)
+    try:
+        total = preload(ns, n_ticks, n_symbols, TICK_RATE)
+        worker = Process(ns, ["ticktape.cli", "process", "worker"], logs / "worker.log", free_port(),
+                         WORKER_STAGES="bars", BAR_INTERVALS="1s,1m")
+        try:
+            return time_count([worker], total, "ticktape_events_in_total", 300, stage="bars", topic="md.ticks")
+        finally:
+            worker.stop()
+    finally:
+        drop(ns)
+
+
+def naive_rate(s, n_ticks: int, n_symbols: int, logs: Path) -> dict:
+    ns = namespace(s, "naive", tick_batch_max=0)
+    try:
+        total = preload(ns, n_ticks, n_symbols, TICK_RATE)
+        agent = Process(ns, ["bench.naive_bars"], logs / "naive.log", free_port())
+        try:
+            return time_count([agent], total, "ticktape_events_in_total", 600, stage="naive_bars",
+                              topic="md.ticks")
+        finally:
+            agent.stop()
+    finally:
+        drop(ns)
+
+
+def run(quick: bool, runs: int) -> list[Figure]:
+    n, n_naive, n_symbols = (30_000, 2_000, 20) if quick else (1_000_000, 20_000, 50)
+    batch_max, batch_ms = 1024, 20
+    s = services()
+    logs = Path(tempfile.mkdtemp(prefix="bench-ticks-"))
+
+    def one() -> dict:
+        return {"worker": worker_rate(s, n, n_symbols, logs, batch_max, batch_ms),
+                "naive": naive_rate(s, n_naive, n_symbols, logs)}
+
+    results = repeat(one, runs)
+    detail = {"ticks": n, "naive_ticks": n_naive, "symbols": n_symbols, "event_rate": TICK_RATE,
+              "tick_batch_max": batch_max, "tick_batch_ms": batch_ms, "intervals": "1s,1m",
+              "seconds": [r["worker"]["seconds"] for r in results]}
+    return [
+        Figure("ticks", f"tick → bars → publish, worker on TickBatch messages ({n:,} ticks)", "ticks/s",
+               [r["worker"]["rate"] for r in results], goal=">= 100,000", target=100_000.0, detail=detail),
+        Figure("ticks", f"naive Faust per-event windowed-table agent ({n_naive:,} single-tick messages)",
+               "ticks/s", [r["naive"]["rate"] for r in results], detail=detail),
+        Figure("ticks", "worker / naive agent, same run", "x",
+               [r["worker"]["rate"] / r["naive"]["rate"] for r in results], goal=">= 30x", target=30.0,
+               detail=detail),
+    ]
+
+
+def main(argv=None) -> int:
+    return bench_main("ticks", run, __doc__, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
