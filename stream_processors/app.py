@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from pathlib import Path
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 import faust
+from confluent_kafka import KafkaException, TopicPartition
 
 from ticktape import kafka_clients, metrics
 from ticktape.config import ConfigError, Settings
@@ -71,6 +75,122 @@ def agent(app: faust.App, channel, *, name: str):
         return app.agent(channel, name=name)(guarded)
 
     return decorate
+
+
+@dataclass(frozen=True)
+class Record:
+    """One input message, whether Faust delivered it or ``InputGuard`` re-read it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float | None  # seconds
+
+
+class InputGuard:
+    """Hands a stage each input partition's messages once and in offset order.
+
+    Faust can skip messages around startup and rebalances (its fetcher moves past
+    records it then discards) and then commits past the hole.  The guard knows the next
+    offset each partition must deliver (the stage saves it with its state), drops
+    redelivered messages, and reads a hole's records straight from Kafka.  A partition
+    never seen starts at its first retained offset, so a stage without state rebuilds
+    it from the whole partition.
+    """
+
+    def __init__(self, s: Settings):
+        self.s = s
+        self._next: dict[tuple[str, int], int] = {}
+        self._consumer = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="input-guard")  # one consumer, one thread
+
+    def expect(self, topic: str, partition: int, offset: int | None) -> None:
+        """The next offset of a partition, from the stage's saved state (None: unknown)."""
+        if offset is None:
+            self._next.pop((topic, partition), None)
+        else:
+            self._next[(topic, partition)] = offset
+
+    def next_offset(self, topic: str, partition: int) -> int | None:
+        return self._next.get((topic, partition))
+
+    async def records(self, topic: str, partition: int, messages) -> list[Record]:
+        """The partition's messages (Faust ``Message`` objects, in delivery order) as
+        a gap-free run of records starting at the expected offset."""
+        loop = asyncio.get_running_loop()
+        nxt = self._next.get((topic, partition))
+        if nxt is None:
+            nxt = await loop.run_in_executor(self._thread, self._first_offset, topic, partition)
+        out = []
+        for m in messages:
+            if m.offset < nxt:
+                continue  # delivered before
+            if m.offset > nxt:
+                missing = await loop.run_in_executor(self._thread, self._read, topic, partition, nxt, m.offset)
+                if missing:
+                    log.warning("%s[%d]: re-read %d records at offsets %d..%d that the consumer skipped",
+                                topic, partition, len(missing), nxt, m.offset - 1)
+                out += missing
+            out.append(Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp))
+            nxt = m.offset + 1
+        self._next[(topic, partition)] = nxt
+        return out
+
+    def _client(self):
+        if self._consumer is None:
+            self._consumer = kafka_clients.consumer(self.s, self.s.group("worker.reader"))
+        return self._consumer
+
+    def _first_offset(self, topic: str, partition: int) -> int:
+        low, _ = self._client().get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        return low
+
+    def _read(self, topic: str, partition: int, start: int, end: int) -> list[Record]:
+        """Records at offsets start..end-1 (fewer where the log has no record)."""
+        client = self._client()
+        client.assign([TopicPartition(topic, partition, start)])
+        out = []
+        deadline = time.monotonic() + 30
+        try:
+            while True:
+                msg = client.poll(0.5)
+                if msg is None:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"cannot re-read {topic}[{partition}] offsets {start}..{end - 1}")
+                    continue
+                if msg.error():
+                    raise KafkaException(msg.error())
+                if msg.offset() >= end:
+                    return out
+                ts = msg.timestamp()[1]
+                out.append(Record(topic, partition, msg.offset(), msg.key(), msg.value(),
+                                  ts / 1000 if ts >= 0 else None))
+        finally:
+            client.unassign()
+
+
+async def save_state(table, entries) -> None:
+    """Write ``(partition, key, value)`` entries to a table and its changelog, and wait
+    until the broker has them all.
+
+    The last record of each partition goes in a produce request of its own: a broker
+    whose high watermark counts only the first record of a partition's last batch (the
+    local one does) then still reports the exact end, which table recovery reads up to.
+    A crash in between leaves a changelog whose readable prefix is an older, consistent
+    state (each entry carries the input position it reflects).
+    """
+    data = table.data
+    last = {}
+    earlier = []
+    for partition, key, value in entries:
+        data[key] = value
+        if partition in last:
+            earlier.append(table.send_changelog(*last[partition]))
+        last[partition] = (partition, key, value)
+    await asyncio.gather(*earlier)
+    await asyncio.gather(*(table.send_changelog(*entry) for entry in last.values()))
 
 
 def check_topics(s: Settings) -> None:

@@ -1,8 +1,10 @@
 """The bars stage: md.ticks → md.bars.<interval> (+ md.ticks.late, dlq.bars).
 
 One ``BarAggregator`` per input partition (``ticktape.core.bars``).  Its state lives in
-the ``bars`` table — one entry per symbol, one watermark entry per partition — written
-to the changelog after each batch, so a restarted worker resumes exactly.
+the ``bars`` table — one entry per symbol, one entry per partition with the watermark
+and the next input offset — written to the changelog after each batch, so a restarted
+worker resumes exactly; ``InputGuard`` turns the delivered messages into a gap-free run
+from that offset.
 
 Per batch, in this order, so that a crash at any point loses nothing:
 1. decode and aggregate; undecodable messages and invalid trades go to dlq.bars;
@@ -19,16 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_right
 from collections import defaultdict
+from itertools import chain, repeat
 
 import faust
 
 from ticktape import kafka_clients, metrics
 from ticktape.config import Settings
 from ticktape.core.bars import BarAggregator
+from ticktape.core.tickbatch import MAX_TICKS, events_of
 from ticktape.serde import Serde, SerdeError
 
-from .app import agent
+from .app import InputGuard, agent, save_state
 
 STAGE = "bars"
 WATERMARK_KEY = "@watermark:{}"  # table key of a partition's watermark ('@' starts no symbol)
@@ -39,6 +44,45 @@ def dead_letter_headers(error: str, message) -> list[tuple[str, bytes]]:
             ("ticktape.source.topic", message.topic.encode()),
             ("ticktape.source.partition", str(message.partition).encode()),
             ("ticktape.source.offset", str(message.offset).encode())]
+
+
+class TickColumns:
+    """The trades of one partition's messages (Ticks and TickBatches) as the columns
+    ``BarAggregator.process_columns`` takes.  A tick's position is its message's offset
+    × ``MAX_TICKS`` + its index in the message, so redelivery is skipped tick by tick."""
+
+    def __init__(self, serde: Serde):
+        self.serde = serde
+        self.count = 0
+        self._cols: tuple[list, ...] = ([], [], [], [], [])  # symbols, ts, price, size, positions
+        self._starts: list[int] = []  # index of each message's first tick
+        self._messages: list = []
+
+    def add(self, msg) -> None:
+        """Add a message's ticks; SerdeError when it is not a Tick or TickBatch."""
+        event_type, symbol, ts, price, size = self.serde.decode_trades(msg.value)
+        if event_type not in ("tick", "tick_batch"):
+            raise SerdeError(f"expected a tick, got a {event_type}")
+        n = len(ts)
+        first = msg.offset * MAX_TICKS
+        for col, items in zip(self._cols, (repeat(symbol, n), ts, price, size, range(first, first + n))):
+            col.append(items)
+        self._starts.append(self.count)
+        self._messages.append((msg, event_type))
+        self.count += n
+
+    def columns(self) -> tuple:
+        return tuple(chain.from_iterable(col) for col in self._cols)
+
+    def source(self, idx: int, topic: str) -> tuple:
+        """(message, bytes) of tick ``idx``: a Tick's own bytes, or the tick taken out of
+        its batch as a single Tick (for the late topic and the DLQ)."""
+        k = bisect_right(self._starts, idx) - 1
+        msg, event_type = self._messages[k]
+        if event_type == "tick":
+            return msg, msg.value
+        tick = events_of(*self.serde.decode(msg.value))[idx - self._starts[k]]
+        return msg, self.serde.encode("tick", tick, topic=topic)
 
 
 class BarsStage:
@@ -53,6 +97,7 @@ class BarsStage:
         self.late_topic = s.topic("md.ticks.late")
         self.dlq_topic = s.topic("dlq.bars")
         self.bar_topics = {iv: s.topic(f"md.bars.{iv}") for iv in self.intervals}
+        self.guard = InputGuard(s)
         self._aggregators: dict[int, BarAggregator] = {}
         self._in = metrics.EVENTS_IN.labels(STAGE, "md.ticks")
         self._out = {iv: metrics.EVENTS_OUT.labels(STAGE, f"md.bars.{iv}") for iv in self.intervals}
@@ -73,6 +118,7 @@ class BarsStage:
         if agg is None:
             data = self.table.data
             wm = data.get(WATERMARK_KEY.format(partition))
+            self.guard.expect(self.source, partition, wm["offset"] if wm else None)
             state = {"watermark": wm["watermark"] if wm else None,
                      "symbols": {k: v for k, v in data.items()
                                  if not k.startswith("@") and v["p"] == partition}}
@@ -80,47 +126,35 @@ class BarsStage:
                 state, self.intervals, self.grace_us)
         return agg
 
-    def save(self, partition: int, agg: BarAggregator) -> list:
-        """Write changed symbols, then the watermark, to the table and its changelog."""
-        futures = []
-        data = self.table.data
-        for sym in agg.take_dirty():
-            value = {"p": partition, **agg.symbol_state(sym)}
-            data[sym] = value
-            futures.append(self.table.send_changelog(partition, sym, value))
-        key, value = WATERMARK_KEY.format(partition), {"watermark": agg.watermark}
-        if data.get(key) != value:
-            data[key] = value
-            futures.append(self.table.send_changelog(partition, key, value))
-        return futures
+    def changes(self, partition: int, agg: BarAggregator) -> list[tuple[int, str, dict]]:
+        """Table entries of the changed symbols, then of the watermark and next input
+        offset (always, last)."""
+        entries = [(partition, sym, {"p": partition, **agg.symbol_state(sym)}) for sym in agg.take_dirty()]
+        entries.append((partition, WATERMARK_KEY.format(partition),
+                        {"watermark": agg.watermark, "offset": self.guard.next_offset(self.source, partition)}))
+        return entries
 
     # -- processing ------------------------------------------------------------------
     async def process(self, events) -> None:
-        self._in.inc(len(events))
         assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.source}
         by_partition = defaultdict(list)
         for ev in events:
             if ev.message.partition in assigned:  # else its new owner processes it
-                by_partition[ev.message.partition].append(ev)
+                by_partition[ev.message.partition].append(ev.message)
         send = self.app.producer.send
         deliveries = []
         results = []
-        for partition, evs in sorted(by_partition.items()):
-            ticks, positions, sources = [], [], []
-            for ev in evs:
-                msg = ev.message
-                try:
-                    event_type, record = self.serde.decode(msg.value)
-                    if event_type != "tick":
-                        raise SerdeError(f"expected a tick, got a {event_type}")
-                except SerdeError as e:
-                    deliveries.append(await self._dead_letter(msg, str(e)))
-                    continue
-                ticks.append(record)
-                positions.append(msg.offset)
-                sources.append(msg)
+        for partition, messages in sorted(by_partition.items()):
             agg = self.aggregator(partition)
-            out = agg.process(ticks, positions)
+            cols = TickColumns(self.serde)
+            for msg in await self.guard.records(self.source, partition, messages):
+                try:
+                    cols.add(msg)
+                except SerdeError as e:
+                    self._in.inc()
+                    deliveries.append(await self._dead_letter(msg, str(e)))
+            self._in.inc(cols.count)
+            out = agg.process_columns(*cols.columns())
             results.append((partition, agg))
             now = time.time()
             for bar in out.bars:
@@ -133,22 +167,23 @@ class BarsStage:
                 self._closed[iv].inc()
                 self._latency.observe(now - (bar["window_end"] + self.grace_us) / 1e6)
             for idx, late_for in out.late:
-                msg = sources[idx]
-                deliveries.append(await send(self.late_topic, msg.key, msg.value, partition,
+                msg, value = cols.source(idx, self.late_topic)
+                deliveries.append(await send(self.late_topic, msg.key, value, partition,
                                              msg.timestamp, None))
                 self._late_out.inc()
                 for iv in late_for:
                     self._late[iv].inc()
             for idx, reason in out.invalid:
-                deliveries.append(await self._dead_letter(sources[idx], reason))
+                msg, value = cols.source(idx, self.dlq_topic)
+                deliveries.append(await self._dead_letter(msg, reason, value))
         await asyncio.gather(*deliveries)
-        changelog = [fut for partition, agg in results for fut in self.save(partition, agg)]
-        await asyncio.gather(*changelog)
+        await save_state(self.table, [e for partition, agg in results for e in self.changes(partition, agg)])
 
-    async def _dead_letter(self, msg, error: str):
+    async def _dead_letter(self, msg, error: str, value: bytes | None = None):
+        """Send the message — or ``value``, one tick of its batch — to dlq.bars."""
         self._dlq.inc()
         return await self.app.producer.send(
-            self.dlq_topic, msg.key, msg.value, None, msg.timestamp,
+            self.dlq_topic, msg.key, msg.value if value is None else value, None, msg.timestamp,
             dead_letter_headers(error, msg))
 
 

@@ -22,6 +22,7 @@ from test_bars import random_ticks, tick
 from ticktape import kafka_clients
 from ticktape.config import REPO_ROOT
 from ticktape.core.bars import BarAggregator
+from ticktape.core.indicators import IndicatorState, indicator_event
 from ticktape.serde import Serde
 from ticktape.stack import free_port
 
@@ -62,7 +63,7 @@ class Worker:
                     return True
             except (OSError, KeyError):
                 pass  # not up yet
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
                 return False
             time.sleep(0.1)
 
@@ -114,6 +115,16 @@ def expected_output(records, placed):
             for iv in late_for:
                 late_counts[iv] += 1
     return bars, late, late_counts
+
+
+def expected_indicators(bars) -> dict[tuple[str, str], list[bytes]]:
+    """IndicatorSet bytes per (interval, symbol), in bar order, as the core computes them."""
+    states, out = {}, defaultdict(list)
+    for bar in sorted((b for v in bars.values() for b in v), key=lambda b: b["window_start"]):
+        key = (bar["interval"], bar["symbol"])
+        st = states.setdefault(key, IndicatorState(bar["interval"]))
+        out[key].append(serde.encode("indicator_set", indicator_event(bar, st.update(bar))))
+    return out
 
 
 def read(s, topic: str, count: int, timeout: float = 60.0, quiet: float = 2.0):
@@ -192,6 +203,15 @@ def test_worker_emits_exactly_the_core_bars(settings, tmp_path):
                 len(v) for (t, _), v in bars.items() if t == f"md.bars.{interval}")
         assert worker.metric("ticktape_dlq_messages_total", stage="bars", topic="dlq.bars") == 2
         assert worker.wait_metric("ticktape_events_in_total", len(items), stage="bars", topic="md.ticks")
+
+        indicators = expected_indicators(bars)
+        got_ind = defaultdict(list)
+        for msgs in read(settings, "analytics.indicators", n_bars).values():
+            for m in msgs:
+                ind = serde.decode(m.value())[1]
+                got_ind[(ind["interval"], ind["symbol"])].append(m.value())
+        assert got_ind == indicators  # every bar once, in order per symbol and interval
+        assert sum(serde.decode(v)[1]["sma_200"] is not None for v in indicators[("1s", "AAPL")]) > 0
     finally:
         rc = worker.stop()
     assert rc == 0, worker.log_tail()  # SIGTERM: a graceful stop
@@ -265,6 +285,9 @@ def test_worker_killed_mid_stream_resumes_exactly(settings, tmp_path):
             want = [b for (t, _), v in bars.items() if t == f"md.bars.{interval}" for b in v]
             got = distinct(settings, f"md.bars.{interval}", len(want), lambda v: serde.decode(v)[1]["event_id"])
             assert sorted(map(bytes, got.values())) == sorted(serde.encode("bar", b) for b in want), third.log_tail()
+        want_ind = [v for vs in expected_indicators(bars).values() for v in vs]
+        got_ind = distinct(settings, "analytics.indicators", len(want_ind), lambda v: serde.decode(v)[1]["event_id"])
+        assert sorted(got_ind.values()) == sorted(want_ind)
         want_late = [v for vs in late.values() for v in vs]
         assert sorted(distinct(settings, "md.ticks.late", len(want_late), lambda v: v)) == sorted(want_late)
         # the last worker resumed from the saved state instead of starting over

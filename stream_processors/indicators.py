@@ -1,0 +1,124 @@
+"""The indicators stage: md.bars.<interval> → analytics.indicators (+ dlq.indicators).
+
+Each closed bar is folded into its symbol's ``IndicatorState`` (``ticktape.core.
+indicators``) — O(1) per bar — kept in the ``indicators`` table under the key
+``<interval>:<symbol>`` and written to the changelog after each batch, so a restarted
+worker resumes exactly.  A redelivered bar (window start not after the last one folded)
+is skipped; a bar that cannot be decoded or folded goes to dlq.indicators.  The table
+also holds each input partition's next offset (key ``@offset:<topic>:<partition>``) for
+``InputGuard``, which hands over a gap-free run of messages from it.  Per batch,
+as in the bars stage: send the indicator sets and dead letters and wait for the broker,
+then the changelog, then ack.  Outputs go to their input's partition number.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+
+import faust
+
+from ticktape import kafka_clients, metrics
+from ticktape.config import Settings
+from ticktape.core.indicators import IndicatorState, indicator_event
+from ticktape.serde import Serde, SerdeError
+
+from .app import InputGuard, agent, save_state
+from .bars import dead_letter_headers
+
+STAGE = "indicators"
+
+
+class IndicatorsStage:
+    def __init__(self, app: faust.App, s: Settings, table):
+        self.app = app
+        self.table = table
+        self.serde = Serde(s.schema_registry_url)
+        self.grace_s = s.bar_grace_ms / 1000
+        self.sources = [s.topic(f"md.bars.{iv}") for iv in s.interval_list]
+        self.out_topic = s.topic("analytics.indicators")
+        self.dlq_topic = s.topic("dlq.indicators")
+        self._states: dict[int, dict[str, IndicatorState]] = defaultdict(dict)
+        self._loaded: set[tuple[str, int]] = set()  # input partitions whose next offset is known
+        self.guard = InputGuard(s)
+        self._in = {full: metrics.EVENTS_IN.labels(STAGE, f"md.bars.{iv}")
+                    for full, iv in zip(self.sources, s.interval_list)}
+        self._out = metrics.EVENTS_OUT.labels(STAGE, "analytics.indicators")
+        self._dlq = metrics.DLQ_MESSAGES.labels(STAGE, "dlq.indicators")
+        self._latency = metrics.EVENT_LATENCY.labels(STAGE)
+
+    # -- state ---------------------------------------------------------------------
+    def forget(self, partitions) -> None:
+        """Drop cached states (after a rebalance the table is the truth)."""
+        for p in partitions:
+            self._states.pop(p, None)
+        self._loaded = {(t, p) for t, p in self._loaded if p not in partitions}
+
+    def state(self, partition: int, key: str, interval: str) -> IndicatorState:
+        states = self._states[partition]
+        st = states.get(key)
+        if st is None:
+            saved = self.table.data.get(key)
+            st = states[key] = IndicatorState.from_state(saved) if saved else IndicatorState(interval)
+        return st
+
+    # -- processing ------------------------------------------------------------------
+    async def process(self, events) -> None:
+        assigned = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
+        by_input = defaultdict(list)
+        for ev in events:
+            msg = ev.message
+            self._in[msg.topic].inc()
+            if (msg.topic, msg.partition) in assigned:  # else its new owner processes it
+                by_input[(msg.topic, msg.partition)].append(msg)
+        send = self.app.producer.send
+        deliveries, dirty, offsets = [], {}, []
+        now = time.time()
+        for (topic, partition), messages in sorted(by_input.items()):
+            offset_key = f"@offset:{topic}:{partition}"
+            if (topic, partition) not in self._loaded:
+                saved = self.table.data.get(offset_key)
+                self.guard.expect(topic, partition, saved["offset"] if saved else None)
+                self._loaded.add((topic, partition))
+            for msg in await self.guard.records(topic, partition, messages):
+                try:
+                    event_type, bar = self.serde.decode(msg.value)
+                    if event_type != "bar":
+                        raise SerdeError(f"expected a bar, got a {event_type}")
+                    key = f"{bar['interval']}:{bar['symbol']}"
+                    st = self.state(partition, key, bar["interval"])
+                    values = st.update(bar)
+                except ValueError as e:  # SerdeError, BarError, a bad interval
+                    self._dlq.inc()
+                    deliveries.append(await send(self.dlq_topic, msg.key, msg.value, None, msg.timestamp,
+                                                 dead_letter_headers(str(e), msg)))
+                    continue
+                if values is None:
+                    continue  # redelivered: folded before
+                dirty[key] = (partition, st)
+                value = self.serde.encode("indicator_set", indicator_event(bar, values), topic=self.out_topic)
+                deliveries.append(await send(self.out_topic, bar["symbol"].encode(), value, partition,
+                                             bar["window_end"] / 1e6, None))
+                self._out.inc()
+                self._latency.observe(now - bar["window_end"] / 1e6 - self.grace_s)
+            offsets.append((partition, offset_key, {"offset": self.guard.next_offset(topic, partition)}))
+        await asyncio.gather(*deliveries)
+        # the offsets last: an entry never claims input its symbols' entries do not hold
+        await save_state(self.table, [(partition, key, {"p": partition, **st.to_state()})
+                                      for key, (partition, st) in dirty.items()] + offsets)
+
+
+def attach(app: faust.App, s: Settings) -> None:
+    partitions = kafka_clients.topic_spec(f"md.bars.{s.interval_list[0]}").partitions
+    table = app.Table("indicators", partitions=partitions)
+    stage = IndicatorsStage(app, s, table)
+    bars = app.topic(*stage.sources, key_serializer="raw", value_serializer="raw")
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        stage.forget({tp.partition for tp in revoked if tp.topic in stage.sources})
+
+    @agent(app, bars, name=STAGE)
+    async def indicators(stream):
+        async for events in stream.take_events(s.processor_batch_size, within=s.processor_batch_ms / 1000):
+            await stage.process(events)
