@@ -171,6 +171,10 @@ def test_worker_emits_exactly_the_core_bars(settings, tmp_path):
     records += [serde.decode(v)[1] for _, v, _ in items[-PARTITIONS:]]
     placed = produce(settings, items)
     bars, late, late_counts = expected_output(records, placed)
+    # a message on a bar topic that is no bar: dead-lettered by the indicators stage
+    bad_bar = kafka_clients.producer(settings)
+    bad_bar.produce(settings.topic("md.bars.1m"), value=b"no bar", key=b"AAPL", partition=0)
+    assert bad_bar.flush(10) == 0
     n_bars = sum(map(len, bars.values()))
     assert n_bars > 400 and sum(late_counts.values()) > 20
 
@@ -179,9 +183,9 @@ def test_worker_emits_exactly_the_core_bars(settings, tmp_path):
         got = {}
         for interval in INTERVALS:
             topic = f"md.bars.{interval}"
-            want = sum(len(v) for (t, _), v in bars.items() if t == topic)
+            want = sum(len(v) for (t, _), v in bars.items() if t == topic) + (interval == "1m")
             for partition, msgs in read(settings, topic, want).items():
-                got[(topic, partition)] = decoded(msgs)
+                got[(topic, partition)] = decoded(m for m in msgs if m.value() != b"no bar")
         assert got == dict(bars), worker.log_tail()  # same bars, same order, no extra copy
 
         late_got = read(settings, "md.ticks.late", sum(map(len, late.values())))
@@ -211,6 +215,9 @@ def test_worker_emits_exactly_the_core_bars(settings, tmp_path):
                 ind = serde.decode(m.value())[1]
                 got_ind[(ind["interval"], ind["symbol"])].append(m.value())
         assert got_ind == indicators  # every bar once, in order per symbol and interval
+        [bad] = [m for msgs in read(settings, "dlq.indicators", 1).values() for m in msgs]
+        assert bad.value() == b"no bar"
+        assert dict(bad.headers())["ticktape.error"] == b"not an Avro event (first bytes 6e6f2062)"
         assert sum(serde.decode(v)[1]["sma_200"] is not None for v in indicators[("1s", "AAPL")]) > 0
     finally:
         rc = worker.stop()
