@@ -2,8 +2,8 @@
 agent in the same run.
 
 Per run, in fresh namespaces (TOPIC_PREFIX): md.ticks is preloaded with simulated ticks
-— TickBatch messages as the producers send them at that rate (TICK_BATCH_MAX /
-TICK_BATCH_MS) — and a bars-only worker (WORKER_STAGES=bars) decodes, aggregates, sends
+at 100,000 ticks/s of event time — TickBatch messages as the producers cut them at that
+rate (1,024 ticks or 20 ms of event time) — and a bars-only worker (WORKER_STAGES=bars) decodes, aggregates, sends
 the bars and writes its changelog; its rate is read from its own ticks-in counter, from
 the first poll that sees ticks to the one that sees all (start-up excluded).  Then the
 naive per-event windowed-table agent (bench/naive_bars.py) gets single-tick messages;
@@ -19,16 +19,17 @@ import tempfile
 from pathlib import Path
 
 from bench.harness import Figure, bench_main, repeat, services
-from bench.processes import Process, drop, namespace, preload, time_count
+from bench.processes import Process, count_ticks, drop, namespace, preload, tick_messages, time_count
+from ticktape.serde import Serde
 from ticktape.stack import free_port
 
 TICK_RATE = 100_000.0  # event-time ticks/s of the preloaded stream: what the producers batch
 
 
-def worker_rate(s, n_ticks: int, n_symbols: int, logs: Path, batch_max: int, batch_ms: int) -> dict:
-    ns = namespace(s, "ticks", tick_batch_max=batch_max, tick_batch_ms=batch_ms)
+def worker_rate(s, messages, total: int, logs: Path) -> dict:
+    ns = namespace(s, "ticks")
     try:
-        total = preload(ns, n_ticks, n_symbols, TICK_RATE)
+        preload(ns, messages)
         worker = Process(ns, ["ticktape.cli", "process", "worker"], logs / "worker.log", free_port(),
                          WORKER_STAGES="bars", BAR_INTERVALS="1s,1m")
         try:
@@ -39,13 +40,13 @@ def worker_rate(s, n_ticks: int, n_symbols: int, logs: Path, batch_max: int, bat
         drop(ns)
 
 
-def naive_rate(s, n_ticks: int, n_symbols: int, logs: Path) -> dict:
-    ns = namespace(s, "naive", tick_batch_max=0)
+def naive_rate(s, messages, logs: Path) -> dict:
+    ns = namespace(s, "naive")
     try:
-        total = preload(ns, n_ticks, n_symbols, TICK_RATE)
+        preload(ns, messages)
         agent = Process(ns, ["bench.naive_bars"], logs / "naive.log", free_port())
         try:
-            return time_count([agent], total, "ticktape_events_in_total", 600, stage="naive_bars",
+            return time_count([agent], len(messages), "ticktape_events_in_total", 600, stage="naive_bars",
                               topic="md.ticks")
         finally:
             agent.stop()
@@ -57,15 +58,19 @@ def run(quick: bool, runs: int) -> list[Figure]:
     n, n_naive, n_symbols = (30_000, 2_000, 20) if quick else (1_000_000, 20_000, 50)
     batch_max, batch_ms = 1024, 20
     s = services()
+    serde = Serde()
+    batched = tick_messages(n, n_symbols, TICK_RATE, batch_max, batch_ms, serde)
+    single = tick_messages(n_naive, n_symbols, TICK_RATE, 0, 0, serde)
+    total = count_ticks(batched, serde)
     logs = Path(tempfile.mkdtemp(prefix="bench-ticks-"))
 
     def one() -> dict:
-        return {"worker": worker_rate(s, n, n_symbols, logs, batch_max, batch_ms),
-                "naive": naive_rate(s, n_naive, n_symbols, logs)}
+        return {"worker": worker_rate(s, batched, total, logs), "naive": naive_rate(s, single, logs)}
 
     results = repeat(one, runs)
     detail = {"ticks": n, "naive_ticks": n_naive, "symbols": n_symbols, "event_rate": TICK_RATE,
-              "tick_batch_max": batch_max, "tick_batch_ms": batch_ms, "intervals": "1s,1m",
+              "tick_batch_max": batch_max, "tick_batch_ms": batch_ms, "messages": len(batched),
+              "ticks_per_message": round(total / len(batched), 1), "intervals": "1s,1m",
               "seconds": [r["worker"]["seconds"] for r in results]}
     return [
         Figure("ticks", f"tick → bars → publish, worker on TickBatch messages ({n:,} ticks)", "ticks/s",

@@ -12,10 +12,11 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from producers.base import EventPublisher
 from ticktape import kafka_clients
 from ticktape.config import REPO_ROOT, Settings
 from ticktape.core.sim import MarketSimulator
+from ticktape.core.tickbatch import TickBatcher, make_batch
+from ticktape.serde import Serde
 
 T0 = 1_767_225_600_000_000  # 2026-01-01: event time of the preloaded ticks
 
@@ -31,23 +32,44 @@ def symbols(n: int) -> list[str]:
     return [f"S{i:05d}" for i in range(n)]
 
 
-def preload(s: Settings, n_ticks: int, n_symbols: int, tick_rate: float) -> int:
-    """Publish ``n_ticks`` simulated ticks to md.ticks of ``s``'s namespace (TickBatch
-    messages when ``s.tick_batch_max`` > 1), then one quote-only tick an hour later per
-    symbol so every window closes; returns how many ticks were published."""
-    kafka_clients.ensure_topics(s)
+def tick_messages(n_ticks: int, n_symbols: int, tick_rate: float, batch_max: int, batch_ms: int,
+                  serde: Serde) -> list[tuple[bytes, bytes]]:
+    """(key, value) of ``n_ticks`` simulated ticks as the producers send them — TickBatch
+    messages when ``batch_max`` > 1, cut by size and event time only, so the same
+    arguments give the same messages — then one quote-only tick an hour later per symbol,
+    so that every window closes."""
     sim = MarketSimulator(symbols(n_symbols), seed=7, tick_rate=tick_rate, start_us=T0)
-    pub = EventPublisher(s, stage="bench")
-    ticks = sim.ticks()
-    last = None
-    for _ in range(n_ticks):
-        last = next(ticks)
-        pub.publish("md.ticks", "tick", last)
-    for i, sym in enumerate(sim.symbols):
-        pub.publish("md.ticks", "tick", {**last, "symbol": sym, "ts": last["ts"] + 3600 * 10**6, "seq": 0,
-                                          "event_id": f"flush-{i}", "price": None, "size": None})
-    pub.close()
-    return n_ticks + n_symbols
+    stream = sim.ticks()
+    ticks = [next(stream) for _ in range(n_ticks)]
+    last = ticks[-1]
+    ticks += [{**last, "symbol": sym, "ts": last["ts"] + 3600 * 10**6, "seq": 0, "event_id": f"flush-{i}",
+               "price": None, "size": None} for i, sym in enumerate(sim.symbols)]
+    if batch_max <= 1:
+        return [(t["symbol"].encode(), serde.encode("tick", t)) for t in ticks]
+    batcher = TickBatcher(batch_max, batch_ms)
+    groups = [g for t in ticks for _, g in batcher.add("md.ticks", t, 0.0)] + [g for _, g in batcher.drain()]
+    return [(g[0]["symbol"].encode(), serde.encode("tick_batch", make_batch(g)) if len(g) > 1
+             else serde.encode("tick", g[0])) for g in groups]
+
+
+def preload(s: Settings, messages: list[tuple[bytes, bytes]]) -> None:
+    """Create the namespace's topics and send the messages to its md.ticks (keyed)."""
+    kafka_clients.ensure_topics(s)
+    producer = kafka_clients.producer(s)
+    topic = s.topic("md.ticks")
+    for key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(60):
+        raise RuntimeError(f"preloading {topic}: not every message was delivered")
+
+
+def count_ticks(messages, serde: Serde) -> int:
+    return sum(len(serde.decode_trades(v)[2]) for _, v in messages)
 
 
 def drop(s: Settings) -> None:
