@@ -25,6 +25,15 @@ log = logging.getLogger(__name__)
 STAGES = ["bars", "indicators", "predict", "strategy", "risk", "execution", "portfolio"]
 
 
+def selected_stages(s: Settings) -> list[str]:
+    """The stages WORKER_STAGES names (all when empty), in flow order."""
+    wanted = [w.strip() for w in s.worker_stages.split(",") if w.strip()]
+    unknown = sorted(set(wanted) - set(STAGES))
+    if unknown:
+        raise ConfigError(f"WORKER_STAGES has {', '.join(unknown)}; stages: {', '.join(STAGES)}")
+    return [stage for stage in STAGES if not wanted or stage in wanted]
+
+
 def build_app(s: Settings) -> faust.App:
     ticks = kafka_clients.topic_spec("md.ticks")
     app = faust.App(
@@ -42,7 +51,7 @@ def build_app(s: Settings) -> faust.App:
         web_enabled=False,  # /metrics is served by ticktape.metrics
         autodiscover=False,
     )
-    for stage in STAGES:
+    for stage in selected_stages(s):
         try:
             module = importlib.import_module(f"stream_processors.{stage}")
         except ModuleNotFoundError as e:
