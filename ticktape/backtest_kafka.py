@@ -183,9 +183,9 @@ class _Reader:
         return dict(out)
 
 
-def _agreed(samples, replayed: int, seen: dict[str, int]) -> bool:
+def agreed(samples, replayed: int, seen: dict[str, int], read: set[str]) -> bool:
     """Every stage consumed all that was published to its inputs; the reader has all
-    that the worker published."""
+    that the worker published to the topics it reads."""
     produced: dict[str, float] = defaultdict(float)
     for labels, v in samples.get("ticktape_events_out_total", ()):
         produced[labels["topic"]] += v
@@ -195,10 +195,10 @@ def _agreed(samples, replayed: int, seen: dict[str, int]) -> bool:
             return False
     if total(samples, "ticktape_events_in_total", stage="bars", topic="md.ticks") != replayed:
         return False
-    return all(seen.get(topic, 0) == n for topic, n in produced.items() if topic != "md.ticks")
+    return all(seen.get(topic, 0) == n for topic, n in produced.items() if topic in read)
 
 
-def _snapshot(samples, seen) -> tuple:
+def snapshot(samples, seen) -> tuple:
     counts = [(n, tuple(sorted(lbl.items())), v) for n in ("ticktape_events_in_total", "ticktape_events_out_total",
                                                             "ticktape_dlq_messages_total")
               for lbl, v in samples.get(n, ())]
@@ -234,8 +234,8 @@ def run(s_run: Settings, run_id: str, ticks_by_partition: dict[int, list[dict]],
                 raise KafkaModeError(f"the worker exited with code {worker.proc.returncode}: {worker.tail()}")
             samples = scrape(s.metrics_port) or samples
             now = time.monotonic()
-            snap = _snapshot(samples, reader.seen)
-            if snap != last or not _agreed(samples, replayed, reader.seen):
+            snap = snapshot(samples, reader.seen)
+            if snap != last or not agreed(samples, replayed, reader.seen, set(reader.topics)):
                 last, since = snap, now
             elif now - since >= SETTLE_S:
                 break

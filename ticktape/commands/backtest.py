@@ -349,7 +349,7 @@ def backtest(args) -> int:
         html_path, png = report.write(args.report, row, result.equity, result.trades, events["order_rejected"])
         print(f"report {html_path} (equity curve {png})")
     if args.check_live:
-        return check_live(s, events, args.start, args.end, setup)
+        return check_live(s, events, args.start, args.end)
     return 0
 
 
@@ -419,17 +419,17 @@ def compare(a: str, b: str) -> int:
     if not s.database_url:
         raise UsageError("no database: set DATABASE_URL or run `ticktape stack up`")
     ra, rb = load_run(s, a), load_run(s, b)
-    print(f"{'':<22}{a:>22}{b:>22}")
+    print(f"{'':<16}{a:>28}{b:>28}")
     for key in ("mode", "model_version", "code_version"):
-        print(f"{key:<22}{str(ra[key]):>22}{str(rb[key]):>22}")
-    print(f"{'period':<22}{_iso(ra['period_start'])[:19]:>22}{_iso(rb['period_start'])[:19]:>22}")
-    print(f"{'':<22}{_iso(ra['period_end'])[:19]:>22}{_iso(rb['period_end'])[:19]:>22}")
+        print(f"{key:<16}{str(ra[key]):>28}{str(rb[key]):>28}")
+    print(f"{'period':<16}{_iso(ra['period_start'])[:19]:>28}{_iso(rb['period_start'])[:19]:>28}")
+    print(f"{'':<16}{_iso(ra['period_end'])[:19]:>28}{_iso(rb['period_end'])[:19]:>28}")
     for key in ("total_return", "cagr", "max_drawdown", "win_rate"):
-        print(f"{key:<22}{_pct(ra['metrics'][key]):>22}{_pct(rb['metrics'][key]):>22}")
+        print(f"{key:<16}{_pct(ra['metrics'][key]):>28}{_pct(rb['metrics'][key]):>28}")
     for key in ("sharpe", "sortino", "turnover"):
-        print(f"{key:<22}{_num(ra['metrics'][key]):>22}{_num(rb['metrics'][key]):>22}")
+        print(f"{key:<16}{_num(ra['metrics'][key]):>28}{_num(rb['metrics'][key]):>28}")
     for key in ("end_equity", "closing_trades", "orders", "rejections"):
-        print(f"{key:<22}{ra['metrics'][key]:>22,}{rb['metrics'][key]:>22,}")
+        print(f"{key:<16}{ra['metrics'][key]:>28,}{rb['metrics'][key]:>28,}")
     pa, pb = _flat(ra["parameters"]), _flat(rb["parameters"])
     diff = sorted(k for k in pa.keys() | pb.keys() if pa.get(k) != pb.get(k))
     for k in diff:
@@ -444,7 +444,8 @@ def compare(a: str, b: str) -> int:
 # --- against the live pipeline --------------------------------------------------------
 
 def live_events(s: Settings, start: int, end: int) -> dict[str, list[dict]]:
-    """What the live pipeline published with event time in [start, end], per event type."""
+    """What the live pipeline published with event time in [start, end], per event type;
+    of a compacted topic (positions) only the last event per key, which compaction keeps."""
     from producers.replay import read_topic
     from ticktape import kafka_clients
 
@@ -455,8 +456,19 @@ def live_events(s: Settings, start: int, end: int) -> dict[str, list[dict]]:
     for name, event_type in sorted(output_topics(s).items()):
         if event_type is None or event_type == "tick" or s.topic(name) not in existing:
             continue
-        out.setdefault(event_type, []).extend(r.event for r in read_topic(s, s.topic(name), start, end, decode=True))
+        events = [r.event for r in read_topic(s, s.topic(name), start, end, decode=True)]
+        if kafka_clients.topic_spec(name).cleanup_policy == "compact":
+            events = last_per_key(events)
+        out.setdefault(event_type, []).extend(events)
     return out
+
+
+def last_per_key(events: list[dict]) -> list[dict]:
+    """The last event of each (account, symbol), in event-time order."""
+    last = {}
+    for e in sorted(events, key=lambda e: e["ts"]):
+        last[(e.get("account"), e["symbol"])] = e
+    return list(last.values())
 
 
 def differences(live: dict[str, list[dict]], ours: dict[str, list[dict]], start: int, end: int):
@@ -478,11 +490,13 @@ def differences(live: dict[str, list[dict]], ours: dict[str, list[dict]], start:
     return out
 
 
-def check_live(s: Settings, events, start: int, end: int, setup) -> int:
+def check_live(s: Settings, events, start: int, end: int) -> int:
     """Compare with the live topics over the windows that lie wholly in the period (a
     window ending after --to may hold live ticks past it)."""
     cutoff = end + 1
-    diffs = differences(live_events(s, start, cutoff), events.by_type, start, cutoff)
+    ours = dict(events.by_type)
+    ours["position"] = last_per_key([e for e in ours.get("position", ()) if e["ts"] <= cutoff])
+    diffs = differences(live_events(s, start, cutoff), ours, start, cutoff)
     bad = 0
     for event_type, (n_live, n_bt, first) in diffs.items():
         print(f"  {event_type:<16} live {n_live:>8}  backtest {n_bt:>8}  {'equal' if first is None else first}")
