@@ -50,6 +50,9 @@ def build_app(s: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         web_enabled=False,  # /metrics is served by ticktape.metrics
         autodiscover=False,
+        # on stop, do not wait for events taken but not yet processed: their offsets are
+        # not committed, so a restart redelivers them and the stages' state skips repeats
+        stream_wait_empty=False,
     )
     for stage in selected_stages(s):
         try:
