@@ -3,6 +3,7 @@ preloaded with simulated ticks, worker subprocesses configured by env vars and r
 through their own /metrics, and the namespace's removal afterwards."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -147,3 +148,26 @@ def time_count(procs: list[Process], total: float, name: str, timeout: float, **
     seconds = now - first[0]
     return {"rate": (count - first[1]) / seconds if seconds > 0 else float("nan"), "seconds": seconds,
             "counted": count - first[1]}
+
+
+@contextlib.contextmanager
+def scratch_database(admin_url: str, bench: str):
+    """URL of a new, migrated database of its own (dropped afterwards): a benchmark's
+    models table or sink tables never touch the stack's."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from sinks import schema
+
+    name = f"bench_{bench}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = make_conninfo(**(conninfo_to_dict(admin_url) | {"dbname": name}))
+    try:
+        from ticktape.config import settings
+
+        schema.migrate(settings(database_url=url))
+        yield url
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
