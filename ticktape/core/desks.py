@@ -118,7 +118,7 @@ class RiskDesk:
     """The risk engine of one account behind the ordering rule (see the module doc)."""
 
     __slots__ = ("risk", "universe", "progress", "pending", "pending_ids", "open_orders", "last_key",
-                 "controls")
+                 "controls", "_barrier")
 
     def __init__(self, account: str, limits: risk_mod.AccountLimits, starting_cash: float,
                  universe: Iterable[str]):
@@ -132,6 +132,7 @@ class RiskDesk:
         self.open_orders: dict[str, int] = {}  # approved order id -> ts, until its Fill arrives
         self.last_key: list | None = None  # canonical key of the last processed event
         self.controls = risk_mod.RecentIds(256)
+        self._barrier: int | None = None  # min progress over the universe; None: to compute
 
     @property
     def account(self) -> str:
@@ -165,8 +166,11 @@ class RiskDesk:
         return [s for s in self.universe if self.progress[s] == low]
 
     def on_progress(self, symbol: str, ts: int) -> None:
-        if ts > self.progress.get(symbol, -1):
+        old = self.progress.get(symbol, -1)
+        if ts > old:
             self.progress[symbol] = ts
+            if old == self._barrier:  # the lowest symbol moved: the barrier may rise
+                self._barrier = None
 
     def add(self, kind: str, ev: dict) -> None:
         """Buffer a signal, mark or fill (redeliveries are dropped)."""
@@ -195,9 +199,11 @@ class RiskDesk:
     def release(self) -> list[tuple[str, dict]]:
         """Process every buffered event nothing can precede any more, in canonical order:
         [("order"|"rejection"|"fill"|"mark"|"risk_state", event)] (Fills and Marks = ledger)."""
-        if any(s not in self.progress for s in self.universe):
-            return []
-        barrier = min(self.progress[s] for s in self.universe)
+        barrier = self._barrier  # kept between calls: a backtest calls this once per event
+        if barrier is None:
+            if any(s not in self.progress for s in self.universe):
+                return []
+            barrier = self._barrier = min(self.progress[s] for s in self.universe)
         first_open = min(self.open_orders.values(), default=None)
         out, r, pending = [], self.risk, self.pending
         done = 0
@@ -336,7 +342,13 @@ class ExecutionDesk:
             return None
         t, w = order["ts"], self.width
         slot = 0 if order["side"] == BUY else 2
-        b, top = -(-t // w) * w, max(mem)
+        b = -(-t // w) * w
+        entry = mem.get(b)  # the first window after the order: the fill is usually there
+        if entry is not None and entry[slot] is not None:
+            fill = ex_mod.fill_for(self.cfg, order, entry[slot], entry[slot + 1])
+            if fill is not None:
+                return fill
+        b, top = b + w, max(mem)
         while b <= top:
             entry = mem.get(b)
             if entry is not None and entry[slot] is not None:
