@@ -15,7 +15,7 @@ Prometheus' ``histogram_quantile`` does, so they are as coarse as the buckets
 (…, 50, 100, 250 ms, …).
 
     python -m bench.bench_latency            # 500 symbols, 5,000 ticks/s, 30 s windows
-    python -m bench.bench_latency --quick    # 50 symbols, 500 ticks/s, 8 s windows
+    python -m bench.bench_latency --quick    # 50 symbols, 500 ticks/s, 5 s windows
 """
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def wait_for_orders(worker: Process, timeout: float) -> float:
 
 
 def run(quick: bool, runs: int) -> list[Figure]:
-    n_symbols, rate, seconds = (50, 500.0, 8.0) if quick else (500, 5000.0, 30.0)
+    n_symbols, rate, seconds = (50, 500.0, 5.0) if quick else (500, 5000.0, 30.0)
     s = services()
     home = Path(tempfile.mkdtemp(prefix="bench-latency-"))
     names = " ".join(symbols(n_symbols))

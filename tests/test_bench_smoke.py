@@ -15,7 +15,7 @@ def test_bench_quick_runs_every_benchmark(services, tmp_path):
     out = tmp_path / "all.json"
     env = dict(os.environ) | services | {"TICKTAPE_HOME": str(tmp_path), "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--output", str(out)], cwd=REPO_ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["quick"] is True and result["runs"] == 3 and result["benchmarks"] == available()
@@ -31,3 +31,6 @@ def test_bench_quick_runs_every_benchmark(services, tmp_path):
     sink = {f["name"]: f for f in figures if f["benchmark"] == "sink"}
     assert sink["sink path / raw COPY, same run"]["goal"] == ">= 80%"
     assert all(f["detail"]["rows"] == 20_000 for f in sink.values())
+    latency = [f for f in figures if f["benchmark"] == "latency"]  # p50 and p99 of four stages
+    assert len(latency) == 8 and all(min(f["detail"]["observations"]) > 0 for f in latency)
+    assert [f["goal"] for f in latency].count("< 100 ms") == 4
