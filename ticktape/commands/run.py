@@ -24,6 +24,7 @@ from .status import remove_run_files, write_run_files
 
 DRAIN_SECONDS = 8.0
 BOOTSTRAP_INTERVAL = "1s"
+RUN_BATCHING = {"TICK_BATCH_MAX": "500", "TICK_BATCH_MS": "100"}
 # features with a 50/200-bar lookback would keep a short run from ever predicting
 BOOTSTRAP_TRAIN = ["--source", "sim", "--sim-minutes", "60", "--horizon", "5",
                    "--exclude", "sma_200_rel,sma_50_rel", "--activate"]
@@ -121,6 +122,10 @@ def run(args) -> int:
                 "REDIS_URL": s.redis_url, "PYTHONUNBUFFERED": "1"})
     # the demo trades 1-second bars, so predictions and orders flow within a minute
     env.setdefault("STRATEGY_INTERVAL", BOOTSTRAP_INTERVAL)
+    # ticks travel in per-symbol batches (TickBatch): one message per tick would cap the
+    # worker at a few thousand ticks/s
+    for name, value in RUN_BATCHING.items():
+        env.setdefault(name, value)
     if args.bootstrap_model:
         _ensure_model(env["STRATEGY_INTERVAL"])
     producer_args = ["produce", "sim"] + (["--rate", str(args.rate)] if args.rate else [])
@@ -176,12 +181,17 @@ def run(args) -> int:
 
 def _ensure_model(interval: str) -> None:
     """A fresh stack has no model: train and activate one on the simulator's history, so
-    the whole path (predictions, orders, fills) runs.  The simulator is a random walk —
+    the whole path (predictions, orders, fills) runs; an active one is announced again.  The simulator is a random walk —
     this model only makes the pipeline flow; train a real one with `ticktape train`."""
     from .. import registry
     from ..cli import main as cli_main
 
-    if any(m["active"] for m in registry.list_models(settings())):
+    s = settings()
+    active = [m for m in registry.list_models(s) if m["active"]]
+    if active:
+        # the database outlives the in-memory broker: announce the active model again
+        meta, artifact, _ = registry.get(s, active[0]["version"])
+        registry.announce(s, meta, artifact)
         return
     print(f"ticktape: no active model: training one on simulated {interval} bars "
           "(ticktape train --source sim) ...", flush=True)
