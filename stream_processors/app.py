@@ -10,6 +10,7 @@ import asyncio
 import importlib
 import logging
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from ticktape.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
+OFFSET_KEY = "@offset:{}:{}"  # table key of an input partition's next offset ('@' starts no symbol, account or interval)
 STAGES = ["bars", "indicators", "predict", "strategy", "risk", "execution", "portfolio"]
 
 
@@ -99,6 +101,7 @@ class Record:
     key: bytes | None
     value: bytes | None
     timestamp: float | None  # seconds
+    headers: list | dict | None = None
 
 
 class InputGuard:
@@ -110,11 +113,15 @@ class InputGuard:
     redelivered messages, and reads a hole's records straight from Kafka.  A partition
     never seen starts at its first retained offset, so a stage without state rebuilds
     it from the whole partition.
+
+    ``runs`` and ``offset_entries`` keep the next offsets in the stage's table under
+    ``OFFSET_KEY``; bars keeps them in its own watermark entries and uses ``records``.
     """
 
     def __init__(self, s: Settings):
         self.s = s
         self._next: dict[tuple[str, int], int] = {}
+        self._loaded: set[tuple[str, int]] = set()  # input partitions whose next offset is read from the table
         self._consumer = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="input-guard")  # one consumer, one thread
 
@@ -127,6 +134,31 @@ class InputGuard:
 
     def next_offset(self, topic: str, partition: int) -> int | None:
         return self._next.get((topic, partition))
+
+    def forget(self, partitions) -> None:
+        """Read these partitions' next offsets from the table again (after a rebalance)."""
+        self._loaded = {(t, p) for t, p in self._loaded if p not in partitions}
+
+    async def runs(self, table, messages) -> list[tuple[str, int, list[Record]]]:
+        """The messages grouped per input partition (sorted), each as ``records`` makes
+        them, from the next offset saved in ``table``."""
+        by_input = defaultdict(list)
+        for m in messages:
+            by_input[(m.topic, m.partition)].append(m)
+        out = []
+        for (topic, partition), msgs in sorted(by_input.items()):
+            if (topic, partition) not in self._loaded:
+                saved = table.data.get(OFFSET_KEY.format(topic, partition))
+                self.expect(topic, partition, saved["offset"] if saved else None)
+                self._loaded.add((topic, partition))
+            out.append((topic, partition, await self.records(topic, partition, msgs)))
+        return out
+
+    def offset_entries(self, runs) -> list[tuple[int, str, dict]]:
+        """``save_state`` entries of the runs' next offsets, each in its input's partition
+        number; they go last, so that an entry never claims input the state does not hold."""
+        return [(partition, OFFSET_KEY.format(topic, partition), {"offset": self.next_offset(topic, partition)})
+                for topic, partition, _ in runs]
 
     async def records(self, topic: str, partition: int, messages) -> list[Record]:
         """The partition's messages (Faust ``Message`` objects, in delivery order) as
@@ -145,7 +177,7 @@ class InputGuard:
                     log.warning("%s[%d]: re-read %d records at offsets %d..%d that the consumer skipped",
                                 topic, partition, len(missing), nxt, m.offset - 1)
                 out += missing
-            out.append(Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp))
+            out.append(Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp, m.headers))
             nxt = m.offset + 1
         self._next[(topic, partition)] = nxt
         return out
@@ -178,14 +210,14 @@ class InputGuard:
                     return out
                 ts = msg.timestamp()[1]
                 out.append(Record(topic, partition, msg.offset(), msg.key(), msg.value(),
-                                  ts / 1000 if ts >= 0 else None))
+                                  ts / 1000 if ts >= 0 else None, msg.headers()))
         finally:
             client.unassign()
 
 
 async def save_state(table, entries) -> None:
-    """Write ``(partition, key, value)`` entries to a table and its changelog, and wait
-    until the broker has them all.
+    """Write ``(partition, key, value)`` entries to a table and its changelog (value
+    None deletes the key), and wait until the broker has them all.
 
     The last record of each partition goes in a produce request of its own: a broker
     whose high watermark counts only the first record of a partition's last batch (the
@@ -197,7 +229,10 @@ async def save_state(table, entries) -> None:
     last = {}
     earlier = []
     for partition, key, value in entries:
-        data[key] = value
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
         if partition in last:
             earlier.append(table.send_changelog(*last[partition]))
         last[partition] = (partition, key, value)

@@ -7,7 +7,8 @@ sent by the risk stage to the partition of their symbol's market data, so a symb
 orders and prices meet here.  State: the ``execution`` table — per symbol its open
 orders (key ``<symbol>``) and per interval window its first prices (key
 ``<symbol>@<window start>``, one small entry per window, deleted after a day of event
-time) — written to the changelog after each batch.
+time) and each input partition's next offset (``InputGuard``) — written to the changelog
+after each batch.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ class ExecutionStage:
         self.partition_of: dict[str, int] = {}
 
     def forget(self, partitions) -> None:
+        self.io.forget(partitions)
         self.loaded -= set(partitions)
         for sym in [k for k, p in self.partition_of.items() if p in partitions]:
             del self.partition_of[sym]
@@ -54,8 +56,8 @@ class ExecutionStage:
             return
         self.loaded.add(partition)
         for key, value in self.table.data.items():
-            if value["p"] != partition:
-                continue
+            if key.startswith("@") or value["p"] != partition:
+                continue  # an input offset (InputGuard's), or another partition's entry
             if "@" in key:
                 sym, b = key.rsplit("@", 1)
                 self.desk.memory.setdefault(sym, {})[int(b)] = list(value["m"])
@@ -68,14 +70,10 @@ class ExecutionStage:
 
     async def process(self, events) -> None:
         io = self.io
-        assigned = io.assigned(self.sources)
         changes = {}
         dirty = {}
         fills = []
-        for ev in events:
-            msg = ev.message
-            if (msg.topic, msg.partition) not in assigned:
-                continue
+        for msg in await io.inputs(self.table, events, self.sources):
             self.load(msg.partition)
             expected = (("order",) if msg.topic == self.orders
                         else ("tick", "tick_batch") if self.source == "ticks" else ("bar",))

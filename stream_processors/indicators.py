@@ -39,7 +39,6 @@ class IndicatorsStage:
         self.out_topic = s.topic("analytics.indicators")
         self.dlq_topic = s.topic("dlq.indicators")
         self._states: dict[int, dict[str, IndicatorState]] = defaultdict(dict)
-        self._loaded: set[tuple[str, int]] = set()  # input partitions whose next offset is known
         self.guard = InputGuard(s)
         self._in = {full: metrics.EVENTS_IN.labels(STAGE, f"md.bars.{iv}")
                     for full, iv in zip(self.sources, s.interval_list)}
@@ -52,7 +51,7 @@ class IndicatorsStage:
         """Drop cached states (after a rebalance the table is the truth)."""
         for p in partitions:
             self._states.pop(p, None)
-        self._loaded = {(t, p) for t, p in self._loaded if p not in partitions}
+        self.guard.forget(partitions)
 
     def state(self, partition: int, key: str, interval: str) -> IndicatorState:
         states = self._states[partition]
@@ -65,22 +64,18 @@ class IndicatorsStage:
     # -- processing ------------------------------------------------------------------
     async def process(self, events) -> None:
         assigned = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
-        by_input = defaultdict(list)
+        messages = []
         for ev in events:
             msg = ev.message
             self._in[msg.topic].inc()
             if (msg.topic, msg.partition) in assigned:  # else its new owner processes it
-                by_input[(msg.topic, msg.partition)].append(msg)
+                messages.append(msg)
         send = self.app.producer.send
-        deliveries, dirty, offsets = [], {}, []
+        deliveries, dirty = [], {}
         now = time.time()
-        for (topic, partition), messages in sorted(by_input.items()):
-            offset_key = f"@offset:{topic}:{partition}"
-            if (topic, partition) not in self._loaded:
-                saved = self.table.data.get(offset_key)
-                self.guard.expect(topic, partition, saved["offset"] if saved else None)
-                self._loaded.add((topic, partition))
-            for msg in await self.guard.records(topic, partition, messages):
+        runs = await self.guard.runs(self.table, messages)
+        for _, partition, records in runs:
+            for msg in records:
                 try:
                     event_type, bar = self.serde.decode(msg.value)
                     if event_type != "bar":
@@ -101,11 +96,9 @@ class IndicatorsStage:
                                              bar["window_end"] / 1e6, None))
                 self._out.inc()
                 self._latency.observe(now - bar["window_end"] / 1e6 - self.grace_s)
-            offsets.append((partition, offset_key, {"offset": self.guard.next_offset(topic, partition)}))
         await asyncio.gather(*deliveries)
-        # the offsets last: an entry never claims input its symbols' entries do not hold
         await save_state(self.table, [(partition, key, {"p": partition, **st.to_state()})
-                                      for key, (partition, st) in dirty.items()] + offsets)
+                                      for key, (partition, st) in dirty.items()] + self.guard.offset_entries(runs))
 
 
 def attach(app: faust.App, s: Settings) -> None:

@@ -29,6 +29,7 @@ class PortfolioStage:
         self.desks: dict[str, tuple[int, PortfolioDesk]] = {}
 
     def forget(self, partitions) -> None:
+        self.io.forget(partitions)
         for account in [a for a, (p, _) in self.desks.items() if p in partitions]:
             del self.desks[account]
 
@@ -43,12 +44,8 @@ class PortfolioStage:
 
     async def process(self, events) -> None:
         io = self.io
-        assigned = io.assigned(self.sources)
         touched = {}
-        for ev in events:
-            msg = ev.message
-            if (msg.topic, msg.partition) not in assigned:
-                continue
+        for msg in await io.inputs(self.table, events, self.sources):
             decoded = await io.decode(msg, ("fill", "mark"))
             if decoded is None:
                 continue

@@ -9,8 +9,10 @@ newly activated model scores from its first bar.
 Scoring: the sets of the active model's interval whose features are complete are scored
 together, one XGBoost call per batch (``stream.take_events``: a batch when several sets
 are waiting, a single row otherwise); a set with a missing feature (lookback not filled)
-is skipped and counted, never scored.  Per batch, as in the bars stage: send the
-predictions and dead letters and wait for the broker, then the changelog, then ack.
+is skipped and counted, never scored.  The table also holds each input partition's next
+offset for ``InputGuard``, which hands over a gap-free run of messages from it.  Per
+batch, as in the bars stage: send the predictions and dead letters and wait for the
+broker, then the changelog (``save_state``), then ack.
 
 The model: a ``ModelWatcher`` thread in every worker reads the compacted ml.models
 topic from its start (no consumer group: every worker sees every announcement), checks
@@ -36,14 +38,13 @@ from ticktape.core.ml import Model
 from ticktape.registry import MODELS_TOPIC, parse_announcement
 from ticktape.serde import Serde, SerdeError
 
-from .app import agent
+from .app import InputGuard, agent, save_state
 from .bars import dead_letter_headers
 
 log = logging.getLogger(__name__)
 
 STAGE = "predict"
-STARTUP_WAIT_S = 15.0
-FENCE_KEY = "@fence"  # table key of the recovery fence ('@' starts no interval)  # the first batch waits this long at most for ml.models to be read
+STARTUP_WAIT_S = 15.0  # the first batch waits this long at most for ml.models to be read
 
 
 class ModelWatcher:
@@ -124,6 +125,7 @@ class PredictStage:
         self.dlq_topic = s.topic("dlq.predict")
         self.grace_s = s.bar_grace_ms / 1000
         self._states: dict[int, dict[str, FeatureState]] = defaultdict(dict)
+        self.guard = InputGuard(s)
         self._in = metrics.EVENTS_IN.labels(STAGE, "analytics.indicators")
         self._out = metrics.EVENTS_OUT.labels(STAGE, "ml.predictions")
         self._dlq = metrics.DLQ_MESSAGES.labels(STAGE, "dlq.predict")
@@ -136,6 +138,7 @@ class PredictStage:
         """Drop cached states (after a rebalance the table is the truth)."""
         for p in partitions:
             self._states.pop(p, None)
+        self.guard.forget(partitions)
 
     def state(self, partition: int, key: str) -> FeatureState:
         states = self._states[partition]
@@ -154,10 +157,9 @@ class PredictStage:
         assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.source}
         deliveries, dirty, items, partition_of = [], {}, [], {}
         no_model = 0
-        for ev in events:
-            msg = ev.message
-            if msg.partition not in assigned:
-                continue  # its new owner processes it
+        runs = await self.guard.runs(self.table, [ev.message for ev in events
+                                                  if ev.message.partition in assigned])  # else its new owner processes it
+        for msg in (msg for _, _, records in runs for msg in records):
             try:
                 event_type, ind = self.serde.decode(msg.value)
                 if event_type != "indicator_set":
@@ -192,18 +194,8 @@ class PredictStage:
             self._out.inc(len(preds))
             metrics.PREDICTIONS.labels(model.name).inc(len(preds))
         await asyncio.gather(*deliveries)
-        data = self.table.data
-        changelog = []
-        for key, (partition, st) in dirty.items():
-            value = {"p": partition, **st.to_state()}
-            data[key] = value
-            changelog.append(self.table.send_changelog(partition, key, value))
-        await asyncio.gather(*changelog)
-        # Some brokers (the local one) report a partition's high watermark as the start of
-        # its last record batch, and table recovery reads only up to it: a fence, sent
-        # once the states are in, becomes that last batch so every state is recovered.
-        await asyncio.gather(*(self.table.send_changelog(p, FENCE_KEY, {"p": p})
-                               for p in sorted({p for p, _ in dirty.values()})))
+        await save_state(self.table, [(partition, key, {"p": partition, **st.to_state()})
+                                      for key, (partition, st) in dirty.items()] + self.guard.offset_entries(runs))
 
     async def _dead_letter(self, msg, error: str):
         self._dlq.inc()

@@ -40,6 +40,7 @@ class RiskStage:
         self.grace_s = s.bar_grace_ms / 1000  # latency from the bar's close, as in the other stages
 
     def forget(self, partitions) -> None:
+        self.io.forget(partitions)
         for account in [a for a, (p, _, _) in self.desks.items() if p in partitions]:
             del self.desks[account]
 
@@ -57,12 +58,8 @@ class RiskStage:
 
     async def process(self, events) -> None:
         io = self.io
-        assigned = io.assigned(self.sources)
         touched, out = {}, []
-        for ev in events:
-            msg = ev.message
-            if (msg.topic, msg.partition) not in assigned:
-                continue
+        for msg in await io.inputs(self.table, events, self.sources):
             decoded = await io.decode(msg, ("signal", "mark", "fill", "progress", "risk_control"))
             if decoded is None:
                 continue

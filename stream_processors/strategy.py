@@ -36,6 +36,7 @@ class StrategyStage:
         self.sent_progress: dict[str, int] = {}
 
     def forget(self, partitions) -> None:
+        self.io.forget(partitions)
         for sym in [k for k, p in self.partition_of.items() if p in partitions]:
             del self.partition_of[sym]
             self.desk.st.symbols.pop(sym, None)
@@ -52,13 +53,9 @@ class StrategyStage:
 
     async def process(self, events) -> None:
         io = self.io
-        assigned = io.assigned(self.sources)
         acct_p = io.account_partition(self.account)
         dirty = {}
-        for ev in events:
-            msg = ev.message
-            if (msg.topic, msg.partition) not in assigned:
-                continue  # its new owner processes it
+        for msg in await io.inputs(self.table, events, self.sources):
             decoded = await io.decode(msg, ("indicator_set", "prediction"))
             if decoded is None:
                 continue

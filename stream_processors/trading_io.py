@@ -1,5 +1,7 @@
-"""What the four trading agents share: decoding with dead letters, sending events, and a
-table whose entries carry their changelog partition (as in the bars stage).
+"""What the four trading agents share: input read through ``InputGuard`` (each input
+partition once, in offset order, from the next offset kept in the stage's table),
+decoding with dead letters, sending events, and a table whose entries carry their
+changelog partition (as in the bars stage), saved with ``save_state``.
 
 Not a stage (it is not in ``STAGES``): strategy, risk, execution and portfolio import it.
 """
@@ -15,6 +17,7 @@ from ticktape.config import Settings
 from ticktape.core.desks import account_partition
 from ticktape.serde import Serde, SerdeError
 
+from .app import InputGuard, save_state
 from .bars import dead_letter_headers
 
 log = logging.getLogger(__name__)
@@ -32,12 +35,23 @@ class TradingIO:
         self._in: dict[str, object] = {}
         self._out: dict[str, object] = {}
         self.deliveries: list = []
+        self.guard = InputGuard(s)
+        self._runs: list = []  # this batch's input runs, whose next offsets ``flush`` saves
+
+    def forget(self, partitions) -> None:
+        self.guard.forget(partitions)
 
     def account_partition(self, account: str) -> int:
         return account_partition(account, self.account_partitions)
 
-    def assigned(self, topics) -> set[tuple[str, int]]:
-        return {(tp.topic, tp.partition) for tp in self.app.consumer.assignment() if tp.topic in topics}
+    async def inputs(self, table, events, topics) -> list:
+        """The batch's messages of the input partitions this worker still owns (the others'
+        new owners process them), per partition in offset order, holes re-read, repeats
+        dropped."""
+        assigned = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment() if tp.topic in topics}
+        self._runs = await self.guard.runs(table, [ev.message for ev in events
+                                                   if (ev.message.topic, ev.message.partition) in assigned])
+        return [msg for _, _, records in self._runs for msg in records]
 
     async def decode(self, msg, expected: tuple[str, ...]) -> tuple[str, dict] | None:
         """(event type, record), or None after sending the message to the dead-letter topic."""
@@ -70,17 +84,12 @@ class TradingIO:
 
     async def flush(self, table, changes: dict) -> None:
         """Wait for the batch's events, then write ``{key: (partition, value or None)}``
-        to the table and its changelog (None deletes) and wait for that too."""
+        (None deletes) and the inputs' next offsets to the table and its changelog, and
+        wait for that too."""
         deliveries, self.deliveries = self.deliveries, []
         await asyncio.gather(*deliveries)
-        data, futures = table.data, []
-        for key, (partition, value) in changes.items():
-            if value is None:
-                data.pop(key, None)
-            else:
-                data[key] = value
-            futures.append(table.send_changelog(partition, key, value))
-        await asyncio.gather(*futures)
+        await save_state(table, [(partition, key, value) for key, (partition, value) in changes.items()]
+                         + self.guard.offset_entries(self._runs))
 
 
 def partition_header(partition: int) -> list[tuple[str, bytes]]:
