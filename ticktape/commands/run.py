@@ -24,7 +24,11 @@ from .status import remove_run_files, write_run_files
 
 DRAIN_SECONDS = 8.0
 BOOTSTRAP_INTERVAL = "1s"
-RUN_BATCHING = {"TICK_BATCH_MAX": "500", "TICK_BATCH_MS": "100"}
+# Ticks travel in per-symbol batches (TickBatch): one message per tick caps the worker at
+# a few thousand ticks/s.  Paper fills take the next bar's open: a tick-level execution
+# stage reads md.ticks beside the bars stage, and Faust pauses a topic for all its
+# agents while the slowest one's buffer is full.
+RUN_DEFAULTS = {"TICK_BATCH_MAX": "500", "TICK_BATCH_MS": "100", "EXEC_MARKET_DATA": "bars"}
 # features with a 50/200-bar lookback would keep a short run from ever predicting
 BOOTSTRAP_TRAIN = ["--source", "sim", "--sim-minutes", "60", "--horizon", "5",
                    "--exclude", "sma_200_rel,sma_50_rel", "--activate"]
@@ -122,9 +126,7 @@ def run(args) -> int:
                 "REDIS_URL": s.redis_url, "PYTHONUNBUFFERED": "1"})
     # the demo trades 1-second bars, so predictions and orders flow within a minute
     env.setdefault("STRATEGY_INTERVAL", BOOTSTRAP_INTERVAL)
-    # ticks travel in per-symbol batches (TickBatch): one message per tick would cap the
-    # worker at a few thousand ticks/s
-    for name, value in RUN_BATCHING.items():
+    for name, value in RUN_DEFAULTS.items():
         env.setdefault(name, value)
     if args.bootstrap_model:
         _ensure_model(env["STRATEGY_INTERVAL"])
