@@ -23,7 +23,6 @@ import math
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from bench.harness import Figure, bench_main, repeat, services

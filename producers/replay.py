@@ -40,7 +40,7 @@ from ticktape import kafka_clients
 from ticktape.cli import UsageError
 from ticktape.config import Settings
 from ticktape.core.intervals import interval_seconds
-from ticktape.core.replay import PartitionMerger, in_range, partition_for
+from ticktape.core.replay import PartitionMerger, partition_for
 from ticktape.core.tickbatch import expand, make_batch
 from ticktape.serde import Serde, SerdeError
 

@@ -188,3 +188,35 @@ def describe_topic(s: Settings, name: str) -> dict:
     except KafkaException as e:  # some brokers answer describe_configs partially
         log.debug("describe_configs %s: %s", name, e)
     return {"topic": name, "partitions": len(md.partitions), "configs": configs}
+
+
+def read_to_end(s: Settings, topic: str, group: str, idle_s: float = 5.0) -> list:
+    """Every message of an existing topic, per partition in offset order.
+
+    Each partition ends at its end-of-partition event (not at the high watermark, which
+    some brokers report short), or the read ends after ``idle_s`` without data.
+    KeyError when the topic does not exist; KafkaException on a consumer error."""
+    import time
+
+    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+
+    md = topic_metadata(s, topic)
+    cons = consumer(s, group, **{"enable.partition.eof": True})
+    cons.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
+    pending, out = set(md.partitions), []
+    idle_since = time.monotonic()
+    try:
+        while pending and time.monotonic() - idle_since < idle_s:
+            msg = cons.poll(0.2)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition())
+                    continue
+                raise KafkaException(msg.error())
+            idle_since = time.monotonic()
+            out.append(msg)
+    finally:
+        cons.close()
+    return out

@@ -43,34 +43,17 @@ def _state(text: str) -> str:
 
 
 def read_to_end(s, topic: str) -> list:
-    """Every message of an existing topic, per partition in offset order (partition EOF)."""
-    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+    """Every message of a topic, per partition in offset order ([] before it exists)."""
+    from confluent_kafka import KafkaException
 
     from .. import kafka_clients
 
     try:
-        md = kafka_clients.topic_metadata(s, topic)
+        return kafka_clients.read_to_end(s, topic, s.group("cli"), IDLE_S)
     except KeyError:
         return []
-    consumer = kafka_clients.consumer(s, s.group("cli"), **{"enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
-    pending, out = set(md.partitions), []
-    idle_since = time.monotonic()
-    try:
-        while pending and time.monotonic() - idle_since < IDLE_S:
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                    continue
-                raise UsageError(f"{topic}: {msg.error()}")
-            idle_since = time.monotonic()
-            out.append(msg)
-    finally:
-        consumer.close()
-    return out
+    except KafkaException as e:
+        raise UsageError(f"{topic}: {e}") from None
 
 
 def live_state(s, account: str) -> dict | None:

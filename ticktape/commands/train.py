@@ -11,8 +11,6 @@ by window start (the indicators warm up inside that range).
 """
 from __future__ import annotations
 
-import time
-
 from ..cli import UsageError
 from ..config import settings
 from ..core.features import FEATURE_NAMES, Bars, build_dataset
@@ -103,41 +101,27 @@ def _db_bars(s, interval: str) -> Bars:
 
 def _topic_bars(s, interval: str) -> Bars:
     """Every bar of md.bars.<interval>, from the start; a redelivered bar counts once."""
-    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+    from confluent_kafka import KafkaException
 
     from .. import kafka_clients
     from ..serde import Serde, SerdeError
 
     topic = s.topic(f"md.bars.{interval}")
     try:
-        md = kafka_clients.topic_metadata(s, topic)
+        messages = kafka_clients.read_to_end(s, topic, s.group("train"), TOPIC_IDLE_S)
     except KeyError as e:
         raise UsageError(f"--source topic: {e.args[0]}") from None
+    except KafkaException as e:
+        raise UsageError(f"--source topic: {e}") from None
     serde = Serde(s.schema_registry_url)
-    consumer = kafka_clients.consumer(s, s.group("train"), **{"enable.partition.eof": True})
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
-    pending = set(md.partitions)
     seen: dict[str, dict] = {}
-    idle_since = time.monotonic()
-    try:
-        while pending and time.monotonic() - idle_since < TOPIC_IDLE_S:
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
-                    pending.discard(msg.partition())
-                    continue
-                raise UsageError(f"--source topic: {msg.error()}")
-            idle_since = time.monotonic()
-            try:
-                kind, bar = serde.decode(msg.value())
-            except SerdeError:
-                continue  # not a bar: the bars stage dead-letters such input, it never lands here
-            if kind == "bar":
-                seen.setdefault(bar["event_id"], bar)
-    finally:
-        consumer.close()
+    for msg in messages:
+        try:
+            kind, bar = serde.decode(msg.value())
+        except SerdeError:
+            continue  # not a bar: the bars stage dead-letters such input, it never lands here
+        if kind == "bar":
+            seen.setdefault(bar["event_id"], bar)
     return Bars.from_events(list(seen.values()))
 
 
