@@ -26,6 +26,7 @@ from test_worker import Worker, read
 
 from ticktape import kafka_clients
 from ticktape.config import REPO_ROOT
+from ticktape.commands.risk import read_to_end
 from ticktape.core import desks
 from ticktape.serde import Serde
 
@@ -122,6 +123,22 @@ def test_agents_equal_the_in_process_chain_across_a_kill(settings, tmp_path):
                 pass  # all of that reason were decided before the kill
     finally:
         assert second.stop() == 0, second.log_tail()
+    # every stage's table holds the next offset of each input partition it read: the end
+    inputs = {"features": ["analytics.indicators"], "strategy": ["analytics.indicators", "ml.predictions"],
+              "risk": ["trading.account"], "execution": ["md.ticks", "trading.orders"],
+              "portfolio": ["trading.ledger"]}
+    for table, topics in inputs.items():
+        want_offsets = {}
+        for topic in topics:
+            for m in read_to_end(settings, settings.topic(topic)):
+                want_offsets[f"@offset:{m.topic()}:{m.partition()}"] = {"offset": m.offset() + 1}
+        saved = {}
+        for m in read_to_end(settings, f"{settings.group('worker')}-{table}-changelog"):
+            key = json.loads(m.key())
+            if key.startswith("@offset:"):
+                saved[key] = json.loads(m.value())
+        assert len({k.rsplit(":", 1)[0] for k in want_offsets}) == len(topics)  # every input has messages
+        assert saved == want_offsets, table
 
 
 def orders_sent(worker) -> float:
