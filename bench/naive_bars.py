@@ -20,6 +20,8 @@ from ticktape import kafka_clients, metrics
 from ticktape.config import settings
 from ticktape.serde import Serde
 
+from stream_processors.app import execute
+
 
 def main() -> int:
     s = settings()
@@ -60,13 +62,7 @@ def main() -> int:
                 bar = [bar[0], max(bar[1], price), min(bar[2], price), price, bar[4] + size]
             table[tick["symbol"]] = bar
 
-    metrics.serve("worker", s)
-    worker = faust.Worker(app, loglevel=s.log_level, override_logging=False, quiet=True)
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
+    return execute(app, s)
 
 
 if __name__ == "__main__":

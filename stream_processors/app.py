@@ -253,7 +253,11 @@ def run_worker(s: Settings) -> int:
     """Run every stage until SIGTERM/SIGINT (exit 0) or a crash (exit 1)."""
     check_topics(s)
     kafka_clients.ensure_topics(s)  # never rely on broker auto-creation
-    app = build_app(s)
+    return execute(build_app(s), s)
+
+
+def execute(app: faust.App, s: Settings) -> int:
+    """Serve /metrics and run the app's worker until it stops; its exit code."""
     metrics.serve("worker", s)
     worker = faust.Worker(app, loglevel=s.log_level, override_logging=False, quiet=True)
     try:
