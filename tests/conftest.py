@@ -97,17 +97,10 @@ def settings(services, tmp_path):
 @pytest.fixture
 def fresh_db(services):
     """DATABASE_URL of a new, empty database (dropped afterwards)."""
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    from pipeline import new_database
 
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin_url = services["DATABASE_URL"]
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    params = conninfo_to_dict(admin_url) | {"dbname": name}
-    yield make_conninfo(**params)
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_database(services["DATABASE_URL"]) as url:
+        yield url
 
 
 @pytest.fixture
