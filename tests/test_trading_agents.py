@@ -26,7 +26,6 @@ from test_worker import Worker, read
 
 from ticktape import kafka_clients
 from ticktape.config import REPO_ROOT
-from ticktape.commands.risk import read_to_end
 from ticktape.core import desks
 from ticktape.serde import Serde
 
@@ -130,10 +129,11 @@ def test_agents_equal_the_in_process_chain_across_a_kill(settings, tmp_path):
     for table, topics in inputs.items():
         want_offsets = {}
         for topic in topics:
-            for m in read_to_end(settings, settings.topic(topic)):
+            for m in kafka_clients.read_to_end(settings, settings.topic(topic), f"{settings.topic_prefix}reader"):
                 want_offsets[f"@offset:{m.topic()}:{m.partition()}"] = {"offset": m.offset() + 1}
         saved = {}
-        for m in read_to_end(settings, f"{settings.group('worker')}-{table}-changelog"):
+        changelog = f"{settings.group('worker')}-{table}-changelog"
+        for m in kafka_clients.read_to_end(settings, changelog, f"{settings.topic_prefix}reader"):
             key = json.loads(m.key())
             if key.startswith("@offset:"):
                 saved[key] = json.loads(m.value())
