@@ -118,12 +118,13 @@ class RiskDesk:
     """The risk engine of one account behind the ordering rule (see the module doc)."""
 
     __slots__ = ("risk", "universe", "progress", "pending", "pending_ids", "open_orders", "last_key",
-                 "controls", "_barrier")
+                 "controls", "universe_set", "_barrier", "_at_barrier")
 
     def __init__(self, account: str, limits: risk_mod.AccountLimits, starting_cash: float,
                  universe: Iterable[str]):
         self.risk = risk_mod.Risk(account, limits, starting_cash)
         self.universe = tuple(sorted(set(universe)))
+        self.universe_set = frozenset(self.universe)
         if not self.universe:
             raise ValueError("the risk desk needs a symbol universe (SYMBOLS)")
         self.progress: dict[str, int] = {}
@@ -133,6 +134,7 @@ class RiskDesk:
         self.last_key: list | None = None  # canonical key of the last processed event
         self.controls = risk_mod.RecentIds(256)
         self._barrier: int | None = None  # min progress over the universe; None: to compute
+        self._at_barrier = 0  # universe symbols whose progress is the barrier
 
     @property
     def account(self) -> str:
@@ -169,8 +171,10 @@ class RiskDesk:
         old = self.progress.get(symbol, -1)
         if ts > old:
             self.progress[symbol] = ts
-            if old == self._barrier:  # the lowest symbol moved: the barrier may rise
-                self._barrier = None
+            if old == self._barrier and symbol in self.universe_set:
+                self._at_barrier -= 1
+                if self._at_barrier == 0:  # the last of the lowest symbols moved: the barrier rises
+                    self._barrier = None
 
     def add(self, kind: str, ev: dict) -> None:
         """Buffer a signal, mark or fill (redeliveries are dropped)."""
@@ -204,6 +208,7 @@ class RiskDesk:
             if any(s not in self.progress for s in self.universe):
                 return []
             barrier = self._barrier = min(self.progress[s] for s in self.universe)
+            self._at_barrier = sum(self.progress[s] == barrier for s in self.universe)
         first_open = min(self.open_orders.values(), default=None)
         out, r, pending = [], self.risk, self.pending
         done = 0
