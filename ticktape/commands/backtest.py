@@ -1,15 +1,15 @@
 """`ticktape backtest`: run a period through bars, indicators, predict, strategy, risk,
 execution and portfolio; store, print and report the run.
 
-    ticktape backtest --from 2026-11-20T14:00 --to 2026-11-20T15:00 [--symbols AAPL,MSFT]
+    ticktape backtest [--from 2026-11-20T14:00] [--to 2026-11-20T15:00] [--symbols AAPL,MSFT]
         [--model VERSION] [--config risk.yaml] [--mode inprocess|kafka] [--source topic|db]
         [--report out.html] [--sweep STRATEGY_ENTER_P=0.55,0.6 ...] [--jobs N] [--keep]
         [--check-live]
     ticktape backtest compare RUN_A RUN_B
 
-Input: the live ``md.ticks`` topic (TOPIC_PREFIX) over [--from, --to], or the ``ticks``
-table (``--source db``), split into md.ticks's partitions as the live producers split
-them.  Model: --model, else the registry's active one (none: no predictions, no trades).
+Input: the live ``md.ticks`` topic (TOPIC_PREFIX) over [--from, --to] (default: all of
+it), or the ``ticks`` table (``--source db``), split into md.ticks's partitions as the
+live producers split them.  Model: --model, else the registry's active one (none: no predictions, no trades).
 Parameters: the settings (env vars) — bar intervals and grace, STRATEGY_*, EXEC_*,
 STARTING_CASH, SYMBOLS (the risk desk's universe; --symbols narrows it and the input) —
 and the risk file (--config, else RISK_CONFIG).
@@ -53,8 +53,10 @@ def register(sub):
                        description=__doc__.split("\n\n")[0])
     p.add_argument("action", nargs="*", metavar="compare RUN_A RUN_B",
                    help="compare two stored runs (else: run a backtest)")
-    p.add_argument("--from", dest="start", type=parse_time, help="first event time, ISO-8601 (inclusive)")
-    p.add_argument("--to", dest="end", type=parse_time, help="last event time, ISO-8601 (inclusive)")
+    p.add_argument("--from", dest="start", type=parse_time,
+                   help="first event time, ISO-8601 (inclusive; default: the first tick)")
+    p.add_argument("--to", dest="end", type=parse_time,
+                   help="last event time, ISO-8601 (inclusive; default: the last tick)")
     p.add_argument("--symbols", help="only these symbols (comma/space separated; default SYMBOLS)")
     p.add_argument("--model", help="model version (or a unique prefix); default: the active one")
     p.add_argument("--config", help="risk limits YAML (default RISK_CONFIG or config/risk.yaml)")
@@ -280,9 +282,7 @@ def backtest(args) -> int:
     from ..core import backtest as bt
 
     s = settings()
-    if args.start is None or args.end is None:
-        raise UsageError("a backtest needs --from and --to")
-    if args.end < args.start:
+    if args.start is not None and args.end is not None and args.end < args.start:
         raise UsageError("--to is before --from")
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
@@ -308,8 +308,16 @@ def backtest(args) -> int:
     ticks = read_ticks(s, args.source, args.start, args.end, set(symbols) if args.symbols else None)
     n_ticks = sum(map(len, ticks.values()))
     if n_ticks == 0:
-        raise UsageError(f"no ticks between {_iso(args.start)} and {_iso(args.end)} "
-                         f"({'ticks table' if args.source == 'db' else s.topic('md.ticks')})")
+        where = "the ticks table" if args.source == "db" else s.topic("md.ticks")
+        raise UsageError(f"no ticks from {_iso(args.start) if args.start is not None else 'the start'} "
+                         f"to {_iso(args.end) if args.end is not None else 'the end'} in {where}")
+    # without --from/--to: the whole recording
+    lasts = [v[-1]["ts"] for v in ticks.values() if v]
+    args.start = min(v[0]["ts"] for v in ticks.values() if v) if args.start is None else args.start
+    args.end = max(lasts) if args.end is None else args.end
+    # what the live pipeline has surely closed: every window ending a grace before the last
+    # tick of every partition (the flush ticks close the rest in the backtest only)
+    live_cutoff = min(args.end + 1, min(lasts) - s.bar_grace_ms * 1000)
     fingerprint = bt.data_fingerprint(ticks)
     for t in bt.flush_ticks(args.end, setups[0], len(ticks)):
         ticks[t["seq"]].append(t)
@@ -349,7 +357,7 @@ def backtest(args) -> int:
         html_path, png = report.write(args.report, row, result.equity, result.trades, events["order_rejected"])
         print(f"report {html_path} (equity curve {png})")
     if args.check_live:
-        return check_live(s, events, args.start, args.end)
+        return check_live(s, events, args.start, live_cutoff)
     return 0
 
 
@@ -444,8 +452,10 @@ def compare(a: str, b: str) -> int:
 # --- against the live pipeline --------------------------------------------------------
 
 def live_events(s: Settings, start: int, end: int) -> dict[str, list[dict]]:
-    """What the live pipeline published with event time in [start, end], per event type;
-    of a compacted topic (positions) only the last event per key, which compaction keeps."""
+    """What the live pipeline published with event time in [start, end], per event type.
+
+    Each topic is read to its end: a derived topic is not in event-time order (a stage
+    takes its input topics batch by batch), so its first event after ``end`` ends nothing."""
     from producers.replay import read_topic
     from ticktape import kafka_clients
 
@@ -456,18 +466,24 @@ def live_events(s: Settings, start: int, end: int) -> dict[str, list[dict]]:
     for name, event_type in sorted(output_topics(s).items()):
         if event_type is None or event_type == "tick" or s.topic(name) not in existing:
             continue
-        events = [r.event for r in read_topic(s, s.topic(name), start, end, decode=True)]
-        if kafka_clients.topic_spec(name).cleanup_policy == "compact":
-            events = last_per_key(events)
-        out.setdefault(event_type, []).extend(events)
+        out.setdefault(event_type, []).extend(
+            r.event for r in read_topic(s, s.topic(name), start, None, decode=True) if r.ts <= end)
     return out
 
 
+def compacted_types(s: Settings) -> set[str]:
+    from ticktape import kafka_clients
+
+    from ..backtest_kafka import output_topics
+
+    return {t for name, t in output_topics(s).items() if kafka_clients.topic_spec(name).cleanup_policy == "compact"}
+
+
 def last_per_key(events: list[dict]) -> list[dict]:
-    """The last event of each (account, symbol), in event-time order."""
+    """The last event of each (account, symbol) — what compaction keeps — by event time."""
     last = {}
     for e in sorted(events, key=lambda e: e["ts"]):
-        last[(e.get("account"), e["symbol"])] = e
+        last[(e.get("account"), e.get("symbol"))] = e
     return list(last.values())
 
 
@@ -490,13 +506,16 @@ def differences(live: dict[str, list[dict]], ours: dict[str, list[dict]], start:
     return out
 
 
-def check_live(s: Settings, events, start: int, end: int) -> int:
-    """Compare with the live topics over the windows that lie wholly in the period (a
-    window ending after --to may hold live ticks past it)."""
-    cutoff = end + 1
-    ours = dict(events.by_type)
-    ours["position"] = last_per_key([e for e in ours.get("position", ()) if e["ts"] <= cutoff])
-    diffs = differences(live_events(s, start, cutoff), ours, start, cutoff)
+def check_live(s: Settings, events, start: int, cutoff: int) -> int:
+    """Compare with the live topics up to ``cutoff``: the windows that lie wholly in the
+    period (a window ending after --to may hold live ticks past it) and that the live
+    watermark has closed."""
+    print(f"live check: events from {_iso(start)} to {_iso(cutoff)}")
+    live, ours = live_events(s, start, cutoff), dict(events.by_type)
+    for t in compacted_types(s):  # compaction may have dropped all but the last per key
+        for side in (live, ours):
+            side[t] = last_per_key([e for e in side.get(t, ()) if start <= e["ts"] <= cutoff])
+    diffs = differences(live, ours, start, cutoff)
     bad = 0
     for event_type, (n_live, n_bt, first) in diffs.items():
         print(f"  {event_type:<16} live {n_live:>8}  backtest {n_bt:>8}  {'equal' if first is None else first}")

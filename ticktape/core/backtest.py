@@ -42,8 +42,8 @@ FLUSH_SYMBOL = "_flush"  # the flush ticks' symbol: no real symbol, quote-only (
 EQUITY_FIELDS = ("cash", "market_value", "equity", "gross_exposure", "realized_pnl", "unrealized_pnl")
 TRADE_FIELDS = ("event_id", "order_id", "ts", "symbol", "side", "quantity", "price", "commission",
                 "slippage_bps")
-# chain output kind -> event type (schemas/<type>.v1.avsc)
-TRADING_KINDS = {"signal": "signal", "mark": "mark", "order": "order", "rejection": "order_rejected",
+# chain output kind -> event type (schemas/<type>.v1.avsc), of those with a topic of their own
+TRADING_KINDS = {"signal": "signal", "order": "order", "rejection": "order_rejected",
                  "fill": "fill", "position": "position", "equity": "equity", "risk_state": "risk_state"}
 
 
@@ -136,6 +136,14 @@ def trading(ticks_by_partition: Mapping[int, Sequence[dict]], out: pipeline.Outp
 def run(ticks_by_partition: Mapping[int, Sequence[dict]], setup: Setup, model=None) -> Events:
     """All events of a period (the flush ticks included in ``ticks_by_partition``)."""
     return trading(ticks_by_partition, analytics(ticks_by_partition, setup, model), setup)
+
+
+def run_bars(bars: Sequence[dict], setup: Setup, model=None) -> Events:
+    """All events of a period of closed bars (a bar-only source: paper execution fills
+    at the next bar's open, ``market_data="bars"``)."""
+    if setup.market_data != "bars":
+        raise ValueError("a backtest over bars fills against bars: market_data must be 'bars'")
+    return trading({}, pipeline.from_bars(bars, setup.intervals, model), setup)
 
 
 # --- what a run stores --------------------------------------------------------------
