@@ -7,10 +7,11 @@
    (so its consumer groups and changelogs are the run's own too);
 3. the period's ticks go to ``bt.<run_id>.md.ticks``, each in the partition it came
    from, in order, then one flush tick per partition (``core.backtest.flush_ticks``);
-4. a reader takes every output topic from the start until the run has settled: every
-   count the worker exports agrees — each stage has consumed every event published to
-   each topic it reads (the replayed ticks included), the reader has every event the
-   worker published — and nothing has moved for ``SETTLE_S``;
+4. a reader takes every topic of the namespace from the start until the run has
+   settled (``Settler``): the reader has every event the worker says it published (its
+   /metrics) and the worker's consumer group has committed, on every topic a stage
+   reads, the end the reader saw — Faust commits an offset only after the outputs of
+   its event are delivered — and nothing has moved for ``SETTLE_S``;
 5. the worker is stopped and, unless ``keep``, the namespace's topics and consumer
    groups are deleted.
 
@@ -71,10 +72,6 @@ def output_topics(s: Settings) -> dict[str, str]:
     return out
 
 
-def _dead_letter_topics() -> list[str]:
-    return [n for n in kafka_clients.topic_catalog() if n.startswith("dlq.")]
-
-
 class _Worker:
     def __init__(self, s: Settings, env: dict[str, str]):
         self.port = s.metrics_port
@@ -132,23 +129,24 @@ def replay(s: Settings, ticks_by_partition: dict[int, list[dict]]) -> int:
     return n
 
 
-class _Reader:
-    """Every output topic of the namespace from its start, decoded, by catalog name."""
+class Reader:
+    """Every catalog topic of a namespace from its start (ml.models aside): the output
+    topics decoded by catalog name, and how far each partition of every topic goes."""
 
     def __init__(self, s: Settings):
         self.s = s
         self.topics = output_topics(s)
-        self.dead = _dead_letter_topics()
         self.serde = Serde(s.schema_registry_url)
         self.events: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
         self.seen: dict[str, int] = defaultdict(int)
+        self.ends: dict[tuple[str, int], int] = {}  # (catalog name, partition) -> last offset + 1
         self.dead_letters: list[str] = []
         self.cons = kafka_clients.consumer(s, s.group("backtest.reader"))
-        assign = []
-        for name in list(self.topics) + self.dead:
-            spec = kafka_clients.topic_spec(name)
-            assign += [TopicPartition(s.topic(name), p, OFFSET_BEGINNING) for p in range(spec.partitions)]
-        self.cons.assign(assign)
+        existing = set(kafka_clients.admin(s).list_topics(timeout=10).topics)
+        self.cons.assign([TopicPartition(s.topic(name), p, OFFSET_BEGINNING)
+                          for name, spec in kafka_clients.topic_catalog().items()
+                          if name != registry.MODELS_TOPIC and s.topic(name) in existing
+                          for p in range(spec.partitions)])
         self.prefix = len(s.topic_prefix)
 
     def poll(self, seconds: float) -> None:
@@ -159,6 +157,9 @@ class _Reader:
                 continue
             name = msg.topic()[self.prefix:]
             self.seen[name] += 1
+            self.ends[(name, msg.partition())] = msg.offset() + 1
+            if name not in self.topics and not name.startswith("dlq."):
+                continue  # read for its end only
             if name.startswith("dlq."):
                 headers = dict(msg.headers() or ())
                 self.dead_letters.append(f"{name}: {headers.get('ticktape.error', b'?').decode(errors='replace')}")
@@ -183,26 +184,46 @@ class _Reader:
         return dict(out)
 
 
-def agreed(samples, replayed: int, seen: dict[str, int], read: set[str]) -> bool:
-    """Every stage consumed all that was published to its inputs; the reader has all
-    that the worker published to the topics it reads."""
-    produced: dict[str, float] = defaultdict(float)
-    for labels, v in samples.get("ticktape_events_out_total", ()):
-        produced[labels["topic"]] += v
-    produced["md.ticks"] += replayed
-    for labels, v in samples.get("ticktape_events_in_total", ()):
-        if v != produced[labels["topic"]]:
+class Settler:
+    """Tells when a worker has processed everything of a namespace (see the module doc):
+    ``settled()`` is polled; the reader must be polled in between."""
+
+    def __init__(self, s: Settings, reader: Reader, metrics_port: int, sources: dict[str, int]):
+        self.s, self.reader, self.port = s, reader, metrics_port
+        self.sources = sources  # events published into the namespace by others, per catalog topic
+        self.group = kafka_clients.consumer(s, s.group("worker"))  # only asked for its commits
+        self.samples: dict = {}
+        self.last, self.since = None, time.monotonic()
+
+    def close(self) -> None:
+        self.group.close()
+
+    def _agreed(self) -> bool:
+        samples, seen = self.samples, self.reader.seen
+        produced: dict[str, float] = defaultdict(float, self.sources)
+        for labels, v in samples.get("ticktape_events_out_total", ()):
+            produced[labels["topic"]] += v
+        if any(seen.get(topic, 0) != n for topic, n in produced.items()):
+            return False  # the reader is behind
+        consumed = {labels["topic"] for labels, _ in samples.get("ticktape_events_in_total", ())}
+        if not set(self.sources) <= consumed:
             return False
-    if total(samples, "ticktape_events_in_total", stage="bars", topic="md.ticks") != replayed:
-        return False
-    return all(seen.get(topic, 0) == n for topic, n in produced.items() if topic in read)
+        wanted = [TopicPartition(self.s.topic(t), p) for (t, p), end in self.reader.ends.items() if t in consumed]
+        committed = self.group.committed(wanted, timeout=10) if wanted else []
+        ends = self.reader.ends
+        return all(tp.offset == ends[(tp.topic[len(self.s.topic_prefix):], tp.partition)] for tp in committed)
 
-
-def snapshot(samples, seen) -> tuple:
-    counts = [(n, tuple(sorted(lbl.items())), v) for n in ("ticktape_events_in_total", "ticktape_events_out_total",
-                                                            "ticktape_dlq_messages_total")
-              for lbl, v in samples.get(n, ())]
-    return tuple(sorted(counts)), tuple(sorted(seen.items()))
+    def settled(self) -> bool:
+        self.samples = scrape(self.port) or self.samples
+        now = time.monotonic()
+        snap = (tuple(sorted(self.reader.seen.items())),
+                tuple(sorted((n, tuple(sorted(lbl.items())), v) for n in ("ticktape_events_in_total",
+                                                                          "ticktape_events_out_total")
+                             for lbl, v in self.samples.get(n, ()))))
+        if snap != self.last or not self._agreed():
+            self.last, self.since = snap, now
+            return False
+        return now - self.since >= SETTLE_S
 
 
 def run(s_run: Settings, run_id: str, ticks_by_partition: dict[int, list[dict]],
@@ -220,27 +241,26 @@ def run(s_run: Settings, run_id: str, ticks_by_partition: dict[int, list[dict]],
         if model is not None:
             registry.announce(s, *model)
         worker = _Worker(s, settings_env(s))
-        reader = _Reader(s)
         replayed = replay(s, ticks_by_partition)
+        reader = Reader(s)
+        settler = Settler(s, reader, s.metrics_port, {"md.ticks": replayed})
         say(f"kafka mode: {replayed:,} ticks replayed into {s.topic('md.ticks')}; waiting for the worker")
         deadline = time.monotonic() + timeout_s
-        last, since = None, time.monotonic()
-        samples = {}
-        while True:
-            reader.poll(0.2)
-            if reader.dead_letters:
-                raise KafkaModeError(f"dead letter in the run: {reader.dead_letters[0]}")
-            if not worker.alive():
-                raise KafkaModeError(f"the worker exited with code {worker.proc.returncode}: {worker.tail()}")
-            samples = scrape(s.metrics_port) or samples
-            now = time.monotonic()
-            snap = snapshot(samples, reader.seen)
-            if snap != last or not agreed(samples, replayed, reader.seen, set(reader.topics)):
-                last, since = snap, now
-            elif now - since >= SETTLE_S:
-                break
-            if now > deadline:
-                raise KafkaModeError(f"the worker did not finish within {timeout_s:.0f} s (see {worker.log_path})")
+        try:
+            while True:
+                reader.poll(0.2)
+                if reader.dead_letters:
+                    raise KafkaModeError(f"dead letter in the run: {reader.dead_letters[0]}")
+                if not worker.alive():
+                    raise KafkaModeError(f"the worker exited with code {worker.proc.returncode}: {worker.tail()}")
+                if settler.settled():
+                    break
+                if time.monotonic() > deadline:
+                    raise KafkaModeError(f"the worker did not finish within {timeout_s:.0f} s "
+                                         f"(see {worker.log_path})")
+        finally:
+            settler.close()
+        samples = settler.samples
         events = Events(by_type=reader.by_type(), late_ticks=reader.seen.get("md.ticks.late", 0),
                         invalid_ticks=int(total(samples, "ticktape_dlq_messages_total", stage="bars")),
                         skipped_predictions=int(total(samples, "ticktape_predictions_skipped_total",

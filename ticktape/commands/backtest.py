@@ -127,6 +127,8 @@ def make_setup(s: Settings, symbols: tuple[str, ...], risk_path: str | None):
     from ..risk_config import load_risk_limits, risk_config_path
 
     path = Path(risk_path) if risk_path else risk_config_path(s)
+    if s.exec_market_data not in ("ticks", "bars"):
+        raise UsageError(f"EXEC_MARKET_DATA must be ticks or bars, got {s.exec_market_data!r}")
     try:
         limits = load_risk_limits(path)
         return Setup(tuple(s.interval_list), s.bar_grace_ms * 1000, StrategyConfig.from_settings(s),
@@ -152,6 +154,8 @@ def code_version() -> str:
 
 def load_model(s: Settings, version: str | None):
     """(Model, metadata, artifact), or None when no version is given and none is active."""
+    import psycopg
+
     from ..core.ml import Model, ModelMismatch
     from ..registry import RegistryError, get, list_models
     from .models import registry_errors
@@ -160,7 +164,7 @@ def load_model(s: Settings, version: str | None):
         if version is None:
             try:
                 active = [r for r in list_models(s) if r["active"]]
-            except Exception as e:  # no database or no models table yet: no active model
+            except psycopg.errors.UndefinedTable as e:  # a database without models yet
                 log.debug("no model registry: %s", e)
                 return None
             if not active:
