@@ -28,7 +28,7 @@ from pathlib import Path
 from bench.harness import Figure, bench_main, repeat, services
 from bench.processes import Process, drop, namespace, scratch_database, symbols
 from ticktape import kafka_clients
-from ticktape.commands.run import BOOTSTRAP_INTERVAL, RUN_BATCHING
+from ticktape.commands.run import BOOTSTRAP_INTERVAL, RUN_DEFAULTS
 from ticktape.scrape import scrape, total
 from ticktape.stack import free_port
 
@@ -105,10 +105,10 @@ def run(quick: bool, runs: int) -> list[Figure]:
             if trainer.proc.wait(600) != 0:
                 raise RuntimeError(f"training failed: {trainer.log_path.read_text(errors='replace')[-2000:]}")
             env = {"SYMBOLS": names, "BAR_INTERVALS": f"{BOOTSTRAP_INTERVAL},1m",
-                   "STRATEGY_INTERVAL": BOOTSTRAP_INTERVAL}
+                   "STRATEGY_INTERVAL": BOOTSTRAP_INTERVAL, **RUN_DEFAULTS}  # as the main job runs
             worker = Process(ns, ["ticktape.cli", "process", "worker"], home / "worker.log", free_port(), **env)
             sim = Process(ns, ["ticktape.cli", "produce", "sim", "--rate", str(rate)], home / "sim.log",
-                          free_port(), **env, **RUN_BATCHING)
+                          free_port(), **env)
             try:
                 first_order = wait_for_orders(worker, 300)
                 results = repeat(lambda: window(worker, seconds), runs)
@@ -118,7 +118,7 @@ def run(quick: bool, runs: int) -> list[Figure]:
         finally:
             drop(ns)
     detail = {"symbols": n_symbols, "tick_rate": rate, "window_s": seconds, "interval": BOOTSTRAP_INTERVAL,
-              "batching": RUN_BATCHING, "first_order_s": round(first_order, 1),
+              "run_defaults": RUN_DEFAULTS, "first_order_s": round(first_order, 1),
               "ticks_per_s_in": [round(r["ticks_per_s"]) for r in results],
               "quantiles": "histogram_quantile-style interpolation within the histogram's buckets"}
     figures = []
