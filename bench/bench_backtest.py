@@ -1,20 +1,36 @@
-"""Throughput of the in-process backtest pipeline (``ticktape.core.pipeline``), one core.
+"""Throughput of backtests: in process (``ticktape.core.backtest``, one core) and in
+kafka mode (``ticktape.backtest_kafka``: the real worker on the local broker).
 
-Input, built before timing: 1-minute bars of the seeded simulator for ``--symbols``
-symbols, and a direction model trained on other simulated history.  Timed per stage
-over the same bars: indicator sets (the engine's batch path), features + one-call
-scoring, and both together (bars -> indicators -> features -> predictions).  The
-trading chain's own rate is ``bench/bench_trading.py``'s.  After one warm-up run each
-case runs ``--runs`` times; the table shows the median and the spread (min-max) of
-bars/s, the JSON goes to bench/results/backtest.json.
+In process, input built before timing: 1-minute bars of the seeded simulator (50
+symbols x 1000 minutes; quick: 10 x 300) and a direction model trained on other
+simulated history.  Timed over the same bars: indicator sets (the engine's batch path),
+features + one-call scoring, both, and the full pipeline (indicators, predictions,
+strategy, risk, paper execution on the next bar, portfolio: ``run_bars``) — bars/s, the
+goal is the issue's 100,000 bars/s; and the full pipeline from ticks (bars aggregated
+from the simulator's ticks, fills on the next tick: ``run``) — ticks/s.
+
+Kafka mode: a seeded simulator period replayed into ``bt.<run_id>.md.ticks`` and run
+through the worker until it settles (worker start included: about 10 s of the figure's
+time at full size) — replayed events/s.
 
     python -m bench.bench_backtest            # full run
     python -m bench.bench_backtest --quick    # seconds-long smoke run
 """
 from __future__ import annotations
 
-from bench.harness import Figure, bench_main, repeat, timed_rate
+import dataclasses
+import uuid
+from collections import defaultdict
+
+import yaml
+
+from bench.harness import Figure, bench_main, repeat, services, timed_rate
+from ticktape.core import backtest as bt
 from ticktape.core import pipeline
+from ticktape.core.execution import ExecConfig
+from ticktape.core.replay import partition_for
+from ticktape.core.sim import MarketSimulator
+from ticktape.core.strategy import StrategyConfig
 from ticktape.core.features import FEATURE_NAMES, Bars, build_dataset
 from ticktape.core.ml import Model, TrainParams, train
 from ticktape.core.simbars import simulated_bars
@@ -45,6 +61,54 @@ def case_both(bars, model):
     return len(pipeline.predictions(pipeline.indicator_sets(bars), model)[0])
 
 
+def setup(symbols, market_data: str, intervals=("1m",)) -> bt.Setup:
+    from ticktape.risk_config import DEFAULT_RISK_CONFIG, load_risk_limits
+
+    # a strategy that trades: thresholds near 0.5 and a short hold
+    return bt.Setup(tuple(intervals), 500_000, StrategyConfig(enter_p=0.52, exit_p=0.51, min_hold_bars=1),
+                    ExecConfig(), load_risk_limits(DEFAULT_RISK_CONFIG),
+                    yaml.safe_load(DEFAULT_RISK_CONFIG.read_text()), 1_000_000.0, tuple(symbols), market_data)
+
+
+def sim_ticks(symbols, minutes: float, rate: float, partitions: int = 6) -> dict[int, list[dict]]:
+    """The simulator's ticks over ``minutes`` per partition, then the flush ticks."""
+    sim = MarketSimulator(symbols, seed=9, tick_rate=rate, start_us=T0)
+    end = T0 + int(minutes * MIN)
+    out = defaultdict(list)
+    done = False
+    while not done:
+        for t in sim.next_chunk():
+            if t["ts"] > end:
+                done = True
+                break
+            out[partition_for(t["symbol"], partitions)].append(t)
+    ticks = {p: out[p] for p in range(partitions)}
+    for f in bt.flush_ticks(end, setup(symbols, "ticks"), partitions):
+        ticks[f["seq"]].append(f)
+    return ticks
+
+
+def kafka_mode(quick: bool, runs: int) -> Figure:
+    """Replayed events/s of a kafka-mode backtest (worker start to settled)."""
+    from ticktape import backtest_kafka
+
+    symbols = [f"S{k:03d}" for k in range(6)]
+    ticks = sim_ticks(symbols, 1 if quick else 10, 100.0)
+    s = dataclasses.replace(services(), symbols=" ".join(symbols), bar_intervals="1s,1m")
+    counts = []
+
+    def once() -> int:
+        events = backtest_kafka.run(s, f"bench{uuid.uuid4().hex[:8]}", ticks, None)
+        counts.append(len(events["bar"]))
+        return sum(map(len, ticks.values()))
+
+    # no warm-up: every run starts a worker of its own in a namespace of its own
+    values = repeat(lambda: timed_rate(once), runs, warmup=0)
+    return Figure("backtest", f"kafka mode: ticks replayed through the worker, its start included "
+                  f"({len(symbols)} symbols, 1s+1m bars, no model)", "events/s", values,
+                  detail={"ticks": sum(map(len, ticks.values())), "bars": counts[-1]})
+
+
 def run(quick: bool, runs: int) -> list[Figure]:
     symbols, minutes = (10, 300) if quick else (50, 1000)
     model, bars = build(symbols, minutes)
@@ -63,6 +127,39 @@ def run(quick: bool, runs: int) -> list[Figure]:
         figures.append(Figure("backtest", f"in-process {name} ({symbols} symbols x {minutes} min)", "bars/s",
                               repeat(lambda: timed_rate(once), runs),
                               detail={"bars": len(bars), "outputs": outputs, "model_features": len(model.features)}))
+
+    symbols_list = sorted({b["symbol"] for b in bars})
+    su_bars = setup(symbols_list, "bars")
+    events = bt.run_bars(bars, su_bars, model)
+
+    def once() -> int:
+        bt.run_bars(bars, su_bars, model)
+        return len(bars)
+
+    figures.append(Figure("backtest", f"in-process full pipeline: bars -> indicators -> predictions -> strategy, "
+                          f"risk, execution, portfolio ({symbols} symbols x {minutes} min)", "bars/s",
+                          repeat(lambda: timed_rate(once), runs), goal=">= 100,000", target=100_000,
+                          detail={"bars": len(bars), "predictions": len(events["prediction"]),
+                                  "orders": len(events["order"]), "fills": len(events["fill"]),
+                                  "equity_events": len(events["equity"])}))
+
+    tick_symbols = symbols_list[:10]
+    ticks = sim_ticks(tick_symbols, 60 if quick else 120, 100.0)
+    n_ticks = sum(map(len, ticks.values()))
+    su = setup(tick_symbols, "ticks", ("1s", "1m"))
+    tick_events = bt.run(ticks, su, model)
+
+    def from_ticks() -> int:
+        bt.run(ticks, su, model)
+        return n_ticks
+
+    figures.append(Figure("backtest", f"in-process full pipeline from ticks (1s+1m bars, fills on ticks; "
+                          f"{len(tick_symbols)} symbols, 100 ticks/s)", "ticks/s",
+                          repeat(lambda: timed_rate(from_ticks), runs),
+                          detail={"ticks": n_ticks, "bars": len(tick_events["bar"]),
+                                  "predictions": len(tick_events["prediction"]),
+                                  "orders": len(tick_events["order"]), "fills": len(tick_events["fill"])}))
+    figures.append(kafka_mode(quick, runs))
     return figures
 
 
