@@ -71,6 +71,9 @@ def register(sub):
     p.add_argument("--keep", action="store_true", help="kafka mode: keep the bt.<run_id>.* topics")
     p.add_argument("--check-live", action="store_true",
                    help="compare the events with those the live pipeline published for the period")
+    p.add_argument("--as-run", action="store_true",
+                   help="the settings `ticktape run` gives its pipeline where the environment leaves them "
+                        "at their defaults (1-second strategy bars, fills on the next bar)")
     p.add_argument("--timeout", type=float, default=900.0, help="kafka mode: seconds to wait for the worker")
     p.set_defaults(func=run)
 
@@ -282,10 +285,20 @@ def _iso(us: int) -> str:
 
 # --- the run -------------------------------------------------------------------------
 
+def as_run(s: Settings) -> Settings:
+    """``s`` with the values `ticktape run` sets for settings still at their defaults."""
+    from .run import BOOTSTRAP_INTERVAL, RUN_DEFAULTS
+
+    by_env = {f.metadata["env"]: f for f in fields(Settings)}
+    wanted = {"STRATEGY_INTERVAL": BOOTSTRAP_INTERVAL} | RUN_DEFAULTS
+    return replace(s, **{by_env[k].name: _convert(v, by_env[k].type, k) for k, v in wanted.items()
+                         if getattr(s, by_env[k].name) == by_env[k].default})
+
+
 def backtest(args) -> int:
     from ..core import backtest as bt
 
-    s = settings()
+    s = as_run(settings()) if args.as_run else settings()
     if args.start is not None and args.end is not None and args.end < args.start:
         raise UsageError("--to is before --from")
     if args.jobs < 1:
@@ -491,15 +504,22 @@ def last_per_key(events: list[dict]) -> list[dict]:
     return list(last.values())
 
 
-def differences(live: dict[str, list[dict]], ours: dict[str, list[dict]], start: int, end: int):
+# the events the risk stage's ordering holds back until every symbol has moved on and
+# every earlier order is filled: at the end of a live run the last of them still wait
+HELD_BACK = ("order", "order_rejected", "fill", "position", "equity", "risk_state")
+
+
+def differences(live: dict[str, list[dict]], ours: dict[str, list[dict]], start: int, end: int,
+                held_until: int | None = None):
     """Per event type: (live count, backtest count, first difference or None), both sides
-    limited to event time in [start, end]."""
+    limited to event time in [start, end] (HELD_BACK types: before ``held_until`` too)."""
     from ..core.backtest import canonical
 
     out = {}
     for event_type in sorted(set(live) | set(ours)):
-        a = {e["event_id"]: canonical(e) for e in live.get(event_type, ()) if start <= e["ts"] <= end}
-        b = {e["event_id"]: canonical(e) for e in ours.get(event_type, ()) if start <= e["ts"] <= end}
+        last = min(end, held_until - 1) if held_until is not None and event_type in HELD_BACK else end
+        a = {e["event_id"]: canonical(e) for e in live.get(event_type, ()) if start <= e["ts"] <= last}
+        b = {e["event_id"]: canonical(e) for e in ours.get(event_type, ()) if start <= e["ts"] <= last}
         first = None
         for key in sorted(a.keys() | b.keys()):
             if a.get(key) != b.get(key):
@@ -513,20 +533,25 @@ def differences(live: dict[str, list[dict]], ours: dict[str, list[dict]], start:
 def check_live(s: Settings, events, start: int, cutoff: int) -> int:
     """Compare with the live topics up to ``cutoff``: the windows that lie wholly in the
     period (a window ending after --to may hold live ticks past it) and that the live
-    watermark has closed."""
-    print(f"live check: events from {_iso(start)} to {_iso(cutoff)}")
+    watermark has closed; the trading book up to where the live portfolio got (its last
+    Equity: later events may still wait in the risk stage for fills the live run never
+    saw, where the backtest's flush ticks closed the last bars)."""
     live, ours = live_events(s, start, cutoff), dict(events.by_type)
+    held_until = max((e["ts"] for e in live.get("equity", ())), default=None)
+    print(f"live check: events from {_iso(start)} to {_iso(cutoff)}"
+          + (f", the trading book to {_iso(held_until)} (excluded)" if held_until is not None else ""))
     for t in compacted_types(s):  # compaction may have dropped all but the last per key
         for side in (live, ours):
-            side[t] = last_per_key([e for e in side.get(t, ()) if start <= e["ts"] <= cutoff])
-    diffs = differences(live, ours, start, cutoff)
+            side[t] = last_per_key([e for e in side.get(t, ()) if start <= e["ts"] <= min(
+                cutoff, cutoff if held_until is None else held_until - 1)])
+    diffs = differences(live, ours, start, cutoff, held_until)
     bad = 0
     for event_type, (n_live, n_bt, first) in diffs.items():
         print(f"  {event_type:<16} live {n_live:>8}  backtest {n_bt:>8}  {'equal' if first is None else first}")
         bad += first is not None
     if bad:
-        print(f"live check: {bad} event type(s) differ (the live run must start at --from with empty state "
-              f"and the model active throughout)")
+        print(f"live check: {bad} event type(s) differ (the live run must start at --from with empty state, "
+              f"with the model active throughout and the backtest's settings)")
         return 1
     print("live check: every event equals the live pipeline's")
     return 0
