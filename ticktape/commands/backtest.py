@@ -4,7 +4,7 @@ execution and portfolio; store, print and report the run.
     ticktape backtest [--from 2026-11-20T14:00] [--to 2026-11-20T15:00] [--symbols AAPL,MSFT]
         [--model VERSION] [--config risk.yaml] [--mode inprocess|kafka] [--source topic|db]
         [--report out.html] [--sweep STRATEGY_ENTER_P=0.55,0.6 ...] [--jobs N] [--keep]
-        [--check-live]
+        [--check-live] [--as-run]
     ticktape backtest compare RUN_A RUN_B
 
 Input: the live ``md.ticks`` topic (TOPIC_PREFIX) over [--from, --to] (default: all of
