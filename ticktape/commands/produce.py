@@ -6,11 +6,12 @@ parse_time, parse_speed)`` and ``run(args, settings) -> int``.
 from __future__ import annotations
 
 import importlib
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from ..cli import UsageError
 from ..config import settings
 
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 SOURCES = {"sim": "seeded market simulator (default source)",
            "websocket": "live WebSocket feed of a market-data provider",
            "yahoo": "Yahoo Finance 1-min bars: backfill, then poll"}
@@ -24,7 +25,7 @@ def parse_time(text: str) -> int:
         raise UsageError(f"not an ISO-8601 time: {text!r}") from None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp() * 1_000_000)
+    return (dt - EPOCH) // timedelta(microseconds=1)  # exact: no float on the way
 
 
 def parse_speed(text: str) -> float | None:
