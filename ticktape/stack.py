@@ -51,6 +51,23 @@ def wait_port(port: int, what: str, timeout: float = 30.0, proc: subprocess.Pope
     raise StackError(f"{what} did not open port {port} within {timeout:.0f} s")
 
 
+def wait_http_ok(url: str, what: str, timeout: float = 60.0, proc: subprocess.Popen | None = None):
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise StackError(f"{what} exited with code {proc.returncode} (see its log)")
+        time.sleep(0.1)
+    raise StackError(f"{what} not ready at {url} within {timeout:.0f} s")
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -223,6 +240,8 @@ class LocalStack:
         proc = _spawn([binary, f"--config.file={conf}", f"--storage.tsdb.path={self.home / 'prometheus'}",
                        f"--web.listen-address=127.0.0.1:{port}"], self.home / "logs" / "prometheus.log")
         wait_port(port, "Prometheus", proc=proc)
+        # the port opens before the TSDB is loaded; its API answers 503 until then
+        wait_http_ok(f"http://127.0.0.1:{port}/-/ready", "Prometheus", proc=proc)
         return {"pid": proc.pid, "port": port}
 
     # -- down / status --------------------------------------------------------------------
