@@ -3,53 +3,80 @@
 Pure core on one core, no I/O: seeded random-walk bars for S symbols × T bars, through
 ``compute_batch`` (numpy, one vectorized step per bar index across symbols) and through
 ``IndicatorState.update`` (one symbol at a time, as a stream processor calls it).
+
+End to end on the real broker, as bench/bench_ticks.py does for bars: per run, a fresh
+namespace's md.bars.1m is preloaded with such bars as Bar events (keyed by symbol) and an
+indicators-only worker (WORKER_STAGES=indicators) decodes, folds, sends the IndicatorSets
+and writes its changelog; its rate is read from its own bars-in counter, from the first
+poll that sees bars to the one that sees all (start-up excluded), and every bar must come
+out as exactly one IndicatorSet.
+
 After one warm-up run, each case runs ``--runs`` times; the table shows the median and
 the spread (min-max) of the rates, and the JSON goes to bench/results/indicators.json.
 
     python -m bench.bench_indicators            # full run
-    python -m bench.bench_indicators --quick    # seconds-long smoke run
+    python -m bench.bench_indicators --quick    # smoke run
 """
 from __future__ import annotations
 
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 
-from bench.harness import Figure, bench_main, repeat, timed_rate
+from bench.harness import Figure, bench_main, repeat, services, timed_rate
+from bench.processes import T0, Process, drop, namespace, preload, time_count
 from ticktape.core.indicators import IndicatorState, compute_batch
+from ticktape.serde import Serde
+from ticktape.stack import free_port
 
 TARGET = 200_000  # symbol-bars/s, batch path
 MINUTE = 60_000_000
+STAGE = "indicators"
 
 
 def make_bars(symbols: int, bars: int, seed: int = 42) -> dict:
-    """Bars interleaved by time (row = bar index × symbols + symbol), as a CSV would hold them."""
+    """1m bars from T0, interleaved by time (row = bar index × symbols + symbol), as a CSV
+    would hold them: each opens at its previous close, high and low lie beyond both, the
+    vwap within the bar's typical range."""
     rng = np.random.default_rng(seed)
     close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.001, (bars, symbols)), axis=0))
     spread = close * rng.uniform(0.0, 0.002, (bars, symbols))
+    volume = rng.uniform(1.0, 1000.0, (bars, symbols))
+    trade_count = rng.integers(1, 500, (bars, symbols))
+    open_ = np.vstack([np.full((1, symbols), 100.0), close[:-1]])
+    high, low = np.maximum(open_, close) + spread, np.minimum(open_, close) - spread
     return {
         "n_symbols": symbols, "symbols": [f"SYM{j:04d}" for j in range(symbols)] * bars,
-        "window_start": np.repeat(np.arange(bars, dtype=np.int64) * MINUTE, symbols),
-        "open": close.ravel(), "high": (close + spread).ravel(), "low": (close - spread).ravel(),
-        "close": close.ravel(), "volume": rng.uniform(1.0, 1000.0, (bars, symbols)).ravel(),
+        "window_start": T0 + np.repeat(np.arange(bars, dtype=np.int64) * MINUTE, symbols),
+        "open": open_.ravel(), "high": high.ravel(), "low": low.ravel(), "close": close.ravel(),
+        "volume": volume.ravel(), "vwap": ((high + low + close) / 3.0).ravel(),
+        "trade_count": trade_count.ravel(),
     }
 
 
 def run_batch(data: dict) -> int:
     values = compute_batch(data["symbols"], data["window_start"], data["open"], data["high"],
                            data["low"], data["close"], data["volume"],
-                           dict.fromkeys(data["symbols"], 60))
+                           dict.fromkeys(data["symbols"], 60), vwap=data["vwap"])
     return len(values)
 
 
 def bar_dicts(data: dict, symbols: int) -> list[dict]:
-    """The first ``symbols`` symbols as Bar event dicts, in time order."""
-    keep = [i for i in range(len(data["symbols"])) if i % data["n_symbols"] < symbols]
-    return [{"symbol": data["symbols"][i], "interval": "1m", "ts": int(data["window_start"][i]) + MINUTE,
-             "window_start": int(data["window_start"][i]), "window_end": int(data["window_start"][i]) + MINUTE,
-             "open": float(data["open"][i]), "high": float(data["high"][i]), "low": float(data["low"][i]),
-             "close": float(data["close"][i]), "volume": float(data["volume"][i]), "vwap": None,
-             "trade_count": 1} for i in keep]
+    """The first ``symbols`` symbols as Bar events (schemas/bar.v1.avsc), in time order."""
+    out = []
+    for i, symbol in enumerate(data["symbols"]):
+        if i % data["n_symbols"] >= symbols:
+            continue
+        start = int(data["window_start"][i])
+        out.append({"event_id": f"{symbol}:1m:{start}", "symbol": symbol, "interval": "1m",
+                    "ts": start + MINUTE, "window_start": start, "window_end": start + MINUTE,
+                    "open": float(data["open"][i]), "high": float(data["high"][i]),
+                    "low": float(data["low"][i]), "close": float(data["close"][i]),
+                    "volume": float(data["volume"][i]), "vwap": float(data["vwap"][i]),
+                    "trade_count": int(data["trade_count"][i])})
+    return out
 
 
 def run_updates(bars: list[dict]) -> int:
@@ -62,10 +89,42 @@ def run_updates(bars: list[dict]) -> int:
     return len(bars)
 
 
+def worker_rate(s, messages: list[tuple[bytes, bytes]], logs: Path) -> dict:
+    """The indicators-only worker's rate on ``messages`` preloaded to md.bars.1m, once it
+    has published one IndicatorSet per bar (and no more)."""
+    ns = namespace(s, STAGE)
+    total = len(messages)
+    try:
+        preload(ns, messages, "md.bars.1m")
+        worker = Process(ns, ["ticktape.cli", "process", "worker"], logs / "worker.log", free_port(),
+                         WORKER_STAGES=STAGE, BAR_INTERVALS="1m")
+        try:
+            rate = time_count([worker], total, "ticktape_events_in_total", 300, stage=STAGE, topic="md.bars.1m")
+            time_count([worker], total, "ticktape_events_out_total", 60, stage=STAGE,
+                       topic="analytics.indicators")
+            counts = (worker.metric("ticktape_events_in_total", stage=STAGE, topic="md.bars.1m"),
+                      worker.metric("ticktape_events_out_total", stage=STAGE, topic="analytics.indicators"))
+            if counts != (total, total):
+                raise RuntimeError(f"{total:,} bars: {counts[0]:,.0f} in, {counts[1]:,.0f} indicator sets out")
+            return rate
+        finally:
+            worker.stop()
+    finally:
+        drop(ns)
+
+
 def run(quick: bool, runs: int) -> list[Figure]:
     symbols, bars, update_symbols = (20, 300, 2) if quick else (500, 2000, 10)
+    # quick: still several worker batches (the rate is timed between them), start-up dominates
+    e2e_symbols, e2e_bars = (20, 100) if quick else (500, 200)
     data = make_bars(symbols, bars)
     updates = bar_dicts(data, update_symbols)
+    serde = Serde()
+    messages = [(b["symbol"].encode(), serde.encode("bar", b)) for b in bar_dicts(make_bars(e2e_symbols, e2e_bars),
+                                                                                  e2e_symbols)]
+    s = services()
+    logs = Path(tempfile.mkdtemp(prefix="bench-indicators-"))
+    e2e = repeat(lambda: worker_rate(s, messages, logs), runs)
     return [
         Figure("indicators", f"all 20 indicators, batch engine ({symbols} symbols x {bars} bars)", "symbol-bars/s",
                repeat(lambda: timed_rate(lambda: run_batch(data)), runs), goal=f">= {TARGET:,}",
@@ -73,6 +132,9 @@ def run(quick: bool, runs: int) -> list[Figure]:
         Figure("indicators", f"all 20 indicators, per-symbol update ({update_symbols} symbols x {bars} bars)",
                "symbol-bars/s", repeat(lambda: timed_rate(lambda: run_updates(updates)), runs),
                detail={"symbol_bars": len(updates)}),
+        Figure("indicators", f"indicators agent end to end, worker on the broker ({e2e_symbols} symbols x "
+               f"{e2e_bars} bars)", "symbol-bars/s", [r["rate"] for r in e2e],
+               detail={"symbol_bars": len(messages), "interval": "1m", "seconds": [r["seconds"] for r in e2e]}),
     ]
 
 

@@ -1,6 +1,6 @@
 """What the benchmarks on the real broker share: a namespace of topics (TOPIC_PREFIX)
-preloaded with simulated ticks, worker subprocesses configured by env vars and read
-through their own /metrics, and the namespace's removal afterwards."""
+preloaded with simulated ticks (or other events), worker subprocesses configured by env
+vars and read through their own /metrics, and the namespace's removal afterwards."""
 from __future__ import annotations
 
 import contextlib
@@ -53,11 +53,11 @@ def tick_messages(n_ticks: int, n_symbols: int, tick_rate: float, batch_max: int
              else serde.encode("tick", g[0])) for g in groups]
 
 
-def preload(s: Settings, messages: list[tuple[bytes, bytes]]) -> None:
-    """Create the namespace's topics and send the messages to its md.ticks (keyed)."""
+def preload(s: Settings, messages: list[tuple[bytes, bytes]], topic: str = "md.ticks") -> None:
+    """Create the namespace's topics and send the messages to its ``topic`` (keyed)."""
     kafka_clients.ensure_topics(s)
     producer = kafka_clients.producer(s)
-    topic = s.topic("md.ticks")
+    topic = s.topic(topic)
     for key, value in messages:
         while True:
             try:
