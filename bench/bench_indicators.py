@@ -99,7 +99,7 @@ def worker_rate(s, messages: list[tuple[bytes, bytes]], logs: Path) -> dict:
         worker = Process(ns, ["ticktape.cli", "process", "worker"], logs / "worker.log", free_port(),
                          WORKER_STAGES=STAGE, BAR_INTERVALS="1m")
         try:
-            rate = time_count([worker], total, "ticktape_events_in_total", 300, stage=STAGE, topic="md.bars.1m")
+            rate = time_count([worker], total, "ticktape_events_in_total", 600, stage=STAGE, topic="md.bars.1m")
             time_count([worker], total, "ticktape_events_out_total", 60, stage=STAGE,
                        topic="analytics.indicators")
             counts = (worker.metric("ticktape_events_in_total", stage=STAGE, topic="md.bars.1m"),
