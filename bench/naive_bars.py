@@ -32,6 +32,7 @@ def main() -> int:
                     topic_replication_factor=1, topic_disable_leader=True,
                     broker_session_timeout=s.kafka_session_timeout_ms / 1000, broker_heartbeat_interval=1.0,
                     consumer_auto_offset_reset="earliest", web_enabled=False, autodiscover=False)
+    kafka_clients.faust_fetch_max_wait(app, s.kafka_fetch_max_wait_ms)  # as the worker's
     ticks = app.topic(s.topic("md.ticks"), key_serializer="raw", value_serializer="raw")
     bars = app.topic(s.topic("md.bars.1s"), key_serializer="raw", value_serializer="raw")
     event_time = [0.0]  # seconds: the window of the tick being applied

@@ -56,6 +56,7 @@ def build_app(s: Settings) -> faust.App:
         # not committed, so a restart redelivers them and the stages' state skips repeats
         stream_wait_empty=False,
     )
+    kafka_clients.faust_fetch_max_wait(app, s.kafka_fetch_max_wait_ms)
     for stage in selected_stages(s):
         try:
             module = importlib.import_module(f"stream_processors.{stage}")
