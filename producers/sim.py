@@ -38,9 +38,12 @@ def run(args, s: Settings, stop: StopFlag | None = None) -> int:
     rate = args.rate or s.sim_tick_rate
     start = args.start if args.start is not None else (parse_time(s.sim_start) if s.sim_start else None)
     live = start is None
-    start_us = start if not live else (time.time_ns() // 1000)
     speed = args.speed if args.speed is not None else (1.0 if live else None)
     seed = args.seed if args.seed is not None else s.sim_seed
+    metrics.serve("producer", s)
+    pub = EventPublisher(s)
+    # live event time starts once the publisher is ready: ticks leave when their ts is now
+    start_us = start if not live else (time.time_ns() // 1000)
     sim = MarketSimulator(symbols, seed=seed, tick_rate=rate, start_us=start_us)
     ticks = sim.ticks()
     if args.duration:
@@ -48,8 +51,6 @@ def run(args, s: Settings, stop: StopFlag | None = None) -> int:
         ticks = itertools.takewhile(lambda t: t["ts"] <= end_us, ticks)
     if args.count:
         ticks = itertools.islice(ticks, args.count)
-    metrics.serve("producer", s)
-    pub = EventPublisher(s)
     log.info("sim: %d symbols, %.0f ticks/s, seed %s, %s", len(symbols), rate, seed,
              "live" if live else f"speed {speed or 'max'}")
     for tick in paced(ticks, speed, stop):
