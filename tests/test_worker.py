@@ -302,3 +302,23 @@ def test_worker_killed_mid_stream_resumes_exactly(settings, tmp_path):
             len(v) for (t, _), v in bars.items() if t == "md.bars.1s")
     finally:
         assert third.stop() == 0, third.log_tail()
+
+
+def test_worker_consumer_fetch_wait_comes_from_settings():
+    """Faust's driver fixes the fetch wait at 1.5 s; on a broker that answers a waiting
+    fetch only when the wait is over, that would be each hop's latency."""
+    import asyncio
+
+    from stream_processors.app import build_app
+    from ticktape.config import settings as make_settings
+
+    async def fetch_wait(ms: int) -> int:
+        app = build_app(make_settings(kafka_bootstrap_servers="127.0.0.1:1", kafka_fetch_max_wait_ms=ms))
+        consumer = app.consumer._thread._create_consumer(asyncio.get_running_loop())
+        try:
+            return consumer._fetch_max_wait_ms
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(fetch_wait(7)) == 7
+    assert asyncio.run(fetch_wait(250)) == 250
