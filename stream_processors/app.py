@@ -92,6 +92,22 @@ def agent(app: faust.App, channel, *, name: str):
     return decorate
 
 
+def run_stage(app: faust.App, s: Settings, stage, topic, *, name: str) -> None:
+    """Feed ``stage.process`` its input ``topic`` in batches (up to PROCESSOR_BATCH_SIZE
+    events or PROCESSOR_BATCH_MS), as agent ``name``; after a rebalance the stage forgets
+    what it knew of the input partitions it lost."""
+    sources = set(topic.topics)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        stage.forget({tp.partition for tp in revoked if tp.topic in sources})
+
+    @agent(app, topic, name=name)
+    async def run(stream):
+        async for events in stream.take_events(s.processor_batch_size, within=s.processor_batch_ms / 1000):
+            await stage.process(events)
+
+
 @dataclass(frozen=True)
 class Record:
     """One input message, whether Faust delivered it or ``InputGuard`` re-read it."""

@@ -33,7 +33,7 @@ from ticktape.core.bars import BarAggregator
 from ticktape.core.tickbatch import MAX_TICKS, events_of
 from ticktape.serde import Serde, SerdeError
 
-from .app import InputGuard, agent, save_state
+from .app import InputGuard, run_stage, save_state
 
 STAGE = "bars"
 WATERMARK_KEY = "@watermark:{}"  # table key of a partition's watermark ('@' starts no symbol)
@@ -193,11 +193,4 @@ def attach(app: faust.App, s: Settings) -> None:
     table = app.Table("bars", partitions=kafka_clients.topic_spec("md.ticks").partitions)
     stage = BarsStage(app, s, table)
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender, revoked, **kwargs) -> None:
-        stage.forget({tp.partition for tp in revoked if tp.topic == stage.source})
-
-    @agent(app, ticks, name=STAGE)
-    async def bars(stream):
-        async for events in stream.take_events(s.processor_batch_size, within=s.processor_batch_ms / 1000):
-            await stage.process(events)
+    run_stage(app, s, stage, ticks, name=STAGE)

@@ -21,7 +21,7 @@ from ticktape.core.execution import ExecConfig
 from ticktape.core.intervals import interval_seconds
 from ticktape.core.tickbatch import events_of
 
-from .app import agent
+from .app import run_stage
 from .trading_io import TradingIO
 
 STAGE = "execution"
@@ -112,11 +112,4 @@ def attach(app: faust.App, s: Settings) -> None:
     table = app.Table(STAGE, partitions=kafka_clients.topic_spec("trading.orders").partitions)
     stage = ExecutionStage(app, s, table)
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender, revoked, **kwargs) -> None:
-        stage.forget({tp.partition for tp in revoked if tp.topic in stage.sources})
-
-    @agent(app, topic, name=STAGE)
-    async def execution(stream):
-        async for events in stream.take_events(s.processor_batch_size, within=s.processor_batch_ms / 1000):
-            await stage.process(events)
+    run_stage(app, s, stage, topic, name=STAGE)

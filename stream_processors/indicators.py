@@ -23,7 +23,7 @@ from ticktape.config import Settings
 from ticktape.core.indicators import IndicatorState, indicator_event
 from ticktape.serde import Serde, SerdeError
 
-from .app import InputGuard, agent, save_state
+from .app import InputGuard, run_stage, save_state
 from .bars import dead_letter_headers
 
 STAGE = "indicators"
@@ -107,11 +107,4 @@ def attach(app: faust.App, s: Settings) -> None:
     stage = IndicatorsStage(app, s, table)
     bars = app.topic(*stage.sources, key_serializer="raw", value_serializer="raw")
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender, revoked, **kwargs) -> None:
-        stage.forget({tp.partition for tp in revoked if tp.topic in stage.sources})
-
-    @agent(app, bars, name=STAGE)
-    async def indicators(stream):
-        async for events in stream.take_events(s.processor_batch_size, within=s.processor_batch_ms / 1000):
-            await stage.process(events)
+    run_stage(app, s, stage, bars, name=STAGE)

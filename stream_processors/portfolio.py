@@ -14,7 +14,7 @@ from ticktape import kafka_clients, metrics
 from ticktape.config import Settings
 from ticktape.core.desks import PortfolioDesk
 
-from .app import agent
+from .app import run_stage
 from .trading_io import TradingIO
 
 STAGE = "portfolio"
@@ -73,11 +73,4 @@ def attach(app: faust.App, s: Settings) -> None:
     table = app.Table(STAGE, partitions=kafka_clients.topic_spec("trading.ledger").partitions)
     stage = PortfolioStage(app, s, table)
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender, revoked, **kwargs) -> None:
-        stage.forget({tp.partition for tp in revoked if tp.topic in stage.sources})
-
-    @agent(app, topic, name=STAGE)
-    async def portfolio(stream):
-        async for events in stream.take_events(s.processor_batch_size, within=s.processor_batch_ms / 1000):
-            await stage.process(events)
+    run_stage(app, s, stage, topic, name=STAGE)

@@ -38,7 +38,7 @@ from ticktape.core.ml import Model
 from ticktape.registry import MODELS_TOPIC, parse_announcement
 from ticktape.serde import Serde, SerdeError
 
-from .app import InputGuard, agent, save_state
+from .app import InputGuard, run_stage, save_state
 from .bars import dead_letter_headers
 
 log = logging.getLogger(__name__)
@@ -217,11 +217,4 @@ def attach(app: faust.App, s: Settings) -> None:
     async def stop_watching(sender, **kwargs) -> None:
         watcher.stop()
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender, revoked, **kwargs) -> None:
-        stage.forget({tp.partition for tp in revoked if tp.topic == stage.source})
-
-    @agent(app, indicators, name=STAGE)
-    async def predict(stream):
-        async for events in stream.take_events(s.processor_batch_size, within=s.processor_batch_ms / 1000):
-            await stage.process(events)
+    run_stage(app, s, stage, indicators, name=STAGE)

@@ -21,7 +21,7 @@ from ticktape.core.desks import RiskDesk
 from ticktape.core.risk import HALTED
 from ticktape.risk_config import load_risk_limits, risk_config_path
 
-from .app import agent
+from .app import run_stage
 from .trading_io import TradingIO, header_partition
 
 STAGE = "risk"
@@ -114,11 +114,4 @@ def attach(app: faust.App, s: Settings) -> None:
     table = app.Table(STAGE, partitions=kafka_clients.topic_spec("trading.account").partitions)
     stage = RiskStage(app, s, table)
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender, revoked, **kwargs) -> None:
-        stage.forget({tp.partition for tp in revoked if tp.topic in stage.sources})
-
-    @agent(app, topic, name=STAGE)
-    async def risk(stream):
-        async for events in stream.take_events(s.processor_batch_size, within=s.processor_batch_ms / 1000):
-            await stage.process(events)
+    run_stage(app, s, stage, topic, name=STAGE)

@@ -18,7 +18,7 @@ from ticktape.config import Settings
 from ticktape.core.desks import StrategyDesk
 from ticktape.core.strategy import StrategyConfig
 
-from .app import agent
+from .app import run_stage
 from .trading_io import TradingIO, partition_header
 
 STAGE = "strategy"
@@ -90,11 +90,4 @@ def attach(app: faust.App, s: Settings) -> None:
     table = app.Table(STAGE, partitions=kafka_clients.topic_spec("ml.predictions").partitions)
     stage = StrategyStage(app, s, table)
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender, revoked, **kwargs) -> None:
-        stage.forget({tp.partition for tp in revoked if tp.topic in stage.sources})
-
-    @agent(app, topic, name=STAGE)
-    async def strategy(stream):
-        async for events in stream.take_events(s.processor_batch_size, within=s.processor_batch_ms / 1000):
-            await stage.process(events)
+    run_stage(app, s, stage, topic, name=STAGE)
