@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -67,6 +68,8 @@ def timed_rate(fn: Callable[[], int]) -> float:
 
 
 def fmt(value: float, unit: str, with_unit: bool = True) -> str:
+    if math.isnan(value):
+        return "none"  # nothing observed (e.g. no order reached within the time limit)
     if unit == "x":
         return f"{value:.1f}x"
     if unit == "%":

@@ -25,3 +25,11 @@ def test_rank_in_the_inf_bucket_answers_the_highest_finite_bound():
 def test_no_observations_is_nan():
     assert math.isnan(quantile(0.5, {0.1: 0.0, INF: 0.0}))
     assert math.isnan(quantile(0.5, {}))
+
+
+def test_a_stage_that_never_published_shows_none_in_the_table():
+    from bench.harness import Figure, table
+
+    row = table([Figure("latency", "window close → Order published, p99 (risk)", "ms", [math.nan] * 3,
+                        goal="< 100 ms", higher_is_better=False, target=100.0)]).splitlines()[-1]
+    assert row == "| latency | window close → Order published, p99 (risk) | none | none – none | < 100 ms ✘ |"

@@ -42,9 +42,10 @@ class Settings:
         "KAFKA_SESSION_TIMEOUT_MS", 6000,
         "consumer-group session timeout (the local broker's join waits about half of it)")
     kafka_fetch_max_wait_ms: int = _setting(
-        "KAFKA_FETCH_MAX_WAIT_MS", 10,
-        "longest a consumer's fetch waits when there is no data (the local broker answers a waiting "
-        "fetch only then, so it adds up to this per hop; Apache Kafka answers on arrival, 500 is its default)")
+        "KAFKA_FETCH_MAX_WAIT_MS", 100,
+        "longest a consumer's fetch waits when there is no data: the local broker answers a waiting fetch "
+        "only then (up to this much latency per hop; 10 costs an idle worker and the broker ~0.5 core), "
+        "Apache Kafka answers on arrival (500 is its default)")
     topic_prefix: str = _setting(
         "TOPIC_PREFIX", "", "prefix for every topic and consumer group (a backtest uses bt.<run_id>.)")
     schema_registry_url: str = _setting(
