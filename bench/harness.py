@@ -37,8 +37,17 @@ class Figure:
     detail: dict = field(default_factory=dict)  # counts and parameters behind the figure
 
     @property
+    def observed(self) -> list[float]:
+        """The runs' values that are numbers (NaN: that run observed nothing)."""
+        return [v for v in self.values if not math.isnan(v)]
+
+    @property
     def median(self) -> float:
-        return statistics.median(self.values)
+        return statistics.median(self.observed) if self.observed else math.nan
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        return (min(self.observed), max(self.observed)) if self.observed else (math.nan, math.nan)
 
     @property
     def met(self) -> bool | None:
@@ -47,8 +56,8 @@ class Figure:
         return self.median >= self.target if self.higher_is_better else self.median <= self.target
 
     def as_dict(self) -> dict:
-        return asdict(self) | {"median": self.median, "min": min(self.values), "max": max(self.values),
-                               "met": self.met}
+        low, high = self.spread
+        return asdict(self) | {"median": self.median, "min": low, "max": high, "met": self.met}
 
 
 def repeat(fn: Callable[[], float | dict], runs: int, warmup: int = 1) -> list:
@@ -83,7 +92,8 @@ def table(figures: list[Figure]) -> str:
     lines = ["| benchmark | figure | median | spread (min – max) | goal |", "|---|---|---:|---:|---|"]
     for f in figures:
         verdict = {None: "", True: " ✔", False: " ✘"}[f.met]
-        spread = f"{fmt(min(f.values), f.unit, False)} – {fmt(max(f.values), f.unit, False)}"
+        low, high = f.spread
+        spread = f"{fmt(low, f.unit, False)} – {fmt(high, f.unit, False)}"
         lines.append(f"| {f.benchmark} | {f.name} | {fmt(f.median, f.unit)} | {spread} | {f.goal}{verdict} |")
     return "\n".join(lines)
 

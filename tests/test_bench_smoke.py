@@ -31,6 +31,7 @@ def test_bench_quick_runs_every_benchmark(services, tmp_path):
     sink = {f["name"]: f for f in figures if f["benchmark"] == "sink"}
     assert sink["sink path / raw COPY, same run"]["goal"] == ">= 80%"
     assert all(f["detail"]["rows"] == 20_000 for f in sink.values())
-    latency = [f for f in figures if f["benchmark"] == "latency"]  # p50 and p99 of four stages
-    assert len(latency) == 8 and all(min(f["detail"]["observations"]) > 0 for f in latency)
+    latency = [f for f in figures if f["benchmark"] == "latency"]  # intake, then p50 and p99 of four stages
+    assert latency[0]["name"] == "worker intake (50 symbols, 500 ticks/s)" and latency[0]["min"] > 400
+    assert len(latency) == 9 and all(min(f["detail"]["observations"]) > 0 for f in latency[1:])
     assert [f["goal"] for f in latency].count("< 100 ms") == 4
