@@ -353,7 +353,7 @@ class ExecutionDesk:
             fill = ex_mod.fill_for(self.cfg, order, entry[slot], entry[slot + 1])
             if fill is not None:
                 return fill
-        b, top = b + w, next(reversed(mem))  # windows are added in ts order: the newest is last
+        b, top = b + w, max(mem)
         while b <= top:
             entry = mem.get(b)
             if entry is not None and entry[slot] is not None:
