@@ -40,32 +40,34 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def wait_port(port: int, what: str, timeout: float = 30.0, proc: subprocess.Popen | None = None):
+def _wait(ready, what: str, failure: str, timeout: float, proc: subprocess.Popen | None) -> None:
+    """Poll ``ready()`` until it is true; StackError when ``proc`` exits or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if port_open(port):
+        if ready():
             return
         if proc is not None and proc.poll() is not None:
             raise StackError(f"{what} exited with code {proc.returncode} (see its log)")
         time.sleep(0.05)
-    raise StackError(f"{what} did not open port {port} within {timeout:.0f} s")
+    raise StackError(f"{what} {failure} within {timeout:.0f} s")
+
+
+def wait_port(port: int, what: str, timeout: float = 30.0, proc: subprocess.Popen | None = None):
+    _wait(lambda: port_open(port), what, f"did not open port {port}", timeout, proc)
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:  # refused, or an HTTP error status such as 503
+        return False
 
 
 def wait_http_ok(url: str, what: str, timeout: float = 60.0, proc: subprocess.Popen | None = None):
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except (urllib.error.URLError, OSError):
-            pass
-        if proc is not None and proc.poll() is not None:
-            raise StackError(f"{what} exited with code {proc.returncode} (see its log)")
-        time.sleep(0.1)
-    raise StackError(f"{what} not ready at {url} within {timeout:.0f} s")
+    _wait(lambda: _http_ok(url), what, f"not ready at {url}", timeout, proc)
 
 
 def pid_alive(pid: int) -> bool:
@@ -239,7 +241,6 @@ class LocalStack:
         shutil.copyfile(REPO_ROOT / "prometheus" / "alerts.yml", self.home / "alerts.yml")
         proc = _spawn([binary, f"--config.file={conf}", f"--storage.tsdb.path={self.home / 'prometheus'}",
                        f"--web.listen-address=127.0.0.1:{port}"], self.home / "logs" / "prometheus.log")
-        wait_port(port, "Prometheus", proc=proc)
         # the port opens before the TSDB is loaded; its API answers 503 until then
         wait_http_ok(f"http://127.0.0.1:{port}/-/ready", "Prometheus", proc=proc)
         return {"pid": proc.pid, "port": port}
