@@ -147,9 +147,13 @@ def test_sigkill_mid_batch_then_restart_leaves_exactly_the_topic(pg_settings, tm
     assert kills >= 2 or _count(s.database_url) < n, f"seed {seed}: finished before the second kill"
     assert 0 < _count(s.database_url), log.read_text()[-2000:]
 
+    joins = log.read_text().count("sink-postgres assigned")
     proc = spawn_sink(s, "postgres", ["md.ticks"], log, **env)
     try:
         group = s.group("sink-postgres")
+        # the kills may have left everything committed already: SIGTERM only once the
+        # restarted sink runs its loop (before that it has no handler and dies of it)
+        wait_for(lambda: log.read_text().count("sink-postgres assigned") > joins, 60, "the restarted sink to join")
         wait_for(lambda: committed_offsets(s, group, ends) == ends, 90, "the restarted sink to commit all",
                  interval=0.5)
         proc.send_signal(signal.SIGTERM)
