@@ -199,8 +199,8 @@ class Serde:
         made of, for one Tick or every tick of a TickBatch (empty lists for other events).
 
         A TickBatch written with ``tick_batch.v1`` is read by ``read_trade_columns``, which
-        stops after the ``size`` column and decodes the arrays with numpy: several times
-        faster than decoding every field."""
+        stops after the ``size`` column and decodes the arrays a column at a time: several
+        times faster than decoding every field."""
         writer, body = self._writer(data)
         if writer.event_type == "tick_batch" and writer.version == 1:
             try:
@@ -228,7 +228,7 @@ class Serde:
         return self._writers_by_id[schema_id]
 
 
-# -- the TickBatch columns the bar stage needs, decoded with numpy ----------------------
+# -- the TickBatch columns the bar stage needs, decoded a column at a time -------------
 # Avro binary encoding: a long is a zigzag varint, a string its byte length (a long) and
 # UTF-8, an array a series of blocks (item count, items; a negative count is followed by
 # the block's byte size) ended by a zero count, a union the branch index then the value.
