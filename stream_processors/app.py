@@ -55,6 +55,7 @@ def build_app(s: Settings) -> faust.App:
         # on stop, do not wait for events taken but not yet processed: their offsets are
         # not committed, so a restart redelivers them and the stages' state skips repeats
         stream_wait_empty=False,
+        producer_linger=s.kafka_linger_ms / 1000,  # Faust's default 0 sends a record batch per await
     )
     kafka_clients.faust_fetch_max_wait(app, s.kafka_fetch_max_wait_ms)
     for stage in selected_stages(s):

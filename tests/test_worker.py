@@ -322,3 +322,14 @@ def test_worker_consumer_fetch_wait_comes_from_settings():
 
     assert asyncio.run(fetch_wait(7)) == 7
     assert asyncio.run(fetch_wait(250)) == 250
+
+
+def test_worker_producer_linger_comes_from_settings():
+    """Faust's default linger of 0 sends a record batch per await; small batches pile up
+    and slow the local broker's fetches."""
+    from stream_processors.app import build_app
+    from ticktape.config import settings as make_settings
+
+    for ms in (0, 12):
+        app = build_app(make_settings(kafka_bootstrap_servers="127.0.0.1:1", kafka_linger_ms=ms))
+        assert app.producer._settings_default()["linger_ms"] == ms

@@ -41,6 +41,10 @@ class Settings:
     kafka_session_timeout_ms: int = _setting(
         "KAFKA_SESSION_TIMEOUT_MS", 6000,
         "consumer-group session timeout (the local broker's join waits about half of it)")
+    kafka_linger_ms: int = _setting(
+        "KAFKA_LINGER_MS", 5,
+        "longest a producer (the worker's included) waits to fill a record batch: fewer, larger batches "
+        "cost the broker less (the local broker's fetches slow down as small batches pile up)")
     kafka_fetch_max_wait_ms: int = _setting(
         "KAFKA_FETCH_MAX_WAIT_MS", 100,
         "longest a consumer's fetch waits when there is no data: the local broker answers a waiting fetch "

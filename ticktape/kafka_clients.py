@@ -37,7 +37,7 @@ def client_config(s: Settings) -> dict:
 def producer(s: Settings, **overrides) -> Producer:
     conf = client_config(s) | {
         "enable.idempotence": True,  # no duplicates from producer retries
-        "linger.ms": 5,
+        "linger.ms": s.kafka_linger_ms,
         "compression.type": "lz4",
         "queue.buffering.max.messages": 1_000_000,
     }
