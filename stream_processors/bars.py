@@ -23,7 +23,6 @@ import asyncio
 import time
 from bisect import bisect_right
 from collections import defaultdict
-from itertools import chain, repeat
 
 import faust
 
@@ -46,15 +45,16 @@ def dead_letter_headers(error: str, message) -> list[tuple[str, bytes]]:
             ("ticktape.source.offset", str(message.offset).encode())]
 
 
-class TickColumns:
-    """The trades of one partition's messages (Ticks and TickBatches) as the columns
-    ``BarAggregator.process_columns`` takes.  A tick's position is its message's offset
-    × ``MAX_TICKS`` + its index in the message, so redelivery is skipped tick by tick."""
+class TickRuns:
+    """The trades of one partition's messages (Ticks and TickBatches) as the runs
+    ``BarAggregator.process_runs`` takes, one per message.  A tick's position is its
+    message's offset × ``MAX_TICKS`` + its index in the message, so redelivery is
+    skipped tick by tick."""
 
     def __init__(self, serde: Serde):
         self.serde = serde
         self.count = 0
-        self._cols: tuple[list, ...] = ([], [], [], [], [])  # symbols, ts, price, size, positions
+        self.runs: list[tuple] = []  # (symbol, ts, price, size, first position)
         self._starts: list[int] = []  # index of each message's first tick
         self._messages: list = []
 
@@ -63,16 +63,10 @@ class TickColumns:
         event_type, symbol, ts, price, size = self.serde.decode_trades(msg.value)
         if event_type not in ("tick", "tick_batch"):
             raise SerdeError(f"expected a tick, got a {event_type}")
-        n = len(ts)
-        first = msg.offset * MAX_TICKS
-        for col, items in zip(self._cols, (repeat(symbol, n), ts, price, size, range(first, first + n))):
-            col.append(items)
+        self.runs.append((symbol, ts, price, size, msg.offset * MAX_TICKS))
         self._starts.append(self.count)
         self._messages.append((msg, event_type))
-        self.count += n
-
-    def columns(self) -> tuple:
-        return tuple(chain.from_iterable(col) for col in self._cols)
+        self.count += len(ts)
 
     def source(self, idx: int, topic: str) -> tuple:
         """(message, bytes) of tick ``idx``: a Tick's own bytes, or the tick taken out of
@@ -146,7 +140,7 @@ class BarsStage:
         results = []
         for partition, messages in sorted(by_partition.items()):
             agg = self.aggregator(partition)
-            cols = TickColumns(self.serde)
+            cols = TickRuns(self.serde)
             for msg in await self.guard.records(self.source, partition, messages):
                 try:
                     cols.add(msg)
@@ -154,7 +148,7 @@ class BarsStage:
                     self._in.inc()
                     deliveries.append(await self._dead_letter(msg, str(e)))
             self._in.inc(cols.count)
-            out = agg.process_columns(*cols.columns())
+            out = agg.process_runs(cols.runs)
             results.append((partition, agg))
             now = time.time()
             for bar in out.bars:

@@ -206,3 +206,74 @@ def test_state_by_symbol_restores_the_same_aggregator():
         rebuilt.set_symbol_state(sym, json.loads(json.dumps(agg.symbol_state(sym))))
     more = random_ticks(5, 500)
     assert rebuilt.process(more) == agg.process(more)
+
+
+def message_runs(seed: int, n_messages: int = 400) -> list[tuple]:
+    """TickBatch-like runs ``(symbol, times, prices, sizes, first position)`` for 3
+    symbols: mostly in-order valid trades (the folded path), with runs that cross
+    windows, tie times, hold a quote, a NaN, a negative size or disorder, come late, or
+    are redelivered (the tick-by-tick path)."""
+    rng = random.Random(seed)
+    runs, t, offset = [], T0, 0
+    for _ in range(n_messages):
+        sym = rng.choice(["AAPL", "MSFT", "IBM"])
+        n = rng.choice([1, 2, 5, 30, 80])
+        times = []
+        for _ in range(n):
+            t += rng.choice([0, 1_000, 20_000, 300_000])
+            times.append(t)
+        prices = [rng.choice([100.0, 100.5, 99.25, 0.0, -0.0, rng.uniform(90, 110)]) for _ in range(n)]
+        sizes = [rng.choice([0.0, 100.0, 0.1, 0.7, 1e-3, 3.3]) for _ in range(n)]  # sums that round
+        spoil = rng.random()
+        if spoil < 0.05:
+            prices[rng.randrange(n)] = None
+        elif spoil < 0.08:
+            prices[rng.randrange(n)] = float("nan")
+        elif spoil < 0.10:
+            sizes[rng.randrange(n)] = -1.0
+        elif spoil < 0.15 and n > 1:
+            times.reverse()
+        elif spoil < 0.20:
+            times = [x - rng.randint(0, 3_000_000) for x in times]  # may be late
+        if spoil > 0.97 and runs:
+            runs.append(rng.choice(runs))  # a redelivered message
+            continue
+        runs.append((sym, times, prices, sizes, offset * 1000))
+        offset += 1
+    return runs
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_runs_give_what_ticks_one_by_one_give(seed):
+    runs = message_runs(seed)
+    by_runs, by_ticks = BarAggregator(["1s", "1m"], GRACE), BarAggregator(["1s", "1m"], GRACE)
+    out_runs, out_ticks = [], []
+    for cut in range(0, len(runs), 7):
+        chunk = runs[cut:cut + 7]
+        out_runs.append(by_runs.process_runs(chunk))
+        cols = [[], [], [], [], []]
+        for sym, times, prices, sizes, first in chunk:
+            for col, items in zip(cols, ([sym] * len(times), times, prices, sizes,
+                                         range(first, first + len(times)))):
+                col += items
+        out_ticks.append(by_ticks.process_columns(*cols))
+        assert by_runs.take_dirty() == by_ticks.take_dirty()
+    # json keeps -0.0 apart from 0.0: the floats are equal bit for bit
+    assert json.dumps(out_runs) == json.dumps(out_ticks)
+    assert json.dumps(by_runs.to_state()) == json.dumps(by_ticks.to_state())
+    assert sum(len(o.bars) for o in out_runs) > 100
+    assert sum(len(o.late) for o in out_runs) > 0 and sum(len(o.invalid) for o in out_runs) > 0
+
+
+def test_a_run_that_starts_right_at_a_closed_window_end_is_late_as_ticks_are():
+    """The watermark at exactly window end + grace has closed the window."""
+    outs = []
+    for fold in (True, False):
+        agg = BarAggregator(["1s"], GRACE)
+        agg.add(tick("AAPL", T0 + S + GRACE, 10.0, 1.0))  # watermark = close of [T0, T0 + 1 s)
+        run = ("MSFT", [T0 + S - 1, T0 + S], [11.0, 12.0], [1.0, 1.0], 0)
+        outs.append(agg.process_runs([run]) if fold else
+                    agg.process_columns(["MSFT"] * 2, *run[1:4], [0, 1]))
+        outs.append(agg.to_state())
+    assert outs[0] == outs[2] and outs[1] == outs[3]
+    assert outs[0].late == [(0, ("1s",))]

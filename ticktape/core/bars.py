@@ -20,8 +20,11 @@ that restarts from older committed offsets with newer saved state counts nothing
 """
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from itertools import repeat
+from functools import reduce
+from itertools import islice, repeat
+from operator import add, gt, mul
 from typing import NamedTuple
 
 from .intervals import interval_seconds
@@ -65,10 +68,88 @@ class BarAggregator:
 
     def process_columns(self, symbols: Iterable[str], times: Iterable[int], prices: Iterable,
                         sizes: Iterable, positions: Iterable[int] | None = None) -> BarBatch:
-        """``process`` over ticks given as columns (tick ``i`` = the ``i``-th item of each).
+        """``process`` over ticks given as columns (tick ``i`` = the ``i``-th item of each)."""
+        late, invalid = self._apply(symbols, times, prices, sizes, positions)
+        return BarBatch(self._close() if self.watermark is not None and self.watermark >= self._next_close
+                        else [], late, invalid)
 
-        A TickBatch message is such columns for one symbol (``itertools.repeat`` it), so
-        the bar stage applies one without building a dict per tick."""
+    def process_runs(self, runs: Iterable[tuple[str, Sequence[int], Sequence, Sequence, int]]) -> BarBatch:
+        """``process`` over runs of one symbol's ticks — ``(symbol, times, prices, sizes,
+        first position)``, a TickBatch message each, tick ``i`` at position ``first + i`` —
+        with the same output.  A run of valid trades in time order, new and not late, is
+        folded into its windows a window at a time; any other run goes tick by tick."""
+        late: list[tuple[int, tuple[str, ...]]] = []
+        invalid: list[tuple[int, str]] = []
+        base = 0
+        for symbol, times, prices, sizes, first in runs:
+            n = len(times)
+            if not self._fold_run(symbol, times, prices, sizes, first):
+                run_late, run_invalid = self._apply(repeat(symbol, n), times, prices, sizes,
+                                                    range(first, first + n))
+                late += [(base + i, late_for) for i, late_for in run_late]
+                invalid += [(base + i, reason) for i, reason in run_invalid]
+            base += n
+        return BarBatch(self._close() if self.watermark is not None and self.watermark >= self._next_close
+                        else [], late, invalid)
+
+    def _fold_run(self, sym: str, times: Sequence[int], prices: Sequence, sizes: Sequence, first: int) -> bool:
+        """Apply a run of one symbol's ticks a window at a time, when that is the same as
+        tick by tick: every tick a valid trade, times in order, positions after the
+        symbol's last, the first tick (so all) in open windows.  False, changing nothing,
+        when the run is not such.  Sums still add one tick at a time (``reduce``), so the
+        floats are those of the tick-by-tick path, bit for bit."""
+        n = len(times)
+        if n < 2 or None in prices or None in sizes:
+            return False
+        # NaN or ±inf anywhere makes a sum non-finite; min catches a negative size
+        if not (-_INF < sum(prices) < _INF and sum(sizes) < _INF and min(sizes) >= 0.0):
+            return False
+        if any(map(gt, times, islice(times, 1, None))):
+            return False
+        state = self._symbols.get(sym)
+        if state is not None and state[0] is not None and first <= state[0]:
+            return False
+        wm = self.watermark if self.watermark is not None else -(1 << 63)
+        grace, t0 = self.grace_us, times[0]
+        # a window closes after its own ticks' times, so only a watermark from before
+        # the run can make them late, and then the first tick's window first
+        if any(t0 - t0 % width + width + grace <= wm for width in self._widths):
+            return False
+        if state is None:
+            state = self._symbols[sym] = [None, *({} for _ in self._widths)]
+        state[0] = first + n - 1
+        self._dirty.add(sym)
+        next_close = self._next_close
+        for k, width in enumerate(self._widths, 1):
+            windows = state[k]
+            i = 0
+            while i < n:
+                start = times[i] - times[i] % width
+                j = bisect_left(times, start + width, i)
+                p, z = prices[i:j], sizes[i:j]
+                acc = windows.get(start)
+                if acc is None:
+                    windows[start] = [p[0], max(p), min(p), p[-1], reduce(add, z), reduce(add, map(mul, p, z)),
+                                      j - i, times[i], times[j - 1]]
+                    next_close = min(next_close, start + width + grace)
+                else:
+                    acc[_H] = max(acc[_H], max(p))  # max and min keep the first of equals,
+                    acc[_L] = min(acc[_L], min(p))  # as the tick-by-tick comparisons do
+                    if times[i] < acc[_OTS]:
+                        acc[_O], acc[_OTS] = p[0], times[i]
+                    if times[j - 1] >= acc[_CTS]:
+                        acc[_C], acc[_CTS] = p[-1], times[j - 1]
+                    acc[_VOL] = reduce(add, z, acc[_VOL])
+                    acc[_PV] = reduce(add, map(mul, p, z), acc[_PV])
+                    acc[_N] += j - i
+                i = j
+        self._next_close = next_close
+        self.watermark = max(wm, times[-1])
+        return True
+
+    def _apply(self, symbols: Iterable[str], times: Iterable[int], prices: Iterable, sizes: Iterable,
+               positions: Iterable[int] | None) -> tuple[list, list]:
+        """Apply ticks one by one (no closing); their (late, invalid) lists."""
         wm = self.watermark if self.watermark is not None else -(1 << 63)
         widths, grace, table, dirty = self._widths, self.grace_us, self._symbols, self._dirty
         intervals = self.intervals
@@ -130,8 +211,7 @@ class BarAggregator:
         if idx >= 0:
             self.watermark = wm
         self._next_close = next_close
-        bars = self._close() if wm >= next_close else []
-        return BarBatch(bars, late, invalid)
+        return late, invalid
 
     def _close(self) -> list[dict]:
         """Close every window whose end + grace the watermark has reached."""
