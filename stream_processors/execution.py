@@ -47,25 +47,24 @@ class ExecutionStage:
         self.loaded -= set(partitions)
         for sym in [k for k, p in self.partition_of.items() if p in partitions]:
             del self.partition_of[sym]
-            self.desk.memory.pop(sym, None)
-            self.desk.open_orders.pop(sym, None)
-            self.desk.last_order_ts.pop(sym, None)
+            self.desk.forget_symbol(sym)
 
     def load(self, partition: int) -> None:
         if partition in self.loaded:
             return
         self.loaded.add(partition)
+        windows: dict[str, dict[int, list]] = {}
         for key, value in self.table.data.items():
             if key.startswith("@") or value["p"] != partition:
                 continue  # an input offset (InputGuard's), or another partition's entry
             if "@" in key:
                 sym, b = key.rsplit("@", 1)
-                self.desk.memory.setdefault(sym, {})[int(b)] = list(value["m"])
+                windows.setdefault(sym, {})[int(b)] = list(value["m"])
             else:
                 self.desk.set_symbol_state(key, value)
                 self.partition_of[key] = partition
-        for sym, mem in self.desk.memory.items():  # windows in ts order (pruning relies on it)
-            self.desk.memory[sym] = dict(sorted(mem.items()))
+        for sym, mem in windows.items():
+            self.desk.restore_memory(sym, mem)
             self.partition_of.setdefault(sym, partition)
 
     async def process(self, events) -> None:

@@ -144,8 +144,8 @@ class Agents:
         ex = desks.ExecutionDesk(self.a["exec_cfg"], MIN, self.execution.source)
         for sym in SYMBOLS:
             ex.set_symbol_state(sym, rt(self.execution.symbol_state(sym)))
-            if sym in self.execution.memory:
-                ex.memory[sym] = {int(b): e for b, e in rt(self.execution.memory[sym]).items()}
+            if sym in self.execution.memory:  # a table gives its entries back in no particular order
+                ex.restore_memory(sym, {int(b): e for b, e in reversed(rt(self.execution.memory[sym]).items())})
         self.execution = ex
         self.portfolio = desks.PortfolioDesk.from_dict(rt(self.portfolio.to_dict()))
 
@@ -253,3 +253,23 @@ def test_kill_switch_holds_until_reset_and_reset_reopens_trading():
     between = [d for d in decided if halted["ts"] < d["ts"] <= active["ts"]]
     assert between and all(d.get("reason_code") == "DAILY_LOSS_LIMIT" for d in between)
     assert [o for o in chain.outputs["order"] if o["ts"] > active["ts"]]
+
+
+def test_an_order_fills_from_the_newest_window_even_after_a_tick_opened_an_older_one():
+    """A tick within grace may open an older window after a newer one: the desk still
+    searches the memory up to its newest window (restored memory is in no order either)."""
+    from test_execution import order
+
+    for restored in (False, True):
+        ex = desks.ExecutionDesk(ExecConfig(slippage_bps=0.0), MIN, "ticks")
+        ex.on_market("tick", tick("AAPL", T0 + 3 * MIN + 5, price=103.0))  # window T0 + 3 min
+        ex.on_market("tick", tick("AAPL", T0 + MIN + 5, price=101.0))  # an older window, opened later
+        if restored:
+            again = desks.ExecutionDesk(ExecConfig(slippage_bps=0.0), MIN, "ticks")
+            again.restore_memory("AAPL", dict(reversed(ex.memory["AAPL"].items())))
+            ex = again
+        # the first window after the order has no data: the fill comes from the newest one
+        [fill] = ex.on_order(order("AAPL", T0 + MIN + 10, "BUY", 1.0))
+        assert (fill["ts"], fill["price"]) == (T0 + 3 * MIN + 5, 103.0)
+        ex.forget_symbol("AAPL")
+        assert ex.on_order(order("AAPL", T0 + 4 * MIN, "BUY", 1.0)) == [] and not ex.memory

@@ -263,15 +263,26 @@ class ExecutionDesk:
     is expected in ``ts`` order.
     """
 
-    __slots__ = ("cfg", "width", "source", "memory", "open_orders", "last_order_ts")
+    __slots__ = ("cfg", "width", "source", "memory", "newest", "open_orders", "last_order_ts")
 
     def __init__(self, cfg: ex_mod.ExecConfig, width_us: int, source: str = "ticks"):
         if source not in ("ticks", "bars"):
             raise ValueError(f"EXEC_MARKET_DATA must be ticks or bars, got {source!r}")
         self.cfg, self.width, self.source = cfg, width_us, source
         self.memory: dict[str, dict[int, list]] = {}
+        self.newest: dict[str, int] = {}  # per symbol, its memory's newest window
         self.open_orders: dict[str, list[dict]] = {}
         self.last_order_ts: dict[str, int] = {}
+
+    def restore_memory(self, symbol: str, windows: dict[int, list]) -> None:
+        """Add saved memory windows of a symbol (as ``on_market`` reports them changed)."""
+        mem = self.memory.get(symbol, {}) | windows
+        self.memory[symbol] = dict(sorted(mem.items()))  # oldest first: pruning relies on it
+        self.newest[symbol] = max(mem)
+
+    def forget_symbol(self, symbol: str) -> None:
+        for part in (self.memory, self.newest, self.open_orders, self.last_order_ts):
+            part.pop(symbol, None)
 
     def symbol_state(self, symbol: str) -> dict:
         return {"open": [dict(o) for o in self.open_orders.get(symbol, ())],
@@ -318,6 +329,8 @@ class ExecutionDesk:
             return [], []
         if entry is None:
             entry = mem[b] = [None, None, None, None]
+            if b > self.newest.get(sym, b - 1):  # a tick within grace may open an older window
+                self.newest[sym] = b
         if entry[0] is None and buy is not None:
             entry[0], entry[1] = ts, buy
         if entry[2] is None and sell is not None:
@@ -353,7 +366,7 @@ class ExecutionDesk:
             fill = ex_mod.fill_for(self.cfg, order, entry[slot], entry[slot + 1])
             if fill is not None:
                 return fill
-        b, top = b + w, max(mem)
+        b, top = b + w, self.newest[order["symbol"]]
         while b <= top:
             entry = mem.get(b)
             if entry is not None and entry[slot] is not None:
