@@ -140,15 +140,15 @@ class BarsStage:
         results = []
         for partition, messages in sorted(by_partition.items()):
             agg = self.aggregator(partition)
-            cols = TickRuns(self.serde)
+            runs = TickRuns(self.serde)
             for msg in await self.guard.records(self.source, partition, messages):
                 try:
-                    cols.add(msg)
+                    runs.add(msg)
                 except SerdeError as e:
                     self._in.inc()
                     deliveries.append(await self._dead_letter(msg, str(e)))
-            self._in.inc(cols.count)
-            out = agg.process_runs(cols.runs)
+            self._in.inc(runs.count)
+            out = agg.process_runs(runs.runs)
             results.append((partition, agg))
             now = time.time()
             for bar in out.bars:
@@ -161,14 +161,14 @@ class BarsStage:
                 self._closed[iv].inc()
                 self._latency.observe(now - (bar["window_end"] + self.grace_us) / 1e6)
             for idx, late_for in out.late:
-                msg, value = cols.source(idx, self.late_topic)
+                msg, value = runs.source(idx, self.late_topic)
                 deliveries.append(await send(self.late_topic, msg.key, value, partition,
                                              msg.timestamp, None))
                 self._late_out.inc()
                 for iv in late_for:
                     self._late[iv].inc()
             for idx, reason in out.invalid:
-                msg, value = cols.source(idx, self.dlq_topic)
+                msg, value = runs.source(idx, self.dlq_topic)
                 deliveries.append(await self._dead_letter(msg, reason, value))
         await asyncio.gather(*deliveries)
         await save_state(self.table, [e for partition, agg in results for e in self.changes(partition, agg)])

@@ -70,8 +70,7 @@ class BarAggregator:
                         sizes: Iterable, positions: Iterable[int] | None = None) -> BarBatch:
         """``process`` over ticks given as columns (tick ``i`` = the ``i``-th item of each)."""
         late, invalid = self._apply(symbols, times, prices, sizes, positions)
-        return BarBatch(self._close() if self.watermark is not None and self.watermark >= self._next_close
-                        else [], late, invalid)
+        return BarBatch(self._close(), late, invalid)
 
     def process_runs(self, runs: Iterable[tuple[str, Sequence[int], Sequence, Sequence, int]]) -> BarBatch:
         """``process`` over runs of one symbol's ticks — ``(symbol, times, prices, sizes,
@@ -89,8 +88,7 @@ class BarAggregator:
                 late += [(base + i, late_for) for i, late_for in run_late]
                 invalid += [(base + i, reason) for i, reason in run_invalid]
             base += n
-        return BarBatch(self._close() if self.watermark is not None and self.watermark >= self._next_close
-                        else [], late, invalid)
+        return BarBatch(self._close(), late, invalid)
 
     def _fold_run(self, sym: str, times: Sequence[int], prices: Sequence, sizes: Sequence, first: int) -> bool:
         """Apply a run of one symbol's ticks a window at a time, when that is the same as
@@ -215,6 +213,8 @@ class BarAggregator:
 
     def _close(self) -> list[dict]:
         """Close every window whose end + grace the watermark has reached."""
+        if self.watermark is None or self.watermark < self._next_close:
+            return []  # the common case: nothing is due
         wm, grace = self.watermark, self.grace_us
         out = []
         next_close = _INF
