@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faust
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ticktape import kafka_clients, metrics
 from ticktape.config import ConfigError, Settings
@@ -24,6 +24,7 @@ from ticktape.config import ConfigError, Settings
 log = logging.getLogger(__name__)
 
 OFFSET_KEY = "@offset:{}:{}"  # table key of an input partition's next offset ('@' starts no symbol, account or interval)
+TAIL_CHECK_S = 1.0  # how often each stage looks for input the consumer took but never delivered
 STAGES = ["bars", "indicators", "predict", "strategy", "risk", "execution", "portfolio"]
 
 
@@ -77,14 +78,7 @@ def agent(app: faust.App, channel, *, name: str):
     """
     def decorate(fun):
         async def guarded(stream):
-            try:
-                await fun(stream)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.critical("agent %s crashed: %r; stopping the worker", name, exc, exc_info=exc)
-                metrics.PROCESSING_ERRORS.labels(name).inc()
-                await app.crash(exc)
+            await crash_on_error(app, name, fun(stream))
 
         guarded.__name__ = guarded.__qualname__ = name
         guarded.__module__ = fun.__module__
@@ -93,11 +87,30 @@ def agent(app: faust.App, channel, *, name: str):
     return decorate
 
 
+async def crash_on_error(app: faust.App, name: str, work) -> None:
+    """Await ``work``; an exception stops the worker (exit code 1)."""
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.critical("agent %s crashed: %r; stopping the worker", name, exc, exc_info=exc)
+        metrics.PROCESSING_ERRORS.labels(name).inc()
+        await app.crash(exc)
+
+
 def run_stage(app: faust.App, s: Settings, stage, topic, *, name: str) -> None:
     """Feed ``stage.process`` its input ``topic`` in batches (up to PROCESSOR_BATCH_SIZE
     events or PROCESSOR_BATCH_MS), as agent ``name``; after a rebalance the stage forgets
-    what it knew of the input partitions it lost."""
+    what it knew of the input partitions it lost.
+
+    A timer also hands the stage, every ``TAIL_CHECK_S``, the records of input partitions
+    that stood still since the last check but have more in the log (``InputGuard.tails``):
+    Faust can lose taken messages, and a lost tail has no later message to reveal it.
+    ``stage.guard`` is the stage's ``InputGuard``; a lock keeps the two callers apart.
+    """
     sources = set(topic.topics)
+    one_at_a_time = asyncio.Lock()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:
@@ -106,7 +119,19 @@ def run_stage(app: faust.App, s: Settings, stage, topic, *, name: str) -> None:
     @agent(app, topic, name=name)
     async def run(stream):
         async for events in stream.take_events(s.processor_batch_size, within=s.processor_batch_ms / 1000):
-            await stage.process(events)
+            async with one_at_a_time:
+                await stage.process(events)
+
+    async def catch_up() -> None:
+        assigned = {(tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in sources}
+        records = await stage.guard.tails(assigned)
+        if records:
+            async with one_at_a_time:
+                await stage.process([Taken(r) for r in records])
+
+    @app.timer(TAIL_CHECK_S, name=f"{name}.tails")
+    async def tails() -> None:
+        await crash_on_error(app, name, catch_up())
 
 
 @dataclass(frozen=True)
@@ -122,15 +147,22 @@ class Record:
     headers: list | dict | None = None
 
 
+@dataclass(frozen=True)
+class Taken:
+    """A record the guard read itself, in the shape of a Faust event (``.message``)."""
+
+    message: Record
+
+
 class InputGuard:
     """Hands a stage each input partition's messages once and in offset order.
 
-    Faust can skip messages around startup and rebalances (its fetcher moves past
-    records it then discards) and then commits past the hole.  The guard knows the next
+    Faust can lose messages it took from Kafka (seen around startup and rebalances, and
+    between batches of ``take_events``) and then commits past the hole.  The guard knows the next
     offset each partition must deliver (the stage saves it with its state), drops
     redelivered messages, and reads a hole's records straight from Kafka.  A partition
     never seen starts at its first retained offset, so a stage without state rebuilds
-    it from the whole partition.
+    it from the whole partition.  A lost tail (no later message) is read by ``tails``.
 
     ``runs`` and ``offset_entries`` keep the next offsets in the stage's table under
     ``OFFSET_KEY``; bars keeps them in its own watermark entries and uses ``records``.
@@ -142,6 +174,7 @@ class InputGuard:
         self._loaded: set[tuple[str, int]] = set()  # input partitions whose next offset is read from the table
         self._consumer = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="input-guard")  # one consumer, one thread
+        self._checked: dict[tuple[str, int], int] = {}  # next offsets at the last ``tails`` call
 
     def expect(self, topic: str, partition: int, offset: int | None) -> None:
         """The next offset of a partition, from the stage's saved state (None: unknown)."""
@@ -156,6 +189,7 @@ class InputGuard:
     def forget(self, partitions) -> None:
         """Read these partitions' next offsets from the table again (after a rebalance)."""
         self._loaded = {(t, p) for t, p in self._loaded if p not in partitions}
+        self._next = {(t, p): n for (t, p), n in self._next.items() if p not in partitions}
 
     async def runs(self, table, messages) -> list[tuple[str, int, list[Record]]]:
         """The messages grouped per input partition (sorted), each as ``records`` makes
@@ -200,10 +234,52 @@ class InputGuard:
         self._next[(topic, partition)] = nxt
         return out
 
+    async def tails(self, assigned: set[tuple[str, int]]) -> list[Record]:
+        """Records past the next offset of each assigned partition whose next offset has
+        not moved since the previous call (the rest are still being delivered)."""
+        now = {tp: self._next[tp] for tp in assigned if tp in self._next}
+        still = {tp: nxt for tp, nxt in now.items() if self._checked.get(tp) == nxt}
+        self._checked = now
+        if not still:
+            return []
+        loop = asyncio.get_running_loop()
+        records = await loop.run_in_executor(self._thread, self._read_tails, still)
+        if records:
+            log.warning("%s: read %d records that the consumer had not delivered",
+                        ", ".join(f"{t}[{p}]@{still[(t, p)]}" for t, p in sorted({(r.topic, r.partition)
+                                                                                    for r in records})),
+                        len(records))
+        return records
+
     def _client(self):
         if self._consumer is None:
-            self._consumer = kafka_clients.consumer(self.s, self.s.group("worker.reader"))
+            self._consumer = kafka_clients.consumer(self.s, self.s.group("worker.reader"),
+                                                    **{"enable.partition.eof": True})
         return self._consumer
+
+    def _read_tails(self, starts: dict[tuple[str, int], int]) -> list[Record]:
+        """Every record from each partition's start offset to its end (its end-of-partition
+        event: the local broker's high watermark can be short)."""
+        client = self._client()
+        client.assign([TopicPartition(t, p, offset) for (t, p), offset in starts.items()])
+        out, pending = [], set(starts)
+        deadline = time.monotonic() + 30
+        try:
+            while pending:
+                msg = client.poll(0.5)
+                if msg is None:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"cannot read to the end of {sorted(pending)}")
+                    continue
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(msg.error())
+                    pending.discard((msg.topic(), msg.partition()))
+                    continue
+                out.append(_record(msg))
+        finally:
+            client.unassign()
+        return out
 
     def _first_offset(self, topic: str, partition: int) -> int:
         low, _ = self._client().get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
@@ -223,14 +299,20 @@ class InputGuard:
                         raise RuntimeError(f"cannot re-read {topic}[{partition}] offsets {start}..{end - 1}")
                     continue
                 if msg.error():
+                    if msg.error().code() == KafkaError._PARTITION_EOF:
+                        return out  # the log has no more records
                     raise KafkaException(msg.error())
                 if msg.offset() >= end:
                     return out
-                ts = msg.timestamp()[1]
-                out.append(Record(topic, partition, msg.offset(), msg.key(), msg.value(),
-                                  ts / 1000 if ts >= 0 else None, msg.headers()))
+                out.append(_record(msg))
         finally:
             client.unassign()
+
+
+def _record(msg) -> Record:
+    ts = msg.timestamp()[1]
+    return Record(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
+                  ts / 1000 if ts >= 0 else None, msg.headers())
 
 
 async def save_state(table, entries) -> None:

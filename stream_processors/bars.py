@@ -104,6 +104,7 @@ class BarsStage:
     # -- state ---------------------------------------------------------------------
     def forget(self, partitions) -> None:
         """Drop cached aggregators (after a rebalance the table is the truth)."""
+        self.guard.forget(partitions)
         for p in partitions:
             self._aggregators.pop(p, None)
 

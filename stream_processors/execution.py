@@ -30,6 +30,7 @@ STAGE = "execution"
 class ExecutionStage:
     def __init__(self, app: faust.App, s: Settings, table):
         self.io = TradingIO(app, s, STAGE)
+        self.guard = self.io.guard  # run_stage reads lost tails through it
         self.table = table
         self.market = (s.topic("md.ticks") if s.exec_market_data == "ticks"
                        else s.topic(f"md.bars.{s.strategy_interval}"))

@@ -23,6 +23,7 @@ STAGE = "portfolio"
 class PortfolioStage:
     def __init__(self, app: faust.App, s: Settings, table):
         self.io = TradingIO(app, s, STAGE)
+        self.guard = self.io.guard  # run_stage reads lost tails through it
         self.s = s
         self.table = table
         self.sources = {s.topic("trading.ledger")}

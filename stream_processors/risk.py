@@ -30,6 +30,7 @@ STAGE = "risk"
 class RiskStage:
     def __init__(self, app: faust.App, s: Settings, table):
         self.io = TradingIO(app, s, STAGE)
+        self.guard = self.io.guard  # run_stage reads lost tails through it
         self.s = s
         self.table = table
         self.limits = load_risk_limits(risk_config_path(s))

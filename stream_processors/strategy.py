@@ -27,6 +27,7 @@ STAGE = "strategy"
 class StrategyStage:
     def __init__(self, app: faust.App, s: Settings, table):
         self.io = TradingIO(app, s, STAGE)
+        self.guard = self.io.guard  # run_stage reads lost tails through it
         self.table = table
         self.cfg = StrategyConfig.from_settings(s)
         self.account = self.cfg.account

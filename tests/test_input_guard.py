@@ -1,0 +1,48 @@
+"""``InputGuard`` on the real broker: the records a stage did not get from Faust.
+
+Faust can lose messages it took from the consumer; the guard re-reads a hole when a
+later message shows it, and ``tails`` reads a lost tail, which no later message shows.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from test_worker import produce
+
+from stream_processors.app import InputGuard
+from ticktape import kafka_clients
+
+
+def test_tails_reads_past_the_next_offset_only_of_partitions_that_stood_still(settings):
+    kafka_clients.ensure_topics(settings)
+    topic = settings.topic("md.ticks")
+    placed = produce(settings, [(b"K", b"v%d" % i, 0) for i in range(10)] + [(b"K", b"w", 1)])
+    assert placed == [(0, i) for i in range(10)] + [(1, 0)]
+    guard = InputGuard(settings)
+    p0, p1, p2 = (topic, 0), (topic, 1), (topic, 2)
+    guard.expect(*p0, 4)
+    guard.expect(*p1, 1)
+    guard.expect(*p2, 0)  # an empty partition
+
+    async def run():
+        first = await guard.tails({p0, p1, p2})  # nothing to compare with yet
+        guard.expect(*p1, 1)  # delivered in between: still the same next offset
+        second = await guard.tails({p0, p1})  # p2 is no longer assigned
+        guard.expect(*p0, 7)  # p0 moved on
+        third = await guard.tails({p0, p1})
+        return first, second, third
+
+    first, second, third = asyncio.run(run())
+    assert first == []
+    assert [(r.partition, r.offset, r.key, r.value) for r in second] == [
+        (0, i, b"K", b"v%d" % i) for i in range(4, 10)]  # p1 is at its end: nothing
+    assert third == []  # p0 moved since the last look, p1 has nothing past its end
+
+
+def test_a_hole_read_stops_at_the_end_of_the_log(settings):
+    kafka_clients.ensure_topics(settings)
+    topic = settings.topic("md.ticks")
+    produce(settings, [(b"K", b"v%d" % i, 0) for i in range(3)])
+    guard = InputGuard(settings)
+    records = guard._read(topic, 0, 1, 10)  # offsets 3..9 do not exist (yet)
+    assert [(r.offset, r.value) for r in records] == [(1, b"v1"), (2, b"v2")]
