@@ -157,8 +157,9 @@ class Taken:
 class InputGuard:
     """Hands a stage each input partition's messages once and in offset order.
 
-    Faust can lose messages it took from Kafka (seen around startup and rebalances, and
-    between batches of ``take_events``) and then commits past the hole.  The guard knows the next
+    Faust can lose messages it took from Kafka around startup and rebalances (its
+    streams skip messages fetched while flow control is off or of an older consumer
+    generation) and then commits past the hole.  The guard knows the next
     offset each partition must deliver (the stage saves it with its state), drops
     redelivered messages, and reads a hole's records straight from Kafka.  A partition
     never seen starts at its first retained offset, so a stage without state rebuilds
