@@ -80,7 +80,12 @@ def test_env_services_win_over_the_local_stack(tmp_path, monkeypatch):
     assert s.redacted()["DATABASE_URL"] == "postgresql://u:***@db.example/x?sslmode=require"
 
 
-@pytest.mark.parametrize("var, value, message", [("SIM_SEED", "abc", "SIM_SEED='abc' is not a number")])
+@pytest.mark.parametrize("var, value, message", [
+    ("SIM_SEED", "abc", "SIM_SEED='abc' is not a number"),
+    ("KAFKA_LINGER_MS", "-1", "KAFKA_LINGER_MS=-1: must be at least 0"),
+    ("SIM_TICK_RATE", "0", "SIM_TICK_RATE=0.0: must be more than 0"),
+    ("METRICS_PORT", "70000", "METRICS_PORT=70000: must be at most 65535"),
+])
 def test_bad_setting_is_one_line_exit_2(var, value, message):
     res = subprocess.run([sys.executable, "-m", "ticktape.cli", "config"], capture_output=True, text=True,
                          env={**os.environ, var: value})

@@ -22,8 +22,22 @@ class ConfigError(ValueError):
     """A setting has a value that cannot be used."""
 
 
-def _setting(env: str, default, doc: str, *, secret: bool = False):
-    return field(default=default, metadata={"env": env, "doc": doc, "secret": secret})
+def _setting(env: str, default, doc: str, *, secret: bool = False, low=None, above=None, high=None):
+    """A setting; a number may have bounds: ``low`` <= value, ``above`` < value, value <= ``high``."""
+    return field(default=default, metadata={"env": env, "doc": doc, "secret": secret,
+                                            "bounds": (low, above, high)})
+
+
+def _out_of_bounds(value, bounds) -> str | None:
+    """What a number breaks of its bounds, or None."""
+    low, above, high = bounds
+    if low is not None and value < low:
+        return f"at least {low}"
+    if above is not None and value <= above:
+        return f"more than {above}"
+    if high is not None and value > high:
+        return f"at most {high}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -40,16 +54,16 @@ class Settings:
     kafka_ssl_ca_location: str = _setting("KAFKA_SSL_CA_LOCATION", "", "CA bundle file for SSL")
     kafka_session_timeout_ms: int = _setting(
         "KAFKA_SESSION_TIMEOUT_MS", 6000,
-        "consumer-group session timeout (the local broker's join waits about half of it)")
+        "consumer-group session timeout (the local broker's join waits about half of it)", low=1)
     kafka_linger_ms: int = _setting(
         "KAFKA_LINGER_MS", 5,
         "longest a producer (the worker's included) waits to fill a record batch: fewer, larger batches "
-        "cost the broker less (the local broker's fetches slow down as small batches pile up)")
+        "cost the broker less (the local broker's fetches slow down as small batches pile up)", low=0)
     kafka_fetch_max_wait_ms: int = _setting(
         "KAFKA_FETCH_MAX_WAIT_MS", 100,
         "longest a consumer's fetch waits when there is no data: the local broker answers a waiting fetch "
         "only then (up to this much latency per hop; 10 costs an idle worker and the broker ~0.5 core), "
-        "Apache Kafka answers on arrival (500 is its default)")
+        "Apache Kafka answers on arrival (500 is its default)", low=0)
     topic_prefix: str = _setting(
         "TOPIC_PREFIX", "", "prefix for every topic and consumer group (a backtest uses bt.<run_id>.)")
     schema_registry_url: str = _setting(
@@ -61,7 +75,7 @@ class Settings:
     redis_url: str = _setting(
         "REDIS_URL", "", "Redis URL (redis:// or rediss://, may carry a password); empty = local stack",
         secret=True)
-    redis_ttl_s: int = _setting("REDIS_TTL_S", 86400, "TTL of the latest-state keys in Redis")
+    redis_ttl_s: int = _setting("REDIS_TTL_S", 86400, "TTL of the latest-state keys in Redis", low=1)
     # --- local stack ---------------------------------------------------------------
     home: str = _setting(
         "TICKTAPE_HOME", str(REPO_ROOT / ".ticktape"), "where the local stack keeps its data and pids")
@@ -69,15 +83,16 @@ class Settings:
     symbols: str = _setting(
         "SYMBOLS", " ".join(DEFAULT_SYMBOLS), "symbols for the simulator and yahoo (space/comma separated)")
     sim_seed: int = _setting("SIM_SEED", 42, "simulator seed (same seed, same ticks)")
-    sim_tick_rate: float = _setting("SIM_TICK_RATE", 2000.0, "simulator ticks per second, all symbols")
+    sim_tick_rate: float = _setting("SIM_TICK_RATE", 2000.0, "simulator ticks per second, all symbols", above=0)
     sim_start: str = _setting(
         "SIM_START", "", "simulator event-time start (ISO-8601); empty = now (live pace)")
     tick_batch_max: int = _setting(
         "TICK_BATCH_MAX", 0,
-        "producers: up to this many ticks of a symbol per md.ticks message (a TickBatch); 0 = one tick per message")
+        "producers: up to this many ticks of a symbol per md.ticks message (a TickBatch); 0 = one tick per message",
+        low=0)
     tick_batch_ms: int = _setting(
         "TICK_BATCH_MS", 20,
-        "producers: longest a tick waits for its batch (wall and event time); keep it well below BAR_GRACE_MS")
+        "producers: longest a tick waits for its batch (wall and event time); keep it well below BAR_GRACE_MS", low=0)
     alpaca_api_key_id: str = _setting(
         "ALPACA_API_KEY_ID", "", "Alpaca API key id (produce websocket --provider alpaca)", secret=True)
     alpaca_api_secret_key: str = _setting(
@@ -86,34 +101,34 @@ class Settings:
     websocket_url: str = _setting(
         "WEBSOCKET_URL", "", "override the provider's stream URL (sandbox, a local test server)")
     websocket_queue_size: int = _setting(
-        "WEBSOCKET_QUEUE_SIZE", 100000, "events buffered between the feed and Kafka (bounded)")
+        "WEBSOCKET_QUEUE_SIZE", 100000, "events buffered between the feed and Kafka (bounded)", low=1)
     websocket_on_full: str = _setting(
         "WEBSOCKET_ON_FULL", "block",
         "when that buffer is full: block (stop reading the socket) or drop (count and report drops)")
     websocket_ping_interval_s: float = _setting(
-        "WEBSOCKET_PING_INTERVAL_S", 10.0, "heartbeat: seconds between WebSocket pings")
+        "WEBSOCKET_PING_INTERVAL_S", 10.0, "heartbeat: seconds between WebSocket pings", above=0)
     websocket_timeout_s: float = _setting(
-        "WEBSOCKET_TIMEOUT_S", 10.0, "a ping or handshake step unanswered this long → reconnect")
+        "WEBSOCKET_TIMEOUT_S", 10.0, "a ping or handshake step unanswered this long → reconnect", above=0)
     websocket_backoff_base_s: float = _setting(
-        "WEBSOCKET_BACKOFF_BASE_S", 0.5, "first reconnect delay (doubles per failure, full jitter)")
+        "WEBSOCKET_BACKOFF_BASE_S", 0.5, "first reconnect delay (doubles per failure, full jitter)", low=0)
     websocket_backoff_max_s: float = _setting(
-        "WEBSOCKET_BACKOFF_MAX_S", 30.0, "longest reconnect delay")
+        "WEBSOCKET_BACKOFF_MAX_S", 30.0, "longest reconnect delay", low=0)
     # --- stream processing ---------------------------------------------------------
     bar_intervals: str = _setting("BAR_INTERVALS", "1s,1m", "bar intervals (s, m, h suffixes)")
     bar_grace_ms: int = _setting(
-        "BAR_GRACE_MS", 500, "how long after window end a bar waits for out-of-order ticks")
+        "BAR_GRACE_MS", 500, "how long after window end a bar waits for out-of-order ticks", low=0)
     processor_batch_size: int = _setting(
-        "PROCESSOR_BATCH_SIZE", 5000, "max events an agent takes per batch")
+        "PROCESSOR_BATCH_SIZE", 5000, "max events an agent takes per batch", low=1)
     processor_batch_ms: int = _setting(
-        "PROCESSOR_BATCH_MS", 50, "max wait for a batch to fill, milliseconds")
+        "PROCESSOR_BATCH_MS", 50, "max wait for a batch to fill, milliseconds", low=1)
     worker_stages: str = _setting(
         "WORKER_STAGES", "", "stages a worker runs (comma separated, e.g. bars); empty = all")
     topic_partitions: int = _setting(
         "TOPIC_PARTITIONS", 0,
-        "partitions of every symbol-keyed topic created from now on (co-partitioned); 0 = the catalog's")
+        "partitions of every symbol-keyed topic created from now on (co-partitioned); 0 = the catalog's", low=0)
     # --- trading (strategy, risk, paper execution, portfolio) ------------------------
     trading_account: str = _setting("TRADING_ACCOUNT", "paper", "account the strategy trades for")
-    starting_cash: float = _setting("STARTING_CASH", 1_000_000.0, "the account's cash before any fill")
+    starting_cash: float = _setting("STARTING_CASH", 1_000_000.0, "the account's cash before any fill", above=0)
     strategy_interval: str = _setting(
         "STRATEGY_INTERVAL", "1m", "bar interval whose predictions the strategy trades")
     strategy_enter_p: float = _setting(
@@ -151,9 +166,9 @@ class Settings:
     risk_config: str = _setting(
         "RISK_CONFIG", "", "risk limits YAML file; empty = config/risk.yaml of the repo")
     # --- sinks -----------------------------------------------------------------------
-    sink_batch_size: int = _setting("SINK_BATCH_SIZE", 5000, "rows per database transaction")
+    sink_batch_size: int = _setting("SINK_BATCH_SIZE", 5000, "rows per database transaction", low=1)
     sink_max_latency_ms: int = _setting(
-        "SINK_MAX_LATENCY_MS", 500, "max time a row waits before its batch is written")
+        "SINK_MAX_LATENCY_MS", 500, "max time a row waits before its batch is written", low=1)
     tsdb_compress_after: str = _setting(
         "TSDB_COMPRESS_AFTER", "7 days",
         "TimescaleDB: compress ticks/bars/indicators/predictions chunks older than this")
@@ -164,11 +179,19 @@ class Settings:
         "TimescaleDB: drop raw bar chunks older than this (bars_1h/bars_1d keep theirs); empty = keep")
     # --- monitoring ------------------------------------------------------------------
     metrics_port: int = _setting(
-        "METRICS_PORT", 0, "port of this process's /metrics; 0 = the role's default port")
+        "METRICS_PORT", 0, "port of this process's /metrics; 0 = the role's default port", low=0, high=65535)
     metrics_host: str = _setting("METRICS_HOST", "127.0.0.1", "address /metrics binds to")
     log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
 
     # ----------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (int, float)):
+                broken = _out_of_bounds(value, f.metadata["bounds"])
+                if broken:
+                    raise ConfigError(f"{f.metadata['env']}={value!r}: must be {broken}")
+
     @property
     def symbol_list(self) -> list[str]:
         return [s for s in self.symbols.replace(",", " ").split() if s]
