@@ -225,7 +225,7 @@ class InputGuard:
             if m.offset < nxt:
                 continue  # delivered before
             if m.offset > nxt:
-                missing = await loop.run_in_executor(self._thread, self._read, topic, partition, nxt, m.offset)
+                missing = await loop.run_in_executor(self._thread, self._read, {(topic, partition): (nxt, m.offset)})
                 if missing:
                     log.warning("%s[%d]: re-read %d records at offsets %d..%d that the consumer skipped",
                                 topic, partition, len(missing), nxt, m.offset - 1)
@@ -244,7 +244,7 @@ class InputGuard:
         if not still:
             return []
         loop = asyncio.get_running_loop()
-        records = await loop.run_in_executor(self._thread, self._read_tails, still)
+        records = await loop.run_in_executor(self._thread, self._read, {tp: (nxt, None) for tp, nxt in still.items()})
         if records:
             log.warning("%s: read %d records that the consumer had not delivered",
                         ", ".join(f"{t}[{p}]@{still[(t, p)]}" for t, p in sorted({(r.topic, r.partition)
@@ -258,56 +258,39 @@ class InputGuard:
                                                     **{"enable.partition.eof": True})
         return self._consumer
 
-    def _read_tails(self, starts: dict[tuple[str, int], int]) -> list[Record]:
-        """Every record from each partition's start offset to its end (its end-of-partition
-        event: the local broker's high watermark can be short)."""
+    def _first_offset(self, topic: str, partition: int) -> int:
+        low, _ = self._client().get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        return low
+
+    def _read(self, ranges: dict[tuple[str, int], tuple[int, int | None]]) -> list[Record]:
+        """Records of each partition from its start offset to its end offset (None: to the
+        end of the log, its end-of-partition event: the local broker's high watermark can
+        be short); fewer where the log has no record."""
         client = self._client()
-        client.assign([TopicPartition(t, p, offset) for (t, p), offset in starts.items()])
-        out, pending = [], set(starts)
+        client.assign([TopicPartition(t, p, start) for (t, p), (start, _) in ranges.items()])
+        out, pending = [], set(ranges)
         deadline = time.monotonic() + 30
         try:
             while pending:
                 msg = client.poll(0.5)
                 if msg is None:
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"cannot read to the end of {sorted(pending)}")
+                        raise RuntimeError(f"cannot read {sorted(pending)} from {ranges}")
                     continue
+                tp = (msg.topic(), msg.partition())
                 if msg.error():
                     if msg.error().code() != KafkaError._PARTITION_EOF:
                         raise KafkaException(msg.error())
-                    pending.discard((msg.topic(), msg.partition()))
-                    continue
-                out.append(_record(msg))
+                    pending.discard(tp)  # the log has no more records
+                elif tp in pending:
+                    end = ranges[tp][1]
+                    if end is not None and msg.offset() >= end:
+                        pending.discard(tp)
+                    else:
+                        out.append(_record(msg))
         finally:
             client.unassign()
         return out
-
-    def _first_offset(self, topic: str, partition: int) -> int:
-        low, _ = self._client().get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-        return low
-
-    def _read(self, topic: str, partition: int, start: int, end: int) -> list[Record]:
-        """Records at offsets start..end-1 (fewer where the log has no record)."""
-        client = self._client()
-        client.assign([TopicPartition(topic, partition, start)])
-        out = []
-        deadline = time.monotonic() + 30
-        try:
-            while True:
-                msg = client.poll(0.5)
-                if msg is None:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"cannot re-read {topic}[{partition}] offsets {start}..{end - 1}")
-                    continue
-                if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        return out  # the log has no more records
-                    raise KafkaException(msg.error())
-                if msg.offset() >= end:
-                    return out
-                out.append(_record(msg))
-        finally:
-            client.unassign()
 
 
 def _record(msg) -> Record:

@@ -39,10 +39,11 @@ def test_tails_reads_past_the_next_offset_only_of_partitions_that_stood_still(se
     assert third == []  # p0 moved since the last look, p1 has nothing past its end
 
 
-def test_a_hole_read_stops_at_the_end_of_the_log(settings):
+def test_a_hole_read_stops_at_its_end_or_at_the_end_of_the_log(settings):
     kafka_clients.ensure_topics(settings)
     topic = settings.topic("md.ticks")
     produce(settings, [(b"K", b"v%d" % i, 0) for i in range(3)])
     guard = InputGuard(settings)
-    records = guard._read(topic, 0, 1, 10)  # offsets 3..9 do not exist (yet)
+    records = guard._read({(topic, 0): (1, 10)})  # offsets 3..9 do not exist (yet)
     assert [(r.offset, r.value) for r in records] == [(1, b"v1"), (2, b"v2")]
+    assert [r.offset for r in guard._read({(topic, 0): (0, 2)})] == [0, 1]  # a hole ends where delivery resumed
