@@ -64,17 +64,14 @@ class IndicatorsStage:
     # -- processing ------------------------------------------------------------------
     async def process(self, events) -> None:
         assigned = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
-        messages = []
-        for ev in events:
-            msg = ev.message
-            self._in[msg.topic].inc()
-            if (msg.topic, msg.partition) in assigned:  # else its new owner processes it
-                messages.append(msg)
+        messages = [ev.message for ev in events
+                    if (ev.message.topic, ev.message.partition) in assigned]  # else its new owner processes it
         send = self.app.producer.send
         deliveries, dirty = [], {}
         now = time.time()
         runs = await self.guard.runs(self.table, messages)
-        for _, partition, records in runs:
+        for topic, partition, records in runs:
+            self._in[topic].inc(len(records))  # each input record once, however often it came
             for msg in records:
                 try:
                     event_type, bar = self.serde.decode(msg.value)

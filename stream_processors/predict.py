@@ -150,7 +150,6 @@ class PredictStage:
 
     # -- processing ------------------------------------------------------------------
     async def process(self, events) -> None:
-        self._in.inc(len(events))
         if not self.watcher.caught_up.is_set():  # first batch: learn the active model first
             await asyncio.get_running_loop().run_in_executor(None, self.watcher.caught_up.wait, STARTUP_WAIT_S)
         model = self.watcher.model  # one model for the whole batch
@@ -159,6 +158,7 @@ class PredictStage:
         no_model = 0
         runs = await self.guard.runs(self.table, [ev.message for ev in events
                                                   if ev.message.partition in assigned])  # else its new owner processes it
+        self._in.inc(sum(len(records) for _, _, records in runs))  # each input record once, however often it came
         for msg in (msg for _, _, records in runs for msg in records):
             try:
                 event_type, ind = self.serde.decode(msg.value)
