@@ -237,14 +237,16 @@ class InputGuard:
 
     async def tails(self, assigned: set[tuple[str, int]]) -> list[Record]:
         """Records past the next offset of each assigned partition whose next offset has
-        not moved since the previous call (the rest are still being delivered)."""
+        not moved since the previous call (the rest are still being delivered), up to
+        PROCESSOR_BATCH_SIZE of them."""
         now = {tp: self._next[tp] for tp in assigned if tp in self._next}
         still = {tp: nxt for tp, nxt in now.items() if self._checked.get(tp) == nxt}
         self._checked = now
         if not still:
             return []
         loop = asyncio.get_running_loop()
-        records = await loop.run_in_executor(self._thread, self._read, {tp: (nxt, None) for tp, nxt in still.items()})
+        records = await loop.run_in_executor(self._thread, self._read, {tp: (nxt, None) for tp, nxt in still.items()},
+                                             self.s.processor_batch_size)  # a batch; the rest, if still lost, next time
         if records:
             log.warning("%s: read %d records that the consumer had not delivered",
                         ", ".join(f"{t}[{p}]@{still[(t, p)]}" for t, p in sorted({(r.topic, r.partition)
@@ -262,16 +264,16 @@ class InputGuard:
         low, _ = self._client().get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
         return low
 
-    def _read(self, ranges: dict[tuple[str, int], tuple[int, int | None]]) -> list[Record]:
+    def _read(self, ranges: dict[tuple[str, int], tuple[int, int | None]], limit: int | None = None) -> list[Record]:
         """Records of each partition from its start offset to its end offset (None: to the
         end of the log, its end-of-partition event: the local broker's high watermark can
-        be short); fewer where the log has no record."""
+        be short); fewer where the log has no record, or once there are ``limit``."""
         client = self._client()
         client.assign([TopicPartition(t, p, start) for (t, p), (start, _) in ranges.items()])
         out, pending = [], set(ranges)
         deadline = time.monotonic() + 30
         try:
-            while pending:
+            while pending and (limit is None or len(out) < limit):
                 msg = client.poll(0.5)
                 if msg is None:
                     if time.monotonic() > deadline:

@@ -47,3 +47,4 @@ def test_a_hole_read_stops_at_its_end_or_at_the_end_of_the_log(settings):
     records = guard._read({(topic, 0): (1, 10)})  # offsets 3..9 do not exist (yet)
     assert [(r.offset, r.value) for r in records] == [(1, b"v1"), (2, b"v2")]
     assert [r.offset for r in guard._read({(topic, 0): (0, 2)})] == [0, 1]  # a hole ends where delivery resumed
+    assert [r.offset for r in guard._read({(topic, 0): (0, None)}, limit=2)] == [0, 1]
