@@ -74,8 +74,6 @@ class WebSocketFeed:
             raise ConfigError("set ALPACA_API_KEY_ID and ALPACA_API_SECRET_KEY (the keys of an Alpaca account)")
         if s.websocket_on_full not in ("block", "drop"):
             raise ConfigError(f"WEBSOCKET_ON_FULL={s.websocket_on_full!r}: use block or drop")
-        if s.websocket_queue_size < 1:
-            raise ConfigError(f"WEBSOCKET_QUEUE_SIZE={s.websocket_queue_size}: must be at least 1")
         if not symbols:
             raise ConfigError("no symbols to subscribe to")
         self.s = s
