@@ -24,7 +24,7 @@ from ticktape.config import ConfigError, Settings
 log = logging.getLogger(__name__)
 
 OFFSET_KEY = "@offset:{}:{}"  # table key of an input partition's next offset ('@' starts no symbol, account or interval)
-TAIL_CHECK_S = 1.0  # how often each stage looks for input the consumer took but never delivered
+TAIL_CHECK_S = 1.0  # how often each stage looks for input the consumer has not delivered
 STAGES = ["bars", "indicators", "predict", "strategy", "risk", "execution", "portfolio"]
 
 
@@ -158,8 +158,8 @@ class InputGuard:
     """Hands a stage each input partition's messages once and in offset order.
 
     Faust can lose messages it took from Kafka around startup and rebalances (its
-    streams skip messages fetched while flow control is off or of an older consumer
-    generation) and then commits past the hole.  The guard knows the next
+    streams skip, and ack, messages fetched while flow control is off or of an older
+    consumer generation: the likely path) and then commits past the hole.  The guard knows the next
     offset each partition must deliver (the stage saves it with its state), drops
     redelivered messages, and reads a hole's records straight from Kafka.  A partition
     never seen starts at its first retained offset, so a stage without state rebuilds
