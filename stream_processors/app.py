@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import time
 from collections import defaultdict
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 OFFSET_KEY = "@offset:{}:{}"  # table key of an input partition's next offset ('@' starts no symbol, account or interval)
 TAIL_CHECK_S = 1.0  # how often each stage looks for input the consumer has not delivered
+MAX_STATE_RECORD = 900_000  # bytes of one changelog value: under the broker's 1 MiB message limit
 STAGES = ["bars", "indicators", "predict", "strategy", "risk", "execution", "portfolio"]
 
 
@@ -303,7 +305,9 @@ def _record(msg) -> Record:
 
 async def save_state(table, entries) -> None:
     """Write ``(partition, key, value)`` entries to a table and its changelog (value
-    None deletes the key), and wait until the broker has them all.
+    None deletes the key: a real tombstone, which recovery and compaction delete), and
+    wait until the broker has them all.  A value too large for the broker fails here,
+    naming the key and its size, before anything of the batch is acknowledged.
 
     The last record of each partition goes in a produce request of its own: a broker
     whose high watermark counts only the first record of a partition's last batch (the
@@ -317,13 +321,23 @@ async def save_state(table, entries) -> None:
     for partition, key, value in entries:
         if value is None:
             data.pop(key, None)
+            record = (partition, key, None, None, "raw")  # JSON would write the value 'null'
         else:
             data[key] = value
+            raw = json.dumps(value).encode()
+            if len(raw) > MAX_STATE_RECORD:
+                raise StateTooLarge(f"table {table.name}: the state of key {key!r} is {len(raw):,} bytes, "
+                                    f"more than the {MAX_STATE_RECORD:,} a changelog record may hold")
+            record = (partition, key, raw, None, "raw")
         if partition in last:
             earlier.append(table.send_changelog(*last[partition]))
-        last[partition] = (partition, key, value)
+        last[partition] = record
     await asyncio.gather(*earlier)
     await asyncio.gather(*(table.send_changelog(*entry) for entry in last.values()))
+
+
+class StateTooLarge(RuntimeError):
+    """A stage's state record would exceed what the broker accepts (a bound is missing)."""
 
 
 def check_topics(s: Settings) -> None:

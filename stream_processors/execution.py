@@ -56,8 +56,9 @@ class ExecutionStage:
         self.loaded.add(partition)
         windows: dict[str, dict[int, list]] = {}
         for key, value in self.table.data.items():
-            if key.startswith("@") or value["p"] != partition:
-                continue  # an input offset (InputGuard's), or another partition's entry
+            if key.startswith("@") or not value or value["p"] != partition:
+                continue  # an input offset (InputGuard's), another partition's entry, or a
+                # forgotten window an older version wrote as the value null instead of a tombstone
             if "@" in key:
                 sym, b = key.rsplit("@", 1)
                 windows.setdefault(sym, {})[int(b)] = list(value["m"])
@@ -76,10 +77,10 @@ class ExecutionStage:
         for msg in await io.inputs(self.table, events, self.sources):
             self.load(msg.partition)
             expected = (("order",) if msg.topic == self.orders
-                        else ("tick", "tick_batch") if self.source == "ticks" else ("bar",))
+                        else ("tick", "tick_batch", "heartbeat") if self.source == "ticks" else ("bar",))
             decoded = await io.decode(msg, expected)
-            if decoded is None:
-                continue
+            if decoded is None or decoded[0] == "heartbeat":
+                continue  # a heartbeat carries no price
             event_type, rec = decoded
             sym = rec["symbol"]
             self.partition_of[sym] = msg.partition

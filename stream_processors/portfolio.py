@@ -15,7 +15,7 @@ from ticktape.config import Settings
 from ticktape.core.desks import PortfolioDesk
 
 from .app import run_stage
-from .trading_io import TradingIO
+from .trading_io import LATE_HEADER, TradingIO, header
 
 STAGE = "portfolio"
 
@@ -51,6 +51,8 @@ class PortfolioStage:
             if decoded is None:
                 continue
             kind, rec = decoded
+            if kind == "fill" and header(msg, LATE_HEADER) is not None:
+                kind = "late_fill"
             account = rec["account"]
             touched[account] = msg.partition
             for out_kind, e in self.desk(account, msg.partition).on_ledger(kind, rec):

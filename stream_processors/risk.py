@@ -22,9 +22,10 @@ from ticktape.core.risk import HALTED
 from ticktape.risk_config import load_risk_limits, risk_config_path
 
 from .app import run_stage
-from .trading_io import TradingIO, header_partition
+from .trading_io import LATE_HEADER, TradingIO, header_partition
 
 STAGE = "risk"
+PENDING_KEY = "@pending:{}:{}"  # table key of a buffered event: account, event id ('@' starts no account)
 
 
 class RiskStage:
@@ -39,6 +40,7 @@ class RiskStage:
         self.desks: dict[str, tuple[int, RiskDesk, dict]] = {}  # account -> (partition, desk, symbol partitions)
         self._latency = metrics.EVENT_LATENCY.labels(STAGE)
         self.grace_s = s.bar_grace_ms / 1000  # latency from the bar's close, as in the other stages
+        self._counted: dict[str, dict[str, int]] = {}  # the desks' counters already exported
 
     def forget(self, partitions) -> None:
         self.io.forget(partitions)
@@ -50,10 +52,14 @@ class RiskStage:
         if entry is None:
             saved = self.table.data.get(account)
             limits = self.limits.for_account(account)
+            bounds = {"idle_us": self.s.risk_idle_ms * 1000, "max_pending": self.s.risk_max_pending}
             if saved is None:
-                desk, parts = RiskDesk(account, limits, self.s.starting_cash, self.universe), {}
+                desk, parts = RiskDesk(account, limits, self.s.starting_cash, self.universe, **bounds), {}
             else:
-                desk, parts = RiskDesk.from_dict(saved["desk"], limits, self.universe), dict(saved["partitions"])
+                prefix = PENDING_KEY.format(account, "")
+                pending = [v["e"] for k, v in self.table.data.items() if k.startswith(prefix) and v]
+                desk = RiskDesk.from_dict(saved["desk"], limits, self.universe, pending, **bounds)
+                parts = dict(saved["partitions"])
             entry = self.desks[account] = (partition, desk, parts)
         return entry
 
@@ -79,7 +85,7 @@ class RiskStage:
             elif event_type == "risk_control":
                 out += [(desk, k, e) for k, e in desk.control(rec)]
             else:
-                desk.add(event_type, rec)
+                out += [(desk, k, e) for k, e in desk.add(event_type, rec)]
         for account in touched:
             _, desk, _ = self.desks[account]
             out += [(desk, k, e) for k, e in desk.release()]
@@ -100,13 +106,31 @@ class RiskStage:
                 self._latency.observe(now - e["ts"] / 1e6 - self.grace_s)
             elif kind == "risk_state":
                 await io.send("trading.risk", "risk_state", e, account, partition)
+            elif kind == "late_fill":
+                await io.send("trading.ledger", "fill", e, account, partition, [(LATE_HEADER, b"1")])
             else:
                 await io.send("trading.ledger", kind, e, account, partition)
-        for account in touched:
-            metrics.KILL_SWITCH.labels(account).set(1 if self.desks[account][1].risk.trading_state == HALTED else 0)
-        await io.flush(self.table, {a: (p, {"p": p, "desk": self.desks[a][1].to_dict(),
-                                             "partitions": self.desks[a][2]})
-                                    for a, p in touched.items()})
+        changes = {}
+        for account, p in touched.items():
+            desk = self.desks[account][1]
+            added, removed = desk.take_pending_changes()
+            changes.update((PENDING_KEY.format(account, eid), (p, None)) for eid in removed)
+            changes.update((PENDING_KEY.format(account, item[3]), (p, {"p": p, "e": item})) for item in added)
+            changes[account] = (p, {"p": p, "desk": desk.to_dict(), "partitions": self.desks[account][2]})
+            self._report(desk)
+        await io.flush(self.table, changes)
+
+    def _report(self, desk: RiskDesk) -> None:
+        account = desk.account
+        metrics.KILL_SWITCH.labels(account).set(1 if desk.risk.trading_state == HALTED else 0)
+        metrics.RISK_PENDING.labels(account).set(len(desk.pending))
+        metrics.RISK_IDLE_SYMBOLS.labels(account).set(len(desk.idle()))
+        seen = self._counted.setdefault(account, {"forced": 0, "signal": 0, "mark": 0, "fill": 0})
+        for kind, n in desk.late.items():
+            metrics.RISK_LATE.labels(account, kind).inc(n - seen[kind])
+            seen[kind] = n
+        metrics.RISK_FORCED.labels(account).inc(desk.forced - seen["forced"])
+        seen["forced"] = desk.forced
 
 
 def attach(app: faust.App, s: Settings) -> None:

@@ -1,10 +1,10 @@
-"""The strategy stage: ml.predictions + analytics.indicators → trading.signals, and the
-account stream (trading.account) the risk stage orders its decisions by.
+"""The strategy stage: ml.predictions → trading.signals, and the account stream
+(trading.account) the risk stage orders its decisions by.
 
 State: the ``strategy`` table, one entry per symbol (``StrategyDesk.symbol_state``), with
 its partition; written to the changelog after each batch.  Per batch: decide
 (``ticktape.core.desks.StrategyDesk``), send each Signal to trading.signals (the
-symbol's partition) and to trading.account, each Mark to trading.account, then one
+symbol's partition) and to trading.account, each Mark (one per prediction) to trading.account, then one
 Progress per symbol whose progress moved; wait for the broker; then the changelog.
 Account-stream events carry the symbol's partition in a header so that the risk stage
 can send orders to the partition the symbol's market data is in.
@@ -31,7 +31,7 @@ class StrategyStage:
         self.table = table
         self.cfg = StrategyConfig.from_settings(s)
         self.account = self.cfg.account
-        self.sources = {s.topic("analytics.indicators"), s.topic("ml.predictions")}
+        self.sources = {s.topic("ml.predictions")}
         self.desk = StrategyDesk(self.cfg)
         self.partition_of: dict[str, int] = {}  # symbols loaded into the desk
         self.sent_progress: dict[str, int] = {}
@@ -40,9 +40,7 @@ class StrategyStage:
         self.io.forget(partitions)
         for sym in [k for k, p in self.partition_of.items() if p in partitions]:
             del self.partition_of[sym]
-            self.desk.st.symbols.pop(sym, None)
-            self.desk.marks_from.pop(sym, None)
-            self.desk.held.pop(sym, None)
+            self.desk.forget_symbol(sym)
             self.sent_progress.pop(sym, None)
 
     def load(self, symbol: str, partition: int) -> None:
@@ -57,15 +55,15 @@ class StrategyStage:
         acct_p = io.account_partition(self.account)
         dirty = {}
         for msg in await io.inputs(self.table, events, self.sources):
-            decoded = await io.decode(msg, ("indicator_set", "prediction"))
+            decoded = await io.decode(msg, ("prediction",))
             if decoded is None:
                 continue
-            event_type, rec = decoded
+            _, rec = decoded
             sym = rec["symbol"]
             self.load(sym, msg.partition)
             try:
-                out = (self.desk.on_indicator_set if event_type == "indicator_set" else self.desk.on_prediction)(rec)
-            except ValueError as e:  # e.g. a p_up that is not a probability
+                out = self.desk.on_prediction(rec)
+            except ValueError as e:  # e.g. a p_up that is not a probability, no close
                 await io.dead_letter(msg, str(e))
                 continue
             header = partition_header(msg.partition)
@@ -86,8 +84,7 @@ class StrategyStage:
 
 
 def attach(app: faust.App, s: Settings) -> None:
-    topic = app.topic(s.topic("analytics.indicators"), s.topic("ml.predictions"),
-                      key_serializer="raw", value_serializer="raw")
+    topic = app.topic(s.topic("ml.predictions"), key_serializer="raw", value_serializer="raw")
     table = app.Table(STAGE, partitions=kafka_clients.topic_spec("ml.predictions").partitions)
     stage = StrategyStage(app, s, table)
 

@@ -22,6 +22,7 @@ from .bars import dead_letter_headers
 
 log = logging.getLogger(__name__)
 PARTITION_HEADER = "ticktape.partition"  # a symbol's partition number on symbol-keyed topics
+LATE_HEADER = "ticktape.late"  # on a ledger Fill: applied where it arrived, not in canonical order
 DLQ = "dlq.trading"
 
 
@@ -96,9 +97,14 @@ def partition_header(partition: int) -> list[tuple[str, bytes]]:
     return [(PARTITION_HEADER, str(partition).encode())]
 
 
-def header_partition(msg) -> int | None:
+def header(msg, name: str) -> bytes | None:
     headers = msg.headers or ()
     for k, v in (headers.items() if isinstance(headers, dict) else headers):
-        if k == PARTITION_HEADER:
-            return int(v)
+        if k == name:
+            return v
     return None
+
+
+def header_partition(msg) -> int | None:
+    v = header(msg, PARTITION_HEADER)
+    return None if v is None else int(v)

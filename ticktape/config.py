@@ -93,6 +93,10 @@ class Settings:
     tick_batch_ms: int = _setting(
         "TICK_BATCH_MS", 20,
         "producers: longest a tick waits for its batch (wall and event time); keep it well below BAR_GRACE_MS", low=0)
+    heartbeat_ms: int = _setting(
+        "HEARTBEAT_MS", 1000,
+        "live sources: a Heartbeat (the source's clock) to each md.ticks partition that got nothing for this "
+        "long, so quiet partitions' windows close; 0 = none", low=0)
     alpaca_api_key_id: str = _setting(
         "ALPACA_API_KEY_ID", "", "Alpaca API key id (produce websocket --provider alpaca)", secret=True)
     alpaca_api_secret_key: str = _setting(
@@ -117,6 +121,10 @@ class Settings:
     bar_intervals: str = _setting("BAR_INTERVALS", "1s,1m", "bar intervals (s, m, h suffixes)")
     bar_grace_ms: int = _setting(
         "BAR_GRACE_MS", 500, "how long after window end a bar waits for out-of-order ticks", low=0)
+    max_event_ahead_ms: int = _setting(
+        "MAX_EVENT_AHEAD_MS", 300000,
+        "a tick, heartbeat or bar whose event time is more than this ahead of the wall clock goes to the "
+        "dead-letter topic and moves nothing", low=1)
     processor_batch_size: int = _setting(
         "PROCESSOR_BATCH_SIZE", 5000, "max events an agent takes per batch", low=1)
     processor_batch_ms: int = _setting(
@@ -165,6 +173,15 @@ class Settings:
         "paper fills: ticks (next ask/bid after the order) or bars (next bar's open, bar-only sources)")
     risk_config: str = _setting(
         "RISK_CONFIG", "", "risk limits YAML file; empty = config/risk.yaml of the repo")
+    risk_idle_ms: int = _setting(
+        "RISK_IDLE_MS", 10000,
+        "a symbol (or an order waiting for its fill) more than this much event time behind the most advanced "
+        "symbol holds the account back no longer; its later input is late (stream_processors/README.md); "
+        "0 = wait for every symbol", low=0)
+    risk_max_pending: int = _setting(
+        "RISK_MAX_PENDING", 20000,
+        "events the risk stage buffers per account for the ordering rule; past it the oldest are processed "
+        "without waiting (counted)", low=1)
     # --- sinks -----------------------------------------------------------------------
     sink_batch_size: int = _setting("SINK_BATCH_SIZE", 5000, "rows per database transaction", low=1)
     sink_max_latency_ms: int = _setting(

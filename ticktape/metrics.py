@@ -70,12 +70,20 @@ MODEL_REFUSALS = Counter(
     "ticktape_model_refusals", "announced models refused (feature list mismatch, bad artifact)", ["model"])
 
 # --- risk -------------------------------------------------------------------------------
+RISK_PENDING = Gauge("ticktape_risk_pending", "events the risk stage buffers for the ordering rule", ["account"])
+RISK_IDLE_SYMBOLS = Gauge("ticktape_risk_idle_symbols",
+                          "universe symbols more than RISK_IDLE_MS behind (they hold nothing back)", ["account"])
+RISK_LATE = Counter("ticktape_risk_late_events", "account-stream events that came after later ones were processed",
+                    ["account", "kind"])
+RISK_FORCED = Counter("ticktape_risk_forced_releases",
+                      "events processed without waiting because the buffer reached RISK_MAX_PENDING", ["account"])
 KILL_SWITCH = Gauge("ticktape_kill_switch", "1 when the account is HALTED", ["account"])
 
 # --- market-data sources (label source: websocket:<provider>, yahoo) ----------------------
 SOURCE_MESSAGES = Counter(
     "ticktape_source_messages", "provider messages received, by kind "
     "(trade/quote/bar/control/ignored/unknown/malformed; yahoo: rows)", ["source", "kind"])
+HEARTBEATS = Counter("ticktape_heartbeats", "Heartbeats sent to quiet md.ticks partitions", ["stage"])
 SOURCE_EVENTS = Counter("ticktape_source_events", "events handed to the producer", ["source"])
 SOURCE_RECONNECTS = Counter("ticktape_source_reconnects", "reconnections to the provider", ["source"])
 SOURCE_GAPS = Counter(

@@ -136,7 +136,7 @@ def make_setup(s: Settings, symbols: tuple[str, ...], risk_path: str | None):
         limits = load_risk_limits(path)
         return Setup(tuple(s.interval_list), s.bar_grace_ms * 1000, StrategyConfig.from_settings(s),
                      ExecConfig.from_settings(s), limits, yaml.safe_load(path.read_text()), s.starting_cash,
-                     symbols, s.exec_market_data)
+                     symbols, s.exec_market_data, s.risk_idle_ms * 1000, s.risk_max_pending)
     except ConfigError as e:
         raise UsageError(str(e)) from None
 
@@ -186,6 +186,7 @@ def read_ticks(s: Settings, source: str, start: int, end: int, symbols: set[str]
     """The period's ticks per md.ticks partition (catalog count), each in its order."""
     from producers.replay import read_db, read_topic
     from ticktape import kafka_clients
+    from ticktape.core.bars import is_heartbeat
     from ticktape.core.replay import partition_for
 
     n = kafka_clients.topic_spec("md.ticks").partitions
@@ -200,7 +201,10 @@ def read_ticks(s: Settings, source: str, start: int, end: int, symbols: set[str]
     except KeyError:
         raise UsageError(f"topic {topic} does not exist (nothing recorded yet?)") from None
     for rec in read_topic(s, topic, start, end, symbols, decode=True):
-        out[rec.partition if same else partition_for(rec.event["symbol"], n)].append(rec.event)
+        if same:
+            out[rec.partition].append(rec.event)
+        elif not is_heartbeat(rec.event):  # a heartbeat is for its partition: it has no other
+            out[partition_for(rec.event["symbol"], n)].append(rec.event)
     return out
 
 

@@ -57,11 +57,23 @@ def read_to_end(s, topic: str) -> list:
 
 
 def live_state(s, account: str) -> dict | None:
-    """The risk stage's last saved state of an account (its table changelog), or None."""
-    state = None
+    """The risk stage's last saved state of an account (its table changelog), or None;
+    its buffered events under ``"pending"``."""
+    from stream_processors.risk import PENDING_KEY
+
+    state, pending = None, {}
+    prefix = PENDING_KEY.format(account, "")
     for msg in read_to_end(s, f"{s.group('worker')}-risk-changelog"):
-        if json.loads(msg.key()) == account:
+        key = json.loads(msg.key())
+        if key == account:
             state = json.loads(msg.value()) if msg.value() else None
+        elif isinstance(key, str) and key.startswith(prefix):
+            if msg.value() is None:
+                pending.pop(key, None)
+            else:
+                pending[key] = json.loads(msg.value())["e"]
+    if state is not None:
+        state["pending"] = list(pending.values())
     return state
 
 
@@ -77,7 +89,8 @@ def run_status(args) -> int:
         print(f"account {account}: no risk state yet (the risk stage has seen no event of it)")
         _print_limits(limits)
         return 0
-    desk = RiskDesk.from_dict(saved["desk"], limits, saved["desk"]["universe"])
+    desk = RiskDesk.from_dict(saved["desk"], limits, saved["desk"]["universe"], saved["pending"],
+                              idle_us=s.risk_idle_ms * 1000)
     r = desk.risk
     marks = r.portfolio.marks
     positions = {sym: {"committed": q, "last_price": marks.get(sym), "notional": abs(q) * marks.get(sym, 0.0)}
@@ -88,7 +101,8 @@ def run_status(args) -> int:
         "equity": r.portfolio.equity, "day_start_equity": r.day_start_equity, "daily_pnl": r.daily_pnl,
         "gross_exposure": sum(p["notional"] for p in positions.values()), "positions": positions,
         "open_orders": sorted(desk.open_orders), "pending_events": len(desk.pending),
-        "waiting_for": desk.waiting_for() if desk.pending else [],
+        "waiting_for": desk.waiting_for() if desk.pending else [], "idle": desk.idle(),
+        "late": desk.late, "forced": desk.forced,
     }
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
@@ -105,6 +119,10 @@ def run_status(args) -> int:
         print(f"    {sym:<8} {p['committed']:>12,.2f} @ {p['last_price']:,.4f} = {p['notional']:,.2f}")
     print(f"  open orders    {len(desk.open_orders)};  events waiting {len(desk.pending)}"
           + (f" (for progress of {', '.join(report['waiting_for'][:10])})" if report["waiting_for"] else ""))
+    if report["idle"]:
+        print(f"  idle symbols   {', '.join(report['idle'][:10])} (more than RISK_IDLE_MS behind: they hold nothing back)")
+    print(f"  late input     signals {desk.late['signal']}, marks {desk.late['mark']}, fills {desk.late['fill']};"
+          f"  processed past the buffer bound {desk.forced}")
     _print_limits(limits)
     return 0
 

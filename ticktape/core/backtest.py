@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 
 from . import pipeline
+from .bars import is_heartbeat
 from .desks import TradingChain
 from .execution import ExecConfig
 from .intervals import interval_seconds
@@ -60,6 +61,8 @@ class Setup:
     starting_cash: float
     universe: tuple[str, ...]  # the symbols the risk desk waits for (SYMBOLS)
     market_data: str = "ticks"  # what paper execution fills against: ticks or bars
+    idle_us: int = 0  # RISK_IDLE_MS: how far a symbol may fall behind before it holds nothing back
+    max_pending: int = 100_000  # RISK_MAX_PENDING
 
     @property
     def width_us(self) -> int:
@@ -72,7 +75,8 @@ class Setup:
                 "strategy": {k: getattr(st, k) for k in st.__dataclass_fields__},
                 "execution": {k: getattr(ex, k) for k in ex.__dataclass_fields__},
                 "market_data": self.market_data, "starting_cash": self.starting_cash,
-                "universe": list(self.universe), "risk_limits": self.limits_doc}
+                "universe": list(self.universe), "risk_limits": self.limits_doc,
+                "risk_idle_us": self.idle_us, "risk_max_pending": self.max_pending}
 
 
 def flush_ticks(end_us: int, setup: Setup, partitions: int) -> list[dict]:
@@ -102,7 +106,7 @@ def _market_stream(ticks_by_partition: Mapping[int, Sequence[dict]], bars: Seque
     """What paper execution reads, each source in its own order: a partition's ticks, or
     the strategy interval's bars."""
     if setup.market_data == "ticks":
-        return [(("tick", t) for t in ticks_by_partition[p]) for p in sorted(ticks_by_partition)]
+        return [(("tick", t) for t in ticks_by_partition[p] if not is_heartbeat(t)) for p in sorted(ticks_by_partition)]
     return [(("bar", b) for b in bars)]
 
 
@@ -114,12 +118,11 @@ def analytics(ticks_by_partition: Mapping[int, Sequence[dict]], setup: Setup, mo
 def trading(ticks_by_partition: Mapping[int, Sequence[dict]], out: pipeline.Outputs, setup: Setup) -> Events:
     """The trading desks over the market data and analytics; every event of the run."""
     iv = setup.strategy.interval
-    feed_in = [("indicator_set", e) for e in out.indicators if e["interval"] == iv]
-    feed_in += [("prediction", e) for e in out.predictions if e["interval"] == iv]
-    feed_in.sort(key=lambda x: x[1]["ts"])  # stable: a bar's set before its prediction
+    feed_in = sorted((("prediction", e) for e in out.predictions if e["interval"] == iv),
+                     key=lambda x: x[1]["ts"])
     streams = _market_stream(ticks_by_partition, sorted(out.bars.get(iv, []), key=itemgetter("ts")), setup)
     chain = TradingChain(setup.strategy, setup.limits, setup.execution, setup.starting_cash,
-                         setup.universe, setup.width_us, setup.market_data)
+                         setup.universe, setup.width_us, setup.market_data, setup.idle_us, setup.max_pending)
     feed = chain.feed
     for event_type, ev in heapq.merge(*streams, feed_in, key=lambda x: x[1]["ts"]):
         feed(event_type, ev)

@@ -5,10 +5,9 @@ in-process :func:`run_trading_chain` (tests, backtests) drive the *same* desks, 
 give the same events.  Each desk's output depends only on the events it is given, never
 on how its input topics interleave:
 
-* :class:`StrategyDesk` (per symbol): predictions + indicator sets -> Signals (joined on
-  ``ts``), one Mark per indicator set (its close) from the symbol's first prediction on,
-  and the symbol's *progress*: every later Signal or Mark of the symbol has a larger
-  ``ts`` (inputs arrive in ``ts`` order per symbol).
+* :class:`StrategyDesk` (per symbol): predictions -> Signals, one Mark per prediction
+  (the scored bar's close), and the symbol's *progress*: every later Signal or Mark of
+  the symbol has a larger ``ts`` (predictions arrive in ``ts`` order per symbol).
 * :class:`RiskDesk` (per account): the account stream (Signals, Marks, Fills, progress,
   operator controls) is put in the canonical order ``(ts, rank, symbol, event_id)`` with
   rank Fill < Mark < Signal, and an event is processed only when nothing can still come
@@ -24,7 +23,6 @@ from __future__ import annotations
 
 import bisect
 import zlib
-from collections import deque
 from collections.abc import Iterable
 
 from . import execution as ex_mod
@@ -49,90 +47,88 @@ def canonical_key(kind: str, ev: dict) -> list:
 # --- strategy ------------------------------------------------------------------------
 
 class StrategyDesk:
-    """The strategy core plus the Marks and progress the risk desk needs."""
+    """The strategy core plus the Marks and progress the risk desk needs.
 
-    __slots__ = ("st", "marks_from", "held")
+    Everything comes from predictions (v2 carries the scored bar's close): a Signal when
+    the target changes, and a Mark (the close) per prediction.  A symbol's progress is
+    its last prediction's ts: predictions arrive in ts order per symbol."""
+
+    __slots__ = ("st",)
 
     def __init__(self, cfg: st_mod.StrategyConfig):
         self.st = st_mod.Strategy(cfg)
-        self.marks_from: dict[str, int] = {}  # symbol -> ts of its first prediction
-        self.held: dict[str, deque] = {}  # symbol -> Marks waiting for its first prediction
 
     def symbol_state(self, symbol: str) -> dict | None:
         s = self.st.symbols.get(symbol)
-        if s is None:
-            return None
-        return {"s": s.to_dict(), "marks_from": self.marks_from.get(symbol),
-                "held": list(self.held.get(symbol, ()))}
+        return None if s is None else {"s": s.to_dict()}
 
     def set_symbol_state(self, symbol: str, d: dict) -> None:
         self.st.symbols[symbol] = st_mod.SymbolState.from_dict(d["s"])
-        if d["marks_from"] is not None:
-            self.marks_from[symbol] = d["marks_from"]
-        if d["held"]:
-            self.held[symbol] = deque(d["held"], maxlen=st_mod.JOIN_BUFFER)
+
+    def forget_symbol(self, symbol: str) -> None:
+        self.st.symbols.pop(symbol, None)
 
     def progress(self, symbol: str) -> int | None:
         s = self.st.symbols.get(symbol)
-        if s is None or s.last_ind_ts is None or s.last_pred_ts is None:
-            return None
-        return min(s.last_ind_ts, s.last_pred_ts)
-
-    def on_indicator_set(self, ind: dict) -> list[tuple[str, dict]]:
-        """[("mark", Mark)?, ("signal", Signal)...]"""
-        st, sym = self.st, ind["symbol"]
-        s = st.symbols.get(sym)
-        if ind["interval"] != st.cfg.interval or (
-                s is not None and s.last_ind_ts is not None and ind["ts"] <= s.last_ind_ts):
-            return []  # another interval, or redelivered
-        mark = {"event_id": f"mark:{st.cfg.account}:{ind['event_id']}", "account": st.cfg.account,
-                "symbol": sym, "ts": ind["ts"], "price": ind["close"]}
-        out = []
-        start = self.marks_from.get(sym)
-        if start is None:
-            held = self.held.get(sym) or self.held.setdefault(sym, deque(maxlen=st_mod.JOIN_BUFFER))
-            held.append(mark)
-        elif mark["ts"] >= start:
-            out.append(("mark", mark))
-        out += [("signal", sig) for sig in st_mod.on_indicator_set(st, ind)]
-        return out
+        return None if s is None else s.last_pred_ts
 
     def on_prediction(self, pred: dict) -> list[tuple[str, dict]]:
+        """[("mark", Mark), ("signal", Signal)?]; [] for another interval or a redelivery."""
         st, sym = self.st, pred["symbol"]
-        if pred["interval"] != st.cfg.interval:
+        s = st.symbols.get(sym)
+        if pred["interval"] != st.cfg.interval or (
+                s is not None and s.last_pred_ts is not None and pred["ts"] <= s.last_pred_ts):
             return []
-        out = []
-        if sym not in self.marks_from:
-            s = st.symbols.get(sym)
-            if s is None or s.last_pred_ts is None or pred["ts"] > s.last_pred_ts:
-                # Marks start at the first prediction: a symbol never scored holds nothing back
-                self.marks_from[sym] = pred["ts"]
-                out += [("mark", m) for m in self.held.pop(sym, ()) if m["ts"] >= pred["ts"]]
-        out += [("signal", sig) for sig in st_mod.on_prediction(st, pred)]
-        return out
+        signals = st_mod.on_prediction(st, pred)  # validates the prediction first
+        mark = {"event_id": f"mark:{st.cfg.account}:{sym}:{pred['interval']}:{pred['ts']}",
+                "account": st.cfg.account, "symbol": sym, "ts": pred["ts"], "price": pred["close"]}
+        return [("mark", mark)] + [("signal", sig) for sig in signals]
 
 
 # --- risk ----------------------------------------------------------------------------
 
 class RiskDesk:
-    """The risk engine of one account behind the ordering rule (see the module doc)."""
+    """The risk engine of one account behind the ordering rule (see the module doc).
+
+    Bounded waiting: with ``idle_us`` > 0 a universe symbol whose progress is more than
+    ``idle_us`` of event time behind the *frontier* (the highest progress of any universe
+    symbol), or that has none yet, holds the account back only to ``frontier - idle_us``;
+    so does an approved order still waiting for its fill.  The barrier is therefore
+    ``max(lowest progress, frontier - idle_us)``.  A symbol that resumes within ``idle_us``
+    of the frontier (a silent symbol trading again, a partition catching up) sorts after
+    everything processed, so the outcome is the canonical one; only input that comes
+    more than ``idle_us`` behind is *late*: a late Signal is rejected (STALE_MARKET_DATA),
+    a late Mark is dropped, a late Fill is applied where it arrives (``late_fill``).
+
+    Bounded buffer: past ``max_pending`` buffered events the oldest are processed without
+    waiting (counted in ``forced``); what then sorts before them is late as above.
+    """
 
     __slots__ = ("risk", "universe", "progress", "pending", "pending_ids", "open_orders", "last_key",
-                 "controls", "universe_set", "_barrier", "_at_barrier")
+                 "controls", "universe_set", "idle_us", "max_pending", "frontier", "late", "forced",
+                 "pending_added", "pending_removed", "_barrier", "_at_barrier")
 
     def __init__(self, account: str, limits: risk_mod.AccountLimits, starting_cash: float,
-                 universe: Iterable[str]):
+                 universe: Iterable[str], idle_us: int = 0, max_pending: int = 100_000):
         self.risk = risk_mod.Risk(account, limits, starting_cash)
         self.universe = tuple(sorted(set(universe)))
         self.universe_set = frozenset(self.universe)
         if not self.universe:
             raise ValueError("the risk desk needs a symbol universe (SYMBOLS)")
+        if idle_us < 0 or max_pending < 1:
+            raise ValueError(f"idle_us must be >= 0 and max_pending >= 1, got {idle_us}, {max_pending}")
+        self.idle_us, self.max_pending = idle_us, max_pending
         self.progress: dict[str, int] = {}
+        self.frontier: int | None = None  # highest progress of a universe symbol
         self.pending: list[list] = []  # [ts, rank, symbol, event_id, kind, event], sorted
         self.pending_ids: set[str] = set()
+        self.pending_added: dict[str, list] = {}  # since the last ``take_pending_changes``
+        self.pending_removed: set[str] = set()
         self.open_orders: dict[str, int] = {}  # approved order id -> ts, until its Fill arrives
         self.last_key: list | None = None  # canonical key of the last processed event
         self.controls = risk_mod.RecentIds(256)
+        self.late: dict[str, int] = {"signal": 0, "mark": 0, "fill": 0}
+        self.forced = 0
         self._barrier: int | None = None  # min progress over the universe; None: to compute
         self._at_barrier = 0  # universe symbols whose progress is the barrier
 
@@ -141,52 +137,104 @@ class RiskDesk:
         return self.risk.account
 
     def to_dict(self) -> dict:
+        """The desk without its buffered events (``pending_entries``: saved one per key)."""
         return {"risk": self.risk.to_dict(), "universe": list(self.universe),
-                "progress": dict(self.progress), "pending": [list(p) for p in self.pending],
-                "open_orders": dict(self.open_orders), "last_key": self.last_key,
-                "controls": self.controls.to_list()}
+                "progress": dict(self.progress), "open_orders": dict(self.open_orders),
+                "last_key": self.last_key, "controls": self.controls.to_list(),
+                "late": dict(self.late), "forced": self.forced}
 
     @classmethod
-    def from_dict(cls, d: dict, limits: risk_mod.AccountLimits, universe: Iterable[str]) -> "RiskDesk":
+    def from_dict(cls, d: dict, limits: risk_mod.AccountLimits, universe: Iterable[str],
+                  pending: Iterable[list] = (), **bounds) -> "RiskDesk":
         r = risk_mod.Risk.from_dict(d["risk"], limits)
-        desk = cls(r.account, limits, r.portfolio.starting_cash, universe)
+        desk = cls(r.account, limits, r.portfolio.starting_cash, universe, **bounds)
         desk.risk = r
-        desk.progress = dict(d["progress"])
-        desk.pending = [list(p) for p in d["pending"]]
+        for sym, ts in d["progress"].items():
+            desk.on_progress(sym, ts)
+        desk.pending = sorted(list(p) for p in (*d.get("pending", ()), *pending))  # "pending": an older state
         desk.pending_ids = {p[3] for p in desk.pending}
         desk.open_orders = dict(d["open_orders"])
         desk.last_key = d["last_key"]
         desk.controls = risk_mod.RecentIds(256, d["controls"])
+        desk.late = dict(d.get("late", desk.late))
+        desk.forced = d.get("forced", 0)
         return desk
 
+    def take_pending_changes(self) -> tuple[list[list], list[str]]:
+        """(events buffered, event ids released) since the last call: what to save."""
+        added = [p for eid, p in self.pending_added.items() if eid in self.pending_ids]
+        removed = sorted(self.pending_removed)
+        self.pending_added, self.pending_removed = {}, set()
+        return added, removed
+
     def waiting_for(self) -> list[str]:
-        """Universe symbols whose progress holds the account back (none yet, or the lowest)."""
-        missing = [s for s in self.universe if s not in self.progress]
-        if missing:
+        """Universe symbols whose progress holds the account back: without progress yet,
+        or the lowest of those not idle."""
+        floor = self._floor()
+        holding = [s for s in self.universe if floor is None or self.progress.get(s, floor - 1) >= floor]
+        missing = [s for s in holding if s not in self.progress]
+        if missing or not holding:
             return missing
-        low = min(self.progress[s] for s in self.universe)
-        return [s for s in self.universe if self.progress[s] == low]
+        low = min(self.progress[s] for s in holding)
+        return [s for s in holding if self.progress[s] == low]
+
+    def idle(self) -> list[str]:
+        """Universe symbols more than ``idle_us`` behind the frontier: they hold nothing back."""
+        floor = self._floor()
+        return [] if floor is None else [s for s in self.universe if self.progress.get(s, floor - 1) < floor]
+
+    def _floor(self) -> int | None:
+        return None if not self.idle_us or self.frontier is None else self.frontier - self.idle_us
 
     def on_progress(self, symbol: str, ts: int) -> None:
         old = self.progress.get(symbol, -1)
         if ts > old:
             self.progress[symbol] = ts
-            if old == self._barrier and symbol in self.universe_set:
-                self._at_barrier -= 1
-                if self._at_barrier == 0:  # the last of the lowest symbols moved: the barrier rises
-                    self._barrier = None
+            if symbol in self.universe_set:
+                if self.frontier is None or ts > self.frontier:
+                    self.frontier = ts
+                if old == self._barrier:
+                    self._at_barrier -= 1
+                    if self._at_barrier == 0:  # the last of the lowest symbols moved: the barrier rises
+                        self._barrier = None
 
-    def add(self, kind: str, ev: dict) -> None:
-        """Buffer a signal, mark or fill (redeliveries are dropped)."""
+    def add(self, kind: str, ev: dict) -> list[tuple[str, dict]]:
+        """Buffer a signal, mark or fill (redeliveries are dropped); what a late one
+        decides at once: [("rejection", OrderRejected)] or [("late_fill", Fill)]."""
         if ev["account"] != self.account:
             raise ValueError(f"{kind} {ev['event_id']} is for account {ev['account']!r}, not {self.account!r}")
         key = canonical_key(kind, ev)
-        if ev["event_id"] in self.pending_ids or (self.last_key is not None and key <= self.last_key):
-            return  # already buffered or processed: nothing new can sort before the last processed
+        if ev["event_id"] in self.pending_ids:
+            return []
+        if self.last_key is not None and key <= self.last_key:
+            return self._late(kind, ev)
         if kind == "fill":
             self.open_orders.pop(ev["order_id"], None)
         self.pending_ids.add(ev["event_id"])
-        bisect.insort(self.pending, key + [kind, ev])
+        item = key + [kind, ev]
+        self.pending_added[ev["event_id"]] = item
+        bisect.insort(self.pending, item)
+        return []
+
+    def _late(self, kind: str, ev: dict) -> list[tuple[str, dict]]:
+        """An event sorting before what was processed: a redelivery, or late input."""
+        if kind == "fill":
+            if self.open_orders.pop(ev["order_id"], None) is None:
+                return []  # its order's fill is in: a redelivery
+            self.late["fill"] += 1
+            before = self.risk.trading_state
+            risk_mod.on_fill(self.risk, ev)
+            out = [("late_fill", ev)]
+            if self.risk.trading_state != before:
+                out.append(("risk_state", self._state_event(self.last_key[0], ev["event_id"])))
+            return out
+        if kind == "mark":
+            self.late["mark"] += 1  # also counts redelivered marks: they carry nothing new
+            return []
+        rejection = risk_mod.reject_late(self.risk, ev, self.last_key[0])
+        if rejection:
+            self.late["signal"] += 1
+        return [("rejection", r) for r in rejection]
 
     def control(self, ctl: dict) -> list[tuple[str, dict]]:
         """An operator command, applied now; [("risk_state", RiskState)] when the state changes."""
@@ -202,22 +250,32 @@ class RiskDesk:
 
     def release(self) -> list[tuple[str, dict]]:
         """Process every buffered event nothing can precede any more, in canonical order:
-        [("order"|"rejection"|"fill"|"mark"|"risk_state", event)] (Fills and Marks = ledger)."""
+        [("order"|"rejection"|"fill"|"mark"|"risk_state", event)] (Fills and Marks = ledger).
+        Past ``max_pending`` buffered events, the oldest are processed regardless."""
         barrier = self._barrier  # kept between calls: a backtest calls this once per event
-        if barrier is None:
-            if any(s not in self.progress for s in self.universe):
-                return []
+        if barrier is None and all(s in self.progress for s in self.universe):
             barrier = self._barrier = min(self.progress[s] for s in self.universe)
             self._at_barrier = sum(self.progress[s] == barrier for s in self.universe)
+        floor = self._floor()
+        if floor is not None:
+            barrier = floor if barrier is None else max(barrier, floor)
+        elif barrier is None:
+            barrier = -(1 << 63)  # a symbol has no progress yet: only the buffer's bound releases
         first_open = min(self.open_orders.values(), default=None)
+        if first_open is not None and floor is not None and first_open < floor:
+            first_open = floor
         out, r, pending = [], self.risk, self.pending
         done = 0
+        over = len(pending) - self.max_pending
         for item in pending:
             ts = item[0]
             if ts > barrier or (first_open is not None and first_open < ts):
-                break  # a Fill of that order may still come before this event
+                if done >= over:
+                    break  # a Fill of that order may still come before this event
+                self.forced += 1
             kind, ev = item[4], item[5]
             self.pending_ids.discard(ev["event_id"])
+            self.pending_removed.add(ev["event_id"])
             self.last_key = item[:4]
             done += 1
             before = r.trading_state
@@ -226,7 +284,7 @@ class RiskDesk:
                     if decision["event_id"].startswith("ord:"):
                         self.open_orders[decision["event_id"]] = decision["ts"]
                         if first_open is None or decision["ts"] < first_open:
-                            first_open = decision["ts"]
+                            first_open = decision["ts"] if floor is None else max(decision["ts"], floor)
                         out.append(("order", decision))
                     else:
                         out.append(("rejection", decision))
@@ -380,30 +438,38 @@ class ExecutionDesk:
 # --- portfolio -----------------------------------------------------------------------
 
 class PortfolioDesk:
-    """The portfolio fold of one account's ledger (Fills and Marks in canonical order)."""
+    """The portfolio fold of one account's ledger (Fills and Marks in canonical order,
+    and late Fills where the risk desk let them in)."""
 
-    __slots__ = ("pf", "last_key")
+    __slots__ = ("pf", "last_key", "late_ids")
 
     def __init__(self, account: str, starting_cash: float):
         self.pf = pf_mod.Portfolio(account, starting_cash)
         self.last_key: list | None = None  # the ledger is in canonical order: older = redelivered
+        self.late_ids = risk_mod.RecentIds(256)  # late fills applied (they sort before last_key)
 
     def to_dict(self) -> dict:
-        return {"pf": self.pf.to_dict(), "last_key": self.last_key}
+        return {"pf": self.pf.to_dict(), "last_key": self.last_key, "late_ids": self.late_ids.to_list()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PortfolioDesk":
         pf = pf_mod.Portfolio.from_dict(d["pf"])
         desk = cls(pf.account, pf.starting_cash)
         desk.pf, desk.last_key = pf, d["last_key"]
+        desk.late_ids = risk_mod.RecentIds(256, d.get("late_ids", ()))
         return desk
 
     def on_ledger(self, kind: str, ev: dict) -> list[tuple[str, dict]]:
-        key = canonical_key(kind, ev)
-        if self.last_key is not None and key <= self.last_key:
-            return []
-        self.last_key = key
-        out = pf_mod.apply_fill(self.pf, ev) if kind == "fill" else pf_mod.on_mark(self.pf, ev)
+        if kind == "late_fill":
+            if self.late_ids.seen(ev["event_id"]):
+                return []
+            out = pf_mod.apply_fill(self.pf, ev)
+        else:
+            key = canonical_key(kind, ev)
+            if self.last_key is not None and key <= self.last_key:
+                return []
+            self.last_key = key
+            out = pf_mod.apply_fill(self.pf, ev) if kind == "fill" else pf_mod.on_mark(self.pf, ev)
         return [("position" if e["event_id"].startswith("pos:") else "equity", e) for e in out]
 
 
@@ -417,22 +483,21 @@ class TradingChain:
 
     def __init__(self, strategy_cfg: st_mod.StrategyConfig, limits: risk_mod.RiskLimits,
                  exec_cfg: ex_mod.ExecConfig, starting_cash: float, universe: Iterable[str],
-                 width_us: int, market_data: str = "ticks"):
+                 width_us: int, market_data: str = "ticks", idle_us: int = 0, max_pending: int = 100_000):
         account = strategy_cfg.account
         self.strategy = StrategyDesk(strategy_cfg)
-        self.risk = RiskDesk(account, limits.for_account(account), starting_cash, universe)
+        self.risk = RiskDesk(account, limits.for_account(account), starting_cash, universe, idle_us, max_pending)
         self.execution = ExecutionDesk(exec_cfg, width_us, market_data)
         self.portfolio = PortfolioDesk(account, starting_cash)
         self.outputs: dict[str, list[dict]] = {k: [] for k in (
             "signal", "mark", "order", "rejection", "fill", "position", "equity", "risk_state")}
 
     def feed(self, event_type: str, ev: dict) -> None:
-        if event_type in ("indicator_set", "prediction"):
+        if event_type == "prediction":
             desk = self.strategy
-            out = (desk.on_indicator_set if event_type == "indicator_set" else desk.on_prediction)(ev)
-            for kind, e in out:
+            for kind, e in desk.on_prediction(ev):
                 self.outputs[kind].append(e)
-                self.risk.add(kind, e)
+                self._decided(self.risk.add(kind, e))
             progress = desk.progress(ev["symbol"])
             if progress is not None:
                 self.risk.on_progress(ev["symbol"], progress)
@@ -447,27 +512,29 @@ class TradingChain:
     def _fills(self, fills: list[dict]) -> None:
         for f in fills:
             self.outputs["fill"].append(f)
-            self.risk.add("fill", f)
+            self._decided(self.risk.add("fill", f))
 
     def _pump(self) -> None:
         while True:
             released = self.risk.release()
             if not released:
                 return
-            for kind, e in released:
-                if kind == "order":
-                    self.outputs["order"].append(e)
-                    self._fills(self.execution.on_order(e))
-                elif kind in ("fill", "mark"):
-                    for k, pe in self.portfolio.on_ledger(kind, e):
-                        self.outputs[k].append(pe)
-                else:
-                    self.outputs[kind].append(e)
+            self._decided(released)
+
+    def _decided(self, decisions: list[tuple[str, dict]]) -> None:
+        for kind, e in decisions:
+            if kind == "order":
+                self.outputs["order"].append(e)
+                self._fills(self.execution.on_order(e))
+            elif kind in ("fill", "mark", "late_fill"):
+                for k, pe in self.portfolio.on_ledger(kind, e):
+                    self.outputs[k].append(pe)
+            else:
+                self.outputs[kind].append(e)
 
 
 def run_trading_chain(events: Iterable[tuple[str, dict]], **chain_args) -> TradingChain:
-    """Feed ``(event_type, event)`` pairs (indicator_set, prediction, tick, bar,
-    risk_control) through a new :class:`TradingChain`; returns it (see ``outputs``)."""
+    """Feed ``(event_type, event)`` pairs (prediction, tick, bar, risk_control) through a new :class:`TradingChain`; returns it (see ``outputs``)."""
     chain = TradingChain(**chain_args)
     for event_type, ev in events:
         chain.feed(event_type, ev)

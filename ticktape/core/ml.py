@@ -232,6 +232,7 @@ class Model:
             out.append({"event_id": f"{ind['event_id']}:{self.name}:{self.version}",
                         "symbol": ind["symbol"], "interval": ind["interval"], "ts": ind["ts"],
                         "model_name": self.name, "model_version": self.version, "p_up": p[k],
-                        "horizon": self.horizon, "features": dict(zip(features, rows[k]))})
+                        "horizon": self.horizon, "features": dict(zip(features, rows[k])),
+                        "close": ind["close"], "volatility_20": ind["volatility_20"]})
             k += 1
         return out, len(items) - n_ok, time.perf_counter() - started

@@ -369,6 +369,26 @@ def gross_exposure(r: Risk) -> float:
     return sum(abs(q) * marks[s] for s, q in r.committed.items() if q)
 
 
+def _rejected(r: Risk, sig: dict, side: str, qty: float, code: str, detail: str) -> dict:
+    return {"event_id": f"rej:{sig['event_id']}", "account": r.account, "symbol": sig["symbol"],
+            "ts": sig["ts"], "side": side, "quantity": qty, "reference_price": sig["reference_price"],
+            "reason_code": code, "detail": detail, "signal_id": sig["event_id"]}
+
+
+def reject_late(r: Risk, sig: dict, processed_ts: int) -> list[dict]:
+    """[OrderRejected] for a signal that came after the account had processed later
+    events (its symbol was idle: more than RISK_IDLE_MS behind); [] for a redelivery or
+    a signal already on target.  The account's state does not change."""
+    if r.recent_signals.seen(sig["event_id"]):
+        return []
+    delta = sig["target_position"] - r.committed.get(sig["symbol"], 0.0)
+    if delta == 0:
+        return []
+    detail = (f"signal at {iso(sig['ts'])} came after the account had processed events up to "
+              f"{iso(processed_ts)}: its symbol was idle (more than RISK_IDLE_MS behind)")
+    return [_rejected(r, sig, side_of(delta), abs(delta), "STALE_MARKET_DATA", detail)]
+
+
 def on_signal(r: Risk, sig: dict) -> list[dict]:
     """[Order] or [OrderRejected]; [] for a redelivered signal or one already on target."""
     if sig["account"] != r.account:
@@ -386,12 +406,7 @@ def on_signal(r: Risk, sig: dict) -> list[dict]:
     side, qty = side_of(delta), abs(delta)
     rejection = _reason(r, sig, symbol, committed, target, qty, side)
     if rejection is not None:
-        code, detail = rejection
-        return [{
-            "event_id": f"rej:{sig_id}", "account": r.account, "symbol": symbol, "ts": ts,
-            "side": side, "quantity": qty, "reference_price": sig["reference_price"],
-            "reason_code": code, "detail": detail, "signal_id": sig_id,
-        }]
+        return [_rejected(r, sig, side, qty, *rejection)]
     r.committed[symbol] = target
     window = r.rate_symbol.get(symbol)
     if window is None:

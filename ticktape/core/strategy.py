@@ -17,21 +17,19 @@ The Signal carries the new ``target_position``; ``side``/``quantity`` are the ch
 from the previous target.  The risk engine orders ``target - committed position``, so
 a rejected intent never leaves the account off target by more than the last change.
 
-Price and volatility come from the IndicatorSet of the same bar (same ``ts``).  The
-two inputs are joined per symbol by ``ts``, so the decisions do not depend on how the
-two topics interleave.
+Price and volatility are those of the scored bar, which the Prediction carries (v2):
+a decision needs its prediction alone, so there is no join whose buffers could
+overflow or whose result could depend on how two topics interleave.
 """
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 from ..config import ConfigError
 from .trading import side_of
 
 STRATEGY_NAME = "p_up_hysteresis"
-JOIN_BUFFER = 256  # events per symbol and input waiting for their partner
 _DIRECTION = {1: "long", 0: "flat", -1: "short"}
 
 
@@ -78,8 +76,7 @@ class StrategyConfig:
 
 
 class SymbolState:
-    __slots__ = ("direction", "target", "decisions", "changed_at", "last_pred_ts", "last_ind_ts",
-                 "preds", "inds")
+    __slots__ = ("direction", "target", "decisions", "changed_at", "last_pred_ts")
 
     def __init__(self):
         self.direction = 0  # -1 short, 0 flat, 1 long
@@ -87,99 +84,59 @@ class SymbolState:
         self.decisions = 0
         self.changed_at: int | None = None  # decision number of the last target change
         self.last_pred_ts: int | None = None
-        self.last_ind_ts: int | None = None
-        self.preds: deque = deque()  # [ts, p_up, event_id, model_version] waiting for indicators
-        self.inds: deque = deque(maxlen=JOIN_BUFFER)  # [ts, close, volatility_20]
 
     def to_dict(self) -> dict:
         return {"direction": self.direction, "target": self.target, "decisions": self.decisions,
-                "changed_at": self.changed_at, "last_pred_ts": self.last_pred_ts,
-                "last_ind_ts": self.last_ind_ts, "preds": [list(p) for p in self.preds],
-                "inds": [list(i) for i in self.inds]}
+                "changed_at": self.changed_at, "last_pred_ts": self.last_pred_ts}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SymbolState":
-        s = cls()
+        s = cls()  # a state saved with join buffers (before Prediction v2) loads without them
         s.direction, s.target, s.decisions = d["direction"], d["target"], d["decisions"]
-        s.changed_at, s.last_pred_ts, s.last_ind_ts = d["changed_at"], d["last_pred_ts"], d["last_ind_ts"]
-        s.preds.extend(list(p) for p in d["preds"])
-        s.inds.extend(list(i) for i in d["inds"])
+        s.changed_at, s.last_pred_ts = d["changed_at"], d["last_pred_ts"]
         return s
 
 
 class Strategy:
-    __slots__ = ("cfg", "symbols", "unmatched_predictions")
+    __slots__ = ("cfg", "symbols")
 
     def __init__(self, cfg: StrategyConfig):
         self.cfg = cfg
         self.symbols: dict[str, SymbolState] = {}
-        # predictions whose bar's IndicatorSet never came (a pipeline fault; export as a metric)
-        self.unmatched_predictions = 0
 
     def to_dict(self) -> dict:
-        return {"symbols": {sym: s.to_dict() for sym, s in self.symbols.items()},
-                "unmatched_predictions": self.unmatched_predictions}
+        return {"symbols": {sym: s.to_dict() for sym, s in self.symbols.items()}}
 
     @classmethod
     def from_dict(cls, d: dict, cfg: StrategyConfig) -> "Strategy":
         st = cls(cfg)
         st.symbols = {sym: SymbolState.from_dict(s) for sym, s in d["symbols"].items()}
-        st.unmatched_predictions = d["unmatched_predictions"]
         return st
 
 
-def on_indicator_set(st: Strategy, ind: dict) -> list[dict]:
-    if ind["interval"] != st.cfg.interval:
-        return []
-    s = st.symbols.get(ind["symbol"]) or st.symbols.setdefault(ind["symbol"], SymbolState())
-    ts = ind["ts"]
-    if s.last_ind_ts is not None and ts <= s.last_ind_ts:
-        return []  # redelivered
-    s.last_ind_ts = ts
-    s.inds.append([ts, ind["close"], ind["volatility_20"]])
-    return _drain(st, ind["symbol"], s) if s.preds else []
+def check_prediction(pred: dict) -> None:
+    """ValueError when a prediction cannot be traded: p_up not a probability, no price."""
+    p_up, close = pred["p_up"], pred.get("close")
+    if not 0.0 <= p_up <= 1.0:
+        raise ValueError(f"prediction {pred['event_id']}: p_up={p_up!r} is not a probability")
+    if close is None or not 0.0 < close < math.inf:
+        raise ValueError(f"prediction {pred['event_id']}: close={close!r} is not a price "
+                         "(Prediction v1 carries none: re-run the predict stage)")
 
 
 def on_prediction(st: Strategy, pred: dict) -> list[dict]:
+    """The Signal (if the target changes) for one prediction, in ts order per symbol."""
     if pred["interval"] != st.cfg.interval:
         return []
-    p_up = pred["p_up"]
-    if not 0.0 <= p_up <= 1.0:
-        raise ValueError(f"prediction {pred['event_id']}: p_up={p_up!r} is not a probability")
+    check_prediction(pred)
     symbol = pred["symbol"]
     s = st.symbols.get(symbol) or st.symbols.setdefault(symbol, SymbolState())
     ts = pred["ts"]
     if s.last_pred_ts is not None and ts <= s.last_pred_ts:
         return []  # redelivered
     s.last_pred_ts = ts
-    inds = s.inds
-    if not s.preds and inds and inds[-1][0] == ts:  # the usual order: this bar's indicators are in
-        ind = inds.pop()
-        inds.clear()  # older bars the model did not score
-        return _decide(st, symbol, s, ts, p_up, pred["event_id"], pred["model_version"], ind[1], ind[2])
-    if len(s.preds) == JOIN_BUFFER:
-        s.preds.popleft()
-        st.unmatched_predictions += 1
-    s.preds.append([ts, p_up, pred["event_id"], pred["model_version"]])
-    return _drain(st, symbol, s) if inds else []
-
-
-def _drain(st: Strategy, symbol: str, s: SymbolState) -> list[dict]:
-    """Decide every prediction whose IndicatorSet has arrived, in ts order."""
-    out = []
-    preds, inds = s.preds, s.inds
-    while preds and inds:
-        pts, its = preds[0][0], inds[0][0]
-        if its < pts:
-            inds.popleft()  # a bar the model did not score: no prediction will come for it
-        elif its > pts:
-            preds.popleft()  # its indicators were passed over: they will never come
-            st.unmatched_predictions += 1
-        else:
-            _, p_up, pred_id, model_version = preds.popleft()
-            _, close, vol = inds.popleft()
-            out.extend(_decide(st, symbol, s, pts, p_up, pred_id, model_version, close, vol))
-    return out
+    return _decide(st, symbol, s, ts, pred["p_up"], pred["event_id"], pred["model_version"],
+                   pred["close"], pred.get("volatility_20"))
 
 
 def _decide(st: Strategy, symbol: str, s: SymbolState, ts: int, p_up: float, pred_id: str,
