@@ -6,6 +6,12 @@ events and call ``publish``.
 With ``TICK_BATCH_MAX`` > 1, ticks are grouped per symbol into TickBatch messages
 (``ticktape.core.tickbatch``) of up to that many ticks, none waiting longer than
 ``TICK_BATCH_MS``: a background thread sends groups that waited that long.
+
+A live source also calls ``start_heartbeats``: every md.ticks partition that got no
+message for ``HEARTBEAT_MS`` then gets a Heartbeat whose ts is the source's clock (its
+newest tick's event time plus the wall time since), so a quiet partition's windows, and
+the session's last bars, close within HEARTBEAT_MS + BAR_GRACE_MS; the heartbeat is on
+the log, so a replay closes them the same way.
 """
 from __future__ import annotations
 
@@ -66,6 +72,10 @@ class EventPublisher:
         self._lock = threading.Lock()  # the batcher is shared with the linger thread
         self._linger: threading.Thread | None = None
         self._closed = threading.Event()
+        self.heartbeats = 0
+        self._hb_topic: str | None = None  # set by start_heartbeats
+        self._last_message: dict[int, float] = {}  # md.ticks partition -> monotonic time of its last delivery
+        self._clock: tuple[int, float] | None = None  # (newest tick ts, monotonic time then)
 
     def _on_delivery(self, err, msg, events: int = 1) -> None:
         """Delivery report of a message holding ``events`` events (a TickBatch: its ticks)."""
@@ -75,6 +85,8 @@ class EventPublisher:
             log.error("delivery to %s failed: %s", msg.topic(), err)
         else:
             self.delivered += events
+            if msg.topic() == self._hb_topic:
+                self._last_message[msg.partition()] = time.monotonic()
 
     def publish(self, topic: str, event_type: str, record: dict, key: str | None = None,
                 headers: list[tuple[str, bytes]] | None = None) -> None:
@@ -85,6 +97,9 @@ class EventPublisher:
         if full is None:
             full = self._topics[topic] = self.settings.topic(topic)
             self._out[topic] = metrics.EVENTS_OUT.labels(self.stage, topic)
+        if event_type == "tick" and full == self._hb_topic and (
+                self._clock is None or record["ts"] > self._clock[0]):
+            self._clock = (record["ts"], time.monotonic())
         if self._batcher is not None and event_type == "tick" and key is None and headers is None:
             with self._lock:
                 ready = self._batcher.add(topic, record, time.monotonic())
@@ -129,6 +144,41 @@ class EventPublisher:
         self.sent += events
         if self.sent % 1000 < events:
             self.producer.poll(0)
+
+    def start_heartbeats(self, source: str, topic: str = "md.ticks") -> None:
+        """Send Heartbeats to ``topic``'s quiet partitions from now on (HEARTBEAT_MS; 0: never)."""
+        if not self.settings.heartbeat_ms:
+            return
+        full = self.settings.topic(topic)
+        meta = self.producer.list_topics(full, timeout=10).topics[full]
+        if meta.error is not None:
+            raise DeliveryError(f"cannot send heartbeats to {full}: {meta.error}")
+        now = time.monotonic()
+        self._last_message = {p: now for p in meta.partitions}
+        self._hb_topic = full
+        threading.Thread(target=self._heartbeat_loop, args=(source, full), name="heartbeats", daemon=True).start()
+
+    def _heartbeat_loop(self, source: str, topic: str) -> None:
+        every = self.settings.heartbeat_ms / 1000
+        while not self._closed.wait(every / 4):
+            self.producer.poll(0)  # delivery reports: when each partition last got a message
+            now = time.monotonic()
+            if self._clock is None:
+                continue  # no tick yet: the source's clock is unknown
+            ts = self._clock[0] + int((now - self._clock[1]) * 1e6)
+            for p, last in sorted(self._last_message.items()):
+                if now - last >= every:
+                    hb = {"event_id": f"hb:{source}:{p}:{ts}", "ts": ts, "source": source, "partition": p}
+                    self.producer.produce(topic, value=self.serde.encode("heartbeat", hb, topic=topic),
+                                          partition=p, on_delivery=self._on_heartbeat)
+                    self._last_message[p] = now
+
+    def _on_heartbeat(self, err, msg) -> None:
+        if err is None:
+            self.heartbeats += 1
+            metrics.HEARTBEATS.labels(self.stage).inc()
+        else:
+            log.warning("heartbeat to %s[%d] failed: %s", msg.topic(), msg.partition(), err)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Send the open tick batches, then wait until every event sent so far is

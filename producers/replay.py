@@ -39,6 +39,7 @@ from confluent_kafka import TopicPartition
 from ticktape import kafka_clients
 from ticktape.cli import UsageError
 from ticktape.config import Settings
+from ticktape.core.bars import is_heartbeat
 from ticktape.core.intervals import interval_seconds
 from ticktape.core.replay import PartitionMerger, partition_for
 from ticktape.core.tickbatch import expand, make_batch
@@ -140,8 +141,9 @@ def read_topic(s: Settings, topic: str, start: int | None, end: int | None,
                     merger.finish(p)
                     cons.pause([TopicPartition(topic, p)])
                     continue
-                if (start is not None and ts < start) or (
-                        symbols is not None and (event or {}).get("symbol", _key(msg)) not in symbols):
+                if (start is not None and ts < start) or (  # heartbeats are every symbol's
+                        symbols is not None and (event is None or not is_heartbeat(event))
+                        and (event or {}).get("symbol", _key(msg)) not in symbols):
                     merger.seen(p, ts)
                     continue
                 merger.add(p, ts, ReplayRecord(p, ts, msg.key(), msg.value(), rec_ts_ms,

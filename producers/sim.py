@@ -42,6 +42,8 @@ def run(args, s: Settings, stop: StopFlag | None = None) -> int:
     seed = args.seed if args.seed is not None else s.sim_seed
     metrics.serve("producer", s)
     pub = EventPublisher(s)
+    if live:
+        pub.start_heartbeats("sim")
     # live event time starts once the publisher is ready: ticks leave when their ts is now
     start_us = start if not live else (time.time_ns() // 1000)
     sim = MarketSimulator(symbols, seed=seed, tick_rate=rate, start_us=start_us)

@@ -124,6 +124,7 @@ class WebSocketFeed:
         """Read the feed until stopped (signal, ``count``) or a fatal provider error,
         then publish and flush everything received."""
         pub = self._publisher or EventPublisher(self.s, stage="websocket")
+        pub.start_heartbeats(self.stats.source)
         publisher = threading.Thread(target=self._drain, args=(pub,), name="websocket-publisher", daemon=True)
         publisher.start()
         fatal = None

@@ -174,6 +174,8 @@ class SinkRunner:
                 continue  # a tombstone of a compacted topic: nothing to store
             try:
                 got, record = self.serde.decode(m.value())
+                if got == "heartbeat" and event == "tick":
+                    continue  # a source's watermark on md.ticks: nothing to store
                 if got == "tick_batch" and event == "tick":
                     records = expand(record)  # a TickBatch stores as its ticks
                 elif got != event:

@@ -59,13 +59,25 @@ class TickRuns:
         self._messages: list = []
 
     def add(self, msg) -> None:
-        """Add a message's ticks; SerdeError when it is not a Tick or TickBatch."""
+        """Add a message's ticks (a Heartbeat: one quote-only tick without a symbol);
+        SerdeError when it is not a Tick, TickBatch or Heartbeat of this partition, or a
+        tick's key is not its symbol (its symbol's other ticks may be in another partition)."""
+        if msg.value is None:
+            raise SerdeError("a message without a value")
         event_type, symbol, ts, price, size = self.serde.decode_trades(msg.value)
-        if event_type not in ("tick", "tick_batch"):
+        if event_type == "heartbeat":
+            hb = self.serde.decode(msg.value)[1]
+            if hb["partition"] != msg.partition:
+                raise SerdeError(f"a heartbeat for partition {hb['partition']} in partition {msg.partition}")
+            symbol, ts, price, size = None, [hb["ts"]], [None], [None]
+        elif event_type not in ("tick", "tick_batch"):
             raise SerdeError(f"expected a tick, got a {event_type}")
+        elif msg.key != symbol.encode():
+            raise SerdeError(f"the message key {msg.key!r} is not its symbol {symbol!r}: "
+                             "producers must key ticks by symbol")
         self.runs.append((symbol, ts, price, size, msg.offset * MAX_TICKS))
         self._starts.append(self.count)
-        self._messages.append((msg, event_type))
+        self._messages.append((msg, event_type))  # a heartbeat's own, for the DLQ
         self.count += len(ts)
 
     def source(self, idx: int, topic: str) -> tuple:
@@ -73,7 +85,7 @@ class TickRuns:
         its batch as a single Tick (for the late topic and the DLQ)."""
         k = bisect_right(self._starts, idx) - 1
         msg, event_type = self._messages[k]
-        if event_type == "tick":
+        if event_type != "tick_batch":
             return msg, msg.value
         tick = events_of(*self.serde.decode(msg.value))[idx - self._starts[k]]
         return msg, self.serde.encode("tick", tick, topic=topic)
@@ -87,6 +99,7 @@ class BarsStage:
         self.serde = Serde(s.schema_registry_url)
         self.intervals = s.interval_list
         self.grace_us = s.bar_grace_ms * 1000
+        self.ahead_us = s.max_event_ahead_ms * 1000
         self.source = s.topic("md.ticks")
         self.late_topic = s.topic("md.ticks.late")
         self.dlq_topic = s.topic("dlq.bars")
@@ -116,7 +129,7 @@ class BarsStage:
             self.guard.expect(self.source, partition, wm["offset"] if wm else None)
             state = {"watermark": wm["watermark"] if wm else None,
                      "symbols": {k: v for k, v in data.items()
-                                 if not k.startswith("@") and v["p"] == partition}}
+                                 if not k.startswith("@") and v and v["p"] == partition}}
             agg = self._aggregators[partition] = BarAggregator.from_state(
                 state, self.intervals, self.grace_us)
         return agg
@@ -149,7 +162,7 @@ class BarsStage:
                     self._in.inc()
                     deliveries.append(await self._dead_letter(msg, str(e)))
             self._in.inc(runs.count)
-            out = agg.process_runs(runs.runs)
+            out = agg.process_runs(runs.runs, not_after=time.time_ns() // 1000 + self.ahead_us)
             results.append((partition, agg))
             now = time.time()
             for bar in out.bars:

@@ -35,6 +35,7 @@ class IndicatorsStage:
         self.table = table
         self.serde = Serde(s.schema_registry_url)
         self.grace_s = s.bar_grace_ms / 1000
+        self.ahead_us = s.max_event_ahead_ms * 1000
         self.sources = [s.topic(f"md.bars.{iv}") for iv in s.interval_list]
         self.out_topic = s.topic("analytics.indicators")
         self.dlq_topic = s.topic("dlq.indicators")
@@ -77,6 +78,9 @@ class IndicatorsStage:
                     event_type, bar = self.serde.decode(msg.value)
                     if event_type != "bar":
                         raise SerdeError(f"expected a bar, got a {event_type}")
+                    if bar["ts"] > now * 1e6 + self.ahead_us:  # it would stop the symbol's indicators
+                        raise SerdeError(f"bar ts {bar['ts']} is more than MAX_EVENT_AHEAD_MS ahead of "
+                                         f"the wall clock ({int(now * 1e6)})")
                     key = f"{bar['interval']}:{bar['symbol']}"
                     st = self.state(partition, key, bar["interval"])
                     values = st.update(bar)

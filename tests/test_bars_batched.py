@@ -74,7 +74,7 @@ def test_positions_of_batched_ticks_skip_redelivery_tick_by_tick():
 
     class Msg:
         def __init__(self, offset, value):
-            self.offset, self.value = offset, value
+            self.offset, self.value, self.key, self.partition = offset, value, b"AAPL", 0
 
     ticks = random_ticks(5, 200)
     sym = [t for t in ticks if t["symbol"] == "AAPL" and t["price"] is not None][:20]

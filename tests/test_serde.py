@@ -18,7 +18,7 @@ TICK = {"event_id": "sim:AAPL:7", "symbol": "AAPL", "ts": 1_795_183_200_123_456,
 
 
 def test_every_event_type_has_a_schema():
-    assert catalog().event_types == ["bar", "equity", "fill", "indicator_set", "mark", "order",
+    assert catalog().event_types == ["bar", "equity", "fill", "heartbeat", "indicator_set", "mark", "order",
                                      "order_rejected", "position", "prediction", "progress",
                                      "risk_control", "risk_state", "signal", "tick", "tick_batch"]
 

@@ -7,7 +7,12 @@ symbol closes once ``watermark >= window end + grace``; a trade whose window is 
 closed is *late* for that interval (reported, never merged).  Because closing and
 lateness depend only on the watermark, the output is a function of the partition's
 tick sequence alone — however it is cut into batches.  The watermark moves only with
-data: the last windows close when a later tick arrives.
+data: the last windows close when a later tick arrives, or a Heartbeat (a source's
+promise, on the log, that nothing older follows in the partition; see ``is_heartbeat``).
+
+Event time is bounded: called with ``not_after``, a tick (or heartbeat) later than it is
+invalid — reported, never applied — so one far-future timestamp cannot move the
+watermark and make every later tick late.
 
 Bar fields are those of ``schemas/bar.v1.avsc``: ``open``/``close`` are the prices of
 the earliest/latest trade by event time (ties: arrival order), ``volume`` the sum of
@@ -39,7 +44,13 @@ class BarBatch(NamedTuple):
 
     bars: list[dict]  # closed bars, ordered by (window_end, symbol, interval length)
     late: list[tuple[int, tuple[str, ...]]]  # (index in the batch, intervals it was late for)
-    invalid: list[tuple[int, str]]  # (index in the batch, reason): non-finite price, negative size
+    invalid: list[tuple[int, str]]  # (index in the batch, reason): non-finite price, negative size, too far ahead
+
+
+def is_heartbeat(event: dict) -> bool:
+    """A Heartbeat (``schemas/heartbeat.v1.avsc``) among ticks: it has no symbol.  It moves
+    its partition's watermark like a quote-only tick and forms no bar."""
+    return "symbol" not in event
 
 
 class BarAggregator:
@@ -61,18 +72,23 @@ class BarAggregator:
     def add(self, tick: dict, position: int | None = None) -> BarBatch:
         return self.process([tick], None if position is None else [position])
 
-    def process(self, ticks: Sequence[dict], positions: Sequence[int] | None = None) -> BarBatch:
-        """Apply ticks in order; return the bars this closed, the late and invalid ticks."""
-        return self.process_columns([t["symbol"] for t in ticks], [t["ts"] for t in ticks],
-                                    [t["price"] for t in ticks], [t["size"] for t in ticks], positions)
+    def process(self, ticks: Sequence[dict], positions: Sequence[int] | None = None,
+                not_after: int | None = None) -> BarBatch:
+        """Apply ticks (and heartbeats) in order; return the bars this closed, the late and
+        invalid ticks."""
+        return self.process_columns([t.get("symbol") for t in ticks], [t["ts"] for t in ticks],
+                                    [t.get("price") for t in ticks], [t.get("size") for t in ticks],
+                                    positions, not_after)
 
     def process_columns(self, symbols: Iterable[str], times: Iterable[int], prices: Iterable,
-                        sizes: Iterable, positions: Iterable[int] | None = None) -> BarBatch:
+                        sizes: Iterable, positions: Iterable[int] | None = None,
+                        not_after: int | None = None) -> BarBatch:
         """``process`` over ticks given as columns (tick ``i`` = the ``i``-th item of each)."""
-        late, invalid = self._apply(symbols, times, prices, sizes, positions)
+        late, invalid = self._apply(symbols, times, prices, sizes, positions, not_after)
         return BarBatch(self._close(), late, invalid)
 
-    def process_runs(self, runs: Iterable[tuple[str, Sequence[int], Sequence, Sequence, int]]) -> BarBatch:
+    def process_runs(self, runs: Iterable[tuple[str, Sequence[int], Sequence, Sequence, int]],
+                     not_after: int | None = None) -> BarBatch:
         """``process`` over runs of one symbol's ticks — ``(symbol, times, prices, sizes,
         first position)``, a TickBatch message each, tick ``i`` at position ``first + i`` —
         with the same output.  A run of valid trades in time order, new and not late, is
@@ -80,11 +96,12 @@ class BarAggregator:
         late: list[tuple[int, tuple[str, ...]]] = []
         invalid: list[tuple[int, str]] = []
         base = 0
+        limit = _INF if not_after is None else not_after
         for symbol, times, prices, sizes, first in runs:
             n = len(times)
-            if not self._fold_run(symbol, times, prices, sizes, first):
+            if not (n and max(times) <= limit and self._fold_run(symbol, times, prices, sizes, first)):
                 run_late, run_invalid = self._apply(repeat(symbol, n), times, prices, sizes,
-                                                    range(first, first + n))
+                                                    range(first, first + n), not_after)
                 late += [(base + i, late_for) for i, late_for in run_late]
                 invalid += [(base + i, reason) for i, reason in run_invalid]
             base += n
@@ -146,8 +163,9 @@ class BarAggregator:
         return True
 
     def _apply(self, symbols: Iterable[str], times: Iterable[int], prices: Iterable, sizes: Iterable,
-               positions: Iterable[int] | None) -> tuple[list, list]:
+               positions: Iterable[int] | None, not_after: int | None = None) -> tuple[list, list]:
         """Apply ticks one by one (no closing); their (late, invalid) lists."""
+        limit = _INF if not_after is None else not_after
         wm = self.watermark if self.watermark is not None else -(1 << 63)
         widths, grace, table, dirty = self._widths, self.grace_us, self._symbols, self._dirty
         intervals = self.intervals
@@ -159,6 +177,10 @@ class BarAggregator:
         idx = -1
         for idx, (sym, ts, price, size, pos) in enumerate(
                 zip(symbols, times, prices, sizes, repeat(None) if positions is None else positions)):
+            if ts > limit:
+                invalid.append((idx, f"event time {ts} is more than the allowed lead past {not_after} "
+                                     "(MAX_EVENT_AHEAD_MS past the wall clock)"))
+                continue
             if price is None or size is None:  # quote only: moves the watermark, forms no bar
                 if ts > wm:
                     wm = ts
