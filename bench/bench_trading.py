@@ -1,8 +1,9 @@
 """Throughput of the trading core: bars/s through strategy -> risk -> paper execution -> portfolio.
 
 Pure core on one core, no I/O.  Synthetic input (built before timing): per bar of each
-symbol a Bar, its IndicatorSet and a Prediction.  Each stage is timed on its own over the
-same input, then the whole chain as a backtest wires it (one equity point per timestamp).
+symbol a Bar and its Prediction (v2: it carries the bar's close and volatility_20).  Each
+stage is timed on its own over the same input, then the whole chain as a backtest wires it
+(one equity point per timestamp).
 After one warm-up run each case runs ``--runs`` times; the table shows the median and the
 spread (min-max) of the rates, and the JSON goes to bench/results/trading.json.
 
@@ -24,7 +25,7 @@ T0 = 1_704_205_800_000_000
 MIN = 60_000_000
 
 
-def build(n_symbols: int, n_bars: int) -> list[tuple[dict, dict, dict]]:
+def build(n_symbols: int, n_bars: int) -> list[tuple[dict, dict]]:
     events = []
     for i in range(n_bars):
         ts = T0 + i * MIN
@@ -34,12 +35,11 @@ def build(n_symbols: int, n_bars: int) -> list[tuple[dict, dict, dict]]:
             bar = {"event_id": f"bar:{sym}:1m:{ts}", "symbol": sym, "interval": "1m", "ts": ts,
                    "window_start": ts - MIN, "window_end": ts, "open": close - 0.1, "high": close + 0.2,
                    "low": close - 0.2, "close": close, "volume": 1e4, "vwap": close, "trade_count": 50}
-            ind = {"event_id": f"ind:{sym}:1m:{ts}", "symbol": sym, "interval": "1m", "ts": ts,
-                   "close": close, "volume": 1e4, "volatility_20": 0.2}
             pred = {"event_id": f"pred:{sym}:1m:{ts}", "symbol": sym, "interval": "1m", "ts": ts,
                     "model_name": "xgb", "model_version": "1",
-                    "p_up": 0.5 + 0.45 * math.sin(i / 11 + 2 * k), "horizon": 5, "features": {}}
-            events.append((bar, ind, pred))
+                    "p_up": 0.5 + 0.45 * math.sin(i / 11 + 2 * k), "horizon": 5, "features": {},
+                    "close": close, "volatility_20": 0.2}
+            events.append((bar, pred))
     return events
 
 
@@ -50,7 +50,7 @@ def run_chain(events, limits, stages=("strategy", "risk", "execution", "portfoli
     book = pf.Portfolio("paper", 1e6)
     counts = {"signals": 0, "orders": 0, "rejections": 0, "fills": 0, "equity_points": 0}
     last_ts = None
-    for bar, ind, pred in events:
+    for bar, pred in events:
         ts = bar["ts"]
         if "risk" in stages:
             rk.on_bar(risk, bar)
@@ -67,7 +67,7 @@ def run_chain(events, limits, stages=("strategy", "risk", "execution", "portfoli
                 last_ts = ts
         if "strategy" not in stages:
             continue
-        signals = sg.on_indicator_set(strat, ind) + sg.on_prediction(strat, pred)
+        signals = sg.on_prediction(strat, pred)
         counts["signals"] += len(signals)
         if "risk" not in stages:
             continue

@@ -11,6 +11,7 @@ each batch; ``ticktape risk status`` reads that changelog.
 """
 from __future__ import annotations
 
+import logging
 import time
 
 import faust
@@ -25,6 +26,7 @@ from .app import run_stage
 from .trading_io import LATE_HEADER, TradingIO, header_partition
 
 STAGE = "risk"
+log = logging.getLogger(__name__)
 PENDING_KEY = "@pending:{}:{}"  # table key of a buffered event: account, event id ('@' starts no account)
 
 
@@ -41,6 +43,7 @@ class RiskStage:
         self._latency = metrics.EVENT_LATENCY.labels(STAGE)
         self.grace_s = s.bar_grace_ms / 1000  # latency from the bar's close, as in the other stages
         self._counted: dict[str, dict[str, int]] = {}  # the desks' counters already exported
+        self._idle: dict[str, list[str]] = {}  # idle symbols last reported, per account
 
     def forget(self, partitions) -> None:
         self.io.forget(partitions)
@@ -66,6 +69,7 @@ class RiskStage:
     async def process(self, events) -> None:
         io = self.io
         touched, out = {}, []
+        clock = time.monotonic()  # idleness needs a symbol to stand still on the wall clock too
         for msg in await io.inputs(self.table, events, self.sources):
             decoded = await io.decode(msg, ("signal", "mark", "fill", "progress", "risk_control"))
             if decoded is None:
@@ -81,14 +85,14 @@ class RiskStage:
             if p is not None and "symbol" in rec:
                 parts[rec["symbol"]] = p
             if event_type == "progress":
-                desk.on_progress(rec["symbol"], rec["ts"])
+                desk.on_progress(rec["symbol"], rec["ts"], clock)
             elif event_type == "risk_control":
                 out += [(desk, k, e) for k, e in desk.control(rec)]
             else:
                 out += [(desk, k, e) for k, e in desk.add(event_type, rec)]
         for account in touched:
             _, desk, _ = self.desks[account]
-            out += [(desk, k, e) for k, e in desk.release()]
+            out += [(desk, k, e) for k, e in desk.release(clock)]
         now = time.time()
         for desk, kind, e in out:
             account = desk.account
@@ -117,14 +121,19 @@ class RiskStage:
             changes.update((PENDING_KEY.format(account, eid), (p, None)) for eid in removed)
             changes.update((PENDING_KEY.format(account, item[3]), (p, {"p": p, "e": item})) for item in added)
             changes[account] = (p, {"p": p, "desk": desk.to_dict(), "partitions": self.desks[account][2]})
-            self._report(desk)
+            self._report(desk, clock)
         await io.flush(self.table, changes)
 
-    def _report(self, desk: RiskDesk) -> None:
+    def _report(self, desk: RiskDesk, clock: float) -> None:
         account = desk.account
         metrics.KILL_SWITCH.labels(account).set(1 if desk.risk.trading_state == HALTED else 0)
         metrics.RISK_PENDING.labels(account).set(len(desk.pending))
-        metrics.RISK_IDLE_SYMBOLS.labels(account).set(len(desk.idle()))
+        idle = desk.idle(clock)
+        if idle != self._idle.get(account, []):
+            log.info("account %s: %d idle symbols (more than RISK_IDLE_MS behind, they hold nothing back): %s",
+                     account, len(idle), " ".join(idle[:20]))
+        self._idle[account] = idle
+        metrics.RISK_IDLE_SYMBOLS.labels(account).set(len(idle))
         seen = self._counted.setdefault(account, {"forced": 0, "signal": 0, "mark": 0, "fill": 0})
         for kind, n in desk.late.items():
             metrics.RISK_LATE.labels(account, kind).inc(n - seen[kind])

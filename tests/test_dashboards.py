@@ -149,7 +149,8 @@ def _stand_in_prediction(ind: dict) -> dict | None:
     p_up = 1 / (1 + math.exp(-(ind["rsi_14"] - 50) / 8))
     return {"event_id": f"{ind['event_id']}:rsi-logistic:0", "symbol": ind["symbol"],
             "interval": ind["interval"], "ts": ind["ts"], "model_name": "rsi-logistic",
-            "model_version": "0", "p_up": p_up, "horizon": 5, "features": {"rsi_14": ind["rsi_14"]}}
+            "model_version": "0", "p_up": p_up, "horizon": 5, "features": {"rsi_14": ind["rsi_14"]},
+            "close": ind["close"], "volatility_20": ind["volatility_20"]}  # Prediction v2, as ml.py
 
 
 def simulated_run(start_us: int, end_us: int) -> dict[str, list[dict]]:
@@ -174,7 +175,7 @@ def simulated_run(start_us: int, end_us: int) -> dict[str, list[dict]]:
             out["prediction"].append(pred)
         if bar["interval"] != "1m":
             continue
-        derived = chain.feed("bar", bar) + chain.feed("ind", ind) + (chain.feed("pred", pred) if pred else [])
+        derived = chain.feed("bar", bar) + (chain.feed("pred", pred) if pred else [])
         for ev in derived:
             kind = {"sig": "signal", "ord": "order", "rej": "order_rejected", "fill": "fill",
                     "pos": "position", "eq": "equity"}[ev["event_id"].split(":", 1)[0]]

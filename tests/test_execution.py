@@ -13,7 +13,7 @@ from ticktape.core import risk as risk_mod
 from ticktape.core import strategy as st_mod
 from ticktape.core.execution import ExecConfig, Execution, on_bar, on_order, on_tick
 from ticktape.risk_config import DEFAULT_RISK_CONFIG, load_risk_limits
-from trading_events import MIN, T0, assert_schema, bar, indicator_set, prediction, tick
+from trading_events import MIN, T0, assert_schema, bar, prediction, tick
 
 
 def order(symbol, ts, side, qty, order_type="MARKET", limit=None, n=0):
@@ -93,15 +93,15 @@ def test_config_from_settings_and_validation():
 # --- the chain ---------------------------------------------------------------------------
 
 def market(n_bars):
-    """Deterministic bars, indicator sets and predictions of two symbols (a zig-zag market)."""
+    """Deterministic bars and predictions (carrying the bar's close) of two symbols (a zig-zag market)."""
     events = []
     for i in range(n_bars):
         ts = T0 + i * MIN
         for k, sym in enumerate(("AAPL", "MSFT")):
             close = 100.0 + k * 50 + (i % 17) - 8 + 0.01 * i
             events.append(("bar", bar(sym, ts, close - 0.5, close)))
-            events.append(("ind", indicator_set(sym, ts, close, 0.2 + 0.01 * (i % 5))))
-            events.append(("pred", prediction(sym, ts, ((i * 7 + k * 3) % 20) / 19)))
+            events.append(("pred", prediction(sym, ts, ((i * 7 + k * 3) % 20) / 19, close=close,
+                                              volatility=0.2 + 0.01 * (i % 5))))
     return events
 
 
@@ -125,7 +125,9 @@ class Chain:
                 out += [f] + pf_mod.apply_fill(self.pf, f)
             out += pf_mod.on_bar(self.pf, ev)
             return out
-        signals = (st_mod.on_indicator_set if kind == "ind" else st_mod.on_prediction)(self.strategy, ev)
+        if kind != "pred":
+            raise ValueError(f"the chain takes bar and pred events, not {kind!r}")
+        signals = st_mod.on_prediction(self.strategy, ev)
         for sig in signals:
             out.append(sig)
             for decision in risk_mod.on_signal(self.risk, sig):

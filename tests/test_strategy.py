@@ -1,4 +1,5 @@
-"""Strategy: thresholds with hysteresis, minimum holding period, sizing, the ts join."""
+"""Strategy: thresholds with hysteresis, minimum holding period, sizing; a decision needs
+its prediction alone (Prediction v2 carries the scored bar's close and volatility_20)."""
 from __future__ import annotations
 
 import json
@@ -9,16 +10,15 @@ from hypothesis import strategies as st
 
 from ticktape.config import ConfigError
 from ticktape.config import settings as make_settings
-from ticktape.core.strategy import (JOIN_BUFFER, Strategy, StrategyConfig, on_indicator_set,
+from ticktape.core.strategy import (Strategy, StrategyConfig, SymbolState, check_prediction,
                                     on_prediction)
-from trading_events import MIN, T0, assert_schema, indicator_set, prediction
+from trading_events import MIN, T0, assert_schema, prediction
 
 
 def step(st_, i, p_up, close=100.0, vol=0.25, symbol="AAPL"):
-    """One bar: its IndicatorSet, then its Prediction; the signals emitted."""
+    """One bar's Prediction (carrying its close and volatility_20); the signals emitted."""
     ts = T0 + i * MIN
-    return on_indicator_set(st_, indicator_set(symbol, ts, close, vol)) + on_prediction(
-        st_, prediction(symbol, ts, p_up))
+    return on_prediction(st_, prediction(symbol, ts, p_up, close=close, volatility=vol))
 
 
 def targets(cfg, p_ups, **kw):
@@ -81,30 +81,72 @@ def test_vol_target_sizing_and_missing_volatility():
 
 def test_other_intervals_ignored_and_bad_probability_refused():
     st_ = Strategy(StrategyConfig())
-    assert on_indicator_set(st_, indicator_set("AAPL", T0, 100.0, interval="1s")) == []
     assert on_prediction(st_, prediction("AAPL", T0, 0.9, interval="1s")) == []
     assert st_.symbols == {}
-    with pytest.raises(ValueError, match=r"p_up=1.5 is not a probability"):
+    with pytest.raises(ValueError, match=r"prediction pred:AAPL:1m:\d+:xgb:3: p_up=1.5 is not a probability"):
         on_prediction(st_, prediction("AAPL", T0, 1.5))
+    assert st_.symbols == {}  # refused before any state is touched
+
+
+def v1(pred):
+    """The same prediction as Prediction v1 had it: no close, no volatility_20."""
+    return {k: v for k, v in pred.items() if k not in ("close", "volatility_20")}
+
+
+def test_prediction_without_a_price_is_refused_naming_the_event():
+    st_ = Strategy(StrategyConfig(min_hold_bars=0))
+    pred = prediction("AAPL", T0, 0.9)
+    for bad in (v1(pred), {**pred, "close": None}, {**pred, "close": 0.0}, {**pred, "close": -1.0},
+                {**pred, "close": float("inf")}, {**pred, "close": float("nan")}):
+        with pytest.raises(ValueError) as err:
+            on_prediction(st_, bad)
+        msg = str(err.value)
+        assert msg.startswith(f"prediction {pred['event_id']}: close=") and "is not a price" in msg, msg
+        with pytest.raises(ValueError, match="is not a price"):
+            check_prediction(bad)
+    with pytest.raises(ValueError, match=rf"prediction {pred['event_id']}: close=None is not a price "
+                                         r"\(Prediction v1 carries none: re-run the predict stage\)"):
+        on_prediction(st_, v1(pred))
+    assert st_.symbols == {}  # nothing decided, nothing remembered: the v2 prediction still counts
+    check_prediction(pred)
+    assert len(on_prediction(st_, pred)) == 1
+    # volatility_20 is optional (null until the indicator has 20 bars): fixed sizing trades without it
+    assert len(on_prediction(Strategy(StrategyConfig()), prediction("AAPL", T0, 0.9, volatility=None))) == 1
 
 
 def test_redelivered_inputs_change_nothing():
     st_ = Strategy(StrategyConfig(min_hold_bars=0))
-    ind, pred = indicator_set("AAPL", T0, 100.0), prediction("AAPL", T0, 0.9)
-    assert len(on_indicator_set(st_, ind) + on_prediction(st_, pred)) == 1
-    assert on_indicator_set(st_, ind) + on_prediction(st_, pred) == []
+    pred = prediction("AAPL", T0, 0.9)
+    assert len(on_prediction(st_, pred)) == 1
+    before = st_.to_dict()
+    assert on_prediction(st_, pred) == []
+    assert on_prediction(st_, prediction("AAPL", T0 - MIN, 0.1)) == []  # older than the last: redelivered
+    assert st_.to_dict() == before
 
 
-def test_prediction_without_its_indicators_is_counted_not_decided():
-    st_ = Strategy(StrategyConfig(min_hold_bars=0))
-    on_prediction(st_, prediction("AAPL", T0, 0.9))
-    # the next bar's indicators arrive: the bar-T prediction can never be joined
-    assert on_indicator_set(st_, indicator_set("AAPL", T0 + MIN, 100.0)) == []
-    assert st_.unmatched_predictions == 1
-    for i in range(JOIN_BUFFER + 5):  # predictions piling up without indicators stay bounded
-        on_prediction(st_, prediction("AAPL", T0 + (i + 2) * MIN, 0.5))
-    assert len(st_.symbols["AAPL"].preds) == JOIN_BUFFER
-    assert st_.unmatched_predictions == 6
+def test_decision_uses_the_predictions_own_price_and_volatility():
+    """Each bar's decision sizes at its own prediction's close and volatility_20."""
+    cfg = StrategyConfig(min_hold_bars=0, sizing="vol_target", notional=10_000.0, vol_target=0.2)
+    st_ = Strategy(cfg)
+    [entry] = step(st_, 0, 0.9, close=50.0, vol=0.4)  # 10000 * 0.5 / 50
+    [flip] = step(st_, 1, 0.1, close=25.0, vol=0.2)  # short 10000 * 1 / 25
+    assert (entry["target_position"], entry["reference_price"]) == (100.0, 50.0)
+    assert (flip["target_position"], flip["quantity"], flip["reference_price"]) == (-400.0, 500.0, 25.0)
+
+
+def test_state_saved_with_join_buffers_loads():
+    """A state saved before Prediction v2 (with the join's buffers) restores its decisions."""
+    old = {"symbols": {"AAPL": {"direction": 1, "target": 100.0, "decisions": 7, "changed_at": 6,
+                                "last_pred_ts": T0, "last_ind_ts": T0 + MIN,
+                                "preds": [], "inds": [[T0 + MIN, 101.0, 0.2]]}},
+           "unmatched_predictions": 3}
+    st_ = Strategy.from_dict(old, StrategyConfig(min_hold_bars=0))
+    assert st_.to_dict() == {"symbols": {"AAPL": {"direction": 1, "target": 100.0, "decisions": 7,
+                                                  "changed_at": 6, "last_pred_ts": T0}}}
+    assert isinstance(st_.symbols["AAPL"], SymbolState)
+    assert on_prediction(st_, prediction("AAPL", T0, 0.1)) == []  # already decided
+    [exit_] = on_prediction(st_, prediction("AAPL", T0 + MIN, 0.5))
+    assert (exit_["side"], exit_["quantity"], exit_["target_position"]) == ("SELL", 100.0, 0.0)
 
 
 def test_config_from_settings_and_validation():
@@ -122,76 +164,71 @@ def test_config_from_settings_and_validation():
 
 # --- properties -------------------------------------------------------------------------
 
-bars = st.lists(st.tuples(st.floats(0, 1), st.integers(50, 150).map(float), st.booleans()),
+bars = st.lists(st.tuples(st.floats(0, 1), st.integers(50, 150).map(float), st.booleans(),
+                          st.sampled_from([None, 0.05, 0.2, 0.6])),
                 min_size=1, max_size=40)
 
 
 def streams(raw):
-    """Per-bar IndicatorSets and Predictions of two symbols (the model skips some bars)."""
-    inds, preds = [], []
-    for i, (p_up, close, scored) in enumerate(raw):
-        for sym in ("AAPL", "MSFT"):
-            inds.append(indicator_set(sym, T0 + i * MIN, close))
+    """Per-symbol Prediction streams of two symbols, each in ts order (the model skips some bars)."""
+    out = {"AAPL": [], "MSFT": []}
+    for i, (p_up, close, scored, vol) in enumerate(raw):
+        for k, sym in enumerate(out):
             if scored:
-                preds.append(prediction(sym, T0 + i * MIN, p_up))
-    return inds, preds
+                out[sym].append(prediction(sym, T0 + i * MIN, p_up, close=close + k, volatility=vol))
+    return out
 
 
-def in_order(cfg, inds, preds):
+def in_order(cfg, preds):
     st_ = Strategy(cfg)
-    out = []
-    by_ts = {}
-    for ind in inds:
-        by_ts.setdefault(ind["ts"], []).append(("i", ind))
-    for pred in preds:
-        by_ts.setdefault(pred["ts"], []).append(("p", pred))
-    for ts in sorted(by_ts):
-        for kind, ev in by_ts[ts]:
-            out += on_indicator_set(st_, ev) if kind == "i" else on_prediction(st_, ev)
-    return st_, out
+    merged = sorted((p for ps in preds.values() for p in ps), key=lambda p: (p["ts"], p["symbol"]))
+    return st_, [s for p in merged for s in on_prediction(st_, p)]
+
+
+def per_symbol(signals):
+    out = {}
+    for s in signals:
+        out.setdefault(s["symbol"], []).append(s)
+    return out
 
 
 @settings(max_examples=80, deadline=None)
 @given(bars, st.data())
 def test_signals_do_not_depend_on_how_the_inputs_interleave(raw, data):
-    cfg = StrategyConfig(min_hold_bars=2)
-    inds, preds = streams(raw)
-    _, expected = in_order(cfg, inds, preds)
+    cfg = StrategyConfig(min_hold_bars=2, sizing="vol_target")
+    preds = streams(raw)
+    _, expected = in_order(cfg, preds)
     # any merge of the two ordered streams
-    picks = data.draw(st.permutations([0] * len(inds) + [1] * len(preds)))
-    st_, out, queues = Strategy(cfg), [], [list(inds), list(preds)]
+    picks = data.draw(st.permutations([0] * len(preds["AAPL"]) + [1] * len(preds["MSFT"])))
+    st_, out, queues = Strategy(cfg), [], [list(preds["AAPL"]), list(preds["MSFT"])]
     for k in picks:
-        ev = queues[k].pop(0)
-        out += on_indicator_set(st_, ev) if k == 0 else on_prediction(st_, ev)
-    key = lambda s: (s["ts"], s["symbol"])  # noqa: E731 (per-symbol order is what is fixed)
-    assert sorted(out, key=key) == sorted(expected, key=key)
-    assert st_.unmatched_predictions == 0
+        out += on_prediction(st_, queues[k].pop(0))
+    assert per_symbol(out) == per_symbol(expected)  # the same signals, in the same order per symbol
     # targets follow each other: every signal moves from the previous target to its own
-    held = {}
-    for s in sorted(out, key=key):
-        delta = s["target_position"] - held.get(s["symbol"], 0.0)
-        assert s["quantity"] == abs(delta) and s["side"] == ("BUY" if delta > 0 else "SELL")
-        held[s["symbol"]] = s["target_position"]
+    for sigs in per_symbol(out).values():
+        held = 0.0
+        for s in sigs:
+            delta = s["target_position"] - held
+            assert s["quantity"] == abs(delta) and s["side"] == ("BUY" if delta > 0 else "SELL")
+            held = s["target_position"]
 
 
 @settings(max_examples=60, deadline=None)
 @given(bars, st.data())
 def test_restored_state_continues_identically(raw, data):
     cfg = StrategyConfig(min_hold_bars=3)
-    inds, preds = streams(raw)
-    events = [("i", e) for e in inds] + [("p", e) for e in preds]
-    events.sort(key=lambda e: (e[1]["ts"], e[0]))
+    preds = streams(raw)
+    events = sorted((p for ps in preds.values() for p in ps), key=lambda p: (p["ts"], p["symbol"]))
     cut = data.draw(st.integers(0, len(events)))
 
     def feed(st_, evs):
-        return [s for kind, ev in evs
-                for s in (on_indicator_set(st_, ev) if kind == "i" else on_prediction(st_, ev))]
+        return [s for ev in evs for s in on_prediction(st_, ev)]
 
     straight = Strategy(cfg)
     expected = feed(straight, events)
     first = Strategy(cfg)
     out = feed(first, events[:cut])
     restored = Strategy.from_dict(json.loads(json.dumps(first.to_dict())), cfg)
-    out += feed(restored, events[cut:])
+    out += feed(restored, events[max(0, cut - 3):])  # a restart redelivers the last few
     assert out == expected
     assert restored.to_dict() == straight.to_dict()

@@ -123,7 +123,7 @@ def test_agents_equal_the_in_process_chain_across_a_kill(settings, tmp_path):
     finally:
         assert second.stop() == 0, second.log_tail()
     # every stage's table holds the next offset of each input partition it read: the end
-    inputs = {"features": ["analytics.indicators"], "strategy": ["analytics.indicators", "ml.predictions"],
+    inputs = {"features": ["analytics.indicators"], "strategy": ["ml.predictions"],
               "risk": ["trading.account"], "execution": ["md.ticks", "trading.orders"],
               "portfolio": ["trading.ledger"]}
     for table, topics in inputs.items():

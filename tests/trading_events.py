@@ -32,23 +32,12 @@ def bar(symbol, ts, open_, close=None, interval="1m"):
             "vwap": (open_ + close) / 2, "trade_count": 10}
 
 
-_INDICATORS = ("sma_10", "sma_20", "sma_50", "sma_200", "ema_12", "ema_26", "rsi_5", "rsi_14", "macd",
-               "macd_signal", "macd_hist", "bb_upper", "bb_middle", "bb_lower", "atr_14",
-               "volatility_20", "momentum_5", "momentum_20", "vwap", "obv")
-
-
-def indicator_set(symbol, ts, close, volatility=0.25, interval="1m"):
-    ind = {"event_id": f"ind:{symbol}:{interval}:{ts}", "symbol": symbol, "interval": interval,
-           "ts": ts, "close": close, "volume": 1000.0}
-    ind.update({k: None for k in _INDICATORS})
-    ind["volatility_20"] = volatility
-    return ind
-
-
-def prediction(symbol, ts, p_up, interval="1m", version="3"):
+def prediction(symbol, ts, p_up, interval="1m", version="3", close=100.0, volatility=0.25):
+    """A Prediction v2: the scored bar's close and volatility_20 ride along."""
     return {"event_id": f"pred:{symbol}:{interval}:{ts}:xgb:{version}", "symbol": symbol,
             "interval": interval, "ts": ts, "model_name": "xgb", "model_version": version,
-            "p_up": p_up, "horizon": 5, "features": {"rsi_14": 55.0}}
+            "p_up": p_up, "horizon": 5, "features": {"rsi_14": 55.0}, "close": close,
+            "volatility_20": volatility}
 
 
 def signal(symbol, ts, target, price, account="paper", n=0, committed=0.0):

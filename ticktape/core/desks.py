@@ -92,9 +92,11 @@ class RiskDesk:
 
     Bounded waiting: with ``idle_us`` > 0 a universe symbol whose progress is more than
     ``idle_us`` of event time behind the *frontier* (the highest progress of any universe
-    symbol), or that has none yet, holds the account back only to ``frontier - idle_us``;
-    so does an approved order still waiting for its fill.  The barrier is therefore
-    ``max(lowest progress, frontier - idle_us)``.  A symbol that resumes within ``idle_us``
+    symbol), or that has none yet, holds the account back only to just below
+    ``frontier - idle_us``; so does an approved order still waiting for its fill.  In
+    process that is the rule; an agent passes its clock, and a symbol (an order) is idle
+    only once its progress stood still (it waited) that long on that clock too, so a
+    replay's skew between partitions makes no symbol idle.  A symbol that resumes within ``idle_us``
     of the frontier (a silent symbol trading again, a partition catching up) sorts after
     everything processed, so the outcome is the canonical one; only input that comes
     more than ``idle_us`` behind is *late*: a late Signal is rejected (STALE_MARKET_DATA),
@@ -106,7 +108,8 @@ class RiskDesk:
 
     __slots__ = ("risk", "universe", "progress", "pending", "pending_ids", "open_orders", "last_key",
                  "controls", "universe_set", "idle_us", "max_pending", "frontier", "late", "forced",
-                 "pending_added", "pending_removed", "_barrier", "_at_barrier")
+                 "pending_added", "pending_removed", "moved_at", "order_at", "_started", "_barrier",
+                 "_at_barrier")
 
     def __init__(self, account: str, limits: risk_mod.AccountLimits, starting_cash: float,
                  universe: Iterable[str], idle_us: int = 0, max_pending: int = 100_000):
@@ -129,6 +132,10 @@ class RiskDesk:
         self.controls = risk_mod.RecentIds(256)
         self.late: dict[str, int] = {"signal": 0, "mark": 0, "fill": 0}
         self.forced = 0
+        # the agent's clock (not saved: a restart gives every symbol and order idle_us again)
+        self.moved_at: dict[str, float] = {}  # symbol -> when its progress last moved
+        self.order_at: dict[str, float] = {}  # open order -> when it was approved
+        self._started: float | None = None
         self._barrier: int | None = None  # min progress over the universe; None: to compute
         self._at_barrier = 0  # universe symbols whose progress is the barrier
 
@@ -167,29 +174,46 @@ class RiskDesk:
         self.pending_added, self.pending_removed = {}, set()
         return added, removed
 
-    def waiting_for(self) -> list[str]:
+    def waiting_for(self, now: float | None = None) -> list[str]:
         """Universe symbols whose progress holds the account back: without progress yet,
         or the lowest of those not idle."""
-        floor = self._floor()
-        holding = [s for s in self.universe if floor is None or self.progress.get(s, floor - 1) >= floor]
+        idle = set(self.idle(now))
+        holding = [s for s in self.universe if s not in idle]
         missing = [s for s in holding if s not in self.progress]
         if missing or not holding:
             return missing
         low = min(self.progress[s] for s in holding)
         return [s for s in holding if self.progress[s] == low]
 
-    def idle(self) -> list[str]:
-        """Universe symbols more than ``idle_us`` behind the frontier: they hold nothing back."""
+    def idle(self, now: float | None = None) -> list[str]:
+        """Universe symbols more than ``idle_us`` behind the frontier (and, given ``now``,
+        whose progress stood still that long on that clock): they hold nothing back."""
         floor = self._floor()
-        return [] if floor is None else [s for s in self.universe if self.progress.get(s, floor - 1) < floor]
+        if floor is None:
+            return []
+        return [s for s in self.universe if self.progress.get(s, floor) <= floor and self._stood_still(s, now)]
 
     def _floor(self) -> int | None:
-        return None if not self.idle_us or self.frontier is None else self.frontier - self.idle_us
+        """What an idle symbol or an overdue order holds the account back to: just below
+        ``frontier - idle_us``, so that input resuming within ``idle_us`` is never late."""
+        return None if not self.idle_us or self.frontier is None else self.frontier - self.idle_us - 1
 
-    def on_progress(self, symbol: str, ts: int) -> None:
+    def _stood_still(self, symbol: str, now: float | None) -> bool:
+        """Without a clock (in process): always.  With one (the agent's monotonic seconds):
+        when the symbol's progress has not moved for ``idle_us`` — a replay's symbols all
+        move, however skewed in event time, so none of them goes idle."""
+        if now is None:
+            return True
+        if self._started is None:
+            self._started = now
+        return now - self.moved_at.get(symbol, self._started) >= self.idle_us / 1e6
+
+    def on_progress(self, symbol: str, ts: int, now: float | None = None) -> None:
         old = self.progress.get(symbol, -1)
         if ts > old:
             self.progress[symbol] = ts
+            if now is not None:
+                self.moved_at[symbol] = now
             if symbol in self.universe_set:
                 if self.frontier is None or ts > self.frontier:
                     self.frontier = ts
@@ -210,6 +234,7 @@ class RiskDesk:
             return self._late(kind, ev)
         if kind == "fill":
             self.open_orders.pop(ev["order_id"], None)
+            self.order_at.pop(ev["order_id"], None)
         self.pending_ids.add(ev["event_id"])
         item = key + [kind, ev]
         self.pending_added[ev["event_id"]] = item
@@ -219,6 +244,7 @@ class RiskDesk:
     def _late(self, kind: str, ev: dict) -> list[tuple[str, dict]]:
         """An event sorting before what was processed: a redelivery, or late input."""
         if kind == "fill":
+            self.order_at.pop(ev["order_id"], None)
             if self.open_orders.pop(ev["order_id"], None) is None:
                 return []  # its order's fill is in: a redelivery
             self.late["fill"] += 1
@@ -248,22 +274,27 @@ class RiskDesk:
         risk_mod.set_trading_state(r, ctl["state"], ts, who=ctl["operator"])
         return [("risk_state", self._state_event(ts, ctl["event_id"]))] if r.trading_state != before else []
 
-    def release(self) -> list[tuple[str, dict]]:
+    def release(self, now: float | None = None) -> list[tuple[str, dict]]:
         """Process every buffered event nothing can precede any more, in canonical order:
         [("order"|"rejection"|"fill"|"mark"|"risk_state", event)] (Fills and Marks = ledger).
-        Past ``max_pending`` buffered events, the oldest are processed regardless."""
-        barrier = self._barrier  # kept between calls: a backtest calls this once per event
-        if barrier is None and all(s in self.progress for s in self.universe):
-            barrier = self._barrier = min(self.progress[s] for s in self.universe)
-            self._at_barrier = sum(self.progress[s] == barrier for s in self.universe)
+        Past ``max_pending`` buffered events, the oldest are processed regardless.
+        ``now``: the agent's clock, which idleness also needs (see ``_stood_still``)."""
         floor = self._floor()
-        if floor is not None:
-            barrier = floor if barrier is None else max(barrier, floor)
-        elif barrier is None:
-            barrier = -(1 << 63)  # a symbol has no progress yet: only the buffer's bound releases
-        first_open = min(self.open_orders.values(), default=None)
-        if first_open is not None and floor is not None and first_open < floor:
-            first_open = floor
+        if now is None or floor is None:
+            barrier = self._barrier  # kept between calls: a backtest calls this once per event
+            if barrier is None and all(s in self.progress for s in self.universe):
+                barrier = self._barrier = min(self.progress[s] for s in self.universe)
+                self._at_barrier = sum(self.progress[s] == barrier for s in self.universe)
+            if floor is not None:
+                barrier = floor if barrier is None else max(barrier, floor)
+            elif barrier is None:
+                barrier = -(1 << 63)  # a symbol has no progress yet: only the buffer's bound releases
+        else:
+            barrier = min(max(self.progress.get(s, floor), floor) if self._stood_still(s, now)
+                          else self.progress.get(s, -(1 << 63)) for s in self.universe)
+        wait_s = self.idle_us / 1e6
+        first_open = min((ts if floor is None or (now is not None and now - self.order_at.get(o, now) < wait_s)
+                          else max(ts, floor) for o, ts in self.open_orders.items()), default=None)
         out, r, pending = [], self.risk, self.pending
         done = 0
         over = len(pending) - self.max_pending
@@ -283,8 +314,13 @@ class RiskDesk:
                 for decision in risk_mod.on_signal(r, ev):
                     if decision["event_id"].startswith("ord:"):
                         self.open_orders[decision["event_id"]] = decision["ts"]
-                        if first_open is None or decision["ts"] < first_open:
-                            first_open = decision["ts"] if floor is None else max(decision["ts"], floor)
+                        hold = decision["ts"]
+                        if now is not None:
+                            self.order_at[decision["event_id"]] = now
+                        elif floor is not None:
+                            hold = max(hold, floor)
+                        if first_open is None or hold < first_open:
+                            first_open = hold
                         out.append(("order", decision))
                     else:
                         out.append(("rejection", decision))
