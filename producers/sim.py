@@ -11,6 +11,7 @@ import logging
 import time
 
 from ticktape import metrics
+from ticktape.cli import UsageError
 from ticktape.commands.produce import parse_time
 from ticktape.config import Settings
 from ticktape.core.sim import MarketSimulator
@@ -32,6 +33,24 @@ def add_arguments(p, parse_time, parse_speed) -> None:
     p.add_argument("--duration", type=float, help="stop after S seconds of event time")
 
 
+def quiet_windows(spec: str, start_us: int) -> dict[str, list[tuple[int, int]]]:
+    """SIM_QUIET as {symbol: [(from ts, to ts)]} (a halt, a thin symbol: no ticks then)."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        try:
+            syms, when = part.split("@")
+            begin, length = (float(x) for x in when.split(":"))
+        except ValueError:
+            raise UsageError(f"SIM_QUIET has {part!r}; expected SYM[+SYM...]@START_S:DURATION_S, "
+                             "e.g. AAPL+MSFT@60:120") from None
+        if begin < 0 or length <= 0:
+            raise UsageError(f"SIM_QUIET has {part!r}: the start must be >= 0 and the duration > 0")
+        a = start_us + int(begin * 1e6)
+        for sym in syms.split("+"):
+            out.setdefault(sym.strip(), []).append((a, a + int(length * 1e6)))
+    return out
+
+
 def run(args, s: Settings, stop: StopFlag | None = None) -> int:
     stop = stop or StopFlag()
     symbols = args.symbols.replace(",", " ").split() if args.symbols else s.symbol_list
@@ -51,6 +70,9 @@ def run(args, s: Settings, stop: StopFlag | None = None) -> int:
     if args.duration:
         end_us = start_us + int(args.duration * 1e6)
         ticks = itertools.takewhile(lambda t: t["ts"] <= end_us, ticks)
+    quiet = quiet_windows(s.sim_quiet, start_us)
+    if quiet:
+        ticks = (t for t in ticks if not any(a <= t["ts"] < b for a, b in quiet.get(t["symbol"], ())))
     if args.count:
         ticks = itertools.islice(ticks, args.count)
     log.info("sim: %d symbols, %.0f ticks/s, seed %s, %s", len(symbols), rate, seed,

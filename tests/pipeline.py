@@ -23,12 +23,13 @@ COMMANDS = {
     "worker": ["process", "worker"],
     "sink-postgres": ["sink", "postgres"],
     "sink-redis": ["sink", "redis"],
-    "producer": ["produce", "sim", "--rate", "300", "--symbols", SYMBOLS],
+    "producer": ["produce", "sim", "--rate", "300"],  # of the pipeline's symbols
 }
 
 
 class Pipeline:
-    def __init__(self, s: Settings, roles: list[str], logs: Path):
+    def __init__(self, s: Settings, roles: list[str], logs: Path, symbols: str = SYMBOLS,
+                 env: dict[str, str] | None = None):
         from sinks import schema
 
         kafka_clients.ensure_topics(s)
@@ -38,8 +39,8 @@ class Pipeline:
         env = dict(os.environ) | {
             "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "DATABASE_URL": s.database_url,
             "REDIS_URL": s.redis_url, "TOPIC_PREFIX": s.topic_prefix, "TICKTAPE_HOME": s.home,
-            "PYTHONPATH": str(REPO_ROOT), "SYMBOLS": SYMBOLS, "BAR_INTERVALS": "1s,1m",
-            "SINK_MAX_LATENCY_MS": "200"}
+            "PYTHONPATH": str(REPO_ROOT), "SYMBOLS": symbols, "BAR_INTERVALS": "1s,1m",
+            "SINK_MAX_LATENCY_MS": "200"} | (env or {})
         self.procs: dict[str, subprocess.Popen] = {}
         for role in roles:
             with open(logs / f"{role}.log", "ab") as log:

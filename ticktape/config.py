@@ -84,6 +84,10 @@ class Settings:
         "SYMBOLS", " ".join(DEFAULT_SYMBOLS), "symbols for the simulator and yahoo (space/comma separated)")
     sim_seed: int = _setting("SIM_SEED", 42, "simulator seed (same seed, same ticks)")
     sim_tick_rate: float = _setting("SIM_TICK_RATE", 2000.0, "simulator ticks per second, all symbols", above=0)
+    sim_quiet: str = _setting(
+        "SIM_QUIET", "",
+        "simulator: symbols that go quiet for a while, SYM[+SYM...]@START_S:DURATION_S (seconds of event time "
+        "from the start), comma separated; empty = none")
     sim_start: str = _setting(
         "SIM_START", "", "simulator event-time start (ISO-8601); empty = now (live pace)")
     tick_batch_max: int = _setting(
