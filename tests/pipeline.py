@@ -42,13 +42,23 @@ class Pipeline:
             "PYTHONPATH": str(REPO_ROOT), "SYMBOLS": symbols, "BAR_INTERVALS": "1s,1m",
             "SINK_MAX_LATENCY_MS": "200"} | (env or {})
         self.procs: dict[str, subprocess.Popen] = {}
+        self._env, self._logs = env, logs
         for role in roles:
-            with open(logs / f"{role}.log", "ab") as log:
-                self.procs[role] = subprocess.Popen(
-                    [sys.executable, "-m", "ticktape.cli", *COMMANDS[role]], cwd=REPO_ROOT,
-                    env=env | {"METRICS_PORT": str(self.ports[role])}, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True)
+            self._start(role)
         write_run_files(s.home, [(r, self.ports[r], p.pid) for r, p in self.procs.items()])
+
+    def _start(self, role: str) -> None:
+        with open(self._logs / f"{role}.log", "ab") as log:
+            self.procs[role] = subprocess.Popen(
+                [sys.executable, "-m", "ticktape.cli", *COMMANDS[role]], cwd=REPO_ROOT,
+                env=self._env | {"METRICS_PORT": str(self.ports[role])}, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill_and_restart(self, role: str) -> None:
+        """kill -9 (the process group: nothing of it survives), then start it again."""
+        os.killpg(self.procs[role].pid, signal.SIGKILL)
+        self.procs[role].wait(30)
+        self._start(role)
 
     def scrape(self, role: str):
         return scrape(self.ports[role])

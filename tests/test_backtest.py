@@ -94,8 +94,8 @@ def model():
     return Model.load(t.artifact, t.metadata)
 
 
-def sim_by_partition(minutes: float, rate: float = 10.0, partitions: int = 6, symbols=SYMS):
-    sim = MarketSimulator(symbols, seed=9, tick_rate=rate, start_us=T0)
+def sim_by_partition(minutes: float, rate: float = 10.0, partitions: int = 6, symbols=SYMS, seed: int = 9):
+    sim = MarketSimulator(symbols, seed=seed, tick_rate=rate, start_us=T0)
     ticks = []
     end = T0 + int(minutes * MIN)
     while not ticks or ticks[-1]["ts"] < end:

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 import redis
 import yaml
-from test_trading_desks import ENV, LIMITS_FILE, SYMBOLS, chain_args, sequential, streams
+from test_trading_desks import ENV, LIMITS_FILE, SYMBOLS, sequential, streams
 from test_worker import Worker, read
 
 from ticktape import kafka_clients

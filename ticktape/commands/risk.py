@@ -120,7 +120,8 @@ def run_status(args) -> int:
     print(f"  open orders    {len(desk.open_orders)};  events waiting {len(desk.pending)}"
           + (f" (for progress of {', '.join(report['waiting_for'][:10])})" if report["waiting_for"] else ""))
     if report["idle"]:
-        print(f"  idle symbols   {', '.join(report['idle'][:10])} (more than RISK_IDLE_MS behind: they hold nothing back)")
+        print(f"  idle symbols   {', '.join(report['idle'][:10])} "
+              "(more than RISK_IDLE_MS behind: they hold nothing back)")
     print(f"  late input     signals {desk.late['signal']}, marks {desk.late['mark']}, fills {desk.late['fill']};"
           f"  processed past the buffer bound {desk.forced}")
     _print_limits(limits)

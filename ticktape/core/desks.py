@@ -570,7 +570,8 @@ class TradingChain:
 
 
 def run_trading_chain(events: Iterable[tuple[str, dict]], **chain_args) -> TradingChain:
-    """Feed ``(event_type, event)`` pairs (prediction, tick, bar, risk_control) through a new :class:`TradingChain`; returns it (see ``outputs``)."""
+    """Feed ``(event_type, event)`` pairs (prediction, tick, bar, risk_control) through a
+    new :class:`TradingChain`; returns it (see ``outputs``)."""
     chain = TradingChain(**chain_args)
     for event_type, ev in events:
         chain.feed(event_type, ev)
