@@ -34,7 +34,8 @@ def make_items(symbols: int, minutes: int, rounds: int):
     trained = train(ds, FEATURE_NAMES, 0.2, TrainParams(rounds=rounds), "direction", "sim")
     model = Model.load(trained.artifact, trained.metadata)
     complete = ~np.isnan(ds.X).any(axis=1)
-    items = [({"event_id": f"{s}:1m:{t}", "symbol": s, "interval": "1m", "ts": int(t)}, x.tolist())
+    items = [({"event_id": f"{s}:1m:{t}", "symbol": s, "interval": "1m", "ts": int(t),
+               "close": 100.0, "volatility_20": 0.2}, x.tolist())
              for s, t, x in zip(np.array(ds.symbols)[complete], ds.ts[complete], ds.X[complete])]
     return model, items, len(trained.artifact)
 

@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from ticktape import kafka_clients, metrics
 from ticktape.config import Settings
@@ -147,19 +147,25 @@ class EventPublisher:
 
     def start_heartbeats(self, source: str, topic: str = "md.ticks") -> None:
         """Send Heartbeats to ``topic``'s quiet partitions from now on (HEARTBEAT_MS; 0: never)."""
-        if not self.settings.heartbeat_ms:
-            return
-        full = self.settings.topic(topic)
-        meta = self.producer.list_topics(full, timeout=10).topics[full]
-        if meta.error is not None:
-            raise DeliveryError(f"cannot send heartbeats to {full}: {meta.error}")
-        now = time.monotonic()
-        self._last_message = {p: now for p in meta.partitions}
-        self._hb_topic = full
-        threading.Thread(target=self._heartbeat_loop, args=(source, full), name="heartbeats", daemon=True).start()
+        if self.settings.heartbeat_ms:
+            self._hb_topic = self.settings.topic(topic)
+            threading.Thread(target=self._heartbeat_loop, args=(source, self._hb_topic), name="heartbeats",
+                             daemon=True).start()
 
     def _heartbeat_loop(self, source: str, topic: str) -> None:
         every = self.settings.heartbeat_ms / 1000
+        partitions = None
+        while partitions is None:  # the broker may not answer yet
+            try:
+                meta = self.producer.list_topics(topic, timeout=every).topics[topic]
+                partitions = None if meta.error is not None else list(meta.partitions)
+            except KafkaException as e:
+                log.debug("heartbeats: no metadata of %s yet: %s", topic, e)
+            if partitions is None and self._closed.wait(every):
+                return
+        now = time.monotonic()
+        for p in partitions:
+            self._last_message.setdefault(p, now)
         while not self._closed.wait(every / 4):
             self.producer.poll(0)  # delivery reports: when each partition last got a message
             now = time.monotonic()

@@ -119,7 +119,8 @@ def test_mismatching_models_are_refused(dataset):
 def test_predictions_skip_missing_features_and_batches_equal_single_rows(dataset):
     t = train(dataset, FEATURE_NAMES, 0.2, QUICK, "direction")
     model = Model.load(t.artifact, t.metadata)
-    items = [({"event_id": f"{s}:1m:{ts}", "symbol": s, "interval": "1m", "ts": int(ts)}, list(x))
+    items = [({"event_id": f"{s}:1m:{ts}", "symbol": s, "interval": "1m", "ts": int(ts),
+               "close": 100.0, "volatility_20": 0.2}, list(x))
              for s, ts, x in zip(dataset.symbols, dataset.ts, dataset.X)]
     preds, missing, seconds = model.predictions(items)
     assert missing == 3 * 199 and len(preds) == len(items) - missing and seconds > 0
