@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import settings
 
     try:
-        level = "DEBUG" if args.verbose else settings().log_level
+        level = "DEBUG" if args.verbose else settings().log_level.upper()
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return int(args.func(args) or 0)
     except (UsageError, ConfigError) as e:

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from ..cli import UsageError
 from ..config import settings
+from ..kafka_clients import check_reachable
 from .produce import parse_speed, parse_time
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def run(args) -> int:
     from ticktape.core.intervals import interval_seconds
     from ticktape.serde import Serde
 
-    s = settings()
+    s = check_reachable(settings())
     if args.start is not None and args.end is not None and args.end < args.start:
         raise UsageError("--to is before --from")
     try:

@@ -46,7 +46,7 @@ def _full_name(s, name: str) -> str:
 
 
 def run_list(args) -> int:
-    s = settings()
+    s = kafka_clients.check_reachable(settings())
     existing = set(kafka_clients.admin(s).list_topics(timeout=10).topics)
     print(f"{'topic':<40} {'event':<15} {'part':>4} {'retention.ms':>13}  cleanup   exists")
     for name, spec in kafka_clients.topic_catalog().items():
@@ -57,7 +57,7 @@ def run_list(args) -> int:
 
 
 def run_describe(args) -> int:
-    s = settings()
+    s = kafka_clients.check_reachable(settings())
     try:
         info = kafka_clients.describe_topic(s, _full_name(s, args.topic))
     except KeyError as e:
@@ -67,13 +67,13 @@ def run_describe(args) -> int:
 
 
 def run_create(args) -> int:
-    created = kafka_clients.ensure_topics(settings())
+    created = kafka_clients.ensure_topics(kafka_clients.check_reachable(settings()))
     print(f"created {len(created)} topics" + (": " + ", ".join(created) if created else ""))
     return 0
 
 
 def run_tail(args) -> int:
-    s = settings()
+    s = kafka_clients.check_reachable(settings())
     topic = _full_name(s, args.topic)
     try:
         md = kafka_clients.topic_metadata(s, topic)

@@ -99,8 +99,8 @@ class BarAggregator:
         n = len(times)
         if n < 2 or None in prices or None in sizes:
             return False
-        # NaN or ±inf anywhere makes a sum non-finite; min catches a negative size
-        if not (-_INF < sum(prices) < _INF and sum(sizes) < _INF and min(sizes) >= 0.0):
+        # NaN or ±inf anywhere makes a sum non-finite; min catches a negative price or size
+        if not (sum(prices) < _INF and min(prices) >= 0.0 and sum(sizes) < _INF and min(sizes) >= 0.0):
             return False
         if any(map(gt, times, islice(times, 1, None))):
             return False
@@ -163,7 +163,7 @@ class BarAggregator:
                 if ts > wm:
                     wm = ts
                 continue
-            if not (size >= 0.0 and -_INF < price < _INF):  # NaN fails both comparisons
+            if not (size >= 0.0 and 0.0 <= price < _INF):  # NaN fails both comparisons
                 invalid.append((idx, f"invalid trade: price={price!r} size={size!r}"))
                 continue
             if ts > wm:
