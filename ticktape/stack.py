@@ -195,8 +195,9 @@ class LocalStack:
         if os.geteuid() == 0:
             log.touch()
             shutil.chown(log, "postgres", "postgres")
-        opts = (f"-p {port} -c listen_addresses=127.0.0.1 -k {sockdir} -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        # durable (PostgreSQL's defaults: fsync, synchronous_commit, full_page_writes on): the
+        # sinks commit Kafka offsets once COMMIT returns, so a committed batch must survive a crash
+        opts = f"-p {port} -c listen_addresses=127.0.0.1 -k {sockdir} -c max_connections=200"
         res = subprocess.run(_as_postgres_user(
             ["pg_ctl", "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "60", "start"]),
             capture_output=True, text=True)

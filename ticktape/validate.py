@@ -7,7 +7,7 @@ the value rules, the same as the database's CHECK constraints plus what SQL lets
 * every double is finite (top-level fields, a map's values, a TickBatch's columns);
 * prices, sizes, volumes, quantities and commissions are not negative; an order's and a
   fill's quantity is positive; high >= low; a window ends after it starts; p_up is a
-  probability; RSI is in [0, 100]; sides, order types and trading states are known words;
+  probability; RSI is in [0, 100] (sides, order types and trading states are Avro enums);
 * an event of an account names a known one: ``TRADING_ACCOUNT`` or an account of the
   risk file.
 
@@ -32,8 +32,6 @@ _NON_NEGATIVE = {
 _POSITIVE = {"order": ("quantity",), "fill": ("quantity",), "prediction": ("horizon",)}
 _RANGES = {"prediction": (("p_up", 0.0, 1.0),),
            "indicator_set": (("rsi_5", 0.0, 100.0), ("rsi_14", 0.0, 100.0))}
-_WORDS = {"side": ("BUY", "SELL"), "order_type": ("MARKET", "LIMIT"),
-          "trading_state": ("ACTIVE", "REDUCING", "HALTED")}
 _BATCH_COLUMNS = ("price", "size", "bid", "ask", "bid_size", "ask_size")
 
 
@@ -80,9 +78,6 @@ class Validator:
             v = record.get(name)
             if v is not None and not low <= v <= high:
                 raise Invalid(f"{name} is {v!r}: must be in [{low:g}, {high:g}]")
-        for name, words in _WORDS.items():
-            if name in record and record[name] not in words:
-                raise Invalid(f"{name} is {record[name]!r}: must be one of {', '.join(words)}")
         if event_type == "bar":
             if record["high"] < record["low"]:
                 raise Invalid(f"high {record['high']!r} is below low {record['low']!r}")
