@@ -16,9 +16,9 @@ Errors by SQLSTATE class:
   and commits the rest;
 * an outage — 08 (connection), 40 (serialization failure, deadlock), 53 (insufficient
   resources: disk full, too many connections), 55 (lock not available), 57 (operator
-  intervention: shutdown, statement or lock timeout), 58 (I/O error), or a connection
-  lost without a SQLSTATE — is raised as ``Outage``: the runner retries the batch;
-* anything else (42: a table or column that does not match the code, 0A, XX, …) is
+  intervention: shutdown, statement timeout), or a connection lost without a SQLSTATE —
+  is raised as ``Outage``: the runner retries the batch;
+* anything else (42: a table or column that does not match the code, 0A, 58, XX, …) is
   raised as it is: no retry fixes it.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from .runner import Item, Outage, Poison
 from .tables import TABLES, Table
 
 ROW_CLASSES = ("22", "23", "54")  # SQLSTATE classes caused by a row's content: the row is poison
-OUTAGE_CLASSES = ("08", "40", "53", "55", "57", "58")  # the database cannot take the batch now
+OUTAGE_CLASSES = ("08", "40", "53", "55", "57")  # the database cannot take the batch now
 
 
 def row_error(e: BaseException) -> bool:
