@@ -15,6 +15,7 @@ no output file (the file is written to a temporary name and renamed at the end).
 from __future__ import annotations
 
 import csv
+import math
 import os
 import tempfile
 from datetime import datetime, timedelta, timezone
@@ -55,40 +56,52 @@ def read_bars(path: str) -> tuple[list[str], list[list[str]], list[int], dict]:
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
     with handle:
-        reader = csv.reader(handle)
-        header = next(reader, None) or []
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise UsageError(f"{path} line 1: missing column(s) {', '.join(missing)} "
-                             f"(need {','.join(REQUIRED)})")
-        clash = [c for c in header if c in INDICATOR_NAMES]
-        if clash:
-            raise UsageError(f"{path} line 1: input column(s) {', '.join(clash)} clash with indicator columns")
-        pos = {c: header.index(c) for c in REQUIRED}
-        rows, lines = [], []
-        cols: dict[str, list] = {c: [] for c in REQUIRED}
-        for row in reader:
-            if not row:
-                continue  # blank line
-            where = f"{path} line {reader.line_num}"
-            if len(row) != len(header):
-                raise UsageError(f"{where}: {len(row)} fields, the header has {len(header)}")
-            text = row[pos["time"]]
+        try:
+            return _parse(path, csv.reader(handle))
+        except (UnicodeDecodeError, csv.Error) as e:  # a binary file, a NUL byte
+            raise UsageError(f"{path} is not a UTF-8 CSV file ({type(e).__name__}: {e})") from None
+
+
+def _parse(path: str, reader) -> tuple[list[str], list[list[str]], list[int], dict]:
+    """The rows of ``read_bars``."""
+    header = next(reader, None) or []
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise UsageError(f"{path} line 1: missing column(s) {', '.join(missing)} "
+                         f"(need {','.join(REQUIRED)})")
+    clash = [c for c in header if c in INDICATOR_NAMES]
+    if clash:
+        raise UsageError(f"{path} line 1: input column(s) {', '.join(clash)} clash with indicator columns")
+    pos = {c: header.index(c) for c in REQUIRED}
+    rows, lines = [], []
+    cols: dict[str, list] = {c: [] for c in REQUIRED}
+    for row in reader:
+        if not row:
+            continue  # blank line
+        where = f"{path} line {reader.line_num}"
+        if len(row) != len(header):
+            raise UsageError(f"{where}: {len(row)} fields, the header has {len(header)}")
+        text = row[pos["time"]]
+        try:
+            cols["time"].append(_micros(text))
+        except ValueError:
+            raise UsageError(f"{where}: time is not an ISO-8601 timestamp: {text!r}") from None
+        if not row[pos["symbol"]]:
+            raise UsageError(f"{where}: empty symbol")
+        cols["symbol"].append(row[pos["symbol"]])
+        for name in _NUMBERS:
+            text = row[pos[name]]
             try:
-                cols["time"].append(_micros(text))
+                value = float(text)
             except ValueError:
-                raise UsageError(f"{where}: time is not an ISO-8601 timestamp: {text!r}") from None
-            if not row[pos["symbol"]]:
-                raise UsageError(f"{where}: empty symbol")
-            cols["symbol"].append(row[pos["symbol"]])
-            for name in _NUMBERS:
-                text = row[pos[name]]
-                try:
-                    cols[name].append(float(text))
-                except ValueError:
-                    raise UsageError(f"{where}: {name} is not a number: {text!r}") from None
-            rows.append(row)
-            lines.append(reader.line_num)
+                value = math.nan
+            if not math.isfinite(value):
+                raise UsageError(f"{where}: {name} is not a finite number: {text!r}")
+            cols[name].append(value)
+        rows.append(row)
+        lines.append(reader.line_num)
+    if not rows:
+        raise UsageError(f"{path}: no bars after the header")
     return header, rows, lines, cols
 
 

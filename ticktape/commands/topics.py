@@ -8,20 +8,10 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
 
 from .. import kafka_clients
-from ..cli import UsageError
+from ..cli import UsageError, positive_int
 from ..config import settings
 from ..core.tickbatch import events_of
 from ..serde import Serde, SerdeError, to_json
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n <= 0:
-        raise UsageError(f"expected a positive whole number, not {text!r}")
-    return n
 
 
 def register(sub):
@@ -35,7 +25,7 @@ def register(sub):
     t = tsub.add_parser("tail", help="print decoded events as JSON lines (a TickBatch as its ticks)")
     t.add_argument("topic", help="catalog name (the run prefix is added) or a full topic name")
     t.add_argument("--from-beginning", action="store_true", help="start at the oldest event")
-    t.add_argument("--count", type=_positive, help="stop after N events")
+    t.add_argument("--count", type=positive_int, help="stop after N events")
     t.add_argument("--idle-timeout", type=float, default=None,
                    help="stop after S seconds without events (default: never; 5 with --from-beginning)")
     t.set_defaults(func=run_tail)
