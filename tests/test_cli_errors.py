@@ -68,3 +68,14 @@ def test_a_wrong_invocation_is_one_line_and_exit_2(services, files, tmp_path, ar
     assert len(res.stderr.splitlines()) == 1 and res.stderr.startswith("ticktape: error: "), res.stderr[-2000:]
     assert "secretpw" not in res.stderr
     assert took < 15, f"{took:.1f} s"
+
+
+def test_an_empty_tsdb_setting_means_keep_not_the_default(monkeypatch):
+    from ticktape.config import Settings, settings
+
+    for env in ("TSDB_RETENTION_TICKS", "TSDB_RETENTION_BARS", "TSDB_COMPRESS_AFTER"):
+        monkeypatch.setenv(env, "")
+    s = settings()
+    assert (s.tsdb_retention_ticks, s.tsdb_retention_bars, s.tsdb_compress_after) == ("", "", "")
+    monkeypatch.setenv("SIM_TICK_RATE", "")  # elsewhere an empty variable is the default
+    assert settings().sim_tick_rate == Settings.sim_tick_rate
