@@ -154,3 +154,27 @@ def test_invalid_values_and_null_values_are_dead_lettered_never_stored(pg_settin
             stored = [r[0] for r in conn.execute(f"SELECT event_id FROM {table}")]
             assert len(stored) == 1 and not any(e.startswith(("t-", "b-", "o-", "f-", "p-")) for e in stored), table
         assert conn.execute("SELECT count(*) FROM positions").fetchone()[0] == 0
+
+
+def test_the_execution_stage_fills_no_invalid_order(settings, tmp_path):
+    kafka_clients.ensure_topics(settings, ["md.ticks", "trading.orders", "trading.fills", "trading.account",
+                                           "dlq.trading"])
+    t0 = 1_767_225_600_000_000
+    order = event("order", 1, symbol="AAPL", ts=t0)  # a BUY of 10
+    bad = [order | {"event_id": "o-nan", "quantity": math.nan}, order | {"event_id": "o-acct", "account": "nobody"}]
+    prod = kafka_clients.producer(settings)
+    for o in [*bad, order]:
+        prod.produce(settings.topic("trading.orders"), key=b"AAPL", value=serde.encode("order", o), partition=0)
+    for i in range(1, 4):  # market data after the orders
+        tick = event("tick", i, symbol="AAPL", ts=t0 + i * 1_000_000)
+        prod.produce(settings.topic("md.ticks"), key=b"AAPL", value=serde.encode("tick", tick), partition=0)
+    assert prod.flush(30) == 0
+    worker = Worker(settings, tmp_path / "worker.log", WORKER_STAGES="execution", EXEC_MARKET_DATA="ticks")
+    try:
+        fills = [serde.decode(m.value())[1] for m in read(settings, "trading.fills", 1, quiet=3.0)[0]]
+        assert [(f["order_id"], f["quantity"]) for f in fills] == [(order["event_id"], 10.0)], worker.log_tail()
+        dead = sorted(headers(m)["ticktape.error"].decode() for m in read(settings, "dlq.trading", 2)[0])
+        assert dead[0].startswith("quantity is nan") and dead[1].startswith("unknown account 'nobody'")
+    finally:
+        rc = worker.stop()
+    assert rc == 0, worker.log_tail()
