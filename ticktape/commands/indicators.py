@@ -15,7 +15,6 @@ no output file (the file is written to a temporary name and renamed at the end).
 from __future__ import annotations
 
 import csv
-import math
 import os
 import tempfile
 from datetime import datetime, timedelta, timezone
@@ -92,12 +91,9 @@ def _parse(path: str, reader) -> tuple[list[str], list[list[str]], list[int], di
         for name in _NUMBERS:
             text = row[pos[name]]
             try:
-                value = float(text)
+                cols[name].append(float(text))  # a NaN is refused by compute_batch, naming its line
             except ValueError:
-                value = math.nan
-            if not math.isfinite(value):
-                raise UsageError(f"{where}: {name} is not a finite number: {text!r}")
-            cols[name].append(value)
+                raise UsageError(f"{where}: {name} is not a number: {text!r}") from None
         rows.append(row)
         lines.append(reader.line_num)
     if not rows:

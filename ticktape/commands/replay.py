@@ -54,7 +54,7 @@ def run(args) -> int:
     from ticktape.core.intervals import interval_seconds
     from ticktape.serde import Serde
 
-    s = check_reachable(settings())
+    s = settings()
     if args.start is not None and args.end is not None and args.end < args.start:
         raise UsageError("--to is before --from")
     try:
@@ -74,6 +74,7 @@ def run(args) -> int:
     else:
         kind = "tick" if args.table == "ticks" else "bar"
         base = "md.ticks" if kind == "tick" else f"md.bars.{args.interval}"
+    check_reachable(s)  # after the arguments' checks, before the first broker call
     to_topic = args.to_topic or (s.topic(base) if base else None)
     if to_topic is None:
         raise UsageError(f"{args.topic} is not a catalog topic: give --to-topic")
