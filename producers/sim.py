@@ -11,7 +11,7 @@ import logging
 import time
 
 from ticktape import metrics
-from ticktape.cli import UsageError
+from ticktape.cli import UsageError, positive_float, positive_int
 from ticktape.commands.produce import parse_time
 from ticktape.config import Settings
 from ticktape.core.sim import MarketSimulator
@@ -23,14 +23,14 @@ TOPIC = "md.ticks"
 
 
 def add_arguments(p, parse_time, parse_speed) -> None:
-    p.add_argument("--rate", type=float, help="ticks per second over all symbols (SIM_TICK_RATE)")
+    p.add_argument("--rate", type=positive_float, help="ticks per second over all symbols (SIM_TICK_RATE)")
     p.add_argument("--symbols", help="comma/space separated symbols (SYMBOLS)")
     p.add_argument("--seed", type=int, help="random seed (SIM_SEED)")
     p.add_argument("--start", type=parse_time, help="event-time start, ISO-8601 (default: now, live)")
     p.add_argument("--speed", type=parse_speed, default=None,
                    help="pace: N x real time or 'max' (default 1 live, max with --start)")
-    p.add_argument("--count", type=int, help="stop after N ticks")
-    p.add_argument("--duration", type=float, help="stop after S seconds of event time")
+    p.add_argument("--count", type=positive_int, help="stop after N ticks")
+    p.add_argument("--duration", type=positive_float, help="stop after S seconds of event time")
 
 
 def quiet_windows(spec: str, start_us: int) -> dict[str, list[tuple[int, int]]]:

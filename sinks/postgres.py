@@ -8,9 +8,18 @@ duplicate.  When it does (a redelivered or replayed batch), the savepoint is rol
 back and the rows go the conflict-tolerant way: COPY into a per-connection staging
 table, then ``INSERT … SELECT … ON CONFLICT DO NOTHING``.
 
-A row the database refuses for its content (a CHECK/NOT NULL violation, an invalid
-value) is found by bisecting the table's rows under savepoints; the writer returns it
-as poison and commits the rest.  Connection failures propagate for the runner to retry.
+Errors by SQLSTATE class:
+
+* a row error — 22 (data exception: an invalid value), 23 (integrity: a CHECK or NOT
+  NULL violation), 54 (program limit: a key too long for its index) — is found by
+  bisecting the table's rows under savepoints; the writer returns the row as poison
+  and commits the rest;
+* an outage — 08 (connection), 40 (serialization failure, deadlock), 53 (insufficient
+  resources: disk full, too many connections), 55 (lock not available), 57 (operator
+  intervention: shutdown, statement timeout), or a connection lost without a SQLSTATE —
+  is raised as ``Outage``: the runner retries the batch;
+* anything else (42: a table or column that does not match the code, 0A, 58, XX, …) is
+  raised as it is: no retry fixes it.
 """
 from __future__ import annotations
 
@@ -20,11 +29,21 @@ from psycopg import errors, sql
 from ticktape import metrics
 from ticktape.config import ConfigError, Settings
 
-from .runner import Item, Poison
+from .runner import Item, Outage, Poison
 from .tables import TABLES, Table
 
-# Errors caused by a row's content (SQLSTATE classes 22 and 23): the row is poison.
-ROW_ERRORS = (errors.DataError, errors.IntegrityError)
+ROW_CLASSES = ("22", "23", "54")  # SQLSTATE classes caused by a row's content: the row is poison
+OUTAGE_CLASSES = ("08", "40", "53", "55", "57")  # the database cannot take the batch now
+
+
+def row_error(e: BaseException) -> bool:
+    return isinstance(e, psycopg.Error) and (e.sqlstate or "")[:2] in ROW_CLASSES
+
+
+def outage(e: psycopg.Error) -> bool:
+    if e.sqlstate is None:  # no answer from the server: the connection failed or was lost
+        return isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError))
+    return e.sqlstate[:2] in OUTAGE_CLASSES
 
 
 class TableWriter:
@@ -118,14 +137,18 @@ class PostgresWriter:
             try:
                 with conn.transaction(), conn.cursor() as cur:
                     counts = {t: self.tables[t].write(cur, [r for _, r in rows]) for t, rows in groups.items()}
-            except ROW_ERRORS:
+            except psycopg.Error as e:
+                if not row_error(e):
+                    raise
                 counts = {}
                 with conn.transaction(), conn.cursor() as cur:
                     for t, rows in groups.items():
                         counts[t], bad = self._bisect(cur, self.tables[t], rows)
                         poison += bad
-        except (psycopg.OperationalError, psycopg.InterfaceError):
+        except psycopg.Error as e:
             self.close()  # reconnect (and recreate the staging tables) on the next attempt
+            if outage(e):
+                raise Outage(_describe(e)) from e
             raise
         for t, n in counts.items():
             metrics.SINK_ROWS.labels(self.name, t).inc(n)
@@ -137,7 +160,9 @@ class PostgresWriter:
         try:
             with cur.connection.transaction():
                 return tw.write(cur, [r for _, r in rows]), []
-        except ROW_ERRORS as e:
+        except psycopg.Error as e:
+            if not row_error(e):
+                raise
             if len(rows) == 1:
                 return 0, [Poison(rows[0][0].msg, f"{tw.table.name}: {_describe(e)}")]
         mid = len(rows) // 2
@@ -148,4 +173,5 @@ class PostgresWriter:
 
 def _describe(e: psycopg.Error) -> str:
     """SQLSTATE and primary message (never the failing row's detail)."""
-    return f"{e.sqlstate} {type(e).__name__}: {e.diag.message_primary or e}"
+    text = e.diag.message_primary or str(e).strip().split("\n")[0]
+    return f"{e.sqlstate or 'no SQLSTATE'} {type(e).__name__}: {text}"

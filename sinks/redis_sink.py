@@ -25,9 +25,9 @@ import json
 import redis
 
 from ticktape import metrics
-from ticktape.config import ConfigError, Settings
+from ticktape.config import ConfigError, Settings, redact_url
 
-from .runner import Item, Poison
+from .runner import Item, Outage, Poison
 from .tables import expected_event, topics_of_record
 
 # Event type -> key (after "<prefix>ticktape:"), filled from the event's fields.
@@ -85,6 +85,7 @@ class RedisWriter:
     def __init__(self, s: Settings):
         if not s.redis_url:
             raise ConfigError("no Redis: set REDIS_URL or run `ticktape stack up`")
+        self.url = s.redis_url
         self.client = redis.Redis.from_url(s.redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.script = self.client.register_script(_SET_IF_NEWER)
         self.prefix = s.topic_prefix
@@ -97,10 +98,20 @@ class RedisWriter:
         for key, (ts, fields) in latest.items():
             flat = [x for kv in fields.items() for x in kv]
             self.script(keys=[key], args=[ts, self.ttl, *flat], client=pipe)
-        pipe.execute()
+        try:
+            pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as e:  # down, or still loading its data
+            raise Outage(f"{type(e).__name__}: {e}") from e
         metrics.SINK_ROWS.labels(self.name, "latest").inc(len(latest))
         metrics.SINK_BATCHES.labels(self.name, "latest").inc()
         return []
+
+    def check(self) -> None:
+        """ConfigError when Redis does not answer now (the sink's start: one line, not a retry loop)."""
+        try:
+            self.client.ping()
+        except redis.RedisError as e:
+            raise ConfigError(f"Redis at {redact_url(self.url)} does not answer: {type(e).__name__}: {e}") from None
 
     def close(self) -> None:
         self.client.close()

@@ -7,6 +7,16 @@ messages are in the dead-letter topic.  A crash anywhere before that replays the
 and the writers are idempotent on each event's key, so the store ends with exactly the
 topic's events.
 
+Failures: a writer raises ``Outage`` when its store (or the broker, for dead letters) is
+unreachable or busy; the batch is retried with backoff until it goes through.  Any other
+exception is a bug or a schema the code does not match, which a retry cannot fix: the
+loop logs one line and returns ``EXIT_BUG`` without committing the batch.
+
+Poison: a message that is undecodable, of the wrong event type, invalid
+(``ticktape.validate``) or refused by the store goes to ``dlq.<sink>`` once
+(``ticktape.deadletter``), and the rest of the batch is written.  A null value is a
+tombstone, skipped, only on a compacted topic; elsewhere it is poison (as in the stages).
+
 Back-pressure: the loop stops consuming while a batch is written or retried, so memory
 holds at most one batch plus the consumer's bounded prefetch queue.
 """
@@ -15,30 +25,30 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
 
 from confluent_kafka import KafkaException, Message, TopicPartition
 
-from ticktape import kafka_clients, metrics
+from ticktape import deadletter, kafka_clients, metrics
 from ticktape.config import Settings
 from ticktape.core.tickbatch import expand
 from ticktape.serde import Serde, SerdeError
+from ticktape.validate import Validator
 
 from .tables import expected_event
 
 log = logging.getLogger(__name__)
 
-# Headers of a dead-lettered message (its key and value are the original bytes).
-H_ERROR = "ticktape.error"
-H_SINK = "ticktape.sink"
-H_TOPIC = "ticktape.source.topic"
-H_PARTITION = "ticktape.source.partition"
-H_OFFSET = "ticktape.source.offset"
-
 MAX_BACKOFF_S = 5.0
 PREFETCH_KBYTES = 16384  # per-consumer bound on fetched-but-unprocessed data
+EXIT_BUG = 3  # run()'s code when an error that no retry fixes stopped it
+
+
+class Outage(Exception):
+    """The store or the broker cannot take the batch now; retrying it later can succeed."""
 
 
 @dataclass
@@ -59,7 +69,7 @@ class Writer(Protocol):
 
     def write(self, items: list[Item]) -> list[Poison]:
         """Make the items durable (idempotently); return those that can never be written.
-        Raise for a transient failure: the runner retries the whole batch."""
+        Raise ``Outage`` for a transient failure: the runner retries the whole batch."""
 
     def close(self) -> None: ...
 
@@ -76,7 +86,9 @@ class SinkRunner:
         self.dlq_topic = s.topic(f"dlq.{writer.name}")
         # full topic name -> (catalog name, event type)
         self.topics = {s.topic(t): (t, expected_event(t)) for t in topics}
+        self.compacted = {s.topic(t) for t in topics if "compact" in kafka_clients.topic_spec(t, s).cleanup_policy}
         self.serde = Serde(s.schema_registry_url)
+        self.validator = Validator(s)
         self.stopping = threading.Event()
         self.healthy = True
         self.assigned: set[tuple[str, int]] = set()
@@ -91,7 +103,8 @@ class SinkRunner:
 
     # -- the loop ----------------------------------------------------------------------
     def run(self) -> int:
-        """Consume until stop(); 0 after a clean flush, 1 when stopped with a batch unwritten."""
+        """Consume until stop(); 0 after a clean flush, 1 when stopped with a batch unwritten,
+        ``EXIT_BUG`` when an error that no retry fixes stopped it."""
         consumer = kafka_clients.consumer(self.s, self.group, **{"queued.max.messages.kbytes": PREFETCH_KBYTES})
         self._consumer = consumer
         consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -110,9 +123,10 @@ class SinkRunner:
                     self._buf.append(m)
                 if self._buf and (len(self._buf) >= self.batch_size
                                   or time.monotonic() - first_at >= self.max_latency):
-                    if not self._flush():
-                        return 1
-            return 0 if not self._buf or self._flush() else 1
+                    rc = self._flush()
+                    if rc:
+                        return rc
+            return self._flush() if self._buf else 0
         finally:
             consumer.close()
             self.writer.close()
@@ -132,35 +146,46 @@ class SinkRunner:
         log.info("%s revoked %s", self.stage, _describe(partitions))
 
     # -- one batch ---------------------------------------------------------------------
-    def _flush(self) -> bool:
+    def _flush(self) -> int:
+        """Write, dead-letter and commit the buffered batch: 0 when done, 1 when stopped
+        while retrying, ``EXIT_BUG`` on an error no retry fixes (nothing committed)."""
         batch, self._buf = self._buf, []
         started = time.monotonic()
         items, undecodable = self._decode(batch)
+        acked: set[tuple[str, int, int]] = set()  # dead letters the broker has: never sent twice
         backoff = 0.5
         while True:
             try:
                 poison = undecodable + self.writer.write(items)
-                self._dead_letter(poison)
+                self._dead_letter(poison, acked)
                 break
-            except Exception as e:  # noqa: BLE001 - any failure: report unhealthy, retry
+            except Outage as e:
                 metrics.SINK_ERRORS.labels(self.writer.name).inc()
                 metrics.SINK_HEALTHY.labels(self.writer.name).set(0)
                 self.healthy = False
-                log.warning("%s: write failed (%s: %s); retrying in %.1f s", self.stage,
-                            type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else "",
-                            backoff)
+                log.warning("%s: write failed (%s); retrying in %.1f s", self.stage, _first_line(e), backoff)
                 if self.stopping.wait(backoff):
                     log.warning("%s: stopped with %d messages unwritten (they will be redelivered)",
                                 self.stage, len(batch))
-                    return False
+                    return 1
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
+            except Exception as e:  # noqa: BLE001 - not an outage: a retry would fail the same way
+                metrics.SINK_ERRORS.labels(self.writer.name).inc()
+                metrics.SINK_HEALTHY.labels(self.writer.name).set(0)
+                self.healthy = False
+                where = traceback.extract_tb(e.__traceback__)[-1]
+                log.error("%s: stopped by an error a retry cannot fix: %s: %s (%s:%d); %d messages not "
+                          "committed, they are redelivered on restart", self.stage, type(e).__name__,
+                          _first_line(e), where.filename, where.lineno, len(batch))
+                log.debug("%s: traceback", self.stage, exc_info=e)
+                return EXIT_BUG
         if not self.healthy:
             log.info("%s: writes succeed again", self.stage)
         self.healthy = True
         metrics.SINK_HEALTHY.labels(self.writer.name).set(1)
         self._commit(batch)
         metrics.SINK_BATCH_LATENCY.labels(self.writer.name).observe(time.monotonic() - started)
-        return True
+        return 0
 
     def _decode(self, batch: list[Message]) -> tuple[list[Item], list[Poison]]:
         items, poison = [], []
@@ -170,8 +195,8 @@ class SinkRunner:
         for m in batch:
             name, event = self.topics[m.topic()]
             counts[name] += 1
-            if m.value() is None:
-                continue  # a tombstone of a compacted topic: nothing to store
+            if m.value() is None and m.topic() in self.compacted:
+                continue  # a tombstone: nothing to store
             try:
                 got, record = self.serde.decode(m.value())
                 if got == "heartbeat" and event == "tick":
@@ -185,35 +210,49 @@ class SinkRunner:
             except (SerdeError, ValueError) as e:
                 poison.append(Poison(m, str(e)))
                 continue
-            items.extend(Item(m, event, r) for r in records)
+            for r in records:  # a batch's valid ticks are stored, its invalid ones dead-lettered
+                try:
+                    self.validator.check(event, r)
+                except SerdeError as e:
+                    poison.append(Poison(m, str(e)))
+                    continue
+                items.append(Item(m, event, r))
             latency.observe(max(0, now_us - record["ts"]) / 1e6)
         for name, n in counts.items():
             metrics.EVENTS_IN.labels(self.stage, name).inc(n)
         return items, poison
 
-    def _dead_letter(self, poison: list[Poison]) -> None:
-        if not poison:
-            return
+    def _dead_letter(self, poison: list[Poison], acked: set[tuple[str, int, int]]) -> None:
+        """Send each poison message not in ``acked`` to the dead-letter topic and wait for
+        the broker; ``acked`` gains those it took (Outage when it took not all)."""
         # rows of one TickBatch share its message: dead-letter it once, with every error
         by_msg: dict[tuple, Poison] = {}
         for p in poison:
             key = (p.msg.topic(), p.msg.partition(), p.msg.offset())
-            by_msg[key] = Poison(p.msg, f"{by_msg[key].error}; {p.error}") if key in by_msg else p
-        poison = list(by_msg.values())
+            if key not in acked:
+                by_msg[key] = Poison(p.msg, f"{by_msg[key].error}; {p.error}") if key in by_msg else p
+        if not by_msg:
+            return
         if self._producer is None:
             self._producer = kafka_clients.producer(self.s)
-        for p in poison:
+
+        def report(err, msg, key):
+            if err is None:
+                acked.add(key)
+                metrics.DLQ_MESSAGES.labels(self.stage, self.topics[key[0]][0]).inc()
+
+        for key, p in by_msg.items():
             m = p.msg
-            headers = [(H_ERROR, p.error[:2000].encode()), (H_SINK, self.writer.name.encode()),
-                       (H_TOPIC, m.topic().encode()), (H_PARTITION, str(m.partition()).encode()),
-                       (H_OFFSET, str(m.offset()).encode())]
-            self._producer.produce(self.dlq_topic, key=m.key(), value=m.value(), headers=headers)
+            dl = deadletter.dead_letter(p.error, stage=self.stage, topic=m.topic(), partition=m.partition(),
+                                        offset=m.offset(), key=m.key(), value=m.value(),
+                                        max_bytes=self.s.dlq_max_bytes)
+            self._producer.produce(self.dlq_topic, key=dl.key, value=dl.value, headers=dl.headers,
+                                   on_delivery=lambda err, msg, key=key: report(err, msg, key))
             log.warning("%s: %s[%d]@%d -> %s: %s", self.stage, m.topic(), m.partition(), m.offset(),
-                        self.dlq_topic, p.error)
-        if self._producer.flush(30) > 0:
-            raise KafkaException(f"dead-letter messages not acknowledged by {self.dlq_topic}")
-        for p in poison:
-            metrics.DLQ_MESSAGES.labels(self.stage, self.topics[p.msg.topic()][0]).inc()
+                        self.dlq_topic, p.error[:300])
+        self._producer.flush(30)
+        if not by_msg.keys() <= acked:
+            raise Outage(f"{len(by_msg.keys() - acked)} dead letters not acknowledged by {self.dlq_topic}")
 
     def _commit(self, batch: list[Message]) -> None:
         nxt: dict[tuple[str, int], int] = {}
@@ -237,6 +276,11 @@ class SinkRunner:
                 metrics.CONSUMER_LAG.labels(f"ticktape.{self.stage}", self.topics[tp.topic][0],
                                             str(tp.partition)).set(
                     max(0, high - tp.offset))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _describe(partitions) -> str:

@@ -7,6 +7,13 @@ is available: hypertables, compression, continuous aggregates) and ``.postgres.s
 (plain PostgreSQL: the same tables, keys and views).  A session-level advisory lock
 serialises concurrent migrators (the stack, two sinks starting at once).
 
+The flavor of a database is chosen once, by its first migration: TimescaleDB when the
+extension is available and loads (``CREATE EXTENSION`` is tried in a connection of its
+own, since a library that is not preloaded fails with FATAL and closes the connection),
+plain PostgreSQL otherwise.  Later runs keep the flavor the ledger records, so enabling
+TimescaleDB on a database migrated as plain PostgreSQL changes nothing (sinks/README.md
+says how to move such a database to TimescaleDB).
+
 On TimescaleDB the compression and retention policies come from settings and are
 re-applied on every run, so changing TSDB_* and migrating again takes effect.
 """
@@ -72,15 +79,32 @@ def _database_url(s: Settings) -> str:
     return s.database_url
 
 
-def _flavor(conn: psycopg.Connection) -> str:
-    """timescaledb when the extension is (or can be) installed, else postgres."""
-    if not conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone():
+def _recorded_flavor(conn: psycopg.Connection) -> str | None:
+    """The flavor the database was migrated with (None: no migration applied yet)."""
+    if not conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0]:
+        return None
+    row = conn.execute("SELECT flavor FROM schema_migrations ORDER BY version DESC LIMIT 1").fetchone()
+    return row[0] if row else None
+
+
+def _flavor(conn: psycopg.Connection, url: str) -> str:
+    """The recorded flavor; for a new database timescaledb when the extension is
+    available and loads, else postgres."""
+    recorded = _recorded_flavor(conn)
+    available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
+    if recorded is not None:
+        if recorded == POSTGRES and available:
+            log.info("the database was migrated as plain PostgreSQL and stays so, though timescaledb is "
+                     "available (sinks/README.md: moving a database to TimescaleDB)")
+        return recorded
+    if not available:
         return POSTGRES
     try:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        with psycopg.connect(url, autocommit=True, connect_timeout=10) as probe:  # may be closed by a FATAL
+            probe.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     except psycopg.Error as e:  # e.g. available but not in shared_preload_libraries
         log.warning("timescaledb is available but cannot be created (%s); using plain PostgreSQL",
-                    e.diag.message_primary or e)
+                    e.diag.message_primary or str(e).strip().splitlines()[0])
         return POSTGRES
     return TIMESCALEDB
 
@@ -98,10 +122,11 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 def migrate(s: Settings) -> list[str]:
     """Apply the pending migrations; returns the names applied (empty when up to date)."""
     applied_now = []
-    with psycopg.connect(_database_url(s), autocommit=True) as conn:
+    url = _database_url(s)
+    with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
-            flavor = _flavor(conn)
+            flavor = _flavor(conn, url)
             conn.execute(_CREATE_LEDGER)
             done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
             for mig in migrations(flavor):

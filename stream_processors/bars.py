@@ -26,7 +26,7 @@ from collections import defaultdict
 
 import faust
 
-from ticktape import kafka_clients, metrics
+from ticktape import deadletter, kafka_clients, metrics
 from ticktape.config import Settings
 from ticktape.core.bars import BarAggregator
 from ticktape.core.tickbatch import MAX_TICKS, events_of
@@ -36,13 +36,6 @@ from .app import InputGuard, run_stage, save_state
 
 STAGE = "bars"
 WATERMARK_KEY = "@watermark:{}"  # table key of a partition's watermark ('@' starts no symbol)
-
-
-def dead_letter_headers(error: str, message) -> list[tuple[str, bytes]]:
-    return [("ticktape.error", error.encode()),
-            ("ticktape.source.topic", message.topic.encode()),
-            ("ticktape.source.partition", str(message.partition).encode()),
-            ("ticktape.source.offset", str(message.offset).encode())]
 
 
 class TickRuns:
@@ -112,6 +105,7 @@ class BarsStage:
         self._late = {iv: metrics.LATE_TICKS.labels(iv) for iv in self.intervals}
         self._late_out = metrics.EVENTS_OUT.labels(STAGE, "md.ticks.late")
         self._dlq = metrics.DLQ_MESSAGES.labels(STAGE, "dlq.bars")
+        self.dlq_max_bytes = s.dlq_max_bytes
         self._latency = metrics.EVENT_LATENCY.labels(STAGE)
 
     # -- state ---------------------------------------------------------------------
@@ -190,9 +184,8 @@ class BarsStage:
     async def _dead_letter(self, msg, error: str, value: bytes | None = None):
         """Send the message — or ``value``, one tick of its batch — to dlq.bars."""
         self._dlq.inc()
-        return await self.app.producer.send(
-            self.dlq_topic, msg.key, msg.value if value is None else value, None, msg.timestamp,
-            dead_letter_headers(error, msg))
+        dl = deadletter.of_message(msg, error, stage=STAGE, max_bytes=self.dlq_max_bytes, payload=value)
+        return await self.app.producer.send(self.dlq_topic, dl.key, dl.value, None, msg.timestamp, dl.headers)
 
 
 def attach(app: faust.App, s: Settings) -> None:

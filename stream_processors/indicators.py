@@ -18,13 +18,13 @@ from collections import defaultdict
 
 import faust
 
-from ticktape import kafka_clients, metrics
+from ticktape import deadletter, kafka_clients, metrics
 from ticktape.config import Settings
 from ticktape.core.indicators import IndicatorState, indicator_event
 from ticktape.serde import Serde, SerdeError
+from ticktape.validate import Validator
 
 from .app import InputGuard, run_stage, save_state
-from .bars import dead_letter_headers
 
 STAGE = "indicators"
 
@@ -34,8 +34,8 @@ class IndicatorsStage:
         self.app = app
         self.table = table
         self.serde = Serde(s.schema_registry_url)
+        self.validator = Validator(s)
         self.grace_s = s.bar_grace_ms / 1000
-        self.ahead_us = s.max_event_ahead_ms * 1000
         self.sources = [s.topic(f"md.bars.{iv}") for iv in s.interval_list]
         self.out_topic = s.topic("analytics.indicators")
         self.dlq_topic = s.topic("dlq.indicators")
@@ -45,6 +45,7 @@ class IndicatorsStage:
                     for full, iv in zip(self.sources, s.interval_list)}
         self._out = metrics.EVENTS_OUT.labels(STAGE, "analytics.indicators")
         self._dlq = metrics.DLQ_MESSAGES.labels(STAGE, "dlq.indicators")
+        self.dlq_max_bytes = s.dlq_max_bytes
         self._latency = metrics.EVENT_LATENCY.labels(STAGE)
 
     # -- state ---------------------------------------------------------------------
@@ -78,16 +79,14 @@ class IndicatorsStage:
                     event_type, bar = self.serde.decode(msg.value)
                     if event_type != "bar":
                         raise SerdeError(f"expected a bar, got a {event_type}")
-                    if bar["ts"] > now * 1e6 + self.ahead_us:  # it would stop the symbol's indicators
-                        raise SerdeError(f"bar ts {bar['ts']} is more than MAX_EVENT_AHEAD_MS ahead of "
-                                         f"the wall clock ({int(now * 1e6)})")
+                    self.validator.check(event_type, bar)  # a far-future bar would stop its symbol
                     key = f"{bar['interval']}:{bar['symbol']}"
                     st = self.state(partition, key, bar["interval"])
                     values = st.update(bar)
                 except ValueError as e:  # SerdeError, BarError, a bad interval
                     self._dlq.inc()
-                    deliveries.append(await send(self.dlq_topic, msg.key, msg.value, None, msg.timestamp,
-                                                 dead_letter_headers(str(e), msg)))
+                    dl = deadletter.of_message(msg, str(e), stage=STAGE, max_bytes=self.dlq_max_bytes)
+                    deliveries.append(await send(self.dlq_topic, dl.key, dl.value, None, msg.timestamp, dl.headers))
                     continue
                 if values is None:
                     continue  # redelivered: folded before

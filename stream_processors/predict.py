@@ -31,15 +31,15 @@ from collections import defaultdict
 import faust
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-from ticktape import kafka_clients, metrics
+from ticktape import deadletter, kafka_clients, metrics
 from ticktape.config import Settings
 from ticktape.core.features import FeatureError, FeatureState
 from ticktape.core.ml import Model
 from ticktape.registry import MODELS_TOPIC, parse_announcement
 from ticktape.serde import Serde, SerdeError
+from ticktape.validate import Validator
 
 from .app import InputGuard, run_stage, save_state
-from .bars import dead_letter_headers
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,7 @@ class PredictStage:
         self.table = table
         self.watcher = watcher
         self.serde = Serde(s.schema_registry_url)
+        self.validator = Validator(s)
         self.source = s.topic("analytics.indicators")
         self.out_topic = s.topic("ml.predictions")
         self.dlq_topic = s.topic("dlq.predict")
@@ -129,6 +130,7 @@ class PredictStage:
         self._in = metrics.EVENTS_IN.labels(STAGE, "analytics.indicators")
         self._out = metrics.EVENTS_OUT.labels(STAGE, "ml.predictions")
         self._dlq = metrics.DLQ_MESSAGES.labels(STAGE, "dlq.predict")
+        self.dlq_max_bytes = s.dlq_max_bytes
         self._latency = metrics.EVENT_LATENCY.labels(STAGE)
         self._missing = metrics.PREDICTIONS_SKIPPED.labels("missing_features")
         self._no_model = metrics.PREDICTIONS_SKIPPED.labels("no_model")
@@ -164,6 +166,7 @@ class PredictStage:
                 event_type, ind = self.serde.decode(msg.value)
                 if event_type != "indicator_set":
                     raise SerdeError(f"expected an indicator_set, got a {event_type}")
+                self.validator.check(event_type, ind)
                 key = f"{ind['interval']}:{ind['symbol']}"
                 st = self.state(msg.partition, key)
                 vec = st.update(ind)
@@ -199,8 +202,8 @@ class PredictStage:
 
     async def _dead_letter(self, msg, error: str):
         self._dlq.inc()
-        return await self.app.producer.send(
-            self.dlq_topic, msg.key, msg.value, None, msg.timestamp, dead_letter_headers(error, msg))
+        dl = deadletter.of_message(msg, error, stage=STAGE, max_bytes=self.dlq_max_bytes)
+        return await self.app.producer.send(self.dlq_topic, dl.key, dl.value, None, msg.timestamp, dl.headers)
 
 
 def attach(app: faust.App, s: Settings) -> None:

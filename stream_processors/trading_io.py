@@ -12,13 +12,13 @@ import logging
 
 import faust
 
-from ticktape import kafka_clients, metrics
+from ticktape import deadletter, kafka_clients, metrics
 from ticktape.config import Settings
 from ticktape.core.desks import account_partition
 from ticktape.serde import Serde, SerdeError
+from ticktape.validate import Validator
 
 from .app import InputGuard, save_state
-from .bars import dead_letter_headers
 
 log = logging.getLogger(__name__)
 PARTITION_HEADER = "ticktape.partition"  # a symbol's partition number on symbol-keyed topics
@@ -30,6 +30,7 @@ class TradingIO:
     def __init__(self, app: faust.App, s: Settings, stage: str):
         self.app, self.s, self.stage = app, s, stage
         self.serde = Serde(s.schema_registry_url)
+        self.validator = Validator(s)
         self.dlq_topic = s.topic(DLQ)
         self.account_partitions = kafka_clients.topic_spec("trading.account").partitions
         self._dlq = metrics.DLQ_MESSAGES.labels(stage, DLQ)
@@ -63,6 +64,7 @@ class TradingIO:
             event_type, record = self.serde.decode(msg.value)
             if event_type not in expected:
                 raise SerdeError(f"expected {' or '.join(expected)} on {topic}, got a {event_type}")
+            self.validator.check(event_type, record)
         except SerdeError as e:
             await self.dead_letter(msg, str(e))
             return None
@@ -71,8 +73,9 @@ class TradingIO:
     async def dead_letter(self, msg, error: str) -> None:
         log.warning("%s: dead letter from %s[%s]@%s: %s", self.stage, msg.topic, msg.partition, msg.offset, error)
         self._dlq.inc()
+        dl = deadletter.of_message(msg, error, stage=self.stage, max_bytes=self.s.dlq_max_bytes)
         self.deliveries.append(await self.app.producer.send(
-            self.dlq_topic, msg.key, msg.value, None, msg.timestamp, dead_letter_headers(error, msg)))
+            self.dlq_topic, dl.key, dl.value, None, msg.timestamp, dl.headers))
 
     async def send(self, topic: str, event_type: str, record: dict, key: str, partition: int,
                    headers: list | None = None) -> None:

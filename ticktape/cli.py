@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import sys
 
 from .config import ConfigError
@@ -23,6 +24,28 @@ COMMANDS = [
 class UsageError(argparse.ArgumentTypeError):
     """A bad argument value: one line, exit 2 (raised by argument types while parsing,
     or by a command after parsing)."""
+
+
+def positive_int(text: str) -> int:
+    """Argument type: a whole number > 0."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise UsageError(f"expected a positive whole number, not {text!r}")
+    return n
+
+
+def positive_float(text: str) -> float:
+    """Argument type: a finite number > 0."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not (0 < x < math.inf):
+        raise UsageError(f"expected a positive number, not {text!r}")
+    return x
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import settings
 
     try:
-        level = "DEBUG" if args.verbose else settings().log_level
+        level = "DEBUG" if args.verbose else settings().log_level.upper()
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return int(args.func(args) or 0)
     except (UsageError, ConfigError) as e:

@@ -5,6 +5,7 @@ Each entry of ``SETTINGS`` is one row of the README's settings table
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,21 +23,28 @@ class ConfigError(ValueError):
     """A setting has a value that cannot be used."""
 
 
-def _setting(env: str, default, doc: str, *, secret: bool = False, low=None, above=None, high=None):
-    """A setting; a number may have bounds: ``low`` <= value, ``above`` < value, value <= ``high``."""
-    return field(default=default, metadata={"env": env, "doc": doc, "secret": secret,
-                                            "bounds": (low, above, high)})
+def _setting(env: str, default, doc: str, *, secret: bool = False, low=None, above=None, high=None,
+             below=None, choices: tuple[str, ...] = (), empty: bool = False):
+    """A setting; a number may have bounds: ``low`` <= value, ``above`` < value, value <= ``high``,
+    value < ``below``; a word may have ``choices`` (case-insensitive).  With ``empty``, an
+    empty variable is a value (``TSDB_RETENTION_TICKS=`` = keep), else it means the default."""
+    return field(default=default, metadata={"env": env, "doc": doc, "secret": secret, "empty": empty,
+                                            "bounds": (low, above, high, below), "choices": choices})
 
 
 def _out_of_bounds(value, bounds) -> str | None:
     """What a number breaks of its bounds, or None."""
-    low, above, high = bounds
+    low, above, high, below = bounds
+    if isinstance(value, float) and not math.isfinite(value):
+        return "a finite number"
     if low is not None and value < low:
         return f"at least {low}"
     if above is not None and value <= above:
         return f"more than {above}"
     if high is not None and value > high:
         return f"at most {high}"
+    if below is not None and value >= below:
+        return f"less than {below}"
     return None
 
 
@@ -46,9 +54,11 @@ class Settings:
     kafka_bootstrap_servers: str = _setting(
         "KAFKA_BOOTSTRAP_SERVERS", "", "Kafka bootstrap servers; empty = the local stack's broker")
     kafka_security_protocol: str = _setting(
-        "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+        "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
     kafka_sasl_mechanism: str = _setting(
-        "KAFKA_SASL_MECHANISM", "", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+        "KAFKA_SASL_MECHANISM", "", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+        choices=("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
     kafka_sasl_username: str = _setting("KAFKA_SASL_USERNAME", "", "SASL user name")
     kafka_sasl_password: str = _setting("KAFKA_SASL_PASSWORD", "", "SASL password", secret=True)
     kafka_ssl_ca_location: str = _setting("KAFKA_SSL_CA_LOCATION", "", "CA bundle file for SSL")
@@ -144,10 +154,11 @@ class Settings:
     strategy_interval: str = _setting(
         "STRATEGY_INTERVAL", "1m", "bar interval whose predictions the strategy trades")
     strategy_enter_p: float = _setting(
-        "STRATEGY_ENTER_P", 0.60, "go long when p_up >= this (short when p_up <= 1 - this)")
+        "STRATEGY_ENTER_P", 0.60, "go long when p_up >= this (short when p_up <= 1 - this)", above=0.5, below=1)
     strategy_exit_p: float = _setting(
         "STRATEGY_EXIT_P", 0.55,
-        "stay long while p_up >= this (short while p_up <= 1 - this); enter - exit = hysteresis")
+        "stay long while p_up >= this (short while p_up <= 1 - this); enter - exit = hysteresis",
+        above=0, below=1)
     strategy_sides: str = _setting("STRATEGY_SIDES", "long_short", "long_short or long_only")
     strategy_min_hold_bars: int = _setting(
         "STRATEGY_MIN_HOLD_BARS", 5, "bars a new target stands before it may change again")
@@ -192,17 +203,26 @@ class Settings:
         "SINK_MAX_LATENCY_MS", 500, "max time a row waits before its batch is written", low=1)
     tsdb_compress_after: str = _setting(
         "TSDB_COMPRESS_AFTER", "7 days",
-        "TimescaleDB: compress ticks/bars/indicators/predictions chunks older than this")
+        "TimescaleDB: compress ticks/bars/indicators/predictions chunks older than this; empty = never",
+        empty=True)
     tsdb_retention_ticks: str = _setting(
-        "TSDB_RETENTION_TICKS", "30 days", "TimescaleDB: drop tick chunks older than this; empty = keep")
+        "TSDB_RETENTION_TICKS", "30 days", "TimescaleDB: drop tick chunks older than this; empty = keep",
+        empty=True)
     tsdb_retention_bars: str = _setting(
         "TSDB_RETENTION_BARS", "365 days",
-        "TimescaleDB: drop raw bar chunks older than this (bars_1h/bars_1d keep theirs); empty = keep")
+        "TimescaleDB: drop raw bar chunks older than this (bars_1h/bars_1d keep theirs); empty = keep",
+        empty=True)
+    # --- dead letters ----------------------------------------------------------------
+    dlq_max_bytes: int = _setting(
+        "DLQ_MAX_BYTES", 262144,
+        "largest dead-letter record (key + value + headers); a bigger poison message is cut to fit, "
+        "the cut marked in its headers", low=4096, high=1000000)
     # --- monitoring ------------------------------------------------------------------
     metrics_port: int = _setting(
         "METRICS_PORT", 0, "port of this process's /metrics; 0 = the role's default port", low=0, high=65535)
     metrics_host: str = _setting("METRICS_HOST", "127.0.0.1", "address /metrics binds to")
-    log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR",
+                              choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     # ----------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -212,6 +232,12 @@ class Settings:
                 broken = _out_of_bounds(value, f.metadata["bounds"])
                 if broken:
                     raise ConfigError(f"{f.metadata['env']}={value!r}: must be {broken}")
+            choices = f.metadata["choices"]
+            if choices and str(value).upper() not in choices:
+                raise ConfigError(f"{f.metadata['env']}={value!r}: must be one of "
+                                  + ", ".join(c or "(empty)" for c in choices))
+        if not self.symbol_list:
+            raise ConfigError(f"SYMBOLS={self.symbols!r}: names no symbol")
 
     @property
     def symbol_list(self) -> list[str]:
@@ -276,7 +302,7 @@ def settings(**overrides) -> Settings:
         env = f.metadata["env"]
         if f.name in overrides:
             values[f.name] = overrides[f.name]
-        elif env in os.environ and os.environ[env] != "":
+        elif env in os.environ and (os.environ[env] != "" or f.metadata["empty"]):
             values[f.name] = _convert(os.environ[env], f.type, env)
     missing = [env for env, name in _STACK_ENDPOINTS.items() if not values.get(name)]
     if missing:

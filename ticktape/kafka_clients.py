@@ -34,6 +34,34 @@ def client_config(s: Settings) -> dict:
     return conf
 
 
+def check_reachable(s: Settings, timeout: float = 5.0) -> Settings:
+    """``s`` when its Kafka answers a metadata request within ``timeout`` seconds; else a
+    ConfigError line naming the servers and why (librdkafka's own log lines of the probe
+    are not printed: the one line says it all)."""
+    import socket
+
+    where = f"Kafka at {s.kafka_bootstrap_servers or '?'} (KAFKA_BOOTSTRAP_SERVERS)"
+    refusals = []
+    for server in client_config(s)["bootstrap.servers"].split(","):
+        host, _, port = server.strip().rpartition("://")[2].rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+            break
+        except (OSError, ValueError) as e:
+            refusals.append(f"{server.strip()}: {getattr(e, 'strerror', None) or e}")
+    else:
+        raise ConfigError(f"{where} cannot be reached: {'; '.join(refusals)}")
+    quiet = logging.getLogger("ticktape.kafka_probe")
+    quiet.propagate = False
+    quiet.addHandler(logging.NullHandler())
+    try:
+        AdminClient(client_config(s) | {"logger": quiet}).list_topics(timeout=timeout)
+    except KafkaException as e:
+        raise ConfigError(f"{where} did not answer within {timeout:g} s ({e.args[0].str()}); "
+                          f"check KAFKA_SECURITY_PROTOCOL and the SASL/SSL settings") from None
+    return s
+
+
 def producer(s: Settings, **overrides) -> Producer:
     conf = client_config(s) | {
         "enable.idempotence": True,  # no duplicates from producer retries

@@ -40,6 +40,31 @@ class SerdeError(ValueError):
     """A message that cannot be decoded or a record that cannot be encoded."""
 
 
+# Longest string a decoded event may hold: ids and names end up in keys and indexes (a
+# PostgreSQL btree refuses entries over ~2.7 kB), free text does not.
+MAX_STRING = 256
+_MAX_LENGTHS = {"symbol": 64, "account": 64, "detail": 4096, "reason": 4096}
+
+
+def check_length(name: str, value: str) -> None:
+    limit = _MAX_LENGTHS.get(name, MAX_STRING)
+    if len(value) > limit:
+        raise SerdeError(f"{name} is {len(value)} characters long (at most {limit})")
+
+
+def _check_strings(record: dict) -> None:
+    """SerdeError when a string of the record (a map key, a TickBatch column) is too long."""
+    for name, v in record.items():
+        if type(v) is str:
+            check_length(name, v)
+        elif type(v) is dict:
+            for k, x in v.items():
+                check_length(f"{name} key", k)
+                for y in (x if type(x) is list else (x,)):
+                    if type(y) is str:
+                        check_length(f"{name}.{k}", y)
+
+
 def _strip_logical_types(schema):
     if isinstance(schema, dict):
         out = {k: _strip_logical_types(v) for k, v in schema.items() if k != "logicalType"}
@@ -179,6 +204,7 @@ class Serde:
                 None if reader is writer else reader.parsed)
         except Exception as e:  # fastavro raises many types on corrupt bodies
             raise SerdeError(f"corrupt {writer.event_type} body: {type(e).__name__}: {e}") from None
+        _check_strings(record)
         return writer.event_type, record
 
     def _writer(self, data: bytes) -> tuple[SchemaVersion, int]:
@@ -204,9 +230,12 @@ class Serde:
         writer, body = self._writer(data)
         if writer.event_type == "tick_batch" and writer.version == 1:
             try:
-                return ("tick_batch", *read_trade_columns(data, body))
+                event_id, symbol, ts, price, size = read_trade_columns(data, body)
             except (IndexError, ValueError, UnicodeDecodeError) as e:
                 raise SerdeError(f"corrupt tick_batch body: {type(e).__name__}: {e}") from None
+            check_length("event_id", event_id)
+            check_length("symbol", symbol)
+            return "tick_batch", symbol, ts, price, size
         event_type, record = self.decode(data)
         if event_type == "tick":
             return event_type, record["symbol"], [record["ts"]], [record["price"]], [record["size"]]
@@ -347,9 +376,9 @@ def _optional_doubles(data: bytes, pos: int, count: int) -> tuple[list, int]:
     return out, pos
 
 
-def read_trade_columns(data: bytes, pos: int) -> tuple[str, list, list, list]:
-    """(symbol, ts, price, size) of a ``tick_batch.v1`` body starting at ``pos``."""
-    _, pos = _string(data, pos)  # event_id
+def read_trade_columns(data: bytes, pos: int) -> tuple[str, str, list, list, list]:
+    """(event_id, symbol, ts, price, size) of a ``tick_batch.v1`` body starting at ``pos``."""
+    event_id, pos = _string(data, pos)
     symbol, pos = _string(data, pos)
     _, pos = _long(data, pos)  # ts
     _, pos = _string(data, pos)  # source
@@ -358,7 +387,7 @@ def read_trade_columns(data: bytes, pos: int) -> tuple[str, list, list, list]:
     size, pos = _blocks(data, pos, _optional_doubles)
     if not len(ts) == len(price) == len(size):
         raise ValueError(f"columns of different lengths ({len(ts)}, {len(price)}, {len(size)})")
-    return symbol, ts, price, size
+    return event_id, symbol, ts, price, size
 
 
 def to_json(record: dict) -> str:

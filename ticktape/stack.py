@@ -91,6 +91,18 @@ def _as_postgres_user(cmd: list[str]) -> list[str]:
     return cmd
 
 
+def timescaledb_installed(pg_ctl: str) -> bool:
+    """Whether the PostgreSQL installation of ``pg_ctl`` has the timescaledb extension
+    (its control file and its library), as its ``pg_config`` reports the directories."""
+    pg_config = Path(pg_ctl).resolve().parent / "pg_config"
+    try:
+        share, lib = (subprocess.run([str(pg_config), flag], capture_output=True, text=True, check=True).stdout.strip()
+                      for flag in ("--sharedir", "--pkglibdir"))
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    return (Path(share) / "extension" / "timescaledb.control").exists() and (Path(lib) / "timescaledb.so").exists()
+
+
 def _spawn(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
@@ -161,7 +173,8 @@ class LocalStack:
         return {"pid": proc.pid, "port": port, "storage": "memory"}
 
     def _start_postgres(self, prev: dict) -> dict:
-        if not shutil.which("initdb") or not shutil.which("pg_ctl"):
+        initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+        if not initdb or not pg_ctl:
             raise StackError("PostgreSQL binaries (initdb, pg_ctl) not found on PATH")
         data = self.home / "pgdata"
         password = prev.get("password") or secrets.token_hex(12)
@@ -183,7 +196,7 @@ class LocalStack:
             pwfile.chmod(0o600)
             try:
                 subprocess.run(_as_postgres_user(
-                    ["initdb", "-D", str(data), "-U", PG_USER, f"--pwfile={pwfile}", "--auth=scram-sha-256",
+                    [initdb, "-D", str(data), "-U", PG_USER, f"--pwfile={pwfile}", "--auth=scram-sha-256",
                      "--encoding=UTF8", "--locale=C"]), check=True, capture_output=True, text=True)
             except subprocess.CalledProcessError as e:
                 raise StackError(f"initdb failed: {e.stderr.strip().splitlines()[-1:]}") from None
@@ -195,10 +208,13 @@ class LocalStack:
         if os.geteuid() == 0:
             log.touch()
             shutil.chown(log, "postgres", "postgres")
-        opts = (f"-p {port} -c listen_addresses=127.0.0.1 -k {sockdir} -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        # durable (PostgreSQL's defaults: fsync, synchronous_commit, full_page_writes on): the
+        # sinks commit Kafka offsets once COMMIT returns, so a committed batch must survive a crash
+        opts = f"-p {port} -c listen_addresses=127.0.0.1 -k {sockdir} -c max_connections=200"
+        if timescaledb_installed(pg_ctl):  # it loads only when preloaded
+            opts += " -c shared_preload_libraries=timescaledb"
         res = subprocess.run(_as_postgres_user(
-            ["pg_ctl", "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "60", "start"]),
+            [pg_ctl, "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "60", "start"]),
             capture_output=True, text=True)
         if res.returncode != 0:
             raise StackError(f"PostgreSQL did not start (see {log}): {res.stderr.strip()[-300:]}")

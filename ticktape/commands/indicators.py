@@ -55,40 +55,49 @@ def read_bars(path: str) -> tuple[list[str], list[list[str]], list[int], dict]:
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
     with handle:
-        reader = csv.reader(handle)
-        header = next(reader, None) or []
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise UsageError(f"{path} line 1: missing column(s) {', '.join(missing)} "
-                             f"(need {','.join(REQUIRED)})")
-        clash = [c for c in header if c in INDICATOR_NAMES]
-        if clash:
-            raise UsageError(f"{path} line 1: input column(s) {', '.join(clash)} clash with indicator columns")
-        pos = {c: header.index(c) for c in REQUIRED}
-        rows, lines = [], []
-        cols: dict[str, list] = {c: [] for c in REQUIRED}
-        for row in reader:
-            if not row:
-                continue  # blank line
-            where = f"{path} line {reader.line_num}"
-            if len(row) != len(header):
-                raise UsageError(f"{where}: {len(row)} fields, the header has {len(header)}")
-            text = row[pos["time"]]
+        try:
+            return _parse(path, csv.reader(handle))
+        except (UnicodeDecodeError, csv.Error) as e:  # a binary file, a NUL byte
+            raise UsageError(f"{path} is not a UTF-8 CSV file ({type(e).__name__}: {e})") from None
+
+
+def _parse(path: str, reader) -> tuple[list[str], list[list[str]], list[int], dict]:
+    """The rows of ``read_bars``."""
+    header = next(reader, None) or []
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise UsageError(f"{path} line 1: missing column(s) {', '.join(missing)} "
+                         f"(need {','.join(REQUIRED)})")
+    clash = [c for c in header if c in INDICATOR_NAMES]
+    if clash:
+        raise UsageError(f"{path} line 1: input column(s) {', '.join(clash)} clash with indicator columns")
+    pos = {c: header.index(c) for c in REQUIRED}
+    rows, lines = [], []
+    cols: dict[str, list] = {c: [] for c in REQUIRED}
+    for row in reader:
+        if not row:
+            continue  # blank line
+        where = f"{path} line {reader.line_num}"
+        if len(row) != len(header):
+            raise UsageError(f"{where}: {len(row)} fields, the header has {len(header)}")
+        text = row[pos["time"]]
+        try:
+            cols["time"].append(_micros(text))
+        except ValueError:
+            raise UsageError(f"{where}: time is not an ISO-8601 timestamp: {text!r}") from None
+        if not row[pos["symbol"]]:
+            raise UsageError(f"{where}: empty symbol")
+        cols["symbol"].append(row[pos["symbol"]])
+        for name in _NUMBERS:
+            text = row[pos[name]]
             try:
-                cols["time"].append(_micros(text))
+                cols[name].append(float(text))  # a NaN is refused by compute_batch, naming its line
             except ValueError:
-                raise UsageError(f"{where}: time is not an ISO-8601 timestamp: {text!r}") from None
-            if not row[pos["symbol"]]:
-                raise UsageError(f"{where}: empty symbol")
-            cols["symbol"].append(row[pos["symbol"]])
-            for name in _NUMBERS:
-                text = row[pos[name]]
-                try:
-                    cols[name].append(float(text))
-                except ValueError:
-                    raise UsageError(f"{where}: {name} is not a number: {text!r}") from None
-            rows.append(row)
-            lines.append(reader.line_num)
+                raise UsageError(f"{where}: {name} is not a number: {text!r}") from None
+        rows.append(row)
+        lines.append(reader.line_num)
+    if not rows:
+        raise UsageError(f"{path}: no bars after the header")
     return header, rows, lines, cols
 
 

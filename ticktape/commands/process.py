@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..config import settings
+from ..kafka_clients import check_reachable
 
 
 def register(sub):
@@ -15,4 +16,4 @@ def register(sub):
 def run_worker(args) -> int:
     from stream_processors.app import run_worker as run
 
-    return run(settings())
+    return run(check_reachable(settings()))

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 from ..cli import UsageError
 from ..config import settings
+from ..kafka_clients import check_reachable
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 SOURCES = {"sim": "seeded market simulator (default source)",
@@ -53,4 +54,4 @@ def register(sub):
             raise
         sp = psub.add_parser(name, help=help_text)
         module.add_arguments(sp, parse_time, parse_speed)
-        sp.set_defaults(func=lambda args, m=module: m.run(args, settings()))
+        sp.set_defaults(func=lambda args, m=module: m.run(args, check_reachable(settings())))

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 from ..cli import UsageError
 from ..config import settings
+from ..kafka_clients import check_reachable
 from .produce import parse_speed, parse_time
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def run(args) -> int:
     else:
         kind = "tick" if args.table == "ticks" else "bar"
         base = "md.ticks" if kind == "tick" else f"md.bars.{args.interval}"
+    check_reachable(s)  # after the arguments' checks, before the first broker call
     to_topic = args.to_topic or (s.topic(base) if base else None)
     if to_topic is None:
         raise UsageError(f"{args.topic} is not a catalog topic: give --to-topic")

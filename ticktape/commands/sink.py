@@ -1,7 +1,10 @@
 """`ticktape sink postgres|redis [--topics ...]`: the long-running sink processes.
 
 SIGTERM/SIGINT: the current batch is written and committed, then the process exits 0.
-The main job starts them as ``python -m ticktape.cli sink postgres``.
+At start, a broker, database or Redis that does not answer is one line and exit 2; once
+running, outages are retried (``sinks/runner.py``).  An error no retry fixes stops the
+sink with one line and exit code 3.  The main job starts them as
+``python -m ticktape.cli sink postgres``.
 """
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ import signal
 
 from .. import metrics
 from ..cli import UsageError
-from ..config import settings
+from ..config import ConfigError, settings
+from ..kafka_clients import check_reachable
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ def run(args) -> int:
     from sinks.runner import SinkRunner
     from sinks.tables import topics_of_record
 
-    s = settings()
+    s = check_reachable(settings())
     allowed = topics_of_record() if args.target == "postgres" else redis_sink.topics()
     topics = args.topics or allowed
     unknown = [t for t in topics if t not in allowed]
@@ -46,11 +50,12 @@ def run(args) -> int:
         try:
             schema.migrate(s)
         except psycopg.Error as e:
-            raise SystemExit(f"ticktape: sink postgres: database not ready: {type(e).__name__}: "
-                             f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+            raise ConfigError(f"sink postgres: database not ready: {type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
         writer = PostgresWriter(s)
     else:
         writer = redis_sink.RedisWriter(s)
+        writer.check()
     runner = SinkRunner(s, writer, topics)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: runner.stop())

@@ -8,20 +8,10 @@ import time
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
 
 from .. import kafka_clients
-from ..cli import UsageError
+from ..cli import UsageError, positive_int
 from ..config import settings
 from ..core.tickbatch import events_of
 from ..serde import Serde, SerdeError, to_json
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n <= 0:
-        raise UsageError(f"expected a positive whole number, not {text!r}")
-    return n
 
 
 def register(sub):
@@ -35,7 +25,7 @@ def register(sub):
     t = tsub.add_parser("tail", help="print decoded events as JSON lines (a TickBatch as its ticks)")
     t.add_argument("topic", help="catalog name (the run prefix is added) or a full topic name")
     t.add_argument("--from-beginning", action="store_true", help="start at the oldest event")
-    t.add_argument("--count", type=_positive, help="stop after N events")
+    t.add_argument("--count", type=positive_int, help="stop after N events")
     t.add_argument("--idle-timeout", type=float, default=None,
                    help="stop after S seconds without events (default: never; 5 with --from-beginning)")
     t.set_defaults(func=run_tail)
@@ -46,7 +36,7 @@ def _full_name(s, name: str) -> str:
 
 
 def run_list(args) -> int:
-    s = settings()
+    s = kafka_clients.check_reachable(settings())
     existing = set(kafka_clients.admin(s).list_topics(timeout=10).topics)
     print(f"{'topic':<40} {'event':<15} {'part':>4} {'retention.ms':>13}  cleanup   exists")
     for name, spec in kafka_clients.topic_catalog().items():
@@ -57,7 +47,7 @@ def run_list(args) -> int:
 
 
 def run_describe(args) -> int:
-    s = settings()
+    s = kafka_clients.check_reachable(settings())
     try:
         info = kafka_clients.describe_topic(s, _full_name(s, args.topic))
     except KeyError as e:
@@ -67,13 +57,13 @@ def run_describe(args) -> int:
 
 
 def run_create(args) -> int:
-    created = kafka_clients.ensure_topics(settings())
+    created = kafka_clients.ensure_topics(kafka_clients.check_reachable(settings()))
     print(f"created {len(created)} topics" + (": " + ", ".join(created) if created else ""))
     return 0
 
 
 def run_tail(args) -> int:
-    s = settings()
+    s = kafka_clients.check_reachable(settings())
     topic = _full_name(s, args.topic)
     try:
         md = kafka_clients.topic_metadata(s, topic)

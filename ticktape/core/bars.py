@@ -33,6 +33,7 @@ from operator import add, gt, mul
 from typing import NamedTuple
 
 from .intervals import interval_seconds
+from .trading import iso
 
 _INF = float("inf")
 # accumulator slots of one open window
@@ -116,8 +117,8 @@ class BarAggregator:
         n = len(times)
         if n < 2 or None in prices or None in sizes:
             return False
-        # NaN or ±inf anywhere makes a sum non-finite; min catches a negative size
-        if not (-_INF < sum(prices) < _INF and sum(sizes) < _INF and min(sizes) >= 0.0):
+        # NaN or ±inf anywhere makes a sum non-finite; min catches a negative price or size
+        if not (sum(prices) < _INF and min(prices) >= 0.0 and sum(sizes) < _INF and min(sizes) >= 0.0):
             return False
         if any(map(gt, times, islice(times, 1, None))):
             return False
@@ -178,14 +179,14 @@ class BarAggregator:
         for idx, (sym, ts, price, size, pos) in enumerate(
                 zip(symbols, times, prices, sizes, repeat(None) if positions is None else positions)):
             if ts > limit:
-                invalid.append((idx, f"event time {ts} is more than the allowed lead past {not_after} "
-                                     "(MAX_EVENT_AHEAD_MS past the wall clock)"))
+                invalid.append((idx, f"event time {iso(ts)} is past {iso(not_after)}: more than "
+                                     "MAX_EVENT_AHEAD_MS ahead of the wall clock"))
                 continue
             if price is None or size is None:  # quote only: moves the watermark, forms no bar
                 if ts > wm:
                     wm = ts
                 continue
-            if not (size >= 0.0 and -_INF < price < _INF):  # NaN fails both comparisons
+            if not (size >= 0.0 and 0.0 <= price < _INF):  # NaN fails both comparisons
                 invalid.append((idx, f"invalid trade: price={price!r} size={size!r}"))
                 continue
             if ts > wm:
