@@ -315,20 +315,21 @@ async def save_state(table, entries) -> None:
     A crash in between leaves a changelog whose readable prefix is an older, consistent
     state (each entry carries the input position it reflects).
     """
+    records = []
+    for partition, key, value in entries:  # every size checked before anything is sent
+        raw = None if value is None else json.dumps(value).encode()  # None: JSON would write 'null'
+        if raw is not None and len(raw) > MAX_STATE_RECORD:
+            raise StateTooLarge(f"table {table.name}: the state of key {key!r} is {len(raw):,} bytes, "
+                                f"more than the {MAX_STATE_RECORD:,} a changelog record may hold")
+        records.append((partition, key, raw, None, "raw"))
     data = table.data
     last = {}
     earlier = []
-    for partition, key, value in entries:
+    for (partition, key, value), record in zip(entries, records):
         if value is None:
             data.pop(key, None)
-            record = (partition, key, None, None, "raw")  # JSON would write the value 'null'
         else:
             data[key] = value
-            raw = json.dumps(value).encode()
-            if len(raw) > MAX_STATE_RECORD:
-                raise StateTooLarge(f"table {table.name}: the state of key {key!r} is {len(raw):,} bytes, "
-                                    f"more than the {MAX_STATE_RECORD:,} a changelog record may hold")
-            record = (partition, key, raw, None, "raw")
         if partition in last:
             earlier.append(table.send_changelog(*last[partition]))
         last[partition] = record
