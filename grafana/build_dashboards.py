@@ -224,6 +224,11 @@ def trading() -> dict:
             prom("sum by (side) (rate(ticktape_fills_total[5m])) * 60", "fills {{side}}")], unit="short"),
         panel("Risk rejections by reason (per minute)", "timeseries", [prom(
             "sum by (reason) (rate(ticktape_risk_rejections_total[5m])) * 60", "{{reason}}")], unit="short"),
+        panel("Ordering rule: events waiting, idle symbols, late input", "timeseries", [
+            prom("sum by (account) (ticktape_risk_pending)", "waiting {{account}}"),
+            prom("sum by (account) (ticktape_risk_idle_symbols)", "idle symbols {{account}}"),
+            prom("sum by (account, kind) (increase(ticktape_risk_late_events_total[5m]))", "late {{kind}} (5m)")],
+              w=24, unit="short"),
         panel("Equity curve", "timeseries", [sql(f"""
             SELECT $__timeGroupAlias(ts, '1m'), avg(equity) AS equity FROM equity WHERE {ACCT}
             GROUP BY 1 ORDER BY 1""")], w=12, unit="currencyUSD"),

@@ -318,6 +318,7 @@ PENDING_STAGES = {
     "ticktape_predictions_total", "ticktape_model_active",
     "ticktape_orders_total", "ticktape_fills_total", "ticktape_risk_rejections_total", "ticktape_equity",
     "ticktape_pnl", "ticktape_gross_exposure", "ticktape_positions_open", "ticktape_kill_switch",
+    "ticktape_risk_pending", "ticktape_risk_idle_symbols", "ticktape_risk_late_events_total",
 }
 # Labelled by the failure itself: absent until a first error (declared, checked above).
 ON_ERROR = {"ticktape_processing_errors_total", "ticktape_sink_errors_total"}
