@@ -18,7 +18,8 @@ import faust
 
 from ticktape import kafka_clients, metrics
 from ticktape.config import Settings
-from ticktape.core.desks import RiskDesk
+from ticktape.core.desks import RiskDesk, fill_lead_us
+from ticktape.core.intervals import interval_seconds
 from ticktape.core.risk import HALTED
 from ticktape.risk_config import load_risk_limits, risk_config_path
 
@@ -44,6 +45,7 @@ class RiskStage:
         self.grace_s = s.bar_grace_ms / 1000  # latency from the bar's close, as in the other stages
         self._counted: dict[str, dict[str, int]] = {}  # the desks' counters already exported
         self._idle: dict[str, list[str]] = {}  # idle symbols last reported, per account
+        self.fill_lead_us = fill_lead_us(s.exec_market_data, interval_seconds(s.strategy_interval) * 1_000_000)
 
     def forget(self, partitions) -> None:
         self.io.forget(partitions)
@@ -55,7 +57,8 @@ class RiskStage:
         if entry is None:
             saved = self.table.data.get(account)
             limits = self.limits.for_account(account)
-            bounds = {"idle_us": self.s.risk_idle_ms * 1000, "max_pending": self.s.risk_max_pending}
+            bounds = {"idle_us": self.s.risk_idle_ms * 1000, "max_pending": self.s.risk_max_pending,
+                      "fill_lead_us": self.fill_lead_us}
             if saved is None:
                 desk, parts = RiskDesk(account, limits, self.s.starting_cash, self.universe, **bounds), {}
             else:

@@ -73,7 +73,8 @@ class Agents:
         a = chain_args(market_data)
         self.a = a
         self.strategy = desks.StrategyDesk(a["strategy_cfg"])
-        self.risk = desks.RiskDesk("paper", LIMITS.for_account("paper"), a["starting_cash"], SYMBOLS)
+        self.risk = desks.RiskDesk("paper", LIMITS.for_account("paper"), a["starting_cash"], SYMBOLS,
+                                   fill_lead_us=desks.fill_lead_us(market_data, MIN))
         self.execution = desks.ExecutionDesk(a["exec_cfg"], MIN, market_data)
         self.portfolio = desks.PortfolioDesk("paper", a["starting_cash"])
         self.channels = {key: deque(evs) for key, evs in st.items()}

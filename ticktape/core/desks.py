@@ -10,9 +10,9 @@ on how its input topics interleave:
   the symbol has a larger ``ts`` (predictions arrive in ``ts`` order per symbol).
 * :class:`RiskDesk` (per account): the account stream (Signals, Marks, Fills, progress,
   operator controls) is put in the canonical order ``(ts, rank, symbol, event_id)`` with
-  rank Fill < Mark < Signal, and an event is processed only when nothing can still come
-  before it: its ts is at most every universe symbol's progress, and every approved
-  order placed before it has its Fill back.  Marks and Fills are passed on, in that
+  rank Mark < Signal < Fill, and an event is processed only when nothing can still come
+  before it: its ts is at most every universe symbol's progress, and at most the
+  earliest possible fill time of every approved order whose Fill is not back.  Marks and Fills are passed on, in that
   order, as the portfolio's ledger.  Controls apply where they arrive (operator acts).
 * :class:`ExecutionDesk` (per symbol): an order fills against the first market data
   after it, kept per interval boundary (the first usable ask and bid of each window,
@@ -31,7 +31,17 @@ from . import risk as risk_mod
 from . import strategy as st_mod
 from .trading import BUY
 
-RANK = {"fill": 0, "mark": 1, "signal": 2}  # order of events with the same ts
+# Order of events with the same ts.  A Fill goes last: it is never known before the
+# market data after its order, so an open order holds back only what sorts after its
+# earliest possible fill (``fill_lead_us``): with bar fills, a whole bar of events.
+RANK = {"mark": 0, "signal": 1, "fill": 2}
+FILL = RANK["fill"]
+
+
+def fill_lead_us(market_data: str, width_us: int) -> int:
+    """How much later than its order a fill is at the earliest: the next bar's end
+    (``bars``: the fill is that bar's open, stamped with its ts), or any later tick."""
+    return width_us if market_data == "bars" else 1
 MEMORY_US = 86_400_000_000  # market data kept per symbol for orders still to come (event time)
 
 
@@ -108,12 +118,14 @@ class RiskDesk:
 
     __slots__ = ("risk", "universe", "progress", "pending", "pending_ids", "open_orders", "last_key",
                  "controls", "universe_set", "idle_us", "max_pending", "frontier", "late", "forced",
-                 "pending_added", "pending_removed", "moved_at", "order_at", "_started", "_barrier",
-                 "_at_barrier")
+                 "pending_added", "pending_removed", "moved_at", "order_at", "fill_lead_us", "_started",
+                 "_barrier", "_at_barrier")
 
     def __init__(self, account: str, limits: risk_mod.AccountLimits, starting_cash: float,
-                 universe: Iterable[str], idle_us: int = 0, max_pending: int = 100_000):
+                 universe: Iterable[str], idle_us: int = 0, max_pending: int = 100_000,
+                 fill_lead_us: int = 1):
         self.risk = risk_mod.Risk(account, limits, starting_cash)
+        self.fill_lead_us = fill_lead_us  # an open order holds back only events after order ts + this
         self.universe = tuple(sorted(set(universe)))
         self.universe_set = frozenset(self.universe)
         if not self.universe:
@@ -293,16 +305,18 @@ class RiskDesk:
             barrier = min(max(self.progress.get(s, floor), floor) if self._stood_still(s, now)
                           else self.progress.get(s, -(1 << 63)) for s in self.universe)
         wait_s = self.idle_us / 1e6
-        first_open = min((ts if floor is None or (now is not None and now - self.order_at.get(o, now) < wait_s)
-                          else max(ts, floor) for o, ts in self.open_orders.items()), default=None)
+        lead = self.fill_lead_us
+        first_open = min((ts + lead if floor is None or (now is not None and now - self.order_at.get(o, now) < wait_s)
+                          else max(ts + lead, floor) for o, ts in self.open_orders.items()),
+                         default=None)  # the earliest time an open order's Fill may have
         out, r, pending = [], self.risk, self.pending
         done = 0
         over = len(pending) - self.max_pending
         for item in pending:
             ts = item[0]
-            if ts > barrier or (first_open is not None and first_open < ts):
+            if ts > barrier or (first_open is not None and (ts > first_open or (ts == first_open and item[1] == FILL))):
                 if done >= over:
-                    break  # a Fill of that order may still come before this event
+                    break  # the Fill of an open order may still come before this event
                 self.forced += 1
             kind, ev = item[4], item[5]
             self.pending_ids.discard(ev["event_id"])
@@ -314,7 +328,7 @@ class RiskDesk:
                 for decision in risk_mod.on_signal(r, ev):
                     if decision["event_id"].startswith("ord:"):
                         self.open_orders[decision["event_id"]] = decision["ts"]
-                        hold = decision["ts"]
+                        hold = decision["ts"] + lead
                         if now is not None:
                             self.order_at[decision["event_id"]] = now
                         elif floor is not None:
@@ -522,7 +536,8 @@ class TradingChain:
                  width_us: int, market_data: str = "ticks", idle_us: int = 0, max_pending: int = 100_000):
         account = strategy_cfg.account
         self.strategy = StrategyDesk(strategy_cfg)
-        self.risk = RiskDesk(account, limits.for_account(account), starting_cash, universe, idle_us, max_pending)
+        self.risk = RiskDesk(account, limits.for_account(account), starting_cash, universe, idle_us, max_pending,
+                             fill_lead_us(market_data, width_us))
         self.execution = ExecutionDesk(exec_cfg, width_us, market_data)
         self.portfolio = PortfolioDesk(account, starting_cash)
         self.outputs: dict[str, list[dict]] = {k: [] for k in (
