@@ -26,7 +26,7 @@ from ticktape.serde import Serde
 serde = Serde()
 SYMS = ["AAA", "BBB", "CCC", "DDD", "EEE", "FFF"]
 T0 = 1_704_205_800_000_000  # 2024-01-02T14:30:00Z
-SECONDS, RATE, PACE = 90, 60.0, 2.0  # event time, ticks/s over all symbols, × real time
+SECONDS, RATE, PACE = 120, 60.0, 2.0  # event time, ticks/s over all symbols, × real time
 KILLS = 12
 ENV = {"STRATEGY_INTERVAL": "1s", "EXEC_MARKET_DATA": "bars", "STRATEGY_ENTER_P": "0.52",
        "STRATEGY_EXIT_P": "0.51", "STRATEGY_MIN_HOLD_BARS": "1", "BAR_GRACE_MS": "500",
@@ -105,7 +105,7 @@ def test_twelve_kills_of_worker_and_sink_leave_every_table_exact(seed, services,
     try:
         feeder.start()
         for k in range(KILLS):
-            time.sleep(rng.uniform(1.5, 5.0))
+            time.sleep(rng.uniform(2.0, 6.0))
             pipe.kill_and_restart("worker" if k % 2 == 0 else "sink-postgres")
         feeder.join(300)
         assert fed.is_set()

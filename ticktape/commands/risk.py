@@ -90,7 +90,7 @@ def run_status(args) -> int:
         _print_limits(limits)
         return 0
     desk = RiskDesk.from_dict(saved["desk"], limits, saved["desk"]["universe"], saved["pending"],
-                              idle_us=s.risk_idle_ms * 1000)  # (what it waits for, not when it may go on)
+                              idle_us=s.risk_idle_ms * 1000)
     r = desk.risk
     marks = r.portfolio.marks
     positions = {sym: {"committed": q, "last_price": marks.get(sym), "notional": abs(q) * marks.get(sym, 0.0)}
