@@ -15,7 +15,8 @@ Sources (each yields ``ReplayRecord``s, every partition's records in its own ord
 * csv: a file of ticks (a header naming tick fields: ``symbol``, ``ts`` as ISO-8601 or
   µs, ``price``/``size`` and/or ``bid``/``ask``, optional others) or of bars (the
   ``ticktape indicators`` format ``time,symbol,open,high,low,close,volume`` with
-  ``time`` = window start; ``--interval`` names the bar length).
+  ``time`` = window start, or Yahoo's ``Date``/``Datetime`` headers, in any case;
+  ``--interval`` names the bar length); see ``read_table``.
 * db: the ``ticks`` or ``bars`` table (``--table``), in (event time, event id) order.
 
 File and database events go to ``partition_for(symbol)`` (``ticktape.core.replay``), the
@@ -71,9 +72,10 @@ class ReplayRecord:
 
 def read_topic(s: Settings, topic: str, start: int | None, end: int | None,
                symbols: set[str] | None = None, stop: StopFlag | None = None,
-               idle_s: float = IDLE_S, decode: bool = False) -> Iterator[ReplayRecord]:
+               idle_s: float = IDLE_S, decode: bool = False, event: str | None = None) -> Iterator[ReplayRecord]:
     """Records of ``topic`` (a full name) with event time in [start, end], merged across
-    partitions by event time.  ``decode`` keeps the decoded event on each record."""
+    partitions by event time.  ``decode`` keeps the decoded event on each record.
+    ``event``: the topic's event type where the catalog names none (``md.bars.1d``)."""
     try:
         md = kafka_clients.topic_metadata(s, topic)
     except KeyError:
@@ -81,7 +83,7 @@ def read_topic(s: Settings, topic: str, start: int | None, end: int | None,
     try:
         event_type = kafka_clients.topic_spec(topic).event
     except KeyError:
-        event_type = None
+        event_type = event
     serde = Serde(s.schema_registry_url)
     parts = sorted(md.partitions)
     cons = kafka_clients.consumer(s, s.group(f"replay.{uuid.uuid4().hex[:8]}"),
@@ -209,7 +211,6 @@ def _micros(text: str) -> int:
 
 
 TICK_NUMBERS = ("price", "size", "bid", "ask", "bid_size", "ask_size")
-BAR_COLUMNS = ("time", "symbol", "open", "high", "low", "close", "volume")
 
 
 def bar_event(symbol: str, interval: str, start: int, o: float, h: float, lo: float, c: float,
@@ -222,30 +223,101 @@ def bar_event(symbol: str, interval: str, start: int, o: float, h: float, lo: fl
             "trade_count": trade_count}
 
 
-def read_csv(path: str, interval: str) -> tuple[str, list[dict]]:
-    """(event type, events in file order) of a CSV of ticks or bars; UsageError naming the line."""
+# a bars table's time column (window start): ours, Yahoo's (Date, Datetime), or the unnamed
+# first column DataFrame.to_csv writes for an index ("Unnamed: 0" once pandas reads it back)
+TIME_NAMES = ("time", "date", "datetime", "", "unnamed: 0")
+OHLCV = ("open", "high", "low", "close", "volume")
+
+
+def read_csv(path: str, interval: str | None, symbol: str | None = None) -> tuple[str, list[dict]]:
+    """(event type, events in file order) of a CSV of ticks or bars; UsageError naming the line
+    (see ``read_table``)."""
     try:
-        handle = open(path, newline="", encoding="utf-8")
+        handle = open(path, newline="", encoding="utf-8-sig")  # -sig: Excel's byte-order mark
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
-    with handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        if all(c in header for c in BAR_COLUMNS):
-            kind = "bar"
-        elif "symbol" in header and "ts" in header and ({"price", "bid"} & set(header)):
-            kind = "tick"
-        else:
-            raise UsageError(f"{path} line 1: neither ticks (symbol,ts,price|bid,...) nor bars "
-                             f"({','.join(BAR_COLUMNS)})")
-        events = []
-        for row in reader:
-            where = f"{path} line {reader.line_num}"
-            try:
-                events.append(_bar_row(row, interval) if kind == "bar" else _tick_row(row, reader.line_num))
-            except (ValueError, TypeError) as e:
-                raise UsageError(f"{where}: {e}") from None
+    try:
+        with handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            # line_num after each row: its last physical line (a quoted newline spans two)
+            rows = ((reader.line_num, row) for row in reader)
+            return read_table(path, header, rows, interval, symbol)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UsageError(f"{path} is not a CSV text file ({type(e).__name__}: {e})") from None
+
+
+def read_table(name: str, header: list[str], rows, interval: str | None,
+               symbol: str | None = None) -> tuple[str, list[dict]]:
+    """(event type, events in row order) of a table of ticks or bars; ``rows`` gives
+    (line number, cells as text).  Column names are matched case-insensitively.
+
+    Ticks: ``symbol``, ``ts`` (ISO-8601 or µs), ``price``/``size`` and/or ``bid``/``ask``.
+    Bars: a time column (``time``, Yahoo's ``Date``/``Datetime``, or an unnamed first column)
+    holding the window start, ``open,high,low,close,volume`` and ``symbol`` — without that
+    column every row is ``symbol``'s (a one-symbol Yahoo file); other columns (``Adj
+    Close``, ``Dividends``) are ignored.  ``interval`` is the bars' length; None: the
+    shortest step between two bars of a symbol.  VWAP: the typical price; trade count 0."""
+    names = [h.strip().lower() for h in header]
+    time_col = next((i for i, h in enumerate(names) if h in TIME_NAMES[:3]), None)
+    if time_col is None and names and names[0] in TIME_NAMES[3:]:
+        time_col = 0
+    if time_col is not None and all(c in names for c in OHLCV):
+        kind = "bar"
+    elif "symbol" in names and "ts" in names and ({"price", "bid"} & set(names)):
+        kind = "tick"
+    else:
+        raise UsageError(f"{name} line 1: neither ticks (symbol,ts,price|bid,...) nor bars "
+                         f"(time|date|datetime,[symbol,]open,high,low,close,volume)")
+    if kind == "bar" and "symbol" not in names and not symbol:
+        raise UsageError(f"{name}: bars without a symbol column: name the symbol")
+    index = {h: i for i, h in enumerate(names)}
+    if kind == "bar":
+        index["time"] = time_col
+    events, lines = [], []
+    for line, cells in rows:
+        row = {h: cells[i] if i < len(cells) else "" for h, i in index.items()}
+        if kind == "bar" and "symbol" not in names:
+            row["symbol"] = symbol
+        try:
+            events.append(_bar_row(row) if kind == "bar" else _tick_row(row, line))
+        except (ValueError, TypeError) as e:
+            raise UsageError(f"{name} line {line}: {e}") from None
+        lines.append(line)
+    if not events:
+        raise UsageError(f"{name}: no rows after the header")
+    if kind == "bar":
+        events = _with_interval(name, events, lines, interval)
     return kind, events
+
+
+def _with_interval(name: str, rows: list[dict], lines: list[int], interval: str | None) -> list[dict]:
+    """Bar events of parsed rows: ``interval``, else the shortest step of a symbol's bars."""
+    starts: dict[str, list[tuple[int, int]]] = {}
+    for r, line in zip(rows, lines):
+        starts.setdefault(r["symbol"], []).append((r["start"], line))
+    step = None
+    for symbol, seen in starts.items():
+        seen.sort()
+        for (a, _), (b, line) in zip(seen, seen[1:]):
+            if a == b:
+                raise UsageError(f"{name} line {line}: a second {symbol} bar at {_dt(b).isoformat()}")
+            step = b - a if step is None else min(step, b - a)
+    if interval is None:
+        if step is None:
+            raise UsageError(f"{name}: one bar per symbol: the interval cannot be inferred, name it")
+        interval = seconds_interval(step // 1_000_000) if step % 1_000_000 == 0 else None
+        if interval is None:
+            raise UsageError(f"{name}: bars {step} µs apart: not a whole number of seconds")
+    return [bar_event(r["symbol"], interval, r["start"], *r["values"]) for r in rows]
+
+
+def seconds_interval(seconds: int) -> str:
+    """The interval of ``seconds`` in its largest whole unit (86400 → ``1d``, 90 → ``90s``)."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _num(row: dict, name: str) -> float | None:
@@ -277,7 +349,8 @@ def _tick_row(row: dict, line: int) -> dict:
     return {"event_id": event_id, "symbol": symbol, "ts": ts, "source": source, "seq": seq, **tick}
 
 
-def _bar_row(row: dict, interval: str) -> dict:
+def _bar_row(row: dict) -> dict:
+    """A bar row's symbol, window start and OHLCV (the interval comes after every row)."""
     symbol = (row.get("symbol") or "").strip()
     if not symbol:
         raise ValueError("empty symbol")
@@ -285,10 +358,10 @@ def _bar_row(row: dict, interval: str) -> dict:
         start = _micros(row["time"].strip())
     except ValueError:
         raise ValueError(f"time is not an ISO-8601 timestamp: {row['time']!r}") from None
-    values = [_num(row, c) for c in ("open", "high", "low", "close", "volume")]
+    values = [_num(row, c) for c in OHLCV]
     if None in values:
-        raise ValueError(f"empty {('open', 'high', 'low', 'close', 'volume')[values.index(None)]}")
-    return bar_event(symbol, interval, start, *values)
+        raise ValueError(f"empty {OHLCV[values.index(None)]}")
+    return {"symbol": symbol, "start": start, "values": values}
 
 
 def read_db(s: Settings, table: str, interval: str, start: int | None, end: int | None,

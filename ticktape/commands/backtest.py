@@ -2,17 +2,28 @@
 execution and portfolio; store, print and report the run.
 
     ticktape backtest [--from 2026-11-20T14:00] [--to 2026-11-20T15:00] [--symbols AAPL,MSFT]
-        [--model VERSION] [--config risk.yaml] [--mode inprocess|kafka] [--source topic|db]
+        [--model VERSION|DIR] [--config risk.yaml] [--mode inprocess|kafka]
+        [--source topic|db|csv] [--input FILE] [--bars INTERVAL]
         [--report out.html] [--sweep STRATEGY_ENTER_P=0.55,0.6 ...] [--jobs N] [--keep]
         [--check-live] [--as-run]
     ticktape backtest compare RUN_A RUN_B
 
-Input: the live ``md.ticks`` topic (TOPIC_PREFIX) over [--from, --to] (default: all of
-it), or the ``ticks`` table (``--source db``), split into md.ticks's partitions as the
-live producers split them.  Model: --model, else the registry's active one (none: no predictions, no trades).
-Parameters: the settings (env vars) — bar intervals and grace, STRATEGY_*, EXEC_*,
-STARTING_CASH, SYMBOLS (the risk desk's universe; --symbols narrows it and the input) —
-and the risk file (--config, else RISK_CONFIG).
+Input: ticks from the live md.ticks topic (TOPIC_PREFIX) over [--from, --to] (default:
+all of it), the ticks table (--source db) or a CSV file (--source csv --input FILE), split
+into md.ticks's partitions as the live producers split them; or bars: --bars INTERVAL
+reads md.bars.<INTERVAL> or the bars table, and a CSV holds bars when its header has a
+time column (time, Date or Datetime, or an unnamed first one) and open, high, low, close,
+volume, in any case (Yahoo's files; Adj Close and other columns are ignored). A file's
+bars are of --bars, else of their shortest time step (1d for daily bars); without a
+symbol column they are the one symbol --symbols names, else the file's stem. --from and
+--to select bars by window start. Bars run in-process only, at their own interval
+(BAR_INTERVALS and STRATEGY_INTERVAL become it), fill at the next bar's open
+(EXEC_MARKET_DATA=bars), with the typical price as VWAP and a trade count of 0.
+Model: --model (a registry version or prefix, or a model directory), else the registry's
+active one (none: no predictions, no trades). Parameters: the settings (env vars) — bar
+intervals and grace, STRATEGY_*, EXEC_*, STARTING_CASH, SYMBOLS (the risk desk's
+universe: --symbols narrows it and the input; a CSV's universe is its own symbols) — and
+the risk file (--config, else RISK_CONFIG).
 
 Modes: ``inprocess`` runs the pure core over the events; ``kafka`` runs the real Faust
 worker in the namespace ``bt.<run_id>.`` (topics deleted afterwards unless --keep).  Both
@@ -34,12 +45,14 @@ import os
 import subprocess
 import sys
 import uuid
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta, timezone
+from operator import itemgetter
 from pathlib import Path
 
 from ..cli import UsageError
 from ..config import REPO_ROOT, ConfigError, Settings, _convert, settings
+from ..core.intervals import interval_seconds
 from .produce import parse_time
 
 log = logging.getLogger(__name__)
@@ -49,8 +62,9 @@ SWEEP_NAMES = ("starting_cash",)
 
 
 def register(sub):
+    paragraphs = __doc__.split("\n\n")
     p = sub.add_parser("backtest", help="run a period through the whole pipeline, store and report it",
-                       description=__doc__.split("\n\n")[0])
+                       description=paragraphs[0], epilog=paragraphs[2])
     p.add_argument("action", nargs="*", metavar="compare RUN_A RUN_B",
                    help="compare two stored runs (else: run a backtest)")
     p.add_argument("--from", dest="start", type=parse_time,
@@ -61,8 +75,17 @@ def register(sub):
     p.add_argument("--model", help="model version (or a unique prefix); default: the active one")
     p.add_argument("--config", help="risk limits YAML (default RISK_CONFIG or config/risk.yaml)")
     p.add_argument("--mode", choices=("inprocess", "kafka"), default="inprocess", help="default inprocess")
-    p.add_argument("--source", choices=("topic", "db"), default="topic",
-                   help="ticks from the md.ticks topic (default) or the ticks table")
+    p.add_argument("--source", choices=("topic", "db", "csv"), default="topic",
+                   help="the md.ticks topic (default), the ticks table, or a CSV file (--input); "
+                        "with --bars: md.bars.<INTERVAL> or the bars table")
+    p.add_argument("--input", metavar="FILE",
+                   help="--source csv: ticks (symbol,ts,price|bid,...) or bars (time,symbol,open,high,low,close,"
+                        "volume, or Yahoo's Date|Datetime,Open,High,Low,Close[,Adj Close],Volume; any case); "
+                        "told apart by the header")
+    p.add_argument("--bars", metavar="INTERVAL",
+                   help="backtest bars of INTERVAL (e.g. 1m, 1d): --source topic/db read them; a CSV's bars "
+                        "default to their shortest time step.  Bars run in-process at their interval and "
+                        "fill at the next bar's open")
     p.add_argument("--report", help="write an HTML report here (and the equity curve as <name>.png)")
     p.add_argument("--sweep", action="append", default=[], metavar="PARAM=V1,V2,...",
                    help="one in-process run per value (repeat for a grid); PARAM: a STRATEGY_*, EXEC_* "
@@ -97,16 +120,20 @@ def _symbols(text: str | None, s: Settings) -> tuple[str, ...]:
     return symbols
 
 
+def setting_field(name: str):
+    """The Settings field called ``name`` (``STRATEGY_ENTER_P`` or ``strategy_enter_p``), or None."""
+    name = name.strip()
+    return next((f for f in fields(Settings) if f.name == name.lower() or f.metadata["env"] == name.upper()), None)
+
+
 def parse_sweep(specs: list[str]) -> list[dict]:
     """Every combination of the --sweep values, as Settings overrides (in given order)."""
     if not specs:
         return []
-    by_env = {f.metadata["env"]: f for f in fields(Settings)}
-    by_name = {f.name: f for f in fields(Settings)}
     axes = []
     for spec in specs:
         name, sep, values = spec.partition("=")
-        f = by_name.get(name.strip().lower()) or by_env.get(name.strip().upper())
+        f = setting_field(name)
         if not sep or not values.strip():
             raise UsageError(f"--sweep {spec!r}: expected PARAM=V1,V2,...")
         if f is None or not (f.name.startswith(SWEEP_PREFIXES) or f.name in SWEEP_NAMES):
@@ -156,13 +183,24 @@ def code_version() -> str:
 
 
 def load_model(s: Settings, version: str | None):
-    """(Model, metadata, artifact), or None when no version is given and none is active."""
+    """(Model, metadata, artifact) of a version (or unique prefix) in the registry, or of a
+    model directory (``metadata.json`` + ``model.ubj``, the registry's files); None when no
+    version is given and none is active (or there is no database to ask)."""
     import psycopg
 
     from ..core.ml import Model, ModelMismatch
-    from ..registry import RegistryError, get, list_models
+    from ..registry import ARTIFACT_FILE, METADATA_FILE, RegistryError, get, list_models
     from .models import registry_errors
 
+    if version is not None and (Path(version) / METADATA_FILE).is_file():
+        try:
+            meta = json.loads((Path(version) / METADATA_FILE).read_text())
+            artifact = (Path(version) / ARTIFACT_FILE).read_bytes()
+            return Model.load(artifact, meta), meta, artifact
+        except (OSError, ValueError) as e:  # ModelMismatch and bad JSON are ValueErrors
+            raise UsageError(f"model {version}: {e}") from None
+    if version is None and not s.database_url:
+        return None
     with registry_errors():
         if version is None:
             try:
@@ -182,6 +220,38 @@ def load_model(s: Settings, version: str | None):
 
 # --- input ---------------------------------------------------------------------------
 
+@dataclass
+class Market:
+    """A backtest's input: ticks per md.ticks partition (each in its order), or closed bars
+    of one interval (``bars``, by event time; ``ticks`` is then empty)."""
+
+    where: str  # the source, for messages
+    ticks: dict[int, list[dict]]
+    bars: list[dict] | None = None
+    interval: str | None = None  # the bars'
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.ticks.values())) if self.bars is None else len(self.bars)
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        events = self.bars if self.bars is not None else (t for v in self.ticks.values() for t in v)
+        return tuple(sorted({e["symbol"] for e in events}))
+
+
+def by_partition(ticks) -> dict[int, list[dict]]:
+    """Ticks split into md.ticks's partitions (catalog count) as the live producers split them."""
+    from ticktape import kafka_clients
+    from ticktape.core.replay import partition_for
+
+    n = kafka_clients.topic_spec("md.ticks").partitions
+    out: dict[int, list[dict]] = {p: [] for p in range(n)}
+    for t in ticks:
+        out[partition_for(t["symbol"], n)].append(t)
+    return out
+
+
 def read_ticks(s: Settings, source: str, start: int, end: int, symbols: set[str] | None) -> dict[int, list[dict]]:
     """The period's ticks per md.ticks partition (catalog count), each in its order."""
     from producers.replay import read_db, read_topic
@@ -189,12 +259,10 @@ def read_ticks(s: Settings, source: str, start: int, end: int, symbols: set[str]
     from ticktape.core.bars import is_heartbeat
     from ticktape.core.replay import partition_for
 
+    if source == "db":
+        return by_partition(read_db(s, "ticks", "1m", start, end, symbols))
     n = kafka_clients.topic_spec("md.ticks").partitions
     out: dict[int, list[dict]] = {p: [] for p in range(n)}
-    if source == "db":
-        for t in read_db(s, "ticks", "1m", start, end, symbols):
-            out[partition_for(t["symbol"], n)].append(t)
-        return out
     topic = s.topic("md.ticks")
     try:
         same = len(kafka_clients.topic_metadata(s, topic).partitions) == n
@@ -206,6 +274,59 @@ def read_ticks(s: Settings, source: str, start: int, end: int, symbols: set[str]
         elif not is_heartbeat(rec.event):  # a heartbeat is for its partition: it has no other
             out[partition_for(rec.event["symbol"], n)].append(rec.event)
     return out
+
+
+def _window(bars, start: int | None, end: int | None, symbols: set[str] | None) -> list[dict]:
+    """Bars with window start in [start, end] (of ``symbols``), by event time then symbol."""
+    keep = [b for b in bars if (start is None or b["window_start"] >= start)
+            and (end is None or b["window_start"] <= end) and (symbols is None or b["symbol"] in symbols)]
+    return sorted(keep, key=itemgetter("ts", "symbol"))
+
+
+def read_bars(s: Settings, source: str, interval: str, start: int | None, end: int | None,
+              symbols: set[str] | None) -> Market:
+    """Bars of ``interval`` from the ``bars`` table or ``md.bars.<interval>`` (a redelivered
+    bar counts once), window start in [start, end]."""
+    from producers.replay import read_db, read_topic
+
+    # the sources select by event time (window end): read a window further, cut by start
+    last = None if end is None else end + interval_seconds(interval) * 1_000_000
+    if source == "db":
+        events, where = read_db(s, "bars", interval, start, last, symbols), f"the bars table ({interval})"
+    else:
+        where = s.topic(f"md.bars.{interval}")
+        events = (r.event for r in read_topic(s, where, start, last, symbols, decode=True, event="bar"))
+    unique = {b["event_id"]: b for b in events}
+    return Market(where, {}, _window(unique.values(), start, end, symbols), interval)
+
+
+def table_market(name: str, kind: str, events: list[dict], start: int | None, end: int | None,
+                 symbols: set[str] | None) -> Market:
+    """The Market of a table's events (``producers.replay.read_table``): ticks with event
+    time, bars with window start in [start, end]."""
+    if kind == "bar":
+        return Market(name, {}, _window(events, start, end, symbols), events[0]["interval"])
+    return Market(name, by_partition(t for t in events if (start is None or t["ts"] >= start)
+                                     and (end is None or t["ts"] <= end)
+                                     and (symbols is None or t["symbol"] in symbols)))
+
+
+def read_market(s: Settings, args) -> Market:
+    """The command's input (--source, --input, --bars, --from/--to, --symbols)."""
+    from producers.replay import read_csv
+
+    wanted = set(_symbols(args.symbols, s)) if args.symbols else None
+    if args.source != "csv":
+        if args.bars is not None:
+            return read_bars(s, args.source, args.bars, args.start, args.end, wanted)
+        ticks = read_ticks(s, args.source, args.start, args.end, wanted)
+        return Market("the ticks table" if args.source == "db" else s.topic("md.ticks"), ticks)
+    # a one-symbol file without a symbol column: the one --symbols names, else the file's stem
+    symbol = next(iter(wanted)) if wanted and len(wanted) == 1 else Path(args.input).stem
+    kind, events = read_csv(args.input, args.bars, symbol)
+    if kind == "tick" and args.bars is not None:
+        raise UsageError(f"{args.input} holds ticks: drop --bars")
+    return table_market(args.input, kind, events, args.start, args.end, wanted)
 
 
 # --- storage -------------------------------------------------------------------------
@@ -299,14 +420,97 @@ def as_run(s: Settings) -> Settings:
                          if getattr(s, by_env[k].name) == by_env[k].default})
 
 
-def backtest(args) -> int:
+@dataclass
+class Plan:
+    """A backtest ready to run: its settings, input (ticks: with the flush ticks), one
+    Setup per sweep variant, the model, the period and the stored row's common part."""
+
+    settings: Settings
+    market: Market
+    setups: list
+    model: object
+    meta: dict | None
+    artifact: bytes | None
+    start: int
+    end: int
+    live_cutoff: int | None  # ticks: what the live pipeline has surely closed
+    common: dict
+
+
+def prepare(s: Settings, market: Market, symbols: tuple[str, ...], model: str | None, risk_path: str | None,
+            start: int | None, end: int | None, mode: str = "inprocess", variants: list[dict] | None = None) -> Plan:
+    """Settings, input and model into a Plan: the one path of the command and of
+    ``ticktape.backtest.run``.  Bars run at their own interval: BAR_INTERVALS and
+    STRATEGY_INTERVAL become it, and fills take the next bar's open (EXEC_MARKET_DATA=bars)."""
     from ..core import backtest as bt
 
+    if market.bars is not None:
+        s = replace(s, bar_intervals=market.interval, strategy_interval=market.interval, exec_market_data="bars")
+    setups = [make_setup(replace(s, **o), symbols, risk_path) for o in variants or [{}]]
+    loaded = load_model(s, model)
+    model, meta, artifact = loaded if loaded else (None, None, None)
+    if market.size == 0:
+        what = f"{market.interval} bars" if market.bars is not None else "ticks"
+        raise UsageError(f"no {what} from {_iso(start) if start is not None else 'the start'} "
+                         f"to {_iso(end) if end is not None else 'the end'} in {market.where}")
+    if market.bars is not None:  # the period: the bars' windows
+        start, end = market.bars[0]["window_start"], market.bars[-1]["ts"]
+        fingerprint, live_cutoff = bt.data_fingerprint({0: market.bars}, bt.BAR_FIELDS), None
+    else:  # without --from/--to: the whole recording
+        ticks = market.ticks
+        lasts = [v[-1]["ts"] for v in ticks.values() if v]
+        start = min(v[0]["ts"] for v in ticks.values() if v) if start is None else start
+        end = max(lasts) if end is None else end
+        # what the live pipeline has surely closed: every window ending a grace before the last
+        # tick of every partition (the flush ticks close the rest in the backtest only)
+        live_cutoff = min(end + 1, min(lasts) - s.bar_grace_ms * 1000)
+        fingerprint = bt.data_fingerprint(ticks)
+        for t in bt.flush_ticks(end, setups[0], len(ticks)):
+            ticks[t["seq"]].append(t)
+    common = {"mode": mode, "period_start": start, "period_end": end, "symbols": list(symbols),
+              "code_version": code_version(), "model_version": meta["version"] if meta else None,
+              "data_fingerprint": fingerprint}
+    return Plan(s, market, setups, model, meta, artifact, start, end, live_cutoff, common)
+
+
+def simulate(plan: Plan, setup):
+    """Every event of an in-process run: bars fill at the next bar's open (``run_bars``)."""
+    from ..core import backtest as bt
+
+    if plan.market.bars is not None:
+        return bt.run_bars(plan.market.bars, setup, plan.model)
+    return bt.run(plan.market.ticks, setup, plan.model)
+
+
+def finish(plan: Plan, setup, events, run_id: str, save: bool = True) -> tuple[dict, object]:
+    """(the run's row, its ``core.backtest.Result``), stored when ``save``."""
+    from ..core import backtest as bt
+
+    result = bt.summarize(events, setup, plan.start)
+    row = plan.common | {"run_id": run_id, "parameters": setup.parameters(),
+                         "results_sha256": result.sha256, "metrics": result.metrics, "counts": result.counts}
+    if save:
+        store(plan.settings, row, result)
+    return row, result
+
+
+def check_interval(text: str, what: str) -> None:
+    try:
+        interval_seconds(text)
+    except ValueError as e:
+        raise UsageError(f"{what}: {e}") from None
+
+
+def backtest(args) -> int:
     s = as_run(settings()) if args.as_run else settings()
     if args.start is not None and args.end is not None and args.end < args.start:
         raise UsageError("--to is before --from")
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    if (args.source == "csv") != (args.input is not None):
+        raise UsageError("--input FILE goes with --source csv (and only with it)")
+    if args.bars is not None:
+        check_interval(args.bars, "--bars")
     sweep = parse_sweep(args.sweep)
     if sweep and args.mode == "kafka":
         raise UsageError("--sweep runs in-process: drop --mode kafka")
@@ -314,61 +518,42 @@ def backtest(args) -> int:
         raise UsageError("--keep is for --mode kafka")
     if args.report and not args.report.endswith((".html", ".htm")):
         raise UsageError(f"--report {args.report}: expected an .html file name")
-    symbols = _symbols(args.symbols, s)
-    if not symbols:
-        raise UsageError("no symbols: set SYMBOLS or give --symbols")
-    variants = sweep or [{}]
-    setups = [make_setup(replace(s, **o), symbols, args.config) for o in variants]
     if not s.database_url:
         raise UsageError("no database to store the run: set DATABASE_URL or run `ticktape stack up`")
-    loaded = load_model(s, args.model)
-    model, meta, artifact = loaded if loaded else (None, None, None)
-    if model is None:
+    market = read_market(s, args)
+    if market.bars is not None and args.mode == "kafka":
+        raise UsageError("bars run in-process only: drop --mode kafka")
+    if market.bars is not None and args.check_live:
+        raise UsageError("--check-live compares a period of md.ticks: it does not apply to bars")
+    # the risk desk's universe: --symbols, else a file's own symbols, else SYMBOLS
+    symbols = _symbols(args.symbols, s) if args.symbols or args.source != "csv" else market.symbols
+    variants = sweep or [{}]
+    plan = prepare(s, market, symbols, args.model, args.config, args.start, args.end, args.mode, variants)
+    meta = plan.meta
+    if plan.model is None:
         print("backtest: no model given and none active: no predictions, so no trades", file=sys.stderr)
-
-    ticks = read_ticks(s, args.source, args.start, args.end, set(symbols) if args.symbols else None)
-    n_ticks = sum(map(len, ticks.values()))
-    if n_ticks == 0:
-        where = "the ticks table" if args.source == "db" else s.topic("md.ticks")
-        raise UsageError(f"no ticks from {_iso(args.start) if args.start is not None else 'the start'} "
-                         f"to {_iso(args.end) if args.end is not None else 'the end'} in {where}")
-    # without --from/--to: the whole recording
-    lasts = [v[-1]["ts"] for v in ticks.values() if v]
-    args.start = min(v[0]["ts"] for v in ticks.values() if v) if args.start is None else args.start
-    args.end = max(lasts) if args.end is None else args.end
-    # what the live pipeline has surely closed: every window ending a grace before the last
-    # tick of every partition (the flush ticks close the rest in the backtest only)
-    live_cutoff = min(args.end + 1, min(lasts) - s.bar_grace_ms * 1000)
-    fingerprint = bt.data_fingerprint(ticks)
-    for t in bt.flush_ticks(args.end, setups[0], len(ticks)):
-        ticks[t["seq"]].append(t)
-    common = {"mode": args.mode, "period_start": args.start, "period_end": args.end, "symbols": list(symbols),
-              "code_version": code_version(), "model_version": meta["version"] if meta else None,
-              "data_fingerprint": fingerprint}
-    print(f"backtest: {n_ticks:,} ticks, {_iso(args.start)} .. {_iso(args.end)}, {len(symbols)} symbols, "
+    what = f"{market.size:,} {market.interval} bars" if market.bars is not None else f"{market.size:,} ticks"
+    print(f"backtest: {what}, {_iso(plan.start)} .. {_iso(plan.end)}, {len(symbols)} symbols, "
           f"model {meta['name'] + ' ' + meta['version'] if meta else 'none'}, {args.mode}")
 
     if sweep:
-        return _sweep(s, args, ticks, model, setups, variants, common)
-    setup = setups[0]
+        return _sweep(plan, args, variants)
+    setup = plan.setups[0]
     run_id = new_run_id()
     if args.mode == "kafka":
         from .. import backtest_kafka
 
         try:
             risk = str(Path(args.config).resolve()) if args.config else s.risk_config
-            events = backtest_kafka.run(replace(s, symbols=" ".join(symbols), risk_config=risk), run_id, ticks,
-                                        (meta, artifact) if meta else None, keep=args.keep,
+            events = backtest_kafka.run(replace(s, symbols=" ".join(symbols), risk_config=risk), run_id,
+                                        market.ticks, (meta, plan.artifact) if meta else None, keep=args.keep,
                                         timeout_s=args.timeout, say=print)
         except backtest_kafka.KafkaModeError as e:
             raise SystemExit(f"ticktape: backtest {run_id}: {e}") from None
     else:
-        events = bt.run(ticks, setup, model)
-    result = bt.summarize(events, setup, args.start)
-    row = common | {"run_id": run_id, "parameters": setup.parameters(), "results_sha256": result.sha256,
-                    "metrics": result.metrics, "counts": result.counts}
-    store(s, row, result)
-    print(f"backtest {run_id} stored: {len(result.equity)} equity points, {len(result.trades)} trades; "
+        events = simulate(plan, setup)
+    row, result = finish(plan, setup, events, run_id)
+    print(f"backtest {row['run_id']} stored: {len(result.equity)} equity points, {len(result.trades)} trades; "
           f"results sha256 {result.sha256[:16]}")
     for line in figure_lines(result.metrics, result.counts):
         print(line)
@@ -378,7 +563,7 @@ def backtest(args) -> int:
         html_path, png = report.write(args.report, row, result.equity, result.trades, events["order_rejected"])
         print(f"report {html_path} (equity curve {png})")
     if args.check_live:
-        return check_live(s, events, args.start, live_cutoff)
+        return check_live(s, events, plan.start, plan.live_cutoff)
     return 0
 
 
@@ -388,7 +573,7 @@ def new_run_id() -> str:
 
 # --- sweeps --------------------------------------------------------------------------
 
-_SHARED: dict = {}  # what forked sweep workers read: ticks and analytics, computed once
+_SHARED: dict = {}  # what forked sweep workers read: the input and analytics, computed once
 
 
 def _sweep_one(i: int):
@@ -398,13 +583,19 @@ def _sweep_one(i: int):
     return bt.summarize(bt.trading(_SHARED["ticks"], _SHARED["analytics"], setup), setup, start)
 
 
-def _sweep(s: Settings, args, ticks, model, setups, variants, common) -> int:
+def _sweep(plan: Plan, args, variants) -> int:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     from ..core import backtest as bt
+    from ..core import pipeline
 
-    _SHARED.update(ticks=ticks, analytics=bt.analytics(ticks, setups[0], model), setups=setups, start=args.start)
+    setups, market = plan.setups, plan.market
+    if market.bars is not None:  # as run_bars: no ticks, fills on the bars
+        analytics = pipeline.from_bars(market.bars, setups[0].intervals, plan.model)
+    else:
+        analytics = bt.analytics(market.ticks, setups[0], plan.model)
+    _SHARED.update(ticks=market.ticks, analytics=analytics, setups=setups, start=plan.start)
     jobs = min(args.jobs, len(setups))
     if jobs > 1:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -417,9 +608,9 @@ def _sweep(s: Settings, args, ticks, model, setups, variants, common) -> int:
           f"{'max dd':>10} {'orders':>6} {'rejected':>8}")
     for overrides, setup, result in zip(variants, setups, results):
         run_id = new_run_id()
-        row = common | {"run_id": run_id, "parameters": setup.parameters(), "results_sha256": result.sha256,
-                        "metrics": result.metrics, "counts": result.counts}
-        store(s, row, result)
+        row = plan.common | {"run_id": run_id, "parameters": setup.parameters(), "results_sha256": result.sha256,
+                             "metrics": result.metrics, "counts": result.counts}
+        store(plan.settings, row, result)
         m = result.metrics
         print("  ".join(f"{overrides[n]!s:>16}" for n in names) + f"  {run_id:<12} {_pct(m['total_return']):>11} "
               f"{_num(m['sharpe']):>9} {_pct(m['max_drawdown']):>10} {m['orders']:>6} {m['rejections']:>8}")

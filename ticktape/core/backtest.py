@@ -210,12 +210,14 @@ def summarize(events: Events, setup: Setup, start_us: int) -> Result:
 
 
 TICK_FIELDS = ("event_id", "symbol", "ts", "price", "size", "bid", "ask", "bid_size", "ask_size", "source", "seq")
+BAR_FIELDS = ("event_id", "symbol", "interval", "ts", "window_start", "window_end", "open", "high", "low",
+              "close", "volume", "vwap", "trade_count")
 
 
-def data_fingerprint(ticks_by_partition: Mapping[int, Sequence[dict]]) -> str:
-    """sha256 of the input: every tick's fields (repr: exact), partition by partition in order."""
+def data_fingerprint(events_by_partition: Mapping[int, Sequence[dict]], names: Sequence[str] = TICK_FIELDS) -> str:
+    """sha256 of the input: every event's fields (repr: exact), partition by partition in order."""
     h = hashlib.sha256()
-    for p in sorted(ticks_by_partition):
+    for p in sorted(events_by_partition):
         h.update(f"partition {p}\n".encode())
-        h.update("\n".join(repr(tuple(map(t.get, TICK_FIELDS))) for t in ticks_by_partition[p]).encode())
+        h.update("\n".join(repr(tuple(map(e.get, names))) for e in events_by_partition[p]).encode())
     return h.hexdigest()
