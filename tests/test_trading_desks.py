@@ -672,3 +672,22 @@ def test_with_a_clock_a_symbol_is_idle_only_once_it_stood_still_that_long():
     assert desk.idle(clock) == ["KO"]
     out = desk.release(clock)
     assert out[-1][1]["ts"] == T0 + 49 * SEC and desk.late == NO_LATE
+
+
+def test_with_a_clock_a_half_full_buffer_makes_a_lagging_symbol_idle_though_it_moves():
+    desk = risk_desk(idle_s=10, max_pending=200)
+    clock = 1000.0
+    for sym in SYMBOLS:
+        desk.add("mark", mark(sym, T0))
+        desk.on_progress(sym, T0, clock)
+    desk.release(clock)
+    for i in range(1, 200):  # KO moves every step, but falls ever further behind
+        clock += 0.01
+        for sym in ("AAPL", "MSFT"):
+            desk.add("mark", mark(sym, T0 + i * SEC))
+            desk.on_progress(sym, T0 + i * SEC, clock)
+        desk.on_progress("KO", T0 + i * SEC // 10, clock)
+        desk.release(clock)
+        assert len(desk.pending) <= 100 + 2  # idle once half full: never near the bound
+    # nothing forced; the account went on far past KO (T0 + 19.9 s), which does not block it
+    assert desk.forced == 0 and desk.progress["KO"] < T0 + 20 * SEC < T0 + 140 * SEC < desk.last_key[0]

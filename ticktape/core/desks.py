@@ -106,7 +106,8 @@ class RiskDesk:
     ``frontier - idle_us``; so does an approved order still waiting for its fill.  In
     process that is the rule; an agent passes its clock, and a symbol (an order) is idle
     only once its progress stood still (it waited) that long on that clock too, so a
-    replay's skew between partitions makes no symbol idle.  A symbol that resumes within ``idle_us``
+    replay's skew between partitions makes no symbol idle — unless the buffer is half
+    full: then the event-time rule alone applies, and what lags is late.  A symbol that resumes within ``idle_us``
     of the frontier (a silent symbol trading again, a partition catching up) sorts after
     everything processed, so the outcome is the canonical one; only input that comes
     more than ``idle_us`` behind is *late*: a late Signal is rejected (STALE_MARKET_DATA),
@@ -213,8 +214,10 @@ class RiskDesk:
     def _stood_still(self, symbol: str, now: float | None) -> bool:
         """Without a clock (in process): always.  With one (the agent's monotonic seconds):
         when the symbol's progress has not moved for ``idle_us`` — a replay's symbols all
-        move, however skewed in event time, so none of them goes idle."""
-        if now is None:
+        move, however skewed in event time, so none of them goes idle — or when the buffer
+        is half full: then a symbol far behind is falling behind (its partition lags on a
+        loaded machine), and waiting for it would only fill the buffer."""
+        if now is None or 2 * len(self.pending) >= self.max_pending:
             return True
         if self._started is None:
             self._started = now
@@ -306,7 +309,8 @@ class RiskDesk:
                           else self.progress.get(s, -(1 << 63)) for s in self.universe)
         wait_s = self.idle_us / 1e6
         lead = self.fill_lead_us
-        first_open = min((ts + lead if floor is None or (now is not None and now - self.order_at.get(o, now) < wait_s)
+        fresh = now is not None and 2 * len(self.pending) < self.max_pending  # as in _stood_still
+        first_open = min((ts + lead if floor is None or (fresh and now - self.order_at.get(o, now) < wait_s)
                           else max(ts + lead, floor) for o, ts in self.open_orders.items()),
                          default=None)  # the earliest time an open order's Fill may have
         out, r, pending = [], self.risk, self.pending
