@@ -691,3 +691,22 @@ def test_with_a_clock_a_half_full_buffer_makes_a_lagging_symbol_idle_though_it_m
         assert len(desk.pending) <= 100 + 2  # idle once half full: never near the bound
     # nothing forced; the account went on far past KO (T0 + 19.9 s), which does not block it
     assert desk.forced == 0 and desk.progress["KO"] < T0 + 20 * SEC < T0 + 140 * SEC < desk.last_key[0]
+
+
+def test_a_half_full_buffer_goes_past_open_orders_whose_fills_are_slow():
+    """Orders approved in the same release hold the account back no longer than the
+    floor once the buffer is half full: one release goes past them all (not one order
+    time per release, which would leave a loaded account ever further behind)."""
+    desk = risk_desk(idle_s=10, max_pending=400, fill_lead_us=SEC)
+    n = 0
+    for i in range(0, 61):
+        for k, sym in enumerate(SYMBOLS):
+            desk.add("mark", mark(sym, T0 + i * SEC))
+            if i % 3 == k:  # a signal now and then, whose order gets no fill
+                n += 1
+                desk.add("signal", signal(sym, T0 + i * SEC, 10.0 * n, 100.0, n=n))
+            desk.on_progress(sym, T0 + i * SEC, 1000.0)
+    assert 200 <= len(desk.pending) < 400  # half full, not over the bound
+    out = desk.release(1000.0)
+    assert sum(k == "order" for k, _ in out) >= 5 and len(desk.open_orders) >= 5  # their fills never came
+    assert desk.last_key[0] == T0 + 49 * SEC and desk.forced == 0  # to just below frontier - idle_us

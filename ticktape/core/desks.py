@@ -335,7 +335,7 @@ class RiskDesk:
                         hold = decision["ts"] + lead
                         if now is not None:
                             self.order_at[decision["event_id"]] = now
-                        elif floor is not None:
+                        if floor is not None and not fresh:  # in process, or a half-full buffer
                             hold = max(hold, floor)
                         if first_open is None or hold < first_open:
                             first_open = hold
