@@ -48,7 +48,8 @@ def event(kind: str, i: int, *, symbol: str | None = None, interval: str = "1m",
                        "rsi_14": 55.5, "macd": None, "obv": -12.0}
     if kind == "prediction":
         return base | {"symbol": sym, "interval": interval, "model_name": "xgb", "model_version": "v3",
-                       "p_up": 0.25 + (i % 50) / 100, "horizon": 5, "features": {"rsi_14": 55.5, "ret_1": -0.001}}
+                       "p_up": 0.25 + (i % 50) / 100, "horizon": 5, "features": {"rsi_14": 55.5, "ret_1": -0.001},
+                       "close": 100.0 + i, "volatility_20": 0.2}
     trade = {"account": "paper", "symbol": sym, "side": "BUY" if i % 2 else "SELL"}
     if kind == "signal":
         return base | trade | {"quantity": 10.0, "target_position": 10.0, "reference_price": price,
