@@ -175,8 +175,11 @@ class EventPublisher:
             for p, last in sorted(self._last_message.items()):
                 if now - last >= every:
                     hb = {"event_id": f"hb:{source}:{p}:{ts}", "ts": ts, "source": source, "partition": p}
-                    self.producer.produce(topic, value=self.serde.encode("heartbeat", hb, topic=topic),
-                                          partition=p, on_delivery=self._on_heartbeat)
+                    try:
+                        self.producer.produce(topic, value=self.serde.encode("heartbeat", hb, topic=topic),
+                                              partition=p, on_delivery=self._on_heartbeat)
+                    except BufferError:
+                        break  # the queue is full of data: the partitions are not quiet; next round
                     self._last_message[p] = now
 
     def _on_heartbeat(self, err, msg) -> None:
