@@ -1,7 +1,7 @@
 # The entry points people type.  Every target installs what it needs first.
 #   make run [DURATION=40]   the main job on the local stack (simulator + whole pipeline)
 #   make test                the whole test suite (real broker, PostgreSQL, Redis)
-#   make bench               the benchmark suite (prints a table, writes bench/results/)
+#   make bench [ARGS=--quick] the benchmark suite (prints a table, writes bench/results/)
 #   make stop                stop the local stack
 #   make up / make down      the full stack in docker/ (needs a Docker engine)
 
@@ -46,7 +46,7 @@ test: system $(STAMP)
 	$(PY) -m pytest -q
 
 bench: system $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench $(ARGS)
 
 stop: $(STAMP)
 	$(TT) stack down

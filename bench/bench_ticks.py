@@ -7,7 +7,8 @@ rate (1,024 ticks or 20 ms of event time) — and a bars-only worker (WORKER_STA
 the bars and writes its changelog; its rate is read from its own ticks-in counter, from
 the first poll that sees ticks to the one that sees all (start-up excluded).  Then the
 naive per-event windowed-table agent (bench/naive_bars.py) gets single-tick messages;
-the ratio is of the two rates of the same run.
+the ratio is of the two rates of the same run.  Every run's bars are checked against
+the pure core's over the same partitions (a fast wrong worker would not count).
 
     python -m bench.bench_ticks            # 1,000,000 ticks (50 symbols), naive 20,000
     python -m bench.bench_ticks --quick    # smoke test
@@ -16,14 +17,19 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from bench.harness import Figure, bench_main, repeat, services
 from bench.processes import Process, count_ticks, drop, namespace, preload, tick_messages, time_count
+from ticktape import kafka_clients
+from ticktape.core.bars import BarAggregator
+from ticktape.core.tickbatch import events_of
 from ticktape.serde import Serde
 from ticktape.stack import free_port
 
 TICK_RATE = 100_000.0  # event-time ticks/s of the preloaded stream: what the producers batch
+INTERVALS = ["1s", "1m"]
 
 
 def worker_rate(s, messages, total: int, logs: Path) -> dict:
@@ -31,13 +37,35 @@ def worker_rate(s, messages, total: int, logs: Path) -> dict:
     try:
         preload(ns, messages)
         worker = Process(ns, ["ticktape.cli", "process", "worker"], logs / "worker.log", free_port(),
-                         WORKER_STAGES="bars", BAR_INTERVALS="1s,1m")
+                         WORKER_STAGES="bars", BAR_INTERVALS=",".join(INTERVALS))
         try:
-            return time_count([worker], total, "ticktape_events_in_total", 300, stage="bars", topic="md.ticks")
+            rate = time_count([worker], total, "ticktape_events_in_total", 300, stage="bars", topic="md.ticks")
+            check_bars(ns)
+            return rate
         finally:
             worker.stop()
     finally:
         drop(ns)
+
+
+def check_bars(s) -> None:
+    """The worker's bars are the core's over each md.ticks partition, none missing or extra."""
+    serde = Serde()
+    ticks = {}
+    for m in kafka_clients.read_to_end(s, s.topic("md.ticks"), f"{s.topic_prefix}check"):
+        kind, record = serde.decode(m.value())
+        ticks.setdefault(m.partition(), []).extend(events_of(kind, record))
+    want = sorted(serde.encode("bar", bar) for part in ticks.values()
+                  for bar in BarAggregator(INTERVALS, s.bar_grace_ms * 1000).process(part).bars)
+    deadline = time.monotonic() + 60
+    while True:
+        got = sorted(m.value() for iv in INTERVALS
+                     for m in kafka_clients.read_to_end(s, s.topic(f"md.bars.{iv}"), f"{s.topic_prefix}check"))
+        if got == want:
+            return
+        if len(got) >= len(want) or time.monotonic() > deadline:
+            raise AssertionError(f"the worker's bars differ from the core's: {len(got):,} bars, want {len(want):,}")
+        time.sleep(1)  # the last bars are still on their way
 
 
 def naive_rate(s, messages, logs: Path) -> dict:

@@ -39,18 +39,25 @@ def tick_messages(n_ticks: int, n_symbols: int, tick_rate: float, batch_max: int
     messages when ``batch_max`` > 1, cut by size and event time only, so the same
     arguments give the same messages — then one quote-only tick an hour later per symbol,
     so that every window closes."""
-    sim = MarketSimulator(symbols(n_symbols), seed=7, tick_rate=tick_rate, start_us=T0)
-    stream = sim.ticks()
-    ticks = [next(stream) for _ in range(n_ticks)]
+    ticks = bench_ticks(n_ticks, n_symbols, tick_rate)
     last = ticks[-1]
-    ticks += [{**last, "symbol": sym, "ts": last["ts"] + 3600 * 10**6, "seq": 0, "event_id": f"flush-{i}",
-               "price": None, "size": None} for i, sym in enumerate(sim.symbols)]
+    # the flush ticks go after every batch: batched with the rest, they would overtake the
+    # batches still open and make those ticks late
+    flush = [{**last, "symbol": sym, "ts": last["ts"] + 3600 * 10**6, "seq": 0, "event_id": f"flush-{i}",
+              "price": None, "size": None} for i, sym in enumerate(symbols(n_symbols))]
     if batch_max <= 1:
-        return [(t["symbol"].encode(), serde.encode("tick", t)) for t in ticks]
+        return [(t["symbol"].encode(), serde.encode("tick", t)) for t in ticks + flush]
     batcher = TickBatcher(batch_max, batch_ms)
     groups = [g for t in ticks for _, g in batcher.add("md.ticks", t, 0.0)] + [g for _, g in batcher.drain()]
     return [(g[0]["symbol"].encode(), serde.encode("tick_batch", make_batch(g)) if len(g) > 1
-             else serde.encode("tick", g[0])) for g in groups]
+             else serde.encode("tick", g[0])) for g in groups] + [(t["symbol"].encode(), serde.encode("tick", t))
+                                                                   for t in flush]
+
+
+def bench_ticks(n_ticks: int, n_symbols: int, tick_rate: float) -> list[dict]:
+    """The simulated ticks ``tick_messages`` sends (without its flush ticks)."""
+    stream = MarketSimulator(symbols(n_symbols), seed=7, tick_rate=tick_rate, start_us=T0).ticks()
+    return [next(stream) for _ in range(n_ticks)]
 
 
 def preload(s: Settings, messages: list[tuple[bytes, bytes]], topic: str = "md.ticks") -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from ticktape import kafka_clients
 from ticktape.config import settings as make_settings
 from ticktape.stack import LocalStack, free_port
 
@@ -83,8 +84,12 @@ _redis_dbs = itertools.cycle(range(1, 16))
 
 @pytest.fixture
 def settings(services, tmp_path):
-    """Settings pointing at the test services, with a topic prefix of this test's own."""
-    return make_settings(
+    """Settings pointing at the test services, with a topic prefix of this test's own.
+
+    Afterwards the prefix's topics (changelogs included) are deleted: the session's one
+    broker keeps every record in memory, and its fetches slow down as they pile up, which
+    made the suite's last end-to-end tests the slowest."""
+    s = make_settings(
         kafka_bootstrap_servers=services["KAFKA_BOOTSTRAP_SERVERS"],
         database_url=services["DATABASE_URL"],
         redis_url=services["REDIS_URL"],
@@ -92,6 +97,10 @@ def settings(services, tmp_path):
         home=str(tmp_path),
         metrics_port=free_port(),
     )
+    yield s
+    topics = [t for t in kafka_clients.admin(s).list_topics(timeout=10).topics if t.startswith(s.topic_prefix)]
+    if topics:
+        kafka_clients.delete_topics(s, topics)
 
 
 @pytest.fixture

@@ -55,6 +55,14 @@ class Worker:
                 return float(line.split()[-1])
         raise KeyError(f"{name}{{{want}}} not in /metrics")
 
+    def figures(self, names=("ticktape_events_in_total", "ticktape_events_out_total", "ticktape_risk_pending")) -> str:
+        """The worker's lines of these metrics (for a failure message)."""
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        except OSError as e:
+            return f"/metrics: {e}"
+        return "\n".join(line for line in text.splitlines() if line.startswith(names))
+
     def wait_metric(self, name: str, value: float, timeout: float = 30.0, **labels) -> bool:
         deadline = time.monotonic() + timeout
         while True:
