@@ -21,10 +21,8 @@ import time
 from pathlib import Path
 
 from bench.harness import Figure, bench_main, repeat, services
-from bench.processes import Process, count_ticks, drop, namespace, preload, tick_messages, time_count
+from bench.processes import Process, core_bars, count_ticks, drop, namespace, preload, tick_messages, time_count
 from ticktape import kafka_clients
-from ticktape.core.bars import BarAggregator
-from ticktape.core.tickbatch import events_of
 from ticktape.serde import Serde
 from ticktape.stack import free_port
 
@@ -51,12 +49,7 @@ def worker_rate(s, messages, total: int, logs: Path) -> dict:
 def check_bars(s) -> None:
     """The worker's bars are the core's over each md.ticks partition, none missing or extra."""
     serde = Serde()
-    ticks = {}
-    for m in kafka_clients.read_to_end(s, s.topic("md.ticks"), f"{s.topic_prefix}check"):
-        kind, record = serde.decode(m.value())
-        ticks.setdefault(m.partition(), []).extend(events_of(kind, record))
-    want = sorted(serde.encode("bar", bar) for part in ticks.values()
-                  for bar in BarAggregator(INTERVALS, s.bar_grace_ms * 1000).process(part).bars)
+    want = sorted(serde.encode("bar", bar) for bar in core_bars(s, INTERVALS))
     deadline = time.monotonic() + 60
     while True:
         got = sorted(m.value() for iv in INTERVALS

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from ticktape import kafka_clients
 from ticktape.config import REPO_ROOT, Settings
+from ticktape.core.bars import BarAggregator
 from ticktape.core.sim import MarketSimulator
-from ticktape.core.tickbatch import TickBatcher, make_batch
+from ticktape.core.tickbatch import TickBatcher, events_of, make_batch
 from ticktape.serde import Serde
 
 T0 = 1_767_225_600_000_000  # 2026-01-01: event time of the preloaded ticks
@@ -74,6 +75,17 @@ def preload(s: Settings, messages: list[tuple[bytes, bytes]], topic: str = "md.t
                 producer.poll(0.05)
     if producer.flush(60):
         raise RuntimeError(f"preloading {topic}: not every message was delivered")
+
+
+def core_bars(s: Settings, intervals: list[str]) -> list[dict]:
+    """The bars the pure core makes of the namespace's md.ticks, partition by partition in
+    offset order, as the bars stage reads them."""
+    serde = Serde()
+    ticks: dict[int, list[dict]] = {}
+    for m in kafka_clients.read_to_end(s, s.topic("md.ticks"), f"{s.topic_prefix}check"):
+        kind, record = serde.decode(m.value())
+        ticks.setdefault(m.partition(), []).extend(events_of(kind, record))
+    return [bar for part in ticks.values() for bar in BarAggregator(intervals, s.bar_grace_ms * 1000).process(part).bars]
 
 
 def count_ticks(messages, serde: Serde) -> int:
