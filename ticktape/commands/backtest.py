@@ -53,6 +53,7 @@ from pathlib import Path
 from ..cli import UsageError
 from ..config import REPO_ROOT, ConfigError, Settings, _convert, settings
 from ..core.intervals import interval_seconds
+from ..core.performance import annualized_note, display, num as _num, pct as _pct
 from .produce import parse_time
 
 log = logging.getLogger(__name__)
@@ -385,23 +386,17 @@ def load_run(s: Settings, run_id: str) -> dict:
 
 # --- output --------------------------------------------------------------------------
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.4f} %"
-
-
-def _num(x, fmt=".3f") -> str:
-    return "n/a" if x is None else format(x, fmt)
-
-
 def figure_lines(m: dict, c: dict) -> list[str]:
     rej = c["rejections"]
     by_reason = ", ".join(f"{k} {v}" for k, v in rej.items()) or "none"
-    return [f"  total return {_pct(m['total_return']):>14}   CAGR {_pct(m['cagr'])}",
-            f"  Sharpe {_num(m['sharpe']):>20}   Sortino {_num(m['sortino'])}",
-            f"  max drawdown {_pct(m['max_drawdown']):>14}   win rate {_pct(m['win_rate'])} "
-            f"of {m['closing_trades']} closing trades",
-            f"  turnover {_num(m['turnover'], '.4f'):>18}   end equity {m['end_equity']:,.2f}",
-            f"  orders {c['orders']}   fills {c['fills']}   rejections {sum(rej.values())} ({by_reason})"]
+    d = {k: display(k, v) for k, v in m.items()}
+    note = annualized_note(m)
+    return [f"  total return {d['total_return']:>14}   CAGR {d['cagr']}",
+            f"  Sharpe {d['sharpe']:>20}   Sortino {d['sortino']}",
+            f"  max drawdown {d['max_drawdown']:>14}   win rate {d['win_rate']} of {m['closing_trades']} closing trades",
+            f"  turnover {d['turnover']:>18}   end equity {d['end_equity']}",
+            f"  orders {c['orders']}   fills {c['fills']}   rejections {sum(rej.values())} ({by_reason})"] \
+        + ([f"  ({note})"] if note else [])
 
 
 def _iso(us: int) -> str:
