@@ -87,7 +87,8 @@ def register(sub):
                    help="backtest bars of INTERVAL (e.g. 1m, 1d): --source topic/db read them; a CSV's bars "
                         "default to their shortest time step.  Bars run in-process at their interval and "
                         "fill at the next bar's open")
-    p.add_argument("--report", help="write an HTML report here (and the equity curve as <name>.png)")
+    p.add_argument("--report", help="write an interactive HTML report here (self-contained, opens offline): "
+                                     "candles with the fills and indicators, equity, drawdown, positions")
     p.add_argument("--sweep", action="append", default=[], metavar="PARAM=V1,V2,...",
                    help="one in-process run per value (repeat for a grid); PARAM: a STRATEGY_*, EXEC_* "
                         "setting or STARTING_CASH")
@@ -553,10 +554,9 @@ def backtest(args) -> int:
     for line in figure_lines(result.metrics, result.counts):
         print(line)
     if args.report:
-        from .. import report
-
-        html_path, png = report.write(args.report, row, result.equity, result.trades, events["order_rejected"])
-        print(f"report {html_path} (equity curve {png})")
+        path = write_report(args.report, row, result, setup, events["bar"], events["indicator_set"],
+                            events["order_rejected"])
+        print(f"report {path}")
     if args.check_live:
         return check_live(s, events, plan.start, plan.live_cutoff)
     return 0
@@ -564,6 +564,16 @@ def backtest(args) -> int:
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def write_report(path, row: dict, result, setup, bars, indicators, rejections=()) -> Path:
+    """The run's HTML report (``ticktape.report``) with the strategy interval's bars and indicator sets."""
+    from .. import report
+
+    iv = setup.strategy.interval
+    return report.write(path, row, result.equity, result.trades, rejections, [b for b in bars if b["interval"] == iv],
+                        [x for x in indicators if x["interval"] == iv], width_us=setup.width_us,
+                        fills_on_bars=setup.market_data == "bars")
 
 
 # --- sweeps --------------------------------------------------------------------------
@@ -610,10 +620,9 @@ def _sweep(plan: Plan, args, variants) -> int:
         print("  ".join(f"{overrides[n]!s:>16}" for n in names) + f"  {run_id:<12} {_pct(m['total_return']):>11} "
               f"{_num(m['sharpe']):>9} {_pct(m['max_drawdown']):>10} {m['orders']:>6} {m['rejections']:>8}")
         if args.report:
-            from .. import report
-
             path = Path(args.report)
-            report.write(path.with_name(f"{path.stem}-{run_id}{path.suffix}"), row, result.equity, result.trades)
+            write_report(path.with_name(f"{path.stem}-{run_id}{path.suffix}"), row, result, setup,
+                         [b for bars in analytics.bars.values() for b in bars], analytics.indicators)
     return 0
 
 
