@@ -71,10 +71,10 @@ def _groups(n: int, limit: int) -> int:
     return max(1, math.ceil(n / limit))
 
 
-def merge_bars(bars: Sequence[dict], limit: int = MAX_POINTS) -> tuple[list[dict], int]:
+def merge_bars(bars: Sequence[dict], limit: int | None = None) -> tuple[list[dict], int]:
     """(candles, bars per candle): ``bars`` (of one symbol, by time) merged in groups of
-    consecutive bars so that at most ``limit`` remain."""
-    k = _groups(len(bars), limit)
+    consecutive bars so that at most ``limit`` (default ``MAX_POINTS``) remain."""
+    k = _groups(len(bars), limit or MAX_POINTS)
     if k == 1:
         return list(bars), 1
     out = []
@@ -85,10 +85,10 @@ def merge_bars(bars: Sequence[dict], limit: int = MAX_POINTS) -> tuple[list[dict
     return out, k
 
 
-def thin(points: Sequence[tuple[int, float]], limit: int = MAX_POINTS, pick=None) -> list[tuple[int, float]]:
-    """At most ``limit`` (ts, value) points: per group of consecutive points, its last
-    time with ``pick`` of its values (default: the last)."""
-    k = _groups(len(points), limit)
+def thin(points: Sequence[tuple[int, float]], limit: int | None = None, pick=None) -> list[tuple[int, float]]:
+    """At most ``limit`` (default ``MAX_POINTS``) (ts, value) points: per group of
+    consecutive points, its last time with ``pick`` of its values (default: the last)."""
+    k = _groups(len(points), limit or MAX_POINTS)
     if k == 1:
         return list(points)
     return [(points[min(i + k, len(points)) - 1][0], (pick or (lambda v: v[-1]))([v for _, v in points[i:i + k]]))
@@ -110,7 +110,7 @@ def action(before: float, after: float) -> str:
 
 def is_entry(before: float, after: float) -> bool:
     """A fill that opens, adds to or reverses a position (else it reduces or closes one)."""
-    return before == 0.0 or (before > 0) != (after > 0) or abs(after) > abs(before)
+    return before == 0.0 or (after != 0.0 and ((before > 0) != (after > 0) or abs(after) > abs(before)))
 
 
 def traded_first(symbols: Sequence[str], trades: Sequence[dict]) -> list[str]:

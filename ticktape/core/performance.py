@@ -192,5 +192,5 @@ def annualized_note(metrics: dict) -> str | None:
     span = metrics.get("span_us")  # absent from runs stored before it was recorded
     if span is None or span >= MIN_ANNUALIZED_DAYS * US_PER_DAY:
         return None
-    return (f"CAGR, Sharpe and Sortino are not meaningful on a run of {span_text(span)}: "
+    return (f"CAGR, Sharpe and Sortino are not meaningful over an equity curve of {span_text(span)}: "
             f"annualized figures need at least {MIN_ANNUALIZED_DAYS} days")
