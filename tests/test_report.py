@@ -155,8 +155,9 @@ def test_the_chart_draws_the_runs_bars_fills_and_indicators_exactly(goog):
     assert list(dd.y) == [-100.0 * r["drawdown"] for r in curve] and min(dd.y) < 0 and dd.yaxis == "y3"
     pos = by_name(fig, "GOOG position")
     final = [p for p in goog.events["position"] if p["symbol"] == "GOOG"][-1]["quantity"]
-    assert list(pos.y[:-1]) == [after for _, after, _ in outcomes] and pos.y[-1] == final
-    assert pos.x[-1] == report._time(curve[-1]["ts"]) and pos.yaxis == "y4"
+    assert list(pos.y[1:-1]) == [after for _, after, _ in outcomes] and pos.y[-1] == final and pos.y[0] == 0.0
+    assert (pos.x[0], pos.x[-1]) == (report._time(curve[0]["ts"]), report._time(curve[-1]["ts"]))
+    assert pos.yaxis == "y4"
     assert fig.layout.updatemenus == ()  # one symbol: no menu
 
 
@@ -177,7 +178,7 @@ def test_a_menu_picks_the_symbol_most_traded_first():
     assert menu.buttons[1].args == ({"visible": [False, False, False, True]},
                                     {"annotations[0].text": "AAA candles", "yaxis.autorange": True}, (0, 1, 2, 3))
     assert fig.layout.annotations[0].text == "BBB candles"
-    assert by_name(fig, "BBB position").y == (3.0, 0.0, 0.0)  # bought, sold, flat to the end
+    assert by_name(fig, "BBB position").y == (0.0, 3.0, 0.0, 0.0)  # flat, bought, sold, flat to the end
 
 
 def test_many_bars_merge_into_at_most_the_bound_and_lines_thin(goog):
@@ -363,3 +364,10 @@ def test_headless_chromium_draws_the_candles_from_the_file_alone(goog, tmp_path)
     urls = [m["params"]["request"]["url"] for m in requests if m["method"] == "Network.requestWillBeSent"
             and m["params"].get("documentURL") == path.as_uri()]  # the page's (not the browser's start page)
     assert path.as_uri() in urls and {u.split(":", 1)[0] for u in urls} <= {"file", "data"}, urls  # no network
+
+
+def test_the_readme_shows_a_screenshot_of_a_report():
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "](docs/report.png)" in readme and "--screenshot=docs/report.png goog.html" in readme
+    png = (REPO_ROOT / "docs" / "report.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and 50_000 < len(png) < 300_000

@@ -217,9 +217,11 @@ def figure(run: dict, curve: Sequence[dict], trades: Sequence[dict], bars: Seque
     traded = traded_first([t["symbol"] for t in trades], trades)
     if len(traded) > MAX_SYMBOL_LINES:
         notes.append(f"positions of the {MAX_SYMBOL_LINES} most traded of {len(traded)} symbols")
-    end = curve[-1]["ts"] if curve else None
+    start, end = (curve[0]["ts"], curve[-1]["ts"]) if curve else (None, None)
     for sym in sorted(traded[:MAX_SYMBOL_LINES]):
         steps = [(t["ts"], after) for t, _, after, _ in fills[sym]]
+        if start is not None and start < steps[0][0]:
+            steps.insert(0, (start, 0.0))  # flat from the start
         if end is not None and end > steps[-1][0]:
             steps.append((end, steps[-1][1]))
         steps = thin(steps)
@@ -236,7 +238,7 @@ def figure(run: dict, curve: Sequence[dict], trades: Sequence[dict], bars: Seque
         fig.update_layout(updatemenus=[{"buttons": buttons, "direction": "down", "x": 0.0, "xanchor": "left",
                                         "y": fig.layout.yaxis.domain[1] + 0.03, "yanchor": "bottom",
                                         "showactive": True}])
-    inside = {"xanchor": "right", "x": 1.0, "yanchor": "top", "bgcolor": "rgba(255,255,255,0.7)"}
+    inside = {"xanchor": "left", "x": 0.01, "yanchor": "top", "bgcolor": "rgba(255,255,255,0.7)"}
     fig.update_layout(template="plotly_white", height=1100, margin={"l": 70, "r": 40, "t": 60, "b": 40},
                       hovermode="x", dragmode="zoom", modebar={"orientation": "v"},
                       legend={"orientation": "h", "y": fig.layout.yaxis.domain[1] + 0.03, "x": 1.0,
