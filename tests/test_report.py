@@ -106,7 +106,7 @@ def by_name(fig, name: str):
 # --- the chart ---------------------------------------------------------------------------
 
 def test_the_chart_draws_the_runs_bars_fills_and_indicators_exactly(goog):
-    fig, notes = report.figure(goog.row, goog.result.equity, goog.result.trades, goog.bars, goog.indicators,
+    fig, notes = report.figure(goog.result.equity, goog.result.trades, goog.bars, goog.indicators,
                                width_us=DAY, fills_on_bars=True)
     assert notes == []  # 2,148 bars, 264 fills: no bound reached
     price = price_traces(fig)
@@ -170,7 +170,7 @@ def test_a_menu_picks_the_symbol_most_traded_first():
     trades = [{"ts": 2 * DAY, "symbol": "BBB", "side": "BUY", "quantity": 3.0, "price": 52.0},
               {"ts": 3 * DAY, "symbol": "BBB", "side": "SELL", "quantity": 3.0, "price": 53.0}]
     curve = [{"ts": i * DAY, "equity": 100.0, "gross_exposure": 0.0, "drawdown": 0.0} for i in range(6)]
-    fig, _ = report.figure({}, curve, trades, bars, (), width_us=DAY)
+    fig, _ = report.figure(curve, trades, bars, (), width_us=DAY)
     names = [(t.name, t.visible) for t in fig.data if t.yaxis == "y"]
     assert names == [("BBB", True), ("entries ▲ buy ▼ sell", True), ("exits ✕", True), ("AAA", False)]
     [menu] = fig.layout.updatemenus
@@ -188,7 +188,8 @@ def test_many_bars_merge_into_at_most_the_bound_and_lines_thin(goog):
     assert candles[0] == {"window_start": first[0]["window_start"], "ts": first[-1]["ts"], "open": 100.0,
                           "high": max(b["high"] for b in first), "low": min(b["low"] for b in first),
                           "close": first[-1]["close"]}
-    assert candles[-1]["close"] == goog.bars[-1]["close"] and candles[-1]["window_start"] == goog.bars[2145]["window_start"]
+    last = goog.bars[2145:]  # the last group: 3 bars
+    assert candles[-1]["close"] == last[-1]["close"] and candles[-1]["window_start"] == last[0]["window_start"]
     pts = [(i, float(v)) for i, v in enumerate([5, 3, 9, 1, 7, 2, 8])]
     assert report.thin(pts, 3) == [(2, 9.0), (5, 2.0), (6, 8.0)]
     assert report.thin(pts, 3, pick=min) == [(2, 3.0), (5, 1.0), (6, 8.0)]
@@ -198,7 +199,7 @@ def test_many_bars_merge_into_at_most_the_bound_and_lines_thin(goog):
 def test_bounds_reached_are_said_in_the_report(goog, monkeypatch):
     monkeypatch.setattr(report, "MAX_POINTS", 1000)
     monkeypatch.setattr(report, "MAX_MARKERS", 100)
-    fig, notes = report.figure(goog.row, goog.result.equity, goog.result.trades, goog.bars, goog.indicators,
+    fig, notes = report.figure(goog.result.equity, goog.result.trades, goog.bars, goog.indicators,
                                width_us=DAY, fills_on_bars=True)
     n = len(goog.result.trades)
     assert notes == ["GOOG: each candle merges 3 bars (2,148 bars)", f"GOOG: markers for the first 100 of {n} fills",
@@ -321,49 +322,90 @@ def _colour(hex_: str) -> tuple[int, int, int]:
     return tuple(int(hex_[i:i + 2], 16) for i in (1, 3, 5))
 
 
-@pytest.mark.slow
-def test_headless_chromium_draws_the_candles_from_the_file_alone(goog, tmp_path):
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Chromium (the Debian packages chromium and chromium-driver), logging every request."""
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and driver_path):
         pytest.skip("chromium / chromedriver not installed (Debian packages chromium chromium-driver: `make system`)")
-    from PIL import Image
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    path = goog.write(tmp_path / "report.html")
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--hide-scrollbars",
-                "--window-size=1400,1400", "--force-device-scale-factor=1", f"--user-data-dir={tmp_path / 'chrome'}"):
+                "--window-size=1400,1400", "--force-device-scale-factor=1",
+                f"--user-data-dir={tmp_path_factory.mktemp('chrome')}"):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     driver = webdriver.Chrome(options=opts, service=Service(driver_path))
-    try:
-        driver.set_page_load_timeout(300)
-        driver.get(path.as_uri())
-        WebDriverWait(driver, 300).until(lambda d: d.execute_script("return document.body.dataset.rendered"))
-        # the candle panel's plot area, in page pixels
-        left, top, width, height = driver.execute_script(
-            "var c = document.getElementById('chart'), r = c.getBoundingClientRect(), l = c._fullLayout;"
-            "return [r.left + l.xaxis._offset, r.top + l.yaxis._offset, l.xaxis._length, l.yaxis._length];")
-        shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
-        requests = [json.loads(e["message"])["message"] for e in driver.get_log("performance")]
-        # the symbol menu is there, its one symbol picked
-        assert driver.execute_script("return document.getElementById('chart').data[0].name") == "GOOG"
-    finally:
-        driver.quit()
-    shot.save(tmp_path / "screenshot.png")  # kept with the test's tmp files, to look at
+    driver.set_page_load_timeout(300)
+    yield driver
+    driver.quit()
+
+
+def open_report(driver, path: Path) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(path.as_uri())
+    WebDriverWait(driver, 300).until(lambda d: d.execute_script("return document.body.dataset.rendered"))
+
+
+def candle_area(driver, path: Path):
+    """The candle panel's plot area in a screenshot, as an RGB image (kept beside ``path``)."""
+    from PIL import Image
+
+    left, top, width, height = driver.execute_script(
+        "var c = document.getElementById('chart'), r = c.getBoundingClientRect(), l = c._fullLayout;"
+        "return [r.left + l.xaxis._offset, r.top + l.yaxis._offset, l.xaxis._length, l.yaxis._length];")
+    shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+    shot.save(path.with_suffix(".png"))  # with the test's tmp files, to look at
     assert width > 800 and height > 300 and left + width <= shot.size[0] and top + height <= shot.size[1]
-    area = shot.crop((int(left), int(top), int(left + width), int(top + height)))
-    counts = {colour: n for n, colour in area.getcolors(area.width * area.height)}
-    white = counts.get((255, 255, 255), 0)
-    assert white < 0.97 * area.width * area.height and len(counts) > 100  # drawn, and in many shades
+    return shot.crop((int(left), int(top), int(left + width), int(top + height)))
+
+
+def colours(area) -> dict[tuple[int, int, int], int]:
+    return {colour: n for n, colour in area.getcolors(area.width * area.height)}
+
+
+@pytest.mark.slow
+def test_headless_chromium_draws_the_candles_from_the_file_alone(browser, goog, tmp_path):
+    path = goog.write(tmp_path / "report.html")
+    browser.get_log("performance")  # what came before: the browser's own start page
+    open_report(browser, path)
+    requests = [json.loads(e["message"])["message"] for e in browser.get_log("performance")]
+    assert browser.execute_script("return document.getElementById('chart').data[0].name") == "GOOG"
+    counts = colours(candle_area(browser, path))
+    pixels = sum(counts.values())
+    assert counts.get((255, 255, 255), 0) < 0.97 * pixels and len(counts) > 100  # drawn, and in many shades
     for name in ("UP", "DOWN", "BUY", "SELL"):  # up and down candles, buy and sell markers
         assert counts.get(_colour(getattr(report, name)), 0) >= 20, name
-    urls = [m["params"]["request"]["url"] for m in requests if m["method"] == "Network.requestWillBeSent"
-            and m["params"].get("documentURL") == path.as_uri()]  # the page's (not the browser's start page)
+    urls = [m["params"]["request"]["url"] for m in requests if m["method"] == "Network.requestWillBeSent"]
     assert path.as_uri() in urls and {u.split(":", 1)[0] for u in urls} <= {"file", "data"}, urls  # no network
+
+
+@pytest.mark.slow
+def test_in_chromium_the_menu_shows_the_picked_symbols_candles(browser, goog, tmp_path):
+    # GOOG and a copy of it at a tenth of the price: each symbol's candles on their own scale
+    tenth = [b | {"symbol": "GOOT", **{k: b[k] / 10 for k in ("open", "high", "low", "close")}} for b in goog.bars]
+    path = report.write(tmp_path / "two.html", goog.row, goog.result.equity, goog.result.trades, (),
+                        goog.bars + tenth, goog.indicators, width_us=DAY, fills_on_bars=True)
+    open_report(browser, path)
+    y_range = "return document.getElementById('chart')._fullLayout.yaxis.range"
+    assert browser.execute_script(y_range)[1] > 700  # GOOG up to 800
+    browser.execute_async_script(  # what a click on the menu's second entry does
+        "var gd = document.getElementById('chart'), b = gd.layout.updatemenus[0].buttons[1], done = arguments[0];"
+        "Plotly.update(gd, b.args[0], b.args[1], b.args[2]).then(function () { done(); });")
+    shown = browser.execute_script("return document.getElementById('chart').data.filter(function (t) {"
+                                   " return t.visible === true && t.yaxis === 'y'; }).map(function (t) {"
+                                   " return t.name; });")
+    assert shown == ["GOOT"]  # no indicator sets, no fills of its own
+    assert browser.execute_script("return document.getElementById('chart').layout.annotations[0].text") == \
+        "GOOT candles"
+    assert browser.execute_script(y_range)[1] < 90  # rescaled to GOOT's prices
+    counts = colours(candle_area(browser, path))
+    assert counts.get(_colour(report.UP), 0) >= 20 and counts.get(_colour(report.DOWN), 0) >= 20
+    assert counts.get(_colour(report.BUY), 0) == 0  # GOOG's markers went with its candles
 
 
 def test_the_readme_shows_a_screenshot_of_a_report():

@@ -121,9 +121,10 @@ def traded_first(symbols: Sequence[str], trades: Sequence[dict]) -> list[str]:
     return sorted(set(symbols), key=lambda s: (-n[s], s))
 
 
-def figure(run: dict, curve: Sequence[dict], trades: Sequence[dict], bars: Sequence[dict] = (),
+def figure(curve: Sequence[dict], trades: Sequence[dict], bars: Sequence[dict] = (),
            indicators: Sequence[dict] = (), *, width_us: int, fills_on_bars: bool = False):
-    """(the Plotly figure, notes on the bounds reached) of a run: ``bars`` and
+    """(the Plotly figure, notes on the bounds reached) of a run's equity curve and
+    fills (by time), with ``bars`` and
     ``indicators`` of the strategy interval (``width_us`` long), ``fills_on_bars`` when
     fills take the next bar's open."""
     import plotly.graph_objects as go
@@ -146,7 +147,7 @@ def figure(run: dict, curve: Sequence[dict], trades: Sequence[dict], bars: Seque
         symbols = symbols[:MAX_SYMBOLS]
 
     fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.035, row_heights=[0.5, 0.2, 0.12, 0.18],
-                        subplot_titles=[f"{symbols[0] if symbols else 'no bars'} candles", "equity",
+                        subplot_titles=[f"{symbols[0]} candles" if symbols else "no bars", "equity",
                                         "drawdown (% below peak)", "position (shares)"])
     owner: list[str] = []  # the symbol of each trace of the price panel
     first_shown: list[bool | str] = []  # the trace's visibility when its symbol is picked
@@ -158,7 +159,7 @@ def figure(run: dict, curve: Sequence[dict], trades: Sequence[dict], bars: Seque
         fig.add_trace(go.Candlestick(
             x=[_time(c["window_start"]) for c in candles], open=[c["open"] for c in candles],
             high=[c["high"] for c in candles], low=[c["low"] for c in candles], close=[c["close"] for c in candles],
-            name=sym, legendgroup="candles", visible=show,
+            name=sym, visible=show,
             increasing={"line": {"color": UP, "width": 1}, "fillcolor": UP},
             decreasing={"line": {"color": DOWN, "width": 1}, "fillcolor": DOWN}), row=1, col=1)
         owner.append(sym)
@@ -171,7 +172,7 @@ def figure(run: dict, curve: Sequence[dict], trades: Sequence[dict], bars: Seque
             pts = thin(pts)
             fig.add_trace(go.Scatter(
                 x=[_time(t) for t, _ in pts], y=[v for _, v in pts], name=label, mode="lines",
-                line={"color": colour, "width": 1.1, "dash": dash}, legendgroup=name, hoverinfo="skip",
+                line={"color": colour, "width": 1.1, "dash": dash}, hoverinfo="skip",
                 visible=(True if shown else "legendonly") if show else False), row=1, col=1)
             owner.append(sym)
             first_shown.append(True if shown else "legendonly")
@@ -187,8 +188,7 @@ def figure(run: dict, curve: Sequence[dict], trades: Sequence[dict], bars: Seque
             shift = width_us if fills_on_bars else 0
             fig.add_trace(go.Scatter(
                 x=[_time(t["ts"] - shift) for t, *_ in sel], y=[t["price"] for t, *_ in sel], mode="markers",
-                name="entries ▲ buy ▼ sell" if entry else "exits ✕", legendgroup="entries" if entry else "exits",
-                visible=show, hovertemplate="%{text}<extra></extra>",
+                name="entries ▲ buy ▼ sell" if entry else "exits ✕", visible=show, hovertemplate="%{text}<extra></extra>",
                 text=[_fill_text(t, before, after, pnl) for t, before, after, pnl in sel],
                 marker={"size": size,
                         "symbol": [("triangle-up" if t["side"] == "BUY" else "triangle-down") if entry else "x"
@@ -205,7 +205,8 @@ def figure(run: dict, curve: Sequence[dict], trades: Sequence[dict], bars: Seque
                   row=2, col=1)
     gross = thin([(r["ts"], r["gross_exposure"]) for r in curve])
     fig.add_trace(go.Scatter(x=[_time(t) for t, _ in gross], y=[v for _, v in gross], name="gross exposure",
-                             mode="lines", visible="legendonly", legend="legend2", line={"color": "#6c3483", "width": 1, "shape": "hv"}),
+                             mode="lines", visible="legendonly", legend="legend2",
+                             line={"color": "#6c3483", "width": 1, "shape": "hv"}),
                   row=2, col=1)
     dd = thin([(r["ts"], -100.0 * r["drawdown"]) for r in curve], pick=min)
     fig.add_trace(go.Scatter(x=[_time(t) for t, _ in dd], y=[v for _, v in dd], name="drawdown", mode="lines",
@@ -298,7 +299,7 @@ def document(run: dict, curve: Sequence[dict], trades: Sequence[dict], rejection
     import plotly.io as pio
     from plotly.offline import get_plotlyjs
 
-    fig, notes = figure(run, curve, trades, bars, indicators, width_us=width_us, fills_on_bars=fills_on_bars)
+    fig, notes = figure(curve, trades, bars, indicators, width_us=width_us, fills_on_bars=fills_on_bars)
     m, c = run["metrics"], run["counts"]
     note = annualized_note(m)
     shown = {k: display(k, m.get(k)) for k, _ in FIGURES}
@@ -320,7 +321,7 @@ def document(run: dict, curve: Sequence[dict], trades: Sequence[dict], rejection
                 for r in rejections[:MAX_ROWS]]
     trade_rows = [[_iso(t["ts"]), t["symbol"], t["side"], t["quantity"], t["price"], t["commission"],
                    action(before, after), pnl]
-                  for t, (before, after, pnl) in zip(trades[:MAX_ROWS], fill_outcomes(trades[:MAX_ROWS]))]
+                  for t, (before, after, pnl) in zip(trades[:MAX_ROWS], fill_outcomes(trades))]
     spec = json.loads(pio.to_json(fig, validate=False, engine="json"))
     title = f"Backtest {run['run_id']}"
     notes_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)

@@ -394,7 +394,8 @@ def figure_lines(m: dict, c: dict) -> list[str]:
     note = annualized_note(m)
     return [f"  total return {d['total_return']:>14}   CAGR {d['cagr']}",
             f"  Sharpe {d['sharpe']:>20}   Sortino {d['sortino']}",
-            f"  max drawdown {d['max_drawdown']:>14}   win rate {d['win_rate']} of {m['closing_trades']} closing trades",
+            f"  max drawdown {d['max_drawdown']:>14}   win rate {d['win_rate']} "
+            f"of {m['closing_trades']} closing trades",
             f"  turnover {d['turnover']:>18}   end equity {d['end_equity']}",
             f"  orders {c['orders']}   fills {c['fills']}   rejections {sum(rej.values())} ({by_reason})"] \
         + ([f"  ({note})"] if note else [])
