@@ -34,7 +34,8 @@ compares the run's events with what the live pipeline published for the period.
 
 Figures: see ``ticktape.core.performance`` (Sharpe/Sortino annualized per strategy
 interval, risk-free rate 0; win rate over fills that reduce a position; turnover =
-traded notional / mean equity).
+traded notional / mean equity; CAGR, Sharpe and Sortino n/a on an equity curve shorter
+than 30 days, where annualizing means nothing).
 """
 from __future__ import annotations
 
