@@ -11,17 +11,20 @@ PY      = $(VENV)/bin/python
 TT      = $(VENV)/bin/ticktape
 DURATION ?= 0
 STAMP   = $(VENV)/.installed
-APT_PACKAGES = redis-server prometheus kcat
+APT_PACKAGES = redis-server prometheus kcat chromium chromium-driver
 COMPOSE = docker compose -f docker/docker-compose.yml --env-file docker/.env
 
 .PHONY: run test bench stop up down system clean
 
-# Debian packages the local stack uses (PostgreSQL 15 binaries are expected on PATH).
+# Debian packages the local stack uses (PostgreSQL 15 binaries are expected on PATH); headless
+# Chromium and its driver look at the backtest report in a test.
 system:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v kcat >/dev/null || missing="$$missing kcat"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$missing"; \

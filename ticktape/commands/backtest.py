@@ -34,7 +34,8 @@ compares the run's events with what the live pipeline published for the period.
 
 Figures: see ``ticktape.core.performance`` (Sharpe/Sortino annualized per strategy
 interval, risk-free rate 0; win rate over fills that reduce a position; turnover =
-traded notional / mean equity).
+traded notional / mean equity; CAGR, Sharpe and Sortino n/a on an equity curve shorter
+than 30 days, where annualizing means nothing).
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ from pathlib import Path
 from ..cli import UsageError
 from ..config import REPO_ROOT, ConfigError, Settings, _convert, settings
 from ..core.intervals import interval_seconds
+from ..core.performance import annualized_note, display, num as _num, pct as _pct
 from .produce import parse_time
 
 log = logging.getLogger(__name__)
@@ -86,7 +88,8 @@ def register(sub):
                    help="backtest bars of INTERVAL (e.g. 1m, 1d): --source topic/db read them; a CSV's bars "
                         "default to their shortest time step.  Bars run in-process at their interval and "
                         "fill at the next bar's open")
-    p.add_argument("--report", help="write an HTML report here (and the equity curve as <name>.png)")
+    p.add_argument("--report", help="write an interactive HTML report here (self-contained, opens offline): "
+                                     "candles with the fills and indicators, equity, drawdown, positions")
     p.add_argument("--sweep", action="append", default=[], metavar="PARAM=V1,V2,...",
                    help="one in-process run per value (repeat for a grid); PARAM: a STRATEGY_*, EXEC_* "
                         "setting or STARTING_CASH")
@@ -385,23 +388,18 @@ def load_run(s: Settings, run_id: str) -> dict:
 
 # --- output --------------------------------------------------------------------------
 
-def _pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.4f} %"
-
-
-def _num(x, fmt=".3f") -> str:
-    return "n/a" if x is None else format(x, fmt)
-
-
 def figure_lines(m: dict, c: dict) -> list[str]:
     rej = c["rejections"]
     by_reason = ", ".join(f"{k} {v}" for k, v in rej.items()) or "none"
-    return [f"  total return {_pct(m['total_return']):>14}   CAGR {_pct(m['cagr'])}",
-            f"  Sharpe {_num(m['sharpe']):>20}   Sortino {_num(m['sortino'])}",
-            f"  max drawdown {_pct(m['max_drawdown']):>14}   win rate {_pct(m['win_rate'])} "
+    d = {k: display(k, v) for k, v in m.items()}
+    note = annualized_note(m)
+    return [f"  total return {d['total_return']:>14}   CAGR {d['cagr']}",
+            f"  Sharpe {d['sharpe']:>20}   Sortino {d['sortino']}",
+            f"  max drawdown {d['max_drawdown']:>14}   win rate {d['win_rate']} "
             f"of {m['closing_trades']} closing trades",
-            f"  turnover {_num(m['turnover'], '.4f'):>18}   end equity {m['end_equity']:,.2f}",
-            f"  orders {c['orders']}   fills {c['fills']}   rejections {sum(rej.values())} ({by_reason})"]
+            f"  turnover {d['turnover']:>18}   end equity {d['end_equity']}",
+            f"  orders {c['orders']}   fills {c['fills']}   rejections {sum(rej.values())} ({by_reason})"] \
+        + ([f"  ({note})"] if note else [])
 
 
 def _iso(us: int) -> str:
@@ -558,10 +556,9 @@ def backtest(args) -> int:
     for line in figure_lines(result.metrics, result.counts):
         print(line)
     if args.report:
-        from .. import report
-
-        html_path, png = report.write(args.report, row, result.equity, result.trades, events["order_rejected"])
-        print(f"report {html_path} (equity curve {png})")
+        path = write_report(args.report, row, result, setup, events["bar"], events["indicator_set"],
+                            events["order_rejected"])
+        print(f"report {path}")
     if args.check_live:
         return check_live(s, events, plan.start, plan.live_cutoff)
     return 0
@@ -569,6 +566,16 @@ def backtest(args) -> int:
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def write_report(path, row: dict, result, setup, bars, indicators, rejections=()) -> Path:
+    """The run's HTML report (``ticktape.report``) with the strategy interval's bars and indicator sets."""
+    from .. import report
+
+    iv = setup.strategy.interval
+    return report.write(path, row, result.equity, result.trades, rejections, [b for b in bars if b["interval"] == iv],
+                        [x for x in indicators if x["interval"] == iv], width_us=setup.width_us,
+                        fills_on_bars=setup.market_data == "bars")
 
 
 # --- sweeps --------------------------------------------------------------------------
@@ -615,10 +622,9 @@ def _sweep(plan: Plan, args, variants) -> int:
         print("  ".join(f"{overrides[n]!s:>16}" for n in names) + f"  {run_id:<12} {_pct(m['total_return']):>11} "
               f"{_num(m['sharpe']):>9} {_pct(m['max_drawdown']):>10} {m['orders']:>6} {m['rejections']:>8}")
         if args.report:
-            from .. import report
-
             path = Path(args.report)
-            report.write(path.with_name(f"{path.stem}-{run_id}{path.suffix}"), row, result.equity, result.trades)
+            write_report(path.with_name(f"{path.stem}-{run_id}{path.suffix}"), row, result, setup,
+                         [b for bars in analytics.bars.values() for b in bars], analytics.indicators)
     return 0
 
 
