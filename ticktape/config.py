@@ -116,6 +116,11 @@ class Settings:
     alpaca_api_secret_key: str = _setting(
         "ALPACA_API_SECRET_KEY", "", "Alpaca API secret key", secret=True)
     alpaca_feed: str = _setting("ALPACA_FEED", "iex", "Alpaca data feed: iex (free), sip, delayed_sip, test")
+    polygon_api_key: str = _setting(
+        "POLYGON_API_KEY", "", "Polygon.io API key (produce websocket --provider polygon)", secret=True)
+    polygon_feed: str = _setting(
+        "POLYGON_FEED", "realtime", "Polygon.io stocks cluster: realtime (socket.polygon.io) or delayed "
+        "(delayed.polygon.io, 15 minutes)")
     websocket_url: str = _setting(
         "WEBSOCKET_URL", "", "override the provider's stream URL (sandbox, a local test server)")
     websocket_queue_size: int = _setting(
