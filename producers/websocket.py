@@ -27,23 +27,13 @@ import threading
 import time
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import (
-    ConnectionClosed,
-    InvalidHandshake,
-    InvalidStatus,
-    InvalidURI,
-)
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from ticktape import metrics
 from ticktape.config import ConfigError, Settings
 from ticktape.core import alpaca, polygon
-from ticktape.core.feed import (
-    FeedTracker,
-    ProtocolError,
-    Provider,
-    ProviderError,
-    backoff_delays,
-)
+from ticktape.core.feed import FeedTracker, ProtocolError, Provider, ProviderError, backoff_delays
+from ticktape.market_calendar import market_hours
 
 from .base import EventPublisher, SourceStats, StopFlag
 
@@ -104,6 +94,7 @@ class WebSocketFeed:
             self.url = s.websocket_url or provider.url(getattr(s, provider.feed_setting))
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        self.hours = market_hours(s)  # None: publish at any time
         self.stats = SourceStats(provider.source)
         self.tracker = FeedTracker()
         self.accepted = 0  # new events handed over (queued or dropped)
@@ -147,6 +138,8 @@ class WebSocketFeed:
         then publish and flush everything received."""
         pub = self._publisher or EventPublisher(self.s, stage="websocket")
         pub.start_heartbeats(self.stats.source)
+        if self.hours is not None:
+            pub.follow_sessions(self.hours, self.stats.source)
         publisher = threading.Thread(target=self._drain, args=(pub,), name="websocket-publisher", daemon=True)
         publisher.start()
         fatal = None
@@ -303,6 +296,9 @@ class WebSocketFeed:
                 self._other(m, parsed)
                 continue
             name, event, topic, event_type = parsed.kind, parsed.event, parsed.topic, parsed.event_type
+            if self.hours is not None and not self.hours.is_open(event.get("window_start", event["ts"])):
+                kinds["outside_session"] = kinds.get("outside_session", 0) + 1  # e.g. extended-hours trades
+                continue
             kinds[name] = kinds.get(name, 0) + 1
             new, gap = self.tracker.bar(event) if event_type == "bar" else self.tracker.tick(event)
             if not new:
