@@ -22,7 +22,7 @@ from ticktape.config import ConfigError
 from ticktape.config import settings as make_settings
 from ticktape.core import risk as rk
 from ticktape.core.bars import BarAggregator, is_heartbeat
-from ticktape.core.features import Bars
+from ticktape.core.features import FEATURE_NAMES, Bars, build_dataset
 from ticktape.market_calendar import market_hours
 from ticktape.serde import Serde
 
@@ -186,3 +186,47 @@ def test_the_websocket_feed_publishes_only_inside_the_session(settings):
     grace = s.bar_grace_ms * 1000
     assert sorted((e["partition"], e["ts"]) for e in events if is_heartbeat(e)) == [
         (p, FRI_CLOSE + grace) for p in sorted(log)]
+
+
+def test_no_order_outside_the_session_through_the_trading_chain():
+    """The calendar's simulator (Friday 15:00-16:00 ET, Monday 09:30-10:30 ET) through bars,
+    predictions, strategy, risk and paper execution: the bars that end at Friday's close
+    give signals at the close, which the risk engine rejects (MARKET_CLOSED); without the
+    calendar the same run sends orders then."""
+    from ticktape.core import backtest as bt
+    from ticktape.core.execution import ExecConfig
+    from ticktape.core.ml import Model, TrainParams, train
+    from ticktape.core.replay import partition_for
+    from ticktape.core.sim import MarketSimulator
+    from ticktape.core.simbars import simulated_bars
+    from ticktape.core.strategy import StrategyConfig
+    from ticktape.risk_config import DEFAULT_RISK_CONFIG, load_risk_limits
+
+    h, syms, start = hours(), ["AAA", "BBB", "CCC", "DDD"], FRI_CLOSE - 60 * MIN
+    sim = MarketSimulator(syms, seed=3, tick_rate=10.0, start_us=start, clock=lambda e: h.session_clock(start, e))
+    ticks: dict[int, list[dict]] = {p: [] for p in range(6)}
+    while True:
+        chunk = [t for t in sim.next_chunk() if t["ts"] <= MON_OPEN + 60 * MIN]
+        for t in chunk:
+            ticks[partition_for(t["symbol"], 6)].append(t)
+        if len(chunk) < 4096:
+            break
+    hist = simulated_bars(syms, seed=5, start_us=start - 600 * MIN, minutes=480, tick_rate=5.0)
+    short = [f for f in FEATURE_NAMES if f not in ("sma_200_rel", "sma_50_rel")]  # 200 bars of lookback
+    t = train(build_dataset(Bars.from_events(hist), "1m", 5), short, 0.2, TrainParams(rounds=15), "direction")
+    model = Model.load(t.artifact, t.metadata)
+    limits = load_risk_limits(DEFAULT_RISK_CONFIG)
+    runs = {}
+    for name, lim in (("calendar", limits.with_market_hours(h)), ("off", limits)):
+        setup = bt.Setup(("1m",), 500_000, StrategyConfig(enter_p=0.52, exit_p=0.51, min_hold_bars=1), ExecConfig(),
+                         lim, {}, 1_000_000.0, tuple(syms))
+        flushed = {p: list(v) for p, v in ticks.items()}
+        for f in bt.flush_ticks(MON_OPEN + 60 * MIN, setup, 6):
+            flushed[f["seq"]].append(f)
+        runs[name] = bt.run(flushed, setup, model)
+    on, off = runs["calendar"], runs["off"]
+    assert all(h.is_open(o["ts"]) for o in on["order"]) and len(on["order"]) > 10
+    assert all(h.is_open(f["ts"]) for f in on["fill"])
+    at_close = [r for r in on["order_rejected"] if r["reason_code"] == "MARKET_CLOSED"]
+    assert at_close and {r["ts"] for r in at_close} == {FRI_CLOSE}
+    assert {o["ts"] for o in off["order"] if not h.is_open(o["ts"])} == {FRI_CLOSE}  # the check is not idle
