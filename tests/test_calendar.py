@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ from test_websocket_source import KEY, SECRET, run_feed, ws_settings
 from trading_events import signal, tick
 
 from producers import sim as sim_producer
-from producers.base import StopFlag
+from producers.base import EventPublisher, StopFlag
+from producers.websocket import WebSocketFeed
 from ticktape import kafka_clients
 from ticktape.commands.backtest import Market, in_sessions
 from ticktape.commands.produce import parse_time
@@ -230,3 +232,41 @@ def test_no_order_outside_the_session_through_the_trading_chain():
     at_close = [r for r in on["order_rejected"] if r["reason_code"] == "MARKET_CLOSED"]
     assert at_close and {r["ts"] for r in at_close} == {FRI_CLOSE}
     assert {o["ts"] for o in off["order"] if not h.is_open(o["ts"])} == {FRI_CLOSE}  # the check is not idle
+
+
+@pytest.mark.slow
+def test_a_live_feed_that_goes_quiet_at_the_close_announces_the_close_on_its_clock(settings):
+    """No tick after the close: the heartbeat thread's clock (the last tick's time plus the
+    wall time since) reaches the close and sends the close heartbeats."""
+    last = FRI_CLOSE - 300_000  # 0.3 s before the close
+    with AlpacaServer(KEY, SECRET, scripts=[[("data", [trade("AAPL", 1, last, 100.0, 1)])]]) as server:
+        s = ws_settings(settings, server.url, market_calendar="XNYS", heartbeat_ms=100)
+        pub = EventPublisher(s, stage="websocket")
+        stop = StopFlag(install_signals=False)
+
+        def stop_once_announced():
+            while not pub.closes_announced and not stop.wait(0.05):
+                pass
+            stop.set()
+
+        watcher = threading.Thread(target=stop_once_announced)
+        watcher.start()
+        guard = threading.Timer(60, stop.set)
+        guard.start()
+        try:
+            WebSocketFeed(s, ["AAPL"], stop=stop, publisher=pub).run()
+        finally:
+            guard.cancel()
+            watcher.join()
+    assert pub.closes_announced == [FRI_CLOSE]
+    log = partition_log(s)
+    grace = s.bar_grace_ms * 1000
+    closes = sorted((e["partition"], e["ts"]) for evs in log.values() for e in evs
+                    if is_heartbeat(e) and e["ts"] == FRI_CLOSE + grace)
+    assert closes == [(p, FRI_CLOSE + grace) for p in sorted(log)]
+    [tick_partition] = [p for p, evs in log.items() if any(not is_heartbeat(e) for e in evs)]
+    events = log[tick_partition]
+    assert [e["ts"] for e in events if not is_heartbeat(e)] == [last]
+    first_close = next(i for i, e in enumerate(events) if is_heartbeat(e) and e["ts"] == FRI_CLOSE + grace)
+    closed = bars_closed_by(events, grace)
+    assert [(i, b["window_end"]) for i, b in closed] == [(first_close, FRI_CLOSE)]
