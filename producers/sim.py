@@ -10,6 +10,8 @@ import itertools
 import logging
 import time
 
+import numpy as np
+
 from ticktape import metrics
 from ticktape.cli import UsageError, positive_float, positive_int
 from ticktape.commands.produce import parse_time
@@ -86,6 +88,11 @@ def run(args, s: Settings, stop: StopFlag | None = None) -> int:
         ticks = itertools.islice(ticks, args.count)
     log.info("sim: %d symbols, %.0f ticks/s, seed %s, %s", len(symbols), rate, seed,
              "live" if live else f"speed {speed or 'max'}")
+    if live and hours is not None and not hours.is_open(start_us):
+        # live ticks leave when their ts is now: wait for the open the session clock starts at
+        opens = int(hours.session_clock(start_us, np.zeros(1, dtype=np.int64))[0])
+        log.info("sim: %s is closed; waiting %.0f s for the open", hours.name, (opens - start_us) / 1e6)
+        stop.wait((opens - time.time_ns() // 1000) / 1e6)
     for tick in paced(ticks, speed, stop):
         pub.publish(TOPIC, "tick", tick)
     if args.duration and not stop:
