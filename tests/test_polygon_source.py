@@ -3,15 +3,18 @@ Polygon.io's stocks WebSocket protocol (tests/polygon_server.py), publishing to 
 real test broker."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from polygon_server import PolygonServer, paggregate, pquote, ptrade, status
 from test_websocket_source import KEY, T0, ids, read_topic, run_feed, ws_settings
+from websockets.sync.client import connect
 
 from producers.base import StopFlag
 from producers.websocket import WebSocketFeed
@@ -149,11 +152,38 @@ def test_malformed_messages_are_counted_and_skipped(settings, caplog):
 
 
 def test_missing_key_and_bad_cluster_fail_before_connecting(settings):
-    import dataclasses
-
     with pytest.raises(ConfigError, match="set POLYGON_API_KEY"):
         WebSocketFeed(dataclasses.replace(settings, polygon_api_key=""), ["AAPL"],
                       stop=StopFlag(install_signals=False), provider=P)
     with pytest.raises(ConfigError, match="POLYGON_FEED='sip': use realtime or delayed"):
         WebSocketFeed(dataclasses.replace(settings, polygon_api_key="k", polygon_feed="sip"), ["AAPL"],
                       stop=StopFlag(install_signals=False), provider=P)
+
+
+def test_max_connections_is_retried_until_a_slot_is_free(settings):
+    """Another client holds the key's only connection: the feed is told max_connections,
+    backs off and retries; once the slot is free it subscribes and publishes everything."""
+    with PolygonServer(KEY, scripts=[[], [("data", ptrades("AAPL", 1, 5))]]) as server:
+        other = connect(server.url)  # the first connection: authenticated by nobody, but open
+        other.recv()  # its "connected" status
+        s = ws_settings(settings, server.url)
+        stop = StopFlag(install_signals=False)
+        feed = WebSocketFeed(s, ["AAPL"], stop=stop, count=5, provider=P)
+
+        def free_the_slot():
+            while feed.stats.errors < 2 and not stop.wait(0.02):
+                pass
+            other.close()
+
+        freer = threading.Thread(target=free_the_slot)
+        freer.start()
+        guard = threading.Timer(60, stop.set)
+        guard.start()
+        try:
+            feed.run()
+        finally:
+            guard.cancel()
+            freer.join()
+    assert not stop, "the feed did not reach its count within 60 s"
+    assert feed.stats.errors >= 2 and server.connections == 2  # refused ones are not counted as accepted
+    assert [t["seq"] for t in read_topic(s, "md.ticks")] == [1, 2, 3, 4, 5]
