@@ -12,6 +12,12 @@ message for ``HEARTBEAT_MS`` then gets a Heartbeat whose ts is the source's cloc
 newest tick's event time plus the wall time since), so a quiet partition's windows, and
 the session's last bars, close within HEARTBEAT_MS + BAR_GRACE_MS; the heartbeat is on
 the log, so a replay closes them the same way.
+
+A source that follows the market calendar calls ``follow_sessions``: once its clock (a
+tick's event time, or the live clock above) reaches a session's close, every md.ticks
+partition gets a *close heartbeat* at close + BAR_GRACE_MS — the promise that nothing
+older follows until the next open — so the bars stage closes the day's last bars at the
+close, live or replayed.
 """
 from __future__ import annotations
 
@@ -76,6 +82,13 @@ class EventPublisher:
         self._hb_topic: str | None = None  # set by start_heartbeats
         self._last_message: dict[int, float] = {}  # md.ticks partition -> monotonic time of its last delivery
         self._clock: tuple[int, float] | None = None  # (newest tick ts, monotonic time then)
+        self._hours = None  # MarketHours after follow_sessions
+        self._close_at: int | None = None  # the next session close to announce
+        self._sessions_topic: str | None = None
+        self._session_source = ""
+        self._session_lock = threading.Lock()  # the publishing and the heartbeat threads both call clock_reached
+        self._partitions: list[int] | None = None
+        self.closes_announced: list[int] = []
 
     def _on_delivery(self, err, msg, events: int = 1) -> None:
         """Delivery report of a message holding ``events`` events (a TickBatch: its ticks)."""
@@ -100,6 +113,8 @@ class EventPublisher:
         if event_type == "tick" and full == self._hb_topic and (
                 self._clock is None or record["ts"] > self._clock[0]):
             self._clock = (record["ts"], time.monotonic())
+        if self._hours is not None and event_type == "tick" and full == self._sessions_topic:
+            self.clock_reached(record["ts"])
         if self._batcher is not None and event_type == "tick" and key is None and headers is None:
             with self._lock:
                 ready = self._batcher.add(topic, record, time.monotonic())
@@ -172,6 +187,7 @@ class EventPublisher:
             if self._clock is None:
                 continue  # no tick yet: the source's clock is unknown
             ts = self._clock[0] + int((now - self._clock[1]) * 1e6)
+            self.clock_reached(ts)
             for p, last in sorted(self._last_message.items()):
                 if now - last >= every:
                     hb = {"event_id": f"hb:{source}:{p}:{ts}", "ts": ts, "source": source, "partition": p}
@@ -181,6 +197,44 @@ class EventPublisher:
                     except BufferError:
                         break  # the queue is full of data: the partitions are not quiet; next round
                     self._last_message[p] = now
+
+    def follow_sessions(self, hours, source: str, topic: str = "md.ticks") -> None:
+        """Announce each session close of ``hours`` (a MarketHours) with close heartbeats."""
+        self._hours, self._session_source = hours, source
+        self._sessions_topic = self.settings.topic(topic)
+
+    def clock_reached(self, ts: int) -> None:
+        """The source's clock is at ``ts``: announce the session close it passed, if any
+        (ticks published so far go first: the open tick batches are sent before)."""
+        if self._hours is None:
+            return
+        with self._session_lock:
+            if self._close_at is not None and ts >= self._close_at:
+                with self._lock:
+                    if self._batcher is not None:
+                        self._send_groups(self._batcher.drain())
+                    self._announce_close(self._close_at)
+                self._close_at = None
+            if self._close_at is None and self._hours.is_open(ts):
+                self._close_at = self._hours.next_close(ts)
+
+    def _announce_close(self, close: int) -> None:
+        topic = self._sessions_topic
+        if self._partitions is None:
+            self._partitions = sorted(self.producer.list_topics(topic, timeout=30).topics[topic].partitions)
+        ts = close + self.settings.bar_grace_ms * 1000
+        for p in self._partitions:
+            hb = {"event_id": f"hb:{self._session_source}:{p}:{ts}", "ts": ts,
+                  "source": self._session_source, "partition": p}
+            value = self.serde.encode("heartbeat", hb, topic=topic)
+            while True:
+                try:
+                    self.producer.produce(topic, value=value, partition=p, on_delivery=self._on_heartbeat)
+                    break
+                except BufferError:
+                    self.producer.poll(0.05)  # queue full: wait for deliveries
+        self.closes_announced.append(close)
+        log.info("session close at %d µs announced to %d partitions of %s", close, len(self._partitions), topic)
 
     def _on_heartbeat(self, err, msg) -> None:
         if err is None:

@@ -10,11 +10,14 @@ import itertools
 import logging
 import time
 
+import numpy as np
+
 from ticktape import metrics
 from ticktape.cli import UsageError, positive_float, positive_int
 from ticktape.commands.produce import parse_time
 from ticktape.config import Settings
 from ticktape.core.sim import MarketSimulator
+from ticktape.market_calendar import market_hours
 
 from .base import EventPublisher, StopFlag, paced
 
@@ -59,13 +62,21 @@ def run(args, s: Settings, stop: StopFlag | None = None) -> int:
     live = start is None
     speed = args.speed if args.speed is not None else (1.0 if live else None)
     seed = args.seed if args.seed is not None else s.sim_seed
+    hours = market_hours(s) if s.sim_calendar else None
+    if s.sim_calendar and hours is None:
+        raise UsageError("SIM_CALENDAR=1 follows MARKET_CALENDAR, which is off: name a calendar (e.g. XNYS)")
     metrics.serve("producer", s)
     pub = EventPublisher(s)
     if live:
         pub.start_heartbeats("sim")
+    if hours is not None:
+        pub.follow_sessions(hours, "sim")
     # live event time starts once the publisher is ready: ticks leave when their ts is now
     start_us = start if not live else (time.time_ns() // 1000)
-    sim = MarketSimulator(symbols, seed=seed, tick_rate=rate, start_us=start_us)
+    if hours is not None and not hours.covers(start_us):
+        raise UsageError(f"SIM_CALENDAR=1: the start is outside the {hours.name} calendar's years")
+    clock = None if hours is None else (lambda elapsed: hours.session_clock(start_us, elapsed))
+    sim = MarketSimulator(symbols, seed=seed, tick_rate=rate, start_us=start_us, clock=clock)
     ticks = sim.ticks()
     if args.duration:
         end_us = start_us + int(args.duration * 1e6)
@@ -77,8 +88,15 @@ def run(args, s: Settings, stop: StopFlag | None = None) -> int:
         ticks = itertools.islice(ticks, args.count)
     log.info("sim: %d symbols, %.0f ticks/s, seed %s, %s", len(symbols), rate, seed,
              "live" if live else f"speed {speed or 'max'}")
+    if live and hours is not None and not hours.is_open(start_us):
+        # live ticks leave when their ts is now: wait for the open the session clock starts at
+        opens = int(hours.session_clock(start_us, np.zeros(1, dtype=np.int64))[0])
+        log.info("sim: %s is closed; waiting %.0f s for the open", hours.name, (opens - start_us) / 1e6)
+        stop.wait((opens - time.time_ns() // 1000) / 1e6)
     for tick in paced(ticks, speed, stop):
         pub.publish(TOPIC, "tick", tick)
+    if args.duration and not stop:
+        pub.clock_reached(end_us)  # the run ends at or after a close: announce it
     pub.close()
     log.info("sim: %d ticks published", pub.delivered)
     return 0

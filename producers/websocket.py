@@ -1,5 +1,8 @@
-"""`ticktape produce websocket`: a live provider feed (Alpaca market-data stream v2)
-publishing trades and quotes to md.ticks and minute bars to md.bars.1m.
+"""`ticktape produce websocket`: a live provider feed (Alpaca market-data stream v2,
+Polygon.io stocks) publishing trades and quotes to md.ticks and minute bars to md.bars.1m.
+
+A provider is one module of ``ticktape.core`` (its ``PROVIDER``: URL, auth, subscribe,
+parse); everything below is the same for all of them.
 
 Two threads: the socket reader (asyncio) parses and normalizes every message, drops
 duplicates and numbers ticks (``ticktape.core.feed``), and hands events over through a
@@ -28,13 +31,14 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from ticktape import metrics
 from ticktape.config import ConfigError, Settings
-from ticktape.core import alpaca
-from ticktape.core.feed import FeedTracker, backoff_delays
+from ticktape.core import alpaca, polygon
+from ticktape.core.feed import FeedTracker, ProtocolError, Provider, ProviderError, backoff_delays
+from ticktape.market_calendar import market_hours
 
 from .base import EventPublisher, SourceStats, StopFlag
 
 log = logging.getLogger(__name__)
-PROVIDERS = {"alpaca": alpaca}
+PROVIDERS: dict[str, Provider] = {p.name: p for p in (alpaca.PROVIDER, polygon.PROVIDER)}
 DROP_REPORT_S = 5.0  # at most one drop warning per this many seconds
 COUNT_BATCH = 1000  # the publisher updates its counters at least every this many events
 
@@ -42,9 +46,8 @@ COUNT_BATCH = 1000  # the publisher updates its counters at least every this man
 def add_arguments(p, parse_time, parse_speed) -> None:
     p.add_argument("--provider", choices=sorted(PROVIDERS), default="alpaca", help="market-data provider")
     p.add_argument("--symbols", help="comma/space separated symbols (SYMBOLS)")
-    p.add_argument("--channels", default=",".join(alpaca.CHANNELS),
-                   help="comma separated: trades, quotes, bars (default all)")
-    p.add_argument("--feed", help="provider feed, e.g. iex or sip (ALPACA_FEED)")
+    p.add_argument("--channels", help="comma separated: trades, quotes, bars (default all)")
+    p.add_argument("--feed", help="provider feed: iex, sip… (ALPACA_FEED); realtime or delayed (POLYGON_FEED)")
     p.add_argument("--url", help="stream URL instead of the provider's (WEBSOCKET_URL)")
     p.add_argument("--on-full", choices=("block", "drop"), help="when Kafka is slower (WEBSOCKET_ON_FULL)")
     p.add_argument("--queue-size", type=int, help="events buffered for Kafka (WEBSOCKET_QUEUE_SIZE)")
@@ -52,37 +55,47 @@ def add_arguments(p, parse_time, parse_speed) -> None:
 
 
 def run(args, s: Settings, stop: StopFlag | None = None) -> int:
+    provider = PROVIDERS[args.provider]
     overrides = {name: value for name, value in (
-        ("alpaca_feed", args.feed), ("websocket_url", args.url),
+        (provider.feed_setting, args.feed), ("websocket_url", args.url),
         ("websocket_on_full", args.on_full), ("websocket_queue_size", args.queue_size)) if value is not None}
     s = dataclasses.replace(s, **overrides)
     symbols = args.symbols.replace(",", " ").split() if args.symbols else s.symbol_list
-    channels = tuple(c.strip() for c in args.channels.split(",") if c.strip())
-    bad = sorted(set(channels) - set(alpaca.CHANNELS))
+    channels = provider.channels if args.channels is None else tuple(
+        c.strip() for c in args.channels.split(",") if c.strip())
+    bad = sorted(set(channels) - set(provider.channels))
     if bad or not channels:
-        raise ConfigError(f"unknown channels {bad or channels}: choose from {', '.join(alpaca.CHANNELS)}")
-    feed = WebSocketFeed(s, symbols, channels, stop=stop or StopFlag(), count=args.count)
+        raise ConfigError(f"unknown channels {bad or channels}: choose from {', '.join(provider.channels)}")
+    feed = WebSocketFeed(s, symbols, channels, stop=stop or StopFlag(), count=args.count, provider=provider)
     metrics.serve("websocket", s)
     feed.run()
     return 0
 
 
 class WebSocketFeed:
-    def __init__(self, s: Settings, symbols: list[str], channels: tuple[str, ...] = alpaca.CHANNELS, *,
-                 stop: StopFlag, count: int | None = None, publisher: EventPublisher | None = None):
-        if not s.alpaca_api_key_id or not s.alpaca_api_secret_key:
-            raise ConfigError("set ALPACA_API_KEY_ID and ALPACA_API_SECRET_KEY (the keys of an Alpaca account)")
+    def __init__(self, s: Settings, symbols: list[str], channels: tuple[str, ...] | None = None, *,
+                 stop: StopFlag, count: int | None = None, publisher: EventPublisher | None = None,
+                 provider: Provider = alpaca.PROVIDER):
+        self.credentials = tuple(getattr(s, name) for name in provider.credentials)
+        if not all(self.credentials):
+            raise ConfigError(f"set {' and '.join(n.upper() for n in provider.credentials)} "
+                              f"(the {provider.name} account's keys)")
         if s.websocket_on_full not in ("block", "drop"):
             raise ConfigError(f"WEBSOCKET_ON_FULL={s.websocket_on_full!r}: use block or drop")
         if not symbols:
             raise ConfigError("no symbols to subscribe to")
         self.s = s
         self.symbols = list(symbols)
-        self.channels = channels
+        self.provider = provider
+        self.channels = channels or provider.channels
         self.stop = stop
         self.count = count
-        self.url = s.websocket_url or alpaca.STREAM_URL.format(feed=s.alpaca_feed)
-        self.stats = SourceStats(alpaca.SOURCE)
+        try:
+            self.url = s.websocket_url or provider.url(getattr(s, provider.feed_setting))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.hours = market_hours(s)  # None: publish at any time
+        self.stats = SourceStats(provider.source)
         self.tracker = FeedTracker()
         self.accepted = 0  # new events handed over (queued or dropped)
         self.queue: queue.Queue = queue.Queue(maxsize=s.websocket_queue_size)
@@ -125,12 +138,14 @@ class WebSocketFeed:
         then publish and flush everything received."""
         pub = self._publisher or EventPublisher(self.s, stage="websocket")
         pub.start_heartbeats(self.stats.source)
+        if self.hours is not None:
+            pub.follow_sessions(self.hours, self.stats.source)
         publisher = threading.Thread(target=self._drain, args=(pub,), name="websocket-publisher", daemon=True)
         publisher.start()
         fatal = None
         try:
             asyncio.run(self._connect_loop())
-        except alpaca.ProviderError as e:
+        except ProviderError as e:
             fatal = e
         finally:
             self._put_blocking(None)
@@ -139,7 +154,7 @@ class WebSocketFeed:
                 if self._failure is None:
                     pub.close()  # flush: everything received is delivered, or this raises
             finally:
-                log.info("websocket %s: %s", alpaca.SOURCE, self.stats.summary())
+                log.info("websocket %s: %s", self.provider.source, self.stats.summary())
         if self._failure is not None:
             raise self._failure
         if fatal is not None:
@@ -155,7 +170,7 @@ class WebSocketFeed:
             subscribed_before = self._sessions
             try:
                 await self._session()
-            except alpaca.ProviderError as e:
+            except ProviderError as e:
                 self.stats.add("errors")
                 if not e.retry:
                     raise
@@ -163,12 +178,13 @@ class WebSocketFeed:
             except InvalidStatus as e:
                 status = e.response.status_code
                 if 400 <= status < 500 and status != 429:
-                    raise alpaca.ProviderError(status, f"HTTP {status} on connect") from None
+                    raise ProviderError(self.provider.name, status, f"HTTP {status} on connect",
+                                        retry=False) from None
                 self.stats.add("errors")
                 reason = f"HTTP {status} on connect"
             except InvalidURI as e:
                 raise ConfigError(f"bad stream URL: {e}") from None
-            except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError, alpaca.ProtocolError) as e:
+            except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError, ProtocolError) as e:
                 reason = f"{type(e).__name__}: {e}"
             if self._done():
                 return
@@ -194,18 +210,18 @@ class WebSocketFeed:
         try:
             messages = json.loads(raw)
         except ValueError:
-            raise alpaca.ProtocolError(f"expected {what}, got non-JSON {str(raw)[:100]!r}") from None
-        return alpaca.check_control(messages, what)
+            raise ProtocolError(f"expected {what}, got non-JSON {str(raw)[:100]!r}") from None
+        return self.provider.expect(messages, what)
 
     async def _session(self) -> None:
         timeout = self.s.websocket_timeout_s
         async with connect(self.url, ping_interval=self.s.websocket_ping_interval_s, ping_timeout=timeout,
                            open_timeout=timeout, close_timeout=1, max_size=2 ** 24) as ws:
             await self._expect(ws, "connected")
-            await ws.send(alpaca.auth_message(self.s.alpaca_api_key_id, self.s.alpaca_api_secret_key))
+            await ws.send(self.provider.auth(*self.credentials))
             await self._expect(ws, "authenticated")
-            await ws.send(alpaca.subscribe_message(self.symbols, self.channels))
-            self._check_ack(await self._expect(ws, "subscription"))
+            await ws.send(self.provider.subscribe(self.symbols, self.channels))
+            self._check_ack(await self._expect(ws, "subscribed"))
             if self._sessions:
                 self.stats.add("reconnects")
                 self.tracker.reconnected()
@@ -245,10 +261,10 @@ class WebSocketFeed:
 
     def _check_ack(self, ack: dict) -> None:
         for channel in self.channels:
-            confirmed = set(ack.get(channel) or [])
-            if "*" in confirmed:
+            confirmed = self.provider.confirmed(ack, channel)
+            if confirmed is None or "*" in confirmed:
                 continue
-            missing = [s for s in self.symbols if alpaca.to_provider_symbol(s) not in confirmed]
+            missing = [s for s in self.symbols if self.provider.to_provider_symbol(s) not in confirmed]
             if missing:
                 log.warning("websocket: %s not confirmed for %s", channel, ", ".join(missing))
 
@@ -275,18 +291,13 @@ class WebSocketFeed:
         for m in messages:
             if self.count is not None and self.accepted >= self.count:
                 break
-            kind = m.get("T") if isinstance(m, dict) else None
-            kind = kind if isinstance(kind, str) else None
-            spec = alpaca.DATA_TYPES.get(kind)
-            if spec is None:
-                self._other(m, kind)
+            parsed = self.provider.parse(m)  # an error message raises
+            if parsed.event is None:
+                self._other(m, parsed)
                 continue
-            name, topic, event_type, mapper = spec
-            try:
-                event = mapper(m)
-            except (KeyError, ValueError, TypeError, AttributeError) as e:
-                self.stats.receive("malformed")
-                log.warning("websocket: malformed %s skipped (%s: %s): %.120s", name, type(e).__name__, e, m)
+            name, event, topic, event_type = parsed.kind, parsed.event, parsed.topic, parsed.event_type
+            if self.hours is not None and not self.hours.is_open(event.get("window_start", event["ts"])):
+                kinds["outside_session"] = kinds.get("outside_session", 0) + 1  # e.g. extended-hours trades
                 continue
             kinds[name] = kinds.get(name, 0) + 1
             new, gap = self.tracker.bar(event) if event_type == "bar" else self.tracker.tick(event)
@@ -302,18 +313,11 @@ class WebSocketFeed:
             self.stats.receive(name, n)
         return out
 
-    def _other(self, m, kind) -> None:
-        if kind == "error":
-            raise alpaca.ProviderError(m.get("code"), str(m.get("msg", "")))
-        if kind in ("success", "subscription"):
-            self.stats.receive("control")
-        elif kind in alpaca.IGNORED_TYPES:
-            self.stats.receive("ignored")
-        elif isinstance(m, dict) and kind is not None:
-            self.stats.receive("unknown")
-            if kind not in self._warned_types and len(self._warned_types) < 100:
-                self._warned_types.add(kind)
-                log.warning("websocket: unknown message type %r skipped", kind)
-        else:
-            self.stats.receive("malformed")
-            log.warning("websocket: malformed message skipped: %.120s", m)
+    def _other(self, m, parsed) -> None:
+        self.stats.receive(parsed.kind)
+        if parsed.kind == "unknown":
+            if parsed.detail not in self._warned_types and len(self._warned_types) < 100:
+                self._warned_types.add(parsed.detail)
+                log.warning("websocket: unknown message type %r skipped", parsed.detail)
+        elif parsed.kind == "malformed":
+            log.warning("websocket: malformed message skipped (%s): %.120s", parsed.detail, m)

@@ -21,6 +21,7 @@ from ticktape.config import Settings
 from ticktape.core.desks import RiskDesk, fill_lead_us
 from ticktape.core.intervals import interval_seconds
 from ticktape.core.risk import HALTED
+from ticktape.market_calendar import market_hours
 from ticktape.risk_config import load_risk_limits, risk_config_path
 
 from .app import run_stage
@@ -37,7 +38,7 @@ class RiskStage:
         self.guard = self.io.guard  # run_stage reads lost tails through it
         self.s = s
         self.table = table
-        self.limits = load_risk_limits(risk_config_path(s))
+        self.limits = load_risk_limits(risk_config_path(s)).with_market_hours(market_hours(s))
         self.universe = s.symbol_list
         self.sources = {s.topic("trading.account"), s.topic("trading.control")}
         self.desks: dict[str, tuple[int, RiskDesk, dict]] = {}  # account -> (partition, desk, symbol partitions)

@@ -2,29 +2,17 @@
 welcome message, authentication by message (success, 402 auth failed, 401 before
 auth, 404 auth timeout), subscription acknowledgements (trades also subscribe their
 corrections and cancel errors), 406 connection limit, data points batched into arrays
-and filtered by the subscription.
-
-What each connection does after subscribing is scripted per connection:
-
-    ("data", [messages])   send data points, ``batch`` per frame
-    ("raw", text)          send one raw text frame (e.g. malformed JSON)
-    ("close",)             close the connection (mid-stream)
-    ("deaf", seconds)      stop reading: pings go unanswered; then drop the socket
-    ("sleep", seconds)
-A connection whose script is done (or that has none) stays open, idle.
+and filtered by the subscription.  Scripts: tests/ws_server.py.
 """
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from datetime import datetime, timezone
 
-from websockets.asyncio.server import serve
-from websockets.exceptions import ConnectionClosed
+from ws_server import AUTH_TIMEOUT_S, ScriptedServer
 
 CHANNEL_OF = {"t": "trades", "q": "quotes", "b": "bars"}
-AUTH_TIMEOUT_S = 10
 
 
 def rfc3339(us: int, nanos: int = 0) -> str:
@@ -49,140 +37,58 @@ def bar(symbol: str, start_us: int, o: float, h: float, low: float, c: float, v:
             "t": rfc3339(start_us)[:19] + "Z", "n": n, "vw": vw}
 
 
-class AlpacaServer:
-    def __init__(self, key: str = "test-key", secret: str = "test-secret", *,
-                 scripts: list[list[tuple]] = (), batch: int = 100, max_connections: int = 1):
+class AlpacaServer(ScriptedServer):
+    path = "/v2/iex"
+
+    def __init__(self, key: str = "test-key", secret: str = "test-secret", **kw):
+        super().__init__(**kw)
         self.key, self.secret = key, secret
-        self.scripts = list(scripts)
-        self.batch = batch
-        self.max_connections = max_connections
-        self.connections = 0  # accepted so far
-        self.subscribes: list[dict] = []  # subscribe messages received
-        self.auth_failures = 0
-        self._active = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server = None
-        self.url = ""
 
-    # -- lifecycle ---------------------------------------------------------------------
-    def __enter__(self) -> "AlpacaServer":
-        self._thread.start()
-        async def start():
-            return await serve(self._handler, "127.0.0.1", 0, ping_interval=None, max_size=None)
+    def limit_reached(self) -> list:
+        return [{"T": "error", "code": 406, "msg": "connection limit exceeded"}]
 
-        self._server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"ws://127.0.0.1:{port}/v2/iex"
-        return self
+    async def welcome(self, ws) -> None:
+        await self.send(ws, [{"T": "success", "msg": "connected"}])
 
-    def __exit__(self, *exc) -> None:
-        async def shutdown():
-            self._server.close()
-            await self._server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    # -- protocol ----------------------------------------------------------------------
-    @staticmethod
-    async def _send(ws, messages: list) -> None:
-        await ws.send(json.dumps(messages, separators=(",", ":")))
-
-    async def _handler(self, ws) -> None:
-        if self._active >= self.max_connections:
-            await self._send(ws, [{"T": "error", "code": 406, "msg": "connection limit exceeded"}])
-            await ws.close()
-            return
-        self._active += 1
-        n = self.connections
-        self.connections += 1
-        try:
-            await self._send(ws, [{"T": "success", "msg": "connected"}])
-            if not await self._authenticate(ws):
-                await ws.wait_closed()
-                return
-            subs = {"trades": set(), "quotes": set(), "bars": set()}
-            subscribed = asyncio.Event()
-            reader = asyncio.create_task(self._read_requests(ws, subs, subscribed))
-            await subscribed.wait()
-            for step in (self.scripts[n] if n < len(self.scripts) else []):
-                if not await self._run(ws, step, subs):
-                    break
-            else:
-                await ws.wait_closed()
-            reader.cancel()
-        except ConnectionClosed:
-            pass
-        finally:
-            self._active -= 1
-
-    async def _authenticate(self, ws) -> bool:
+    async def authenticate(self, ws) -> bool:
         while True:
             try:
                 raw = await asyncio.wait_for(ws.recv(), AUTH_TIMEOUT_S)
             except TimeoutError:
-                await self._send(ws, [{"T": "error", "code": 404, "msg": "auth timeout"}])
+                await self.send(ws, [{"T": "error", "code": 404, "msg": "auth timeout"}])
                 await ws.close()
                 return False
             try:
                 msg = json.loads(raw)
             except ValueError:
-                await self._send(ws, [{"T": "error", "code": 400, "msg": "invalid syntax"}])
+                await self.send(ws, [{"T": "error", "code": 400, "msg": "invalid syntax"}])
                 continue
             if msg.get("action") != "auth":
-                await self._send(ws, [{"T": "error", "code": 401, "msg": "not authenticated"}])
+                await self.send(ws, [{"T": "error", "code": 401, "msg": "not authenticated"}])
                 continue
             if msg.get("key") != self.key or msg.get("secret") != self.secret:
                 self.auth_failures += 1
-                await self._send(ws, [{"T": "error", "code": 402, "msg": "auth failed"}])
+                await self.send(ws, [{"T": "error", "code": 402, "msg": "auth failed"}])
                 return False
-            await self._send(ws, [{"T": "success", "msg": "authenticated"}])
+            await self.send(ws, [{"T": "success", "msg": "authenticated"}])
             return True
 
-    async def _read_requests(self, ws, subs: dict, subscribed: asyncio.Event) -> None:
-        async for raw in ws:
-            try:
-                msg = json.loads(raw)
-            except ValueError:
-                await self._send(ws, [{"T": "error", "code": 400, "msg": "invalid syntax"}])
-                continue
-            action = msg.get("action")
-            if action not in ("subscribe", "unsubscribe"):
-                await self._send(ws, [{"T": "error", "code": 400, "msg": "invalid syntax"}])
-                continue
-            self.subscribes.append(msg)
-            for channel in subs:
-                symbols = set(msg.get(channel) or [])
-                subs[channel] = subs[channel] | symbols if action == "subscribe" else subs[channel] - symbols
-            trades = sorted(subs["trades"])
-            await self._send(ws, [{"T": "subscription", "trades": trades, "quotes": sorted(subs["quotes"]),
-                                   "bars": sorted(subs["bars"]), "updatedBars": [], "dailyBars": [],
-                                   "statuses": [], "lulds": [], "corrections": trades,
-                                   "cancelErrors": trades}])
-            subscribed.set()
-
-    async def _run(self, ws, step: tuple, subs: dict) -> bool:
-        """One script step; False when the connection is gone after it."""
-        what = step[0]
-        if what == "data":
-            wanted = [m for m in step[1]
-                      if m["T"] not in CHANNEL_OF or m["S"] in subs[CHANNEL_OF[m["T"]]]]
-            for i in range(0, len(wanted), self.batch):
-                await self._send(ws, wanted[i:i + self.batch])
-        elif what == "raw":
-            await ws.send(step[1])
-        elif what == "close":
-            await ws.close(1001, "going away")
+    async def request(self, ws, msg, subs: dict) -> bool:
+        action = msg.get("action") if isinstance(msg, dict) else None
+        if action not in ("subscribe", "unsubscribe"):
+            await self.send(ws, [{"T": "error", "code": 400, "msg": "invalid syntax"}])
             return False
-        elif what == "deaf":
-            ws.transport.pause_reading()
-            await asyncio.sleep(step[1])
-            ws.transport.abort()
-            return False
-        elif what == "sleep":
-            await asyncio.sleep(step[1])
-        else:
-            raise ValueError(f"unknown script step {step!r}")
+        self.subscribes.append(msg)
+        for channel in ("trades", "quotes", "bars"):
+            have = subs.get(channel, set())
+            symbols = set(msg.get(channel) or [])
+            subs[channel] = have | symbols if action == "subscribe" else have - symbols
+        trades = sorted(subs["trades"])
+        await self.send(ws, [{"T": "subscription", "trades": trades, "quotes": sorted(subs["quotes"]),
+                              "bars": sorted(subs["bars"]), "updatedBars": [], "dailyBars": [],
+                              "statuses": [], "lulds": [], "corrections": trades,
+                              "cancelErrors": trades}])
         return True
+
+    def wanted(self, m: dict, subs: dict) -> bool:
+        return m["T"] not in CHANNEL_OF or m["S"] in subs[CHANNEL_OF[m["T"]]]

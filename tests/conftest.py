@@ -22,6 +22,10 @@ from ticktape import kafka_clients
 from ticktape.config import settings as make_settings
 from ticktape.stack import LocalStack, free_port
 
+# The suite's data sit at any hour of any day: the market calendar is off unless a test
+# names one (tests/test_calendar.py); commands run by tests inherit it.
+os.environ.setdefault("MARKET_CALENDAR", "off")
+
 
 def _docker_available() -> bool:
     if not (Path("/var/run/docker.sock").exists() or os.environ.get("DOCKER_HOST")):

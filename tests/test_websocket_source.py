@@ -72,26 +72,26 @@ def test_backoff_grows_to_the_cap_with_jitter():
 
 
 def test_error_classification():
-    assert alpaca.ProviderError(402, "auth failed").retry is False
-    assert alpaca.ProviderError(409, "insufficient subscription").retry is False
-    assert alpaca.ProviderError(406, "connection limit exceeded").retry is True
-    assert "ALPACA_API_KEY_ID" in str(alpaca.ProviderError(402, "auth failed"))
+    assert alpaca.error(402, "auth failed").retry is False
+    assert alpaca.error(409, "insufficient subscription").retry is False
+    assert alpaca.error(406, "connection limit exceeded").retry is True
+    assert "ALPACA_API_KEY_ID" in str(alpaca.error(402, "auth failed"))
 
 
 # --- against the local server and the broker -----------------------------------------
 def ws_settings(settings, url, **kw):
     kafka_clients.ensure_topics(settings, ["md.ticks", "md.bars.1m"])
-    base = dict(alpaca_api_key_id=KEY, alpaca_api_secret_key=SECRET, websocket_url=url,
+    base = dict(alpaca_api_key_id=KEY, alpaca_api_secret_key=SECRET, polygon_api_key=KEY, websocket_url=url,
                 websocket_ping_interval_s=0.2, websocket_timeout_s=0.5,
                 websocket_backoff_base_s=0.05, websocket_backoff_max_s=0.2)
     return dataclasses.replace(settings, **(base | kw))
 
 
-def run_feed(s, symbols, count, channels=alpaca.CHANNELS, publisher=None) -> WebSocketFeed:
+def run_feed(s, symbols, count, channels=None, publisher=None, provider=alpaca.PROVIDER) -> WebSocketFeed:
     stop = StopFlag(install_signals=False)
     guard = threading.Timer(60, stop.set)  # never hang the suite
     guard.start()
-    feed = WebSocketFeed(s, symbols, channels, stop=stop, count=count, publisher=publisher)
+    feed = WebSocketFeed(s, symbols, channels, stop=stop, count=count, publisher=publisher, provider=provider)
     try:
         feed.run()
     finally:

@@ -116,6 +116,11 @@ class Settings:
     alpaca_api_secret_key: str = _setting(
         "ALPACA_API_SECRET_KEY", "", "Alpaca API secret key", secret=True)
     alpaca_feed: str = _setting("ALPACA_FEED", "iex", "Alpaca data feed: iex (free), sip, delayed_sip, test")
+    polygon_api_key: str = _setting(
+        "POLYGON_API_KEY", "", "Polygon.io API key (produce websocket --provider polygon)", secret=True)
+    polygon_feed: str = _setting(
+        "POLYGON_FEED", "realtime", "Polygon.io stocks cluster: realtime (socket.polygon.io) or delayed "
+        "(delayed.polygon.io, 15 minutes)")
     websocket_url: str = _setting(
         "WEBSOCKET_URL", "", "override the provider's stream URL (sandbox, a local test server)")
     websocket_queue_size: int = _setting(
@@ -131,6 +136,19 @@ class Settings:
         "WEBSOCKET_BACKOFF_BASE_S", 0.5, "first reconnect delay (doubles per failure, full jitter)", low=0)
     websocket_backoff_max_s: float = _setting(
         "WEBSOCKET_BACKOFF_MAX_S", 30.0, "longest reconnect delay", low=0)
+    market_calendar: str = _setting(
+        "MARKET_CALENDAR", "XNYS",
+        "exchange calendar (exchange_calendars name, e.g. XNYS, XLON) whose sessions live sources publish in, "
+        "the risk engine accepts orders in (MARKET_CLOSED) and backtests/training keep; off = always open")
+    market_pre_minutes: int = _setting(
+        "MARKET_PRE_MINUTES", 0, "minutes before each open that count as the session (pre-market; 330 = 04:00 ET)",
+        low=0, high=720)
+    market_post_minutes: int = _setting(
+        "MARKET_POST_MINUTES", 0, "minutes after each close that count as the session (post-market; 240 = 20:00 ET)",
+        low=0, high=720)
+    sim_calendar: int = _setting(
+        "SIM_CALENDAR", 0, "1 = the simulator follows MARKET_CALENDAR: ticks only in sessions (closed time skipped), "
+        "a close heartbeat at each close", low=0, high=1)
     # --- stream processing ---------------------------------------------------------
     bar_intervals: str = _setting("BAR_INTERVALS", "1s,1m", "bar intervals (s, m, h suffixes)")
     bar_grace_ms: int = _setting(

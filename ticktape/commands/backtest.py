@@ -157,13 +157,14 @@ def make_setup(s: Settings, symbols: tuple[str, ...], risk_path: str | None):
     from ..core.backtest import Setup
     from ..core.execution import ExecConfig
     from ..core.strategy import StrategyConfig
+    from ..market_calendar import market_hours
     from ..risk_config import load_risk_limits, risk_config_path
 
     path = Path(risk_path) if risk_path else risk_config_path(s)
     if s.exec_market_data not in ("ticks", "bars"):
         raise UsageError(f"EXEC_MARKET_DATA must be ticks or bars, got {s.exec_market_data!r}")
     try:
-        limits = load_risk_limits(path)
+        limits = load_risk_limits(path).with_market_hours(market_hours(s))
         return Setup(tuple(s.interval_list), s.bar_grace_ms * 1000, StrategyConfig.from_settings(s),
                      ExecConfig.from_settings(s), limits, yaml.safe_load(path.read_text()), s.starting_cash,
                      symbols, s.exec_market_data, s.risk_idle_ms * 1000, s.risk_max_pending)
@@ -314,6 +315,20 @@ def table_market(name: str, kind: str, events: list[dict], start: int | None, en
                                      and (symbols is None or t["symbol"] in symbols)))
 
 
+def in_sessions(market: Market, hours) -> Market:
+    """The market's events inside the sessions of ``hours`` (a MarketHours; None: all):
+    closed days and hours are skipped as the live sources skip them.  A bar is kept when
+    its window meets a session (a daily bar: a trading day); heartbeats stay."""
+    from ..core.bars import is_heartbeat
+
+    if hours is None:
+        return market
+    if market.bars is not None:
+        return replace(market, bars=[b for b in market.bars if hours.overlaps(b["window_start"], b["window_end"])])
+    return replace(market, ticks={p: [t for t in v if is_heartbeat(t) or hours.is_open(t["ts"])]
+                                  for p, v in market.ticks.items()})
+
+
 def read_market(s: Settings, args) -> Market:
     """The command's input (--source, --input, --bars, --from/--to, --symbols)."""
     from producers.replay import read_csv
@@ -441,7 +456,10 @@ def prepare(s: Settings, market: Market, symbols: tuple[str, ...], model: str | 
     ``ticktape.backtest.run``.  Bars run at their own interval: BAR_INTERVALS and
     STRATEGY_INTERVAL become it, and fills take the next bar's open (EXEC_MARKET_DATA=bars)."""
     from ..core import backtest as bt
+    from ..market_calendar import market_hours
 
+    hours = market_hours(s)
+    market = in_sessions(market, hours)
     if market.bars is not None:
         s = replace(s, bar_intervals=market.interval, strategy_interval=market.interval, exec_market_data="bars")
     setups = [make_setup(replace(s, **o), symbols, risk_path) for o in variants or [{}]]
@@ -450,7 +468,8 @@ def prepare(s: Settings, market: Market, symbols: tuple[str, ...], model: str | 
     if market.size == 0:
         what = f"{market.interval} bars" if market.bars is not None else "ticks"
         raise UsageError(f"no {what} from {_iso(start) if start is not None else 'the start'} "
-                         f"to {_iso(end) if end is not None else 'the end'} in {market.where}")
+                         f"to {_iso(end) if end is not None else 'the end'} in {market.where}"
+                         + (f" inside the {hours.name} sessions (MARKET_CALENDAR)" if hours else ""))
     if market.bars is not None:  # the period: the bars' windows
         start, end = market.bars[0]["window_start"], market.bars[-1]["ts"]
         fingerprint, live_cutoff = bt.data_fingerprint({0: market.bars}, bt.BAR_FIELDS), None

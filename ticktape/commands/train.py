@@ -17,6 +17,7 @@ from ..core.features import FEATURE_NAMES, Bars, build_dataset
 from ..core.indicators import BarError
 from ..core.intervals import interval_seconds
 from ..core.ml import TrainParams, train
+from ..market_calendar import market_hours
 from .produce import parse_time
 
 SOURCES = ("db", "csv", "topic", "sim")
@@ -136,10 +137,13 @@ def _sim_bars(s, interval: str, minutes: float) -> Bars:
                                            minutes=minutes, interval=interval))
 
 
-def _select(bars: Bars, start, end, symbols) -> Bars:
+def _select(bars: Bars, start, end, symbols, hours=None, width_us: int = 0) -> Bars:
+    """The bars in [start, end) of ``symbols`` whose window meets a session of ``hours``
+    (a MarketHours; None: any time): closed days and hours are skipped as live sources skip them."""
     keep = [i for i in range(len(bars))
             if (start is None or bars.window_start[i] >= start) and (end is None or bars.window_start[i] < end)
-            and (symbols is None or bars.symbol[i] in symbols)]
+            and (symbols is None or bars.symbol[i] in symbols)
+            and (hours is None or hours.overlaps(bars.window_start[i], bars.window_start[i] + width_us))]
     if len(keep) == len(bars):
         return bars
     cols = [bars.symbol, bars.window_start, bars.open, bars.high, bars.low, bars.close, bars.volume]
@@ -192,9 +196,14 @@ def run(args) -> int:
             f"sim:seed={s.sim_seed} minutes={args.sim_minutes:g} symbols={len(s.symbol_list)}")
     if lines is not None and (args.start is not None or args.end is not None or symbols):
         lines = None  # rows are selected below: the engine's row no longer maps to a line
-    bars = _select(bars, args.start, args.end, symbols)
+    hours = market_hours(s)
+    given = len(bars)
+    bars = _select(bars, args.start, args.end, symbols, hours, interval_seconds(args.interval) * 1_000_000)
+    if len(bars) != given:
+        lines = None  # rows were dropped: the engine's row no longer maps to a line
     if len(bars) == 0:
-        raise UsageError(f"no {args.interval} bars in {source} for the selected symbols and time range")
+        raise UsageError(f"no {args.interval} bars in {source} for the selected symbols and time range"
+                         + (f" inside the {hours.name} sessions (MARKET_CALENDAR)" if hours else ""))
     try:
         ds = build_dataset(bars, args.interval, args.horizon)
     except BarError as e:

@@ -16,6 +16,8 @@ import json
 import zlib
 from datetime import datetime, timedelta, timezone
 
+from ticktape.core.feed import Parsed, ProtocolError, Provider, ProviderError
+
 SOURCE = "websocket:alpaca"
 STREAM_URL = "wss://stream.data.alpaca.markets/v2/{feed}"
 CHANNELS = ("trades", "quotes", "bars")
@@ -45,17 +47,9 @@ ERRORS = {
 }
 
 
-class ProviderError(Exception):
-    """An error message from the provider."""
-
-    def __init__(self, code: int | None, msg: str):
-        meaning, self.retry = ERRORS.get(code, (msg, True))
-        self.code = code
-        super().__init__(f"alpaca error {code}: {msg}" + (f" ({meaning})" if meaning != msg else ""))
-
-
-class ProtocolError(Exception):
-    """The server said something the protocol does not allow at this point."""
+def error(code: int | None, msg: str) -> ProviderError:
+    meaning, retry = ERRORS.get(code, (msg, True))
+    return ProviderError("alpaca", code, msg, meaning, retry)
 
 
 def to_provider_symbol(symbol: str) -> str:
@@ -77,14 +71,14 @@ def subscribe_message(symbols: list[str], channels: tuple[str, ...] = CHANNELS) 
 
 def check_control(messages: list, expected: str) -> dict:
     """The single control message of an array, which must be ``expected``
-    ("connected", "authenticated" or "subscription"); an ``error`` raises ProviderError."""
+    ("connected", "authenticated" or "subscribed"); an ``error`` raises ProviderError."""
     if not isinstance(messages, list) or len(messages) != 1 or not isinstance(messages[0], dict):
         raise ProtocolError(f"expected one control message ({expected}), got {str(messages)[:200]}")
     m = messages[0]
     kind = m.get("T")
     if kind == "error":
-        raise ProviderError(m.get("code"), str(m.get("msg", "")))
-    if expected == "subscription" and kind == "subscription":
+        raise error(m.get("code"), str(m.get("msg", "")))
+    if expected == "subscribed" and kind == "subscription":
         return m
     if kind == "success" and m.get("msg") == expected:
         return m
@@ -150,3 +144,35 @@ def bar_from_bar(m: dict) -> dict:
 DATA_TYPES = {"t": ("trade", TICK_TOPIC, "tick", tick_from_trade),
               "q": ("quote", TICK_TOPIC, "tick", tick_from_quote),
               "b": ("bar", BAR_TOPIC, "bar", bar_from_bar)}
+
+
+def parse(m) -> Parsed:
+    kind = m.get("T") if isinstance(m, dict) else None
+    kind = kind if isinstance(kind, str) else None
+    spec = DATA_TYPES.get(kind)
+    if spec is not None:
+        name, topic, event_type, mapper = spec
+        try:
+            return Parsed(name, mapper(m), topic, event_type)
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            return Parsed("malformed", detail=f"{name} ({type(e).__name__}: {e})")
+    if kind == "error":
+        raise error(m.get("code"), str(m.get("msg", "")))
+    if kind in ("success", "subscription"):
+        return Parsed("control")
+    if kind in IGNORED_TYPES:
+        return Parsed("ignored")
+    if kind is not None:
+        return Parsed("unknown", detail=kind)
+    return Parsed("malformed", detail="not a typed message")
+
+
+def confirmed(ack: dict, channel: str) -> set[str]:
+    return set(ack.get(channel) or [])
+
+
+PROVIDER = Provider(
+    name="alpaca", source=SOURCE, channels=CHANNELS,
+    credentials=("alpaca_api_key_id", "alpaca_api_secret_key"), feed_setting="alpaca_feed",
+    url=lambda feed: STREAM_URL.format(feed=feed), auth=auth_message, subscribe=subscribe_message,
+    expect=check_control, parse=parse, confirmed=confirmed, to_provider_symbol=to_provider_symbol)

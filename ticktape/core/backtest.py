@@ -76,7 +76,8 @@ class Setup:
                 "execution": {k: getattr(ex, k) for k in ex.__dataclass_fields__},
                 "market_data": self.market_data, "starting_cash": self.starting_cash,
                 "universe": list(self.universe), "risk_limits": self.limits_doc,
-                "risk_idle_us": self.idle_us, "risk_max_pending": self.max_pending}
+                "risk_idle_us": self.idle_us, "risk_max_pending": self.max_pending,
+                "market_hours": hours.name if (hours := self.limits.defaults.market_hours) else "off"}
 
 
 def flush_ticks(end_us: int, setup: Setup, partitions: int) -> list[dict]:

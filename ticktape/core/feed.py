@@ -1,5 +1,11 @@
-"""Live-feed bookkeeping with no I/O: duplicate and gap detection, per-symbol sequence
-numbers, reconnect backoff.
+"""Live feeds with no I/O: what a provider is, duplicate and gap detection, per-symbol
+sequence numbers, reconnect backoff.
+
+A provider (``ticktape/core/alpaca.py``, ``ticktape/core/polygon.py``) is one module
+defining a ``PROVIDER``: its stream URL, its auth and subscribe messages, the check of
+each handshake step (connected, authenticated, subscribed) and the parse of one message
+of a frame (frames are JSON arrays of messages for every provider so far).  The
+WebSocket adapter (``producers/websocket.py``) does the rest for all of them.
 
 A live stream over one TCP connection loses nothing, so data can only go missing while
 the feed reconnects.  Per symbol and stream (``tick`` or ``bar``) the tracker therefore
@@ -17,10 +23,55 @@ publishing a fact twice.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 DEFAULT_DEPTH = 2048
+HANDSHAKE = ("connected", "authenticated", "subscribed")  # the steps ``Provider.expect`` checks
+
+
+class ProviderError(Exception):
+    """An error message from the provider; ``retry`` False when reconnecting cannot fix it
+    (a bad key, a plan that lacks the feed): the feed then ends with this message."""
+
+    def __init__(self, provider: str, code, msg: str, meaning: str | None = None, retry: bool = True):
+        self.code, self.retry = code, retry
+        super().__init__(f"{provider} error {code}: {msg}" + (f" ({meaning})" if meaning and meaning != msg else ""))
+
+
+class ProtocolError(Exception):
+    """The server said something the protocol does not allow at this point."""
+
+
+class Parsed(NamedTuple):
+    """One message of a frame, classified.  ``kind``: a data kind (``trade``, ``quote``,
+    ``bar``: then ``topic``, ``event_type`` and ``event`` are set), ``control``,
+    ``ignored`` (a type this project does not publish), ``unknown`` (``detail``: the
+    type) or ``malformed`` (``detail``: why).  Error messages raise ProviderError."""
+
+    kind: str
+    event: dict | None = None
+    topic: str = ""
+    event_type: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str  # --provider
+    source: str  # the events' ``source`` and the metrics' label
+    channels: tuple[str, ...]  # what --channels may name (all by default)
+    credentials: tuple[str, ...]  # settings (lower-case env names) auth() takes, in order
+    feed_setting: str  # the setting naming the provider's feed/cluster, passed to url()
+    url: Callable[[str], str]  # feed -> stream URL
+    auth: Callable[..., str]  # credentials -> the auth message
+    subscribe: Callable[[list[str], tuple[str, ...]], str]  # (symbols, channels) -> message
+    expect: Callable[[Any, str], dict]  # (decoded frame, HANDSHAKE step) -> its message, or raise
+    parse: Callable[[Any], Parsed]
+    # (subscription ack, channel) -> provider symbols it confirms ("*" = all), None = not told
+    confirmed: Callable[[dict, str], set[str] | None]
+    to_provider_symbol: Callable[[str], str]
 
 
 class Gap(NamedTuple):

@@ -18,6 +18,8 @@ first that fails is the one reason code of the rejection:
    :func:`set_trading_state` (``ticktape risk reset``) -- the day roll does not un-halt.
 2. ``REDUCE_ONLY`` -- the account is REDUCING and the order would not reduce the
    position (reducing = same sign, smaller size; a flip is not reducing).
+   ``MARKET_CLOSED`` -- with market hours (MARKET_CALENDAR), the intent's event time is
+   outside a session: decided from the event's ts alone, so a replay decides the same.
 3. ``STALE_MARKET_DATA`` -- no price for the symbol, or the last one is older than
    ``stale_after_s`` at the intent's ts.
 4. ``PRICE_COLLAR`` -- the intent's reference price is more than ``price_collar_pct``
@@ -37,9 +39,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..config import ConfigError
+from .calendar import MarketHours
 from .portfolio import Portfolio, fold_fill, mark
 from .trading import US_PER_DAY, US_PER_S, RecentIds, iso, side_of, tick_price, utc_day
 
@@ -48,7 +51,7 @@ TRADING_STATES = (ACTIVE, REDUCING, HALTED)
 REASON_CODES = (
     "MAX_POSITION_QTY", "MAX_POSITION_NOTIONAL", "MAX_GROSS_EXPOSURE", "MAX_ORDER_NOTIONAL",
     "PRICE_COLLAR", "ORDER_RATE", "STALE_MARKET_DATA", "TRADING_HALTED", "REDUCE_ONLY",
-    "DAILY_LOSS_LIMIT",
+    "DAILY_LOSS_LIMIT", "MARKET_CLOSED",
 )
 SIGNAL_MEMORY = 4096  # signal ids remembered to drop redeliveries
 
@@ -74,6 +77,7 @@ class AccountLimits:
     stale_after_s: float
     symbol_defaults: SymbolLimits
     symbols: dict  # symbol -> SymbolLimits, for symbols with their own limits
+    market_hours: MarketHours | None = None  # None: orders at any time
 
     def for_symbol(self, symbol: str) -> SymbolLimits:
         return self.symbols.get(symbol, self.symbol_defaults)
@@ -164,6 +168,11 @@ class RiskLimits:
         accounts = {str(name): _build(base, _sections(raw, f"accounts.{name}", False))
                     for name, raw in accounts_raw.items()}
         return cls(_build(base, ({}, {}, {})), accounts)
+
+    def with_market_hours(self, hours: MarketHours | None) -> "RiskLimits":
+        """These limits, every account accepting orders only inside ``hours``' sessions."""
+        return RiskLimits(replace(self.defaults, market_hours=hours),
+                          {a: replace(lim, market_hours=hours) for a, lim in self.accounts.items()})
 
 
 def _build(base, own) -> AccountLimits:
@@ -320,6 +329,9 @@ def _reason(r: Risk, sig: dict, symbol: str, committed: float, target: float,
         return ("REDUCE_ONLY", f"account {r.account} is REDUCING: only orders that reduce a position pass; "
                 f"{symbol} {_n(committed)} -> {_n(target)} does not")
     ts = sig["ts"]
+    hours = acct.market_hours
+    if hours is not None and not hours.is_open(ts):
+        return "MARKET_CLOSED", f"{iso(ts)} is outside the {hours.name} sessions"
     last_ts = r.md_ts.get(symbol)
     if last_ts is None:
         return "STALE_MARKET_DATA", f"no market data for {symbol} yet"

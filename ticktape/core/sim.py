@@ -12,12 +12,17 @@ Model, per step of ``1 / tick_rate`` seconds of event time:
   over the US session (13:30–20:00 UTC; outside it a low flat level).
 
 Everything is drawn from one ``numpy`` PCG64 stream in fixed-size chunks, so output
-depends only on (seed, symbols, tick_rate, start) — not on how it is consumed.
+depends only on (seed, symbols, tick_rate, start, clock) — not on how it is consumed.
+
+A ``clock`` maps the steps' elapsed event time to instants: a market calendar's session
+clock (``MarketHours.session_clock``) puts every tick inside a session, skipping nights,
+weekends and holidays; the time a symbol waited over a closed period moves its price
+like any other wait (an overnight gap).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -37,7 +42,7 @@ def volume_profile(seconds_of_day: np.ndarray) -> np.ndarray:
 
 class MarketSimulator:
     def __init__(self, symbols: list[str], *, seed: int, tick_rate: float, start_us: int,
-                 source: str = "sim"):
+                 source: str = "sim", clock: Callable[[np.ndarray], np.ndarray] | None = None):
         if not symbols:
             raise ValueError("the simulator needs at least one symbol")
         if tick_rate <= 0:
@@ -46,6 +51,7 @@ class MarketSimulator:
         self.source = source
         self.step_us = max(1, round(1e6 / tick_rate))
         self.start_us = start_us
+        self.clock = clock
         self._rng = np.random.Generator(np.random.PCG64(seed))
         n = len(self.symbols)
         # fixed per-symbol parameters, drawn first so they do not depend on run length
@@ -72,7 +78,8 @@ class MarketSimulator:
     def next_chunk(self) -> list[dict]:
         rng = self._rng
         k = CHUNK
-        ts = self.start_us + (self._step + np.arange(1, k + 1, dtype=np.int64)) * self.step_us
+        elapsed = (self._step + np.arange(1, k + 1, dtype=np.int64)) * self.step_us
+        ts = self.start_us + elapsed if self.clock is None else self.clock(elapsed)
         self._step += k
         who = np.searchsorted(self._cum_weights, rng.random(k), side="right")
         who = np.minimum(who, len(self.symbols) - 1)

@@ -1,0 +1,145 @@
+"""What the local provider servers (tests/alpaca_server.py, tests/polygon_server.py)
+share: a WebSocket server on a free loopback port, a connection limit, and per
+connection a script run once the client has subscribed:
+
+    ("data", [messages])   send data points, ``batch`` per frame, filtered by the subscription
+    ("raw", text)          send one raw text frame (e.g. malformed JSON)
+    ("close",)             close the connection (mid-stream)
+    ("deaf", seconds)      stop reading: pings go unanswered; then drop the socket
+    ("sleep", seconds)
+A connection whose script is done (or that has none) stays open, idle.
+
+A subclass speaks its provider's protocol: ``welcome``, ``authenticate``, ``request``
+(a subscribe/unsubscribe after auth) and ``wanted`` (is a data point subscribed).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosed
+
+AUTH_TIMEOUT_S = 10
+
+
+class ScriptedServer:
+    path = "/"
+
+    def __init__(self, *, scripts: list[list[tuple]] = (), batch: int = 100, max_connections: int = 1):
+        self.scripts = list(scripts)
+        self.batch = batch
+        self.max_connections = max_connections
+        self.connections = 0  # accepted so far
+        self.subscribes: list[dict] = []  # subscribe messages received
+        self.auth_failures = 0
+        self._active = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server = None
+        self.url = ""
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def __enter__(self):
+        self._thread.start()
+
+        async def start():
+            return await serve(self._handler, "127.0.0.1", 0, ping_interval=None, max_size=None)
+
+        self._server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}{self.path}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        async def shutdown():
+            self._server.close()
+            await self._server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    # -- the provider's protocol (subclasses) ------------------------------------------
+    def limit_reached(self) -> list:
+        raise NotImplementedError
+
+    async def welcome(self, ws) -> None:
+        raise NotImplementedError
+
+    async def authenticate(self, ws) -> bool:
+        """Read until authenticated (True) or refused (False: the server closes)."""
+        raise NotImplementedError
+
+    async def request(self, ws, msg, subs: dict) -> bool:
+        """Answer one request after auth; True when it was a subscription change."""
+        raise NotImplementedError
+
+    def wanted(self, m: dict, subs: dict) -> bool:
+        raise NotImplementedError
+
+    # -- the shared part ---------------------------------------------------------------
+    @staticmethod
+    async def send(ws, messages: list) -> None:
+        await ws.send(json.dumps(messages, separators=(",", ":")))
+
+    async def _handler(self, ws) -> None:
+        if self._active >= self.max_connections:
+            await self.send(ws, self.limit_reached())
+            await ws.close()
+            return
+        self._active += 1
+        n = self.connections
+        self.connections += 1
+        try:
+            await self.welcome(ws)
+            if not await self.authenticate(ws):
+                await ws.wait_closed()
+                return
+            subs: dict = {}
+            subscribed = asyncio.Event()
+            reader = asyncio.create_task(self._read_requests(ws, subs, subscribed))
+            await subscribed.wait()
+            for step in (self.scripts[n] if n < len(self.scripts) else []):
+                if not await self._run(ws, step, subs):
+                    break
+            else:
+                await ws.wait_closed()
+            reader.cancel()
+        except ConnectionClosed:
+            pass
+        finally:
+            self._active -= 1
+
+    async def _read_requests(self, ws, subs: dict, subscribed: asyncio.Event) -> None:
+        async for raw in ws:
+            try:
+                msg = json.loads(raw)
+            except ValueError:
+                msg = None
+            if await self.request(ws, msg, subs):
+                subscribed.set()
+
+    async def _run(self, ws, step: tuple, subs: dict) -> bool:
+        """One script step; False when the connection is gone after it."""
+        what = step[0]
+        if what == "data":
+            wanted = [m for m in step[1] if self.wanted(m, subs)]
+            for i in range(0, len(wanted), self.batch):
+                await self.send(ws, wanted[i:i + self.batch])
+        elif what == "raw":
+            await ws.send(step[1])
+        elif what == "close":
+            await ws.close(1001, "going away")
+            return False
+        elif what == "deaf":
+            ws.transport.pause_reading()
+            await asyncio.sleep(step[1])
+            ws.transport.abort()
+            return False
+        elif what == "sleep":
+            await asyncio.sleep(step[1])
+        else:
+            raise ValueError(f"unknown script step {step!r}")
+        return True
