@@ -27,8 +27,11 @@ BOOTSTRAP_INTERVAL = "1s"
 # Ticks travel in per-symbol batches (TickBatch): one message per tick caps the worker at
 # a few thousand ticks/s.  Paper fills take the next bar's open: a tick-level execution
 # stage reads md.ticks beside the bars stage, and Faust pauses a topic for all its
-# agents while the slowest one's buffer is full.
-RUN_DEFAULTS = {"TICK_BATCH_MAX": "500", "TICK_BATCH_MS": "100", "EXEC_MARKET_DATA": "bars"}
+# agents while the slowest one's buffer is full.  The simulator's market is open around
+# the clock: under the exchange's calendar a run at night would reject every order
+# (MARKET_CLOSED); MARKET_CALENDAR=XNYS SIM_CALENDAR=1 make run follows the exchange.
+RUN_DEFAULTS = {"TICK_BATCH_MAX": "500", "TICK_BATCH_MS": "100", "EXEC_MARKET_DATA": "bars",
+                "MARKET_CALENDAR": "off"}
 # features with a 50/200-bar lookback would keep a short run from ever predicting
 BOOTSTRAP_TRAIN = ["--source", "sim", "--sim-minutes", "60", "--horizon", "5",
                    "--exclude", "sma_200_rel,sma_50_rel", "--activate"]
