@@ -186,6 +186,15 @@ def pipeline() -> dict:
             prom("sum by (sink) (increase(ticktape_sink_errors_total[5m]))", "write failures {{sink}}"),
             prom("sum by (stage, topic) (increase(ticktape_dlq_messages_total[5m]))", "DLQ {{topic}}")],
               unit="short", description="Counts over the last 5 minutes."),
+        panel("TimescaleDB jobs failing", "stat", [prom(
+            "sum(ticktape_timescaledb_job_failed) or vector(0)", "failing", instant=True)], w=6,
+              defaults={"thresholds": thresholds(("green", None), ("red", 1))},
+              description="Background jobs (compression, retention, aggregate refresh) whose last run "
+                          "failed; always 0 on plain PostgreSQL. Details: timescaledb_information.job_errors."),
+        panel("TimescaleDB job failures", "timeseries", [prom(
+            "sum by (job_id, proc, hypertable) (ticktape_timescaledb_job_failures)",
+            "{{proc}} {{hypertable}} (job {{job_id}})")], w=18, unit="short",
+              description="Failed runs per job since it was created (the sink reads them every 30 s)."),
         panel("Sink rows written per table", "timeseries", [prom(
             f"sum by (sink, table) (rate(ticktape_sink_rows_total{RATE}))", "{{sink}} {{table}}")], unit="rowsps"),
         panel("Sink batches and batch latency", "timeseries", [
