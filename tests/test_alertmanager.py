@@ -43,7 +43,7 @@ def test_alertmanager_config_is_valid(tmp_path):
 class _Receiver(BaseHTTPRequestHandler):
     got: queue.Queue
 
-    def do_POST(self):  # noqa: N802 (http.server's name)
+    def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.got.put((self.path, self.headers["Content-Type"], json.loads(body)))
         self.send_response(200)
