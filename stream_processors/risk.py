@@ -44,6 +44,8 @@ class RiskStage:
         self._latency = metrics.EVENT_LATENCY.labels(STAGE)
         for code in REASON_CODES:  # at 0 from the start, so rate() sees a first rejection
             metrics.RISK_REJECTIONS.labels(code)
+        for side in ("BUY", "SELL"):  # the same for the orders of the account the strategy trades
+            metrics.ORDERS.labels(s.trading_account, side)
         self.grace_s = s.bar_grace_ms / 1000  # latency from the bar's close, as in the other stages
         self._counted: dict[str, dict[str, int]] = {}  # the desks' counters already exported
         self._idle: dict[str, list[str]] = {}  # idle symbols last reported, per account
