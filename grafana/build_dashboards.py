@@ -287,7 +287,7 @@ def trading() -> dict:
     positions = f"""
         SELECT symbol, quantity, avg_cost, last_price, market_value, realized_pnl, unrealized_pnl
         FROM (SELECT DISTINCT ON (symbol) * FROM positions WHERE {ACCT} ORDER BY symbol, ts DESC) p
-        WHERE quantity <> 0 ORDER BY abs(market_value) DESC"""
+        ORDER BY quantity = 0, abs(market_value) DESC, symbol"""
     panels = [
         panel("Kill switch", "stat", [prom("max by (account) (ticktape_kill_switch)", "{{account}}",
                                            instant=True)], w=6, h=5,
@@ -329,7 +329,9 @@ def trading() -> dict:
             GROUP BY 1 ORDER BY 2 DESC, 1""", "table")], w=8,
               description="Every reason the risk engine can give, 0 included.", options={"orientation": "horizontal",
                                                                       "reduceOptions": {"values": True, "calcs": []}}),
-        panel("Open positions", "table", [sql(positions, "table")], w=16),
+        panel("Positions: open first, then closed ones with their realized PnL", "table",
+              [sql(positions, "table")], w=16,
+              description="The latest position of every symbol traded in the range."),
         panel("Orders", "table", [sql(f"""
             SELECT ts AS "time", symbol, side, quantity, order_type, reference_price FROM orders
             WHERE {ACCT} ORDER BY ts DESC LIMIT 100""", "table")], w=8, h=10),

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ticktape.stack import ALERTMANAGER_TARGETS, UNSET_WEBHOOK, LocalStack, alertmanager_binary
+from ticktape.stack import ALERTMANAGER_TARGETS, LocalStack, alertmanager_binary
 
 REPO = Path(__file__).resolve().parent.parent
 AMTOOL = shutil.which("amtool")
@@ -88,5 +88,14 @@ def test_a_firing_rule_reaches_the_webhook_receiver(monkeypatch):
     assert attachment["color"] == "danger"
 
 
-def test_without_a_webhook_url_the_stack_names_the_missing_setting():
-    assert UNSET_WEBHOOK.endswith("/ALERT_WEBHOOK_URL-is-not-set")
+@needs_alertmanager
+def test_without_a_webhook_url_alertmanager_posts_to_an_address_naming_the_setting(monkeypatch):
+    monkeypatch.delenv("ALERT_WEBHOOK_URL", raising=False)
+    home = Path(tempfile.mkdtemp(prefix="ticktape-alerts-"))
+    stack = LocalStack(home)
+    try:
+        stack.up(kafka=False, postgres=False, redis=False, prometheus=True)
+        assert (home / "alert-webhook-url").read_text() == "http://127.0.0.1:9/ALERT_WEBHOOK_URL-is-not-set\n"
+    finally:
+        stack.down()
+        shutil.rmtree(home, ignore_errors=True)
