@@ -11,7 +11,7 @@ PY      = $(VENV)/bin/python
 TT      = $(VENV)/bin/ticktape
 DURATION ?= 0
 STAMP   = $(VENV)/.installed
-APT_PACKAGES = redis-server prometheus kcat chromium chromium-driver
+APT_PACKAGES = redis-server prometheus prometheus-alertmanager kcat chromium chromium-driver
 COMPOSE = docker compose -f docker/docker-compose.yml --env-file docker/.env
 
 .PHONY: run test bench stop up down system clean
@@ -22,6 +22,8 @@ system:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || \
+	  missing="$$missing prometheus-alertmanager"; \
 	command -v kcat >/dev/null || missing="$$missing kcat"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \

@@ -7,11 +7,15 @@ Panels are laid out left to right on Grafana's 24-column grid; ids are assigned 
 order, so the output is deterministic (byte-identical for the same source).
 SQL runs on plain PostgreSQL and TimescaleDB alike: tables and views of
 sinks/migrations, Grafana macros only ($__timeFilter, $__timeGroupAlias, $__timeTo).
+Defaults show data after `make run`: the interval variables list intervals by duration,
+shortest (the 1 s bars the main job trades and predicts on) first and selected.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from ticktape.core.risk import REASON_CODES
 
 OUT = Path(__file__).resolve().parent / "dashboards"
 SCHEMA_VERSION = 39  # Grafana 10.4 / 11
@@ -42,30 +46,55 @@ def panel(title: str, kind: str, targets: list[dict], *, w: int = 12, h: int = 8
             "options": options or {}, "_size": (w, h)}
 
 
+def by_name(names: list[str], properties: list[dict]) -> list[dict]:
+    """Field overrides: the same properties for each field name."""
+    return [{"matcher": {"id": "byName", "options": n}, "properties": properties} for n in names]
+
+
 def thresholds(*steps) -> dict:
     """steps: (color, from) pairs; the first one starts at -inf."""
     return {"mode": "absolute",
             "steps": [{"color": c, "value": None if i == 0 else v} for i, (c, v) in enumerate(steps)]}
 
 
-def sql_variable(name: str, label: str, query: str) -> dict:
+def sql_variable(name: str, label: str, query: str, *, sort: int = 1, multi: bool = False,
+                 current: str | None = None) -> dict:
+    """sort: Grafana's variable sort (1 alphabetical, 0 the query's own order)."""
     return {"type": "query", "name": name, "label": label, "datasource": SQL,
             "query": " ".join(query.split()), "definition": " ".join(query.split()),
-            "refresh": 2, "sort": 1, "multi": False, "includeAll": False, "current": {}, "options": []}
+            "refresh": 2, "sort": sort, "multi": multi, "includeAll": False,
+            "current": {"text": current, "value": current} if current else {}, "options": []}
 
 
 SYMBOL_VAR = sql_variable(
     "symbol", "Symbol",
     "SELECT DISTINCT symbol FROM bars WHERE $__timeFilter(window_start) ORDER BY 1")
-INTERVAL_VAR = sql_variable(
-    "interval", "Interval",
-    "SELECT DISTINCT interval FROM bars WHERE $__timeFilter(window_start) ORDER BY 1")
+SYMBOLS_VAR = sql_variable(  # multi-select: queries use `symbol IN ($symbol)`
+    "symbol", "Symbols",
+    "SELECT DISTINCT symbol FROM bars WHERE $__timeFilter(window_start) ORDER BY 1", multi=True)
+
+
+def interval_variable(table: str, time_col: str) -> dict:
+    """The intervals stored in ``table``, by duration ('1s' < '1m' < '5m' < '1h'), '1s' selected."""
+    return sql_variable("interval", "Interval", f"""
+        SELECT interval FROM (SELECT DISTINCT interval FROM {table} WHERE $__timeFilter({time_col})) i
+        ORDER BY interval::interval, interval""", sort=0, current="1s")
+
+
+INTERVAL_VAR = interval_variable("bars", "window_start")
 ACCOUNT_VAR = sql_variable(
     "account", "Account", "SELECT DISTINCT account FROM equity WHERE $__timeFilter(ts) ORDER BY 1")
 
 
+def annotation(name: str, color: str, query: str) -> dict:
+    """An SQL annotation (columns time, text, tags) shown on every time-series panel."""
+    return {"name": name, "datasource": SQL, "enable": True, "hide": False, "iconColor": color,
+            "target": {"rawSql": " ".join(query.split()), "format": "table", "rawQuery": True,
+                       "editorMode": "code", "refId": "Anno"}}
+
+
 def dashboard(uid: str, title: str, description: str, panels: list[dict], variables: list[dict],
-              refresh: str = "10s", time_from: str = "now-1h") -> dict:
+              refresh: str = "10s", time_from: str = "now-1h", annotations: list[dict] | None = None) -> dict:
     x = y = row_h = 0
     laid = []
     for pid, p in enumerate(panels, start=1):
@@ -78,12 +107,12 @@ def dashboard(uid: str, title: str, description: str, panels: list[dict], variab
         "uid": uid, "title": title, "description": description, "tags": ["ticktape"],
         "schemaVersion": SCHEMA_VERSION, "version": 1, "editable": False, "graphTooltip": 1,
         "timezone": "utc", "refresh": refresh, "time": {"from": time_from, "to": "now"},
-        "annotations": {"list": []}, "links": [], "templating": {"list": variables}, "panels": laid,
+        "annotations": {"list": annotations or []}, "links": [], "templating": {"list": variables}, "panels": laid,
     }
 
 
 # -- Market (TimescaleDB) ----------------------------------------------------------------
-IND = "FROM indicators WHERE symbol = '$symbol' AND interval = '$interval' AND $__timeFilter(ts)"
+IND = "FROM indicators WHERE symbol IN ($symbol) AND interval = '$interval' AND $__timeFilter(ts)"
 
 
 def market() -> dict:
@@ -94,10 +123,22 @@ def market() -> dict:
           GROUP BY symbol ORDER BY sum(volume * vwap) DESC, symbol LIMIT 5)
         GROUP BY 1, 2 ORDER BY 1"""
     prices = """
-        SELECT DISTINCT ON (symbol) symbol, window_end AS "time", close AS price,
-               100 * (close / open - 1) AS "bar change %", vwap, volume, trade_count AS trades
+        SELECT symbol, max(window_end) AS "time", (array_agg(close ORDER BY window_start DESC))[1] AS price,
+               100 * ((array_agg(close ORDER BY window_start DESC))[1]
+                      / (array_agg(open ORDER BY window_start))[1] - 1) AS "change %",
+               sum(volume * vwap) / NULLIF(sum(volume), 0) AS vwap, sum(volume) AS volume,
+               sum(trade_count) AS trades
         FROM bars WHERE interval = '$interval' AND $__timeFilter(window_start)
-        ORDER BY symbol, window_start DESC"""
+        GROUP BY symbol ORDER BY symbol"""
+    candles = """
+        SELECT b.window_start AS "time", b.open, b.high, b.low, b.close, b.volume,
+               i.bb_upper AS "BB upper", i.bb_middle AS "BB middle", i.bb_lower AS "BB lower",
+               i.vwap AS "VWAP"
+        FROM bars b LEFT JOIN indicators i
+          ON i.symbol = b.symbol AND i.interval = b.interval AND i.ts = b.window_end
+        WHERE b.symbol IN ($symbol) AND b.interval = '$interval' AND $__timeFilter(b.window_start)
+        ORDER BY 1"""
+    band = {"fill": "dash", "dash": [6, 4]}  # Bollinger bands dashed, under the candles
     vol_rank = """
         SELECT symbol, volatility_20 AS volatility FROM (
           SELECT DISTINCT ON (symbol) symbol, volatility_20 FROM indicators
@@ -125,31 +166,51 @@ def market() -> dict:
         panel("Market average RSI 14", "stat", [sql(market_avg.format(col="rsi_14", name="avg RSI 14"))],
               w=4, h=4, options={"reduceOptions": {"calcs": ["lastNotNull"]}},
               defaults={"thresholds": thresholds(("blue", None), ("green", 30), ("red", 70))}),
-        panel("Current prices", "table", [sql(prices, "table")], w=12, h=10),
+        panel("Latest prices (change % over the range)", "table", [sql(prices, "table")], w=12, h=10,
+              overrides=by_name(["change %"], [{"id": "unit", "value": "percent"}, {"id": "decimals", "value": 2},
+                                               {"id": "custom.cellOptions", "value": {"type": "color-text"}},
+                                               {"id": "thresholds", "value": thresholds(("red", None),
+                                                                                        ("green", 0))}])),
         panel("Volatility ranking (volatility 20, annualized)", "bargauge", [sql(vol_rank, "table")],
               w=12, h=10, unit="percentunit", options={"orientation": "horizontal",
                                                        "reduceOptions": {"values": True, "calcs": []}}),
+        dict(panel("$symbol: candlesticks, volume, Bollinger bands 20/2, VWAP", "candlestick",
+                   [sql(candles)], w=24, h=12, unit="currencyUSD",
+                   description="One chart per selected symbol; buy and sell fills are annotations.",
+                   options={"mode": "candles+volume", "candleStyle": "candles", "colorStrategy": "open-close",
+                            "fields": {"open": "open", "high": "high", "low": "low", "close": "close",
+                                       "volume": "volume"},
+                            "includeAllFields": True, "legend": {"displayMode": "list", "placement": "bottom"}},
+                   overrides=by_name(["BB upper", "BB lower"], [{"id": "custom.lineStyle", "value": band}])),
+             repeat="symbol", repeatDirection="v"),
         panel("$symbol: price and SMA 10/20/50/200", "timeseries", [sql(
-            f'SELECT ts AS "time", close, sma_10 AS "SMA 10", sma_20 AS "SMA 20", sma_50 AS "SMA 50", '
-            f'sma_200 AS "SMA 200" {IND} ORDER BY 1')], w=24, unit="currencyUSD"),
-        panel("$symbol: RSI 14", "timeseries", [sql(f'SELECT ts AS "time", rsi_14 AS "RSI 14" {IND} ORDER BY 1')],
+            f'SELECT ts AS "time", symbol AS metric, close, sma_10 AS "SMA 10", sma_20 AS "SMA 20", '
+            f'sma_50 AS "SMA 50", sma_200 AS "SMA 200" {IND} ORDER BY 1')], w=24, unit="currencyUSD"),
+        panel("$symbol: RSI 14", "timeseries", [sql(
+            f'SELECT ts AS "time", symbol AS metric, rsi_14 AS "RSI 14" {IND} ORDER BY 1')],
               defaults={"min": 0, "max": 100, "custom": zones,
                         "thresholds": thresholds(("green", None), ("transparent", 30), ("red", 70))},
               description="Overbought above 70, oversold below 30."),
         panel("$symbol: MACD 12/26/9", "timeseries", [sql(
-            f'SELECT ts AS "time", macd AS "MACD", macd_signal AS "signal", macd_hist AS "histogram" '
-            f'{IND} ORDER BY 1')],
-              overrides=[{"matcher": {"id": "byName", "options": "histogram"},
+            f'SELECT ts AS "time", symbol AS metric, macd AS "MACD", macd_signal AS "signal", '
+            f'macd_hist AS "histogram" {IND} ORDER BY 1')],
+              overrides=[{"matcher": {"id": "byRegexp", "options": ".*histogram"},
                           "properties": [{"id": "custom.drawStyle", "value": "bars"},
                                          {"id": "custom.fillOpacity", "value": 60}]}]),
         panel("$symbol: volume per bar", "timeseries", [sql("""
-            SELECT window_start AS "time", volume FROM bars
-            WHERE symbol = '$symbol' AND interval = '$interval' AND $__timeFilter(window_start)
+            SELECT window_start AS "time", symbol AS metric, volume FROM bars
+            WHERE symbol IN ($symbol) AND interval = '$interval' AND $__timeFilter(window_start)
             ORDER BY 1""")], w=24, h=6, defaults={"custom": {"drawStyle": "bars", "fillOpacity": 80}}),
     ]
+    fills = """
+        SELECT ts AS "time", format('%s %s %s @ %s (%s)', side, quantity, symbol, round(price::numeric, 2),
+                                    account) AS text, symbol || ',' || lower(side) AS tags
+        FROM fills WHERE side = '{side}' AND symbol IN ($symbol) AND $__timeFilter(ts) ORDER BY 1"""
     return dashboard("ticktape-market", "ticktape / Market",
                      "Prices, indicators and activity from TimescaleDB (bars and indicators tables).",
-                     panels, [SYMBOL_VAR, INTERVAL_VAR], time_from="now-3h")
+                     panels, [SYMBOLS_VAR, INTERVAL_VAR], time_from="now-3h",
+                     annotations=[annotation("Buy fills", "green", fills.format(side="BUY")),
+                                  annotation("Sell fills", "red", fills.format(side="SELL"))])
 
 
 # -- Pipeline health (Prometheus) ----------------------------------------------------------
@@ -175,17 +236,37 @@ def pipeline() -> dict:
               unit="ops"),
         panel("Event time → processed latency", "timeseries", quantiles, unit="s",
               description="Per stage; a bar's event time is its window end plus the grace period."),
-        panel("Consumer lag", "timeseries", [prom(
-            "sum by (group, topic) (ticktape_consumer_lag)", "{{group}} {{topic}}")], unit="short"),
+        panel("Consumer lag per group", "timeseries", [prom(
+            "sum by (group) (ticktape_consumer_lag)", "{{group}}")], unit="short",
+              description="Messages not yet committed, summed over a group's topics and partitions."),
+        panel("End-to-end latency: event time → stored", "timeseries", [prom(
+            f"histogram_quantile({q}, sum by (le, stage) (rate(ticktape_event_latency_seconds_bucket"
+            f"{{stage=~\"sink-.*\"}}{RATE})))", f"{{{{stage}}}} p{int(q * 100)}") for q in (0.5, 0.99)],
+              unit="s", description="From an event's time to its write by the PostgreSQL and Redis sinks."),
+        panel("Redis, PostgreSQL and broker health", "stat", [
+            prom('max by (sink) (ticktape_sink_healthy)', "{{sink}} writes", instant=True),
+            prom(f"sum(rate(ticktape_events_in_total{RATE})) > bool 0", "broker: events consumed", instant=True)],
+              defaults={"mappings": [{"type": "value", "options": {"0": {"text": "FAILING", "color": "red"},
+                                                                    "1": {"text": "OK", "color": "green"}}}]},
+              description="A sink's last write to its store, and whether any stage consumes from the broker."),
         panel("Bars closed and late ticks", "timeseries", [
             prom(f"sum by (interval) (rate(ticktape_bars_closed_total{RATE}))", "bars {{interval}}"),
             prom(f"sum by (interval) (rate(ticktape_late_ticks_total{RATE}))", "late ticks {{interval}}")],
               unit="ops"),
-        panel("Errors and dead letters", "timeseries", [
+        panel("Errors, sink errors and dead letters", "timeseries", [
             prom("sum by (stage) (increase(ticktape_processing_errors_total[5m]))", "errors {{stage}}"),
             prom("sum by (sink) (increase(ticktape_sink_errors_total[5m]))", "write failures {{sink}}"),
             prom("sum by (stage, topic) (increase(ticktape_dlq_messages_total[5m]))", "DLQ {{topic}}")],
               unit="short", description="Counts over the last 5 minutes."),
+        panel("TimescaleDB jobs failing", "stat", [prom(
+            "sum(ticktape_timescaledb_job_failed) or vector(0)", "failing", instant=True)], w=6,
+              defaults={"thresholds": thresholds(("green", None), ("red", 1))},
+              description="Background jobs (compression, retention, aggregate refresh) whose last run "
+                          "failed; always 0 on plain PostgreSQL. Details: timescaledb_information.job_errors."),
+        panel("TimescaleDB job failures", "timeseries", [prom(
+            "sum by (job_id, proc, hypertable) (ticktape_timescaledb_job_failures)",
+            "{{proc}} {{hypertable}} (job {{job_id}})")], w=18, unit="short",
+              description="Failed runs per job since it was created (the sink reads them every 30 s)."),
         panel("Sink rows written per table", "timeseries", [prom(
             f"sum by (sink, table) (rate(ticktape_sink_rows_total{RATE}))", "{{sink}} {{table}}")], unit="rowsps"),
         panel("Sink batches and batch latency", "timeseries", [
@@ -206,7 +287,7 @@ def trading() -> dict:
     positions = f"""
         SELECT symbol, quantity, avg_cost, last_price, market_value, realized_pnl, unrealized_pnl
         FROM (SELECT DISTINCT ON (symbol) * FROM positions WHERE {ACCT} ORDER BY symbol, ts DESC) p
-        WHERE quantity <> 0 ORDER BY abs(market_value) DESC"""
+        ORDER BY quantity = 0, abs(market_value) DESC, symbol"""
     panels = [
         panel("Kill switch", "stat", [prom("max by (account) (ticktape_kill_switch)", "{{account}}",
                                            instant=True)], w=6, h=5,
@@ -238,11 +319,19 @@ def trading() -> dict:
             FROM equity WHERE {ACCT} ORDER BY 1""")], w=12, unit="currencyUSD",
               overrides=[{"matcher": {"id": "byName", "options": "gross exposure"},
                           "properties": [{"id": "custom.axisPlacement", "value": "right"}]}]),
+        panel("Drawdown from the range's peak equity", "timeseries", [sql(f"""
+            SELECT ts AS "time", 100 * (equity / max(equity) OVER (ORDER BY ts) - 1) AS "drawdown %"
+            FROM equity WHERE {ACCT} ORDER BY 1""")], w=24, h=6, unit="percent", defaults={"max": 0}),
         panel("Rejections by reason", "bargauge", [sql(f"""
-            SELECT reason_code AS reason, count(*) AS rejections FROM order_rejections WHERE {ACCT}
-            GROUP BY 1 ORDER BY 2 DESC, 1""", "table")], w=8, options={"orientation": "horizontal",
+            SELECT r.reason, count(o.event_id) AS rejections
+            FROM unnest(ARRAY[{", ".join(f"'{c}'" for c in REASON_CODES)}]) AS r(reason)
+            LEFT JOIN order_rejections o ON o.reason_code = r.reason AND o.{ACCT.replace("(ts)", "(o.ts)")}
+            GROUP BY 1 ORDER BY 2 DESC, 1""", "table")], w=8,
+              description="Every reason the risk engine can give, 0 included.", options={"orientation": "horizontal",
                                                                       "reduceOptions": {"values": True, "calcs": []}}),
-        panel("Open positions", "table", [sql(positions, "table")], w=16),
+        panel("Positions: open first, then closed ones with their realized PnL", "table",
+              [sql(positions, "table")], w=16,
+              description="The latest position of every symbol traded in the range."),
         panel("Orders", "table", [sql(f"""
             SELECT ts AS "time", symbol, side, quantity, order_type, reference_price FROM orders
             WHERE {ACCT} ORDER BY ts DESC LIMIT 100""", "table")], w=8, h=10),
@@ -301,7 +390,7 @@ def model() -> dict:
     ]
     return dashboard("ticktape-model", "ticktape / Model",
                      "The active model, its throughput and latency, and how its predictions fared.",
-                     panels, [SYMBOL_VAR, INTERVAL_VAR], time_from="now-6h")
+                     panels, [SYMBOL_VAR, interval_variable("predictions", "ts")], time_from="now-6h")
 
 
 DASHBOARDS = {"market": market, "pipeline": pipeline, "trading": trading, "model": model}

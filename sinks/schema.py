@@ -14,8 +14,14 @@ plain PostgreSQL otherwise.  Later runs keep the flavor the ledger records, so e
 TimescaleDB on a database migrated as plain PostgreSQL changes nothing (sinks/README.md
 says how to move such a database to TimescaleDB).
 
+An applied migration is immutable: its file's checksum is compared with the one the
+ledger recorded, and an edited file stops ``migrate`` before anything runs (a change
+goes into a new migration).
+
 On TimescaleDB the compression and retention policies come from settings and are
-re-applied on every run, so changing TSDB_* and migrating again takes effect.
+reconciled on every run: a policy whose setting is unchanged is left alone (its job id,
+schedule and history stay), a changed interval alters the existing job, an emptied
+setting removes it.  So changing TSDB_* and migrating again takes effect.
 """
 from __future__ import annotations
 
@@ -128,8 +134,10 @@ def migrate(s: Settings) -> list[str]:
         try:
             flavor = _flavor(conn, url)
             conn.execute(_CREATE_LEDGER)
-            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-            for mig in migrations(flavor):
+            done = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            pending = migrations(flavor)
+            _check_unchanged(pending, done)
+            for mig in pending:
                 if mig.version in done:
                     continue
                 with conn.transaction():
@@ -146,18 +154,53 @@ def migrate(s: Settings) -> list[str]:
     return applied_now
 
 
+def _check_unchanged(files: list[Migration], recorded: dict[str, str]) -> None:
+    """ConfigError when the file of an applied migration differs from what was applied."""
+    for mig in files:
+        if mig.version in recorded and recorded[mig.version] != mig.checksum:
+            raise ConfigError(
+                f"migration {mig.path.name} was edited after it was applied (checksum {mig.checksum}, "
+                f"applied {recorded[mig.version]}): restore the file and put the change in a new migration")
+
+
+# (policy proc, config key, add function, its interval argument, remove function)
+_POLICIES = {
+    "compression": ("policy_compression", "compress_after", "add_compression_policy", "compress_after",
+                    "remove_compression_policy"),
+    "retention": ("policy_retention", "drop_after", "add_retention_policy", "drop_after",
+                  "remove_retention_policy"),
+}
+
+
 def _apply_policies(conn: psycopg.Connection, s: Settings) -> None:
-    """Compression and retention policies from settings (replaced, so changes take effect)."""
+    """Compression and retention policies as the settings say, changing only what differs."""
     with conn.transaction():
         for table in COMPRESSED:
-            conn.execute("SELECT remove_compression_policy(%s, if_exists => TRUE)", (table,))
-            if s.tsdb_compress_after:
-                conn.execute("SELECT add_compression_policy(%s, compress_after => %s::interval)",
-                             (table, s.tsdb_compress_after))
+            _reconcile(conn, "compression", table, s.tsdb_compress_after)
         for table, keep in (("ticks", s.tsdb_retention_ticks), ("bars", s.tsdb_retention_bars)):
-            conn.execute("SELECT remove_retention_policy(%s, if_exists => TRUE)", (table,))
-            if keep:
-                conn.execute("SELECT add_retention_policy(%s, drop_after => %s::interval)", (table, keep))
+            _reconcile(conn, "retention", table, keep)
+
+
+def _reconcile(conn: psycopg.Connection, kind: str, table: str, after: str | None) -> None:
+    """One table's policy of ``kind``: added, altered in place (same job), removed or left alone."""
+    proc, key, add, arg, remove = _POLICIES[kind]
+    job = conn.execute(
+        "SELECT job_id, config->>%s FROM timescaledb_information.jobs "
+        "WHERE proc_name = %s AND hypertable_schema = current_schema() AND hypertable_name = %s",
+        (key, proc, table)).fetchone()
+    if not after:
+        if job:
+            conn.execute(f"SELECT {remove}(%s, if_exists => TRUE)", (table,))
+            log.info("removed the %s policy of %s", kind, table)
+        return
+    if job is None:
+        conn.execute(f"SELECT {add}(%s, {arg} => %s::interval, if_not_exists => TRUE)", (table, after))
+        log.info("added a %s policy on %s: %s", kind, table, after)
+    elif not conn.execute("SELECT %s::interval = %s::interval", (job[1], after)).fetchone()[0]:
+        conn.execute("SELECT alter_job(%s, config => (SELECT config FROM timescaledb_information.jobs "
+                     "WHERE job_id = %s) || jsonb_build_object(%s::text, %s::interval::text))",
+                     (job[0], job[0], key, after))
+        log.info("%s policy of %s (job %d): %s -> %s", kind, table, job[0], job[1], after)
 
 
 def status(s: Settings) -> tuple[list[dict], list[str]]:

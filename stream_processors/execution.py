@@ -40,6 +40,8 @@ class ExecutionStage:
         self.cfg = ExecConfig.from_settings(s)
         self.source = s.exec_market_data
         self.desk = ExecutionDesk(self.cfg, self.width, self.source)
+        for side in ("BUY", "SELL"):  # at 0 from the start, so rate() sees a first fill
+            metrics.FILLS.labels(s.trading_account, side)
         self.loaded: set[int] = set()
         self.partition_of: dict[str, int] = {}
 

@@ -20,7 +20,7 @@ from ticktape import kafka_clients, metrics
 from ticktape.config import Settings
 from ticktape.core.desks import RiskDesk, fill_lead_us
 from ticktape.core.intervals import interval_seconds
-from ticktape.core.risk import HALTED
+from ticktape.core.risk import HALTED, REASON_CODES
 from ticktape.market_calendar import market_hours
 from ticktape.risk_config import load_risk_limits, risk_config_path
 
@@ -43,6 +43,10 @@ class RiskStage:
         self.sources = {s.topic("trading.account"), s.topic("trading.control")}
         self.desks: dict[str, tuple[int, RiskDesk, dict]] = {}  # account -> (partition, desk, symbol partitions)
         self._latency = metrics.EVENT_LATENCY.labels(STAGE)
+        for code in REASON_CODES:  # at 0 from the start, so rate() sees a first rejection
+            metrics.RISK_REJECTIONS.labels(code)
+        for side in ("BUY", "SELL"):  # the same for the orders of the account the strategy trades
+            metrics.ORDERS.labels(s.trading_account, side)
         self.grace_s = s.bar_grace_ms / 1000  # latency from the bar's close, as in the other stages
         self._counted: dict[str, dict[str, int]] = {}  # the desks' counters already exported
         self._idle: dict[str, list[str]] = {}  # idle symbols last reported, per account

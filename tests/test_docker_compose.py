@@ -118,7 +118,8 @@ def test_env_example_sets_exactly_the_variables_the_compose_file_uses(compose):
     used = _variables(compose)
     required = {name for name, op in used if op is None or op.endswith("?")}
     assert required <= set(example), f"missing in .env.example: {sorted(required - set(example))}"
-    assert set(example) == {name for name, _ in used}, "unused keys in .env.example"
+    secrets = {s["environment"] for s in (compose.get("secrets") or {}).values() if "environment" in s}
+    assert set(example) == {name for name, _ in used} | secrets, "unused keys in .env.example"
     resolved = _interpolate(compose, example)
     assert _schema_errors(resolved) == []
     # A missing credential stops `docker compose` with a message instead of an empty password.
@@ -177,7 +178,7 @@ def test_mounted_host_paths_exist_and_named_volumes_are_declared(compose, servic
                 binds += 1
             else:
                 assert source in compose["volumes"], f"{name} uses undeclared volume {source}"
-    assert binds == 3  # prometheus/, grafana/provisioning, grafana/dashboards
+    assert binds == 4  # prometheus/, prometheus/alertmanager.yml, grafana/provisioning, grafana/dashboards
 
 
 def test_ticktape_services_share_one_image_and_use_only_real_settings(services):
@@ -213,7 +214,7 @@ def test_host_ports_are_published_on_loopback_only(services):
             else:
                 assert str(port).startswith("127.0.0.1:"), (name, port)
             published += 1
-    assert published == 6  # kafka, schema-registry, timescaledb, redis, prometheus, grafana
+    assert published == 7  # kafka, schema-registry, timescaledb, redis, prometheus, alertmanager, grafana
 
 
 def test_kafka_advertises_an_in_network_and_a_loopback_listener(services):

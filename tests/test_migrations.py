@@ -25,7 +25,9 @@ def test_migration_files_resolve_per_flavor():
                                           ("0002_time_series", "0002_time_series.postgres.sql")]
     assert names[schema.TIMESCALEDB][:2] == [("0001_tables", "0001_tables.sql"),
                                              ("0002_time_series", "0002_time_series.timescaledb.sql")]
-    assert names[schema.POSTGRES][2:] == names[schema.TIMESCALEDB][2:]
+    assert [n for n, _ in names[schema.POSTGRES][2:]] == [n for n, _ in names[schema.TIMESCALEDB][2:]]
+    for f in names:
+        assert ("0009_compression_order", f"0009_compression_order.{f}.sql") in names[f]
     versions = [m.version for m in schema.migrations(schema.POSTGRES)]
     assert versions == sorted(set(versions))
 
@@ -108,3 +110,65 @@ def test_bars_1h_and_1d_aggregate_the_1min_bars(db):
         (h(24), "AAPL", 20, 21, 19, 20.5, 5, 20, 1, 1),
         (d0, "MSFT", 300, 301, 299, 300.5, 1, 300, 1, 1),
     ]
+
+
+def test_an_edited_applied_migration_is_refused(db, monkeypatch, capsys):
+    schema.migrate(db)
+    tables = schema.migrations(schema.POSTGRES)[0]
+    with psycopg.connect(db.database_url, autocommit=True) as conn:
+        # the ledger holds what was applied; a file that differs from it is an edit
+        conn.execute("UPDATE schema_migrations SET checksum = 'a1b2c3d4e5f60718' WHERE version = '0001'")
+    msg = (f"migration 0001_tables.sql was edited after it was applied (checksum {tables.checksum}, "
+           "applied a1b2c3d4e5f60718): restore the file and put the change in a new migration")
+    with pytest.raises(schema.ConfigError) as refused:
+        schema.migrate(db)
+    assert str(refused.value) == msg
+    monkeypatch.setenv("DATABASE_URL", db.database_url)
+    assert cli.main(["db", "migrate"]) == 2
+    assert capsys.readouterr().err == f"ticktape: error: {msg}\n"
+
+
+def _timescaledb(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone() is not None
+
+
+def _policy_jobs(url: str) -> dict[tuple[str, str], tuple[int, str]]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT proc_name, hypertable_name, job_id, coalesce(config->>'compress_after', config->>'drop_after') "
+            "FROM timescaledb_information.jobs WHERE proc_name IN ('policy_compression', 'policy_retention')")
+        return {(p, t): (j, after) for p, t, j, after in rows}
+
+
+def test_policies_keep_their_jobs_across_migrations(db):
+    schema.migrate(db)
+    if not _timescaledb(db.database_url):
+        pytest.skip("timescaledb is not available on this PostgreSQL: no policies (plain-PostgreSQL flavor)")
+    s = dataclasses.replace(db, tsdb_compress_after="7 days", tsdb_retention_ticks="30 days",
+                            tsdb_retention_bars="")
+    schema.migrate(s)
+    first = _policy_jobs(db.database_url)
+    assert {k: v[1] for k, v in first.items()} == {
+        **{("policy_compression", t): "7 days" for t in schema.COMPRESSED},
+        ("policy_retention", "ticks"): "30 days"}
+    assert schema.migrate(s) == []
+    assert _policy_jobs(db.database_url) == first  # same job ids, same config
+    changed = dataclasses.replace(s, tsdb_compress_after="2 days", tsdb_retention_ticks="")
+    schema.migrate(changed)
+    after = _policy_jobs(db.database_url)
+    assert after == {**{("policy_compression", t): (first[("policy_compression", t)][0], "2 days")
+                        for t in schema.COMPRESSED}}
+
+
+def test_compressed_tables_order_by_the_whole_key(db):
+    schema.migrate(db)
+    if not _timescaledb(db.database_url):
+        pytest.skip("timescaledb is not available on this PostgreSQL: no compression (plain-PostgreSQL flavor)")
+    with psycopg.connect(db.database_url) as conn:
+        rows = conn.execute(
+            "SELECT hypertable_name, attname, segmentby_column_index, orderby_column_index, orderby_asc "
+            "FROM timescaledb_information.compression_settings ORDER BY 1, 3 NULLS LAST, 4").fetchall()
+    time_col = {"bars": "window_start"}
+    assert rows == [r for t in sorted(schema.COMPRESSED) for r in (
+        (t, "symbol", 1, None, None), (t, time_col.get(t, "ts"), None, 1, False), (t, "event_id", None, 2, True))]

@@ -241,6 +241,9 @@ class Settings:
     metrics_host: str = _setting("METRICS_HOST", "127.0.0.1", "address /metrics binds to")
     log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR",
                               choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    alert_webhook_url: str = _setting(
+        "ALERT_WEBHOOK_URL", "", "Slack-compatible incoming webhook the local stack's Alertmanager posts "
+        "alerts to; empty = alerts only in Alertmanager's UI (delivery attempts fail, logged)", secret=True)
 
     # ----------------------------------------------------------------------------
     def __post_init__(self) -> None:

@@ -45,6 +45,12 @@ SINK_BATCH_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS)
 SINK_ERRORS = Counter("ticktape_sink_errors", "failed write attempts", ["sink"])
 SINK_HEALTHY = Gauge("ticktape_sink_healthy", "1 when the sink's last write succeeded", ["sink"])
+# TimescaleDB background jobs (compression, retention, aggregate refresh), read by the
+# PostgreSQL sink from timescaledb_information; absent on plain PostgreSQL
+TSDB_JOB_FAILED = Gauge("ticktape_timescaledb_job_failed", "1 when the job's last run failed",
+                        ["job_id", "proc", "hypertable"])
+TSDB_JOB_FAILURES = Gauge("ticktape_timescaledb_job_failures", "failed runs of the job since it was created",
+                          ["job_id", "proc", "hypertable"])
 
 # --- trading ----------------------------------------------------------------------------
 RISK_REJECTIONS = Counter("ticktape_risk_rejections", "orders the risk engine rejected", ["reason"])

@@ -1,5 +1,6 @@
 """The local stack: a Kafka-compatible broker, PostgreSQL and Redis (and optionally
-Prometheus) as plain processes on 127.0.0.1, with their data under ``TICKTAPE_HOME``.
+Prometheus, with Alertmanager when it is installed) as plain processes on 127.0.0.1,
+with their data under ``TICKTAPE_HOME``.
 
 Services named by environment variables (KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL,
 REDIS_URL) are used instead of local ones.  The same class starts the services the
@@ -20,6 +21,9 @@ from pathlib import Path
 from .config import REPO_ROOT
 
 STATE_FILE = "stack.json"
+ALERTMANAGER_TARGETS = "alertmanager-targets.json"  # read by prometheus.local.yml
+# where an Alertmanager without ALERT_WEBHOOK_URL posts: refused at once, named in its log
+UNSET_WEBHOOK = "http://127.0.0.1:9/ALERT_WEBHOOK_URL-is-not-set"
 PG_USER = "ticktape"
 PG_DB = "ticktape"
 
@@ -103,11 +107,16 @@ def timescaledb_installed(pg_ctl: str) -> bool:
     return (Path(share) / "extension" / "timescaledb.control").exists() and (Path(lib) / "timescaledb.so").exists()
 
 
-def _spawn(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+def alertmanager_binary() -> str | None:
+    """Debian's prometheus-alertmanager, or an alertmanager on PATH (None: not installed)."""
+    return shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+def _spawn(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
+                                start_new_session=True, env=env, cwd=cwd)
 
 
 class LocalStack:
@@ -142,6 +151,8 @@ class LocalStack:
             out["REDIS_URL"] = f"redis://default:{rd['password']}@127.0.0.1:{rd['port']}/0"
         if "prometheus" in st:
             out["PROMETHEUS_URL"] = f"http://127.0.0.1:{st['prometheus']['port']}"
+        if "alertmanager" in st:
+            out["ALERTMANAGER_URL"] = f"http://127.0.0.1:{st['alertmanager']['port']}"
         return out
 
     # -- up ---------------------------------------------------------------------------
@@ -151,6 +162,8 @@ class LocalStack:
         for name, wanted, start in (("kafka", kafka, self._start_kafka),
                                     ("postgres", postgres, self._start_postgres),
                                     ("redis", redis, self._start_redis),
+                                    ("alertmanager", prometheus and alertmanager_binary() is not None,
+                                     self._start_alertmanager),
                                     ("prometheus", prometheus, self._start_prometheus)):
             if not wanted:
                 continue
@@ -255,10 +268,34 @@ class LocalStack:
         conf.write_text((REPO_ROOT / "prometheus" / "prometheus.local.yml").read_text())
         # its rule file, next to it; its scrape targets come from `ticktape run`
         shutil.copyfile(REPO_ROOT / "prometheus" / "alerts.yml", self.home / "alerts.yml")
+        targets = self.home / ALERTMANAGER_TARGETS
+        if not targets.exists():  # no Alertmanager installed: alerts stay in Prometheus
+            targets.write_text("[]")
         proc = _spawn([binary, f"--config.file={conf}", f"--storage.tsdb.path={self.home / 'prometheus'}",
                        f"--web.listen-address=127.0.0.1:{port}"], self.home / "logs" / "prometheus.log")
         # the port opens before the TSDB is loaded; its API answers 503 until then
         wait_http_ok(f"http://127.0.0.1:{port}/-/ready", "Prometheus", proc=proc)
+        return {"pid": proc.pid, "port": port}
+
+    def _start_alertmanager(self, prev: dict) -> dict:
+        """Alertmanager routing every alert to ALERT_WEBHOOK_URL (prometheus/alertmanager.yml);
+        its address goes where the local Prometheus looks for it."""
+        from .config import settings
+
+        port = prev.get("port") if prev.get("port") and not port_open(prev["port"]) else free_port()
+        conf = self.home / "alertmanager.yml"
+        self.home.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO_ROOT / "prometheus" / "alertmanager.yml", conf)
+        url_file = self.home / "alert-webhook-url"  # the config's api_url_file: a secret
+        url_file.touch(mode=0o600)
+        url_file.chmod(0o600)
+        url_file.write_text((settings().alert_webhook_url or UNSET_WEBHOOK) + "\n")
+        proc = _spawn([alertmanager_binary(), f"--config.file={conf}",
+                       f"--storage.path={self.home / 'alertmanager'}", f"--web.listen-address=127.0.0.1:{port}",
+                       "--cluster.listen-address="],  # a single instance: no gossip port
+                      self.home / "logs" / "alertmanager.log", cwd=self.home)  # api_url_file is relative
+        wait_http_ok(f"http://127.0.0.1:{port}/-/ready", "Alertmanager", proc=proc)
+        (self.home / ALERTMANAGER_TARGETS).write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"]}]))
         return {"pid": proc.pid, "port": port}
 
     # -- down / status --------------------------------------------------------------------

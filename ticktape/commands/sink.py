@@ -61,4 +61,13 @@ def run(args) -> int:
         signal.signal(sig, lambda *_: runner.stop())
     port = metrics.serve(f"sink-{args.target}", s)
     log.info("sink %s: %d topics, group %s, /metrics on %s", args.target, len(topics), runner.group, port or "-")
-    return runner.run()
+    if args.target != "postgres":
+        return runner.run()
+    from sinks.job_health import JobHealthExporter
+
+    jobs = JobHealthExporter(s.database_url)  # TimescaleDB's background jobs, as metrics
+    jobs.start()
+    try:
+        return runner.run()
+    finally:
+        jobs.stop()
