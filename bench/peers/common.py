@@ -16,8 +16,19 @@ from pathlib import Path
 
 import fastavro
 
-SCHEMA = fastavro.parse_schema(json.loads(
-    (Path(__file__).resolve().parents[2] / "schemas" / "tick.v1.avsc").read_text()))
+
+def _plain(schema):
+    """The schema without logical types: ts stays the integer of microseconds (as
+    ticktape.serde reads it; these jobs cannot import ticktape)."""
+    if isinstance(schema, dict):
+        return {k: _plain(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [_plain(v) for v in schema]
+    return schema
+
+
+SCHEMA = fastavro.parse_schema(_plain(json.loads(
+    (Path(__file__).resolve().parents[2] / "schemas" / "tick.v1.avsc").read_text())))
 INTERVALS = {"1s": 1_000, "1m": 60_000}  # ms
 BROKER = os.environ["PEER_BROKER"]
 INPUT = os.environ["PEER_INPUT"]
