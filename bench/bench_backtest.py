@@ -132,13 +132,13 @@ def run(quick: bool, runs: int) -> list[Figure]:
     su_bars = setup(symbols_list, "bars")
     events = bt.run_bars(bars, su_bars, model)
 
-    def once() -> int:
+    def full_run() -> int:
         bt.run_bars(bars, su_bars, model)
         return len(bars)
 
     figures.append(Figure("backtest", f"in-process full pipeline: bars -> indicators -> predictions -> strategy, "
                           f"risk, execution, portfolio ({symbols} symbols x {minutes} min)", "bars/s",
-                          repeat(lambda: timed_rate(once), runs), goal=">= 100,000", target=100_000,
+                          repeat(lambda: timed_rate(full_run), runs), goal=">= 100,000", target=100_000,
                           detail={"bars": len(bars), "predictions": len(events["prediction"]),
                                   "orders": len(events["order"]), "fills": len(events["fill"]),
                                   "equity_events": len(events["equity"])}))
