@@ -31,6 +31,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from ticktape import metrics
 from ticktape.config import ConfigError, Settings
+from ticktape.deadletter import DeadLetter, dead_letter
 from ticktape.core import alpaca, polygon
 from ticktape.core.feed import FeedTracker, ProtocolError, Provider, ProviderError, backoff_delays
 from ticktape.market_calendar import market_hours
@@ -39,6 +40,7 @@ from .base import EventPublisher, SourceStats, StopFlag
 
 log = logging.getLogger(__name__)
 PROVIDERS: dict[str, Provider] = {p.name: p for p in (alpaca.PROVIDER, polygon.PROVIDER)}
+DLQ_TOPIC = "dlq.sources"  # what a provider sent that cannot be read
 DROP_REPORT_S = 5.0  # at most one drop warning per this many seconds
 COUNT_BATCH = 1000  # the publisher updates its counters at least every this many events
 
@@ -113,6 +115,9 @@ class WebSocketFeed:
         try:
             while (item := self.queue.get()) is not None:
                 topic, event_type, event = item
+                if event_type is None:  # a dead letter: what the provider sent, as it came
+                    pub.send_raw(self.s.topic(topic), event.value, event.key, event.headers)
+                    continue
                 pub.publish(topic, event_type, event)
                 self.stats.latency(event["ts"])
                 pending += 1
@@ -277,14 +282,15 @@ class WebSocketFeed:
                         self.stats.drops, self.stats.drops - reported)
             self._drops_reported = (self.stats.drops, now)
 
-    def _handle(self, raw) -> list[tuple[str, str, dict]]:
-        """New events of one frame, as (topic, event type, event); control errors raise."""
+    def _handle(self, raw) -> list[tuple[str, str | None, dict | DeadLetter]]:
+        """New events of one frame, as (topic, event type, event), and dead letters of
+        what cannot be read, as (DLQ_TOPIC, None, DeadLetter); control errors raise."""
         try:
             messages = json.loads(raw)
-        except ValueError:
+        except ValueError as e:
             self.stats.receive("malformed")
-            log.warning("websocket: malformed frame skipped: %r", str(raw)[:120])
-            return []
+            log.warning("websocket: malformed frame dead-lettered to %s: %r", DLQ_TOPIC, str(raw)[:120])
+            return [self._dead_letter(f"not JSON: {e}", raw)]
         if not isinstance(messages, list):
             messages = [messages]
         out, kinds = [], {}
@@ -294,6 +300,8 @@ class WebSocketFeed:
             parsed = self.provider.parse(m)  # an error message raises
             if parsed.event is None:
                 self._other(m, parsed)
+                if parsed.kind == "malformed":
+                    out.append(self._dead_letter(parsed.detail, json.dumps(m)))
                 continue
             name, event, topic, event_type = parsed.kind, parsed.event, parsed.topic, parsed.event_type
             if self.hours is not None and not self.hours.is_open(event.get("window_start", event["ts"])):
@@ -320,4 +328,9 @@ class WebSocketFeed:
                 self._warned_types.add(parsed.detail)
                 log.warning("websocket: unknown message type %r skipped", parsed.detail)
         elif parsed.kind == "malformed":
-            log.warning("websocket: malformed message skipped (%s): %.120s", parsed.detail, m)
+            log.warning("websocket: malformed message dead-lettered to %s (%s): %.120s", DLQ_TOPIC, parsed.detail, m)
+
+    def _dead_letter(self, reason: str, raw: str | bytes) -> tuple[str, None, DeadLetter]:
+        value = raw.encode() if isinstance(raw, str) else raw
+        return DLQ_TOPIC, None, dead_letter(reason, stage=self.provider.source, topic=self.url, partition=-1,
+                                            offset=-1, key=None, value=value, max_bytes=self.s.dlq_max_bytes)

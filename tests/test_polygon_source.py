@@ -18,6 +18,7 @@ from websockets.sync.client import connect
 
 from producers.base import StopFlag
 from producers.websocket import WebSocketFeed
+from ticktape import kafka_clients
 from ticktape.config import ConfigError
 from ticktape.core import polygon
 from ticktape.stack import free_port
@@ -136,7 +137,7 @@ def test_auth_failure_is_one_clear_error_without_retries(settings, caplog):
     assert (feed.stats.errors, feed.stats.published) == (1, 0)
 
 
-def test_malformed_messages_are_counted_and_skipped(settings, caplog):
+def test_malformed_messages_are_counted_and_dead_lettered(settings, caplog):
     script = [[("data", ptrades("AAPL", 1, 2)),
                ("raw", '[{"ev":"T","sym":"AAPL",'),  # truncated JSON
                ("raw", '[{"ev":"T","sym":"AAPL","x":4,"i":"9","p":"1.0","s":1,"t":1},{"ev":"ZZ"},'
@@ -148,7 +149,16 @@ def test_malformed_messages_are_counted_and_skipped(settings, caplog):
             feed = run_feed(s, ["AAPL"], count=4, provider=P)
     assert [t["seq"] for t in read_topic(s, "md.ticks")] == [1, 2, 3, 4]
     assert feed.stats.received == {"trade": 4, "malformed": 3, "unknown": 1, "ignored": 1}
-    assert "malformed message skipped (trade (ValueError: p is not a number: '1.0'))" in caplog.text
+    assert ("malformed message dead-lettered to dlq.sources (trade (ValueError: p is not a number: '1.0'))"
+            in caplog.text)
+    # what could not be read is kept, as it came, with why
+    dead = kafka_clients.read_to_end(s, s.topic("dlq.sources"), f"{s.topic_prefix}dlq")
+    assert [m.value() for m in dead] == [b'[{"ev":"T","sym":"AAPL",',
+                                         b'{"ev": "T", "sym": "AAPL", "x": 4, "i": "9", "p": "1.0", "s": 1, "t": 1}',
+                                         b"7"]
+    headers = [dict(m.headers()) for m in dead]
+    assert [h["ticktape.stage"] for h in headers] == [b"websocket:polygon"] * 3
+    assert headers[0]["ticktape.error"].startswith(b"not JSON: ") and headers[0]["ticktape.source.topic"] == server.url.encode()
 
 
 def test_missing_key_and_bad_cluster_fail_before_connecting(settings):

@@ -80,7 +80,7 @@ def test_error_classification():
 
 # --- against the local server and the broker -----------------------------------------
 def ws_settings(settings, url, **kw):
-    kafka_clients.ensure_topics(settings, ["md.ticks", "md.bars.1m"])
+    kafka_clients.ensure_topics(settings, ["md.ticks", "md.bars.1m", "dlq.sources"])
     base = dict(alpaca_api_key_id=KEY, alpaca_api_secret_key=SECRET, polygon_api_key=KEY, websocket_url=url,
                 websocket_ping_interval_s=0.2, websocket_timeout_s=0.5,
                 websocket_backoff_base_s=0.05, websocket_backoff_max_s=0.2)
@@ -182,7 +182,7 @@ def test_server_stops_answering_pings(settings):
     assert (feed.stats.reconnects, feed.stats.gaps, feed.stats.duplicates) == (1, 1, 0)
 
 
-def test_malformed_and_unknown_messages_are_counted_and_skipped(settings, caplog):
+def test_malformed_messages_are_dead_lettered_and_unknown_ones_counted(settings, caplog):
     script = [[("data", trades("AAPL", 1, 2)),
                ("raw", '[{"T":"t","S":"AAPL",'),  # truncated JSON
                ("raw", '[{"T":"zz","S":"AAPL"},{"T":"s","S":"AAPL","sc":"H"},{"T":"t","S":"AAPL"},'
@@ -196,6 +196,9 @@ def test_malformed_and_unknown_messages_are_counted_and_skipped(settings, caplog
     assert feed.stats.received == {"trade": 4, "malformed": 3, "unknown": 1, "ignored": 1, "control": 1}
     assert (feed.stats.reconnects, feed.stats.published) == (0, 4)
     assert "unknown message type 'zz'" in caplog.text
+    dead = kafka_clients.read_to_end(s, s.topic("dlq.sources"), f"{s.topic_prefix}dlq")
+    assert [m.value() for m in dead] == [b'[{"T":"t","S":"AAPL",', b'{"T": "t", "S": "AAPL"}', b"42"]
+    assert {dict(m.headers())["ticktape.stage"] for m in dead} == {b"websocket:alpaca"}
 
 
 def test_burst_of_50000_messages(settings):
