@@ -72,6 +72,13 @@ def output_topics(s: Settings) -> dict[str, str]:
     return out
 
 
+def python_path() -> str:
+    """The worker's PYTHONPATH: the repo, then where a STRATEGY module is found from here
+    (the current directory and PYTHONPATH), as ``ticktape.api.load_strategy`` finds it."""
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys([str(REPO_ROOT), os.getcwd(), *extra]))
+
+
 class _Worker:
     def __init__(self, s: Settings, env: dict[str, str]):
         self.port = s.metrics_port
@@ -79,7 +86,7 @@ class _Worker:
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ticktape.cli", "process", "worker"], cwd=REPO_ROOT,
-                env=os.environ | env | {"PYTHONPATH": str(REPO_ROOT)}, stdout=out,
+                env=os.environ | env | {"PYTHONPATH": python_path()}, stdout=out,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def alive(self) -> bool:

@@ -151,6 +151,7 @@ def make_setup(s: Settings, symbols: tuple[str, ...], risk_path: str | None):
     """The run's Setup from settings; a bad value → UsageError naming it."""
     import yaml
 
+    from ..api import load_strategy
     from ..core.backtest import Setup
     from ..core.execution import ExecConfig
     from ..core.strategy import StrategyConfig
@@ -163,7 +164,7 @@ def make_setup(s: Settings, symbols: tuple[str, ...], risk_path: str | None):
         limits = load_risk_limits(path)
         return Setup(tuple(s.interval_list), s.bar_grace_ms * 1000, StrategyConfig.from_settings(s),
                      ExecConfig.from_settings(s), limits, yaml.safe_load(path.read_text()), s.starting_cash,
-                     symbols, s.exec_market_data, s.risk_idle_ms * 1000, s.risk_max_pending)
+                     symbols, s.exec_market_data, s.risk_idle_ms * 1000, s.risk_max_pending, load_strategy(s))
     except ConfigError as e:
         raise UsageError(str(e)) from None
 
@@ -518,6 +519,9 @@ def backtest(args) -> int:
         raise UsageError("--keep is for --mode kafka")
     if args.report and not args.report.endswith((".html", ".htm")):
         raise UsageError(f"--report {args.report}: expected an .html file name")
+    from ..api import load_strategy
+
+    load_strategy(s)  # a bad STRATEGY / STRATEGY_PARAMS before any input is read
     if not s.database_url:
         raise UsageError("no database to store the run: set DATABASE_URL or run `ticktape stack up`")
     market = read_market(s, args)
@@ -530,7 +534,7 @@ def backtest(args) -> int:
     variants = sweep or [{}]
     plan = prepare(s, market, symbols, args.model, args.config, args.start, args.end, args.mode, variants)
     meta = plan.meta
-    if plan.model is None:
+    if plan.model is None and plan.setups[0].strategy_spec.cls.input_kind() == "prediction":
         print("backtest: no model given and none active: no predictions, so no trades", file=sys.stderr)
     what = f"{market.size:,} {market.interval} bars" if market.bars is not None else f"{market.size:,} ticks"
     print(f"backtest: {what}, {_iso(plan.start)} .. {_iso(plan.end)}, {len(symbols)} symbols, "

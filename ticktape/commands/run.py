@@ -117,6 +117,9 @@ class Summary:
 
 
 def run(args) -> int:
+    from ..api import load_strategy
+
+    spec = load_strategy(settings())  # a bad STRATEGY / STRATEGY_PARAMS: one line, exit 2, before anything starts
     bring_up(with_prometheus=True)
     s = settings()
     logs = Path(s.home) / "logs"
@@ -128,7 +131,7 @@ def run(args) -> int:
     env.setdefault("STRATEGY_INTERVAL", BOOTSTRAP_INTERVAL)
     for name, value in RUN_DEFAULTS.items():
         env.setdefault(name, value)
-    if args.bootstrap_model:
+    if args.bootstrap_model and spec.cls.input_kind() == "prediction":  # a strategy of bars needs no model
         _ensure_model(env["STRATEGY_INTERVAL"])
     producer_args = ["produce", "sim"] + (["--rate", str(args.rate)] if args.rate else [])
     pipeline = [Child("worker", ["process", "worker"]), Child("sink-postgres", ["sink", "postgres"]),
