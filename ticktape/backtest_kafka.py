@@ -37,6 +37,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 from . import kafka_clients, registry
 from .config import REPO_ROOT, Settings
 from .core.backtest import TRADING_KINDS, Events
+from .core.bars import is_heartbeat
 from .scrape import scrape, total
 from .serde import Serde, SerdeError
 from .stack import free_port
@@ -110,7 +111,8 @@ class _Worker:
 
 
 def replay(s: Settings, ticks_by_partition: dict[int, list[dict]]) -> int:
-    """Send the ticks to the namespace's md.ticks, each partition in order; the count."""
+    """Send the ticks (and heartbeats: a recorded source's, in their partition) to the
+    namespace's md.ticks, each partition in order; the count."""
     topic = s.topic("md.ticks")
     serde = Serde(s.schema_registry_url)
     prod = kafka_clients.producer(s)
@@ -123,9 +125,11 @@ def replay(s: Settings, ticks_by_partition: dict[int, list[dict]]) -> int:
     n = 0
     for p in sorted(ticks_by_partition):
         for t in ticks_by_partition[p]:
+            hb = is_heartbeat(t)  # no symbol, so no key: the partition is the record's
+            value = serde.encode("heartbeat" if hb else "tick", t, topic=topic)
             while True:
                 try:
-                    prod.produce(topic, value=serde.encode("tick", t, topic=topic), key=t["symbol"].encode(),
+                    prod.produce(topic, value=value, key=None if hb else t["symbol"].encode(),
                                  partition=p, timestamp=t["ts"] // 1000, on_delivery=delivered)
                     break
                 except BufferError:  # local queue full: let deliveries drain
