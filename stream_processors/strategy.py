@@ -12,9 +12,12 @@ can send orders to the partition the symbol's market data is in.
 """
 from __future__ import annotations
 
+import json
+import logging
+
 import faust
 
-from ticktape import kafka_clients
+from ticktape import kafka_clients, metrics
 from ticktape.api import load_strategy
 from ticktape.config import Settings
 from ticktape.core.desks import StrategyDesk
@@ -23,6 +26,7 @@ from ticktape.core.strategy import StrategyConfig
 from .app import run_stage
 from .trading_io import TradingIO, partition_header
 
+log = logging.getLogger(__name__)
 STAGE = "strategy"
 INPUT_TOPICS = {"prediction": "ml.predictions", "indicator_set": "analytics.indicators"}
 
@@ -87,7 +91,13 @@ class StrategyStage:
 
 
 def attach(app: faust.App, s: Settings) -> None:
-    desk = StrategyDesk(StrategyConfig.from_settings(s), load_strategy(s))
+    spec = load_strategy(s)
+    desk = StrategyDesk(StrategyConfig.from_settings(s), spec)
+    ran = spec.record()
+    metrics.STRATEGY.info({"class": ran["class"], "params": json.dumps(ran["params"], sort_keys=True),
+                           "source_sha256": ran["source_sha256"]})  # what this live run trades
+    log.info("strategy %s %s (source sha256 %s), on %s", ran["class"], json.dumps(ran["params"], sort_keys=True),
+             ran["source_sha256"][:16], INPUT_TOPICS[desk.input])
     name = INPUT_TOPICS[desk.input]
     topic = app.topic(s.topic(name), key_serializer="raw", value_serializer="raw")
     table = app.Table(STAGE, partitions=kafka_clients.topic_spec(name).partitions)

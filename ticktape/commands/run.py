@@ -139,7 +139,7 @@ def run(args) -> int:
     source = Child("producer", producer_args)
     for child in pipeline + [source]:
         child.start(logs, env)
-    write_run_files(s.home, [(c.role, c.port, c.proc.pid) for c in pipeline + [source]])
+    write_run_files(s.home, [(c.role, c.port, c.proc.pid) for c in pipeline + [source]], spec.record())
 
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
@@ -147,7 +147,7 @@ def run(args) -> int:
     summary = Summary(pipeline + [source])
     tty = sys.stdout.isatty()
     t0 = time.monotonic()
-    print(f"ticktape: pipeline running (logs in {logs}); Ctrl-C stops it", flush=True)
+    print(f"ticktape: pipeline running (logs in {logs}), strategy {spec.path}; Ctrl-C stops it", flush=True)
     failed = None
     while not stop["now"]:
         time.sleep(1.0)
