@@ -165,6 +165,9 @@ def test_compare_names_the_strategies_of_two_runs(services, fresh_db):
                               **common)
     b = ticktape.backtest.run(df, STRATEGY="test_ema_cross:Slower", **common)
     assert a.counts["orders"] >= 10 and b.counts["orders"] >= 4 and a.sha256 != b.sha256
+    # the class itself and a dict of parameters: the same run
+    same = ticktape.backtest.run(df, symbols="GOOG", strategy=EmaCross, strategy_params={"fast": 5, "slow": 20})
+    assert (same.sha256, same.figures) == (a.sha256, a.figures)
     with psycopg.connect(fresh_db) as conn:
         stored = conn.execute("SELECT strategy, strategy_params, strategy_sha256 FROM backtest_runs WHERE run_id = %s",
                               (a.run_id,)).fetchone()
