@@ -219,3 +219,16 @@ def test_the_commands_refuse_a_bad_strategy_before_starting_anything(argv, tmp_p
     assert done.stderr == ("ticktape: error: STRATEGY_PARAMS={\"slow\": 0}: EmaCross refuses them: fast and slow "
                            "must be whole numbers with 1 <= fast < slow, got 5 and 0\n")
     assert not (tmp_path / "stack").exists() and done.stdout == ""
+
+
+def test_a_custom_strategy_s_signals_pass_the_risk_engine_with_its_reason_codes():
+    Steps.script = [Target(2000, "too big"), Target(50, "fits"), None]
+    chain = desks.TradingChain(**chain_args("bars") | {"strategy": spec(Steps)})
+    for i in range(3):
+        for sym in ("AAPL", "KO", "MSFT"):
+            chain.feed("indicator_set", indicator_set(sym, T0 + i * MIN, 100.0))
+    out = chain.outputs
+    assert [(r["symbol"], r["reason_code"]) for r in out["rejection"]] == [
+        ("AAPL", "MAX_ORDER_NOTIONAL"), ("KO", "MAX_ORDER_NOTIONAL"), ("MSFT", "MAX_ORDER_NOTIONAL")]
+    assert [(o["symbol"], o["side"], o["quantity"]) for o in out["order"]] == [
+        ("AAPL", "BUY", 50.0), ("KO", "BUY", 50.0), ("MSFT", "BUY", 50.0)]
