@@ -78,7 +78,7 @@ class StrategyDesk:
 
     def _new(self, symbol: str) -> strategies.SymbolRun:
         inst = self.spec.cls(symbol, **self.spec.params)
-        inst.symbol, inst.target = symbol, 0.0
+        inst.symbol, inst.target = symbol, 0.0  # also where a subclass's __init__ skips Strategy's
         run = self.symbols[symbol] = strategies.SymbolRun(inst)
         return run
 
