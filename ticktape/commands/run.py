@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import metrics
 from ..config import settings
 from ..scrape import scrape, total
+from ..stack import free_port, port_open
 from .stack import bring_up
 from .status import remove_run_files, write_run_files
 
@@ -42,7 +43,10 @@ class Child:
     port: int = field(default=0)
 
     def start(self, logs: Path, env: dict) -> None:
-        self.port = metrics.ROLE_PORTS[self.role]
+        port = metrics.ROLE_PORTS[self.role]
+        # another main job (another TICKTAPE_HOME) may have the role's port: run.json and
+        # the Prometheus targets name the one this child got
+        self.port = free_port() if port_open(port) else port
         log = open(logs / f"{self.role}.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ticktape.cli", *self.argv], stdout=log, stderr=subprocess.STDOUT,
