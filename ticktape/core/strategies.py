@@ -46,7 +46,7 @@ class StrategyError(RuntimeError):
     a defect of the strategy, not of its input, so the stage stops with this one line."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per event, and a frozen one costs several µs to build
 class Prediction:
     event_id: str
     symbol: str
@@ -58,7 +58,7 @@ class Prediction:
     model_version: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Bar:
     """A closed bar as the indicator stage publishes it: close, volume and the indicator
     set (``indicators["ema_12"]`` ...; None until an indicator's lookback is filled)."""
