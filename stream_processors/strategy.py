@@ -1,5 +1,6 @@
-"""The strategy stage: ml.predictions → trading.signals, and the account stream
-(trading.account) the risk stage orders its decisions by.
+"""The strategy stage: ml.predictions (or analytics.indicators, for a strategy that
+trades bars: ``STRATEGY``) → trading.signals, and the account stream (trading.account)
+the risk stage orders its decisions by.
 
 State: the ``strategy`` table, one entry per symbol (``StrategyDesk.symbol_state``), with
 its partition; written to the changelog after each batch.  Per batch: decide
@@ -11,9 +12,13 @@ can send orders to the partition the symbol's market data is in.
 """
 from __future__ import annotations
 
+import json
+import logging
+
 import faust
 
-from ticktape import kafka_clients
+from ticktape import kafka_clients, metrics
+from ticktape.api import load_strategy
 from ticktape.config import Settings
 from ticktape.core.desks import StrategyDesk
 from ticktape.core.strategy import StrategyConfig
@@ -21,18 +26,20 @@ from ticktape.core.strategy import StrategyConfig
 from .app import run_stage
 from .trading_io import TradingIO, partition_header
 
+log = logging.getLogger(__name__)
 STAGE = "strategy"
+INPUT_TOPICS = {"prediction": "ml.predictions", "indicator_set": "analytics.indicators"}
 
 
 class StrategyStage:
-    def __init__(self, app: faust.App, s: Settings, table):
+    def __init__(self, app: faust.App, s: Settings, table, desk: StrategyDesk):
         self.io = TradingIO(app, s, STAGE)
         self.guard = self.io.guard  # run_stage reads lost tails through it
         self.table = table
-        self.cfg = StrategyConfig.from_settings(s)
+        self.desk = desk
+        self.cfg = desk.cfg
         self.account = self.cfg.account
-        self.sources = {s.topic("ml.predictions")}
-        self.desk = StrategyDesk(self.cfg)
+        self.sources = {s.topic(INPUT_TOPICS[desk.input])}
         self.partition_of: dict[str, int] = {}  # symbols loaded into the desk
         self.sent_progress: dict[str, int] = {}
 
@@ -55,14 +62,14 @@ class StrategyStage:
         acct_p = io.account_partition(self.account)
         dirty = {}
         for msg in await io.inputs(self.table, events, self.sources):
-            decoded = await io.decode(msg, ("prediction",))
+            decoded = await io.decode(msg, (self.desk.input,))
             if decoded is None:
                 continue
-            _, rec = decoded
+            kind, rec = decoded
             sym = rec["symbol"]
             self.load(sym, msg.partition)
             try:
-                out = self.desk.on_prediction(rec)
+                out = self.desk.on_input(kind, rec)
             except ValueError as e:  # e.g. a p_up that is not a probability, no close
                 await io.dead_letter(msg, str(e))
                 continue
@@ -84,8 +91,16 @@ class StrategyStage:
 
 
 def attach(app: faust.App, s: Settings) -> None:
-    topic = app.topic(s.topic("ml.predictions"), key_serializer="raw", value_serializer="raw")
-    table = app.Table(STAGE, partitions=kafka_clients.topic_spec("ml.predictions").partitions)
-    stage = StrategyStage(app, s, table)
+    spec = load_strategy(s)
+    desk = StrategyDesk(StrategyConfig.from_settings(s), spec)
+    ran = spec.record()
+    metrics.STRATEGY.info({"class": ran["class"], "params": json.dumps(ran["params"], sort_keys=True),
+                           "source_sha256": ran["source_sha256"]})  # what this live run trades
+    log.info("strategy %s %s (source sha256 %s), on %s", ran["class"], json.dumps(ran["params"], sort_keys=True),
+             ran["source_sha256"][:16], INPUT_TOPICS[desk.input])
+    name = INPUT_TOPICS[desk.input]
+    topic = app.topic(s.topic(name), key_serializer="raw", value_serializer="raw")
+    table = app.Table(STAGE, partitions=kafka_clients.topic_spec(name).partitions)
+    stage = StrategyStage(app, s, table, desk)
 
     run_stage(app, s, stage, topic, name=STAGE)

@@ -15,7 +15,7 @@ from ticktape.stack import free_port
 
 CLOSED = "127.0.0.1:1"
 
-# (id, argv, env; "{broker}" is the real broker, "{closed}" a closed port, "{dir}" a temp dir)
+# (id, argv, env; "{broker}" is the real broker, "{closed}" a closed port, "{dir}" a temp dir; {{ }} a brace)
 CASES = [
     ("nan tick rate", ["config"], {"SIM_TICK_RATE": "nan"}),
     ("infinite tick rate", ["config"], {"SIM_TICK_RATE": "inf"}),
@@ -36,6 +36,10 @@ CASES = [
     ("no broker: topics list", ["topics", "list"], {"KAFKA_BOOTSTRAP_SERVERS": "{closed}"}),
     ("no broker: topics tail", ["topics", "tail", "md.ticks"], {"KAFKA_BOOTSTRAP_SERVERS": "{closed}"}),
     ("no broker: process worker", ["process", "worker"], {"KAFKA_BOOTSTRAP_SERVERS": "{closed}"}),
+    ("bad strategy: process worker", ["process", "worker"],
+     {"KAFKA_BOOTSTRAP_SERVERS": "{broker}", "STRATEGY": "examples.ema_cross:EmaCross", "STRATEGY_PARAMS": '{{"fast": "x"}}'}),
+    ("unknown strategy: process worker", ["process", "worker"],
+     {"KAFKA_BOOTSTRAP_SERVERS": "{broker}", "STRATEGY": "mine.strategies:Nope"}),
     ("no broker: produce sim", ["produce", "sim", "--count", "10"], {"KAFKA_BOOTSTRAP_SERVERS": "{closed}"}),
     ("no broker: sink postgres", ["sink", "postgres"], {"KAFKA_BOOTSTRAP_SERVERS": "{closed}"}),
     ("no redis: sink redis", ["sink", "redis"], {"KAFKA_BOOTSTRAP_SERVERS": "{broker}", "REDIS_URL": "redis://{closed}/0"}),

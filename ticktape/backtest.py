@@ -15,6 +15,7 @@ figures, equity and trades.  The time may be the index (``index_col=0``, yfinanc
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -27,6 +28,8 @@ from .core.backtest import TRADE_FIELDS, Events
 
 if TYPE_CHECKING:
     import pandas
+
+    from .api import Strategy
 
 _TIME_NAMES = ("time", "date", "datetime", "ts")  # a column that holds the time: the index does not
 
@@ -51,6 +54,7 @@ class Result:
 
 def run(df: pandas.DataFrame, *, model: str | None = None, symbols: str | list[str] | None = None,
         interval: str | None = None, config: str | None = None, store: bool = False,
+        strategy: str | type[Strategy] | None = None, strategy_params: dict | str | None = None,
         **settings: Any) -> Result:
     """Backtest the bars or ticks of ``df``.
 
@@ -58,10 +62,18 @@ def run(df: pandas.DataFrame, *, model: str | None = None, symbols: str | list[s
     one when there is a database.  ``symbols``: the universe and a filter (default: the
     rows' symbols; a frame without a symbol column needs exactly one).  ``interval``: the
     bars' length (default: their shortest time step).  ``config``: the risk file.
-    ``store``: also write the run to ``backtest_runs`` & co.  ``settings``: settings by env
-    name or field name (``STRATEGY_ENTER_P=0.55`` or ``strategy_enter_p=0.55``)."""
+    ``store``: also write the run to ``backtest_runs`` & co.  ``strategy``: STRATEGY, as
+    ``package.module:Class`` or the class itself (at the top level of its module, a
+    notebook's included); ``strategy_params``: STRATEGY_PARAMS, as JSON or a dict.
+    ``settings``: settings by env name or field name (``STRATEGY_ENTER_P=0.55`` or
+    ``strategy_enter_p=0.55``)."""
     import pandas as pd
     from producers.replay import read_table
+
+    if strategy is not None:
+        settings["STRATEGY"] = strategy if isinstance(strategy, str) else f"{strategy.__module__}:{strategy.__name__}"
+    if strategy_params is not None:
+        settings["STRATEGY_PARAMS"] = strategy_params if isinstance(strategy_params, str) else json.dumps(strategy_params)
 
     try:
         s = env_settings(**_overrides(settings))

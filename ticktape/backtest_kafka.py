@@ -37,6 +37,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 from . import kafka_clients, registry
 from .config import REPO_ROOT, Settings
 from .core.backtest import TRADING_KINDS, Events
+from .core.bars import is_heartbeat
 from .scrape import scrape, total
 from .serde import Serde, SerdeError
 from .stack import free_port
@@ -72,6 +73,13 @@ def output_topics(s: Settings) -> dict[str, str]:
     return out
 
 
+def python_path() -> str:
+    """The worker's PYTHONPATH: the repo, then where a STRATEGY module is found from here
+    (the current directory and PYTHONPATH), as ``ticktape.api.load_strategy`` finds it."""
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join(dict.fromkeys([str(REPO_ROOT), os.getcwd(), *extra]))
+
+
 class _Worker:
     def __init__(self, s: Settings, env: dict[str, str]):
         self.port = s.metrics_port
@@ -79,7 +87,7 @@ class _Worker:
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "ticktape.cli", "process", "worker"], cwd=REPO_ROOT,
-                env=os.environ | env | {"PYTHONPATH": str(REPO_ROOT)}, stdout=out,
+                env=os.environ | env | {"PYTHONPATH": python_path()}, stdout=out,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def alive(self) -> bool:
@@ -103,7 +111,8 @@ class _Worker:
 
 
 def replay(s: Settings, ticks_by_partition: dict[int, list[dict]]) -> int:
-    """Send the ticks to the namespace's md.ticks, each partition in order; the count."""
+    """Send the ticks (and heartbeats: a recorded source's, in their partition) to the
+    namespace's md.ticks, each partition in order; the count."""
     topic = s.topic("md.ticks")
     serde = Serde(s.schema_registry_url)
     prod = kafka_clients.producer(s)
@@ -116,9 +125,11 @@ def replay(s: Settings, ticks_by_partition: dict[int, list[dict]]) -> int:
     n = 0
     for p in sorted(ticks_by_partition):
         for t in ticks_by_partition[p]:
+            hb = is_heartbeat(t)  # no symbol, so no key: the partition is the record's
+            value = serde.encode("heartbeat" if hb else "tick", t, topic=topic)
             while True:
                 try:
-                    prod.produce(topic, value=serde.encode("tick", t, topic=topic), key=t["symbol"].encode(),
+                    prod.produce(topic, value=value, key=None if hb else t["symbol"].encode(),
                                  partition=p, timestamp=t["ts"] // 1000, on_delivery=delivered)
                     break
                 except BufferError:  # local queue full: let deliveries drain

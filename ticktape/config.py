@@ -191,6 +191,11 @@ class Settings:
         "STRATEGY_MAX_VOL_SCALE", 3.0, "vol_target: cap of vol_target / volatility_20")
     strategy_lot_size: float = _setting(
         "STRATEGY_LOT_SIZE", 1.0, "order quantities are whole multiples of this")
+    strategy: str = _setting(
+        "STRATEGY", "ticktape.api:PUpHysteresis",
+        "the strategy class, package.module:Class (a ticktape.api.Strategy; see Write your own strategy)")
+    strategy_params: str = _setting(
+        "STRATEGY_PARAMS", "{}", "STRATEGY's parameters, a JSON object (the built-in one takes STRATEGY_* instead)")
     exec_slippage_bps: float = _setting(
         "EXEC_SLIPPAGE_BPS", 1.0, "paper fills: price worsened by this many basis points")
     exec_commission: str = _setting(

@@ -106,6 +106,7 @@ SOURCE_LATENCY = Histogram(
 # --- process ----------------------------------------------------------------------------
 PROCESS_UP = Gauge("ticktape_process_up", "1 while the process runs", ["role"])
 BUILD = Info("ticktape_build", "version of the running code")
+STRATEGY = Info("ticktape_strategy", "the strategy stage's STRATEGY, STRATEGY_PARAMS (JSON) and source sha256")
 
 
 def serve(role: str, s: Settings) -> int:

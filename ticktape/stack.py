@@ -265,6 +265,7 @@ class LocalStack:
             raise StackError("prometheus not found (apt-get install -y prometheus)")
         port = prev.get("port") if prev.get("port") and not port_open(prev["port"]) else free_port()
         conf = self.home / "prometheus.yml"
+        self.home.mkdir(parents=True, exist_ok=True)  # the first thing started when the env gives the rest
         conf.write_text((REPO_ROOT / "prometheus" / "prometheus.local.yml").read_text())
         # its rule file, next to it; its scrape targets come from `ticktape run`
         shutil.copyfile(REPO_ROOT / "prometheus" / "alerts.yml", self.home / "alerts.yml")

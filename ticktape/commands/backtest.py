@@ -154,6 +154,7 @@ def make_setup(s: Settings, symbols: tuple[str, ...], risk_path: str | None):
     """The run's Setup from settings; a bad value → UsageError naming it."""
     import yaml
 
+    from ..api import load_strategy
     from ..core.backtest import Setup
     from ..core.execution import ExecConfig
     from ..core.strategy import StrategyConfig
@@ -167,7 +168,7 @@ def make_setup(s: Settings, symbols: tuple[str, ...], risk_path: str | None):
         limits = load_risk_limits(path).with_market_hours(market_hours(s))
         return Setup(tuple(s.interval_list), s.bar_grace_ms * 1000, StrategyConfig.from_settings(s),
                      ExecConfig.from_settings(s), limits, yaml.safe_load(path.read_text()), s.starting_cash,
-                     symbols, s.exec_market_data, s.risk_idle_ms * 1000, s.risk_max_pending)
+                     symbols, s.exec_market_data, s.risk_idle_ms * 1000, s.risk_max_pending, load_strategy(s))
     except ConfigError as e:
         raise UsageError(str(e)) from None
 
@@ -368,11 +369,12 @@ def store(s: Settings, row: dict, result) -> None:
     with psycopg.connect(s.database_url) as conn:
         conn.execute(
             "INSERT INTO backtest_runs (run_id, mode, period_start, period_end, symbols, parameters, code_version, "
-            "model_version, data_fingerprint, results_sha256, metrics, counts) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            "model_version, data_fingerprint, results_sha256, metrics, counts, strategy, strategy_params, "
+            "strategy_sha256) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (row["run_id"], row["mode"], _dt(row["period_start"]), _dt(row["period_end"]), list(row["symbols"]),
              Jsonb(row["parameters"]), row["code_version"], row["model_version"], row["data_fingerprint"],
-             row["results_sha256"], Jsonb(row["metrics"]), Jsonb(row["counts"])))
+             row["results_sha256"], Jsonb(row["metrics"]), Jsonb(row["counts"]), row["strategy"]["class"],
+             Jsonb(row["strategy"]["params"]), row["strategy"]["source_sha256"]))
         cur = conn.cursor()
         with cur.copy("COPY backtest_equity (run_id, ts, equity, cash, market_value, gross_exposure, "
                       "realized_pnl, unrealized_pnl, drawdown) FROM STDIN") as cp:
@@ -389,8 +391,12 @@ def store(s: Settings, row: dict, result) -> None:
 def load_run(s: Settings, run_id: str) -> dict:
     import psycopg
 
+    from sinks import schema
+
     cols = ("run_id", "created_at", "mode", "period_start", "period_end", "symbols", "parameters",
-            "code_version", "model_version", "data_fingerprint", "results_sha256", "metrics", "counts")
+            "code_version", "model_version", "data_fingerprint", "results_sha256", "metrics", "counts",
+            "strategy", "strategy_params", "strategy_sha256")
+    schema.migrate(s)  # a database of runs stored before the strategy columns
     with psycopg.connect(s.database_url) as conn:
         found = conn.execute(f"SELECT {', '.join(cols)} FROM backtest_runs WHERE run_id = %s",
                              (run_id,)).fetchone()
@@ -504,11 +510,16 @@ def finish(plan: Plan, setup, events, run_id: str, save: bool = True) -> tuple[d
     from ..core import backtest as bt
 
     result = bt.summarize(events, setup, plan.start)
-    row = plan.common | {"run_id": run_id, "parameters": setup.parameters(),
-                         "results_sha256": result.sha256, "metrics": result.metrics, "counts": result.counts}
+    row = run_row(plan, setup, run_id, result)
     if save:
         store(plan.settings, row, result)
     return row, result
+
+
+def run_row(plan: Plan, setup, run_id: str, result) -> dict:
+    """The ``backtest_runs`` row of one run: what ran (parameters, strategy) and its results."""
+    return plan.common | {"run_id": run_id, "parameters": setup.parameters(), "strategy": setup.strategy_spec.record(),
+                          "results_sha256": result.sha256, "metrics": result.metrics, "counts": result.counts}
 
 
 def check_interval(text: str, what: str) -> None:
@@ -535,6 +546,9 @@ def backtest(args) -> int:
         raise UsageError("--keep is for --mode kafka")
     if args.report and not args.report.endswith((".html", ".htm")):
         raise UsageError(f"--report {args.report}: expected an .html file name")
+    from ..api import load_strategy
+
+    load_strategy(s)  # a bad STRATEGY / STRATEGY_PARAMS before any input is read
     if not s.database_url:
         raise UsageError("no database to store the run: set DATABASE_URL or run `ticktape stack up`")
     market = read_market(s, args)
@@ -547,7 +561,7 @@ def backtest(args) -> int:
     variants = sweep or [{}]
     plan = prepare(s, market, symbols, args.model, args.config, args.start, args.end, args.mode, variants)
     meta = plan.meta
-    if plan.model is None:
+    if plan.model is None and plan.setups[0].strategy_spec.cls.input_kind() == "prediction":
         print("backtest: no model given and none active: no predictions, so no trades", file=sys.stderr)
     what = f"{market.size:,} {market.interval} bars" if market.bars is not None else f"{market.size:,} ticks"
     print(f"backtest: {what}, {_iso(plan.start)} .. {_iso(plan.end)}, {len(symbols)} symbols, "
@@ -634,8 +648,7 @@ def _sweep(plan: Plan, args, variants) -> int:
           f"{'max dd':>10} {'orders':>6} {'rejected':>8}")
     for overrides, setup, result in zip(variants, setups, results):
         run_id = new_run_id()
-        row = plan.common | {"run_id": run_id, "parameters": setup.parameters(), "results_sha256": result.sha256,
-                             "metrics": result.metrics, "counts": result.counts}
+        row = run_row(plan, setup, run_id, result)
         store(plan.settings, row, result)
         m = result.metrics
         print("  ".join(f"{overrides[n]!s:>16}" for n in names) + f"  {run_id:<12} {_pct(m['total_return']):>11} "
@@ -665,7 +678,7 @@ def compare(a: str, b: str) -> int:
         raise UsageError("no database: set DATABASE_URL or run `ticktape stack up`")
     ra, rb = load_run(s, a), load_run(s, b)
     print(f"{'':<16}{a:>28}{b:>28}")
-    for key in ("mode", "model_version", "code_version"):
+    for key in ("mode", "model_version", "code_version", "strategy"):
         print(f"{key:<16}{str(ra[key]):>28}{str(rb[key]):>28}")
     print(f"{'period':<16}{_iso(ra['period_start'])[:19]:>28}{_iso(rb['period_start'])[:19]:>28}")
     print(f"{'':<16}{_iso(ra['period_end'])[:19]:>28}{_iso(rb['period_end'])[:19]:>28}")
@@ -675,15 +688,28 @@ def compare(a: str, b: str) -> int:
         print(f"{key:<16}{_num(ra['metrics'][key]):>28}{_num(rb['metrics'][key]):>28}")
     for key in ("end_equity", "closing_trades", "orders", "rejections"):
         print(f"{key:<16}{ra['metrics'][key]:>28,}{rb['metrics'][key]:>28,}")
+    ran = [(key, ra[key], rb[key]) for key in ("strategy", "strategy_params", "strategy_sha256") if ra[key] != rb[key]]
+    for key, va, vb in ran:  # the strategy first: the difference that matters most
+        name = {"strategy": "strategy", "strategy_params": "strategy parameters",
+                "strategy_sha256": "strategy source sha256"}[key]
+        print(f"{name}: {_ran(va)} vs {_ran(vb)}")
     pa, pb = _flat(ra["parameters"]), _flat(rb["parameters"])
     diff = sorted(k for k in pa.keys() | pb.keys() if pa.get(k) != pb.get(k))
     for k in diff:
         print(f"parameter {k}: {json.dumps(pa.get(k))} vs {json.dumps(pb.get(k))}")
+    diff += [key for key, _, _ in ran]
     same_data = ra["data_fingerprint"] == rb["data_fingerprint"]
     same = ra["results_sha256"] == rb["results_sha256"]
     print(f"input data: {'same' if same_data else 'different'}; parameters: "
           f"{'same' if not diff else f'{len(diff)} differ'}; equity and trades: {'identical' if same else 'differ'}")
     return 0
+
+
+def _ran(value) -> str:
+    """A strategy column as compare prints it (None: stored before the column existed)."""
+    if value is None:
+        return "(not recorded)"
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 # --- against the live pipeline --------------------------------------------------------

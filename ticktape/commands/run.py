@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import metrics
 from ..config import settings
 from ..scrape import scrape, total
+from ..stack import free_port, port_open
 from .stack import bring_up
 from .status import remove_run_files, write_run_files
 
@@ -45,7 +46,10 @@ class Child:
     port: int = field(default=0)
 
     def start(self, logs: Path, env: dict) -> None:
-        self.port = metrics.ROLE_PORTS[self.role]
+        port = metrics.ROLE_PORTS[self.role]
+        # another main job (another TICKTAPE_HOME) may have the role's port: run.json and
+        # the Prometheus targets name the one this child got
+        self.port = free_port() if port_open(port) else port
         log = open(logs / f"{self.role}.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ticktape.cli", *self.argv], stdout=log, stderr=subprocess.STDOUT,
@@ -120,6 +124,9 @@ class Summary:
 
 
 def run(args) -> int:
+    from ..api import load_strategy
+
+    spec = load_strategy(settings())  # a bad STRATEGY / STRATEGY_PARAMS: one line, exit 2, before anything starts
     bring_up(with_prometheus=True)
     s = settings()
     logs = Path(s.home) / "logs"
@@ -131,7 +138,7 @@ def run(args) -> int:
     env.setdefault("STRATEGY_INTERVAL", BOOTSTRAP_INTERVAL)
     for name, value in RUN_DEFAULTS.items():
         env.setdefault(name, value)
-    if args.bootstrap_model:
+    if args.bootstrap_model and spec.cls.input_kind() == "prediction":  # a strategy of bars needs no model
         _ensure_model(env["STRATEGY_INTERVAL"])
     producer_args = ["produce", "sim"] + (["--rate", str(args.rate)] if args.rate else [])
     pipeline = [Child("worker", ["process", "worker"]), Child("sink-postgres", ["sink", "postgres"]),
@@ -139,7 +146,7 @@ def run(args) -> int:
     source = Child("producer", producer_args)
     for child in pipeline + [source]:
         child.start(logs, env)
-    write_run_files(s.home, [(c.role, c.port, c.proc.pid) for c in pipeline + [source]])
+    write_run_files(s.home, [(c.role, c.port, c.proc.pid) for c in pipeline + [source]], spec.record())
 
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
@@ -147,7 +154,7 @@ def run(args) -> int:
     summary = Summary(pipeline + [source])
     tty = sys.stdout.isatty()
     t0 = time.monotonic()
-    print(f"ticktape: pipeline running (logs in {logs}); Ctrl-C stops it", flush=True)
+    print(f"ticktape: pipeline running (logs in {logs}), strategy {spec.path}; Ctrl-C stops it", flush=True)
     failed = None
     while not stop["now"]:
         time.sleep(1.0)

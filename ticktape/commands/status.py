@@ -141,12 +141,15 @@ def stage_rows(processes: dict[str, int], before: dict[str, Samples], after: dic
 
 
 # -- I/O -------------------------------------------------------------------------------
-def write_run_files(home, processes: list[tuple[str, int, int]]) -> None:
+def write_run_files(home, processes: list[tuple[str, int, int]], strategy: dict | None = None) -> None:
     """Record the main job's (role, metrics port, pid) in ``home``: run.json for this
-    command, and the file-discovery targets the local Prometheus scrapes
-    (prometheus/prometheus.local.yml), so it scrapes exactly the processes that run."""
+    command (with the strategy it trades: ``StrategySpec.record()``), and the
+    file-discovery targets the local Prometheus scrapes (prometheus/prometheus.local.yml),
+    so it scrapes exactly the processes that run."""
     home = Path(home)
     doc = {"processes": [{"role": r, "port": port, "pid": pid} for r, port, pid in processes]}
+    if strategy is not None:
+        doc["strategy"] = strategy
     targets = [{"targets": [f"127.0.0.1:{port}"], "labels": {"job": r}} for r, port, _ in processes]
     for name, content in ((RUN_FILE, doc), (TARGETS_FILE, targets)):
         tmp = home / (name + ".tmp")

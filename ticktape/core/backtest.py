@@ -37,6 +37,7 @@ from .execution import ExecConfig
 from .intervals import interval_seconds
 from .performance import resample_last, summarize as figures
 from .risk import RiskLimits
+from .strategies import StrategySpec
 from .strategy import StrategyConfig
 
 FLUSH_SYMBOL = "_flush"  # the flush ticks' symbol: no real symbol, quote-only (forms no bar)
@@ -63,6 +64,7 @@ class Setup:
     market_data: str = "ticks"  # what paper execution fills against: ticks or bars
     idle_us: int = 0  # RISK_IDLE_MS: how far a symbol may fall behind before it holds nothing back
     max_pending: int = 100_000  # RISK_MAX_PENDING
+    strategy_spec: StrategySpec | None = None  # STRATEGY (None: the built-in with ``strategy``'s parameters)
 
     @property
     def width_us(self) -> int:
@@ -119,11 +121,13 @@ def analytics(ticks_by_partition: Mapping[int, Sequence[dict]], setup: Setup, mo
 def trading(ticks_by_partition: Mapping[int, Sequence[dict]], out: pipeline.Outputs, setup: Setup) -> Events:
     """The trading desks over the market data and analytics; every event of the run."""
     iv = setup.strategy.interval
-    feed_in = sorted((("prediction", e) for e in out.predictions if e["interval"] == iv),
-                     key=lambda x: x[1]["ts"])
-    streams = _market_stream(ticks_by_partition, sorted(out.bars.get(iv, []), key=itemgetter("ts")), setup)
     chain = TradingChain(setup.strategy, setup.limits, setup.execution, setup.starting_cash,
-                         setup.universe, setup.width_us, setup.market_data, setup.idle_us, setup.max_pending)
+                         setup.universe, setup.width_us, setup.market_data, setup.idle_us, setup.max_pending,
+                         setup.strategy_spec)
+    kind = chain.strategy.input  # what the strategy trades on: predictions or indicator sets
+    feed_in = sorted(((kind, e) for e in (out.predictions if kind == "prediction" else out.indicators)
+                      if e["interval"] == iv), key=lambda x: x[1]["ts"])
+    streams = _market_stream(ticks_by_partition, sorted(out.bars.get(iv, []), key=itemgetter("ts")), setup)
     feed = chain.feed
     for event_type, ev in heapq.merge(*streams, feed_in, key=lambda x: x[1]["ts"]):
         feed(event_type, ev)

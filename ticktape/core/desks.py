@@ -5,9 +5,10 @@ in-process :func:`run_trading_chain` (tests, backtests) drive the *same* desks, 
 give the same events.  Each desk's output depends only on the events it is given, never
 on how its input topics interleave:
 
-* :class:`StrategyDesk` (per symbol): predictions -> Signals, one Mark per prediction
-  (the scored bar's close), and the symbol's *progress*: every later Signal or Mark of
-  the symbol has a larger ``ts`` (predictions arrive in ``ts`` order per symbol).
+* :class:`StrategyDesk` (per symbol): the strategy's input (predictions, or indicator
+  sets) -> Signals, one Mark per input event (the bar's close), and the symbol's
+  *progress*: every later Signal or Mark of the symbol has a larger ``ts`` (the input
+  arrives in ``ts`` order per symbol).
 * :class:`RiskDesk` (per account): the account stream (Signals, Marks, Fills, progress,
   operator controls) is put in the canonical order ``(ts, rank, symbol, event_id)`` with
   rank Mark < Signal < Fill, and an event is processed only when nothing can still come
@@ -28,6 +29,7 @@ from collections.abc import Iterable
 from . import execution as ex_mod
 from . import portfolio as pf_mod
 from . import risk as risk_mod
+from . import strategies
 from . import strategy as st_mod
 from .trading import BUY
 
@@ -57,42 +59,79 @@ def canonical_key(kind: str, ev: dict) -> list:
 # --- strategy ------------------------------------------------------------------------
 
 class StrategyDesk:
-    """The strategy core plus the Marks and progress the risk desk needs.
+    """A strategy (``core.strategies``: one instance per symbol) plus the Marks and
+    progress the risk desk needs.
 
-    Everything comes from predictions (v2 carries the scored bar's close): a Signal when
-    the target changes, and a Mark (the close) per prediction.  A symbol's progress is
-    its last prediction's ts: predictions arrive in ts order per symbol."""
+    Everything comes from the strategy's input events (a Prediction v2 or an indicator
+    set carries the bar's close): a Signal when the target changes, and a Mark (the
+    close) per event.  A symbol's progress is its last input event's ts: they arrive in
+    ts order per symbol.  ``spec`` None: the built-in strategy with ``cfg``'s parameters."""
 
-    __slots__ = ("st",)
+    __slots__ = ("cfg", "spec", "input", "symbols")
 
-    def __init__(self, cfg: st_mod.StrategyConfig):
-        self.st = st_mod.Strategy(cfg)
+    def __init__(self, cfg: st_mod.StrategyConfig, spec: strategies.StrategySpec | None = None):
+        self.cfg = cfg
+        self.spec = spec or strategies.StrategySpec(strategies.PUpHysteresis, strategies.builtin_params(cfg),
+                                                    "ticktape.api:PUpHysteresis", "")
+        self.input = self.spec.cls.input_kind()  # "prediction" or "indicator_set"
+        self.symbols: dict[str, strategies.SymbolRun] = {}
+
+    def _new(self, symbol: str) -> strategies.SymbolRun:
+        inst = self.spec.cls(symbol, **self.spec.params)
+        inst.symbol, inst.target = symbol, 0.0  # also where a subclass's __init__ skips Strategy's
+        run = self.symbols[symbol] = strategies.SymbolRun(inst)
+        return run
 
     def symbol_state(self, symbol: str) -> dict | None:
-        s = self.st.symbols.get(symbol)
-        return None if s is None else {"s": s.to_dict()}
+        run = self.symbols.get(symbol)
+        return None if run is None else {"ts": run.last_ts, "t": run.target, "s": run.inst.to_dict()}
 
     def set_symbol_state(self, symbol: str, d: dict) -> None:
-        self.st.symbols[symbol] = st_mod.SymbolState.from_dict(d["s"])
+        run = self._new(symbol)
+        run.inst.from_dict(d["s"])
+        if "ts" in d:
+            run.last_ts, run.target = d["ts"], d["t"]
+        else:  # saved by the built-in strategy before the strategy API: its own state held both
+            run.last_ts, run.target = d["s"]["last_pred_ts"], d["s"]["target"]
+        run.inst.target = run.target
 
     def forget_symbol(self, symbol: str) -> None:
-        self.st.symbols.pop(symbol, None)
+        self.symbols.pop(symbol, None)
 
     def progress(self, symbol: str) -> int | None:
-        s = self.st.symbols.get(symbol)
-        return None if s is None else s.last_pred_ts
+        run = self.symbols.get(symbol)
+        return None if run is None else run.last_ts
 
     def on_prediction(self, pred: dict) -> list[tuple[str, dict]]:
-        """[("mark", Mark), ("signal", Signal)?]; [] for another interval or a redelivery."""
-        st, sym = self.st, pred["symbol"]
-        s = st.symbols.get(sym)
-        if pred["interval"] != st.cfg.interval or (
-                s is not None and s.last_pred_ts is not None and pred["ts"] <= s.last_pred_ts):
+        return self.on_input("prediction", pred)
+
+    def on_input(self, kind: str, ev: dict) -> list[tuple[str, dict]]:
+        """[("mark", Mark), ("signal", Signal)?] for a prediction or indicator set; [] for
+        what the strategy does not trade on (another event type or interval) or a redelivery."""
+        sym = ev["symbol"]
+        run = self.symbols.get(sym)
+        if kind != self.input or ev["interval"] != self.cfg.interval or (
+                run is not None and run.last_ts is not None and ev["ts"] <= run.last_ts):
             return []
-        signals = st_mod.on_prediction(st, pred)  # validates the prediction first
-        mark = {"event_id": f"mark:{st.cfg.account}:{sym}:{pred['interval']}:{pred['ts']}",
-                "account": st.cfg.account, "symbol": sym, "ts": pred["ts"], "price": pred["close"]}
-        return [("mark", mark)] + [("signal", sig) for sig in signals]
+        arg = strategies.view(kind, ev)  # validates the event first
+        run = run or self._new(sym)
+        run.last_ts = ev["ts"]
+        inst, spec = run.inst, self.spec
+        try:
+            decision = inst.on_prediction(arg) if kind == "prediction" else inst.on_bar(arg)
+        except Exception as e:  # the strategy's own defect: stop in every mode alike (no dead letter)
+            raise strategies.StrategyError(f"strategy {spec.path} on {sym} at ts {ev['ts']}: "
+                                           f"{type(e).__name__}: {e}") from e
+        decided = strategies.new_target(spec, run, decision, ev["ts"])
+        if not inst._fixed_state:
+            strategies.check_state(spec, inst)
+        mark = {"event_id": f"mark:{self.cfg.account}:{sym}:{ev['interval']}:{ev['ts']}",
+                "account": self.cfg.account, "symbol": sym, "ts": ev["ts"], "price": ev["close"]}
+        if decided is None or decided[0] == run.target:
+            return [("mark", mark)]
+        signal = strategies.signal_for(spec, self.cfg.account, run, ev, decided)
+        run.target = inst.target = decided[0]
+        return [("mark", mark), ("signal", signal)]
 
 
 # --- risk ----------------------------------------------------------------------------
@@ -537,9 +576,10 @@ class TradingChain:
 
     def __init__(self, strategy_cfg: st_mod.StrategyConfig, limits: risk_mod.RiskLimits,
                  exec_cfg: ex_mod.ExecConfig, starting_cash: float, universe: Iterable[str],
-                 width_us: int, market_data: str = "ticks", idle_us: int = 0, max_pending: int = 100_000):
+                 width_us: int, market_data: str = "ticks", idle_us: int = 0, max_pending: int = 100_000,
+                 strategy: strategies.StrategySpec | None = None):
         account = strategy_cfg.account
-        self.strategy = StrategyDesk(strategy_cfg)
+        self.strategy = StrategyDesk(strategy_cfg, strategy)
         self.risk = RiskDesk(account, limits.for_account(account), starting_cash, universe, idle_us, max_pending,
                              fill_lead_us(market_data, width_us))
         self.execution = ExecutionDesk(exec_cfg, width_us, market_data)
@@ -548,9 +588,9 @@ class TradingChain:
             "signal", "mark", "order", "rejection", "fill", "position", "equity", "risk_state")}
 
     def feed(self, event_type: str, ev: dict) -> None:
-        if event_type == "prediction":
+        if event_type == self.strategy.input:
             desk = self.strategy
-            for kind, e in desk.on_prediction(ev):
+            for kind, e in desk.on_input(event_type, ev):
                 self.outputs[kind].append(e)
                 self._decided(self.risk.add(kind, e))
             progress = desk.progress(ev["symbol"])
@@ -561,7 +601,8 @@ class TradingChain:
         elif event_type == "risk_control":
             self.outputs["risk_state"] += [e for _, e in self.risk.control(ev)]
         else:
-            raise ValueError(f"the trading chain takes no {event_type!r} events")
+            raise ValueError(f"the trading chain takes no {event_type!r} events "
+                             f"(its strategy trades on {self.strategy.input} events)")
         self._pump()
 
     def _fills(self, fills: list[dict]) -> None:
@@ -589,7 +630,7 @@ class TradingChain:
 
 
 def run_trading_chain(events: Iterable[tuple[str, dict]], **chain_args) -> TradingChain:
-    """Feed ``(event_type, event)`` pairs (prediction, tick, bar, risk_control) through a
+    """Feed ``(event_type, event)`` pairs (prediction, indicator_set, tick, bar, risk_control) through a
     new :class:`TradingChain`; returns it (see ``outputs``)."""
     chain = TradingChain(**chain_args)
     for event_type, ev in events:

@@ -135,13 +135,28 @@ def on_prediction(st: Strategy, pred: dict) -> list[dict]:
     if s.last_pred_ts is not None and ts <= s.last_pred_ts:
         return []  # redelivered
     s.last_pred_ts = ts
-    return _decide(st, symbol, s, ts, pred["p_up"], pred["event_id"], pred["model_version"],
-                   pred["close"], pred.get("volatility_20"))
+    before = s.target
+    decided = decide(st.cfg, s, pred["p_up"], pred["close"], pred.get("volatility_20"))
+    if decided is None:
+        return []
+    return [signal_event(st.cfg.account, symbol, ts, pred["event_id"], before, decided[0], pred["close"],
+                         STRATEGY_NAME, decided[1], pred["model_version"])]
 
 
-def _decide(st: Strategy, symbol: str, s: SymbolState, ts: int, p_up: float, pred_id: str,
-            model_version: str, close: float, vol: float | None) -> list[dict]:
-    cfg = st.cfg
+def signal_event(account: str, symbol: str, ts: int, source_id: str, before: float, target: float,
+                 price: float, strategy: str, reason: str, model_version: str | None) -> dict:
+    """The Signal moving ``symbol`` from target ``before`` to ``target``, decided on the
+    event ``source_id`` (its id makes the Signal's: one decision per input event)."""
+    delta = target - before
+    return {"event_id": f"sig:{account}:{source_id}", "account": account, "symbol": symbol,
+            "ts": ts, "side": side_of(delta), "quantity": abs(delta), "target_position": target,
+            "reference_price": price, "strategy": strategy, "reason": reason,
+            "model_version": model_version}
+
+
+def decide(cfg: StrategyConfig, s: SymbolState, p_up: float, close: float,
+           vol: float | None) -> tuple[float, str] | None:
+    """(new target, reason) when the rule changes the target (``s`` advances), else None."""
     s.decisions += 1
     d = s.direction
     shorts = cfg.sides == "long_short"
@@ -154,11 +169,11 @@ def _decide(st: Strategy, symbol: str, s: SymbolState, ts: int, p_up: float, pre
     else:
         want = 1 if enter_long else (-1 if enter_short else 0)
     if want == d or (s.changed_at is not None and s.decisions - s.changed_at < cfg.min_hold_bars):
-        return []
+        return None
     size, sizing = _size(cfg, close, vol) if want else (0.0, "")
     if want and size == 0.0:
         if d == 0:
-            return []  # cannot size an entry: stay flat
+            return None  # cannot size an entry: stay flat
         want, sizing = 0, f"exit only: {sizing}"
     if want == 1:
         rule = f"p_up {p_up:.4f} >= {cfg.enter_p:g}"
@@ -169,17 +184,11 @@ def _decide(st: Strategy, symbol: str, s: SymbolState, ts: int, p_up: float, pre
     else:
         rule = f"p_up {p_up:.4f} > {1.0 - cfg.exit_p:g}"
     target = want * size
-    delta = target - s.target
     s.direction, s.target, s.changed_at = want, target, s.decisions
     reason = f"{rule}: {_DIRECTION[d]} -> {_DIRECTION[want]}"
     if sizing:
         reason += f" ({sizing})"
-    return [{
-        "event_id": f"sig:{cfg.account}:{pred_id}", "account": cfg.account, "symbol": symbol,
-        "ts": ts, "side": side_of(delta), "quantity": abs(delta), "target_position": target,
-        "reference_price": close, "strategy": STRATEGY_NAME, "reason": reason,
-        "model_version": model_version,
-    }]
+    return target, reason
 
 
 def _size(cfg: StrategyConfig, close: float, vol: float | None) -> tuple[float, str]:

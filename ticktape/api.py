@@ -1,0 +1,98 @@
+"""ticktape's public Python API: your own strategy, the same live and in backtests.
+
+    from ticktape.api import Bar, Strategy, Target
+
+    class EmaCross(Strategy):
+        state_fields = ("fast", "slow")
+        ...
+        def on_bar(self, bar: Bar) -> Target | None: ...
+
+    STRATEGY=examples.ema_cross:EmaCross STRATEGY_PARAMS='{"fast_bars": 5}' ticktape backtest ...
+
+The hooks, decisions and state rules are in ``ticktape.core.strategies`` (re-exported
+here); the README's "Write your own strategy" walks through ``examples/ema_cross.py``.
+``load_strategy`` is how the worker, both backtest modes and ``ticktape run`` load
+``STRATEGY`` and ``STRATEGY_PARAMS``: the module is imported from ``PYTHONPATH`` or the
+current directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import os
+import sys
+
+from .config import ConfigError, Settings
+from .core.strategies import (STATE_MAX_BYTES, Bar, Decision, Order, Prediction, PUpHysteresis, Strategy,
+                              StrategyError, StrategySpec, Target, builtin_params, check_state)
+from .core.strategy import StrategyConfig
+
+__all__ = ["STATE_MAX_BYTES", "Bar", "Decision", "Order", "Prediction", "PUpHysteresis", "Strategy",
+           "StrategyError", "StrategySpec", "Target", "load_strategy"]
+
+
+def load_strategy(s: Settings) -> StrategySpec:
+    """The class ``STRATEGY`` names with ``STRATEGY_PARAMS``, checked by building one
+    instance; ConfigError (one line, naming the value) when either cannot be used."""
+    path = s.strategy.strip()
+    module_name, sep, class_name = path.partition(":")
+    if not sep or not all(part.isidentifier() for part in module_name.split(".")) or not class_name.isidentifier():
+        raise ConfigError(f"STRATEGY={path!r}: expected package.module:Class (e.g. examples.ema_cross:EmaCross)")
+    cls = _import(path, module_name, class_name)
+    try:
+        cls.input_kind()
+    except StrategyError as e:
+        raise ConfigError(f"STRATEGY={path}: {e}") from None
+    try:
+        params = json.loads(s.strategy_params)
+    except ValueError as e:
+        raise ConfigError(f"STRATEGY_PARAMS={s.strategy_params!r} is not JSON ({e})") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"STRATEGY_PARAMS={s.strategy_params!r}: expected a JSON object of parameters")
+    if cls is PUpHysteresis:
+        if params:
+            raise ConfigError(f"STRATEGY_PARAMS={s.strategy_params!r}: the built-in {path} takes its "
+                              "parameters from STRATEGY_ENTER_P, STRATEGY_EXIT_P, ... (leave STRATEGY_PARAMS empty)")
+        params = builtin_params(StrategyConfig.from_settings(s))
+    spec = StrategySpec(cls, params, path, _source_sha256(cls))
+    try:
+        probe = cls("_probe", **params)
+    except (TypeError, ValueError) as e:  # an unknown or bad parameter (ConfigError is a ValueError)
+        raise ConfigError(f"STRATEGY_PARAMS={json.dumps(params)}: {class_name} refuses them: {e}") from None
+    try:
+        check_state(spec, probe)
+    except StrategyError as e:
+        raise ConfigError(str(e)) from None
+    return spec
+
+
+def _import(path: str, module_name: str, class_name: str) -> type[Strategy]:
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.append(here)  # after everything installed: a local file shadows nothing
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise ConfigError(f"STRATEGY={path}: no module {module_name} (run from the directory that holds it, "
+                              "or add that directory to PYTHONPATH)") from None
+        raise ConfigError(f"STRATEGY={path}: importing {module_name} failed: {e}") from None
+    except Exception as e:  # a syntax error or a failing top level in the user's module
+        raise ConfigError(f"STRATEGY={path}: importing {module_name} failed: {type(e).__name__}: {e}") from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise ConfigError(f"STRATEGY={path}: module {module_name} has no {class_name}")
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ConfigError(f"STRATEGY={path}: {class_name} is not a subclass of ticktape.api.Strategy")
+    return cls
+
+
+def _source_sha256(cls: type) -> str:
+    """sha256 of the source file that defines ``cls`` ("" when it has none, e.g. a REPL)."""
+    try:
+        with open(inspect.getfile(cls), "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except (OSError, TypeError):
+        return ""
