@@ -7,6 +7,8 @@ the symbol set is bounded by configuration.  Each process calls ``serve(role)``.
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
 
@@ -100,6 +102,9 @@ SOURCE_LATENCY = Histogram(
 # --- process ----------------------------------------------------------------------------
 PROCESS_UP = Gauge("ticktape_process_up", "1 while the process runs", ["role"])
 BUILD = Info("ticktape_build", "version of the running code")
+# who answers on this port: readers (the live line, `ticktape status`, Prometheus' alert)
+# compare it with the process they started, so a port another pipeline holds is not read as theirs
+PROCESS = Info("ticktape_process", "role, pid and TICKTAPE_HOME of the process serving this /metrics")
 
 
 def serve(role: str, s: Settings) -> int:
@@ -113,5 +118,6 @@ def serve(role: str, s: Settings) -> int:
     from . import __version__
 
     BUILD.info({"version": __version__})
+    PROCESS.info({"role": role, "pid": str(os.getpid()), "home": str(Path(s.home).resolve())})
     PROCESS_UP.labels(role).set(1)
     return port

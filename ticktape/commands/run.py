@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import metrics
 from ..config import settings
-from ..scrape import scrape, total
+from ..scrape import foreign, scrape, total
+from ..stack import free_port
 from .stack import bring_up
 from .status import remove_run_files, write_run_files
 
@@ -36,13 +36,15 @@ BOOTSTRAP_TRAIN = ["--source", "sim", "--sim-minutes", "60", "--horizon", "5",
 
 @dataclass
 class Child:
-    role: str  # metrics role (port) and log name
+    role: str  # metrics role and log name
     argv: list[str]
     proc: subprocess.Popen | None = None
     port: int = field(default=0)
 
     def start(self, logs: Path, env: dict) -> None:
-        self.port = metrics.ROLE_PORTS[self.role]
+        # a free port per run, recorded in run.json: a second checkout's pipeline (or a test
+        # run) beside this one never shares a /metrics port with it
+        self.port = free_port()
         log = open(logs / f"{self.role}.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ticktape.cli", *self.argv], stdout=log, stderr=subprocess.STDOUT,
@@ -76,15 +78,23 @@ def register(sub):
 class Summary:
     """Live figures from the children's /metrics: ticks/s in, bars, rows, lag."""
 
-    def __init__(self, children: list[Child]):
-        self.ports = {c.role: c.port for c in children}
+    def __init__(self, children: list[Child], home: str):
+        self.children = {c.role: c for c in children}
+        self.home = home
         self.prev: tuple[float, float] | None = None
         self.last: dict[str, dict] = {}
+        self.foreign: dict[str, str] = {}  # role -> who answers on its port instead
 
     def _scrape(self, role: str) -> dict:
-        """A process's metrics, or its last ones once it has stopped."""
-        samples = scrape(self.ports[role])
-        if samples:
+        """A process's metrics, or its last ones once it has stopped; another process
+        answering on its port is not read."""
+        child = self.children[role]
+        samples = scrape(child.port)
+        why = foreign(samples, self.home, child.proc.pid if child.proc else None) if samples else None
+        if why:
+            self.foreign[role] = f"{role} /metrics port {child.port} {why}"
+        elif samples:
+            self.foreign.pop(role, None)
             self.last[role] = samples
         return self.last.get(role, {})
 
@@ -110,10 +120,19 @@ class Summary:
 
     def line(self, elapsed: float) -> str:
         f = self.figures()
-        return (f"[{elapsed:6.0f}s] ticks {f['ticks']:>9,.0f} ({f['ticks_per_s']:>7,.0f}/s)  "
+        line = (f"[{elapsed:6.0f}s] ticks {f['ticks']:>9,.0f} ({f['ticks_per_s']:>7,.0f}/s)  "
                 f"bars {f['bars']:>7,.0f}  late {f['late']:>4,.0f}  pred {f['predictions']:>6,.0f}  "
                 f"orders {f['orders']:>4,.0f}  fills {f['fills']:>4,.0f}  rows {f['rows']:>9,.0f}  "
                 f"lag {f['lag']:>6,.0f}  dlq {f['dlq']:>3,.0f}")
+        return line + "".join(f"  [{why}]" for why in self.foreign.values())
+
+    def rows_line(self) -> str:
+        """The rows the PostgreSQL sink wrote during this run, per table."""
+        from sinks.tables import TABLE_OF_EVENT
+
+        sink = self.last.get("sink-postgres", {})
+        return "rows written this run: " + "  ".join(
+            f"{t} {total(sink, 'ticktape_sink_rows_total', table=t):,.0f}" for t in TABLE_OF_EVENT.values())
 
 
 def run(args) -> int:
@@ -141,7 +160,7 @@ def run(args) -> int:
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    summary = Summary(pipeline + [source])
+    summary = Summary(pipeline + [source], s.home)
     tty = sys.stdout.isatty()
     t0 = time.monotonic()
     print(f"ticktape: pipeline running (logs in {logs}); Ctrl-C stops it", flush=True)
@@ -166,9 +185,10 @@ def run(args) -> int:
     source.stop()
     _drain(summary)
     print(summary.line(time.monotonic() - t0), flush=True)
+    summary.figures()  # the sink's last counts before it stops
     codes = {c.role: c.stop() for c in pipeline}
     remove_run_files(s.home)
-    _print_tables(s)
+    print(summary.rows_line(), flush=True)
     if failed is not None:
         print(f"ticktape: {failed.role} exited with code {failed.proc.returncode}; "
               f"see {logs / (failed.role + '.log')}", file=sys.stderr)
@@ -212,20 +232,3 @@ def _drain(summary: Summary) -> None:
             return
         last = rows
         time.sleep(1.0)
-
-
-def _print_tables(s) -> None:
-    import psycopg
-
-    from psycopg import sql
-
-    from sinks.tables import TABLE_OF_EVENT
-
-    try:
-        with psycopg.connect(s.database_url, connect_timeout=5) as conn:
-            counts = {t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()[0]
-                      for t in TABLE_OF_EVENT.values()}
-    except psycopg.Error as e:
-        print(f"ticktape: could not count rows: {e}", file=sys.stderr)
-        return
-    print("rows: " + "  ".join(f"{t} {n:,}" for t, n in counts.items()))
