@@ -327,3 +327,30 @@ def settings_table() -> list[tuple[str, str, str]]:
             default = "the 50 large US stocks"
         rows.append((f.metadata["env"], str(default), f.metadata["doc"]))
     return rows
+
+
+RUN_DEFAULTS_FILE = REPO_ROOT / "config" / "run.env"
+
+
+def run_defaults() -> dict[str, str]:
+    """The main job's settings (config/run.env: NAME=value lines, # comments), which
+    `ticktape run` and the docker stack apply where the environment sets nothing."""
+    out = {}
+    for n, line in enumerate(RUN_DEFAULTS_FILE.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or name.strip() not in _ENVS:
+            raise ConfigError(f"{RUN_DEFAULTS_FILE}:{n}: {line!r} is not SETTING=value")
+        out[name.strip()] = value.strip()
+    return out
+
+
+_ENVS = {f.metadata["env"] for f in fields(Settings)}
+
+
+def set_in_environment() -> set[str]:
+    """The settings' env vars the environment sets (as ``settings`` reads them)."""
+    return {f.metadata["env"] for f in fields(Settings)
+            if f.metadata["env"] in os.environ and (os.environ[f.metadata["env"]] != "" or f.metadata["empty"])}

@@ -412,10 +412,10 @@ def _iso(us: int) -> str:
 
 def as_run(s: Settings) -> Settings:
     """``s`` with the values `ticktape run` sets for settings still at their defaults."""
-    from .run import BOOTSTRAP_INTERVAL, RUN_DEFAULTS
+    from ..config import run_defaults
 
     by_env = {f.metadata["env"]: f for f in fields(Settings)}
-    wanted = {"STRATEGY_INTERVAL": BOOTSTRAP_INTERVAL} | RUN_DEFAULTS
+    wanted = run_defaults()
     return replace(s, **{by_env[k].name: _convert(v, by_env[k].type, k) for k, v in wanted.items()
                          if getattr(s, by_env[k].name) == by_env[k].default})
 

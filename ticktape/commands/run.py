@@ -16,24 +16,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import settings
+from ..config import run_defaults, set_in_environment, settings
 from ..scrape import foreign, scrape, total
 from ..stack import free_port
+from .models import ensure_model
 from .stack import bring_up
 from .status import remove_run_files, write_run_files
 
 DRAIN_SECONDS = 8.0
-BOOTSTRAP_INTERVAL = "1s"
-# Ticks travel in per-symbol batches (TickBatch): one message per tick caps the worker at
-# a few thousand ticks/s.  Paper fills take the next bar's open: a tick-level execution
-# stage reads md.ticks beside the bars stage, and Faust pauses a topic for all its
-# agents while the slowest one's buffer is full.
-RUN_DEFAULTS = {"TICK_BATCH_MAX": "500", "TICK_BATCH_MS": "100", "EXEC_MARKET_DATA": "bars"}
-# features with a 50/200-bar lookback would keep a short run from ever predicting
-BOOTSTRAP_TRAIN = ["--source", "sim", "--sim-minutes", "60", "--horizon", "5",
-                   "--exclude", "sma_200_rel,sma_50_rel", "--activate"]
-
-
 @dataclass
 class Child:
     role: str  # metrics role and log name
@@ -143,12 +133,11 @@ def run(args) -> int:
     env = dict(os.environ)
     env.update({"KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "DATABASE_URL": s.database_url,
                 "REDIS_URL": s.redis_url, "PYTHONUNBUFFERED": "1"})
-    # the demo trades 1-second bars, so predictions and orders flow within a minute
-    env.setdefault("STRATEGY_INTERVAL", BOOTSTRAP_INTERVAL)
-    for name, value in RUN_DEFAULTS.items():
-        env.setdefault(name, value)
+    for name, value in run_defaults().items():  # config/run.env: the main job's settings
+        if name not in set_in_environment():
+            env[name] = value
     if args.bootstrap_model:
-        _ensure_model(env["STRATEGY_INTERVAL"])
+        ensure_model(env["STRATEGY_INTERVAL"])
     producer_args = ["produce", "sim"] + (["--rate", str(args.rate)] if args.rate else [])
     pipeline = [Child("worker", ["process", "worker"]), Child("sink-postgres", ["sink", "postgres"]),
                 Child("sink-redis", ["sink", "redis"])]
@@ -199,27 +188,6 @@ def run(args) -> int:
         return 1
     print("ticktape: stopped; the local stack is still up (ticktape stack down / make stop)")
     return 0
-
-
-def _ensure_model(interval: str) -> None:
-    """A fresh stack has no model: train and activate one on the simulator's history, so
-    the whole path (predictions, orders, fills) runs; an active one is announced again.  The simulator is a random walk —
-    this model only makes the pipeline flow; train a real one with `ticktape train`."""
-    from .. import registry
-    from ..cli import main as cli_main
-
-    s = settings()
-    active = [m for m in registry.list_models(s) if m["active"]]
-    if active:
-        # the database outlives the in-memory broker: announce the active model again
-        meta, artifact, _ = registry.get(s, active[0]["version"])
-        registry.announce(s, meta, artifact)
-        return
-    print(f"ticktape: no active model: training one on simulated {interval} bars "
-          "(ticktape train --source sim) ...", flush=True)
-    code = cli_main(["train", "--interval", interval, *BOOTSTRAP_TRAIN])
-    if code != 0:
-        raise SystemExit(f"ticktape: could not train the bootstrap model (exit {code})")
 
 
 def _drain(summary: Summary) -> None:
