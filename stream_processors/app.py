@@ -62,13 +62,7 @@ def build_app(s: Settings) -> faust.App:
     )
     kafka_clients.faust_fetch_max_wait(app, s.kafka_fetch_max_wait_ms)
     for stage in selected_stages(s):
-        try:
-            module = importlib.import_module(f"stream_processors.{stage}")
-        except ModuleNotFoundError as e:
-            if e.name == f"stream_processors.{stage}":
-                continue  # stage not built yet
-            raise
-        module.attach(app, s)
+        importlib.import_module(f"stream_processors.{stage}").attach(app, s)
     return app
 
 

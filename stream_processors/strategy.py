@@ -16,7 +16,7 @@ import faust
 from ticktape import kafka_clients
 from ticktape.config import Settings
 from ticktape.core.desks import StrategyDesk
-from ticktape.core.strategy import StrategyConfig
+from ticktape.core.strategy import StrategyConfig, check_prediction
 
 from .app import run_stage
 from .trading_io import TradingIO, partition_header
@@ -62,10 +62,12 @@ class StrategyStage:
             sym = rec["symbol"]
             self.load(sym, msg.partition)
             try:
-                out = self.desk.on_prediction(rec)
-            except ValueError as e:  # e.g. a p_up that is not a probability, no close
+                if rec["interval"] == self.cfg.interval:  # the desk ignores the other intervals
+                    check_prediction(rec)
+            except ValueError as e:  # a p_up that is not a probability, no close (Prediction v1)
                 await io.dead_letter(msg, str(e))
                 continue
+            out = self.desk.on_prediction(rec)
             header = partition_header(msg.partition)
             for kind, e in out:
                 if kind == "signal":

@@ -257,3 +257,21 @@ def test_two_stacks_side_by_side_each_read_their_own_processes(running, services
                 f"of TICKTAPE_HOME {Path(s_a.home).resolve()}]")
         finally:
             pipe_b.stop()
+
+
+def test_each_process_serves_health_json_beside_metrics(running):
+    s, pipe = running
+    url = f"http://127.0.0.1:{pipe.ports['producer']}/health"
+    first = json.load(urllib.request.urlopen(url, timeout=10))
+    time.sleep(2.0)
+    doc = json.load(urllib.request.urlopen(url, timeout=10))
+    assert (first["role"], first["pid"], first["home"]) == ("producer", pipe.procs["producer"].pid,
+                                                          str(Path(s.home).resolve()))
+    assert doc["up"] is True and [st["stage"] for st in doc["stages"]] == ["producer"]
+    assert 150 < doc["stages"][0]["out_per_s"] < 450  # the simulator runs at 300 ticks/s, since the last request
+    assert doc["health"] == overall_score([StageStatus(**st) for st in doc["stages"]])
+    # the same stage fields as `ticktape status --json`
+    assert set(doc["stages"][0]) == set(StageStatus.__dataclass_fields__)
+    sink = json.load(urllib.request.urlopen(f"http://127.0.0.1:{pipe.ports['sink-postgres']}/health", timeout=10))
+    assert sink["role"] == "sink-postgres" and sink["stages"][0]["stage"] == "sink-postgres"
+    assert "ticktape_process_info" in urllib.request.urlopen(url.replace("/health", "/metrics"), timeout=10).read().decode()

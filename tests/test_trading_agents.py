@@ -227,6 +227,12 @@ def test_kill_switch_trips_on_falling_prices_shows_everywhere_and_reset_reopens(
         with psycopg.connect(s.database_url, autocommit=True) as conn:
             assert wait_for(lambda: conn.execute("SELECT trading_state FROM risk_states ORDER BY ts").fetchall() == [
                 ("HALTED",), ("ACTIVE",)])
+        # ticktape risk halt: the kill switch by hand
+        halted = run_cli(s, "risk", "halt", **env)
+        assert halted.returncode == 0 and halted.stdout.startswith("account paper: halt sent"), halted.stderr
+        assert worker.wait_metric("ticktape_kill_switch", 1, account="paper"), worker.log_tail()
+        assert wait_for(lambda: rd.hget(key, "reason") == "TRADING_HALTED")
+        assert json.loads(run_cli(s, "risk", "status", "--json", **env).stdout)["trading_state"] == "HALTED"
     finally:
         for p in sinks:
             p.send_signal(signal.SIGTERM)
@@ -236,6 +242,11 @@ def test_kill_switch_trips_on_falling_prices_shows_everywhere_and_reset_reopens(
 
 
 def test_risk_cli_usage_errors(settings):
+    for action in ("reset", "halt"):  # no worker in the group: the switch would wait unseen
+        lone = run_cli(settings, "risk", action)
+        assert (lone.returncode, lone.stderr) == (1, (
+            f"ticktape: risk: no worker runs (consumer group {settings.group('worker')} has no member): "
+            f"start one (ticktape run, or ticktape process worker), then {action} again\n"))
     bad = run_cli(settings, "risk", "reset", "--state", "HALTED")
     assert (bad.returncode, bad.stderr.strip()) == (
         2, "ticktape: error: argument --state: must be ACTIVE or REDUCING, got 'HALTED'")

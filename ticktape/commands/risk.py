@@ -1,13 +1,15 @@
-"""`ticktape risk status|reset`: the risk engine's live state, and the operator's reset.
+"""`ticktape risk status|reset|halt`: the risk engine's live state, and the operator's switches.
 
 ``status`` reads the risk stage's table changelog (``<prefix>ticktape.worker-risk-changelog``,
 the exact state the running worker restores from): trading state, halt reason, daily PnL,
 committed positions and gross exposure, open orders, the events waiting for the ordering
 barrier (and the symbols holding it), and the account's limits from the risk file.
 
-``reset`` publishes a RiskControl event to ``trading.control`` (the account's partition);
-the running risk stage applies it at its next batch and publishes the new state on
-``trading.risk`` (Redis ``ticktape:risk:<account>``, table ``risk_states``).
+``reset`` and ``halt`` (the kill switch by hand: HALTED, reason TRADING_HALTED) publish a
+RiskControl event to ``trading.control`` (the account's partition); the running risk stage
+applies it at its next batch and publishes the new state on ``trading.risk`` (Redis
+``ticktape:risk:<account>``, table ``risk_states``).  Both first check that a worker is in
+the worker's consumer group (else the switch would wait unseen in the topic: exit 1).
 """
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ def register(sub):
     rs.add_argument("--account", help="account (default TRADING_ACCOUNT)")
     rs.add_argument("--state", default="ACTIVE", type=_state, help="ACTIVE (default) or REDUCING")
     rs.set_defaults(func=run_reset)
+    ht = rsub.add_parser("halt", help="kill switch by hand: HALTED (no new exposure) until `ticktape risk reset`")
+    ht.add_argument("--account", help="account (default TRADING_ACCOUNT)")
+    ht.set_defaults(func=run_reset, state="HALTED")
 
 
 def _state(text: str) -> str:
@@ -140,6 +145,20 @@ def _print_limits(limits) -> None:
               f"order notional {lim.max_order_notional:,.0f}, collar {lim.price_collar_pct:g}%")
 
 
+def worker_members(s, timeout: float = 10.0) -> int:
+    """Members of the worker's consumer group (0: no worker runs)."""
+    from confluent_kafka import KafkaException
+
+    from .. import kafka_clients
+
+    group = s.group("worker")
+    try:
+        desc = kafka_clients.admin(s).describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
+    except KafkaException as e:
+        raise SystemExit(f"ticktape: risk: cannot ask the broker about consumer group {group}: {e}") from None
+    return len(desc.members)
+
+
 def run_reset(args) -> int:
     from .. import kafka_clients
     from ..core.desks import account_partition
@@ -147,6 +166,9 @@ def run_reset(args) -> int:
 
     s = settings()
     account = args.account or s.trading_account
+    if not worker_members(s):
+        raise SystemExit(f"ticktape: risk: no worker runs (consumer group {s.group('worker')} has no member): "
+                         f"start one (ticktape run, or ticktape process worker), then {args.action} again")
     topic = s.topic("trading.control")
     kafka_clients.ensure_topics(s, ["trading.control"])
     ctl = {"event_id": f"ctl:{uuid.uuid4().hex}", "account": account, "ts": time.time_ns() // 1000,
@@ -159,6 +181,6 @@ def run_reset(args) -> int:
                  on_delivery=lambda err, msg: errors.append(err) if err else None)
     if prod.flush(30) or errors:
         raise UsageError(f"could not publish the reset to {topic}: {errors[0] if errors else 'timeout'}")
-    print(f"account {account}: reset to {args.state} sent ({ctl['event_id']}); "
-          "the risk stage applies it at its next batch")
+    what = "halt" if args.state == "HALTED" else f"reset to {args.state}"
+    print(f"account {account}: {what} sent ({ctl['event_id']}); the risk stage applies it at its next batch")
     return 0
