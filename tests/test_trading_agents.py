@@ -229,10 +229,14 @@ def test_kill_switch_trips_on_falling_prices_shows_everywhere_and_reset_reopens(
                 ("HALTED",), ("ACTIVE",)])
         # ticktape risk halt: the kill switch by hand
         halted = run_cli(s, "risk", "halt", **env)
-        assert halted.returncode == 0 and halted.stdout.startswith("account paper: halt sent"), halted.stderr
+        assert halted.returncode == 0, halted.stderr
+        assert halted.stdout.startswith("account paper: halt sent (ctl:") and halted.stdout.endswith(
+            "\naccount paper: HALTED (applied by the risk stage)\n"), halted.stdout
         assert worker.wait_metric("ticktape_kill_switch", 1, account="paper"), worker.log_tail()
         assert wait_for(lambda: rd.hget(key, "reason") == "TRADING_HALTED")
         assert json.loads(run_cli(s, "risk", "status", "--json", **env).stdout)["trading_state"] == "HALTED"
+        again = run_cli(s, "risk", "halt", **env)
+        assert (again.returncode, again.stdout) == (0, "account paper: already HALTED: nothing sent\n")
     finally:
         for p in sinks:
             p.send_signal(signal.SIGTERM)
@@ -242,11 +246,14 @@ def test_kill_switch_trips_on_falling_prices_shows_everywhere_and_reset_reopens(
 
 
 def test_risk_cli_usage_errors(settings):
-    for action in ("reset", "halt"):  # no worker in the group: the switch would wait unseen
-        lone = run_cli(settings, "risk", action)
-        assert (lone.returncode, lone.stderr) == (1, (
-            f"ticktape: risk: no worker runs (consumer group {settings.group('worker')} has no member): "
-            f"start one (ticktape run, or ticktape process worker), then {action} again\n"))
+    same = run_cli(settings, "risk", "reset")  # no state yet: ACTIVE already
+    assert (same.returncode, same.stdout) == (0, "account paper: already ACTIVE (no risk state yet): nothing sent\n")
+    lone = run_cli(settings, "risk", "halt", "--wait", "2")  # no worker applies it
+    assert lone.returncode == 1 and lone.stdout.startswith("account paper: halt sent (ctl:"), lone.stdout
+    assert lone.stderr == (
+        "ticktape: risk: account paper is not HALTED after 2 s: no worker runs the risk stage? (ticktape run, or "
+        f"ticktape process worker); the halt waits in {settings.topic('trading.control')} and applies when one "
+        "starts\n")
     bad = run_cli(settings, "risk", "reset", "--state", "HALTED")
     assert (bad.returncode, bad.stderr.strip()) == (
         2, "ticktape: error: argument --state: must be ACTIVE or REDUCING, got 'HALTED'")

@@ -8,8 +8,9 @@ barrier (and the symbols holding it), and the account's limits from the risk fil
 ``reset`` and ``halt`` (the kill switch by hand: HALTED, reason TRADING_HALTED) publish a
 RiskControl event to ``trading.control`` (the account's partition); the running risk stage
 applies it at its next batch and publishes the new state on ``trading.risk`` (Redis
-``ticktape:risk:<account>``, table ``risk_states``).  Both first check that a worker is in
-the worker's consumer group (else the switch would wait unseen in the topic: exit 1).
+``ticktape:risk:<account>``, table ``risk_states``).  An account already in the asked state
+gets nothing; else the command waits (``--wait``) until the risk stage's saved state shows
+it applied — exit 1 when no worker does within that time.
 """
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ def register(sub):
     ht = rsub.add_parser("halt", help="kill switch by hand: HALTED (no new exposure) until `ticktape risk reset`")
     ht.add_argument("--account", help="account (default TRADING_ACCOUNT)")
     ht.set_defaults(func=run_reset, state="HALTED")
+    for sp in (rs, ht):
+        sp.add_argument("--wait", type=float, default=30.0,
+                        help="seconds to wait until the risk stage has applied it (default 30; 0 = do not wait)")
 
 
 def _state(text: str) -> str:
@@ -145,18 +149,17 @@ def _print_limits(limits) -> None:
               f"order notional {lim.max_order_notional:,.0f}, collar {lim.price_collar_pct:g}%")
 
 
-def worker_members(s, timeout: float = 10.0) -> int:
-    """Members of the worker's consumer group (0: no worker runs)."""
-    from confluent_kafka import KafkaException
+def trading_state(s, account: str) -> str | None:
+    """The account's trading state as the risk stage last saved it (None: no state yet)."""
+    from ..core.desks import RiskDesk
+    from ..risk_config import load_risk_limits, risk_config_path
 
-    from .. import kafka_clients
-
-    group = s.group("worker")
-    try:
-        desc = kafka_clients.admin(s).describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout)
-    except KafkaException as e:
-        raise SystemExit(f"ticktape: risk: cannot ask the broker about consumer group {group}: {e}") from None
-    return len(desc.members)
+    saved = live_state(s, account)
+    if saved is None:
+        return None
+    limits = load_risk_limits(risk_config_path(s)).for_account(account)
+    return RiskDesk.from_dict(saved["desk"], limits, saved["desk"]["universe"], saved["pending"],
+                              idle_us=s.risk_idle_ms * 1000).risk.trading_state
 
 
 def run_reset(args) -> int:
@@ -166,9 +169,13 @@ def run_reset(args) -> int:
 
     s = settings()
     account = args.account or s.trading_account
-    if not worker_members(s):
-        raise SystemExit(f"ticktape: risk: no worker runs (consumer group {s.group('worker')} has no member): "
-                         f"start one (ticktape run, or ticktape process worker), then {args.action} again")
+    if args.wait < 0:
+        raise UsageError(f"--wait must be 0 or more seconds, not {args.wait:g}")
+    before = trading_state(s, account)
+    if (before or "ACTIVE") == args.state:
+        print(f"account {account}: already {args.state}" + ("" if before else " (no risk state yet)")
+              + ": nothing sent")
+        return 0
     topic = s.topic("trading.control")
     kafka_clients.ensure_topics(s, ["trading.control"])
     ctl = {"event_id": f"ctl:{uuid.uuid4().hex}", "account": account, "ts": time.time_ns() // 1000,
@@ -182,5 +189,15 @@ def run_reset(args) -> int:
     if prod.flush(30) or errors:
         raise UsageError(f"could not publish the reset to {topic}: {errors[0] if errors else 'timeout'}")
     what = "halt" if args.state == "HALTED" else f"reset to {args.state}"
-    print(f"account {account}: {what} sent ({ctl['event_id']}); the risk stage applies it at its next batch")
-    return 0
+    print(f"account {account}: {what} sent ({ctl['event_id']})", flush=True)
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:  # the risk stage's saved state tells that a worker applied it
+        if trading_state(s, account) == args.state:
+            print(f"account {account}: {args.state} (applied by the risk stage)")
+            return 0
+        time.sleep(0.5)
+    raise SystemExit(f"ticktape: risk: account {account} is not {args.state} after {args.wait:g} s: no worker runs "
+                     f"the risk stage? (ticktape run, or ticktape process worker); the {what} waits in {topic} "
+                     "and applies when one starts")
