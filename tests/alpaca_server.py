@@ -11,13 +11,22 @@ What each connection does after subscribing is scripted per connection:
     ("close",)             close the connection (mid-stream)
     ("deaf", seconds)      stop reading: pings go unanswered; then drop the socket
     ("sleep", seconds)
+    ("live", rate, seed)   trades of the subscribed symbols, ``rate`` a second in all (a
+                           seeded random walk), until the connection closes
 A connection whose script is done (or that has none) stays open, idle.
+
+Runnable, to try `ticktape produce websocket` offline (it prints the command line):
+
+    python -m tests.alpaca_server [--port 8765] [--rate 20] [--seed 1]
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import random
 import threading
+import time
 from datetime import datetime, timezone
 
 from websockets.asyncio.server import serve
@@ -51,9 +60,12 @@ def bar(symbol: str, start_us: int, o: float, h: float, low: float, c: float, v:
 
 class AlpacaServer:
     def __init__(self, key: str = "test-key", secret: str = "test-secret", *,
-                 scripts: list[list[tuple]] = (), batch: int = 100, max_connections: int = 1):
+                 scripts: list[list[tuple]] = (), batch: int = 100, max_connections: int = 1,
+                 port: int = 0, default_script: list[tuple] = ()):
         self.key, self.secret = key, secret
         self.scripts = list(scripts)
+        self.default_script = list(default_script)  # of the connections past ``scripts``
+        self.port = port
         self.batch = batch
         self.max_connections = max_connections
         self.connections = 0  # accepted so far
@@ -69,7 +81,7 @@ class AlpacaServer:
     def __enter__(self) -> "AlpacaServer":
         self._thread.start()
         async def start():
-            return await serve(self._handler, "127.0.0.1", 0, ping_interval=None, max_size=None)
+            return await serve(self._handler, "127.0.0.1", self.port, ping_interval=None, max_size=None)
 
         self._server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
         port = self._server.sockets[0].getsockname()[1]
@@ -107,7 +119,7 @@ class AlpacaServer:
             subscribed = asyncio.Event()
             reader = asyncio.create_task(self._read_requests(ws, subs, subscribed))
             await subscribed.wait()
-            for step in (self.scripts[n] if n < len(self.scripts) else []):
+            for step in (self.scripts[n] if n < len(self.scripts) else self.default_script):
                 if not await self._run(ws, step, subs):
                     break
             else:
@@ -183,6 +195,38 @@ class AlpacaServer:
             return False
         elif what == "sleep":
             await asyncio.sleep(step[1])
+        elif what == "live":
+            rng, prices, i = random.Random(step[2]), {}, 0
+            while True:
+                symbols = sorted(subs["trades"])
+                if symbols:
+                    sym = symbols[i % len(symbols)]
+                    prices[sym] = round(prices.get(sym, 100.0) * (1 + rng.gauss(0, 0.0005)), 2)
+                    i += 1
+                    await self._send(ws, [trade(sym, i, time.time_ns() // 1000, prices[sym], rng.randint(1, 300))])
+                await asyncio.sleep(1 / step[1])
         else:
             raise ValueError(f"unknown script step {step!r}")
         return True
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m tests.alpaca_server",
+                                description="a local Alpaca-protocol stream of live-paced simulated trades")
+    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0 = any free one)")
+    p.add_argument("--rate", type=float, default=20.0, help="trades a second, all symbols (default 20)")
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    with AlpacaServer(max_connections=4, port=args.port, default_script=[("live", args.rate, args.seed)]) as server:
+        print(f"Alpaca-protocol server at {server.url} (key test-key, secret test-secret); in another shell:\n"
+              f"  ALPACA_API_KEY_ID=test-key ALPACA_API_SECRET_KEY=test-secret WEBSOCKET_URL={server.url} \\\n"
+              "    .venv/bin/ticktape produce websocket --symbols AAPL,MSFT --channels trades\n"
+              "Ctrl-C stops it.", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

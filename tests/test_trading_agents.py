@@ -218,6 +218,13 @@ def test_kill_switch_trips_on_falling_prices_shows_everywhere_and_reset_reopens(
         # ticktape portfolio rebuild: positions from trading.fills alone equal the live state
         rebuilt = run_cli(s, "portfolio", "rebuild", **env)
         assert rebuilt.returncode == 0 and "rebuilt state equals the live state" in rebuilt.stdout, rebuilt.stdout
+        # ticktape portfolio show: the live positions and the last equity
+        shown = json.loads(run_cli(s, "portfolio", "show", "--json", **env).stdout)
+        assert (shown["equity"]["equity"], shown["equity"]["cash"]) == (last["equity"], last["cash"])
+        final = {p["symbol"]: p["quantity"] for p in want["position"]}  # the last Position per symbol
+        assert {p["symbol"]: p["quantity"] for p in shown["positions"]} == {k: q for k, q in final.items() if q}
+        text = run_cli(s, "portfolio", "show", **env).stdout
+        assert text.startswith("account paper: as of ") and f"equity {last['equity']:,.2f} = cash" in text, text
         # ticktape risk reset reaches the running risk stage: ACTIVE everywhere
         reset = run_cli(s, "risk", "reset", **env)
         assert reset.returncode == 0, reset.stderr
