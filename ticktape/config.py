@@ -19,8 +19,7 @@ DEFAULT_SYMBOLS = (
 ).split()
 
 
-class ConfigError(ValueError):
-    """A setting has a value that cannot be used."""
+from .core.errors import ConfigError  # noqa: F401 (the settings' error is the core's)
 
 
 def _setting(env: str, default, doc: str, *, secret: bool = False, low=None, above=None, high=None,
@@ -174,15 +173,16 @@ class Settings:
     strategy_lot_size: float = _setting(
         "STRATEGY_LOT_SIZE", 1.0, "order quantities are whole multiples of this")
     exec_slippage_bps: float = _setting(
-        "EXEC_SLIPPAGE_BPS", 1.0, "paper fills: price worsened by this many basis points")
+        "EXEC_SLIPPAGE_BPS", 1.0, "paper fills: price worsened by this many basis points", low=0)
     exec_commission: str = _setting(
-        "EXEC_COMMISSION", "per_share", "paper fills: commission model, per_share or bps")
+        "EXEC_COMMISSION", "per_share", "paper fills: commission model, per_share or bps",
+        choices=("PER_SHARE", "BPS"))
     exec_commission_per_share: float = _setting(
-        "EXEC_COMMISSION_PER_SHARE", 0.005, "per_share model: commission per share")
+        "EXEC_COMMISSION_PER_SHARE", 0.005, "per_share model: commission per share", low=0)
     exec_commission_bps: float = _setting(
-        "EXEC_COMMISSION_BPS", 1.0, "bps model: commission in basis points of notional")
+        "EXEC_COMMISSION_BPS", 1.0, "bps model: commission in basis points of notional", low=0)
     exec_commission_min: float = _setting(
-        "EXEC_COMMISSION_MIN", 1.0, "minimum commission per fill (both models)")
+        "EXEC_COMMISSION_MIN", 1.0, "minimum commission per fill (both models)", low=0)
     exec_market_data: str = _setting(
         "EXEC_MARKET_DATA", "ticks",
         "paper fills: ticks (next ask/bid after the order) or bars (next bar's open, bar-only sources)")

@@ -163,9 +163,8 @@ def make_setup(s: Settings, symbols: tuple[str, ...], risk_path: str | None):
     import yaml
 
     from ..core.backtest import Setup
-    from ..core.execution import ExecConfig
     from ..core.strategy import StrategyConfig
-    from ..risk_config import load_risk_limits, risk_config_path
+    from ..risk_config import exec_config, load_risk_limits, risk_config_path
 
     path = Path(risk_path) if risk_path else risk_config_path(s)
     if s.exec_market_data not in ("ticks", "bars"):
@@ -173,7 +172,7 @@ def make_setup(s: Settings, symbols: tuple[str, ...], risk_path: str | None):
     try:
         limits = load_risk_limits(path)
         return Setup(tuple(s.interval_list), s.bar_grace_ms * 1000, StrategyConfig.from_settings(s),
-                     ExecConfig.from_settings(s), limits, yaml.safe_load(path.read_text()), s.starting_cash,
+                     exec_config(s), limits, yaml.safe_load(path.read_text()), s.starting_cash,
                      symbols, s.exec_market_data, s.risk_idle_ms * 1000, s.risk_max_pending)
     except ConfigError as e:
         raise UsageError(str(e)) from None

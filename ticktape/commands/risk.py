@@ -27,7 +27,7 @@ IDLE_S = 10.0  # a topic that delivers nothing for this long is read
 
 
 def register(sub):
-    p = sub.add_parser("risk", help="risk engine: live state, kill-switch reset")
+    p = sub.add_parser("risk", help="risk engine: live state, kill switch (halt, reset)")
     rsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     st = rsub.add_parser("status", help="trading state, exposures and limits of an account")
     st.add_argument("--account", help="account (default TRADING_ACCOUNT)")

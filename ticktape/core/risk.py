@@ -39,7 +39,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from ..config import ConfigError
+from .errors import ConfigError
 from .portfolio import Portfolio, fold_fill, mark
 from .trading import US_PER_DAY, US_PER_S, RecentIds, iso, side_of, tick_price, utc_day
 
