@@ -17,6 +17,7 @@ from ticktape.config import Settings
 from ticktape.core.sim import MarketSimulator
 
 from .base import EventPublisher, StopFlag, paced
+from .replay import Progress
 
 log = logging.getLogger(__name__)
 TOPIC = "md.ticks"
@@ -67,8 +68,8 @@ def run(args, s: Settings, stop: StopFlag | None = None) -> int:
     start_us = start if not live else (time.time_ns() // 1000)
     sim = MarketSimulator(symbols, seed=seed, tick_rate=rate, start_us=start_us)
     ticks = sim.ticks()
-    if args.duration:
-        end_us = start_us + int(args.duration * 1e6)
+    end_us = start_us + int(args.duration * 1e6) if args.duration else None
+    if end_us is not None:
         ticks = itertools.takewhile(lambda t: t["ts"] <= end_us, ticks)
     quiet = quiet_windows(s.sim_quiet, start_us)
     if quiet:
@@ -77,9 +78,17 @@ def run(args, s: Settings, stop: StopFlag | None = None) -> int:
         ticks = itertools.islice(ticks, args.count)
     log.info("sim: %d symbols, %.0f ticks/s, seed %s, %s", len(symbols), rate, seed,
              "live" if live else f"speed {speed or 'max'}")
+    # simulated history runs unpaced for long: say how far it is (live: the ticks are the news)
+    progress = None if live else Progress(start_us, end_us, label="sim")
+    n = ts = 0
     for tick in paced(ticks, speed, stop):
         pub.publish(TOPIC, "tick", tick)
+        n, ts = n + 1, tick["ts"]
+        if progress is not None and n % 1000 == 0:
+            progress.update(n, ts)
     pub.close()
+    if progress is not None:
+        progress.update(n, ts, force=True)
     log.info("sim: %d ticks published", pub.delivered)
     return 0
 
