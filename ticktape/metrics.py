@@ -105,6 +105,8 @@ SOURCE_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS)
 
 # --- process ----------------------------------------------------------------------------
+RECOVERY_REMAINING = Gauge("ticktape_recovery_remaining",
+                           "changelog records the worker still reads to restore its tables (0: none)")
 PROCESS_UP = Gauge("ticktape_process_up", "1 while the process runs", ["role"])
 BUILD = Info("ticktape_build", "version of the running code")
 # who answers on this port: readers (the live line, `ticktape status`, Prometheus' alert)

@@ -114,6 +114,9 @@ class Summary:
                 f"bars {f['bars']:>7,.0f}  late {f['late']:>4,.0f}  pred {f['predictions']:>6,.0f}  "
                 f"orders {f['orders']:>4,.0f}  fills {f['fills']:>4,.0f}  rows {f['rows']:>9,.0f}  "
                 f"lag {f['lag']:>6,.0f}  dlq {f['dlq']:>3,.0f}")
+        recovering = total(self.last.get("worker", {}), "ticktape_recovery_remaining")
+        if recovering:
+            line += f"  [worker restoring its state: {recovering:,.0f} changelog records to go]"
         return line + "".join(f"  [{why}]" for why in self.foreign.values())
 
     def rows_line(self) -> str:
