@@ -35,6 +35,7 @@ system:
 	  { echo "PostgreSQL server binaries (initdb, pg_ctl) must be on PATH"; exit 1; }
 
 $(STAMP): pyproject.toml
+	@echo "installing ticktape and its dependencies into $(VENV) (pip; a few minutes the first time) ..."
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,yahoo]'
