@@ -19,7 +19,7 @@ DEFAULT_SYMBOLS = (
 ).split()
 
 
-from .core.errors import ConfigError  # noqa: F401 (the settings' error is the core's)
+from .core.errors import ConfigError  # the settings' error is the core's
 
 
 def _setting(env: str, default, doc: str, *, secret: bool = False, low=None, above=None, high=None,

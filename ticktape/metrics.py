@@ -154,7 +154,8 @@ def _app(role: str, port: int):
     the time since the previous /health request, or since start); anything else: /metrics."""
     metrics_app = make_wsgi_app()
     lock = threading.Lock()
-    prev = {"t": time.monotonic(), "samples": {}}  # one sample kept: the previous request's
+    Samples = dict[str, list[tuple[dict[str, str], float]]]
+    prev: list[tuple[float, Samples]] = [(time.monotonic(), {})]  # one sample kept: the previous request's
 
     def health() -> dict:
         from dataclasses import asdict
@@ -163,9 +164,10 @@ def _app(role: str, port: int):
 
         with lock:
             now, after = time.monotonic(), _samples()
-            seconds = max(1e-3, now - prev["t"])
-            rows = stage_rows({role: port}, {role: prev["samples"]}, {role: after}, seconds)
-            prev.update(t=now, samples=after)
+            then, before = prev[0]
+            seconds = max(1e-3, now - then)
+            rows = stage_rows({role: port}, {role: before}, {role: after}, seconds)
+            prev[0] = (now, after)
         who = dict(_first(after, "ticktape_process_info"))
         return {"up": True, "role": role, "pid": os.getpid(), "home": who.get("home"),
                 "version": dict(_first(after, "ticktape_build_info")).get("version"),

@@ -9,7 +9,13 @@ from __future__ import annotations
 import json
 
 from ..config import (
-    _STACK_ENDPOINTS, RUN_DEFAULTS_FILE, run_defaults, set_in_environment, settings, settings_table)
+    _STACK_ENDPOINTS,
+    RUN_DEFAULTS_FILE,
+    run_defaults,
+    set_in_environment,
+    settings,
+    settings_table,
+)
 
 
 def register(sub):

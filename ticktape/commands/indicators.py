@@ -68,8 +68,9 @@ def _columns(header: list[str]) -> dict[str, int]:
     """Where each REQUIRED column is (names in any case; Yahoo's Date/Datetime is the time)."""
     names = [h.strip().lower() for h in header]
     pos = {c: names.index(c) for c in REQUIRED if c in names}
-    if "time" not in pos:
-        pos |= {"time": names.index(alias) for alias in ("datetime", "date") if alias in names}
+    alias = next((a for a in ("datetime", "date") if a in names), None)
+    if "time" not in pos and alias is not None:
+        pos["time"] = names.index(alias)
     return pos
 
 
