@@ -275,3 +275,14 @@ def test_each_process_serves_health_json_beside_metrics(running):
     sink = json.load(urllib.request.urlopen(f"http://127.0.0.1:{pipe.ports['sink-postgres']}/health", timeout=10))
     assert sink["role"] == "sink-postgres" and sink["stages"][0]["stage"] == "sink-postgres"
     assert "ticktape_process_info" in urllib.request.urlopen(url.replace("/health", "/metrics"), timeout=10).read().decode()
+
+
+def test_the_live_line_says_while_the_worker_restores_its_state(tmp_path):
+    from ticktape.commands.run import Child, Summary
+
+    summary = Summary([Child(role, [], port=free_port()) for role in ("producer", "worker", "sink-postgres")],
+                      str(tmp_path))  # nothing listens: the last samples stand
+    summary.last["worker"] = {"ticktape_recovery_remaining": [({}, 1234.0)]}
+    assert summary.line(3.0).endswith("  [worker restoring its state: 1,234 changelog records to go]")
+    summary.last["worker"] = {"ticktape_recovery_remaining": [({}, 0.0)]}
+    assert "restoring" not in summary.line(4.0)
