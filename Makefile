@@ -12,9 +12,10 @@ TT      = $(VENV)/bin/ticktape
 DURATION ?= 0
 STAMP   = $(VENV)/.installed
 APT_PACKAGES = redis-server prometheus prometheus-alertmanager kcat chromium chromium-driver
-COMPOSE = docker compose -f docker/docker-compose.yml --env-file docker/.env
+# config/run.env first: the main job's settings as `ticktape run` uses them; docker/.env overrides
+COMPOSE = docker compose -f docker/docker-compose.yml --env-file config/run.env --env-file docker/.env
 
-.PHONY: run test bench stop up down system clean
+.PHONY: run test bench stop up down compose-check system clean
 
 # Debian packages the local stack uses (PostgreSQL 15 binaries are expected on PATH); headless
 # Chromium and its driver look at the backtest report in a test.
@@ -39,6 +40,7 @@ system:
 	  { echo "PostgreSQL server binaries (initdb, pg_ctl) must be on PATH"; exit 1; }
 
 $(STAMP): pyproject.toml
+	@echo "installing ticktape and its dependencies into $(VENV) (pip; a few minutes the first time) ..."
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,yahoo]'
@@ -56,10 +58,17 @@ bench: system $(STAMP)
 stop: $(STAMP)
 	$(TT) stack down
 
-up:
+# one clear line for each thing `docker compose` would otherwise fail on obscurely
+compose-check:
+	@docker compose version >/dev/null 2>&1 || \
+	  { echo "make up needs Docker with the compose plugin ('docker compose version' fails): install docker-compose-plugin"; exit 1; }
+	@test -f docker/.env || \
+	  { echo "docker/.env is missing: cp docker/.env.example docker/.env, then set its passwords"; exit 1; }
+
+up: compose-check
 	$(COMPOSE) up -d --build
 
-down:
+down: compose-check
 	$(COMPOSE) down
 
 clean: stop

@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.harness import MIN_RUNS, RESULTS, ROOT, machine, table, write_json
 
 # In the order of the goals, then the per-stage figures.
-BENCHMARKS = ["ticks", "peers", "latency", "sink", "backtest", "scale", "indicators", "predict", "trading"]
+BENCHMARKS = ["ticks", "peers", "latency", "sink", "backtest", "scale", "indicators", "predict", "trading", "cli"]
 README_MARKERS = ("<!-- bench-table:start -->", "<!-- bench-table:end -->")
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from bench.harness import Figure, bench_main, repeat, services
 from bench.processes import Process, drop, namespace, scratch_database, symbols
 from ticktape import kafka_clients
-from ticktape.commands.run import BOOTSTRAP_INTERVAL, RUN_DEFAULTS
+from ticktape.config import run_defaults
 from ticktape.scrape import scrape, total
 from ticktape.stack import free_port
 
@@ -38,6 +38,8 @@ GOAL_MS = 100.0
 # The local broker answers a waiting fetch only when its wait is over: each hop waits up
 # to the fetch wait, so this run shortens it (at ~0.5 core of idle polling).
 LATENCY_PROFILE = {"KAFKA_FETCH_MAX_WAIT_MS": "10"}
+RUN_DEFAULTS = run_defaults()  # as the main job runs
+BOOTSTRAP_INTERVAL = RUN_DEFAULTS["STRATEGY_INTERVAL"]
 TRAIN = ["--source", "sim", "--sim-minutes", "20", "--interval", BOOTSTRAP_INTERVAL, "--horizon", "5",
          "--exclude", "sma_200_rel,sma_50_rel", "--activate"]
 
@@ -115,7 +117,7 @@ def measure(s, n_symbols: int, rate: float, seconds: float, runs: int, goal: boo
             if trainer.proc.wait(600) != 0:
                 raise RuntimeError(f"training failed: {trainer.log_path.read_text(errors='replace')[-2000:]}")
             env = {"SYMBOLS": names, "BAR_INTERVALS": f"{BOOTSTRAP_INTERVAL},1m",
-                   "STRATEGY_INTERVAL": BOOTSTRAP_INTERVAL, **RUN_DEFAULTS,  # as the main job runs
+                   **RUN_DEFAULTS,  # as the main job runs
                    **LATENCY_PROFILE}
             worker = Process(ns, ["ticktape.cli", "process", "worker"], home / "worker.log", free_port(), **env)
             sim = Process(ns, ["ticktape.cli", "produce", "sim", "--rate", str(rate)], home / "sim.log",

@@ -422,8 +422,9 @@ def encode_events(events, event_type: str, partitions: int, serde: Serde, topic:
 class Progress:
     """A one-line progress bar on stderr: events, events/s, % of the time range, ETA."""
 
-    def __init__(self, start: int | None, end: int | None, enabled: bool = True):
+    def __init__(self, start: int | None, end: int | None, enabled: bool = True, label: str = "replay"):
         self.start, self.end = start, end
+        self.label = label
         self.t0 = time.monotonic()
         self.last = 0.0
         self.enabled = enabled
@@ -435,7 +436,7 @@ class Progress:
             return
         self.last = now
         elapsed = max(now - self.t0, 1e-9)
-        line = f"replay: {n:,} events  {n / elapsed:,.0f}/s"
+        line = f"{self.label}: {n:,} events  {n / elapsed:,.0f}/s"
         if self.start is not None and self.end is not None and self.end > self.start:
             frac = min(1.0, max(0.0, (ts - self.start) / (self.end - self.start)))
             eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")

@@ -20,6 +20,7 @@ from ticktape.core.sim import MarketSimulator
 from ticktape.market_calendar import market_hours
 
 from .base import EventPublisher, StopFlag, paced
+from .replay import Progress
 
 log = logging.getLogger(__name__)
 TOPIC = "md.ticks"
@@ -78,8 +79,8 @@ def run(args, s: Settings, stop: StopFlag | None = None) -> int:
     clock = None if hours is None else (lambda elapsed: hours.session_clock(start_us, elapsed))
     sim = MarketSimulator(symbols, seed=seed, tick_rate=rate, start_us=start_us, clock=clock)
     ticks = sim.ticks()
-    if args.duration:
-        end_us = start_us + int(args.duration * 1e6)
+    end_us = start_us + int(args.duration * 1e6) if args.duration else None
+    if end_us is not None:
         ticks = itertools.takewhile(lambda t: t["ts"] <= end_us, ticks)
     quiet = quiet_windows(s.sim_quiet, start_us)
     if quiet:
@@ -93,11 +94,19 @@ def run(args, s: Settings, stop: StopFlag | None = None) -> int:
         opens = int(hours.session_clock(start_us, np.zeros(1, dtype=np.int64))[0])
         log.info("sim: %s is closed; waiting %.0f s for the open", hours.name, (opens - start_us) / 1e6)
         stop.wait((opens - time.time_ns() // 1000) / 1e6)
+    # simulated history runs unpaced for long: say how far it is (live: the ticks are the news)
+    progress = None if live else Progress(start_us, end_us, label="sim")
+    n = ts = 0
     for tick in paced(ticks, speed, stop):
         pub.publish(TOPIC, "tick", tick)
+        n, ts = n + 1, tick["ts"]
+        if progress is not None and n % 1000 == 0:
+            progress.update(n, ts)
     if args.duration and not stop:
         pub.clock_reached(end_us)  # the run ends at or after a close: announce it
     pub.close()
+    if progress is not None:
+        progress.update(n, ts, force=True)
     log.info("sim: %d ticks published", pub.delivered)
     return 0
 

@@ -25,6 +25,7 @@ import logging
 import queue
 import threading
 import time
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -96,6 +97,8 @@ class WebSocketFeed:
             self.url = s.websocket_url or provider.url(getattr(s, provider.feed_setting))
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        self.host = urlsplit(self.url).netloc or self.url
+        self.connect_failures = 0  # in a row, since the last session
         self.hours = market_hours(s)  # None: publish at any time
         self.stats = SourceStats(provider.source)
         self.tracker = FeedTracker()
@@ -191,10 +194,17 @@ class WebSocketFeed:
                 raise ConfigError(f"bad stream URL: {e}") from None
             except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError, ProtocolError) as e:
                 reason = f"{type(e).__name__}: {e}"
+                if self._sessions == subscribed_before and isinstance(e, (OSError, TimeoutError, InvalidHandshake)):
+                    # no session came of it: a failed connect (DNS, refused, unreachable, timed out)
+                    self.stats.add("errors")
+                    self.connect_failures += 1
+                    reason = (f"cannot reach {self.host} ({reason}); {self.connect_failures} failed "
+                              f"connect{'s' if self.connect_failures > 1 else ''} in a row")
             if self._done():
                 return
             if self._sessions > subscribed_before:  # it worked for a while: start over
                 delays = backoff_delays(self.s.websocket_backoff_base_s, self.s.websocket_backoff_max_s)
+                self.connect_failures = 0
             delay = next(delays)
             log.warning("websocket %s: %s; reconnecting in %.2f s", self.url, reason, delay)
             if await self._sleep(delay):

@@ -25,7 +25,8 @@ from ticktape.config import ConfigError, Settings
 log = logging.getLogger(__name__)
 
 OFFSET_KEY = "@offset:{}:{}"  # table key of an input partition's next offset ('@' starts no symbol, account or interval)
-TAIL_CHECK_S = 1.0  # how often each stage looks for input the consumer has not delivered
+TAIL_CHECK_S = 1.0
+RECOVERY_REPORT_S = 5.0  # how often a recovering worker says how far it is  # how often each stage looks for input the consumer has not delivered
 MAX_STATE_RECORD = 900_000  # bytes of one changelog value: under the broker's 1 MiB message limit
 STAGES = ["bars", "indicators", "predict", "strategy", "risk", "execution", "portfolio"]
 
@@ -61,14 +62,21 @@ def build_app(s: Settings) -> faust.App:
         producer_linger=s.kafka_linger_ms / 1000,  # Faust's default 0 sends a record batch per await
     )
     kafka_clients.faust_fetch_max_wait(app, s.kafka_fetch_max_wait_ms)
+
+    @app.task
+    async def report_recovery() -> None:
+        """While the tables are restored from their changelogs (no stage runs yet): how
+        many records are left, on /metrics and in the log every RECOVERY_REPORT_S."""
+        while True:
+            recovery = app.tables.recovery
+            remaining = recovery.active_remaining_total() if recovery.in_recovery else 0
+            metrics.RECOVERY_REMAINING.set(remaining)
+            if remaining:
+                log.info("worker: restoring the stages' state: %d changelog records to go", remaining)
+            await asyncio.sleep(RECOVERY_REPORT_S)
+
     for stage in selected_stages(s):
-        try:
-            module = importlib.import_module(f"stream_processors.{stage}")
-        except ModuleNotFoundError as e:
-            if e.name == f"stream_processors.{stage}":
-                continue  # stage not built yet
-            raise
-        module.attach(app, s)
+        importlib.import_module(f"stream_processors.{stage}").attach(app, s)
     return app
 
 

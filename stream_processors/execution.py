@@ -17,7 +17,7 @@ import faust
 from ticktape import kafka_clients, metrics
 from ticktape.config import Settings
 from ticktape.core.desks import ExecutionDesk
-from ticktape.core.execution import ExecConfig
+from ticktape.risk_config import exec_config
 from ticktape.core.intervals import interval_seconds
 from ticktape.core.tickbatch import events_of
 
@@ -37,7 +37,7 @@ class ExecutionStage:
         self.orders = s.topic("trading.orders")
         self.sources = {self.market, self.orders}
         self.width = interval_seconds(s.strategy_interval) * 1_000_000
-        self.cfg = ExecConfig.from_settings(s)
+        self.cfg = exec_config(s)
         self.source = s.exec_market_data
         self.desk = ExecutionDesk(self.cfg, self.width, self.source)
         for side in ("BUY", "SELL"):  # at 0 from the start, so rate() sees a first fill

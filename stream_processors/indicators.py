@@ -20,7 +20,8 @@ import faust
 
 from ticktape import deadletter, kafka_clients, metrics
 from ticktape.config import Settings
-from ticktape.core.indicators import IndicatorState, indicator_event
+from ticktape.core.indicators import BarError, IndicatorState, indicator_event
+from ticktape.core.intervals import interval_seconds
 from ticktape.serde import Serde, SerdeError
 from ticktape.validate import Validator
 
@@ -80,10 +81,14 @@ class IndicatorsStage:
                     if event_type != "bar":
                         raise SerdeError(f"expected a bar, got a {event_type}")
                     self.validator.check(event_type, bar)  # a far-future bar would stop its symbol
+                    try:
+                        interval_seconds(bar["interval"])
+                    except ValueError as e:
+                        raise BarError(str(e)) from None
                     key = f"{bar['interval']}:{bar['symbol']}"
                     st = self.state(partition, key, bar["interval"])
                     values = st.update(bar)
-                except ValueError as e:  # SerdeError, BarError, a bad interval
+                except (SerdeError, BarError) as e:  # the bar's fault; a saved state this code cannot read stops the worker
                     self._dlq.inc()
                     dl = deadletter.of_message(msg, str(e), stage=STAGE, max_bytes=self.dlq_max_bytes)
                     deliveries.append(await send(self.dlq_topic, dl.key, dl.value, None, msg.timestamp, dl.headers))

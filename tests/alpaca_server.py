@@ -3,14 +3,24 @@ welcome message, authentication by message (success, 402 auth failed, 401 before
 auth, 404 auth timeout), subscription acknowledgements (trades also subscribe their
 corrections and cancel errors), 406 connection limit, data points batched into arrays
 and filtered by the subscription.  Scripts: tests/ws_server.py.
+
+Runnable, to try `ticktape produce websocket` offline (it prints the command line):
+
+    python -m tests.alpaca_server [--port 8765] [--rate 20] [--seed 1]
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import sys
+import threading
 from datetime import datetime, timezone
+from pathlib import Path
 
-from ws_server import AUTH_TIMEOUT_S, ScriptedServer
+if __package__:  # run as `python -m tests.alpaca_server`: its siblings are top-level modules in the tests
+    sys.path.insert(0, str(Path(__file__).parent))
+from ws_server import AUTH_TIMEOUT_S, ScriptedServer  # noqa: E402
 
 CHANNEL_OF = {"t": "trades", "q": "quotes", "b": "bars"}
 
@@ -92,3 +102,31 @@ class AlpacaServer(ScriptedServer):
 
     def wanted(self, m: dict, subs: dict) -> bool:
         return m["T"] not in CHANNEL_OF or m["S"] in subs[CHANNEL_OF[m["T"]]]
+
+    def traded(self, subs: dict) -> list[str]:
+        return sorted(subs.get("trades", ()))
+
+    def live_trade(self, symbol: str, i: int, us: int, price: float, size: int) -> dict:
+        return trade(symbol, i, us, price, size)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m tests.alpaca_server",
+                                description="a local Alpaca-protocol stream of live-paced simulated trades")
+    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0 = any free one)")
+    p.add_argument("--rate", type=float, default=20.0, help="trades a second, all symbols (default 20)")
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    with AlpacaServer(max_connections=4, port=args.port, default_script=[("live", args.rate, args.seed)]) as server:
+        print(f"Alpaca-protocol server at {server.url} (key test-key, secret test-secret); in another shell:\n"
+              f"  ALPACA_API_KEY_ID=test-key ALPACA_API_SECRET_KEY=test-secret WEBSOCKET_URL={server.url} \\\n"
+              "    .venv/bin/ticktape produce websocket --symbols AAPL,MSFT --channels trades\n"
+              "Ctrl-C stops it.", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -438,9 +438,17 @@ def test_backtest_command_stores_reports_repeats_and_never_touches_live_data(rec
     assert f"report {report}" in first.stdout and f"<title>Backtest {a}</title>" in page
     assert '<div id="chart"></div>' in page and "<script src" not in page and "<link" not in page
 
-    compared = recorded.cli("compare", a, b)
+    compared = recorded.cli("compare", a[:6], b[:7])  # unique prefixes, as --model takes them
     assert compared.returncode == 0, compared.stderr
     assert "input data: same; parameters: same; equity and trades: identical" in compared.stdout
+    assert compared.stdout.splitlines()[0].split() == [a, b]
+    listed = recorded.cli("list").stdout.splitlines()
+    assert listed[0].split()[:3] == ["run", "created", "(UTC)"]
+    ids = [line.split()[0] for line in listed[1:]]
+    assert ids.index(b) < ids.index(a)  # the latest first
+    shown = recorded.cli("show", a[:8])
+    assert shown.returncode == 0 and shown.stdout.startswith(f"backtest {a} (inprocess, created "), shown.stderr
+    assert "  parameter strategy.enter_p = 0.52" in shown.stdout.splitlines()
 
     assert live_state(recorded.s) == before  # not one message or row more in the live namespace
     assert bt_topics(recorded.s) == []
@@ -487,7 +495,8 @@ def test_sweep_runs_every_value_in_parallel_and_each_equals_its_single_run(recor
      "no model version ffff0000 in the registry"),
     (["--from", "2030-01-01T00:00", "--to", "2030-01-01T01:00"], "no ticks from 2030-01-01T00:00:00.000000Z to "
                                                                  "2030-01-01T01:00:00.000000Z in t"),
-    (["compare", "only-one"], "expected `backtest compare RUN_A RUN_B` or options only"),
+    (["compare", "only-one"], "expected `backtest compare RUN_A RUN_B`, `backtest list`, `backtest show RUN`"),
+    (["show"], "expected `backtest compare RUN_A RUN_B`"),
     (["compare", "nope1", "nope2"], "no backtest run 'nope1'"),
 ])
 def test_bad_arguments_exit_2_with_one_line_and_store_nothing(recorded, args, message):

@@ -83,3 +83,15 @@ def test_an_empty_tsdb_setting_means_keep_not_the_default(monkeypatch):
     assert (s.tsdb_retention_ticks, s.tsdb_retention_bars, s.tsdb_compress_after) == ("", "", "")
     monkeypatch.setenv("SIM_TICK_RATE", "")  # elsewhere an empty variable is the default
     assert settings().sim_tick_rate == Settings.sim_tick_rate
+
+
+def test_the_lazy_help_lines_are_the_commands_own():
+    # `ticktape --help` imports no command module: its lines must be the ones each module registers
+    from ticktape import cli
+
+    full = cli.build_parser()
+    lazy = cli.build_parser(load=[])
+    lines = {p: {a.dest: a.help for a in parser._subparsers._group_actions[0]._choices_actions}
+             for p, parser in (("full", full), ("lazy", lazy))}
+    assert lines["full"] == lines["lazy"] == cli.COMMANDS
+    assert cli._command_of(["-v", "status", "--json"]) == "status" and cli._command_of(["--help"]) is None

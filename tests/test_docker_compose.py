@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from ticktape import cli
-from ticktape.config import Settings
+from ticktape.config import Settings, run_defaults
 from ticktape.metrics import ROLE_PORTS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,8 +119,10 @@ def test_env_example_sets_exactly_the_variables_the_compose_file_uses(compose):
     required = {name for name, op in used if op is None or op.endswith("?")}
     assert required <= set(example), f"missing in .env.example: {sorted(required - set(example))}"
     secrets = {s["environment"] for s in (compose.get("secrets") or {}).values() if "environment" in s}
-    assert set(example) == {name for name, _ in used} | secrets, "unused keys in .env.example"
-    resolved = _interpolate(compose, example)
+    # config/run.env gives the main job's settings; .env.example leaves them to it
+    assert not set(example) & set(run_defaults())
+    assert set(example) | set(run_defaults()) == {name for name, _ in used} | secrets, "unused keys in .env.example"
+    resolved = _interpolate(compose, run_defaults() | example)
     assert _schema_errors(resolved) == []
     # A missing credential stops `docker compose` with a message instead of an empty password.
     without_password = {k: v for k, v in example.items() if k != "POSTGRES_PASSWORD"}
@@ -196,6 +198,28 @@ def test_ticktape_services_share_one_image_and_use_only_real_settings(services):
     assert {e for e in dockerfile_env if not e.startswith(("PYTHON", "PIP_"))} <= SETTING_ENVS
 
 
+def test_the_ticktape_services_run_the_main_job_of_ticktape_run(services):
+    # make up reads config/run.env, then docker/.env: the values `ticktape run` uses, overridable
+    assert "--env-file config/run.env --env-file docker/.env" in (REPO / "Makefile").read_text()
+    passed = {env for env in SETTING_ENVS if env.startswith(("STRATEGY_", "EXEC_", "TICK_BATCH_"))} | {"RISK_CONFIG"}
+    for name in TICKTAPE_SERVICES:
+        env = services[name]["environment"]
+        assert {k: env.get(k) for k in passed} == {k: f"${{{k}:-}}" for k in passed}, name
+        resolved = _interpolate(env, run_defaults() | _env_example())
+        assert {k: resolved[k] for k in run_defaults()} == run_defaults(), name
+        assert _interpolate(env, run_defaults() | _env_example() | {"STRATEGY_INTERVAL": "1m"})[
+            "STRATEGY_INTERVAL"] == "1m"
+    assert "pip install -e '.[yahoo]'" in DOCKERFILE.read_text()
+
+
+def test_make_up_checks_compose_and_the_env_file_first():
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^up: compose-check$", makefile, re.M) and re.search(r"^down: compose-check$", makefile, re.M)
+    check = makefile.split("compose-check:\n", 1)[1].split("\n\n", 1)[0]
+    assert "docker compose version" in check and "test -f docker/.env" in check
+    assert check.count("exit 1") == 2
+
+
 def test_every_long_running_service_serves_metrics_on_its_role_port(services):
     for name in LONG_RUNNING:
         env = services[name]["environment"]
@@ -254,7 +278,7 @@ def _argv(service: dict) -> list[list[str]]:
 def test_service_commands_are_ticktape_subcommands(services):
     assert 'ENTRYPOINT ["ticktape"]' in DOCKERFILE.read_text()
     expected = {
-        "init": [["topics", "create"], ["db", "migrate"]],
+        "init": [["topics", "create"], ["db", "migrate"], ["models", "ensure"]],
         "producer": [["produce", "sim"]],
         "worker": [["process", "worker"]],
         "sink-postgres": [["sink", "postgres"]],

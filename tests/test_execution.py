@@ -12,7 +12,7 @@ from ticktape.core import portfolio as pf_mod
 from ticktape.core import risk as risk_mod
 from ticktape.core import strategy as st_mod
 from ticktape.core.execution import ExecConfig, Execution, on_bar, on_order, on_tick
-from ticktape.risk_config import DEFAULT_RISK_CONFIG, load_risk_limits
+from ticktape.risk_config import DEFAULT_RISK_CONFIG, exec_config, load_risk_limits
 from trading_events import MIN, T0, assert_schema, bar, prediction, tick
 
 
@@ -82,12 +82,17 @@ def test_redelivered_order_fills_once_and_state_round_trips():
 
 
 def test_config_from_settings_and_validation():
-    cfg = ExecConfig.from_settings(make_settings(exec_commission="bps", exec_commission_bps=3.0))
+    cfg = exec_config(make_settings(exec_commission="bps", exec_commission_bps=3.0))
     assert (cfg.commission, cfg.bps, cfg.slippage_bps, cfg.minimum) == ("bps", 3.0, 1.0, 1.0)
-    with pytest.raises(ConfigError, match="EXEC_COMMISSION must be per_share or bps, got 'flat'"):
+    with pytest.raises(ConfigError, match="execution commission must be per_share or bps, got 'flat'"):
         ExecConfig(commission="flat")
-    with pytest.raises(ConfigError, match="EXEC_SLIPPAGE_BPS must be >= 0, got -1"):
+    with pytest.raises(ConfigError, match="execution slippage_bps must be >= 0, got -1"):
         ExecConfig(slippage_bps=-1)
+    # the settings name the variable
+    with pytest.raises(ConfigError, match=r"^EXEC_COMMISSION='flat': must be one of PER_SHARE, BPS$"):
+        make_settings(exec_commission="flat")
+    with pytest.raises(ConfigError, match=r"^EXEC_SLIPPAGE_BPS=-1: must be at least 0$"):
+        make_settings(exec_slippage_bps=-1)
 
 
 # --- the chain ---------------------------------------------------------------------------

@@ -404,3 +404,25 @@ def test_cli_bad_interval_and_missing_input(tmp_path, capsys):
     assert rc == 2 and not out.exists() and "bad interval 'fortnight'" in capsys.readouterr().err
     assert main(["indicators", "--input", str(tmp_path / "nope.csv"), "--output", str(tmp_path / "o.csv")]) == 2
     assert "cannot read" in capsys.readouterr().err and not (tmp_path / "o.csv").exists()
+
+
+def test_cli_reads_yahoos_capitalised_headers_and_says_what_it_wrote(tmp_path, capsys):
+    ours = HEADER + OK_ROW + OK_ROW.replace("00:00Z", "01:00Z")
+    yahoo = ("Date,Open,High,Low,Close,Adj Close,Volume\n"
+             "2024-01-01T00:00:00Z,1,2,0.5,1.5,1.4,10\n2024-01-01T00:01:00Z,1,2,0.5,1.5,1.4,10\n")
+    rc, mine = cli(tmp_path, ours)
+    ours_out = capsys.readouterr().out
+    src = tmp_path / "A.csv"  # no symbol column: the file's stem
+    src.write_text(yahoo)
+    theirs = tmp_path / "yahoo-out.csv"
+    assert rc == 0 and main(["indicators", "--input", str(src), "--output", str(theirs)]) == 0
+    assert capsys.readouterr().out == (f"wrote {theirs}: 2 rows of 1 symbol(s) (A), the 7 input columns + "
+                                       f"{len(INDICATOR_NAMES)} indicator columns\n")
+    assert ours_out.startswith(f"wrote {mine}: 2 rows of 1 symbol(s) (A), the 7 input columns")
+    # the same indicator values as the file with our headers
+    ind = slice(7, None)
+    assert [r.split(",")[ind] for r in theirs.read_text().splitlines()[1:]] == [
+        r.split(",")[ind] for r in mine.read_text().splitlines()[1:]]
+    assert theirs.read_text().splitlines()[0].startswith("Date,Open,High,Low,Close,Adj Close,Volume,")
+    assert main(["indicators", "--input", str(src), "--output", str(theirs), "--symbol", "ZZ"]) == 0
+    assert "(ZZ)" in capsys.readouterr().out

@@ -123,7 +123,7 @@ def test_alert_expressions_use_only_metrics_the_project_exports():
     used = {name for rule in _rules() for name in _metric_names(rule["expr"])}
     assert used == {"ticktape_events_in_total", "ticktape_consumer_lag", "ticktape_sink_errors_total",
                     "ticktape_dlq_messages_total", "ticktape_kill_switch", "ticktape_risk_pending",
-                    "ticktape_risk_late_events_total", "ticktape_timescaledb_job_failed", "up"}
+                    "ticktape_risk_late_events_total", "ticktape_timescaledb_job_failed", "ticktape_process_info", "up"}
     assert used - {"up"} <= _project_metrics(), sorted(used - {"up"} - _project_metrics())
 
 

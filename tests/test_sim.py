@@ -77,9 +77,12 @@ def test_produce_sim_publishes_exactly_the_simulated_ticks(settings):
     kafka_clients.ensure_topics(settings, ["md.ticks"])
     env = {"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "TOPIC_PREFIX": settings.topic_prefix,
            "TICKTAPE_HOME": settings.home, "METRICS_PORT": str(settings.metrics_port), "PATH": "/usr/bin:/bin"}
-    subprocess.run([sys.executable, "-m", "ticktape.cli", "produce", "sim", "--symbols", "AAPL,MSFT,NVDA",
-                    "--seed", "5", "--rate", "1000", "--start", "2026-11-20T14:00:00Z", "--speed", "max",
-                    "--count", "3000"], check=True, env=env, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "ticktape.cli", "produce", "sim", "--symbols", "AAPL,MSFT,NVDA",
+                           "--seed", "5", "--rate", "1000", "--start", "2026-11-20T14:00:00Z", "--speed", "max",
+                           "--count", "3000"], check=True, env=env, timeout=120, capture_output=True, text=True)
+    # simulated history says how far it is (the last line: the total)
+    assert [line for line in done.stderr.splitlines() if line.startswith("sim: ")][-1].startswith(
+        "sim: 3,000 events  "), done.stderr
     consumer = kafka_clients.consumer(settings, group=settings.group("check"))
     consumer.subscribe([settings.topic("md.ticks")])
     serde, got = Serde(), []

@@ -17,9 +17,10 @@ from pipeline import Pipeline, module_settings, new_database
 from test_prometheus import _rules
 
 from ticktape.commands.status import (
-    RUN_FILE, TARGETS_FILE, StageStatus, overall_score, processes_of, stage_rows, stage_score)
+    RUN_FILE, TARGETS_FILE, StageStatus, broker_lags, collect, consumed, overall_score, processes_of, stage_rows,
+    stage_score, write_run_files)
 from ticktape.config import REPO_ROOT
-from ticktape.stack import LocalStack
+from ticktape.stack import LocalStack, free_port
 
 
 def _samples(**series):
@@ -89,9 +90,28 @@ def test_stage_rows_from_two_samples():
 
 
 def test_run_file_or_default_roles(tmp_path):
-    assert processes_of(tmp_path) == {"producer": 9101, "worker": 9102, "sink-postgres": 9103, "sink-redis": 9104}
+    assert processes_of(tmp_path) == {"producer": (9101, None), "worker": (9102, None),
+                                      "sink-postgres": (9103, None), "sink-redis": (9104, None)}
     (tmp_path / RUN_FILE).write_text('{"processes": [{"role": "worker", "port": 5555, "pid": 1}]}')
-    assert processes_of(tmp_path) == {"worker": 5555}
+    assert processes_of(tmp_path) == {"worker": (5555, 1)}
+
+
+def test_each_stage_reads_its_own_group_and_topics():
+    worker = _samples(ticktape_events_in_total=[
+        ({"stage": "bars", "topic": "md.ticks"}, 5.0), ({"stage": "execution", "topic": "md.bars.1s"}, 1.0),
+        ({"stage": "execution", "topic": "trading.orders"}, 2.0)])
+    assert consumed("bars", worker) == ("worker", {"md.ticks"})
+    assert consumed("execution", worker) == ("worker", {"md.bars.1s", "trading.orders"})
+    assert consumed("sink-postgres", {}) == ("sink-postgres", None)
+    assert consumed("producer", worker) == (None, None)
+    # without the broker, a stage sums only the gauges of its group and topics
+    sink = _samples(ticktape_events_in_total=[({"stage": "sink-redis", "topic": "md.bars.1s"}, 9.0)],
+                    ticktape_consumer_lag=[
+                        ({"group": "ticktape.sink-redis", "topic": "md.bars.1s", "partition": "0"}, 4.0),
+                        ({"group": "ticktape.sink-postgres", "topic": "md.bars.1s", "partition": "0"}, 50.0)])
+    rows = stage_rows({"sink-redis": 1, "producer": 2}, {}, {"sink-redis": sink, "producer": _samples(
+        ticktape_events_out_total=[({"stage": "producer", "topic": "md.ticks"}, 3.0)])}, 1.0)
+    assert [(r.stage, r.lag) for r in rows] == [("sink-redis", 4.0), ("producer", None)]
 
 
 def _cli(*args, env=None):
@@ -130,8 +150,10 @@ def test_status_json_shows_live_figures(running):
     done = _cli("status", "--json", "--interval", "2", env=env)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["processes"] == [{"role": "producer", "port": pipe.ports["producer"], "up": True},
-                                   {"role": "sink-postgres", "port": pipe.ports["sink-postgres"], "up": True}]
+    assert report["processes"] == [
+        {"role": "producer", "port": pipe.ports["producer"], "pid": pipe.procs["producer"].pid, "up": True},
+        {"role": "sink-postgres", "port": pipe.ports["sink-postgres"], "pid": pipe.procs["sink-postgres"].pid,
+         "up": True}]
     producer, sink = report["stages"]
     assert producer["stage"] == "producer" and sink["stage"] == "sink-postgres"
     assert 150 < producer["out_per_s"] < 450  # the simulator runs at 300 ticks/s
@@ -176,3 +198,91 @@ def test_local_prometheus_scrapes_the_running_processes(running):
         assert len([r for g in rules for r in g["rules"]]) == len(_rules())  # alerts.yml loaded
     finally:
         stack.down()
+
+
+def test_stage_lag_is_its_consumer_groups_lag_over_the_topics_it_reads(services, tmp_path):
+    from confluent_kafka import TopicPartition
+
+    from ticktape import kafka_clients
+
+    with new_database(services["DATABASE_URL"]) as url:
+        s = module_settings(services, tmp_path, url)
+        kafka_clients.ensure_topics(s)
+        producer = kafka_clients.producer(s)
+        for topic, n in (("md.ticks", 10), ("md.bars.1s", 4), ("trading.orders", 6)):
+            for i in range(n):
+                producer.produce(s.topic(topic), key=b"AAPL", value=b"x", partition=0)
+                producer.flush(30)  # a record batch each: the local broker gives a batch one offset
+        commits = {"worker": [("md.ticks", 3), ("md.bars.1s", 1), ("trading.orders", 6)],
+                   "sink-postgres": [("md.ticks", 8), ("md.bars.1s", 4)]}
+        for group, offsets in commits.items():
+            c = kafka_clients.consumer(s, s.group(group))
+            c.commit(offsets=[TopicPartition(s.topic(t), 0, o) for t, o in offsets], asynchronous=False)
+            c.close()
+        lags = broker_lags(s, {"bars": ("worker", {"md.ticks"}), "indicators": ("worker", {"md.bars.1s"}),
+                               "execution": ("worker", {"md.bars.1s", "trading.orders"}),
+                               "sink-postgres": ("sink-postgres", None), "producer": (None, None)})
+        assert lags == {"bars": 7.0, "indicators": 3.0, "execution": 3.0, "sink-postgres": 2.0}
+
+
+def test_two_stacks_side_by_side_each_read_their_own_processes(running, services, tmp_path):
+    from ticktape.commands.run import Child, Summary
+
+    s_a, pipe_a = running
+    with new_database(services["DATABASE_URL"]) as url:
+        s_b = module_settings(services, tmp_path, url)
+        pipe_b = Pipeline(s_b, ["producer"], tmp_path)
+        try:
+            pipe_b.wait("producer", "ticktape_events_out_total", 10, stage="producer")
+            for s, pipe in ((s_a, pipe_a), (s_b, pipe_b)):
+                report = collect(s, 0.5, with_broker=False)
+                producer = report["processes"][0]
+                assert producer == {"role": "producer", "port": pipe.ports["producer"],
+                                    "pid": pipe.procs["producer"].pid, "up": True}
+            # B's run file names A's port (as when B's producer could not bind it): not read as B's
+            write_run_files(s_b.home, [("producer", pipe_a.ports["producer"], pipe_b.procs["producer"].pid)])
+            report = collect(s_b, 0.5, with_broker=False)
+            assert report["processes"] == [{
+                "role": "producer", "port": pipe_a.ports["producer"], "pid": pipe_b.procs["producer"].pid,
+                "up": False, "note": f"port {pipe_a.ports['producer']} held by pid {pipe_a.procs['producer'].pid} "
+                                     f"of TICKTAPE_HOME {Path(s_a.home).resolve()}"}]
+            assert report["health"] == 0
+            # the live line of `ticktape run` likewise
+            child = Child("producer", [], proc=pipe_b.procs["producer"], port=pipe_a.ports["producer"])
+            summary = Summary([child, Child("worker", [], port=free_port()),
+                               Child("sink-postgres", [], port=free_port())], s_b.home)
+            assert summary.figures()["ticks"] == 0
+            assert summary.line(1.0).endswith(
+                f"  [producer /metrics port {pipe_a.ports['producer']} held by pid {pipe_a.procs['producer'].pid} "
+                f"of TICKTAPE_HOME {Path(s_a.home).resolve()}]")
+        finally:
+            pipe_b.stop()
+
+
+def test_each_process_serves_health_json_beside_metrics(running):
+    s, pipe = running
+    url = f"http://127.0.0.1:{pipe.ports['producer']}/health"
+    first = json.load(urllib.request.urlopen(url, timeout=10))
+    time.sleep(2.0)
+    doc = json.load(urllib.request.urlopen(url, timeout=10))
+    assert (first["role"], first["pid"], first["home"]) == ("producer", pipe.procs["producer"].pid,
+                                                          str(Path(s.home).resolve()))
+    assert doc["up"] is True and [st["stage"] for st in doc["stages"]] == ["producer"]
+    assert 150 < doc["stages"][0]["out_per_s"] < 450  # the simulator runs at 300 ticks/s, since the last request
+    assert doc["health"] == overall_score([StageStatus(**st) for st in doc["stages"]])
+    # the same stage fields as `ticktape status --json`
+    assert set(doc["stages"][0]) == set(StageStatus.__dataclass_fields__)
+    sink = json.load(urllib.request.urlopen(f"http://127.0.0.1:{pipe.ports['sink-postgres']}/health", timeout=10))
+    assert sink["role"] == "sink-postgres" and sink["stages"][0]["stage"] == "sink-postgres"
+    assert "ticktape_process_info" in urllib.request.urlopen(url.replace("/health", "/metrics"), timeout=10).read().decode()
+
+
+def test_the_live_line_says_while_the_worker_restores_its_state(tmp_path):
+    from ticktape.commands.run import Child, Summary
+
+    summary = Summary([Child(role, [], port=free_port()) for role in ("producer", "worker", "sink-postgres")],
+                      str(tmp_path))  # nothing listens: the last samples stand
+    summary.last["worker"] = {"ticktape_recovery_remaining": [({}, 1234.0)]}
+    assert summary.line(3.0).endswith("  [worker restoring its state: 1,234 changelog records to go]")
+    summary.last["worker"] = {"ticktape_recovery_remaining": [({}, 0.0)]}
+    assert "restoring" not in summary.line(4.0)

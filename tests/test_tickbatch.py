@@ -27,6 +27,7 @@ from ticktape import kafka_clients
 from ticktape.cli import main
 from ticktape.core.sim import MarketSimulator
 from ticktape.core.tickbatch import MAX_TICKS, TickBatcher, events_of, expand, make_batch
+from ticktape.core.trading import iso
 from ticktape.serde import SINGLE_OBJECT_MAGIC, Serde, SerdeError, catalog
 
 T0 = 1_767_225_600_000_000
@@ -239,9 +240,10 @@ def test_tail_prints_the_ticks_of_a_batch(settings, capsys, monkeypatch):
         monkeypatch.setenv(k, v)
     assert main(["topics", "tail", "md.ticks", "--from-beginning", "--idle-timeout", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [json.loads(line) for line in lines] == ticks
+    shown = [t | {"ts_iso": iso(t["ts"])} for t in ticks]  # tail adds the ISO-8601 time
+    assert [json.loads(line) for line in lines] == shown
     assert main(["topics", "tail", "md.ticks", "--from-beginning", "--count", "3"]) == 0
-    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == ticks[:3]
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == shown[:3]
 
 
 def test_postgres_sink_stores_each_tick_of_a_batch_once(settings, fresh_db):

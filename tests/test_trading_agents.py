@@ -219,6 +219,13 @@ def test_kill_switch_trips_on_falling_prices_shows_everywhere_and_reset_reopens(
         # ticktape portfolio rebuild: positions from trading.fills alone equal the live state
         rebuilt = run_cli(s, "portfolio", "rebuild", **env)
         assert rebuilt.returncode == 0 and "rebuilt state equals the live state" in rebuilt.stdout, rebuilt.stdout
+        # ticktape portfolio show: the live positions and the last equity
+        shown = json.loads(run_cli(s, "portfolio", "show", "--json", **env).stdout)
+        assert (shown["equity"]["equity"], shown["equity"]["cash"]) == (last["equity"], last["cash"])
+        final = {p["symbol"]: p["quantity"] for p in want["position"]}  # the last Position per symbol
+        assert {p["symbol"]: p["quantity"] for p in shown["positions"]} == {k: q for k, q in final.items() if q}
+        text = run_cli(s, "portfolio", "show", **env).stdout
+        assert text.startswith("account paper: as of ") and f"equity {last['equity']:,.2f} = cash" in text, text
         # ticktape risk reset reaches the running risk stage: ACTIVE everywhere
         reset = run_cli(s, "risk", "reset", **env)
         assert reset.returncode == 0, reset.stderr
@@ -228,6 +235,16 @@ def test_kill_switch_trips_on_falling_prices_shows_everywhere_and_reset_reopens(
         with psycopg.connect(s.database_url, autocommit=True) as conn:
             assert wait_for(lambda: conn.execute("SELECT trading_state FROM risk_states ORDER BY ts").fetchall() == [
                 ("HALTED",), ("ACTIVE",)])
+        # ticktape risk halt: the kill switch by hand
+        halted = run_cli(s, "risk", "halt", **env)
+        assert halted.returncode == 0, halted.stderr
+        assert halted.stdout.startswith("account paper: halt sent (ctl:") and halted.stdout.endswith(
+            "\naccount paper: HALTED (applied by the risk stage)\n"), halted.stdout
+        assert worker.wait_metric("ticktape_kill_switch", 1, account="paper"), worker.log_tail()
+        assert wait_for(lambda: rd.hget(key, "reason") == "TRADING_HALTED")
+        assert json.loads(run_cli(s, "risk", "status", "--json", **env).stdout)["trading_state"] == "HALTED"
+        again = run_cli(s, "risk", "halt", **env)
+        assert (again.returncode, again.stdout) == (0, "account paper: already HALTED: nothing sent\n")
     finally:
         for p in sinks:
             p.send_signal(signal.SIGTERM)
@@ -237,6 +254,14 @@ def test_kill_switch_trips_on_falling_prices_shows_everywhere_and_reset_reopens(
 
 
 def test_risk_cli_usage_errors(settings):
+    same = run_cli(settings, "risk", "reset")  # no state yet: ACTIVE already
+    assert (same.returncode, same.stdout) == (0, "account paper: already ACTIVE (no risk state yet): nothing sent\n")
+    lone = run_cli(settings, "risk", "halt", "--wait", "2")  # no worker applies it
+    assert lone.returncode == 1 and lone.stdout.startswith("account paper: halt sent (ctl:"), lone.stdout
+    assert lone.stderr == (
+        "ticktape: risk: account paper is not HALTED after 2 s: no worker runs the risk stage? (ticktape run, or "
+        f"ticktape process worker); the halt waits in {settings.topic('trading.control')} and applies when one "
+        "starts\n")
     bad = run_cli(settings, "risk", "reset", "--state", "HALTED")
     assert (bad.returncode, bad.stderr.strip()) == (
         2, "ticktape: error: argument --state: must be ACTIVE or REDUCING, got 'HALTED'")

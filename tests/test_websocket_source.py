@@ -262,3 +262,48 @@ def test_drop_policy_counts_drops_when_kafka_is_down(settings):
     assert (accepted, drops + queued) == (n, n - 2)
     assert n - 2 - q <= drops <= n - q
     assert pub.failed == n - drops  # everything not dropped was attempted and reported as failed
+
+
+def test_an_unreachable_host_is_counted_and_named(settings, caplog):
+    from ticktape.stack import free_port
+
+    closed = f"127.0.0.1:{free_port()}"  # nothing listens: every connect is refused
+    s = ws_settings(settings, f"ws://{closed}/v2/iex")
+    stop = StopFlag(install_signals=False)
+    feed = WebSocketFeed(s, ["AAPL"], stop=stop)
+    runner = threading.Thread(target=feed.run)
+    with caplog.at_level(logging.WARNING, logger="producers.websocket"):
+        runner.start()
+        deadline = time.monotonic() + 60
+        while feed.stats.errors < 3:
+            assert time.monotonic() < deadline, "the feed did not retry"
+            stop.wait(0.05)
+        stop.set()
+        runner.join(60)
+    assert feed.stats.errors >= 3 and feed.stats.reconnects == 0 and feed.stats.published == 0
+    assert f"errors {feed.stats.errors}" in feed.stats.summary()
+    assert f"cannot reach {closed} (" in caplog.text
+    assert "3 failed connects in a row" in caplog.text
+
+
+def test_the_test_server_runs_on_its_own_and_feeds_the_source(settings):
+    import re
+    import subprocess
+    import sys
+
+    from ticktape.config import REPO_ROOT
+
+    server = subprocess.Popen([sys.executable, "-m", "tests.alpaca_server", "--port", "0", "--rate", "200"],
+                              cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        first = server.stdout.readline()
+        url = re.search(r"server at (ws://127\.0\.0\.1:\d+/v2/iex) \(key test-key, secret test-secret\)", first)
+        assert url, first
+        assert f"WEBSOCKET_URL={url.group(1)}" in server.stdout.readline()
+        s = ws_settings(settings, url.group(1), alpaca_api_key_id="test-key", alpaca_api_secret_key="test-secret")
+        feed = run_feed(s, ["AAPL", "MSFT"], 20, channels=("trades",))
+        assert feed.stats.published == 20 and feed.stats.received["trade"] >= 20
+        assert {t["symbol"] for t in read_topic(s, "md.ticks")} == {"AAPL", "MSFT"}
+    finally:
+        server.terminate()
+        server.wait(30)

@@ -7,16 +7,22 @@ connection a script run once the client has subscribed:
     ("close",)             close the connection (mid-stream)
     ("deaf", seconds)      stop reading: pings go unanswered; then drop the socket
     ("sleep", seconds)
-A connection whose script is done (or that has none) stays open, idle.
+    ("live", rate, seed)   trades of the subscribed symbols, ``rate`` a second in all (a
+                           seeded random walk), until the connection closes
+A connection whose script is done (or that has none) stays open, idle; connections past
+``scripts`` run ``default_script``.
 
 A subclass speaks its provider's protocol: ``welcome``, ``authenticate``, ``request``
-(a subscribe/unsubscribe after auth) and ``wanted`` (is a data point subscribed).
+(a subscribe/unsubscribe after auth), ``wanted`` (is a data point subscribed) and, for
+"live", ``traded`` (the symbols whose trades are subscribed) and ``live_trade``.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import threading
+import time
 
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
@@ -27,8 +33,11 @@ AUTH_TIMEOUT_S = 10
 class ScriptedServer:
     path = "/"
 
-    def __init__(self, *, scripts: list[list[tuple]] = (), batch: int = 100, max_connections: int = 1):
+    def __init__(self, *, scripts: list[list[tuple]] = (), batch: int = 100, max_connections: int = 1,
+                 port: int = 0, default_script: list[tuple] = ()):
         self.scripts = list(scripts)
+        self.default_script = list(default_script)
+        self.port = port
         self.batch = batch
         self.max_connections = max_connections
         self.connections = 0  # accepted so far
@@ -45,7 +54,7 @@ class ScriptedServer:
         self._thread.start()
 
         async def start():
-            return await serve(self._handler, "127.0.0.1", 0, ping_interval=None, max_size=None)
+            return await serve(self._handler, "127.0.0.1", self.port, ping_interval=None, max_size=None)
 
         self._server = asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
         port = self._server.sockets[0].getsockname()[1]
@@ -79,6 +88,12 @@ class ScriptedServer:
     def wanted(self, m: dict, subs: dict) -> bool:
         raise NotImplementedError
 
+    def traded(self, subs: dict) -> list[str]:
+        raise NotImplementedError
+
+    def live_trade(self, symbol: str, i: int, us: int, price: float, size: int) -> dict:
+        raise NotImplementedError
+
     # -- the shared part ---------------------------------------------------------------
     @staticmethod
     async def send(ws, messages: list) -> None:
@@ -101,7 +116,7 @@ class ScriptedServer:
             subscribed = asyncio.Event()
             reader = asyncio.create_task(self._read_requests(ws, subs, subscribed))
             await subscribed.wait()
-            for step in (self.scripts[n] if n < len(self.scripts) else []):
+            for step in (self.scripts[n] if n < len(self.scripts) else self.default_script):
                 if not await self._run(ws, step, subs):
                     break
             else:
@@ -140,6 +155,17 @@ class ScriptedServer:
             return False
         elif what == "sleep":
             await asyncio.sleep(step[1])
+        elif what == "live":
+            rng, prices, i = random.Random(step[2]), {}, 0
+            while True:
+                symbols = self.traded(subs)
+                if symbols:
+                    sym = symbols[i % len(symbols)]
+                    prices[sym] = round(prices.get(sym, 100.0) * (1 + rng.gauss(0, 0.0005)), 2)
+                    i += 1
+                    await self.send(ws, [self.live_trade(sym, i, time.time_ns() // 1000, prices[sym],
+                                                         rng.randint(1, 300))])
+                await asyncio.sleep(1 / step[1])
         else:
             raise ValueError(f"unknown script step {step!r}")
         return True

@@ -19,8 +19,7 @@ DEFAULT_SYMBOLS = (
 ).split()
 
 
-class ConfigError(ValueError):
-    """A setting has a value that cannot be used."""
+from .core.errors import ConfigError  # the settings' error is the core's
 
 
 def _setting(env: str, default, doc: str, *, secret: bool = False, low=None, above=None, high=None,
@@ -197,15 +196,16 @@ class Settings:
     strategy_params: str = _setting(
         "STRATEGY_PARAMS", "{}", "STRATEGY's parameters, a JSON object (the built-in one takes STRATEGY_* instead)")
     exec_slippage_bps: float = _setting(
-        "EXEC_SLIPPAGE_BPS", 1.0, "paper fills: price worsened by this many basis points")
+        "EXEC_SLIPPAGE_BPS", 1.0, "paper fills: price worsened by this many basis points", low=0)
     exec_commission: str = _setting(
-        "EXEC_COMMISSION", "per_share", "paper fills: commission model, per_share or bps")
+        "EXEC_COMMISSION", "per_share", "paper fills: commission model, per_share or bps",
+        choices=("PER_SHARE", "BPS"))
     exec_commission_per_share: float = _setting(
-        "EXEC_COMMISSION_PER_SHARE", 0.005, "per_share model: commission per share")
+        "EXEC_COMMISSION_PER_SHARE", 0.005, "per_share model: commission per share", low=0)
     exec_commission_bps: float = _setting(
-        "EXEC_COMMISSION_BPS", 1.0, "bps model: commission in basis points of notional")
+        "EXEC_COMMISSION_BPS", 1.0, "bps model: commission in basis points of notional", low=0)
     exec_commission_min: float = _setting(
-        "EXEC_COMMISSION_MIN", 1.0, "minimum commission per fill (both models)")
+        "EXEC_COMMISSION_MIN", 1.0, "minimum commission per fill (both models)", low=0)
     exec_market_data: str = _setting(
         "EXEC_MARKET_DATA", "ticks",
         "paper fills: ticks (next ask/bid after the order) or bars (next bar's open, bar-only sources)")
@@ -353,3 +353,30 @@ def settings_table() -> list[tuple[str, str, str]]:
             default = "the 50 large US stocks"
         rows.append((f.metadata["env"], str(default), f.metadata["doc"]))
     return rows
+
+
+RUN_DEFAULTS_FILE = REPO_ROOT / "config" / "run.env"
+
+
+def run_defaults() -> dict[str, str]:
+    """The main job's settings (config/run.env: NAME=value lines, # comments), which
+    `ticktape run` and the docker stack apply where the environment sets nothing."""
+    out = {}
+    for n, line in enumerate(RUN_DEFAULTS_FILE.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or name.strip() not in _ENVS:
+            raise ConfigError(f"{RUN_DEFAULTS_FILE}:{n}: {line!r} is not SETTING=value")
+        out[name.strip()] = value.strip()
+    return out
+
+
+_ENVS = {f.metadata["env"] for f in fields(Settings)}
+
+
+def set_in_environment() -> set[str]:
+    """The settings' env vars the environment sets (as ``settings`` reads them)."""
+    return {f.metadata["env"] for f in fields(Settings)
+            if f.metadata["env"] in os.environ and (os.environ[f.metadata["env"]] != "" or f.metadata["empty"])}

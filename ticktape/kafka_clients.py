@@ -34,6 +34,15 @@ def client_config(s: Settings) -> dict:
     return conf
 
 
+def quiet_logger() -> logging.Logger:
+    """A logger for librdkafka's own log lines where a command's one answer says it all."""
+    quiet = logging.getLogger("ticktape.kafka_quiet")
+    if not quiet.handlers:
+        quiet.propagate = False
+        quiet.addHandler(logging.NullHandler())
+    return quiet
+
+
 def check_reachable(s: Settings, timeout: float = 5.0) -> Settings:
     """``s`` when its Kafka answers a metadata request within ``timeout`` seconds; else a
     ConfigError line naming the servers and why (librdkafka's own log lines of the probe
@@ -51,11 +60,8 @@ def check_reachable(s: Settings, timeout: float = 5.0) -> Settings:
             refusals.append(f"{server.strip()}: {getattr(e, 'strerror', None) or e}")
     else:
         raise ConfigError(f"{where} cannot be reached: {'; '.join(refusals)}")
-    quiet = logging.getLogger("ticktape.kafka_probe")
-    quiet.propagate = False
-    quiet.addHandler(logging.NullHandler())
     try:
-        AdminClient(client_config(s) | {"logger": quiet}).list_topics(timeout=timeout)
+        AdminClient(client_config(s) | {"logger": quiet_logger()}).list_topics(timeout=timeout)
     except KafkaException as e:
         raise ConfigError(f"{where} did not answer within {timeout:g} s ({e.args[0].str()}); "
                           f"check KAFKA_SECURITY_PROTOCOL and the SASL/SSL settings") from None
@@ -229,17 +235,33 @@ def topic_metadata(s: Settings, name: str, adm: AdminClient | None = None):
 
 
 def describe_topic(s: Settings, name: str) -> dict:
-    adm = admin(s)
+    """A topic's partitions with their offsets (low, high; span = their sum of high - low) and
+    every config the broker reports."""
+    adm = AdminClient(client_config(s) | {"logger": quiet_logger()})
     md = topic_metadata(s, name, adm)
     configs = {}
     try:
         res = adm.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, name)])
         for fut in res.values():
-            configs = {k: v.value for k, v in fut.result().items()
-                       if k in ("cleanup.policy", "retention.ms")}
+            configs = {k: v.value for k, v in sorted(fut.result().items())}
     except KafkaException as e:  # some brokers answer describe_configs partially
         log.debug("describe_configs %s: %s", name, e)
-    return {"topic": name, "partitions": len(md.partitions), "configs": configs}
+    offsets = watermarks(s, {name: sorted(md.partitions)})[name]
+    return {"topic": name, "partitions": len(md.partitions), "span": sum(h - lo for lo, h in offsets.values()),
+            "offsets": [{"partition": p, "low": lo, "high": h} for p, (lo, h) in sorted(offsets.items())],
+            "configs": configs}
+
+
+def watermarks(s: Settings, topics: dict[str, list[int]], timeout: float = 10.0) -> dict[str, dict[int, tuple[int, int]]]:
+    """(low, high) offsets of each partition of ``topics`` (topic -> partitions)."""
+    from confluent_kafka import TopicPartition
+
+    probe = consumer(s, s.group("cli"), logger=quiet_logger())  # never subscribes: joins no group
+    try:
+        return {topic: {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in parts}
+                for topic, parts in topics.items()}
+    finally:
+        probe.close()
 
 
 def read_to_end(s: Settings, topic: str, group: str, idle_s: float = 5.0) -> list:

@@ -6,9 +6,16 @@ the symbol set is bounded by configuration.  Each process calls ``serve(role)``.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
+import threading
+import time
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info, make_wsgi_app
 
 from .config import Settings
 
@@ -104,21 +111,85 @@ SOURCE_LATENCY = Histogram(
     buckets=LATENCY_BUCKETS)
 
 # --- process ----------------------------------------------------------------------------
+RECOVERY_REMAINING = Gauge("ticktape_recovery_remaining",
+                           "changelog records the worker still reads to restore its tables (0: none)")
 PROCESS_UP = Gauge("ticktape_process_up", "1 while the process runs", ["role"])
 BUILD = Info("ticktape_build", "version of the running code")
 STRATEGY = Info("ticktape_strategy", "the strategy stage's STRATEGY, STRATEGY_PARAMS (JSON) and source sha256")
+# who answers on this port: readers (the live line, `ticktape status`, Prometheus' alert)
+# compare it with the process they started, so a port another pipeline holds is not read as theirs
+PROCESS = Info("ticktape_process", "role, pid and TICKTAPE_HOME of the process serving this /metrics")
 
 
 def serve(role: str, s: Settings) -> int:
-    """Start this process's /metrics endpoint; returns the port (0 = disabled on clash)."""
+    """Start this process's /metrics and /health endpoint; returns the port (0 = disabled on clash)."""
     port = s.metrics_port or ROLE_PORTS.get(role, 0)
     try:
-        start_http_server(port, addr=s.metrics_host)
+        server = make_server(s.metrics_host, port, _app(role, port), _Server, handler_class=_QuietHandler)
     except OSError as e:
         log.warning("metrics port %s for %s unavailable (%s); /metrics disabled", port, role, e)
         return 0
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     from . import __version__
 
     BUILD.info({"version": __version__})
+    PROCESS.info({"role": role, "pid": str(os.getpid()), "home": str(Path(s.home).resolve())})
     PROCESS_UP.labels(role).set(1)
     return port
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # a scrape every few seconds is no news
+        pass
+
+
+def _samples() -> dict[str, list[tuple[dict[str, str], float]]]:
+    """This process's samples, in the form ``ticktape.scrape`` reads them from /metrics."""
+    out: dict[str, list] = {}
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return out
+
+
+def _app(role: str, port: int):
+    """/health: this process's stages as `ticktape status --json` reports them (rates over
+    the time since the previous /health request, or since start); anything else: /metrics."""
+    metrics_app = make_wsgi_app()
+    lock = threading.Lock()
+    Samples = dict[str, list[tuple[dict[str, str], float]]]
+    prev: list[tuple[float, Samples]] = [(time.monotonic(), {})]  # one sample kept: the previous request's
+
+    def health() -> dict:
+        from dataclasses import asdict
+
+        from .commands.status import overall_score, stage_rows
+
+        with lock:
+            now, after = time.monotonic(), _samples()
+            then, before = prev[0]
+            seconds = max(1e-3, now - then)
+            rows = stage_rows({role: port}, {role: before}, {role: after}, seconds)
+            prev[0] = (now, after)
+        who = dict(_first(after, "ticktape_process_info"))
+        return {"up": True, "role": role, "pid": os.getpid(), "home": who.get("home"),
+                "version": dict(_first(after, "ticktape_build_info")).get("version"),
+                "health": overall_score(rows), "sampled_s": round(seconds, 3), "stages": [asdict(r) for r in rows]}
+
+    def app(environ, start_response):
+        if environ.get("PATH_INFO") != "/health":
+            return metrics_app(environ, start_response)
+        body = json.dumps(health()).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+def _first(samples, name: str) -> dict[str, str]:
+    found = samples.get(name) or [({}, 0.0)]
+    return found[0][0]

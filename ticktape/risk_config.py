@@ -1,4 +1,5 @@
-"""Loading the risk limits file (``RISK_CONFIG``, default ``config/risk.yaml``)."""
+"""The trading core's configurations from the settings: the risk limits file
+(``RISK_CONFIG``, default ``config/risk.yaml``) and the paper execution's ``EXEC_*``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from .config import REPO_ROOT, ConfigError, Settings
+from .core.execution import ExecConfig
 from .core.risk import RiskLimits
 
 DEFAULT_RISK_CONFIG = REPO_ROOT / "config" / "risk.yaml"
@@ -32,3 +34,9 @@ def load_risk_limits(path: str | Path) -> RiskLimits:
         return RiskLimits.from_dict(data)
     except ConfigError as e:
         raise ConfigError(f"risk config {path}: {e}") from None
+
+
+def exec_config(s: Settings) -> ExecConfig:
+    """The paper execution's configuration (``EXEC_*``, validated by the settings)."""
+    return ExecConfig(s.exec_slippage_bps, s.exec_commission.lower(), s.exec_commission_per_share,
+                      s.exec_commission_bps, s.exec_commission_min)

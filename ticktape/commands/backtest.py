@@ -7,6 +7,9 @@ execution and portfolio; store, print and report the run.
         [--report out.html] [--sweep STRATEGY_ENTER_P=0.55,0.6 ...] [--jobs N] [--keep]
         [--check-live] [--as-run]
     ticktape backtest compare RUN_A RUN_B
+    ticktape backtest list [--limit N] | show RUN
+
+RUN: a stored run's id or a unique prefix of it.
 
 Input: ticks from the live md.ticks topic (TOPIC_PREFIX) over [--from, --to] (default:
 all of it), the ticks table (--source db) or a CSV file (--source csv --input FILE), split
@@ -67,8 +70,10 @@ def register(sub):
     paragraphs = __doc__.split("\n\n")
     p = sub.add_parser("backtest", help="run a period through the whole pipeline, store and report it",
                        description=paragraphs[0], epilog=paragraphs[2])
-    p.add_argument("action", nargs="*", metavar="compare RUN_A RUN_B",
-                   help="compare two stored runs (else: run a backtest)")
+    p.add_argument("action", nargs="*", metavar="compare RUN_A RUN_B | list | show RUN",
+                   help="compare two stored runs, list the stored runs, show one (else: run a backtest); "
+                        "RUN: a run id or a unique prefix")
+    p.add_argument("--limit", type=int, default=20, help="list: the N latest runs (default 20)")
     p.add_argument("--from", dest="start", type=parse_time,
                    help="first event time, ISO-8601 (inclusive; default: the first tick)")
     p.add_argument("--to", dest="end", type=parse_time,
@@ -106,9 +111,15 @@ def register(sub):
 
 def run(args) -> int:
     if args.action:
-        if args.action[0] != "compare" or len(args.action) != 3:
-            raise UsageError("expected `backtest compare RUN_A RUN_B` or options only")
-        return compare(args.action[1], args.action[2])
+        verb, rest = args.action[0], args.action[1:]
+        if verb == "compare" and len(rest) == 2:
+            return compare(*rest)
+        if verb == "list" and not rest:
+            return list_runs(args.limit)
+        if verb == "show" and len(rest) == 1:
+            return show(rest[0])
+        raise UsageError(f"backtest {' '.join(args.action)!r}: expected `backtest compare RUN_A RUN_B`, "
+                         "`backtest list`, `backtest show RUN` or options only")
     return backtest(args)
 
 
@@ -156,10 +167,9 @@ def make_setup(s: Settings, symbols: tuple[str, ...], risk_path: str | None):
 
     from ..api import load_strategy
     from ..core.backtest import Setup
-    from ..core.execution import ExecConfig
     from ..core.strategy import StrategyConfig
     from ..market_calendar import market_hours
-    from ..risk_config import load_risk_limits, risk_config_path
+    from ..risk_config import exec_config, load_risk_limits, risk_config_path
 
     path = Path(risk_path) if risk_path else risk_config_path(s)
     if s.exec_market_data not in ("ticks", "bars"):
@@ -167,7 +177,7 @@ def make_setup(s: Settings, symbols: tuple[str, ...], risk_path: str | None):
     try:
         limits = load_risk_limits(path).with_market_hours(market_hours(s))
         return Setup(tuple(s.interval_list), s.bar_grace_ms * 1000, StrategyConfig.from_settings(s),
-                     ExecConfig.from_settings(s), limits, yaml.safe_load(path.read_text()), s.starting_cash,
+                     exec_config(s), limits, yaml.safe_load(path.read_text()), s.starting_cash,
                      symbols, s.exec_market_data, s.risk_idle_ms * 1000, s.risk_max_pending, load_strategy(s))
     except ConfigError as e:
         raise UsageError(str(e)) from None
@@ -389,6 +399,7 @@ def store(s: Settings, row: dict, result) -> None:
 
 
 def load_run(s: Settings, run_id: str) -> dict:
+    """The stored run whose id is ``run_id`` or starts with it (unique)."""
     import psycopg
 
     from sinks import schema
@@ -396,15 +407,65 @@ def load_run(s: Settings, run_id: str) -> dict:
     cols = ("run_id", "created_at", "mode", "period_start", "period_end", "symbols", "parameters",
             "code_version", "model_version", "data_fingerprint", "results_sha256", "metrics", "counts",
             "strategy", "strategy_params", "strategy_sha256")
+    if not run_id:
+        raise UsageError("a run id (or a prefix of one) must not be empty")
     schema.migrate(s)  # a database of runs stored before the strategy columns
     with psycopg.connect(s.database_url) as conn:
-        found = conn.execute(f"SELECT {', '.join(cols)} FROM backtest_runs WHERE run_id = %s",
-                             (run_id,)).fetchone()
-    if found is None:
-        raise UsageError(f"no backtest run {run_id!r} (see the backtest_runs table)")
-    row = dict(zip(cols, found))
+        found = conn.execute(f"SELECT {', '.join(cols)} FROM backtest_runs WHERE starts_with(run_id, %s) "
+                             "ORDER BY run_id LIMIT 6", (run_id,)).fetchall()
+    exact = [r for r in found if r[0] == run_id]
+    if not found:
+        raise UsageError(f"no backtest run {run_id!r} (ticktape backtest list shows them)")
+    if len(found) > 1 and not exact:
+        raise UsageError(f"backtest run prefix {run_id!r} is ambiguous: "
+                         f"{', '.join(r[0] for r in found[:5])}{' ...' if len(found) > 5 else ''}")
+    row = dict(zip(cols, (exact or found)[0]))
     row["period_start"], row["period_end"] = _us(row["period_start"]), _us(row["period_end"])
     return row
+
+
+def _database(s: Settings) -> None:
+    if not s.database_url:
+        raise UsageError("no database: set DATABASE_URL or run `ticktape stack up`")
+
+
+def list_runs(limit: int) -> int:
+    import psycopg
+
+    if limit < 1:
+        raise UsageError(f"--limit must be at least 1, not {limit}")
+    s = settings()
+    _database(s)
+    with psycopg.connect(s.database_url) as conn:
+        rows = conn.execute("SELECT run_id, created_at, mode, period_start, period_end, symbols, model_version, "
+                            "metrics FROM backtest_runs ORDER BY created_at DESC, run_id LIMIT %s",
+                            (limit,)).fetchall()
+    if not rows:
+        print("no stored backtest runs (ticktape backtest runs one)")
+        return 0
+    print(f"{'run':<12}  {'created (UTC)':<19}  {'mode':<9} {'period (UTC)':<39} {'symbols':>7}  "
+          f"{'model':<12} {'return':>11} {'sharpe':>7}")
+    for run_id, created, mode, start, end, symbols, model, m in rows:
+        print(f"{run_id:<12}  {created:%Y-%m-%d %H:%M:%S}  {mode:<9} {start:%Y-%m-%d %H:%M:%S} .. "
+              f"{end:%Y-%m-%d %H:%M:%S} {len(symbols):>7}  {str(model or '-'):<12} {_pct(m['total_return']):>11} "
+              f"{_num(m['sharpe']):>7}")
+    return 0
+
+
+def show(run_id: str) -> int:
+    s = settings()
+    _database(s)
+    row = load_run(s, run_id)
+    print(f"backtest {row['run_id']} ({row['mode']}, created {row['created_at']:%Y-%m-%d %H:%M:%S} UTC)")
+    print(f"  period       {_iso(row['period_start'])[:19]} .. {_iso(row['period_end'])[:19]}")
+    print(f"  symbols      {' '.join(row['symbols'])}")
+    print(f"  model        {row['model_version'] or '-'}   code {row['code_version']}")
+    print(f"  input        fingerprint {row['data_fingerprint'][:16]}   results sha256 {row['results_sha256'][:16]}")
+    for line in figure_lines(row["metrics"], row["counts"]):
+        print(line)
+    for k, v in sorted(_flat(row["parameters"]).items()):
+        print(f"  parameter {k} = {json.dumps(v)}")
+    return 0
 
 
 # --- output --------------------------------------------------------------------------
@@ -431,10 +492,10 @@ def _iso(us: int) -> str:
 
 def as_run(s: Settings) -> Settings:
     """``s`` with the values `ticktape run` sets for settings still at their defaults."""
-    from .run import BOOTSTRAP_INTERVAL, RUN_DEFAULTS
+    from ..config import run_defaults
 
     by_env = {f.metadata["env"]: f for f in fields(Settings)}
-    wanted = {"STRATEGY_INTERVAL": BOOTSTRAP_INTERVAL} | RUN_DEFAULTS
+    wanted = run_defaults()
     return replace(s, **{by_env[k].name: _convert(v, by_env[k].type, k) for k, v in wanted.items()
                          if getattr(s, by_env[k].name) == by_env[k].default})
 
@@ -582,6 +643,8 @@ def backtest(args) -> int:
         except backtest_kafka.KafkaModeError as e:
             raise SystemExit(f"ticktape: backtest {run_id}: {e}") from None
     else:
+        print(f"backtest {run_id}: {market.size:,} {'ticks' if market.bars is None else market.interval + ' bars'} "
+              f"from {market.where} through the pipeline, in-process ...", flush=True)
         events = simulate(plan, setup)
     row, result = finish(plan, setup, events, run_id)
     print(f"backtest {row['run_id']} stored: {len(result.equity)} equity points, {len(result.trades)} trades; "
@@ -674,9 +737,9 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def compare(a: str, b: str) -> int:
     s = settings()
-    if not s.database_url:
-        raise UsageError("no database: set DATABASE_URL or run `ticktape stack up`")
+    _database(s)
     ra, rb = load_run(s, a), load_run(s, b)
+    a, b = ra["run_id"], rb["run_id"]
     print(f"{'':<16}{a:>28}{b:>28}")
     for key in ("mode", "model_version", "code_version", "strategy"):
         print(f"{key:<16}{str(ra[key]):>28}{str(rb[key]):>28}")

@@ -1,10 +1,12 @@
 """`ticktape indicators`: the indicator engine over a CSV of bars.
 
-Input: a header with at least ``time,symbol,open,high,low,close,volume``; ``time`` is the
-bar's window start in ISO-8601 (without an offset: UTC); symbols may interleave, each
-symbol's times strictly increasing.  Output: every input column as it was (extra
+Input: a header with at least ``time,symbol,open,high,low,close,volume`` in any case, or
+Yahoo's ``Date``/``Datetime,Open,High,Low,Close[,Adj Close],Volume`` (no symbol column:
+every row is ``--symbol``'s, else the file's stem's); ``time`` is the bar's window start
+in ISO-8601 (without an offset: UTC); symbols may interleave, each symbol's times
+strictly increasing.  Output: every input column as it was (extra
 columns pass through untouched), then one column per indicator (``INDICATOR_NAMES``),
-one row per input row; an empty cell where the value is null.  Numbers are written in
+one row per input row; an empty cell where the value is null.  It says what it wrote.  Numbers are written in
 Python's shortest round-trip form, so the file is byte-for-byte reproducible.
 
 The bars carry no VWAP, so ``vwap`` uses each bar's typical price (h+l+c)/3.  The
@@ -38,6 +40,7 @@ def register(sub):
     p.add_argument("--output", required=True, help="CSV to write: the input columns + one per indicator")
     p.add_argument("--interval", help="bar length for the volatility annualization "
                    "(1s, 1m, 5m, 1h, 1d, ...); default: each symbol's median time step")
+    p.add_argument("--symbol", help="the symbol of a file without a symbol column (default: the file's stem)")
     p.set_defaults(func=run)
 
 
@@ -48,30 +51,40 @@ def _micros(text: str) -> int:
     return (dt - _EPOCH) // _MICRO
 
 
-def read_bars(path: str) -> tuple[list[str], list[list[str]], list[int], dict]:
+def read_bars(path: str, symbol: str | None = None) -> tuple[list[str], list[list[str]], list[int], dict]:
     """(header, raw rows, line number of each row, parsed columns); UsageError naming the line."""
     try:
-        handle = open(path, newline="", encoding="utf-8")
+        handle = open(path, newline="", encoding="utf-8-sig")  # -sig: a spreadsheet's byte-order mark
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
     with handle:
         try:
-            return _parse(path, csv.reader(handle))
+            return _parse(path, csv.reader(handle), symbol or Path(path).stem)
         except (UnicodeDecodeError, csv.Error) as e:  # a binary file, a NUL byte
             raise UsageError(f"{path} is not a UTF-8 CSV file ({type(e).__name__}: {e})") from None
 
 
-def _parse(path: str, reader) -> tuple[list[str], list[list[str]], list[int], dict]:
-    """The rows of ``read_bars``."""
+def _columns(header: list[str]) -> dict[str, int]:
+    """Where each REQUIRED column is (names in any case; Yahoo's Date/Datetime is the time)."""
+    names = [h.strip().lower() for h in header]
+    pos = {c: names.index(c) for c in REQUIRED if c in names}
+    alias = next((a for a in ("datetime", "date") if a in names), None)
+    if "time" not in pos and alias is not None:
+        pos["time"] = names.index(alias)
+    return pos
+
+
+def _parse(path: str, reader, symbol: str) -> tuple[list[str], list[list[str]], list[int], dict]:
+    """The rows of ``read_bars``; ``symbol``: every row's when there is no symbol column."""
     header = next(reader, None) or []
-    missing = [c for c in REQUIRED if c not in header]
+    pos = _columns(header)
+    missing = [c for c in REQUIRED if c not in pos and c != "symbol"]
     if missing:
         raise UsageError(f"{path} line 1: missing column(s) {', '.join(missing)} "
-                         f"(need {','.join(REQUIRED)})")
+                         f"(need {','.join(REQUIRED)}, or Yahoo's Date|Datetime,Open,High,Low,Close,Volume)")
     clash = [c for c in header if c in INDICATOR_NAMES]
     if clash:
         raise UsageError(f"{path} line 1: input column(s) {', '.join(clash)} clash with indicator columns")
-    pos = {c: header.index(c) for c in REQUIRED}
     rows, lines = [], []
     cols: dict[str, list] = {c: [] for c in REQUIRED}
     for row in reader:
@@ -85,9 +98,10 @@ def _parse(path: str, reader) -> tuple[list[str], list[list[str]], list[int], di
             cols["time"].append(_micros(text))
         except ValueError:
             raise UsageError(f"{where}: time is not an ISO-8601 timestamp: {text!r}") from None
-        if not row[pos["symbol"]]:
+        sym = row[pos["symbol"]] if "symbol" in pos else symbol
+        if not sym:
             raise UsageError(f"{where}: empty symbol")
-        cols["symbol"].append(row[pos["symbol"]])
+        cols["symbol"].append(sym)
         for name in _NUMBERS:
             text = row[pos[name]]
             try:
@@ -135,7 +149,7 @@ def run(args) -> int:
     output = Path(args.output)
     if not output.parent.is_dir():
         raise UsageError(f"output directory {str(output.parent)!r} does not exist")
-    header, rows, lines, cols = read_bars(args.input)
+    header, rows, lines, cols = read_bars(args.input, args.symbol)
     spb = seconds_per_bar(cols["symbol"], cols["time"], args.interval)
     try:
         values = compute_batch(cols["symbol"], cols["time"], cols["open"], cols["high"], cols["low"],
@@ -143,4 +157,8 @@ def run(args) -> int:
     except BarError as e:
         raise UsageError(f"{args.input} line {lines[e.row]}: {e}") from None
     _write_atomically(output, header, rows, values)
+    symbols = sorted(set(cols["symbol"]))
+    print(f"wrote {output}: {len(rows):,} rows of {len(symbols)} symbol(s) ({', '.join(symbols[:5])}"
+          f"{' ...' if len(symbols) > 5 else ''}), the {len(header)} input columns + {len(INDICATOR_NAMES)} "
+          "indicator columns")
     return 0

@@ -21,6 +21,10 @@ def register(sub):
     act = msub.add_parser("activate", help="make a model the active one (every predict worker switches)")
     act.add_argument("version")
     act.set_defaults(func=run_activate)
+    ens = msub.add_parser("ensure", help="no active model: train and activate a bootstrap one on simulated "
+                                         "bars (what ticktape run and the docker stack do); else announce it again")
+    ens.add_argument("--interval", help="bar interval of the model (default STRATEGY_INTERVAL)")
+    ens.set_defaults(func=run_ensure)
 
 
 @contextlib.contextmanager
@@ -77,4 +81,37 @@ def run_activate(args) -> int:
     with registry_errors():
         meta = registry.activate(s, args.version)
     print(f"active {meta['name']} {meta['version']} (announced on {s.topic(registry.MODELS_TOPIC)})")
+    return 0
+
+
+# features with a 50/200-bar lookback would keep a short run from ever predicting
+BOOTSTRAP_TRAIN = ["--source", "sim", "--sim-minutes", "60", "--horizon", "5",
+                   "--exclude", "sma_200_rel,sma_50_rel", "--activate"]
+
+
+def ensure_model(interval: str) -> None:
+    """A fresh stack has no model: train and activate one on the simulator's history, so
+    the whole path (predictions, orders, fills) runs; an active one is announced again
+    (the database outlives an in-memory broker).  The simulator is a random walk: this
+    model only makes the pipeline flow; train a real one with `ticktape train`."""
+    from .. import registry
+    from ..cli import main as cli_main
+
+    s = settings()
+    with registry_errors():
+        active = [m for m in registry.list_models(s) if m["active"]]
+        if active:
+            meta, artifact, _ = registry.get(s, active[0]["version"])
+            registry.announce(s, meta, artifact)
+            print(f"ticktape: active model {meta['name']} {meta['version']} announced again", flush=True)
+            return
+    print(f"ticktape: no active model: training one on simulated {interval} bars "
+          "(ticktape train --source sim; about half a minute) ...", flush=True)
+    code = cli_main(["train", "--interval", interval, *BOOTSTRAP_TRAIN])
+    if code != 0:
+        raise SystemExit(f"ticktape: could not train the bootstrap model (exit {code})")
+
+
+def run_ensure(args) -> int:
+    ensure_model(args.interval or settings().strategy_interval)
     return 0

@@ -1,4 +1,6 @@
-"""`ticktape portfolio rebuild`: positions from trading.fills alone, compared with the live
+"""`ticktape portfolio show|rebuild`: the live positions and equity of an account (the latest
+event per position on the compacted trading.positions, the latest trading.equity event),
+and positions rebuilt from trading.fills alone, compared with the live
 state (the latest event per position on the compacted trading.positions, and the cash of
 the latest trading.equity event).
 
@@ -13,11 +15,64 @@ from .risk import read_to_end
 
 
 def register(sub):
-    p = sub.add_parser("portfolio", help="portfolio: rebuild positions from trading.fills")
+    p = sub.add_parser("portfolio", help="portfolio: live positions and equity, rebuild from trading.fills")
     psub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sh = psub.add_parser("show", help="the account's live positions, cash and equity")
+    sh.add_argument("--account", help="account (default TRADING_ACCOUNT)")
+    sh.add_argument("--json", action="store_true", help="as JSON")
+    sh.set_defaults(func=run_show)
     rb = psub.add_parser("rebuild", help="recompute positions from trading.fills and compare with the live state")
     rb.add_argument("--account", help="account (default TRADING_ACCOUNT)")
     rb.set_defaults(func=run_rebuild)
+
+
+def live_portfolio(s, account: str, serde=None) -> tuple[dict[str, dict], dict | None]:
+    """The latest Position per symbol (trading.positions) and the latest Equity (trading.equity)."""
+    from ..serde import Serde
+
+    serde = serde or Serde(s.schema_registry_url)
+    positions = {}
+    for m in read_to_end(s, s.topic("trading.positions")):
+        kind, rec = serde.decode(m.value())
+        if kind == "position" and rec["account"] == account:
+            positions[rec["symbol"]] = rec
+    equity = None
+    for m in read_to_end(s, s.topic("trading.equity")):
+        kind, rec = serde.decode(m.value())
+        if kind == "equity" and rec["account"] == account and (equity is None or rec["ts"] >= equity["ts"]):
+            equity = rec
+    return positions, equity
+
+
+def run_show(args) -> int:
+    import json
+
+    from ..core.trading import iso
+    from ..serde import to_json
+
+    s = settings()
+    account = args.account or s.trading_account
+    positions, equity = live_portfolio(s, account)
+    held = {sym: rec for sym, rec in sorted(positions.items()) if rec["quantity"]}
+    if args.json:
+        print(json.dumps({"account": account, "positions": [json.loads(to_json(r)) for r in held.values()],
+                          "equity": json.loads(to_json(equity)) if equity else None}, indent=2, sort_keys=True))
+        return 0
+    if equity is None and not positions:
+        print(f"account {account}: no position or equity yet (the portfolio stage has seen no fill of it)")
+        return 0
+    print(f"account {account}" + (f": as of {iso(equity['ts'])}" if equity else ""))
+    print(f"  {'symbol':<8} {'quantity':>12} {'avg cost':>12} {'realized':>12}")
+    for sym, rec in held.items():
+        print(f"  {sym:<8} {rec['quantity']:>12,.2f} {rec['avg_cost']:>12,.4f} {rec['realized_pnl']:>12,.2f}")
+    closed = len(positions) - len(held)
+    if closed:
+        print(f"  ({closed} closed position(s) not shown)")
+    if equity:
+        print(f"  equity {equity['equity']:,.2f} = cash {equity['cash']:,.2f} + market value "
+              f"{equity['market_value']:,.2f};  PnL realized {equity['realized_pnl']:,.2f}, unrealized "
+              f"{equity['unrealized_pnl']:,.2f};  gross exposure {equity['gross_exposure']:,.2f}")
+    return 0
 
 
 def rebuild(s, account: str):
@@ -32,16 +87,9 @@ def rebuild(s, account: str):
     pf = Portfolio(account, s.starting_cash)
     for f in fills:
         fold_fill(pf, f)
-    live = {}
-    for m in read_to_end(s, s.topic("trading.positions")):
-        kind, rec = serde.decode(m.value())
-        if kind == "position" and rec["account"] == account:
-            live[rec["symbol"]] = (rec["quantity"], rec["avg_cost"], rec["realized_pnl"])
-    cash, last = None, None
-    for m in read_to_end(s, s.topic("trading.equity")):
-        kind, rec = serde.decode(m.value())
-        if kind == "equity" and rec["account"] == account and (last is None or rec["ts"] >= last):
-            cash, last = rec["cash"], rec["ts"]
+    positions, equity = live_portfolio(s, account, serde)
+    live = {sym: (rec["quantity"], rec["avg_cost"], rec["realized_pnl"]) for sym, rec in positions.items()}
+    cash = equity["cash"] if equity else None
     return pf, live, cash, len(fills)
 
 

@@ -46,12 +46,7 @@ def register(sub):
     p = sub.add_parser("produce", help="run a market-data source")
     psub = p.add_subparsers(dest="source", metavar="SOURCE", required=True)
     for name, help_text in SOURCES.items():
-        try:
-            module = importlib.import_module(f"producers.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"producers.{name}":
-                continue
-            raise
+        module = importlib.import_module(f"producers.{name}")
         sp = psub.add_parser(name, help=help_text)
         module.add_arguments(sp, parse_time, parse_speed)
         sp.set_defaults(func=lambda args, m=module: m.run(args, check_reachable(settings())))

@@ -1,13 +1,16 @@
-"""`ticktape risk status|reset`: the risk engine's live state, and the operator's reset.
+"""`ticktape risk status|reset|halt`: the risk engine's live state, and the operator's switches.
 
 ``status`` reads the risk stage's table changelog (``<prefix>ticktape.worker-risk-changelog``,
 the exact state the running worker restores from): trading state, halt reason, daily PnL,
 committed positions and gross exposure, open orders, the events waiting for the ordering
 barrier (and the symbols holding it), and the account's limits from the risk file.
 
-``reset`` publishes a RiskControl event to ``trading.control`` (the account's partition);
-the running risk stage applies it at its next batch and publishes the new state on
-``trading.risk`` (Redis ``ticktape:risk:<account>``, table ``risk_states``).
+``reset`` and ``halt`` (the kill switch by hand: HALTED, reason TRADING_HALTED) publish a
+RiskControl event to ``trading.control`` (the account's partition); the running risk stage
+applies it at its next batch and publishes the new state on ``trading.risk`` (Redis
+``ticktape:risk:<account>``, table ``risk_states``).  An account already in the asked state
+gets nothing; else the command waits (``--wait``) until the risk stage's saved state shows
+it applied — exit 1 when no worker does within that time.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ IDLE_S = 10.0  # a topic that delivers nothing for this long is read
 
 
 def register(sub):
-    p = sub.add_parser("risk", help="risk engine: live state, kill-switch reset")
+    p = sub.add_parser("risk", help="risk engine: live state, kill switch (halt, reset)")
     rsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     st = rsub.add_parser("status", help="trading state, exposures and limits of an account")
     st.add_argument("--account", help="account (default TRADING_ACCOUNT)")
@@ -34,6 +37,12 @@ def register(sub):
     rs.add_argument("--account", help="account (default TRADING_ACCOUNT)")
     rs.add_argument("--state", default="ACTIVE", type=_state, help="ACTIVE (default) or REDUCING")
     rs.set_defaults(func=run_reset)
+    ht = rsub.add_parser("halt", help="kill switch by hand: HALTED (no new exposure) until `ticktape risk reset`")
+    ht.add_argument("--account", help="account (default TRADING_ACCOUNT)")
+    ht.set_defaults(func=run_reset, state="HALTED")
+    for sp in (rs, ht):
+        sp.add_argument("--wait", type=float, default=30.0,
+                        help="seconds to wait until the risk stage has applied it (default 30; 0 = do not wait)")
 
 
 def _state(text: str) -> str:
@@ -140,6 +149,19 @@ def _print_limits(limits) -> None:
               f"order notional {lim.max_order_notional:,.0f}, collar {lim.price_collar_pct:g}%")
 
 
+def trading_state(s, account: str) -> str | None:
+    """The account's trading state as the risk stage last saved it (None: no state yet)."""
+    from ..core.desks import RiskDesk
+    from ..risk_config import load_risk_limits, risk_config_path
+
+    saved = live_state(s, account)
+    if saved is None:
+        return None
+    limits = load_risk_limits(risk_config_path(s)).for_account(account)
+    return RiskDesk.from_dict(saved["desk"], limits, saved["desk"]["universe"], saved["pending"],
+                              idle_us=s.risk_idle_ms * 1000).risk.trading_state
+
+
 def run_reset(args) -> int:
     from .. import kafka_clients
     from ..core.desks import account_partition
@@ -147,6 +169,13 @@ def run_reset(args) -> int:
 
     s = settings()
     account = args.account or s.trading_account
+    if args.wait < 0:
+        raise UsageError(f"--wait must be 0 or more seconds, not {args.wait:g}")
+    before = trading_state(s, account)
+    if (before or "ACTIVE") == args.state:
+        print(f"account {account}: already {args.state}" + ("" if before else " (no risk state yet)")
+              + ": nothing sent")
+        return 0
     topic = s.topic("trading.control")
     kafka_clients.ensure_topics(s, ["trading.control"])
     ctl = {"event_id": f"ctl:{uuid.uuid4().hex}", "account": account, "ts": time.time_ns() // 1000,
@@ -159,6 +188,16 @@ def run_reset(args) -> int:
                  on_delivery=lambda err, msg: errors.append(err) if err else None)
     if prod.flush(30) or errors:
         raise UsageError(f"could not publish the reset to {topic}: {errors[0] if errors else 'timeout'}")
-    print(f"account {account}: reset to {args.state} sent ({ctl['event_id']}); "
-          "the risk stage applies it at its next batch")
-    return 0
+    what = "halt" if args.state == "HALTED" else f"reset to {args.state}"
+    print(f"account {account}: {what} sent ({ctl['event_id']})", flush=True)
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:  # the risk stage's saved state tells that a worker applied it
+        if trading_state(s, account) == args.state:
+            print(f"account {account}: {args.state} (applied by the risk stage)")
+            return 0
+        time.sleep(0.5)
+    raise SystemExit(f"ticktape: risk: account {account} is not {args.state} after {args.wait:g} s: no worker runs "
+                     f"the risk stage? (ticktape run, or ticktape process worker); the {what} waits in {topic} "
+                     "and applies when one starts")

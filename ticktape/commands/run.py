@@ -16,40 +16,25 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import metrics
-from ..config import settings
-from ..scrape import scrape, total
-from ..stack import free_port, port_open
+from ..config import run_defaults, set_in_environment, settings
+from ..scrape import foreign, scrape, total
+from ..stack import free_port
+from .models import ensure_model
 from .stack import bring_up
 from .status import remove_run_files, write_run_files
 
 DRAIN_SECONDS = 8.0
-BOOTSTRAP_INTERVAL = "1s"
-# Ticks travel in per-symbol batches (TickBatch): one message per tick caps the worker at
-# a few thousand ticks/s.  Paper fills take the next bar's open: a tick-level execution
-# stage reads md.ticks beside the bars stage, and Faust pauses a topic for all its
-# agents while the slowest one's buffer is full.  The simulator's market is open around
-# the clock: under the exchange's calendar a run at night would reject every order
-# (MARKET_CLOSED); MARKET_CALENDAR=XNYS SIM_CALENDAR=1 make run follows the exchange.
-RUN_DEFAULTS = {"TICK_BATCH_MAX": "500", "TICK_BATCH_MS": "100", "EXEC_MARKET_DATA": "bars",
-                "MARKET_CALENDAR": "off"}
-# features with a 50/200-bar lookback would keep a short run from ever predicting
-BOOTSTRAP_TRAIN = ["--source", "sim", "--sim-minutes", "60", "--horizon", "5",
-                   "--exclude", "sma_200_rel,sma_50_rel", "--activate"]
-
-
 @dataclass
 class Child:
-    role: str  # metrics role (port) and log name
+    role: str  # metrics role and log name
     argv: list[str]
     proc: subprocess.Popen | None = None
     port: int = field(default=0)
 
     def start(self, logs: Path, env: dict) -> None:
-        port = metrics.ROLE_PORTS[self.role]
-        # another main job (another TICKTAPE_HOME) may have the role's port: run.json and
-        # the Prometheus targets name the one this child got
-        self.port = free_port() if port_open(port) else port
+        # a free port per run, recorded in run.json: a second checkout's pipeline (or a test
+        # run) beside this one never shares a /metrics port with it
+        self.port = free_port()
         log = open(logs / f"{self.role}.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ticktape.cli", *self.argv], stdout=log, stderr=subprocess.STDOUT,
@@ -83,15 +68,23 @@ def register(sub):
 class Summary:
     """Live figures from the children's /metrics: ticks/s in, bars, rows, lag."""
 
-    def __init__(self, children: list[Child]):
-        self.ports = {c.role: c.port for c in children}
+    def __init__(self, children: list[Child], home: str):
+        self.children = {c.role: c for c in children}
+        self.home = home
         self.prev: tuple[float, float] | None = None
         self.last: dict[str, dict] = {}
+        self.foreign: dict[str, str] = {}  # role -> who answers on its port instead
 
     def _scrape(self, role: str) -> dict:
-        """A process's metrics, or its last ones once it has stopped."""
-        samples = scrape(self.ports[role])
-        if samples:
+        """A process's metrics, or its last ones once it has stopped; another process
+        answering on its port is not read."""
+        child = self.children[role]
+        samples = scrape(child.port)
+        why = foreign(samples, self.home, child.proc.pid if child.proc else None) if samples else None
+        if why:
+            self.foreign[role] = f"{role} /metrics port {child.port} {why}"
+        elif samples:
+            self.foreign.pop(role, None)
             self.last[role] = samples
         return self.last.get(role, {})
 
@@ -117,10 +110,22 @@ class Summary:
 
     def line(self, elapsed: float) -> str:
         f = self.figures()
-        return (f"[{elapsed:6.0f}s] ticks {f['ticks']:>9,.0f} ({f['ticks_per_s']:>7,.0f}/s)  "
+        line = (f"[{elapsed:6.0f}s] ticks {f['ticks']:>9,.0f} ({f['ticks_per_s']:>7,.0f}/s)  "
                 f"bars {f['bars']:>7,.0f}  late {f['late']:>4,.0f}  pred {f['predictions']:>6,.0f}  "
                 f"orders {f['orders']:>4,.0f}  fills {f['fills']:>4,.0f}  rows {f['rows']:>9,.0f}  "
                 f"lag {f['lag']:>6,.0f}  dlq {f['dlq']:>3,.0f}")
+        recovering = total(self.last.get("worker", {}), "ticktape_recovery_remaining")
+        if recovering:
+            line += f"  [worker restoring its state: {recovering:,.0f} changelog records to go]"
+        return line + "".join(f"  [{why}]" for why in self.foreign.values())
+
+    def rows_line(self) -> str:
+        """The rows the PostgreSQL sink wrote during this run, per table."""
+        from sinks.tables import TABLE_OF_EVENT
+
+        sink = self.last.get("sink-postgres", {})
+        return "rows written this run: " + "  ".join(
+            f"{t} {total(sink, 'ticktape_sink_rows_total', table=t):,.0f}" for t in TABLE_OF_EVENT.values())
 
 
 def run(args) -> int:
@@ -134,12 +139,11 @@ def run(args) -> int:
     env = dict(os.environ)
     env.update({"KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "DATABASE_URL": s.database_url,
                 "REDIS_URL": s.redis_url, "PYTHONUNBUFFERED": "1"})
-    # the demo trades 1-second bars, so predictions and orders flow within a minute
-    env.setdefault("STRATEGY_INTERVAL", BOOTSTRAP_INTERVAL)
-    for name, value in RUN_DEFAULTS.items():
-        env.setdefault(name, value)
+    for name, value in run_defaults().items():  # config/run.env: the main job's settings
+        if name not in set_in_environment():
+            env[name] = value
     if args.bootstrap_model and spec.cls.input_kind() == "prediction":  # a strategy of bars needs no model
-        _ensure_model(env["STRATEGY_INTERVAL"])
+        ensure_model(env["STRATEGY_INTERVAL"])
     producer_args = ["produce", "sim"] + (["--rate", str(args.rate)] if args.rate else [])
     pipeline = [Child("worker", ["process", "worker"]), Child("sink-postgres", ["sink", "postgres"]),
                 Child("sink-redis", ["sink", "redis"])]
@@ -151,7 +155,7 @@ def run(args) -> int:
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    summary = Summary(pipeline + [source])
+    summary = Summary(pipeline + [source], s.home)
     tty = sys.stdout.isatty()
     t0 = time.monotonic()
     print(f"ticktape: pipeline running (logs in {logs}), strategy {spec.path}; Ctrl-C stops it", flush=True)
@@ -176,9 +180,10 @@ def run(args) -> int:
     source.stop()
     _drain(summary)
     print(summary.line(time.monotonic() - t0), flush=True)
+    summary.figures()  # the sink's last counts before it stops
     codes = {c.role: c.stop() for c in pipeline}
     remove_run_files(s.home)
-    _print_tables(s)
+    print(summary.rows_line(), flush=True)
     if failed is not None:
         print(f"ticktape: {failed.role} exited with code {failed.proc.returncode}; "
               f"see {logs / (failed.role + '.log')}", file=sys.stderr)
@@ -191,27 +196,6 @@ def run(args) -> int:
     return 0
 
 
-def _ensure_model(interval: str) -> None:
-    """A fresh stack has no model: train and activate one on the simulator's history, so
-    the whole path (predictions, orders, fills) runs; an active one is announced again.  The simulator is a random walk —
-    this model only makes the pipeline flow; train a real one with `ticktape train`."""
-    from .. import registry
-    from ..cli import main as cli_main
-
-    s = settings()
-    active = [m for m in registry.list_models(s) if m["active"]]
-    if active:
-        # the database outlives the in-memory broker: announce the active model again
-        meta, artifact, _ = registry.get(s, active[0]["version"])
-        registry.announce(s, meta, artifact)
-        return
-    print(f"ticktape: no active model: training one on simulated {interval} bars "
-          "(ticktape train --source sim) ...", flush=True)
-    code = cli_main(["train", "--interval", interval, *BOOTSTRAP_TRAIN])
-    if code != 0:
-        raise SystemExit(f"ticktape: could not train the bootstrap model (exit {code})")
-
-
 def _drain(summary: Summary) -> None:
     """Wait until the sink stops writing new rows (or DRAIN_SECONDS pass)."""
     deadline = time.monotonic() + DRAIN_SECONDS
@@ -222,20 +206,3 @@ def _drain(summary: Summary) -> None:
             return
         last = rows
         time.sleep(1.0)
-
-
-def _print_tables(s) -> None:
-    import psycopg
-
-    from psycopg import sql
-
-    from sinks.tables import TABLE_OF_EVENT
-
-    try:
-        with psycopg.connect(s.database_url, connect_timeout=5) as conn:
-            counts = {t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t))).fetchone()[0]
-                      for t in TABLE_OF_EVENT.values()}
-    except psycopg.Error as e:
-        print(f"ticktape: could not count rows: {e}", file=sys.stderr)
-        return
-    print("rows: " + "  ".join(f"{t} {n:,}" for t, n in counts.items()))

@@ -2,9 +2,12 @@
 
 It samples every process of the main job twice, ``--interval`` seconds apart: the
 processes come from ``TICKTAPE_HOME/run.json`` (written by `ticktape run`), else the
-default roles at their ROLE_PORTS.  Consumer lag comes from the Kafka admin API
-(committed offsets against high watermarks), else from the ``ticktape_consumer_lag``
-gauges the consumers export.
+default roles at their ROLE_PORTS.  A port whose ``ticktape_process_info`` names another
+pid (run.json) or another TICKTAPE_HOME is another pipeline's: that process counts as
+down, with a note.  A stage's lag is its consumer group's (committed offsets against
+high watermarks, from the Kafka admin API) over the topics the stage reads: the worker's
+stages share the worker's group, each sink has its own, the producer has none; without
+the broker, the ``ticktape_consumer_lag`` gauges the sinks export.
 
 Per stage: events in/out per second, lag, freshness (mean event-time -> processed
 latency of the events the stage handled during the sample), errors during the sample
@@ -31,7 +34,7 @@ from pathlib import Path
 from .. import metrics
 from ..cli import UsageError
 from ..config import settings
-from ..scrape import Samples, scrape, total
+from ..scrape import Samples, foreign, scrape, total
 
 RUN_FILE = "run.json"
 TARGETS_FILE = "prometheus-targets.json"  # file_sd of prometheus.local.yml
@@ -126,8 +129,10 @@ def stage_rows(processes: dict[str, int], before: dict[str, Samples], after: dic
             lag = lags.get(stage)
             if role.startswith("sink-"):
                 errors += _delta(b, a, "ticktape_sink_errors_total", sink=role.removeprefix("sink-"))
+            group, topics = consumed(stage, a)
             gauges = [v for lbl, v in a.get("ticktape_consumer_lag", ())
-                      if lbl.get("group") == f"ticktape.{_group_stage(stage)}"]
+                      if group and lbl.get("group") == f"ticktape.{group}"
+                      and (topics is None or lbl.get("topic") in topics)]
             if lag is None and gauges:
                 lag = sum(gauges)
             st = StageStatus(
@@ -150,7 +155,8 @@ def write_run_files(home, processes: list[tuple[str, int, int]], strategy: dict 
     doc = {"processes": [{"role": r, "port": port, "pid": pid} for r, port, pid in processes]}
     if strategy is not None:
         doc["strategy"] = strategy
-    targets = [{"targets": [f"127.0.0.1:{port}"], "labels": {"job": r}} for r, port, _ in processes]
+    # the pid lets Prometheus' ForeignProcess alert tell whether the port answers for that process
+    targets = [{"targets": [f"127.0.0.1:{port}"], "labels": {"job": r, "pid": str(pid)}} for r, port, pid in processes]
     for name, content in ((RUN_FILE, doc), (TARGETS_FILE, targets)):
         tmp = home / (name + ".tmp")
         tmp.write_text(json.dumps(content, indent=2) + "\n")
@@ -162,29 +168,44 @@ def remove_run_files(home) -> None:
         (Path(home) / name).unlink(missing_ok=True)
 
 
-def processes_of(home) -> dict[str, int]:
-    """role -> /metrics port of the main job's processes (run.json, else the defaults)."""
+def processes_of(home) -> dict[str, tuple[int, int | None]]:
+    """role -> (/metrics port, pid) of the main job's processes: run.json, else the
+    default roles at their default ports (pid unknown)."""
     path = Path(home) / RUN_FILE
     try:
         doc = json.loads(path.read_text())
-        return {p["role"]: int(p["port"]) for p in doc["processes"]}
+        return {p["role"]: (int(p["port"]), int(p["pid"])) for p in doc["processes"]}
     except FileNotFoundError:
-        return {role: metrics.ROLE_PORTS[role] for role in DEFAULT_ROLES}
+        return {role: (metrics.ROLE_PORTS[role], None) for role in DEFAULT_ROLES}
     except (ValueError, KeyError, TypeError) as e:
         raise UsageError(f"{path}: not a run file ({e!r}); remove it or restart `ticktape run`") from None
 
 
-def broker_lags(s, stages: list[str], timeout: float = 3.0) -> dict[str, float]:
-    """Committed-offset lag per stage's consumer group, summed over its partitions
-    ({} when the broker does not answer)."""
+def consumed(stage: str, samples: Samples) -> tuple[str | None, set[str] | None]:
+    """The consumer group (without prefix) a stage reads in and the topics it reads there
+    (None = every topic of the group): a sink reads in its own group; the worker's stages
+    share the worker's group, each reading the topics its ``ticktape_events_in`` names; the
+    producer reads nothing."""
+    if stage.startswith("sink-"):
+        return stage, None
+    if stage == "producer":
+        return None, None
+    return "worker", {lbl["topic"] for lbl, _ in samples.get("ticktape_events_in_total", ())
+                      if lbl.get("stage") == stage and "topic" in lbl}
+
+
+def broker_lags(s, wanted: dict[str, tuple[str | None, set[str] | None]],
+                timeout: float = 3.0) -> dict[str, float]:
+    """Committed-offset lag per stage (``wanted``: stage -> ``consumed``): its group's lag
+    summed over the partitions of the topics the stage reads ({} when the broker does not answer)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 
     from .. import kafka_clients
 
-    groups = {_group_stage(st) for st in stages if st != "producer"}
+    groups = {group for group, _ in wanted.values() if group}
     if not groups or not s.kafka_bootstrap_servers:
         return {}
-    lag_of: dict[str, float] = {}
+    lag_of: dict[str, dict[str, float]] = {}  # group -> catalog topic -> lag
     try:
         adm = kafka_clients.admin(s)
         probe = kafka_clients.consumer(s, s.group("status"))  # never subscribes: joins no group
@@ -192,39 +213,55 @@ def broker_lags(s, stages: list[str], timeout: float = 3.0) -> dict[str, float]:
             for name in sorted(groups):
                 group = s.group(name)
                 fut = adm.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
-                lag = 0.0
+                per_topic = lag_of.setdefault(name, {})
                 for tp in fut.result(timeout=timeout).topic_partitions or []:
                     if tp.offset >= 0:
                         _, high = probe.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
                                                               timeout=timeout)
-                        lag += max(0, high - tp.offset)
-                lag_of[name] = lag
+                        topic = tp.topic.removeprefix(s.topic_prefix)
+                        per_topic[topic] = per_topic.get(topic, 0.0) + max(0, high - tp.offset)
         finally:
             probe.close()
     except (KafkaException, TimeoutError, OSError):
         return {}
-    return {st: lag_of[_group_stage(st)] for st in stages if _group_stage(st) in lag_of}
+    return {stage: sum(lag for topic, lag in lag_of[group].items() if topics is None or topic in topics)
+            for stage, (group, topics) in wanted.items() if group in lag_of}
 
 
-def _group_stage(stage: str) -> str:
-    """The consumer group (without prefix) a stage consumes in: its sink's, or the worker's."""
-    return stage if stage.startswith("sink-") else "worker"
+def own_samples(home, processes: dict[str, tuple[int, int | None]]) -> tuple[dict[str, Samples], dict[str, str]]:
+    """One scrape of each process: role -> samples ({} when down or not ours), and
+    role -> why a port's answer is not from this home's process."""
+    samples, notes = {}, {}
+    for role, (port, pid) in processes.items():
+        got = scrape(port)
+        why = foreign(got, home, pid) if got else None
+        if why:
+            notes[role] = f"port {port} {why}"
+        samples[role] = {} if why else got
+    return samples, notes
 
 
 def collect(s, interval: float, with_broker: bool = True) -> dict:
     processes = processes_of(s.home)
-    before = {role: scrape(port) for role, port in processes.items()}
+    ports = {role: port for role, (port, _) in processes.items()}
+    before, _ = own_samples(s.home, processes)
     t0 = time.monotonic()
     time.sleep(interval)
-    after = {role: scrape(port) for role, port in processes.items()}
+    after, notes = own_samples(s.home, processes)
     seconds = max(1e-3, time.monotonic() - t0)
-    rows = stage_rows(processes, before, after, seconds)
+    rows = stage_rows(ports, before, after, seconds)
     if with_broker:
-        lags = broker_lags(s, [r.stage for r in rows if r.up])
+        wanted = {r.stage: consumed(r.stage, after[r.process.split(":")[0]]) for r in rows if r.up}
+        lags = broker_lags(s, wanted)
         if lags:
-            rows = stage_rows(processes, before, after, seconds, lags)
-    return {"health": overall_score(rows), "sampled_s": round(seconds, 3),
-            "processes": [{"role": r, "port": p, "up": bool(after[r])} for r, p in processes.items()],
+            rows = stage_rows(ports, before, after, seconds, lags)
+    procs = []
+    for role, (port, pid) in processes.items():
+        proc = {"role": role, "port": port, "pid": pid, "up": bool(after[role])}
+        if role in notes:
+            proc["note"] = notes[role]
+        procs.append(proc)
+    return {"health": overall_score(rows), "sampled_s": round(seconds, 3), "processes": procs,
             "stages": [asdict(r) for r in rows]}
 
 
@@ -252,6 +289,9 @@ def run(args) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(render(report))
+        for proc in report["processes"]:
+            if "note" in proc:
+                print(f"{proc['role']}: not read: {proc['note']}", file=sys.stderr)
         if not any(p["up"] for p in report["processes"]):
             print("no ticktape process reachable: is `ticktape run` (make run) running?", file=sys.stderr)
     return 0 if any(p["up"] for p in report["processes"]) else 1

@@ -5,12 +5,13 @@ import json
 import sys
 import time
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from .. import kafka_clients
 from ..cli import UsageError, positive_int
 from ..config import settings
 from ..core.tickbatch import events_of
+from ..core.trading import iso
 from ..serde import Serde, SerdeError, to_json
 
 
@@ -22,7 +23,8 @@ def register(sub):
     d.add_argument("topic")
     d.set_defaults(func=run_describe)
     tsub.add_parser("create", help="create missing catalog topics").set_defaults(func=run_create)
-    t = tsub.add_parser("tail", help="print decoded events as JSON lines (a TickBatch as its ticks)")
+    t = tsub.add_parser("tail", help="print decoded events as JSON lines (a TickBatch as its ticks; ts_iso "
+                                     "beside ts; ml.models: the announced model's metadata)")
     t.add_argument("topic", help="catalog name (the run prefix is added) or a full topic name")
     t.add_argument("--from-beginning", action="store_true", help="start at the oldest event")
     t.add_argument("--count", type=positive_int, help="stop after N events")
@@ -31,18 +33,30 @@ def register(sub):
     t.set_defaults(func=run_tail)
 
 
+def with_iso(record: dict) -> dict:
+    """The record with ``ts_iso`` (ISO-8601 UTC) beside its ``ts`` (epoch microseconds)."""
+    ts = record.get("ts")
+    return record | {"ts_iso": iso(ts)} if isinstance(ts, int) else record
+
+
 def _full_name(s, name: str) -> str:
     return s.topic(name) if name in kafka_clients.topic_catalog() else name
 
 
 def run_list(args) -> int:
     s = kafka_clients.check_reachable(settings())
-    existing = set(kafka_clients.admin(s).list_topics(timeout=10).topics)
-    print(f"{'topic':<40} {'event':<15} {'part':>4} {'retention.ms':>13}  cleanup   exists")
-    for name, spec in kafka_clients.topic_catalog().items():
-        full = s.topic(name)
-        print(f"{full:<40} {spec.event or '-':<15} {spec.partitions:>4} {spec.retention_ms:>13}  "
-              f"{spec.cleanup_policy:<9} {'yes' if full in existing else 'no'}")
+    found = kafka_clients.admin(s).list_topics(timeout=10).topics
+    # the worker's tables' changelogs (Faust names them <app id>-<table>-changelog)
+    changelogs = sorted(t for t in found if t.startswith(s.group("worker") + "-") and t.endswith("-changelog"))
+    rows = [(s.topic(name), spec.event or "-", spec.partitions, str(spec.retention_ms), spec.cleanup_policy)
+            for name, spec in kafka_clients.topic_catalog().items()]
+    rows += [(t, "changelog", len(found[t].partitions), "-", "compact") for t in changelogs]
+    offsets = kafka_clients.watermarks(s, {t: sorted(found[t].partitions) for t, *_ in rows if t in found})
+    print(f"{'topic':<44} {'event':<15} {'part':>4} {'retention.ms':>13}  {'cleanup':<9} {'offsets':>10}  exists")
+    for full, event, parts, retention, cleanup in rows:
+        held = f"{sum(h - lo for lo, h in offsets[full].values()):,}" if full in offsets else "-"
+        print(f"{full:<44} {event:<15} {parts:>4} {retention:>13}  {cleanup:<9} {held:>10}  "
+              f"{'yes' if full in found else 'no'}")
     return 0
 
 
@@ -71,9 +85,20 @@ def run_tail(args) -> int:
         raise UsageError(str(e.args[0])) from None
     # no consumer group: tail is a read-only look, it must not move anyone's offsets
     consumer = kafka_clients.consumer(s, group=s.group("tail"), **{"enable.auto.offset.store": False})
-    start = OFFSET_BEGINNING if args.from_beginning else OFFSET_END
-    consumer.assign([TopicPartition(topic, p, start) for p in md.partitions])
+    if args.from_beginning:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
+    else:  # from each partition's high watermark as it is now: only what comes from here on
+        ends = kafka_clients.watermarks(s, {topic: sorted(md.partitions)})[topic]
+        consumer.assign([TopicPartition(topic, p, high) for p, (_, high) in ends.items()])
     serde = Serde(s.schema_registry_url)
+    from ..registry import MODELS_TOPIC, parse_announcement  # here: it loads XGBoost
+
+    def decode(value: bytes) -> list[dict]:
+        if topic == s.topic(MODELS_TOPIC):  # JSON announcements, not Avro: the metadata, not the artifact
+            meta, artifact = parse_announcement(value)
+            return [{"announced": meta, "artifact_bytes": len(artifact)}]
+        return events_of(*serde.decode(value))  # a TickBatch: its ticks
+
     idle = args.idle_timeout if args.idle_timeout is not None else (5.0 if args.from_beginning else None)
     seen, last = 0, time.monotonic()
     try:
@@ -87,7 +112,7 @@ def run_tail(args) -> int:
                 raise KafkaException(msg.error())
             last = time.monotonic()
             try:
-                lines = [to_json(r) for r in events_of(*serde.decode(msg.value()))]  # a TickBatch: its ticks
+                lines = [to_json(with_iso(r)) for r in decode(msg.value())]
             except (SerdeError, ValueError) as e:
                 lines = [json.dumps({"undecodable": str(e), "partition": msg.partition(), "offset": msg.offset()})]
             if args.count is not None:

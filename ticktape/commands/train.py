@@ -204,6 +204,7 @@ def run(args) -> int:
     if len(bars) == 0:
         raise UsageError(f"no {args.interval} bars in {source} for the selected symbols and time range"
                          + (f" inside the {hours.name} sessions (MARKET_CALENDAR)" if hours else ""))
+    print(f"train: {len(bars):,} bars from {source}: computing features ...", flush=True)
     try:
         ds = build_dataset(bars, args.interval, args.horizon)
     except BarError as e:
@@ -211,6 +212,7 @@ def run(args) -> int:
         raise UsageError(f"{where}{e}") from None
     params = TrainParams(rounds=args.rounds, max_depth=args.max_depth, eta=args.eta, seed=args.seed,
                          threads=args.threads)
+    print(f"train: {len(ds.ts):,} rows: {args.rounds} boosting rounds ...", flush=True)
     try:
         trained = train(ds, features, args.holdout, params, args.name, source)
     except ValueError as e:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import ConfigError
+from .errors import ConfigError
 from .trading import BUY, RecentIds
 
 ORDER_MEMORY = 4096  # order ids remembered to drop redeliveries
@@ -29,17 +29,10 @@ class ExecConfig:
 
     def __post_init__(self):
         if self.commission not in COMMISSION_MODELS:
-            raise ConfigError(f"EXEC_COMMISSION must be per_share or bps, got {self.commission!r}")
-        for env, value in (("EXEC_SLIPPAGE_BPS", self.slippage_bps),
-                           ("EXEC_COMMISSION_PER_SHARE", self.per_share),
-                           ("EXEC_COMMISSION_BPS", self.bps), ("EXEC_COMMISSION_MIN", self.minimum)):
-            if not value >= 0:
-                raise ConfigError(f"{env} must be >= 0, got {value!r}")
-
-    @classmethod
-    def from_settings(cls, s) -> "ExecConfig":
-        return cls(s.exec_slippage_bps, s.exec_commission, s.exec_commission_per_share,
-                   s.exec_commission_bps, s.exec_commission_min)
+            raise ConfigError(f"execution commission must be per_share or bps, got {self.commission!r}")
+        for name in ("slippage_bps", "per_share", "bps", "minimum"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"execution {name} must be >= 0, got {getattr(self, name)!r}")
 
     def commission_for(self, qty: float, price: float) -> float:
         raw = qty * self.per_share if self.commission == "per_share" else qty * price * self.bps / 1e4

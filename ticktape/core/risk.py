@@ -41,8 +41,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, replace
 
-from ..config import ConfigError
 from .calendar import MarketHours
+from .errors import ConfigError
 from .portfolio import Portfolio, fold_fill, mark
 from .trading import US_PER_DAY, US_PER_S, RecentIds, iso, side_of, tick_price, utc_day
 

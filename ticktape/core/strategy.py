@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..config import ConfigError
+from .errors import ConfigError
 from .trading import side_of
 
 STRATEGY_NAME = "p_up_hysteresis"
