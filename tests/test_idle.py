@@ -89,8 +89,9 @@ def test_one_quiet_symbol_of_ten_holds_nothing_back_and_the_backtest_equals_live
     during = [(t - o["ts"] / 1e6) for t, o in seen if quiet_from + (IDLE_MS + 2000) * 1000 < o["ts"] < quiet_to]
     assert before and len(during) >= 5, len(seen)  # the others kept trading while DDD was quiet
     assert all(o["symbol"] != QUIET for _, o in seen if quiet_from + 2e6 < o["ts"] < quiet_to)
-    # decided within RISK_IDLE_MS + 1 s of when they would be without the quiet symbol
-    assert max(during) <= max(before) + IDLE_MS / 1000 + 1.0, (max(before), sorted(during)[-5:])
+    # decided within about RISK_IDLE_MS of when they would be without the quiet symbol, not
+    # when it trades again (up to QUIET_FOR_S later); the slack is for a loaded machine
+    assert max(during) <= max(before) + IDLE_MS / 1000 + 10.0 < QUIET_FOR_S / 4, (max(before), sorted(during)[-5:])
     assert total(metrics, "ticktape_risk_idle_symbols") == 0  # DDD is back
     assert total(metrics, "ticktape_risk_late_events_total") == 0 and total(
         metrics, "ticktape_risk_forced_releases_total") == 0
