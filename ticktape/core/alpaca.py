@@ -16,7 +16,7 @@ import json
 import zlib
 from datetime import datetime, timedelta, timezone
 
-from ticktape.core.feed import Parsed, ProtocolError, Provider, ProviderError
+from ticktape.core.feed import Parsed, ProtocolError, Provider, ProviderError, parse_data
 
 SOURCE = "websocket:alpaca"
 STREAM_URL = "wss://stream.data.alpaca.markets/v2/{feed}"
@@ -149,13 +149,9 @@ DATA_TYPES = {"t": ("trade", TICK_TOPIC, "tick", tick_from_trade),
 def parse(m) -> Parsed:
     kind = m.get("T") if isinstance(m, dict) else None
     kind = kind if isinstance(kind, str) else None
-    spec = DATA_TYPES.get(kind)
-    if spec is not None:
-        name, topic, event_type, mapper = spec
-        try:
-            return Parsed(name, mapper(m), topic, event_type)
-        except (KeyError, ValueError, TypeError, AttributeError) as e:
-            return Parsed("malformed", detail=f"{name} ({type(e).__name__}: {e})")
+    data = parse_data(DATA_TYPES, kind, m)
+    if data is not None:
+        return data
     if kind == "error":
         raise error(m.get("code"), str(m.get("msg", "")))
     if kind in ("success", "subscription"):

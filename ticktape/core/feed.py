@@ -57,6 +57,20 @@ class Parsed(NamedTuple):
     detail: str = ""
 
 
+def parse_data(types: dict, kind: str | None, m: dict) -> Parsed | None:
+    """A provider's data point as ``Parsed``, by its ``types`` table (type -> (kind for
+    metrics, topic, event type, mapper)); None when ``kind`` names no data point.  A point
+    its mapper cannot read is ``malformed``, naming why."""
+    spec = types.get(kind)
+    if spec is None:
+        return None
+    name, topic, event_type, mapper = spec
+    try:
+        return Parsed(name, mapper(m), topic, event_type)
+    except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as e:
+        return Parsed("malformed", detail=f"{name} ({type(e).__name__}: {e})")
+
+
 @dataclass(frozen=True)
 class Provider:
     name: str  # --provider

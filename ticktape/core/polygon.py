@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from ticktape.core.feed import Parsed, ProtocolError, Provider, ProviderError
+from ticktape.core.feed import Parsed, ProtocolError, Provider, ProviderError, parse_data
 
 SOURCE = "websocket:polygon"
 CLUSTERS = {"realtime": "wss://socket.polygon.io/stocks", "delayed": "wss://delayed.polygon.io/stocks"}
@@ -150,13 +150,9 @@ DATA_TYPES = {"T": ("trade", TICK_TOPIC, "tick", tick_from_trade),
 def parse(m) -> Parsed:
     ev = m.get("ev") if isinstance(m, dict) else None
     ev = ev if isinstance(ev, str) else None
-    spec = DATA_TYPES.get(ev)
-    if spec is not None:
-        name, topic, event_type, mapper = spec
-        try:
-            return Parsed(name, mapper(m), topic, event_type)
-        except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as e:
-            return Parsed("malformed", detail=f"{name} ({type(e).__name__}: {e})")
+    data = parse_data(DATA_TYPES, ev, m)
+    if data is not None:
+        return data
     if ev == "status":
         if m.get("status") in ERRORS:
             raise _status_error(m)
