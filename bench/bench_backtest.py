@@ -120,7 +120,7 @@ def run(quick: bool, runs: int) -> list[Figure]:
     for name, fn, data in cases:
         outputs = fn(data, model)
 
-        def once() -> int:
+        def once(fn=fn, data=data) -> int:
             fn(data, model)
             return len(bars)
 

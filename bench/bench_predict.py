@@ -62,7 +62,7 @@ def run(quick: bool, runs: int) -> list[Figure]:
               "artifact_bytes": artifact_bytes, "xgboost": xgb.__version__}
     figures = []
     for label, data, size in ((f"batches of {batch}", items, batch), ("one at a time", items[:single], 1)):
-        results = repeat(lambda: run_case(model, data, size), runs)
+        results = repeat(lambda data=data, size=size: run_case(model, data, size), runs)
         detail = params | {"batch": size, "predictions": results[0]["predictions"]}
         figures += [
             Figure("predict", f"XGBoost scoring, {label}", "predictions/s", [r["rate"] for r in results],

@@ -94,7 +94,7 @@ def run(quick: bool, runs: int) -> list[Figure]:
     for name, stages in STAGES:
         counts = run_chain(events, limits, stages)
 
-        def once() -> int:
+        def once(stages=stages) -> int:
             run_chain(events, limits, stages)
             return len(events)
 

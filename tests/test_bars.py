@@ -125,7 +125,7 @@ def random_ticks(seed: int, n: int = 3000) -> list[dict]:
     rng = random.Random(seed)
     out = []
     t = T0
-    for i in range(n):
+    for _ in range(n):
         t += rng.randint(0, 120_000)
         ts = t - rng.choice([0, 0, 0, rng.randint(0, 1_500_000)])
         sym = rng.choice(["AAPL", "MSFT", "IBM", "BRK-B"])

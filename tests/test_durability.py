@@ -49,7 +49,7 @@ def test_immediate_stops_of_postgresql_lose_no_committed_tick(services, settings
         data = own.state()["postgres"]["data"]
         for _ in range(STOPS):
             before = max(0, stored(url)[0])
-            wait_for(lambda: stored(url)[0] > before + 500, 60, "the sink to write more")
+            wait_for(lambda before=before: stored(url)[0] > before + 500, 60, "the sink to write more")
             time.sleep(rng.uniform(0.0, 0.3))  # mid-batch, at a random moment
             subprocess.run(_as_postgres_user(["pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"]),
                            check=True, capture_output=True)

@@ -130,7 +130,7 @@ def test_order_rate_per_symbol_then_sliding():
 
 def test_order_rate_total():
     r = engine()
-    for i, sym in enumerate(("A", "B", "C", "D", "E", "F")):
+    for sym in ("A", "B", "C", "D", "E", "F"):
         px(r, sym, T0, 10.0)
         d = intent(r, sym, T0, 10.0, 10.0)
     rejected(d, "ORDER_RATE", "account paper had 5 orders in the last 60 s, limit 5")

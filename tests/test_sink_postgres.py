@@ -135,7 +135,8 @@ def test_sigkill_mid_batch_then_restart_leaves_exactly_the_topic(pg_settings, tm
         proc = spawn_sink(s, "postgres", ["md.ticks"], log, **env)
         try:
             # kill while it writes: after it made progress, at a random moment
-            wait_for(lambda: _count(s.database_url) > before or proc.poll() is not None, 60, "progress")
+            wait_for(lambda before=before, proc=proc: _count(s.database_url) > before or proc.poll() is not None,
+                     60, "progress")
             time.sleep(rng.uniform(0.0, 0.4))
         finally:
             proc.kill()

@@ -210,7 +210,7 @@ def test_stage_lag_is_its_consumer_groups_lag_over_the_topics_it_reads(services,
         kafka_clients.ensure_topics(s)
         producer = kafka_clients.producer(s)
         for topic, n in (("md.ticks", 10), ("md.bars.1s", 4), ("trading.orders", 6)):
-            for i in range(n):
+            for _ in range(n):
                 producer.produce(s.topic(topic), key=b"AAPL", value=b"x", partition=0)
                 producer.flush(30)  # a record batch each: the local broker gives a batch one offset
         commits = {"worker": [("md.ticks", 3), ("md.bars.1s", 1), ("trading.orders", 6)],

@@ -11,7 +11,7 @@ import time
 import pytest
 from alpaca_server import AlpacaServer, bar, quote, rfc3339, trade
 
-from producers.base import EventPublisher, StopFlag
+from producers.base import DeliveryError, EventPublisher, StopFlag
 from producers.websocket import WebSocketFeed
 from ticktape import kafka_clients
 from ticktape.config import ConfigError
@@ -247,7 +247,15 @@ def test_drop_policy_counts_drops_when_kafka_is_down(settings):
         pub = EventPublisher(dead, **{"queue.buffering.max.messages": 1, "message.timeout.ms": 10000, "log_level": 0})
         stop = StopFlag(install_signals=False)
         feed = WebSocketFeed(s, ["AAPL"], stop=stop, publisher=pub)
-        runner = threading.Thread(target=lambda: pytest.raises(Exception, feed.run))
+        raised = []
+
+        def run() -> None:
+            try:
+                feed.run()
+            except DeliveryError as e:  # what the dead broker never took
+                raised.append(e)
+
+        runner = threading.Thread(target=run)
         runner.start()
         # every trade ends dropped, queued, or with the publisher, which holds 2 in the end
         # (how many it took before the queue filled, 0 to 2, is thread timing)
@@ -260,6 +268,7 @@ def test_drop_policy_counts_drops_when_kafka_is_down(settings):
             pub.producer.purge()
             runner.join(0.01)
     assert (accepted, drops + queued) == (n, n - 2)
+    assert len(raised) == 1, raised
     assert n - 2 - q <= drops <= n - q
     assert pub.failed == n - drops  # everything not dropped was attempted and reported as failed
 
