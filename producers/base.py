@@ -28,9 +28,11 @@ import threading
 import time
 
 from confluent_kafka import KafkaError, KafkaException
+from prometheus_client import Counter
 
 from ticktape import kafka_clients, metrics
 from ticktape.config import Settings
+from ticktape.core.calendar import MarketHours
 from ticktape.core.tickbatch import TickBatcher, make_batch
 from ticktape.serde import Serde
 
@@ -73,7 +75,7 @@ class EventPublisher:
         self.failed = 0
         self.last_error: KafkaError | None = None
         self._topics: dict[str, str] = {}
-        self._out = {}
+        self._out: dict[str, Counter] = {}
         self._batcher = TickBatcher(s.tick_batch_max, s.tick_batch_ms) if s.tick_batch_max > 1 else None
         self._lock = threading.Lock()  # the batcher is shared with the linger thread
         self._linger: threading.Thread | None = None
@@ -82,7 +84,7 @@ class EventPublisher:
         self._hb_topic: str | None = None  # set by start_heartbeats
         self._last_message: dict[int, float] = {}  # md.ticks partition -> monotonic time of its last delivery
         self._clock: tuple[int, float] | None = None  # (newest tick ts, monotonic time then)
-        self._hours = None  # MarketHours after follow_sessions
+        self._hours: MarketHours | None = None  # MarketHours after follow_sessions
         self._close_at: int | None = None  # the next session close to announce
         self._sessions_topic: str | None = None
         self._session_source = ""
@@ -138,6 +140,7 @@ class EventPublisher:
                               ticks[0]["symbol"], events=len(ticks))
 
     def _linger_loop(self) -> None:
+        assert self._batcher is not None  # publish starts this thread only with a batcher
         while not self._closed.wait(self._batcher.linger_s / 2):
             with self._lock:
                 self._send_groups(self._batcher.due(time.monotonic()))
@@ -150,7 +153,8 @@ class EventPublisher:
         report = self._on_delivery if events == 1 else functools.partial(self._on_delivery, events=events)
         while True:
             try:
-                self.producer.produce(full_topic, value=value, key=key, headers=headers,
+                # confluent_kafka's headers type is an invariant list of (str, str | bytes | None)
+                self.producer.produce(full_topic, value=value, key=key, headers=headers,  # type: ignore[arg-type]
                                       partition=partition, timestamp=timestamp_ms,
                                       on_delivery=report)
                 break
@@ -220,6 +224,7 @@ class EventPublisher:
 
     def _announce_close(self, close: int) -> None:
         topic = self._sessions_topic
+        assert topic is not None  # set by follow_sessions, which clock_reached (the caller) needs
         if self._partitions is None:
             self._partitions = sorted(self.producer.list_topics(topic, timeout=30).topics[topic].partitions)
         ts = close + self.settings.bar_grace_ms * 1000
@@ -291,7 +296,7 @@ class SourceStats:
             ("gaps", metrics.SOURCE_GAPS), ("duplicates", metrics.SOURCE_DUPLICATES),
             ("drops", metrics.SOURCE_DROPS), ("errors", metrics.SOURCE_ERRORS))}
         self._latency = metrics.SOURCE_LATENCY.labels(source)
-        self._kinds = {}
+        self._kinds: dict[str, Counter] = {}
 
     def receive(self, kind: str, n: int = 1) -> None:
         self.received[kind] = self.received.get(kind, 0) + n

@@ -110,23 +110,25 @@ def read_topic(s: Settings, topic: str, start: int | None, end: int | None,
                 if msg.error() is not None:
                     continue  # partition EOF and transient errors: the end check decides
                 p = msg.partition()
+                assert p is not None  # a consumed message without error has its partition
                 if p not in open_parts:
                     continue
                 last_data = now
-                next_offset[p] = msg.offset() + 1
+                next_offset[p] = msg.offset() + 1  # type: ignore[operator]  # consumed: it has one
                 rec_ts_ms = msg.timestamp()[1]
-                event = None
+                decoded = None
                 if event_type is not None:
                     try:
-                        got, event = serde.decode(msg.value())
-                        ts = event["ts"]
+                        # a null value raises SerdeError: counted undecodable
+                        got, decoded = serde.decode(msg.value())  # type: ignore[arg-type]
+                        ts = decoded["ts"]
                         if got == "tick_batch":
-                            batch_records = _batch_records(serde, msg, event, start, end, decode)
+                            batch_records = _batch_records(serde, msg, decoded, start, end, decode)
                     except (SerdeError, KeyError, ValueError):
                         undecodable += 1
                         continue
                     if got == "tick_batch":
-                        if batch_records and (symbols is None or event["symbol"] in symbols):
+                        if batch_records and (symbols is None or decoded["symbol"] in symbols):
                             for rec in batch_records:
                                 merger.add(p, rec.ts, rec)
                         else:
@@ -144,12 +146,12 @@ def read_topic(s: Settings, topic: str, start: int | None, end: int | None,
                     cons.pause([TopicPartition(topic, p)])
                     continue
                 if (start is not None and ts < start) or (  # heartbeats are every symbol's
-                        symbols is not None and (event is None or not is_heartbeat(event))
-                        and (event or {}).get("symbol", _key(msg)) not in symbols):
+                        symbols is not None and (decoded is None or not is_heartbeat(decoded))
+                        and (decoded or {}).get("symbol", _key(msg)) not in symbols):
                     merger.seen(p, ts)
                     continue
                 merger.add(p, ts, ReplayRecord(p, ts, msg.key(), msg.value(), rec_ts_ms,
-                                               event if decode else None))
+                                               decoded if decode else None))
                 if merger.buffered(p) > MAX_BUFFERED and p not in paused:
                     cons.pause([TopicPartition(topic, p)])
                     paused.add(p)
@@ -273,6 +275,7 @@ def read_table(name: str, header: list[str], rows, interval: str | None,
         raise UsageError(f"{name}: bars without a symbol column: name the symbol")
     index = {h: i for i, h in enumerate(names)}
     if kind == "bar":
+        assert time_col is not None  # "bar" needs a time column (above)
         index["time"] = time_col
     events, lines = [], []
     for line, cells in rows:
@@ -377,7 +380,8 @@ def read_db(s: Settings, table: str, interval: str, start: int | None, end: int 
         raise UsageError("no database: set DATABASE_URL or run `ticktape stack up`")
     event = {"ticks": "tick", "bars": "bar"}[table]
     spec = TABLES[event]
-    where, params = [], []
+    where: list[str] = []
+    params: list[object] = []
     if start is not None:
         where.append("ts >= %s")
         params.append(_dt(start))

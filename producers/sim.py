@@ -73,7 +73,7 @@ def run(args, s: Settings, stop: StopFlag | None = None) -> int:
     if hours is not None:
         pub.follow_sessions(hours, "sim")
     # live event time starts once the publisher is ready: ticks leave when their ts is now
-    start_us = start if not live else (time.time_ns() // 1000)
+    start_us = start if start is not None else (time.time_ns() // 1000)  # start is None: live
     if hours is not None and not hours.covers(start_us):
         raise UsageError(f"SIM_CALENDAR=1: the start is outside the {hours.name} calendar's years")
     clock = None if hours is None else (lambda elapsed: hours.session_clock(start_us, elapsed))
@@ -103,6 +103,7 @@ def run(args, s: Settings, stop: StopFlag | None = None) -> int:
         if progress is not None and n % 1000 == 0:
             progress.update(n, ts)
     if args.duration and not stop:
+        assert end_us is not None  # set whenever args.duration is
         pub.clock_reached(end_us)  # the run ends at or after a close: announce it
     pub.close()
     if progress is not None:

@@ -303,7 +303,8 @@ class WebSocketFeed:
             return [self._dead_letter(f"not JSON: {e}", raw)]
         if not isinstance(messages, list):
             messages = [messages]
-        out, kinds = [], {}
+        out: list[tuple[str, str | None, dict | DeadLetter]] = []
+        kinds: dict[str, int] = {}
         for m in messages:
             if self.count is not None and self.accepted >= self.count:
                 break

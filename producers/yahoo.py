@@ -42,7 +42,7 @@ MAX_GAP_S = 10.0  # longest spacing between requests while rate limited
 def add_arguments(p, parse_time, parse_speed) -> None:
     p.add_argument("--symbols", help="a file of symbols, or a comma/space separated list (SYMBOLS)")
     p.add_argument("--backfill", default="5d", help="history to publish first, in days (default 5d)")
-    p.add_argument("--interval", default="1m", choices=sorted(INTERVAL_S, key=INTERVAL_S.get),
+    p.add_argument("--interval", default="1m", choices=sorted(INTERVAL_S, key=INTERVAL_S.__getitem__),
                    help="bar interval (default 1m; needs topic md.bars.<interval>)")
     p.add_argument("--poll", type=float, default=60.0, help="seconds between polls (default 60)")
     p.add_argument("--request-gap", type=float, default=0.5, help="seconds between two requests (default 0.5)")

@@ -56,7 +56,7 @@ class TableWriter:
         target = sql.Identifier(table.name)
         conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DELETE ROWS").format(
             self.stage, target))
-        types = dict(conn.execute(
+        types: dict[str, str] = dict(conn.execute(
             "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
             "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (table.name,)).fetchall())
         missing = [c for c in table.columns if c not in types]

@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
 
-from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
 from ticktape import deadletter, kafka_clients, metrics
 from ticktape.config import Settings
@@ -94,8 +94,8 @@ class SinkRunner:
         self.assigned: set[tuple[str, int]] = set()
         self.committed: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset
         self._buf: list[Message] = []
-        self._consumer = None
-        self._producer = None
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
 
     def stop(self) -> None:
         """Ask the loop to flush, commit and return (safe from a signal handler or thread)."""
@@ -189,16 +189,19 @@ class SinkRunner:
 
     def _decode(self, batch: list[Message]) -> tuple[list[Item], list[Poison]]:
         items, poison = [], []
-        counts = Counter()
+        counts: Counter[str] = Counter()
         now_us = time.time_ns() // 1000
         latency = metrics.EVENT_LATENCY.labels(self.stage)
+        # confluent_kafka types a Message's topic/partition/offset Optional: a consumed
+        # message without error (run() keeps no other) has them all
         for m in batch:
-            name, event = self.topics[m.topic()]
+            name, event = self.topics[m.topic()]  # type: ignore[index]
             counts[name] += 1
             if m.value() is None and m.topic() in self.compacted:
                 continue  # a tombstone: nothing to store
             try:
-                got, record = self.serde.decode(m.value())
+                # a null value here (not a tombstone) is poison: decode raises SerdeError on it
+                got, record = self.serde.decode(m.value())  # type: ignore[arg-type]
                 if got == "heartbeat" and event == "tick":
                     continue  # a source's watermark on md.ticks: nothing to store
                 if got == "tick_batch" and event == "tick":
@@ -243,11 +246,13 @@ class SinkRunner:
 
         for key, p in by_msg.items():
             m = p.msg
-            dl = deadletter.dead_letter(p.error, stage=self.stage, topic=m.topic(), partition=m.partition(),
-                                        offset=m.offset(), key=m.key(), value=m.value(),
+            dl = deadletter.dead_letter(p.error, stage=self.stage, topic=m.topic(), partition=m.partition(),  # type: ignore[arg-type]
+                                        offset=m.offset(), key=m.key(), value=m.value(),  # type: ignore[arg-type]
                                         max_bytes=self.s.dlq_max_bytes)
-            self._producer.produce(self.dlq_topic, key=dl.key, value=dl.value, headers=dl.headers,
-                                   on_delivery=lambda err, msg, key=key: report(err, msg, key))
+            # confluent_kafka: headers is an invariant list of (str, str | bytes | None), and
+            # mypy cannot type a lambda with a default argument as its DeliveryCallback
+            self._producer.produce(self.dlq_topic, key=dl.key, value=dl.value, headers=dl.headers,  # type: ignore[arg-type]
+                                   on_delivery=lambda err, msg, key=key: report(err, msg, key))  # type: ignore[misc]
             log.warning("%s: %s[%d]@%d -> %s: %s", self.stage, m.topic(), m.partition(), m.offset(),
                         self.dlq_topic, p.error[:300])
         self._producer.flush(30)
@@ -257,11 +262,12 @@ class SinkRunner:
     def _commit(self, batch: list[Message]) -> None:
         nxt: dict[tuple[str, int], int] = {}
         for m in batch:
-            key = (m.topic(), m.partition())
-            nxt[key] = max(nxt.get(key, 0), m.offset() + 1)
+            key: tuple[str, int] = (m.topic(), m.partition())  # type: ignore[assignment]  # see _decode
+            nxt[key] = max(nxt.get(key, 0), m.offset() + 1)  # type: ignore[operator]
         owned = [TopicPartition(t, p, o) for (t, p), o in nxt.items() if (t, p) in self.assigned]
         if not owned:
             return
+        assert self._consumer is not None  # set by run(), the only caller of _flush
         try:
             self._consumer.commit(offsets=owned, asynchronous=False)
         except KafkaException as e:

@@ -30,6 +30,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import psycopg
 
@@ -87,7 +88,9 @@ def _database_url(s: Settings) -> str:
 
 def _recorded_flavor(conn: psycopg.Connection) -> str | None:
     """The flavor the database was migrated with (None: no migration applied yet)."""
-    if not conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0]:
+    row = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
+    assert row is not None  # a SELECT without FROM returns one row
+    if not row[0]:
         return None
     row = conn.execute("SELECT flavor FROM schema_migrations ORDER BY version DESC LIMIT 1").fetchone()
     return row[0] if row else None
@@ -134,7 +137,7 @@ def migrate(s: Settings) -> list[str]:
         try:
             flavor = _flavor(conn, url)
             conn.execute(_CREATE_LEDGER)
-            done = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            done: dict[str, str] = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
             pending = migrations(flavor)
             _check_unchanged(pending, done)
             for mig in pending:
@@ -196,7 +199,7 @@ def _reconcile(conn: psycopg.Connection, kind: str, table: str, after: str | Non
     if job is None:
         conn.execute(f"SELECT {add}(%s, {arg} => %s::interval, if_not_exists => TRUE)", (table, after))
         log.info("added a %s policy on %s: %s", kind, table, after)
-    elif not conn.execute("SELECT %s::interval = %s::interval", (job[1], after)).fetchone()[0]:
+    elif not cast(tuple, conn.execute("SELECT %s::interval = %s::interval", (job[1], after)).fetchone())[0]:  # one row
         conn.execute("SELECT alter_job(%s, config => (SELECT config FROM timescaledb_information.jobs "
                      "WHERE job_id = %s) || jsonb_build_object(%s::text, %s::interval::text))",
                      (job[0], job[0], key, after))
@@ -206,7 +209,9 @@ def _reconcile(conn: psycopg.Connection, kind: str, table: str, after: str | Non
 def status(s: Settings) -> tuple[list[dict], list[str]]:
     """(applied migrations as dicts, names of the pending ones)."""
     with psycopg.connect(_database_url(s), autocommit=True) as conn:
-        ledger = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0]
+        row = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
+        assert row is not None  # a SELECT without FROM returns one row
+        ledger = row[0]
         applied = []
         if ledger:
             cur = conn.execute(
