@@ -53,12 +53,16 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta, timezone
 from operator import itemgetter
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from ..cli import UsageError
 from ..config import REPO_ROOT, ConfigError, Settings, _convert, settings
 from ..core.intervals import interval_seconds
 from ..core.performance import annualized_note, display, num as _num, pct as _pct
 from .produce import parse_time
+
+if TYPE_CHECKING:
+    from ..core.backtest import Result
 
 log = logging.getLogger(__name__)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -144,7 +148,7 @@ def parse_sweep(specs: list[str]) -> list[dict]:
     """Every combination of the --sweep values, as Settings overrides (in given order)."""
     if not specs:
         return []
-    axes = []
+    axes: list[tuple[str, list]] = []
     for spec in specs:
         name, sep, values = spec.partition("=")
         f = setting_field(name)
@@ -284,6 +288,7 @@ def read_ticks(s: Settings, source: str, start: int, end: int, symbols: set[str]
     except KeyError:
         raise UsageError(f"topic {topic} does not exist (nothing recorded yet?)") from None
     for rec in read_topic(s, topic, start, end, symbols, decode=True):
+        assert rec.event is not None  # decode=True: each record has its event
         if same:
             out[rec.partition].append(rec.event)
         elif not is_heartbeat(rec.event):  # a heartbeat is for its partition: it has no other
@@ -310,7 +315,9 @@ def read_bars(s: Settings, source: str, interval: str, start: int | None, end: i
         events, where = read_db(s, "bars", interval, start, last, symbols), f"the bars table ({interval})"
     else:
         where = s.topic(f"md.bars.{interval}")
-        events = (r.event for r in read_topic(s, where, start, last, symbols, decode=True, event="bar"))
+        # cast: decode=True, so each record has its event
+        events = (cast(dict, r.event)
+                  for r in read_topic(s, where, start, last, symbols, decode=True, event="bar"))
     unique = {b["event_id"]: b for b in events}
     return Market(where, {}, _window(unique.values(), start, end, symbols), interval)
 
@@ -528,6 +535,7 @@ def prepare(s: Settings, market: Market, symbols: tuple[str, ...], model: str | 
     hours = market_hours(s)
     market = in_sessions(market, hours)
     if market.bars is not None:
+        assert market.interval is not None  # bars always come with their interval
         s = replace(s, bar_intervals=market.interval, strategy_interval=market.interval, exec_market_data="bars")
     setups = [make_setup(replace(s, **o), symbols, risk_path) for o in variants or [{}]]
     loaded = load_model(s, model)
@@ -566,7 +574,7 @@ def simulate(plan: Plan, setup):
     return bt.run(plan.market.ticks, setup, plan.model)
 
 
-def finish(plan: Plan, setup, events, run_id: str, save: bool = True) -> tuple[dict, object]:
+def finish(plan: Plan, setup, events, run_id: str, save: bool = True) -> tuple[dict, Result]:
     """(the run's row, its ``core.backtest.Result``), stored when ``save``."""
     from ..core import backtest as bt
 
@@ -638,12 +646,14 @@ def backtest(args) -> int:
         try:
             risk = str(Path(args.config).resolve()) if args.config else s.risk_config
             events = backtest_kafka.run(replace(s, symbols=" ".join(symbols), risk_config=risk), run_id,
-                                        market.ticks, (meta, plan.artifact) if meta else None, keep=args.keep,
+                                        # cast: load_model gives the metadata with its artifact
+                                        market.ticks, (meta, cast(bytes, plan.artifact)) if meta else None,
+                                        keep=args.keep,
                                         timeout_s=args.timeout, say=print)
         except backtest_kafka.KafkaModeError as e:
             raise SystemExit(f"ticktape: backtest {run_id}: {e}") from None
     else:
-        print(f"backtest {run_id}: {market.size:,} {'ticks' if market.bars is None else market.interval + ' bars'} "
+        print(f"backtest {run_id}: {market.size:,} {'ticks' if market.bars is None else f'{market.interval} bars'} "
               f"from {market.where} through the pipeline, in-process ...", flush=True)
         events = simulate(plan, setup)
     row, result = finish(plan, setup, events, run_id)
@@ -656,6 +666,7 @@ def backtest(args) -> int:
                             events["order_rejected"])
         print(f"report {path}")
     if args.check_live:
+        assert plan.live_cutoff is not None  # ticks: --check-live with bars is refused above
         return check_live(s, events, plan.start, plan.live_cutoff)
     return 0
 
@@ -726,7 +737,7 @@ def _sweep(plan: Plan, args, variants) -> int:
 # --- compare -------------------------------------------------------------------------
 
 def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
+    out: dict[str, object] = {}
     for k, v in d.items():
         if isinstance(v, dict):
             out |= _flat(v, f"{prefix}{k}.")
@@ -793,7 +804,8 @@ def live_events(s: Settings, start: int, end: int) -> dict[str, list[dict]]:
         if event_type is None or event_type == "tick" or s.topic(name) not in existing:
             continue
         out.setdefault(event_type, []).extend(
-            r.event for r in read_topic(s, s.topic(name), start, None, decode=True) if r.ts <= end)
+            # cast: decode=True, so each record has its event
+            cast(dict, r.event) for r in read_topic(s, s.topic(name), start, None, decode=True) if r.ts <= end)
     return out
 
 

@@ -155,6 +155,7 @@ def run(args) -> int:
         values = compute_batch(cols["symbol"], cols["time"], cols["open"], cols["high"], cols["low"],
                                cols["close"], cols["volume"], spb)
     except BarError as e:
+        assert e.row is not None  # compute_batch always names the row (None only for one bar)
         raise UsageError(f"{args.input} line {lines[e.row]}: {e}") from None
     _write_atomically(output, header, rows, values)
     symbols = sorted(set(cols["symbol"]))

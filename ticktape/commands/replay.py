@@ -11,6 +11,7 @@ The target is ``--to-topic`` (a full topic name), else the source's catalog topi
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import replace
 
 from ..cli import UsageError
@@ -62,6 +63,7 @@ def run(args) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     symbols = parse_symbols(args.symbols)
+    events: Iterable[dict]  # a file's list, a table's cursor, or a filter of either
     if args.source == "topic":
         if not args.topic:
             raise UsageError("--source topic needs --topic")

@@ -19,6 +19,7 @@ import json
 import socket
 import time
 import uuid
+from typing import Any
 
 from ..cli import UsageError
 from ..config import settings
@@ -70,7 +71,8 @@ def live_state(s, account: str) -> dict | None:
     its buffered events under ``"pending"``."""
     from stream_processors.risk import PENDING_KEY
 
-    state, pending = None, {}
+    state: dict | None = None
+    pending: dict[str, dict] = {}
     prefix = PENDING_KEY.format(account, "")
     for msg in read_to_end(s, f"{s.group('worker')}-risk-changelog"):
         key = json.loads(msg.key())
@@ -102,9 +104,10 @@ def run_status(args) -> int:
                               idle_us=s.risk_idle_ms * 1000)
     r = desk.risk
     marks = r.portfolio.marks
-    positions = {sym: {"committed": q, "last_price": marks.get(sym), "notional": abs(q) * marks.get(sym, 0.0)}
-                 for sym, q in sorted(r.committed.items()) if q}
-    report = {
+    positions: dict[str, dict[str, Any]] = {
+        sym: {"committed": q, "last_price": marks.get(sym), "notional": abs(q) * marks.get(sym, 0.0)}
+        for sym, q in sorted(r.committed.items()) if q}
+    report: dict[str, Any] = {
         "account": account, "trading_state": r.trading_state, "halt_reason": r.halt_reason,
         "halt_detail": r.halt_detail, "as_of": desk.last_key[0] if desk.last_key else None,
         "equity": r.portfolio.equity, "day_start_equity": r.day_start_equity, "daily_pnl": r.daily_pnl,

@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from ..config import run_defaults, set_in_environment, settings
 from ..scrape import foreign, scrape, total
@@ -48,6 +49,7 @@ class Child:
     def stop(self, timeout: float = 30.0) -> int | None:
         if not self.alive():
             return self.proc.returncode if self.proc else None
+        assert self.proc is not None  # alive(): it has a process
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
@@ -150,7 +152,9 @@ def run(args) -> int:
     source = Child("producer", producer_args)
     for child in pipeline + [source]:
         child.start(logs, env)
-    write_run_files(s.home, [(c.role, c.port, c.proc.pid) for c in pipeline + [source]], spec.record())
+    # cast: every child was started just above, so each has its process
+    write_run_files(s.home, [(c.role, c.port, cast(subprocess.Popen, c.proc).pid) for c in pipeline + [source]],
+                    spec.record())
 
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
@@ -185,6 +189,7 @@ def run(args) -> int:
     remove_run_files(s.home)
     print(summary.rows_line(), flush=True)
     if failed is not None:
+        assert failed.proc is not None  # it was started, then found dead
         print(f"ticktape: {failed.role} exited with code {failed.proc.returncode}; "
               f"see {logs / (failed.role + '.log')}", file=sys.stderr)
         return 1

@@ -52,7 +52,7 @@ def run(args) -> int:
         except psycopg.Error as e:
             raise ConfigError(f"sink postgres: database not ready: {type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
-        writer = PostgresWriter(s)
+        writer: PostgresWriter | redis_sink.RedisWriter = PostgresWriter(s)
     else:
         writer = redis_sink.RedisWriter(s)
         writer.check()

@@ -152,7 +152,7 @@ def write_run_files(home, processes: list[tuple[str, int, int]], strategy: dict 
     file-discovery targets the local Prometheus scrapes (prometheus/prometheus.local.yml),
     so it scrapes exactly the processes that run."""
     home = Path(home)
-    doc = {"processes": [{"role": r, "port": port, "pid": pid} for r, port, pid in processes]}
+    doc: dict[str, object] = {"processes": [{"role": r, "port": port, "pid": pid} for r, port, pid in processes]}
     if strategy is not None:
         doc["strategy"] = strategy
     # the pid lets Prometheus' ForeignProcess alert tell whether the port answers for that process

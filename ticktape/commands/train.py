@@ -11,6 +11,8 @@ by window start (the indicators warm up inside that range).
 """
 from __future__ import annotations
 
+from typing import Any
+
 from ..cli import UsageError
 from ..config import settings
 from ..core.features import FEATURE_NAMES, Bars, build_dataset
@@ -147,8 +149,10 @@ def _select(bars: Bars, start, end, symbols, hours=None, width_us: int = 0) -> B
     if len(keep) == len(bars):
         return bars
     cols = [bars.symbol, bars.window_start, bars.open, bars.high, bars.low, bars.close, bars.volume]
-    out = [[col[i] for i in keep] for col in cols]
-    return Bars(*out, vwap=None if bars.vwap is None else [bars.vwap[i] for i in keep])
+    out: list[list[Any]] = [[col[i] for i in keep] for col in cols]
+    # the seven columns by position (a *list of unknown length could also fill vwap, says mypy)
+    return Bars(out[0], out[1], out[2], out[3], out[4], out[5], out[6],
+                vwap=None if bars.vwap is None else [bars.vwap[i] for i in keep])
 
 
 # --- the command -----------------------------------------------------------------------
