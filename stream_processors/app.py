@@ -68,7 +68,7 @@ def build_app(s: Settings) -> faust.App:
         """While the tables are restored from their changelogs (no stage runs yet): how
         many records are left, on /metrics and in the log every RECOVERY_REPORT_S."""
         while True:
-            recovery = app.tables.recovery
+            recovery = app.tables.recovery  # type: ignore[attr-defined]  # TableManager has it, TableManagerT not
             remaining = recovery.active_remaining_total() if recovery.in_recovery else 0
             metrics.RECOVERY_REMAINING.set(remaining)
             if remaining:
@@ -122,7 +122,7 @@ def run_stage(app: faust.App, s: Settings, stage, topic, *, name: str) -> None:
     sources = set(topic.topics)
     one_at_a_time = asyncio.Lock()
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust awaits async receivers
     async def on_revoked(sender, revoked, **kwargs) -> None:
         stage.forget({tp.partition for tp in revoked if tp.topic in sources})
 
@@ -255,7 +255,8 @@ class InputGuard:
         if not still:
             return []
         loop = asyncio.get_running_loop()
-        records = await loop.run_in_executor(self._thread, self._read, {tp: (nxt, None) for tp, nxt in still.items()},
+        ranges: dict[tuple[str, int], tuple[int, int | None]] = {tp: (nxt, None) for tp, nxt in still.items()}
+        records = await loop.run_in_executor(self._thread, self._read, ranges,
                                              self.s.processor_batch_size)  # a batch; the rest, if still lost, next time
         if records:
             log.warning("%s: read %d records that the consumer had not delivered",
@@ -280,6 +281,7 @@ class InputGuard:
         be short); fewer where the log has no record, or once there are ``limit``."""
         client = self._client()
         client.assign([TopicPartition(t, p, start) for (t, p), (start, _) in ranges.items()])
+        out: list[Record]
         out, pending = [], set(ranges)
         deadline = time.monotonic() + 30
         try:
@@ -331,7 +333,7 @@ async def save_state(table, entries) -> None:
                                 f"more than the {MAX_STATE_RECORD:,} a changelog record may hold")
         records.append((partition, key, raw, None, "raw"))
     data = table.data
-    last = {}
+    last: dict[int, tuple] = {}
     earlier = []
     for (partition, key, value), record in zip(entries, records):
         if value is None:

@@ -23,6 +23,7 @@ import asyncio
 import time
 from bisect import bisect_right
 from collections import defaultdict
+from typing import cast
 
 import faust
 
@@ -65,7 +66,7 @@ class TickRuns:
             symbol, ts, price, size = None, [hb["ts"]], [None], [None]
         elif event_type not in ("tick", "tick_batch"):
             raise SerdeError(f"expected a tick, got a {event_type}")
-        elif msg.key != symbol.encode():
+        elif msg.key != cast(str, symbol).encode():  # a tick's symbol: None only for a heartbeat
             raise SerdeError(f"the message key {msg.key!r} is not its symbol {symbol!r}: "
                              "producers must key ticks by symbol")
         self.runs.append((symbol, ts, price, size, msg.offset * MAX_TICKS))

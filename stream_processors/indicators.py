@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from typing import cast
 
 import faust
 
@@ -77,7 +78,7 @@ class IndicatorsStage:
             self._in[topic].inc(len(records))  # each input record once, however often it came
             for msg in records:
                 try:
-                    event_type, bar = self.serde.decode(msg.value)
+                    event_type, bar = self.serde.decode(cast(bytes, msg.value))  # None: SerdeError("empty message")
                     if event_type != "bar":
                         raise SerdeError(f"expected a bar, got a {event_type}")
                     self.validator.check(event_type, bar)  # a far-future bar would stop its symbol

@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from typing import cast
 
 import faust
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
@@ -102,14 +103,14 @@ class ModelWatcher:
                 if msg is None:
                     continue
                 if msg.error():
-                    if msg.error().code() == KafkaError._PARTITION_EOF:
-                        at_end.add(msg.partition())
+                    if msg.error().code() == KafkaError._PARTITION_EOF:  # type: ignore[union-attr]  # error() is not None here
+                        at_end.add(msg.partition())  # type: ignore[arg-type]  # a consumed message has a partition
                         if len(at_end) == partitions:
                             self.caught_up.set()
                     else:
                         log.warning("reading %s: %s", topic, msg.error())
                     continue
-                self.apply(msg.value())
+                self.apply(msg.value())  # type: ignore[arg-type]  # a tombstone (None) is refused as not an announcement
         finally:
             consumer.close()
 
@@ -163,7 +164,7 @@ class PredictStage:
         self._in.inc(sum(len(records) for _, _, records in runs))  # each input record once, however often it came
         for msg in (msg for _, _, records in runs for msg in records):
             try:
-                event_type, ind = self.serde.decode(msg.value)
+                event_type, ind = self.serde.decode(cast(bytes, msg.value))  # None: SerdeError("empty message")
                 if event_type != "indicator_set":
                     raise SerdeError(f"expected an indicator_set, got a {event_type}")
                 self.validator.check(event_type, ind)
@@ -184,6 +185,7 @@ class PredictStage:
         if no_model:
             self._no_model.inc(no_model)
         if items:
+            assert model is not None  # items are added only with a model
             preds, missing, seconds = model.predictions(items)
             self._missing.inc(missing)
             send = self.app.producer.send
@@ -216,7 +218,7 @@ def attach(app: faust.App, s: Settings) -> None:
     async def watch_models() -> None:
         watcher.start()
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # faust awaits async receivers
     async def stop_watching(sender, **kwargs) -> None:
         watcher.stop()
 

@@ -122,7 +122,7 @@ class RiskStage:
                 await io.send("trading.ledger", "fill", e, account, partition, [(LATE_HEADER, b"1")])
             else:
                 await io.send("trading.ledger", kind, e, account, partition)
-        changes = {}
+        changes: dict[str, tuple[int, dict | None]] = {}
         for account, p in touched.items():
             desk = self.desks[account][1]
             added, removed = desk.take_pending_changes()

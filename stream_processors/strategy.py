@@ -74,10 +74,10 @@ class StrategyStage:
                 await io.dead_letter(msg, str(e))
                 continue
             header = partition_header(msg.partition)
-            for kind, e in out:
+            for kind, ev in out:
                 if kind == "signal":
-                    await io.send("trading.signals", "signal", e, sym, msg.partition)
-                await io.send("trading.account", kind, e, self.account, acct_p, header)
+                    await io.send("trading.signals", "signal", ev, sym, msg.partition)
+                await io.send("trading.account", kind, ev, self.account, acct_p, header)
             dirty[sym] = msg.partition
         for sym, partition in dirty.items():
             progress = self.desk.progress(sym)

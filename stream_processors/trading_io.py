@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 import faust
+from prometheus_client import Counter
 
 from ticktape import deadletter, kafka_clients, metrics
 from ticktape.config import Settings
@@ -34,8 +35,8 @@ class TradingIO:
         self.dlq_topic = s.topic(DLQ)
         self.account_partitions = kafka_clients.topic_spec("trading.account").partitions
         self._dlq = metrics.DLQ_MESSAGES.labels(stage, DLQ)
-        self._in: dict[str, object] = {}
-        self._out: dict[str, object] = {}
+        self._in: dict[str, Counter] = {}
+        self._out: dict[str, Counter] = {}
         self.deliveries: list = []
         self.guard = InputGuard(s)
         self._runs: list = []  # this batch's input runs, whose next offsets ``flush`` saves

@@ -31,7 +31,7 @@ IGNORED_TYPES = {"c": "trade correction", "x": "trade cancel/error", "s": "tradi
 
 # code -> (meaning, retry?).  Retrying cannot fix a bad key, a plan or a symbol list:
 # those end the feed with one clear message instead of a reconnect storm.
-ERRORS = {
+ERRORS: dict[int | None, tuple[str, bool]] = {
     400: ("invalid syntax", False),
     401: ("not authenticated", False),
     402: ("auth failed: check ALPACA_API_KEY_ID and ALPACA_API_SECRET_KEY", False),

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from functools import reduce
 from itertools import islice, repeat
 from operator import add, gt, mul
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from .intervals import interval_seconds
 from .trading import iso
@@ -77,7 +77,8 @@ class BarAggregator:
                 not_after: int | None = None) -> BarBatch:
         """Apply ticks (and heartbeats) in order; return the bars this closed, the late and
         invalid ticks."""
-        return self.process_columns([t.get("symbol") for t in ticks], [t["ts"] for t in ticks],
+        # a heartbeat's None symbol is never a key: it has no price either (a quote-only tick)
+        return self.process_columns(cast("list[str]", [t.get("symbol") for t in ticks]), [t["ts"] for t in ticks],
                                     [t.get("price") for t in ticks], [t.get("size") for t in ticks],
                                     positions, not_after)
 
@@ -179,6 +180,7 @@ class BarAggregator:
         for idx, (sym, ts, price, size, pos) in enumerate(
                 zip(symbols, times, prices, sizes, repeat(None) if positions is None else positions)):
             if ts > limit:
+                assert not_after is not None  # limit is infinite without it
                 invalid.append((idx, f"event time {iso(ts)} is past {iso(not_after)}: more than "
                                      "MAX_EVENT_AHEAD_MS ahead of the wall clock"))
                 continue
@@ -196,12 +198,13 @@ class BarAggregator:
                 if state is None:
                     state = table[sym] = [None, *({} for _ in widths)]
                 last_sym = sym
+            assert state is not None  # set at the first trade (last_sym starts as None)
             if pos is not None:
                 if state[0] is not None and pos <= state[0]:
                     continue  # applied before a restart
                 state[0] = pos
             dirty.add(sym)
-            late_for = None
+            late_for: tuple[str, ...] | None = None
             for k, width in windows:
                 start = ts - ts % width
                 close_at = start + width + grace

@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import zlib
 from collections.abc import Iterable
+from typing import Any
 
 from . import execution as ex_mod
 from . import portfolio as pf_mod
@@ -113,7 +114,7 @@ class StrategyDesk:
         if kind != self.input or ev["interval"] != self.cfg.interval or (
                 run is not None and run.last_ts is not None and ev["ts"] <= run.last_ts):
             return []
-        arg = strategies.view(kind, ev)  # validates the event first
+        arg: Any = strategies.view(kind, ev)  # validates the event first; a Prediction for "prediction", else a Bar
         run = run or self._new(sym)
         run.last_ts = ev["ts"]
         inst, spec = run.inst, self.spec
@@ -297,6 +298,7 @@ class RiskDesk:
 
     def _late(self, kind: str, ev: dict) -> list[tuple[str, dict]]:
         """An event sorting before what was processed: a redelivery, or late input."""
+        assert self.last_key is not None  # called only for an event at or before last_key
         if kind == "fill":
             self.order_at.pop(ev["order_id"], None)
             if self.open_orders.pop(ev["order_id"], None) is None:
@@ -349,7 +351,7 @@ class RiskDesk:
         wait_s = self.idle_us / 1e6
         lead = self.fill_lead_us
         fresh = now is not None and 2 * len(self.pending) < self.max_pending  # as in _stood_still
-        first_open = min((ts + lead if floor is None or (fresh and now - self.order_at.get(o, now) < wait_s)
+        first_open = min((ts + lead if floor is None or (fresh and now is not None and now - self.order_at.get(o, now) < wait_s)
                           else max(ts + lead, floor) for o, ts in self.open_orders.items()),
                          default=None)  # the earliest time an open order's Fill may have
         out, r, pending = [], self.risk, self.pending
@@ -475,8 +477,8 @@ class ExecutionDesk:
             sell, b = buy, ev["window_start"]
         mem = self.memory.get(sym) or self.memory.setdefault(sym, {})
         entry = mem.get(b)
-        changed = entry is None or (entry[0] is None and buy is not None) or (entry[2] is None and sell is not None)
-        if not changed:
+        new_price = entry is None or (entry[0] is None and buy is not None) or (entry[2] is None and sell is not None)
+        if not new_price:
             return [], []
         if entry is None:
             entry = mem[b] = [None, None, None, None]
@@ -492,10 +494,10 @@ class ExecutionDesk:
             for old in [k for k in mem if k < cutoff]:
                 del mem[old]
                 changed.append(old)
-        fills = []
+        fills: list[dict] = []
         orders = self.open_orders.get(sym)
         if orders:
-            waiting = []
+            waiting: list[dict] = []
             for order in orders:
                 fill = self._try(order)
                 (waiting if fill is None else fills).append(order if fill is None else fill)

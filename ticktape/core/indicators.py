@@ -429,7 +429,9 @@ def compute_batch(symbols: Sequence[str], window_start, open_, high, low, close,
         ok &= check(cols[name])
     if not ok.all():
         row = int(np.argmin(ok))
-        raise BarError(_bar_problem({k: float(a[row]) for k, a in cols.items()}), row)
+        problem = _bar_problem({k: float(a[row]) for k, a in cols.items()})
+        assert problem is not None  # the row failed one of these same checks
+        raise BarError(problem, row)
 
     codes_of: dict[str, int] = {}
     codes = np.fromiter((codes_of.setdefault(s, len(codes_of)) for s in symbols), np.int64, n_rows)

@@ -10,7 +10,7 @@ _INTERVAL = re.compile(r"([1-9][0-9]*)([smhd])")
 SECONDS_PER_YEAR = 365 * 24 * 3600
 
 
-def interval_seconds(interval: str) -> int:
+def interval_seconds(interval: object) -> int:
     """Length of an interval in seconds; ValueError for anything else than ``<n><s|m|h|d>``."""
     match = _INTERVAL.fullmatch(interval) if isinstance(interval, str) else None
     if match is None:

@@ -17,6 +17,7 @@ import platform
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import xgboost as xgb
@@ -122,7 +123,7 @@ def train(ds: Dataset, features: Sequence[str], holdout_fraction: float, params:
     artifact = bytes(booster.save_raw(raw_format=ARTIFACT_FORMAT))
     p_hold = booster.inplace_predict(X[split.holdout])
     base_rate = float(y_train.mean())
-    gain = booster.get_score(importance_type="gain")
+    gain = cast("dict[str, float]", booster.get_score(importance_type="gain"))  # floats for a tree booster (lists only for gblinear)
     importance = sorted(((f, gain.get(f, 0.0)) for f in features), key=lambda kv: (-kv[1], kv[0]))
     total_gain = sum(g for _, g in importance) or 1.0
     version = model_version(artifact, name, ds.interval, ds.horizon, features)

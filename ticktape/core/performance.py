@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 from .intervals import SECONDS_PER_YEAR
 from .trading import side_sign
@@ -40,10 +41,12 @@ MIN_ANNUALIZED_DAYS = 30  # below this span CAGR, Sharpe and Sortino are not mea
 ANNUALIZED = ("cagr", "sharpe", "sortino")
 PERCENT = ("total_return", "cagr", "max_drawdown", "win_rate")  # fractions shown as percent
 
+_V = TypeVar("_V")
 
-def resample_last(points: Iterable[tuple[int, float]], period_us: int) -> list[tuple[int, float]]:
+
+def resample_last(points: Iterable[tuple[int, _V]], period_us: int) -> list[tuple[int, _V]]:
     """(period end, last value in the period) of time-ordered (ts, value) points."""
-    out: list[tuple[int, float]] = []
+    out: list[tuple[int, _V]] = []
     for ts, value in points:
         end = ts - ts % period_us + period_us if ts % period_us else ts
         if out and out[-1][0] == end:

@@ -126,7 +126,8 @@ def mark(pf: Portfolio, symbol: str, price: float) -> None:
     pf.marks[symbol] = price
     pos = pf.positions.get(symbol)
     if pos is not None and pos.qty:
-        d = price - old  # a held symbol is always marked (at least at its fill price)
+        assert old is not None  # a held symbol is always marked (at least at its fill price)
+        d = price - old
         pf.market_value += pos.qty * d
         pf.gross_exposure += abs(pos.qty) * d
 

@@ -323,6 +323,7 @@ def _reason(r: Risk, sig: dict, symbol: str, committed: float, target: float,
     """(reason code, detail) of the first failing check, or None to approve."""
     acct = r.limits
     if r.trading_state == HALTED:
+        assert r.halt_reason is not None  # every move to HALTED sets its reason
         return r.halt_reason, f"{r.halt_detail}; account {r.account} is HALTED until `ticktape risk reset`"
     reducing = committed != 0 and abs(target) < abs(committed) and (target == 0 or (target > 0) == (committed > 0))
     if r.trading_state == REDUCING and not reducing:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -79,9 +80,9 @@ class MarketSimulator:
         rng = self._rng
         k = CHUNK
         elapsed = (self._step + np.arange(1, k + 1, dtype=np.int64)) * self.step_us
-        ts = self.start_us + elapsed if self.clock is None else self.clock(elapsed)
+        ts: Any = self.start_us + elapsed if self.clock is None else self.clock(elapsed)  # an array, then its list
         self._step += k
-        who = np.searchsorted(self._cum_weights, rng.random(k), side="right")
+        who: Any = np.searchsorted(self._cum_weights, rng.random(k), side="right")  # an array, then its list
         who = np.minimum(who, len(self.symbols) - 1)
         market_moves = np.cumsum(rng.standard_normal(k) * self._sigma_step * 0.7) + self._market
         self._market = float(market_moves[-1])
