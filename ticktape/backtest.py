@@ -19,7 +19,7 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .cli import UsageError
 from .commands import backtest as command
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import pandas
 
     from .api import Strategy
+    from .core.backtest import Result as RunResult
 
 _TIME_NAMES = ("time", "date", "datetime", "ts")  # a column that holds the time: the index does not
 
@@ -94,7 +95,8 @@ def run(df: pandas.DataFrame, *, model: str | None = None, symbols: str | list[s
     plan = command.prepare(s, market, wanted or market.symbols, model, config, None, None)
     setup = plan.setups[0]
     events = command.simulate(plan, setup)
-    row, result = command.finish(plan, setup, events, command.new_run_id(), save=store)
+    # finish returns core.backtest.summarize's Result (typed object there)
+    row, result = cast("tuple[dict, RunResult]", command.finish(plan, setup, events, command.new_run_id(), save=store))
     equity = pd.DataFrame(result.equity)
     trades = pd.DataFrame(result.trades, columns=list(TRADE_FIELDS))
     for frame in (equity, trades):

@@ -69,6 +69,7 @@ def output_topics(s: Settings) -> dict[str, str]:
         if name.startswith("md.bars.") and name[len("md.bars."):] not in s.interval_list:
             continue
         if spec.event in wanted or name == "md.ticks.late":
+            assert spec.event is not None  # one of the wanted types, or md.ticks.late's tick
             out[name] = spec.event
     return out
 
@@ -161,25 +162,28 @@ class Reader:
         self.prefix = len(s.topic_prefix)
 
     def poll(self, seconds: float) -> None:
+        # confluent_kafka types a message's topic, partition, offset, headers' values and value
+        # Optional: a consumed one without an error has them all (a header value is bytes)
         for msg in self.cons.consume(5000, seconds):
-            if msg.error() is not None:
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    log.warning("backtest reader: %s", msg.error())
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("backtest reader: %s", err)
                 continue
-            name = msg.topic()[self.prefix:]
+            name = msg.topic()[self.prefix:]  # type: ignore[index]
             self.seen[name] += 1
-            self.ends[(name, msg.partition())] = msg.offset() + 1
+            self.ends[(name, msg.partition())] = msg.offset() + 1  # type: ignore[index, operator]
             if name not in self.topics and not name.startswith("dlq."):
                 continue  # read for its end only
             if name.startswith("dlq."):
                 headers = dict(msg.headers() or ())
-                self.dead_letters.append(f"{name}: {headers.get('ticktape.error', b'?').decode(errors='replace')}")
+                self.dead_letters.append(f"{name}: {headers.get('ticktape.error', b'?').decode(errors='replace')}")  # type: ignore[union-attr]
                 continue
             try:
-                _, event = self.serde.decode(msg.value())
+                _, event = self.serde.decode(msg.value())  # type: ignore[arg-type]
             except SerdeError as e:
                 raise KafkaModeError(f"undecodable event on {msg.topic()}: {e}") from None
-            self.events[name][msg.partition()].append(event)
+            self.events[name][msg.partition()].append(event)  # type: ignore[index]
 
     def close(self) -> None:
         self.cons.close()
@@ -204,7 +208,8 @@ class Settler:
         self.sources = sources  # events published into the namespace by others, per catalog topic
         self.group = kafka_clients.consumer(s, s.group("worker"))  # only asked for its commits
         self.samples: dict = {}
-        self.last, self.since = None, time.monotonic()
+        self.last: tuple | None = None  # the counts' last snapshot
+        self.since = time.monotonic()
 
     def close(self) -> None:
         self.group.close()

@@ -9,6 +9,7 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import cast
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -334,7 +335,7 @@ def settings(**overrides) -> Settings:
     if missing:
         from .stack import LocalStack
 
-        home = values.get("home") or Settings.__dataclass_fields__["home"].default
+        home = values.get("home") or cast(str, Settings.__dataclass_fields__["home"].default)  # it has a default
         local = LocalStack(home).endpoints()
         for env in missing:
             if env in local:

@@ -6,8 +6,10 @@ consumers and admin, and the Faust app (aiokafka).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import yaml
 from confluent_kafka import Consumer, KafkaException, Producer
@@ -106,7 +108,7 @@ def faust_broker_settings(s: Settings) -> dict:
 
     if not s.kafka_bootstrap_servers:
         raise ConfigError("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or run `ticktape stack up`")
-    kwargs = {"broker": ";".join(f"kafka://{h}" for h in s.kafka_bootstrap_servers.split(","))}
+    kwargs: dict[str, Any] = {"broker": ";".join(f"kafka://{h}" for h in s.kafka_bootstrap_servers.split(","))}
     proto = s.kafka_security_protocol.upper()
     ctx = None
     if proto in ("SSL", "SASL_SSL"):
@@ -138,8 +140,8 @@ def faust_fetch_max_wait(app, ms: int) -> None:
                 consumer._fetch_max_wait_ms = wait  # read when the consumer starts its fetcher
             return consumer
 
-        thread._create_worker_consumer = create_worker_consumer
-        thread._fetch_wait_hooked = True
+        thread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+        thread._fetch_wait_hooked = True  # type: ignore[attr-defined]
     app.fetch_max_wait_ms = ms
 
 
@@ -193,7 +195,7 @@ def topic_spec(name: str, s: Settings | None = None) -> TopicSpec:
     raise KeyError(f"{name} is not in {CATALOG_FILE.relative_to(REPO_ROOT)}")
 
 
-def ensure_topics(s: Settings, names: list[str] | None = None, *, extra: list[TopicSpec] = ()) -> list[str]:
+def ensure_topics(s: Settings, names: list[str] | None = None, *, extra: Sequence[TopicSpec] = ()) -> list[str]:
     """Create missing catalog topics (with the run prefix); returns the names created."""
     cat = topic_catalog(s)
     specs = [cat[n] for n in (names or list(cat))] + list(extra)
@@ -284,11 +286,12 @@ def read_to_end(s: Settings, topic: str, group: str, idle_s: float = 5.0) -> lis
             msg = cons.poll(0.2)
             if msg is None:
                 continue
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
+            err = msg.error()
+            if err:
+                if err.code() == KafkaError._PARTITION_EOF:
                     pending.discard(msg.partition())
                     continue
-                raise KafkaException(msg.error())
+                raise KafkaException(err)
             idle_since = time.monotonic()
             out.append(msg)
     finally:

@@ -31,6 +31,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 from .core.performance import ANNUALIZED, annualized_note, display, fill_outcomes
 
@@ -85,7 +86,10 @@ def merge_bars(bars: Sequence[dict], limit: int | None = None) -> tuple[list[dic
     return out, k
 
 
-def thin(points: Sequence[tuple[int, float]], limit: int | None = None, pick=None) -> list[tuple[int, float]]:
+_V = TypeVar("_V")  # a point's value: a float, or float | None for an indicator
+
+
+def thin(points: Sequence[tuple[int, _V]], limit: int | None = None, pick=None) -> list[tuple[int, _V]]:
     """At most ``limit`` (default ``MAX_POINTS``) (ts, value) points: per group of
     consecutive points, its last time with ``pick`` of its values (default: the last)."""
     k = _groups(len(points), limit or MAX_POINTS)
@@ -115,7 +119,7 @@ def is_entry(before: float, after: float) -> bool:
 
 def traded_first(symbols: Sequence[str], trades: Sequence[dict]) -> list[str]:
     """The symbols, most traded first (then by name)."""
-    n = defaultdict(int)
+    n: defaultdict[str, int] = defaultdict(int)
     for t in trades:
         n[t["symbol"]] += 1
     return sorted(set(symbols), key=lambda s: (-n[s], s))

@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import fastavro
 import numpy as np
@@ -91,7 +92,7 @@ def _load_version(path: Path) -> SchemaVersion:
     parsed_full = fastavro.parse_schema(copy.deepcopy(schema))
     canonical = to_parsing_canonical_form(parsed_full)
     fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
-    parsed = fastavro.parse_schema(_strip_logical_types(schema))
+    parsed = cast(dict, fastavro.parse_schema(_strip_logical_types(schema)))  # a record schema: a dict
     return SchemaVersion(event_type, int(vpart), path, schema, parsed, canonical, fp)
 
 
@@ -174,7 +175,7 @@ class Serde:
     def __init__(self, registry_url: str = "", schemas: SchemaCatalog | None = None):
         self.schemas = schemas or catalog()
         self.registry = RegistryClient(registry_url) if registry_url else None
-        self._writers_by_id: dict[int, SchemaVersion | dict] = {}
+        self._writers_by_id: dict[int, SchemaVersion] = {}
 
     # -- encoding -------------------------------------------------------------------
     def encode(self, event_type: str, record: dict, topic: str | None = None) -> bytes:
@@ -199,9 +200,9 @@ class Serde:
         writer, body = self._writer(data)
         reader = self.schemas.latest(writer.event_type)
         try:
-            record = fastavro.schemaless_reader(
+            record = cast(dict, fastavro.schemaless_reader(  # an event schema is a record: a dict
                 io.BytesIO(data[body:]), writer.parsed,
-                None if reader is writer else reader.parsed)
+                None if reader is writer else reader.parsed))
         except Exception as e:  # fastavro raises many types on corrupt bodies
             raise SerdeError(f"corrupt {writer.event_type} body: {type(e).__name__}: {e}") from None
         _check_strings(record)
@@ -360,7 +361,7 @@ def _optional_doubles(data: bytes, pos: int, count: int) -> tuple[list, int]:
                 return list(struct.unpack_from("<" + "xd" * count, data, pos)), end
         elif (np.ndarray((count,), np.uint8, data, pos, (9,)) == 2).all():
             return np.ndarray((count,), "<f8", data, pos + 1, (9,)).tolist(), end
-    out = []
+    out: list[float | None] = []
     for _ in range(count):
         b = data[pos]
         if b == 0:

