@@ -1,6 +1,6 @@
 # The entry points people type.  Every target installs what it needs first.
 #   make run [DURATION=40]   the main job on the local stack (simulator + whole pipeline)
-#   make test                the whole test suite (real broker, PostgreSQL, Redis)
+#   make test                lint, types, then the whole test suite (real broker, PostgreSQL, Redis)
 #   make bench [ARGS=--quick] the benchmark suite (prints a table, writes bench/results/)
 #   make stop                stop the local stack
 #   make up / make down      the full stack in docker/ (needs a Docker engine)
@@ -15,7 +15,7 @@ APT_PACKAGES = redis-server prometheus prometheus-alertmanager kcat chromium chr
 # config/run.env first: the main job's settings as `ticktape run` uses them; docker/.env overrides
 COMPOSE = docker compose -f docker/docker-compose.yml --env-file config/run.env --env-file docker/.env
 
-.PHONY: run test bench stop up down compose-check system clean
+.PHONY: run test lint bench stop up down compose-check system clean
 
 # Debian packages the local stack uses (PostgreSQL 15 binaries are expected on PATH); headless
 # Chromium and its driver look at the backtest report in a test.
@@ -49,7 +49,13 @@ $(STAMP): pyproject.toml
 run: system $(STAMP)
 	$(TT) run --duration $(DURATION)
 
-test: system $(STAMP)
+# lint and types first: ruff (pyflakes, pycodestyle, bugbear; the format) and mypy, clean
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: system $(STAMP) lint
 	$(PY) -m pytest -q
 
 bench: system $(STAMP)

@@ -9,6 +9,7 @@ Benchmarks needing services use those the environment names, else the local stac
 (started when it is not running).  The table goes to stdout, the figures with the
 machine they were taken on to bench/results/all.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,9 @@ def put_in_readme(text: str, readme: Path = ROOT / "README.md") -> None:
     doc = readme.read_text()
     if start not in doc or end not in doc:
         raise SystemExit(f"{readme} lacks the markers {start} … {end}")
-    new = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{text}\n{end}", doc,
-                 count=1, flags=re.S)
+    new = re.sub(
+        re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{text}\n{end}", doc, count=1, flags=re.S
+    )
     readme.write_text(new)
 
 
@@ -65,8 +67,10 @@ def main(argv=None) -> int:
         seconds[name] = round(time.monotonic() - started, 1)
     text = table(figures)
     m = machine()
-    note = (f"{m['cpu']}, {m['cpu_count']} cores, Python {m['python']}, load {m['load_average_1m']:.1f}; "
-            f"median of {runs} runs after a warm-up{' (quick sizes)' if args.quick else ''}")
+    note = (
+        f"{m['cpu']}, {m['cpu_count']} cores, Python {m['python']}, load {m['load_average_1m']:.1f}; "
+        f"median of {runs} runs after a warm-up{' (quick sizes)' if args.quick else ''}"
+    )
     print(text)
     print(f"\n{note}")
     write_json(args.output, figures, args.quick, runs=runs, benchmarks=names, seconds=seconds)

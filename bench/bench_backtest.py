@@ -16,6 +16,7 @@ time at full size) — replayed events/s.
     python -m bench.bench_backtest            # full run
     python -m bench.bench_backtest --quick    # seconds-long smoke run
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,8 +43,9 @@ MIN = 60_000_000
 def build(n_symbols: int, minutes: int):
     symbols = [f"S{k:03d}" for k in range(n_symbols)]
     hist = simulated_bars(symbols[:10], seed=5, start_us=T0 - 2000 * MIN, minutes=1500, tick_rate=20.0)
-    t = train(build_dataset(Bars.from_events(hist), "1m", 5), list(FEATURE_NAMES), 0.2,
-              TrainParams(rounds=50), "direction")
+    t = train(
+        build_dataset(Bars.from_events(hist), "1m", 5), list(FEATURE_NAMES), 0.2, TrainParams(rounds=50), "direction"
+    )
     model = Model.load(t.artifact, t.metadata)
     bars = simulated_bars(symbols, seed=9, start_us=T0, minutes=minutes, tick_rate=n_symbols * 0.5)
     return model, bars
@@ -65,9 +67,17 @@ def setup(symbols, market_data: str, intervals=("1m",)) -> bt.Setup:
     from ticktape.risk_config import DEFAULT_RISK_CONFIG, load_risk_limits
 
     # a strategy that trades: thresholds near 0.5 and a short hold
-    return bt.Setup(tuple(intervals), 500_000, StrategyConfig(enter_p=0.52, exit_p=0.51, min_hold_bars=1),
-                    ExecConfig(), load_risk_limits(DEFAULT_RISK_CONFIG),
-                    yaml.safe_load(DEFAULT_RISK_CONFIG.read_text()), 1_000_000.0, tuple(symbols), market_data)
+    return bt.Setup(
+        tuple(intervals),
+        500_000,
+        StrategyConfig(enter_p=0.52, exit_p=0.51, min_hold_bars=1),
+        ExecConfig(),
+        load_risk_limits(DEFAULT_RISK_CONFIG),
+        yaml.safe_load(DEFAULT_RISK_CONFIG.read_text()),
+        1_000_000.0,
+        tuple(symbols),
+        market_data,
+    )
 
 
 def sim_ticks(symbols, minutes: float, rate: float, partitions: int = 6) -> dict[int, list[dict]]:
@@ -104,18 +114,25 @@ def kafka_mode(quick: bool, runs: int) -> Figure:
 
     # no warm-up: every run starts a worker of its own in a namespace of its own
     values = repeat(lambda: timed_rate(once), runs, warmup=0)
-    return Figure("backtest", f"kafka mode: ticks replayed through the worker, its start included "
-                  f"({len(symbols)} symbols, 1s+1m bars, no model)", "events/s", values,
-                  detail={"ticks": sum(map(len, ticks.values())), "bars": counts[-1]})
+    return Figure(
+        "backtest",
+        f"kafka mode: ticks replayed through the worker, its start included "
+        f"({len(symbols)} symbols, 1s+1m bars, no model)",
+        "events/s",
+        values,
+        detail={"ticks": sum(map(len, ticks.values())), "bars": counts[-1]},
+    )
 
 
 def run(quick: bool, runs: int) -> list[Figure]:
     symbols, minutes = (10, 300) if quick else (50, 1000)
     model, bars = build(symbols, minutes)
     inds = pipeline.indicator_sets(bars)
-    cases = (("indicator sets (batch engine)", case_indicators, bars),
-             ("features + scoring", case_predict, inds),
-             ("bars -> indicators -> predictions", case_both, bars))
+    cases = (
+        ("indicator sets (batch engine)", case_indicators, bars),
+        ("features + scoring", case_predict, inds),
+        ("bars -> indicators -> predictions", case_both, bars),
+    )
     figures = []
     for name, fn, data in cases:
         outputs = fn(data, model)
@@ -124,9 +141,15 @@ def run(quick: bool, runs: int) -> list[Figure]:
             fn(data, model)
             return len(bars)
 
-        figures.append(Figure("backtest", f"in-process {name} ({symbols} symbols x {minutes} min)", "bars/s",
-                              repeat(lambda: timed_rate(once), runs),
-                              detail={"bars": len(bars), "outputs": outputs, "model_features": len(model.features)}))
+        figures.append(
+            Figure(
+                "backtest",
+                f"in-process {name} ({symbols} symbols x {minutes} min)",
+                "bars/s",
+                repeat(lambda: timed_rate(once), runs),
+                detail={"bars": len(bars), "outputs": outputs, "model_features": len(model.features)},
+            )
+        )
 
     symbols_list = sorted({b["symbol"] for b in bars})
     su_bars = setup(symbols_list, "bars")
@@ -136,12 +159,24 @@ def run(quick: bool, runs: int) -> list[Figure]:
         bt.run_bars(bars, su_bars, model)
         return len(bars)
 
-    figures.append(Figure("backtest", f"in-process full pipeline: bars -> indicators -> predictions -> strategy, "
-                          f"risk, execution, portfolio ({symbols} symbols x {minutes} min)", "bars/s",
-                          repeat(lambda: timed_rate(full_run), runs), goal=">= 100,000", target=100_000,
-                          detail={"bars": len(bars), "predictions": len(events["prediction"]),
-                                  "orders": len(events["order"]), "fills": len(events["fill"]),
-                                  "equity_events": len(events["equity"])}))
+    figures.append(
+        Figure(
+            "backtest",
+            f"in-process full pipeline: bars -> indicators -> predictions -> strategy, "
+            f"risk, execution, portfolio ({symbols} symbols x {minutes} min)",
+            "bars/s",
+            repeat(lambda: timed_rate(full_run), runs),
+            goal=">= 100,000",
+            target=100_000,
+            detail={
+                "bars": len(bars),
+                "predictions": len(events["prediction"]),
+                "orders": len(events["order"]),
+                "fills": len(events["fill"]),
+                "equity_events": len(events["equity"]),
+            },
+        )
+    )
 
     tick_symbols = symbols_list[:10]
     ticks = sim_ticks(tick_symbols, 60 if quick else 120, 100.0)
@@ -153,12 +188,22 @@ def run(quick: bool, runs: int) -> list[Figure]:
         bt.run(ticks, su, model)
         return n_ticks
 
-    figures.append(Figure("backtest", f"in-process full pipeline from ticks (1s+1m bars, fills on ticks; "
-                          f"{len(tick_symbols)} symbols, 100 ticks/s)", "ticks/s",
-                          repeat(lambda: timed_rate(from_ticks), runs),
-                          detail={"ticks": n_ticks, "bars": len(tick_events["bar"]),
-                                  "predictions": len(tick_events["prediction"]),
-                                  "orders": len(tick_events["order"]), "fills": len(tick_events["fill"])}))
+    figures.append(
+        Figure(
+            "backtest",
+            f"in-process full pipeline from ticks (1s+1m bars, fills on ticks; "
+            f"{len(tick_symbols)} symbols, 100 ticks/s)",
+            "ticks/s",
+            repeat(lambda: timed_rate(from_ticks), runs),
+            detail={
+                "ticks": n_ticks,
+                "bars": len(tick_events["bar"]),
+                "predictions": len(tick_events["prediction"]),
+                "orders": len(tick_events["order"]),
+                "fills": len(tick_events["fill"]),
+            },
+        )
+    )
     figures.append(kafka_mode(quick, runs))
     return figures
 

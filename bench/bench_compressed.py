@@ -16,6 +16,7 @@ Needs TimescaleDB on DATABASE_URL's server (or the local stack's); without it th
 benchmark stops with one line and exit 2, and is not part of `python -m bench`.
 Writes bench/results/compressed.json.
 """
+
 from __future__ import annotations
 
 import sys
@@ -41,7 +42,7 @@ def _write(conn, rows) -> tuple[float, int]:
     start = time.perf_counter()
     for i in range(0, len(rows), BATCH):
         with conn.transaction(), conn.cursor() as cur:
-            inserted += tw.write(cur, rows[i:i + BATCH])
+            inserted += tw.write(cur, rows[i : i + BATCH])
     return time.perf_counter() - start, inserted
 
 
@@ -55,7 +56,7 @@ def one_run(url: str, stored, late) -> dict:
             if state == "compressed":
                 conn.execute("SELECT compress_chunk(c) FROM show_chunks('ticks') c")
             conn.execute("ANALYZE ticks")
-            replay_s, n = _write(conn, stored[::max(1, len(stored) // len(late))][:len(late)])
+            replay_s, n = _write(conn, stored[:: max(1, len(stored) // len(late))][: len(late)])
             assert n == 0, (state, n)  # every row a duplicate
             late_s, n = _write(conn, late)
             assert n == len(late), (state, n)
@@ -74,8 +75,11 @@ def run(quick: bool, runs: int) -> list[Figure]:
         s = settings(database_url=url, tsdb_compress_after="")  # chunks compressed here, not by a job
         schema.migrate(s)
         if schema.status(s)[0][0]["flavor"] != schema.TIMESCALEDB:
-            print("bench_compressed: TimescaleDB is not available on the database server "
-                  "(plain PostgreSQL has no compression): nothing to measure", file=sys.stderr)
+            print(
+                "bench_compressed: TimescaleDB is not available on the database server "
+                "(plain PostgreSQL has no compression): nothing to measure",
+                file=sys.stderr,
+            )
             raise SystemExit(2)
         every = make_rows(n + m)  # 500 µs apart: all in the first day's chunk
         stored, late = every[:n], every[n:]
@@ -87,11 +91,27 @@ def run(quick: bool, runs: int) -> list[Figure]:
     figures = []
     for i, what in enumerate(("replay of stored ticks (every row a duplicate)", "late ticks (new rows)")):
         for state in ("uncompressed", "compressed"):
-            figures.append(Figure("compressed", f"sink, {what}, into the {state} chunk ({m:,} of {n:,})",
-                                  "rows/s", [m / r[state][i] for r in results], detail=detail))
-        figures.append(Figure("compressed", f"sink, {what}: compressed / uncompressed time", "x",
-                              [r["compressed"][i] / r["uncompressed"][i] for r in results], goal="<= 3x",
-                              higher_is_better=False, target=3.0, detail=detail))
+            figures.append(
+                Figure(
+                    "compressed",
+                    f"sink, {what}, into the {state} chunk ({m:,} of {n:,})",
+                    "rows/s",
+                    [m / r[state][i] for r in results],
+                    detail=detail,
+                )
+            )
+        figures.append(
+            Figure(
+                "compressed",
+                f"sink, {what}: compressed / uncompressed time",
+                "x",
+                [r["compressed"][i] / r["uncompressed"][i] for r in results],
+                goal="<= 3x",
+                higher_is_better=False,
+                target=3.0,
+                detail=detail,
+            )
+        )
     return figures
 
 

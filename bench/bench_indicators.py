@@ -17,6 +17,7 @@ the spread (min-max) of the rates, and the JSON goes to bench/results/indicators
     python -m bench.bench_indicators            # full run
     python -m bench.bench_indicators --quick    # smoke run
 """
+
 from __future__ import annotations
 
 import sys
@@ -48,18 +49,31 @@ def make_bars(symbols: int, bars: int, seed: int = 42) -> dict:
     open_ = np.vstack([np.full((1, symbols), 100.0), close[:-1]])
     high, low = np.maximum(open_, close) + spread, np.minimum(open_, close) - spread
     return {
-        "n_symbols": symbols, "symbols": [f"SYM{j:04d}" for j in range(symbols)] * bars,
+        "n_symbols": symbols,
+        "symbols": [f"SYM{j:04d}" for j in range(symbols)] * bars,
         "window_start": T0 + np.repeat(np.arange(bars, dtype=np.int64) * MINUTE, symbols),
-        "open": open_.ravel(), "high": high.ravel(), "low": low.ravel(), "close": close.ravel(),
-        "volume": volume.ravel(), "vwap": ((high + low + close) / 3.0).ravel(),
+        "open": open_.ravel(),
+        "high": high.ravel(),
+        "low": low.ravel(),
+        "close": close.ravel(),
+        "volume": volume.ravel(),
+        "vwap": ((high + low + close) / 3.0).ravel(),
         "trade_count": trade_count.ravel(),
     }
 
 
 def run_batch(data: dict) -> int:
-    values = compute_batch(data["symbols"], data["window_start"], data["open"], data["high"],
-                           data["low"], data["close"], data["volume"],
-                           dict.fromkeys(data["symbols"], 60), vwap=data["vwap"])
+    values = compute_batch(
+        data["symbols"],
+        data["window_start"],
+        data["open"],
+        data["high"],
+        data["low"],
+        data["close"],
+        data["volume"],
+        dict.fromkeys(data["symbols"], 60),
+        vwap=data["vwap"],
+    )
     return len(values)
 
 
@@ -70,12 +84,23 @@ def bar_dicts(data: dict, symbols: int) -> list[dict]:
         if i % data["n_symbols"] >= symbols:
             continue
         start = int(data["window_start"][i])
-        out.append({"event_id": f"{symbol}:1m:{start}", "symbol": symbol, "interval": "1m",
-                    "ts": start + MINUTE, "window_start": start, "window_end": start + MINUTE,
-                    "open": float(data["open"][i]), "high": float(data["high"][i]),
-                    "low": float(data["low"][i]), "close": float(data["close"][i]),
-                    "volume": float(data["volume"][i]), "vwap": float(data["vwap"][i]),
-                    "trade_count": int(data["trade_count"][i])})
+        out.append(
+            {
+                "event_id": f"{symbol}:1m:{start}",
+                "symbol": symbol,
+                "interval": "1m",
+                "ts": start + MINUTE,
+                "window_start": start,
+                "window_end": start + MINUTE,
+                "open": float(data["open"][i]),
+                "high": float(data["high"][i]),
+                "low": float(data["low"][i]),
+                "close": float(data["close"][i]),
+                "volume": float(data["volume"][i]),
+                "vwap": float(data["vwap"][i]),
+                "trade_count": int(data["trade_count"][i]),
+            }
+        )
     return out
 
 
@@ -96,14 +121,21 @@ def worker_rate(s, messages: list[tuple[bytes, bytes]], logs: Path) -> dict:
     total = len(messages)
     try:
         preload(ns, messages, "md.bars.1m")
-        worker = Process(ns, ["ticktape.cli", "process", "worker"], logs / "worker.log", free_port(),
-                         WORKER_STAGES=STAGE, BAR_INTERVALS="1m")
+        worker = Process(
+            ns,
+            ["ticktape.cli", "process", "worker"],
+            logs / "worker.log",
+            free_port(),
+            WORKER_STAGES=STAGE,
+            BAR_INTERVALS="1m",
+        )
         try:
             rate = time_count([worker], total, "ticktape_events_in_total", 600, stage=STAGE, topic="md.bars.1m")
-            time_count([worker], total, "ticktape_events_out_total", 60, stage=STAGE,
-                       topic="analytics.indicators")
-            counts = (worker.metric("ticktape_events_in_total", stage=STAGE, topic="md.bars.1m"),
-                      worker.metric("ticktape_events_out_total", stage=STAGE, topic="analytics.indicators"))
+            time_count([worker], total, "ticktape_events_out_total", 60, stage=STAGE, topic="analytics.indicators")
+            counts = (
+                worker.metric("ticktape_events_in_total", stage=STAGE, topic="md.bars.1m"),
+                worker.metric("ticktape_events_out_total", stage=STAGE, topic="analytics.indicators"),
+            )
             if counts != (total, total):
                 raise RuntimeError(f"{total:,} bars: {counts[0]:,.0f} in, {counts[1]:,.0f} indicator sets out")
             return rate
@@ -120,21 +152,36 @@ def run(quick: bool, runs: int) -> list[Figure]:
     data = make_bars(symbols, bars)
     updates = bar_dicts(data, update_symbols)
     serde = Serde()
-    messages = [(b["symbol"].encode(), serde.encode("bar", b)) for b in bar_dicts(make_bars(e2e_symbols, e2e_bars),
-                                                                                  e2e_symbols)]
+    messages = [
+        (b["symbol"].encode(), serde.encode("bar", b)) for b in bar_dicts(make_bars(e2e_symbols, e2e_bars), e2e_symbols)
+    ]
     s = services()
     logs = Path(tempfile.mkdtemp(prefix="bench-indicators-"))
     e2e = repeat(lambda: worker_rate(s, messages, logs), runs)
     return [
-        Figure("indicators", f"all 20 indicators, batch engine ({symbols} symbols x {bars} bars)", "symbol-bars/s",
-               repeat(lambda: timed_rate(lambda: run_batch(data)), runs), goal=f">= {TARGET:,}",
-               target=None if quick else TARGET, detail={"symbol_bars": symbols * bars}),
-        Figure("indicators", f"all 20 indicators, per-symbol update ({update_symbols} symbols x {bars} bars)",
-               "symbol-bars/s", repeat(lambda: timed_rate(lambda: run_updates(updates)), runs),
-               detail={"symbol_bars": len(updates)}),
-        Figure("indicators", f"indicators agent end to end, worker on the broker ({e2e_symbols} symbols x "
-               f"{e2e_bars} bars)", "symbol-bars/s", [r["rate"] for r in e2e],
-               detail={"symbol_bars": len(messages), "interval": "1m", "seconds": [r["seconds"] for r in e2e]}),
+        Figure(
+            "indicators",
+            f"all 20 indicators, batch engine ({symbols} symbols x {bars} bars)",
+            "symbol-bars/s",
+            repeat(lambda: timed_rate(lambda: run_batch(data)), runs),
+            goal=f">= {TARGET:,}",
+            target=None if quick else TARGET,
+            detail={"symbol_bars": symbols * bars},
+        ),
+        Figure(
+            "indicators",
+            f"all 20 indicators, per-symbol update ({update_symbols} symbols x {bars} bars)",
+            "symbol-bars/s",
+            repeat(lambda: timed_rate(lambda: run_updates(updates)), runs),
+            detail={"symbol_bars": len(updates)},
+        ),
+        Figure(
+            "indicators",
+            f"indicators agent end to end, worker on the broker ({e2e_symbols} symbols x {e2e_bars} bars)",
+            "symbol-bars/s",
+            [r["rate"] for r in e2e],
+            detail={"symbol_bars": len(messages), "interval": "1m", "seconds": [r["seconds"] for r in e2e]},
+        ),
     ]
 
 

@@ -17,6 +17,7 @@ Prometheus' ``histogram_quantile`` does, so they are as coarse as the buckets
     python -m bench.bench_latency            # 500 symbols at 5,000 ticks/s, then 50 at 500; 30 s windows
     python -m bench.bench_latency --quick    # 50 symbols, 500 ticks/s, 5 s windows
 """
+
 from __future__ import annotations
 
 import math
@@ -40,14 +41,24 @@ GOAL_MS = 100.0
 LATENCY_PROFILE = {"KAFKA_FETCH_MAX_WAIT_MS": "10"}
 RUN_DEFAULTS = run_defaults()  # as the main job runs
 BOOTSTRAP_INTERVAL = RUN_DEFAULTS["STRATEGY_INTERVAL"]
-TRAIN = ["--source", "sim", "--sim-minutes", "20", "--interval", BOOTSTRAP_INTERVAL, "--horizon", "5",
-         "--exclude", "sma_200_rel,sma_50_rel", "--activate"]
+TRAIN = [
+    "--source",
+    "sim",
+    "--sim-minutes",
+    "20",
+    "--interval",
+    BOOTSTRAP_INTERVAL,
+    "--horizon",
+    "5",
+    "--exclude",
+    "sma_200_rel,sma_50_rel",
+    "--activate",
+]
 
 
 def buckets(samples, stage: str) -> dict[float, float]:
     """Cumulative bucket counts of one stage: upper bound (inf last) → count."""
-    return {float(lbl["le"]): v for lbl, v in samples.get(f"{HISTOGRAM}_bucket", ())
-            if lbl.get("stage") == stage}
+    return {float(lbl["le"]): v for lbl, v in samples.get(f"{HISTOGRAM}_bucket", ()) if lbl.get("stage") == stage}
 
 
 def quantile(q: float, cumulative: dict[float, float]) -> float:
@@ -75,14 +86,21 @@ def window(worker: Process, seconds: float) -> dict:
     time.sleep(seconds)
     worker.check()
     after, t1 = scrape(worker.metrics_port, timeout=5), time.monotonic()
-    out = {"ticks_per_s": (total(after, "ticktape_events_in_total", stage="bars", topic="md.ticks")
-                           - total(before, "ticktape_events_in_total", stage="bars", topic="md.ticks"))
-           / (t1 - t0)}
+    out = {
+        "ticks_per_s": (
+            total(after, "ticktape_events_in_total", stage="bars", topic="md.ticks")
+            - total(before, "ticktape_events_in_total", stage="bars", topic="md.ticks")
+        )
+        / (t1 - t0)
+    }
     for stage in STAGES:
         b0, b1 = buckets(before, stage), buckets(after, stage)
         diff = {le: b1[le] - b0.get(le, 0.0) for le in b1}
-        out[stage] = {"count": diff.get(math.inf, 0.0), "p50": 1000 * quantile(0.5, diff),
-                      "p99": 1000 * quantile(0.99, diff)}
+        out[stage] = {
+            "count": diff.get(math.inf, 0.0),
+            "p50": 1000 * quantile(0.5, diff),
+            "p99": 1000 * quantile(0.99, diff),
+        }
     return out
 
 
@@ -95,8 +113,9 @@ def wait_for_orders(worker: Process, timeout: float) -> float | None:
         if total(scrape(worker.metrics_port), f"{HISTOGRAM}_count", stage="risk") > 0:
             return time.monotonic() - start
         time.sleep(0.5)
-    print(f"bench latency: no order within {timeout:.0f} s (see {worker.log_path}); measuring what flows",
-          file=sys.stderr)
+    print(
+        f"bench latency: no order within {timeout:.0f} s (see {worker.log_path}); measuring what flows", file=sys.stderr
+    )
     return None
 
 
@@ -116,12 +135,16 @@ def measure(s, n_symbols: int, rate: float, seconds: float, runs: int, goal: boo
             trainer = Process(ns, ["ticktape.cli", "train", *TRAIN], home / "train.log", free_port())
             if trainer.proc.wait(600) != 0:
                 raise RuntimeError(f"training failed: {trainer.log_path.read_text(errors='replace')[-2000:]}")
-            env = {"SYMBOLS": names, "BAR_INTERVALS": f"{BOOTSTRAP_INTERVAL},1m",
-                   **RUN_DEFAULTS,  # as the main job runs
-                   **LATENCY_PROFILE}
+            env = {
+                "SYMBOLS": names,
+                "BAR_INTERVALS": f"{BOOTSTRAP_INTERVAL},1m",
+                **RUN_DEFAULTS,  # as the main job runs
+                **LATENCY_PROFILE,
+            }
             worker = Process(ns, ["ticktape.cli", "process", "worker"], home / "worker.log", free_port(), **env)
-            sim = Process(ns, ["ticktape.cli", "produce", "sim", "--rate", str(rate)], home / "sim.log",
-                          free_port(), **env)
+            sim = Process(
+                ns, ["ticktape.cli", "produce", "sim", "--rate", str(rate)], home / "sim.log", free_port(), **env
+            )
             try:
                 first_order = wait_for_orders(worker, 300)
                 results = repeat(lambda: window(worker, seconds), runs)
@@ -131,27 +154,58 @@ def measure(s, n_symbols: int, rate: float, seconds: float, runs: int, goal: boo
         finally:
             drop(ns)
     load = f"{n_symbols} symbols, {rate:,.0f} ticks/s"
-    detail = {"symbols": n_symbols, "tick_rate": rate, "window_s": seconds, "interval": BOOTSTRAP_INTERVAL,
-              "run_defaults": RUN_DEFAULTS, "latency_profile": LATENCY_PROFILE,
-              "first_order_s": None if first_order is None else round(first_order, 1),
-              "quantiles": "histogram_quantile-style interpolation within the histogram's buckets"}
-    figures = [Figure("latency", f"worker intake ({load})", "ticks/s", [r["ticks_per_s"] for r in results],
-                      goal=f">= {rate:,.0f}" if goal else "", target=rate * 0.99 if goal else None, detail=detail)]
+    detail = {
+        "symbols": n_symbols,
+        "tick_rate": rate,
+        "window_s": seconds,
+        "interval": BOOTSTRAP_INTERVAL,
+        "run_defaults": RUN_DEFAULTS,
+        "latency_profile": LATENCY_PROFILE,
+        "first_order_s": None if first_order is None else round(first_order, 1),
+        "quantiles": "histogram_quantile-style interpolation within the histogram's buckets",
+    }
+    figures = [
+        Figure(
+            "latency",
+            f"worker intake ({load})",
+            "ticks/s",
+            [r["ticks_per_s"] for r in results],
+            goal=f">= {rate:,.0f}" if goal else "",
+            target=rate * 0.99 if goal else None,
+            detail=detail,
+        )
+    ]
     for stage, event in STAGES.items():
         stage_detail = detail | {"observations": [r[stage]["count"] for r in results]}
-        figures.append(Figure("latency", f"window close → {event} published, p50 ({stage}; {load})", "ms",
-                              [r[stage]["p50"] for r in results], higher_is_better=False, detail=stage_detail))
-        figures.append(Figure("latency", f"window close → {event} published, p99 ({stage}; {load})", "ms",
-                              [r[stage]["p99"] for r in results], goal=f"< {GOAL_MS:.0f} ms" if goal else "",
-                              higher_is_better=False, target=GOAL_MS if goal else None, detail=stage_detail))
+        figures.append(
+            Figure(
+                "latency",
+                f"window close → {event} published, p50 ({stage}; {load})",
+                "ms",
+                [r[stage]["p50"] for r in results],
+                higher_is_better=False,
+                detail=stage_detail,
+            )
+        )
+        figures.append(
+            Figure(
+                "latency",
+                f"window close → {event} published, p99 ({stage}; {load})",
+                "ms",
+                [r[stage]["p99"] for r in results],
+                goal=f"< {GOAL_MS:.0f} ms" if goal else "",
+                higher_is_better=False,
+                target=GOAL_MS if goal else None,
+                detail=stage_detail,
+            )
+        )
     return figures
 
 
 def run(quick: bool, runs: int) -> list[Figure]:
     s = services()
     loads = QUICK_LOADS if quick else LOADS
-    return [f for i, (n, rate, seconds) in enumerate(loads)
-            for f in measure(s, n, rate, seconds, runs, goal=i == 0)]
+    return [f for i, (n, rate, seconds) in enumerate(loads) for f in measure(s, n, rate, seconds, runs, goal=i == 0)]
 
 
 def main(argv=None) -> int:

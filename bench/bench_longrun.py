@@ -13,6 +13,7 @@ minute (orders, buffered events, idle symbols, late input) and the run's figures
 per minute after the warm-up, the largest risk buffer, decision latency p50/p99 (signal →
 order, the risk stage's histogram), and whether the worker ever exited.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,12 +63,19 @@ def worker_port(home: Path) -> tuple[int, int] | None:
 def run(duration: float, hog: bool, quiet: str | None) -> tuple[list[Figure], list[dict]]:
     s = settings()
     home = Path(s.home)
-    subprocess.run([sys.executable, "-m", "ticktape.cli", "stack", "down"], cwd=ROOT, check=False,
-                   capture_output=True)  # a fresh broker: the run starts from empty topics
+    subprocess.run(
+        [sys.executable, "-m", "ticktape.cli", "stack", "down"], cwd=ROOT, check=False, capture_output=True
+    )  # a fresh broker: the run starts from empty topics
     env = dict(os.environ) | ({"SIM_QUIET": quiet_spec(quiet)} if quiet else {})
     (home / "run.json").unlink(missing_ok=True)
-    job = subprocess.Popen([sys.executable, "-m", "ticktape.cli", "run", "--duration", str(duration)], cwd=ROOT,
-                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    job = subprocess.Popen(
+        [sys.executable, "-m", "ticktape.cli", "run", "--duration", str(duration)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     hogs = [multiprocessing.Process(target=_hog, daemon=True) for _ in range(1 if hog else 0)]
     for h in hogs:
         h.start()
@@ -87,14 +95,17 @@ def run(duration: float, hog: bool, quiet: str | None) -> tuple[list[Figure], li
             samples = scrape(port)
             if not samples:
                 continue
-            row = {"t": round(time.monotonic() - started), "orders": total(samples, "ticktape_orders_total"),
-                   "rejections": total(samples, "ticktape_risk_rejections_total"),
-                   "pending": total(samples, "ticktape_risk_pending"),
-                   "idle": total(samples, "ticktape_risk_idle_symbols"),
-                   "late": total(samples, "ticktape_risk_late_events_total"),
-                   "forced": total(samples, "ticktape_risk_forced_releases_total"),
-                   "bars": total(samples, "ticktape_bars_closed_total"),
-                   "risk_buckets": buckets(samples, "risk")}
+            row = {
+                "t": round(time.monotonic() - started),
+                "orders": total(samples, "ticktape_orders_total"),
+                "rejections": total(samples, "ticktape_risk_rejections_total"),
+                "pending": total(samples, "ticktape_risk_pending"),
+                "idle": total(samples, "ticktape_risk_idle_symbols"),
+                "late": total(samples, "ticktape_risk_late_events_total"),
+                "forced": total(samples, "ticktape_risk_forced_releases_total"),
+                "bars": total(samples, "ticktape_bars_closed_total"),
+                "risk_buckets": buckets(samples, "risk"),
+            }
             rows.append(row)
             if warm is None and row["t"] >= WARMUP_S:
                 warm = row
@@ -106,27 +117,62 @@ def run(duration: float, hog: bool, quiet: str | None) -> tuple[list[Figure], li
             job.wait(60)
     exited = exited or job.returncode not in (0, None)
     after = [r for r in rows if warm is not None and r["t"] >= warm["t"]]
-    per_min = [(b["orders"] - a["orders"]) * 60 / (b["t"] - a["t"])
-               for a, b in zip(after[::6], after[6::6])]  # one-minute steps
+    per_min = [
+        (b["orders"] - a["orders"]) * 60 / (b["t"] - a["t"]) for a, b in zip(after[::6], after[6::6])
+    ]  # one-minute steps
     end = rows[-1] if rows else None
-    latency = ({le: end["risk_buckets"].get(le, 0.0) - warm["risk_buckets"].get(le, 0.0)
-                for le in end["risk_buckets"]} if end and warm else {})
-    label = ("defaults" + (", a CPU hog beside it" if hog else "")
-             + (f", partition {quiet.split('@')[0]} quiet {quiet.split('@')[1]}" if quiet else ""))
+    latency = (
+        {le: end["risk_buckets"].get(le, 0.0) - warm["risk_buckets"].get(le, 0.0) for le in end["risk_buckets"]}
+        if end and warm
+        else {}
+    )
+    label = (
+        "defaults"
+        + (", a CPU hog beside it" if hog else "")
+        + (f", partition {quiet.split('@')[0]} quiet {quiet.split('@')[1]}" if quiet else "")
+    )
     nan = math.nan
     figures = [
-        Figure("longrun", f"orders per minute after warm-up, lowest minute ({label})", "orders",
-               [min(per_min) if per_min else nan]),
-        Figure("longrun", f"orders per minute after warm-up, median ({label})", "orders",
-               [sorted(per_min)[len(per_min) // 2] if per_min else nan]),
-        Figure("longrun", f"largest risk buffer (of RISK_MAX_PENDING {s.risk_max_pending:,}) ({label})", "events",
-               [max((r["pending"] for r in rows), default=nan)], higher_is_better=False),
-        Figure("longrun", f"decision latency p50, signal → order ({label})", "ms",
-               [quantile(0.5, latency) * 1000 if latency else nan], higher_is_better=False),
-        Figure("longrun", f"decision latency p99, signal → order ({label})", "ms",
-               [quantile(0.99, latency) * 1000 if latency else nan], higher_is_better=False),
-        Figure("longrun", f"late input / forced releases / worker exits ({label})", "events",
-               [(end["late"] + end["forced"] if end else nan) + (1 if exited else 0)], higher_is_better=False),
+        Figure(
+            "longrun",
+            f"orders per minute after warm-up, lowest minute ({label})",
+            "orders",
+            [min(per_min) if per_min else nan],
+        ),
+        Figure(
+            "longrun",
+            f"orders per minute after warm-up, median ({label})",
+            "orders",
+            [sorted(per_min)[len(per_min) // 2] if per_min else nan],
+        ),
+        Figure(
+            "longrun",
+            f"largest risk buffer (of RISK_MAX_PENDING {s.risk_max_pending:,}) ({label})",
+            "events",
+            [max((r["pending"] for r in rows), default=nan)],
+            higher_is_better=False,
+        ),
+        Figure(
+            "longrun",
+            f"decision latency p50, signal → order ({label})",
+            "ms",
+            [quantile(0.5, latency) * 1000 if latency else nan],
+            higher_is_better=False,
+        ),
+        Figure(
+            "longrun",
+            f"decision latency p99, signal → order ({label})",
+            "ms",
+            [quantile(0.99, latency) * 1000 if latency else nan],
+            higher_is_better=False,
+        ),
+        Figure(
+            "longrun",
+            f"late input / forced releases / worker exits ({label})",
+            "events",
+            [(end["late"] + end["forced"] if end else nan) + (1 if exited else 0)],
+            higher_is_better=False,
+        ),
     ]
     return figures, rows
 
@@ -141,13 +187,21 @@ def main(argv=None) -> int:
     figures, rows = run(args.duration, args.hog, args.quiet_partition)
     print("    t  orders  rejections  pending  idle  late  forced")
     for r in rows[::6]:
-        print(f"{r['t']:>5}  {r['orders']:>6.0f}  {r['rejections']:>10.0f}  {r['pending']:>7.0f}  {r['idle']:>4.0f}"
-              f"  {r['late']:>4.0f}  {r['forced']:>6.0f}")
+        print(
+            f"{r['t']:>5}  {r['orders']:>6.0f}  {r['rejections']:>10.0f}  {r['pending']:>7.0f}  {r['idle']:>4.0f}"
+            f"  {r['late']:>4.0f}  {r['forced']:>6.0f}"
+        )
     print(table(figures))
-    out = args.output or RESULTS / ("longrun" + ("-hog" if args.hog else "")
-                                    + ("-quiet" if args.quiet_partition else "") + ".json")
-    write_json(out, figures, False, benchmark="longrun", rows=[{k: v for k, v in r.items() if k != "risk_buckets"}
-                                                                for r in rows])
+    out = args.output or RESULTS / (
+        "longrun" + ("-hog" if args.hog else "") + ("-quiet" if args.quiet_partition else "") + ".json"
+    )
+    write_json(
+        out,
+        figures,
+        False,
+        benchmark="longrun",
+        rows=[{k: v for k, v in r.items() if k != "risk_buckets"} for r in rows],
+    )
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -16,6 +16,7 @@ bench/peers/requirements.txt): Quix Streams pins an older confluent-kafka than t
     python -m bench.bench_peers            # 300,000 ticks, 3 rounds
     python -m bench.bench_peers --quick    # 20,000 ticks: a smoke run
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -101,8 +102,14 @@ class Span:
 
 def ticktape_run(ns, n_messages: int, logs: Path) -> Span:
     """The bars worker's span, from the first poll of its counter that sees ticks."""
-    worker = Process(ns, ["ticktape.cli", "process", "worker"], logs / "ticktape.log", free_port(),
-                     WORKER_STAGES="bars", BAR_INTERVALS=",".join(INTERVALS))
+    worker = Process(
+        ns,
+        ["ticktape.cli", "process", "worker"],
+        logs / "ticktape.log",
+        free_port(),
+        WORKER_STAGES="bars",
+        BAR_INTERVALS=",".join(INTERVALS),
+    )
     try:
         deadline = time.monotonic() + 600
         first = None
@@ -126,13 +133,20 @@ def ticktape_run(ns, n_messages: int, logs: Path) -> Span:
 def peer_run(name: str, ns, n_messages: int, logs: Path) -> Span:
     """A peer job's span, from its first tick to its last (it writes them to PEER_STATS)."""
     stats = logs / f"{name}-{ns.topic_prefix}stats.json"
-    env = os.environ | {"PEER_BROKER": ns.kafka_bootstrap_servers, "PEER_INPUT": ns.topic("md.ticks"),
-                        "PEER_OUTPUT_PREFIX": ns.topic_prefix, "PEER_GROUP": f"{ns.topic_prefix}{name}",
-                        "PEER_GRACE_MS": str(ns.bar_grace_ms), "PEER_EXPECT": str(n_messages),
-                        "PEER_STATS": str(stats), "PYTHONPATH": str(PEERS)}
+    env = os.environ | {
+        "PEER_BROKER": ns.kafka_bootstrap_servers,
+        "PEER_INPUT": ns.topic("md.ticks"),
+        "PEER_OUTPUT_PREFIX": ns.topic_prefix,
+        "PEER_GROUP": f"{ns.topic_prefix}{name}",
+        "PEER_GRACE_MS": str(ns.bar_grace_ms),
+        "PEER_EXPECT": str(n_messages),
+        "PEER_STATS": str(stats),
+        "PYTHONPATH": str(PEERS),
+    }
     with open(logs / f"{name}.log", "ab") as log:
-        proc = subprocess.Popen([peer_python(), str(PEERS / f"{name}_bars.py")], env=env, cwd=PEERS,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [peer_python(), str(PEERS / f"{name}_bars.py")], env=env, cwd=PEERS, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 600
         while not stats.exists():
@@ -156,8 +170,10 @@ def peer_run(name: str, ns, n_messages: int, logs: Path) -> Span:
 def check_bars(ns, system: str, decode) -> None:
     """The system's bars are the core's (open, high, low, close, volume, trade count of
     every symbol's windows), none missing or extra; waits for the last ones."""
-    want = {(b["symbol"], b["interval"], b["window_start"]): tuple(b[f] for f in BAR_FIELDS)
-            for b in core_bars(ns, INTERVALS)}
+    want = {
+        (b["symbol"], b["interval"], b["window_start"]): tuple(b[f] for f in BAR_FIELDS)
+        for b in core_bars(ns, INTERVALS)
+    }
     deadline = time.monotonic() + 120
     while True:
         got = {}
@@ -169,8 +185,10 @@ def check_bars(ns, system: str, decode) -> None:
             return
         if len(got) >= len(want) or time.monotonic() > deadline:
             wrong = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
-            raise AssertionError(f"{system}: {len(wrong):,} of {len(want):,} bars differ from the core's, "
-                                 f"e.g. {[(k, want.get(k), got.get(k)) for k in wrong[:3]]}")
+            raise AssertionError(
+                f"{system}: {len(wrong):,} of {len(want):,} bars differ from the core's, "
+                f"e.g. {[(k, want.get(k), got.get(k)) for k in wrong[:3]]}"
+            )
         time.sleep(1)
 
 
@@ -179,11 +197,16 @@ def run(quick: bool, runs: int) -> list[Figure]:
     s = services()
     messages = tick_messages(n, n_symbols, TICK_RATE, 0, 0, Serde())
     logs = Path(tempfile.mkdtemp(prefix="bench-peers-"))
-    broker = BrokerClock(LocalStack(s.home).state().get("kafka", {}).get("pid")
-                         if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else None)
-    systems = {"ticktape": lambda ns: ticktape_run(ns, len(messages), logs),
-               "quix": lambda ns: peer_run("quix", ns, len(messages), logs),
-               "bytewax": lambda ns: peer_run("bytewax", ns, len(messages), logs)}
+    broker = BrokerClock(
+        LocalStack(s.home).state().get("kafka", {}).get("pid")
+        if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        else None
+    )
+    systems = {
+        "ticktape": lambda ns: ticktape_run(ns, len(messages), logs),
+        "quix": lambda ns: peer_run("quix", ns, len(messages), logs),
+        "bytewax": lambda ns: peer_run("bytewax", ns, len(messages), logs),
+    }
     peer_python()  # installed before anything is timed
 
     def one() -> dict:
@@ -194,8 +217,10 @@ def run(quick: bool, runs: int) -> list[Figure]:
                 preload(ns, messages)
                 span = measure(ns)
                 broker_cpu = broker.between(span.first_wall, span.last_wall)
-                out[name] = {"rate": span.ticks / span.cpu,
-                             "broker_us": None if broker_cpu is None else broker_cpu / span.ticks * 1e6}
+                out[name] = {
+                    "rate": span.ticks / span.cpu,
+                    "broker_us": None if broker_cpu is None else broker_cpu / span.ticks * 1e6,
+                }
             finally:
                 drop(ns)
         return out
@@ -204,24 +229,60 @@ def run(quick: bool, runs: int) -> list[Figure]:
         results = repeat(one, runs)
     finally:
         broker.stop()
-    detail = {"ticks": len(messages), "symbols": n_symbols, "event_rate": TICK_RATE, "intervals": ",".join(INTERVALS),
-              "grace_ms": s.bar_grace_ms, "logs": str(logs)}
-    figures = [Figure("peers", f"{label}, one tick per message ({len(messages):,} ticks)", "ticks/CPU-s",
-                      [r[name]["rate"] for r in results], detail=detail)
-               for name, label in (("ticktape", "ticktape bars worker"), ("quix", "Quix Streams 3.28"),
-                                   ("bytewax", "Bytewax 0.21, one worker"))]
+    detail = {
+        "ticks": len(messages),
+        "symbols": n_symbols,
+        "event_rate": TICK_RATE,
+        "intervals": ",".join(INTERVALS),
+        "grace_ms": s.bar_grace_ms,
+        "logs": str(logs),
+    }
+    figures = [
+        Figure(
+            "peers",
+            f"{label}, one tick per message ({len(messages):,} ticks)",
+            "ticks/CPU-s",
+            [r[name]["rate"] for r in results],
+            detail=detail,
+        )
+        for name, label in (
+            ("ticktape", "ticktape bars worker"),
+            ("quix", "Quix Streams 3.28"),
+            ("bytewax", "Bytewax 0.21, one worker"),
+        )
+    ]
     figures += [
-        Figure("peers", "ticktape / Bytewax, same round", "x",
-               [r["ticktape"]["rate"] / r["bytewax"]["rate"] for r in results], goal=">= 1x", target=1.0,
-               detail=detail),
-        Figure("peers", "ticktape / Quix Streams, same round", "x",
-               [r["ticktape"]["rate"] / r["quix"]["rate"] for r in results], goal=">= 2x", target=2.0, detail=detail),
+        Figure(
+            "peers",
+            "ticktape / Bytewax, same round",
+            "x",
+            [r["ticktape"]["rate"] / r["bytewax"]["rate"] for r in results],
+            goal=">= 1x",
+            target=1.0,
+            detail=detail,
+        ),
+        Figure(
+            "peers",
+            "ticktape / Quix Streams, same round",
+            "x",
+            [r["ticktape"]["rate"] / r["quix"]["rate"] for r in results],
+            goal=">= 2x",
+            target=2.0,
+            detail=detail,
+        ),
     ]
     if all(r[name]["broker_us"] is not None for r in results for name in systems):
-        figures += [Figure("peers", f"broker CPU per tick serving {name}", "µs",
-                           [r[name]["broker_us"] for r in results], detail=detail,
-                           **({"goal": "<= 2", "target": 2.0, "higher_is_better": False} if name == "ticktape" else {}))
-                    for name in systems]
+        figures += [
+            Figure(
+                "peers",
+                f"broker CPU per tick serving {name}",
+                "µs",
+                [r[name]["broker_us"] for r in results],
+                detail=detail,
+                **({"goal": "<= 2", "target": 2.0, "higher_is_better": False} if name == "ticktape" else {}),
+            )
+            for name in systems
+        ]
     return figures
 
 

@@ -13,6 +13,7 @@ symbol's indicator and feature states after 300 one-minute bars (their lookbacks
     python -m bench.bench_scale            # 400,000 ticks over 200 symbols
     python -m bench.bench_scale --quick    # smoke test
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,7 @@ from pathlib import Path
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from bench.harness import Figure, bench_main, repeat, services
-from bench.processes import (Process, T0, count_ticks, drop, namespace, preload, symbols, tick_messages,
-                             time_count)
+from bench.processes import Process, T0, count_ticks, drop, namespace, preload, symbols, tick_messages, time_count
 from ticktape import kafka_clients
 from ticktape.core.bars import BarAggregator
 from ticktape.core.features import FeatureState
@@ -43,8 +43,9 @@ INTERVALS = ("1s", "1m")
 def bars_of(s, count: int, timeout: float = 120) -> dict:
     """Distinct bar messages per (topic, partition), in order, once ``count`` are read."""
     cons = kafka_clients.consumer(s, f"{s.topic_prefix}reader")
-    cons.assign([TopicPartition(s.topic(f"md.bars.{iv}"), p, OFFSET_BEGINNING)
-                 for iv in INTERVALS for p in range(PARTITIONS)])
+    cons.assign(
+        [TopicPartition(s.topic(f"md.bars.{iv}"), p, OFFSET_BEGINNING) for iv in INTERVALS for p in range(PARTITIONS)]
+    )
     out, seen = defaultdict(list), set()
     deadline = time.monotonic() + timeout
     try:
@@ -54,7 +55,7 @@ def bars_of(s, count: int, timeout: float = 120) -> dict:
                 continue
             if msg.value() not in seen:  # a bar re-sent after a rebalance has the same bytes
                 seen.add(msg.value())
-                out[(msg.topic()[len(s.topic_prefix):], msg.partition())].append(msg.value())
+                out[(msg.topic()[len(s.topic_prefix) :], msg.partition())].append(msg.value())
     finally:
         cons.close()
     return dict(out)
@@ -64,9 +65,17 @@ def workers_rate(s, messages, total: int, n_workers: int, logs: Path) -> tuple[d
     ns = namespace(s, "scale", topic_partitions=PARTITIONS)
     try:
         preload(ns, messages)
-        procs = [Process(ns, ["ticktape.cli", "process", "worker"], logs / f"worker{n_workers}-{i}.log",
-                         free_port(), WORKER_STAGES="bars", BAR_INTERVALS=",".join(INTERVALS))
-                 for i in range(n_workers)]
+        procs = [
+            Process(
+                ns,
+                ["ticktape.cli", "process", "worker"],
+                logs / f"worker{n_workers}-{i}.log",
+                free_port(),
+                WORKER_STAGES="bars",
+                BAR_INTERVALS=",".join(INTERVALS),
+            )
+            for i in range(n_workers)
+        ]
         try:
             rate = time_count(procs, total, "ticktape_events_in_total", 600, stage="bars", topic="md.ticks")
             closed = sum(p.metric("ticktape_bars_closed_total", interval=iv) for p in procs for iv in INTERVALS)
@@ -88,9 +97,12 @@ def state_bytes(n_symbols: int, n_ticks: int) -> dict:
     ind, feat = IndicatorState("1m"), FeatureState()
     for bar in simulated_bars(["AAPL"], seed=3, start_us=T0, minutes=300, interval="1m"):
         feat.update(indicator_event(bar, ind.update(bar)))
-    return {"bars": bars, "bars_symbols": len(agg.symbols),
-            "indicators": len(json.dumps({"p": 0, **ind.to_state()})),
-            "features": len(json.dumps({"p": 0, **feat.to_state()}))}
+    return {
+        "bars": bars,
+        "bars_symbols": len(agg.symbols),
+        "indicators": len(json.dumps({"p": 0, **ind.to_state()})),
+        "features": len(json.dumps({"p": 0, **feat.to_state()})),
+    }
 
 
 def run(quick: bool, runs: int) -> list[Figure]:
@@ -110,18 +122,47 @@ def run(quick: bool, runs: int) -> list[Figure]:
 
     results = repeat(one, runs)
     state = state_bytes(state_symbols, 20 * state_symbols)  # deterministic: the same in every run
-    detail = {"ticks": n, "symbols": n_symbols, "partitions": PARTITIONS, "messages": len(messages),
-              "bars_identical": True, "bars": results[0]["bars"]}
+    detail = {
+        "ticks": n,
+        "symbols": n_symbols,
+        "partitions": PARTITIONS,
+        "messages": len(messages),
+        "bars_identical": True,
+        "bars": results[0]["bars"],
+    }
     per_symbol = [state["bars"] + state["indicators"] * len(INTERVALS) + state["features"]] * runs
     return [
-        Figure("scale", f"1 bars worker, {PARTITIONS} partitions ({n:,} ticks)", "ticks/s",
-               [r["one"] for r in results], detail=detail),
-        Figure("scale", "2 bars workers in one group (output identical to 1)", "ticks/s",
-               [r["two"] for r in results], detail=detail),
-        Figure("scale", "2 workers / 1 worker, same run", "x", [r["two"] / r["one"] for r in results],
-               goal="> 1x", target=1.0, detail=detail),
-        Figure("scale", f"state per symbol at {state_symbols:,} symbols (bars + indicators × "
-               f"{len(INTERVALS)} intervals + features, JSON)", "bytes", per_symbol, detail=state),
+        Figure(
+            "scale",
+            f"1 bars worker, {PARTITIONS} partitions ({n:,} ticks)",
+            "ticks/s",
+            [r["one"] for r in results],
+            detail=detail,
+        ),
+        Figure(
+            "scale",
+            "2 bars workers in one group (output identical to 1)",
+            "ticks/s",
+            [r["two"] for r in results],
+            detail=detail,
+        ),
+        Figure(
+            "scale",
+            "2 workers / 1 worker, same run",
+            "x",
+            [r["two"] / r["one"] for r in results],
+            goal="> 1x",
+            target=1.0,
+            detail=detail,
+        ),
+        Figure(
+            "scale",
+            f"state per symbol at {state_symbols:,} symbols (bars + indicators × "
+            f"{len(INTERVALS)} intervals + features, JSON)",
+            "bytes",
+            per_symbol,
+            detail=state,
+        ),
     ]
 
 

@@ -11,6 +11,7 @@ measured too.
 Uses DATABASE_URL (or the local stack's database, started when not running), in a
 database of its own that is dropped afterwards.  Writes bench/results/sink.json.
 """
+
 from __future__ import annotations
 
 import sys
@@ -26,6 +27,7 @@ from sinks import schema
 from sinks.postgres import TableWriter
 from sinks.tables import TABLES
 from ticktape.config import settings
+
 T0 = 1_767_225_600_000_000
 
 
@@ -35,15 +37,29 @@ def make_rows(n: int) -> list[tuple]:
     rows = []
     for i in range(n):
         price = 100 + (i % 997) * 0.01
-        rows.append(table.row({"event_id": f"sim-{i:09d}", "symbol": syms[i % 8], "ts": T0 + i * 500,
-                               "source": "sim", "seq": i, "price": price, "size": 1.0 + i % 50,
-                               "bid": price - 0.01, "ask": price + 0.01, "bid_size": 3.0, "ask_size": 4.0}))
+        rows.append(
+            table.row(
+                {
+                    "event_id": f"sim-{i:09d}",
+                    "symbol": syms[i % 8],
+                    "ts": T0 + i * 500,
+                    "source": "sim",
+                    "seq": i,
+                    "price": price,
+                    "size": 1.0 + i % 50,
+                    "bid": price - 0.01,
+                    "ask": price + 0.01,
+                    "bid_size": 3.0,
+                    "ask_size": 4.0,
+                }
+            )
+        )
     return rows
 
 
 def _batches(rows, size):
     for i in range(0, len(rows), size):
-        yield rows[i:i + size]
+        yield rows[i : i + size]
 
 
 def idempotent(conn, rows, batch, staged_only=False) -> tuple[float, int]:
@@ -97,10 +113,12 @@ def one_run(url: str, rows, batch, reverse: bool) -> dict:
     return out
 
 
-LABELS = {"raw_copy": "raw binary COPY into `ticks` (no idempotency)",
-          "staged": "staging table, INSERT … ON CONFLICT DO NOTHING always",
-          "idempotent": "sink path (direct COPY, staging on a duplicate)",
-          "idempotent_replay": "sink path, every row already stored (replay)"}
+LABELS = {
+    "raw_copy": "raw binary COPY into `ticks` (no idempotency)",
+    "staged": "staging table, INSERT … ON CONFLICT DO NOTHING always",
+    "idempotent": "sink path (direct COPY, staging on a duplicate)",
+    "idempotent_replay": "sink path, every row already stored (replay)",
+}
 
 
 def run(quick: bool, runs: int) -> list[Figure]:
@@ -121,11 +139,27 @@ def run(quick: bool, runs: int) -> list[Figure]:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
     detail = {"rows": n, "batch": batch, "flavor": flavor}
-    figures = [Figure("sink", f"{label} ({n:,} ticks, {batch} per transaction)", "rows/s",
-                      [r[name] for r in results], detail=detail) for name, label in LABELS.items()]
-    figures.append(Figure("sink", "sink path / raw COPY, same run", "%",
-                          [100 * r["idempotent"] / r["raw_copy"] for r in results], goal=">= 80%",
-                          target=80.0, detail=detail))
+    figures = [
+        Figure(
+            "sink",
+            f"{label} ({n:,} ticks, {batch} per transaction)",
+            "rows/s",
+            [r[name] for r in results],
+            detail=detail,
+        )
+        for name, label in LABELS.items()
+    ]
+    figures.append(
+        Figure(
+            "sink",
+            "sink path / raw COPY, same run",
+            "%",
+            [100 * r["idempotent"] / r["raw_copy"] for r in results],
+            goal=">= 80%",
+            target=80.0,
+            detail=detail,
+        )
+    )
     return figures
 
 

@@ -13,6 +13,7 @@ the pure core's over the same partitions (a fast wrong worker would not count).
     python -m bench.bench_ticks            # 1,000,000 ticks (50 symbols), naive 20,000
     python -m bench.bench_ticks --quick    # smoke test
 """
+
 from __future__ import annotations
 
 import sys
@@ -34,8 +35,14 @@ def worker_rate(s, messages, total: int, logs: Path) -> dict:
     ns = namespace(s, "ticks")
     try:
         preload(ns, messages)
-        worker = Process(ns, ["ticktape.cli", "process", "worker"], logs / "worker.log", free_port(),
-                         WORKER_STAGES="bars", BAR_INTERVALS=",".join(INTERVALS))
+        worker = Process(
+            ns,
+            ["ticktape.cli", "process", "worker"],
+            logs / "worker.log",
+            free_port(),
+            WORKER_STAGES="bars",
+            BAR_INTERVALS=",".join(INTERVALS),
+        )
         try:
             rate = time_count([worker], total, "ticktape_events_in_total", 300, stage="bars", topic="md.ticks")
             check_bars(ns)
@@ -52,8 +59,11 @@ def check_bars(s) -> None:
     want = sorted(serde.encode("bar", bar) for bar in core_bars(s, INTERVALS))
     deadline = time.monotonic() + 60
     while True:
-        got = sorted(m.value() for iv in INTERVALS
-                     for m in kafka_clients.read_to_end(s, s.topic(f"md.bars.{iv}"), f"{s.topic_prefix}check"))
+        got = sorted(
+            m.value()
+            for iv in INTERVALS
+            for m in kafka_clients.read_to_end(s, s.topic(f"md.bars.{iv}"), f"{s.topic_prefix}check")
+        )
         if got == want:
             return
         if len(got) >= len(want) or time.monotonic() > deadline:
@@ -67,8 +77,9 @@ def naive_rate(s, messages, logs: Path) -> dict:
         preload(ns, messages)
         agent = Process(ns, ["bench.naive_bars"], logs / "naive.log", free_port())
         try:
-            return time_count([agent], len(messages), "ticktape_events_in_total", 600, stage="naive_bars",
-                              topic="md.ticks")
+            return time_count(
+                [agent], len(messages), "ticktape_events_in_total", 600, stage="naive_bars", topic="md.ticks"
+            )
         finally:
             agent.stop()
     finally:
@@ -89,18 +100,44 @@ def run(quick: bool, runs: int) -> list[Figure]:
         return {"worker": worker_rate(s, batched, total, logs), "naive": naive_rate(s, single, logs)}
 
     results = repeat(one, runs)
-    detail = {"ticks": n, "naive_ticks": n_naive, "symbols": n_symbols, "event_rate": TICK_RATE,
-              "tick_batch_max": batch_max, "tick_batch_ms": batch_ms, "messages": len(batched),
-              "ticks_per_message": round(total / len(batched), 1), "intervals": "1s,1m",
-              "seconds": [r["worker"]["seconds"] for r in results]}
+    detail = {
+        "ticks": n,
+        "naive_ticks": n_naive,
+        "symbols": n_symbols,
+        "event_rate": TICK_RATE,
+        "tick_batch_max": batch_max,
+        "tick_batch_ms": batch_ms,
+        "messages": len(batched),
+        "ticks_per_message": round(total / len(batched), 1),
+        "intervals": "1s,1m",
+        "seconds": [r["worker"]["seconds"] for r in results],
+    }
     return [
-        Figure("ticks", f"tick → bars → publish, worker on TickBatch messages ({n:,} ticks)", "ticks/s",
-               [r["worker"]["rate"] for r in results], goal=">= 100,000", target=100_000.0, detail=detail),
-        Figure("ticks", f"naive Faust per-event windowed-table agent ({n_naive:,} single-tick messages)",
-               "ticks/s", [r["naive"]["rate"] for r in results], detail=detail),
-        Figure("ticks", "worker / naive agent, same run", "x",
-               [r["worker"]["rate"] / r["naive"]["rate"] for r in results], goal=">= 30x", target=30.0,
-               detail=detail),
+        Figure(
+            "ticks",
+            f"tick → bars → publish, worker on TickBatch messages ({n:,} ticks)",
+            "ticks/s",
+            [r["worker"]["rate"] for r in results],
+            goal=">= 100,000",
+            target=100_000.0,
+            detail=detail,
+        ),
+        Figure(
+            "ticks",
+            f"naive Faust per-event windowed-table agent ({n_naive:,} single-tick messages)",
+            "ticks/s",
+            [r["naive"]["rate"] for r in results],
+            detail=detail,
+        ),
+        Figure(
+            "ticks",
+            "worker / naive agent, same run",
+            "x",
+            [r["worker"]["rate"] / r["naive"]["rate"] for r in results],
+            goal=">= 30x",
+            target=30.0,
+            detail=detail,
+        ),
     ]
 
 

@@ -10,6 +10,7 @@ spread (min-max) of the rates, and the JSON goes to bench/results/trading.json.
     python -m bench.bench_trading            # full run
     python -m bench.bench_trading --quick    # seconds-long smoke run
 """
+
 from __future__ import annotations
 
 import math
@@ -32,13 +33,34 @@ def build(n_symbols: int, n_bars: int) -> list[tuple[dict, dict]]:
         for k in range(n_symbols):
             sym = f"S{k:03d}"
             close = 100.0 + 10 * math.sin(i / 37 + k)
-            bar = {"event_id": f"bar:{sym}:1m:{ts}", "symbol": sym, "interval": "1m", "ts": ts,
-                   "window_start": ts - MIN, "window_end": ts, "open": close - 0.1, "high": close + 0.2,
-                   "low": close - 0.2, "close": close, "volume": 1e4, "vwap": close, "trade_count": 50}
-            pred = {"event_id": f"pred:{sym}:1m:{ts}", "symbol": sym, "interval": "1m", "ts": ts,
-                    "model_name": "xgb", "model_version": "1",
-                    "p_up": 0.5 + 0.45 * math.sin(i / 11 + 2 * k), "horizon": 5, "features": {},
-                    "close": close, "volatility_20": 0.2}
+            bar = {
+                "event_id": f"bar:{sym}:1m:{ts}",
+                "symbol": sym,
+                "interval": "1m",
+                "ts": ts,
+                "window_start": ts - MIN,
+                "window_end": ts,
+                "open": close - 0.1,
+                "high": close + 0.2,
+                "low": close - 0.2,
+                "close": close,
+                "volume": 1e4,
+                "vwap": close,
+                "trade_count": 50,
+            }
+            pred = {
+                "event_id": f"pred:{sym}:1m:{ts}",
+                "symbol": sym,
+                "interval": "1m",
+                "ts": ts,
+                "model_name": "xgb",
+                "model_version": "1",
+                "p_up": 0.5 + 0.45 * math.sin(i / 11 + 2 * k),
+                "horizon": 5,
+                "features": {},
+                "close": close,
+                "volatility_20": 0.2,
+            }
             events.append((bar, pred))
     return events
 
@@ -81,9 +103,12 @@ def run_chain(events, limits, stages=("strategy", "risk", "execution", "portfoli
     return counts
 
 
-STAGES = (("strategy", ("strategy",)), ("risk (marks)", ("risk",)),
-          ("portfolio (marks + equity)", ("portfolio",)),
-          ("whole chain", ("strategy", "risk", "execution", "portfolio")))
+STAGES = (
+    ("strategy", ("strategy",)),
+    ("risk (marks)", ("risk",)),
+    ("portfolio (marks + equity)", ("portfolio",)),
+    ("whole chain", ("strategy", "risk", "execution", "portfolio")),
+)
 
 
 def run(quick: bool, runs: int) -> list[Figure]:
@@ -99,8 +124,15 @@ def run(quick: bool, runs: int) -> list[Figure]:
             return len(events)
 
         rates = repeat(lambda: timed_rate(once), runs)
-        figures.append(Figure("trading", f"{name} ({symbols} symbols x {bars} bars)", "bars/s", rates,
-                              detail={"bars": len(events), **counts}))
+        figures.append(
+            Figure(
+                "trading",
+                f"{name} ({symbols} symbols x {bars} bars)",
+                "bars/s",
+                rates,
+                detail={"bars": len(events), **counts},
+            )
+        )
     return figures
 
 

@@ -6,6 +6,7 @@ A benchmark module exposes ``run(quick: bool, runs: int) -> list[Figure]`` and a
 A figure is one number per run (a rate, a latency, a ratio of two rates measured in the
 same run); the table shows its median and spread (min – max over the runs).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,8 +107,7 @@ def services():
 
     s = settings()
     if not (s.kafka_bootstrap_servers and s.database_url and s.redis_url):
-        LocalStack(s.home).up(kafka=not s.kafka_bootstrap_servers, postgres=not s.database_url,
-                              redis=not s.redis_url)
+        LocalStack(s.home).up(kafka=not s.kafka_bootstrap_servers, postgres=not s.database_url, redis=not s.redis_url)
         s = settings()
     return s
 
@@ -122,15 +122,22 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu or platform.processor(), "cpu_count": os.cpu_count(),
-            "load_average_1m": os.getloadavg()[0], "platform": platform.platform(),
-            "python": platform.python_version(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return {
+        "cpu": cpu or platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": os.getloadavg()[0],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def write_json(path: Path, figures: list[Figure], quick: bool, **extra) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"quick": quick, "machine": machine(), **extra,
-                                "figures": [f.as_dict() for f in figures]}, indent=2) + "\n")
+    path.write_text(
+        json.dumps({"quick": quick, "machine": machine(), **extra, "figures": [f.as_dict() for f in figures]}, indent=2)
+        + "\n"
+    )
 
 
 def bench_main(name: str, run: Callable[[bool, int], list[Figure]], doc: str, argv=None, runs: int = 5) -> int:

@@ -7,6 +7,7 @@ ticks in ``ticktape_events_in_total{stage="naive_bars"}`` on its own /metrics.
 
     TOPIC_PREFIX=… METRICS_PORT=… python -m bench.naive_bars
 """
+
 from __future__ import annotations
 
 import json
@@ -27,11 +28,20 @@ def main() -> int:
     s = settings()
     serde = Serde(s.schema_registry_url)
     partitions = kafka_clients.topic_spec("md.ticks").partitions
-    app = faust.App(s.group("naive-bars"), **kafka_clients.faust_broker_settings(s), store="memory://",
-                    datadir=str(Path(s.home) / "faust-naive"), topic_partitions=partitions,
-                    topic_replication_factor=1, topic_disable_leader=True,
-                    broker_session_timeout=s.kafka_session_timeout_ms / 1000, broker_heartbeat_interval=1.0,
-                    consumer_auto_offset_reset="earliest", web_enabled=False, autodiscover=False)
+    app = faust.App(
+        s.group("naive-bars"),
+        **kafka_clients.faust_broker_settings(s),
+        store="memory://",
+        datadir=str(Path(s.home) / "faust-naive"),
+        topic_partitions=partitions,
+        topic_replication_factor=1,
+        topic_disable_leader=True,
+        broker_session_timeout=s.kafka_session_timeout_ms / 1000,
+        broker_heartbeat_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        autodiscover=False,
+    )
     kafka_clients.faust_fetch_max_wait(app, s.kafka_fetch_max_wait_ms)  # as the worker's
     ticks = app.topic(s.topic("md.ticks"), key_serializer="raw", value_serializer="raw")
     bars = app.topic(s.topic("md.bars.1s"), key_serializer="raw", value_serializer="raw")
@@ -39,12 +49,15 @@ def main() -> int:
 
     def closed(key, value) -> None:
         symbol, (start, _end) = key
-        bars.send_soon(key=symbol.encode(), value=json.dumps({"symbol": symbol, "start": start,
-                                                              "ohlcv": value}).encode())
+        bars.send_soon(
+            key=symbol.encode(), value=json.dumps({"symbol": symbol, "start": start, "ohlcv": value}).encode()
+        )
 
-    table = app.Table("naive-bars", default=lambda: None, partitions=partitions,
-                      on_window_close=closed).tumbling(1.0, expires=timedelta(seconds=5)).relative_to(
-                          lambda _event: event_time[0])
+    table = (
+        app.Table("naive-bars", default=lambda: None, partitions=partitions, on_window_close=closed)
+        .tumbling(1.0, expires=timedelta(seconds=5))
+        .relative_to(lambda _event: event_time[0])
+    )
     counted = metrics.EVENTS_IN.labels("naive_bars", "md.ticks")
 
     @app.agent(ticks)

@@ -1,6 +1,7 @@
 """What the benchmarks on the real broker share: a namespace of topics (TOPIC_PREFIX)
 preloaded with simulated ticks (or other events), worker subprocesses configured by env
 vars and read through their own /metrics, and the namespace's removal afterwards."""
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,9 @@ def symbols(n: int) -> list[str]:
     return [f"S{i:05d}" for i in range(n)]
 
 
-def tick_messages(n_ticks: int, n_symbols: int, tick_rate: float, batch_max: int, batch_ms: int,
-                  serde: Serde) -> list[tuple[bytes, bytes]]:
+def tick_messages(
+    n_ticks: int, n_symbols: int, tick_rate: float, batch_max: int, batch_ms: int, serde: Serde
+) -> list[tuple[bytes, bytes]]:
     """(key, value) of ``n_ticks`` simulated ticks as the producers send them — TickBatch
     messages when ``batch_max`` > 1, cut by size and event time only, so the same
     arguments give the same messages — then one quote-only tick an hour later per symbol,
@@ -44,15 +46,29 @@ def tick_messages(n_ticks: int, n_symbols: int, tick_rate: float, batch_max: int
     last = ticks[-1]
     # the flush ticks go after every batch: batched with the rest, they would overtake the
     # batches still open and make those ticks late
-    flush = [{**last, "symbol": sym, "ts": last["ts"] + 3600 * 10**6, "seq": 0, "event_id": f"flush-{i}",
-              "price": None, "size": None} for i, sym in enumerate(symbols(n_symbols))]
+    flush = [
+        {
+            **last,
+            "symbol": sym,
+            "ts": last["ts"] + 3600 * 10**6,
+            "seq": 0,
+            "event_id": f"flush-{i}",
+            "price": None,
+            "size": None,
+        }
+        for i, sym in enumerate(symbols(n_symbols))
+    ]
     if batch_max <= 1:
         return [(t["symbol"].encode(), serde.encode("tick", t)) for t in ticks + flush]
     batcher = TickBatcher(batch_max, batch_ms)
     groups = [g for t in ticks for _, g in batcher.add("md.ticks", t, 0.0)] + [g for _, g in batcher.drain()]
-    return [(g[0]["symbol"].encode(), serde.encode("tick_batch", make_batch(g)) if len(g) > 1
-             else serde.encode("tick", g[0])) for g in groups] + [(t["symbol"].encode(), serde.encode("tick", t))
-                                                                   for t in flush]
+    return [
+        (
+            g[0]["symbol"].encode(),
+            serde.encode("tick_batch", make_batch(g)) if len(g) > 1 else serde.encode("tick", g[0]),
+        )
+        for g in groups
+    ] + [(t["symbol"].encode(), serde.encode("tick", t)) for t in flush]
 
 
 def bench_ticks(n_ticks: int, n_symbols: int, tick_rate: float) -> list[dict]:
@@ -85,7 +101,9 @@ def core_bars(s: Settings, intervals: list[str]) -> list[dict]:
     for m in kafka_clients.read_to_end(s, s.topic("md.ticks"), f"{s.topic_prefix}check"):
         kind, record = serde.decode(m.value())
         ticks.setdefault(m.partition(), []).extend(events_of(kind, record))
-    return [bar for part in ticks.values() for bar in BarAggregator(intervals, s.bar_grace_ms * 1000).process(part).bars]
+    return [
+        bar for part in ticks.values() for bar in BarAggregator(intervals, s.bar_grace_ms * 1000).process(part).bars
+    ]
 
 
 def count_ticks(messages, serde: Serde) -> int:
@@ -94,8 +112,7 @@ def count_ticks(messages, serde: Serde) -> int:
 
 def drop(s: Settings) -> None:
     """Delete every topic of ``s``'s namespace (including Faust's changelogs)."""
-    topics = [t for t in kafka_clients.admin(s).list_topics(timeout=10).topics
-              if t.startswith(s.topic_prefix)]
+    topics = [t for t in kafka_clients.admin(s).list_topics(timeout=10).topics if t.startswith(s.topic_prefix)]
     if topics:
         kafka_clients.delete_topics(s, topics)
 
@@ -106,15 +123,26 @@ class Process:
     def __init__(self, s: Settings, module_args: list[str], log_path: Path, metrics_port: int, **env):
         self.metrics_port = metrics_port
         self.log_path = log_path
-        environ = os.environ | {
-            "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "DATABASE_URL": s.database_url,
-            "REDIS_URL": s.redis_url, "TOPIC_PREFIX": s.topic_prefix, "TICKTAPE_HOME": s.home,
-            "METRICS_PORT": str(metrics_port), "TOPIC_PARTITIONS": str(s.topic_partitions),
-            "PYTHONPATH": str(REPO_ROOT), "LOG_LEVEL": "WARNING"} | env
+        environ = (
+            os.environ
+            | {
+                "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+                "DATABASE_URL": s.database_url,
+                "REDIS_URL": s.redis_url,
+                "TOPIC_PREFIX": s.topic_prefix,
+                "TICKTAPE_HOME": s.home,
+                "METRICS_PORT": str(metrics_port),
+                "TOPIC_PARTITIONS": str(s.topic_partitions),
+                "PYTHONPATH": str(REPO_ROOT),
+                "LOG_LEVEL": "WARNING",
+            }
+            | env
+        )
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", *module_args], env=environ, stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", *module_args], env=environ, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+            )
 
     def scrape(self) -> str:
         return urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
@@ -133,8 +161,10 @@ class Process:
 
     def check(self) -> None:
         if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.proc.args} exited with {self.proc.returncode}: "
-                               f"{self.log_path.read_text(errors='replace')[-2000:]}")
+            raise RuntimeError(
+                f"{self.proc.args} exited with {self.proc.returncode}: "
+                f"{self.log_path.read_text(errors='replace')[-2000:]}"
+            )
 
     def stop(self, timeout: float = 30) -> None:
         if self.proc.poll() is None:
@@ -165,8 +195,11 @@ def time_count(procs: list[Process], total: float, name: str, timeout: float, **
             p.check()
         time.sleep(0.1)  # each scrape costs the process CPU; 0.1 s is ~1 % of a timed run
     seconds = now - first[0]
-    return {"rate": (count - first[1]) / seconds if seconds > 0 else float("nan"), "seconds": seconds,
-            "counted": count - first[1]}
+    return {
+        "rate": (count - first[1]) / seconds if seconds > 0 else float("nan"),
+        "seconds": seconds,
+        "counted": count - first[1],
+    }
 
 
 @contextlib.contextmanager

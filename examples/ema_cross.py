@@ -9,6 +9,7 @@ close); ``bar.indicators["ema_12"]`` and ``["ema_26"]`` would give the indicator
 stage's TA-Lib ones instead.  A position is sized once, when it is entered: ``notional``
 over the close, in whole units.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,7 @@ class EmaCross(Strategy):
     name = "ema_cross"
     state_fields = ("fast_ema", "slow_ema", "bars")  # what a restart must restore
 
-    def __init__(self, symbol: str, *, fast: int = 5, slow: int = 20, notional: float = 10_000.0,
-                 shorts: bool = False):
+    def __init__(self, symbol: str, *, fast: int = 5, slow: int = 20, notional: float = 10_000.0, shorts: bool = False):
         super().__init__(symbol)
         if not (type(fast) is int and type(slow) is int and 1 <= fast < slow):
             raise ValueError(f"fast and slow must be whole numbers with 1 <= fast < slow, got {fast!r} and {slow!r}")
@@ -55,5 +55,6 @@ class EmaCross(Strategy):
             return None  # no rebalancing while the direction holds
         units = math.floor(self.notional / c) if want else 0
         relation = ">" if want == 1 else "<"
-        return Target(want * units, f"ema{self.fast} {self.fast_ema:.4f} {relation} ema{self.slow} "
-                                    f"{self.slow_ema:.4f} @ {c:g}")
+        return Target(
+            want * units, f"ema{self.fast} {self.fast_ema:.4f} {relation} ema{self.slow} {self.slow_ema:.4f} @ {c:g}"
+        )

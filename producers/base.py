@@ -19,6 +19,7 @@ partition gets a *close heartbeat* at close + BAR_GRACE_MS — the promise that 
 older follows until the next open — so the bars stage closes the day's last bars at the
 close, live or replayed.
 """
+
 from __future__ import annotations
 
 import functools
@@ -103,8 +104,14 @@ class EventPublisher:
             if msg.topic() == self._hb_topic:
                 self._last_message[msg.partition()] = time.monotonic()
 
-    def publish(self, topic: str, event_type: str, record: dict, key: str | None = None,
-                headers: list[tuple[str, bytes]] | None = None) -> None:
+    def publish(
+        self,
+        topic: str,
+        event_type: str,
+        record: dict,
+        key: str | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         """Encode and send one event to catalog topic ``topic`` (blocks while the local
         queue is full: back-pressure instead of unbounded memory).  With tick batching,
         a tick (keyed by its symbol) joins its symbol's batch instead."""
@@ -112,8 +119,7 @@ class EventPublisher:
         if full is None:
             full = self._topics[topic] = self.settings.topic(topic)
             self._out[topic] = metrics.EVENTS_OUT.labels(self.stage, topic)
-        if event_type == "tick" and full == self._hb_topic and (
-                self._clock is None or record["ts"] > self._clock[0]):
+        if event_type == "tick" and full == self._hb_topic and (self._clock is None or record["ts"] > self._clock[0]):
             self._clock = (record["ts"], time.monotonic())
         if self._hours is not None and event_type == "tick" and full == self._sessions_topic:
             self.clock_reached(record["ts"])
@@ -136,8 +142,12 @@ class EventPublisher:
             if len(ticks) == 1:
                 self.send_raw(full, self.serde.encode("tick", ticks[0], topic=full), ticks[0]["symbol"])
             else:
-                self.send_raw(full, self.serde.encode("tick_batch", make_batch(ticks), topic=full),
-                              ticks[0]["symbol"], events=len(ticks))
+                self.send_raw(
+                    full,
+                    self.serde.encode("tick_batch", make_batch(ticks), topic=full),
+                    ticks[0]["symbol"],
+                    events=len(ticks),
+                )
 
     def _linger_loop(self) -> None:
         assert self._batcher is not None  # publish starts this thread only with a batcher
@@ -145,18 +155,32 @@ class EventPublisher:
             with self._lock:
                 self._send_groups(self._batcher.due(time.monotonic()))
 
-    def send_raw(self, full_topic: str, value: bytes, key: str | bytes | None,
-                 headers: list[tuple[str, bytes]] | None = None, *, partition: int = -1,
-                 timestamp_ms: int = 0, events: int = 1) -> None:
+    def send_raw(
+        self,
+        full_topic: str,
+        value: bytes,
+        key: str | bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        *,
+        partition: int = -1,
+        timestamp_ms: int = 0,
+        events: int = 1,
+    ) -> None:
         """Send encoded bytes; ``partition`` -1 = the default partitioner, ``timestamp_ms``
         0 = now (replays pass the partition and record time they reproduce)."""
         report = self._on_delivery if events == 1 else functools.partial(self._on_delivery, events=events)
         while True:
             try:
                 # confluent_kafka's headers type is an invariant list of (str, str | bytes | None)
-                self.producer.produce(full_topic, value=value, key=key, headers=headers,  # type: ignore[arg-type]
-                                      partition=partition, timestamp=timestamp_ms,
-                                      on_delivery=report)
+                self.producer.produce(
+                    full_topic,
+                    value=value,
+                    key=key,
+                    headers=headers,  # type: ignore[arg-type]
+                    partition=partition,
+                    timestamp=timestamp_ms,
+                    on_delivery=report,
+                )
                 break
             except BufferError:
                 self.producer.poll(0.05)  # queue full: wait for deliveries
@@ -168,8 +192,9 @@ class EventPublisher:
         """Send Heartbeats to ``topic``'s quiet partitions from now on (HEARTBEAT_MS; 0: never)."""
         if self.settings.heartbeat_ms:
             self._hb_topic = self.settings.topic(topic)
-            threading.Thread(target=self._heartbeat_loop, args=(source, self._hb_topic), name="heartbeats",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._heartbeat_loop, args=(source, self._hb_topic), name="heartbeats", daemon=True
+            ).start()
 
     def _heartbeat_loop(self, source: str, topic: str) -> None:
         every = self.settings.heartbeat_ms / 1000
@@ -196,8 +221,12 @@ class EventPublisher:
                 if now - last >= every:
                     hb = {"event_id": f"hb:{source}:{p}:{ts}", "ts": ts, "source": source, "partition": p}
                     try:
-                        self.producer.produce(topic, value=self.serde.encode("heartbeat", hb, topic=topic),
-                                              partition=p, on_delivery=self._on_heartbeat)
+                        self.producer.produce(
+                            topic,
+                            value=self.serde.encode("heartbeat", hb, topic=topic),
+                            partition=p,
+                            on_delivery=self._on_heartbeat,
+                        )
                     except BufferError:
                         break  # the queue is full of data: the partitions are not quiet; next round
                     self._last_message[p] = now
@@ -229,8 +258,12 @@ class EventPublisher:
             self._partitions = sorted(self.producer.list_topics(topic, timeout=30).topics[topic].partitions)
         ts = close + self.settings.bar_grace_ms * 1000
         for p in self._partitions:
-            hb = {"event_id": f"hb:{self._session_source}:{p}:{ts}", "ts": ts,
-                  "source": self._session_source, "partition": p}
+            hb = {
+                "event_id": f"hb:{self._session_source}:{p}:{ts}",
+                "ts": ts,
+                "source": self._session_source,
+                "partition": p,
+            }
             value = self.serde.encode("heartbeat", hb, topic=topic)
             while True:
                 try:
@@ -291,10 +324,17 @@ class SourceStats:
         self.source = source
         self.received: dict[str, int] = {}
         self.published = self.reconnects = self.gaps = self.duplicates = self.drops = self.errors = 0
-        self._metrics = {name: metric.labels(source) for name, metric in (
-            ("published", metrics.SOURCE_EVENTS), ("reconnects", metrics.SOURCE_RECONNECTS),
-            ("gaps", metrics.SOURCE_GAPS), ("duplicates", metrics.SOURCE_DUPLICATES),
-            ("drops", metrics.SOURCE_DROPS), ("errors", metrics.SOURCE_ERRORS))}
+        self._metrics = {
+            name: metric.labels(source)
+            for name, metric in (
+                ("published", metrics.SOURCE_EVENTS),
+                ("reconnects", metrics.SOURCE_RECONNECTS),
+                ("gaps", metrics.SOURCE_GAPS),
+                ("duplicates", metrics.SOURCE_DUPLICATES),
+                ("drops", metrics.SOURCE_DROPS),
+                ("errors", metrics.SOURCE_ERRORS),
+            )
+        }
         self._latency = metrics.SOURCE_LATENCY.labels(source)
         self._kinds: dict[str, Counter] = {}
 
@@ -315,5 +355,7 @@ class SourceStats:
 
     def summary(self) -> str:
         received = ", ".join(f"{k} {v}" for k, v in sorted(self.received.items())) or "nothing"
-        return (f"received {received}; published {self.published}, duplicates {self.duplicates}, "
-                f"gaps {self.gaps}, reconnects {self.reconnects}, drops {self.drops}, errors {self.errors}")
+        return (
+            f"received {received}; published {self.published}, duplicates {self.duplicates}, "
+            f"gaps {self.gaps}, reconnects {self.reconnects}, drops {self.drops}, errors {self.errors}"
+        )

@@ -24,6 +24,7 @@ partition the live producers' default partitioner picks, with the event time as 
 timestamp.  Output is merged across partitions by event time and paced at ``--speed``
 × the original pace, or as fast as possible.
 """
+
 from __future__ import annotations
 
 import csv
@@ -70,9 +71,18 @@ class ReplayRecord:
 
 # --- topic -------------------------------------------------------------------------------
 
-def read_topic(s: Settings, topic: str, start: int | None, end: int | None,
-               symbols: set[str] | None = None, stop: StopFlag | None = None,
-               idle_s: float = IDLE_S, decode: bool = False, event: str | None = None) -> Iterator[ReplayRecord]:
+
+def read_topic(
+    s: Settings,
+    topic: str,
+    start: int | None,
+    end: int | None,
+    symbols: set[str] | None = None,
+    stop: StopFlag | None = None,
+    idle_s: float = IDLE_S,
+    decode: bool = False,
+    event: str | None = None,
+) -> Iterator[ReplayRecord]:
     """Records of ``topic`` (a full name) with event time in [start, end], merged across
     partitions by event time.  ``decode`` keeps the decoded event on each record.
     ``event``: the topic's event type where the catalog names none (``md.bars.1d``)."""
@@ -86,8 +96,7 @@ def read_topic(s: Settings, topic: str, start: int | None, end: int | None,
         event_type = event
     serde = Serde(s.schema_registry_url)
     parts = sorted(md.partitions)
-    cons = kafka_clients.consumer(s, s.group(f"replay.{uuid.uuid4().hex[:8]}"),
-                                  **{"enable.auto.offset.store": False})
+    cons = kafka_clients.consumer(s, s.group(f"replay.{uuid.uuid4().hex[:8]}"), **{"enable.auto.offset.store": False})
     try:
         start_ms = 0 if start is None else start // 1000
         found = cons.offsets_for_times([TopicPartition(topic, p, start_ms) for p in parts], timeout=10)
@@ -146,12 +155,13 @@ def read_topic(s: Settings, topic: str, start: int | None, end: int | None,
                     cons.pause([TopicPartition(topic, p)])
                     continue
                 if (start is not None and ts < start) or (  # heartbeats are every symbol's
-                        symbols is not None and (decoded is None or not is_heartbeat(decoded))
-                        and (decoded or {}).get("symbol", _key(msg)) not in symbols):
+                    symbols is not None
+                    and (decoded is None or not is_heartbeat(decoded))
+                    and (decoded or {}).get("symbol", _key(msg)) not in symbols
+                ):
                     merger.seen(p, ts)
                     continue
-                merger.add(p, ts, ReplayRecord(p, ts, msg.key(), msg.value(), rec_ts_ms,
-                                               decoded if decode else None))
+                merger.add(p, ts, ReplayRecord(p, ts, msg.key(), msg.value(), rec_ts_ms, decoded if decode else None))
                 if merger.buffered(p) > MAX_BUFFERED and p not in paused:
                     cons.pause([TopicPartition(topic, p)])
                     paused.add(p)
@@ -165,9 +175,9 @@ def read_topic(s: Settings, topic: str, start: int | None, end: int | None,
                         open_parts.discard(p)
                         merger.finish(p)
                 last_data = now
-            for p, _, rec in merger.ready():
+            for _, _, rec in merger.ready():
                 yield rec
-        for p, _, rec in merger.drain():
+        for _, _, rec in merger.drain():
             yield rec
         if undecodable:
             log.warning("replay: %d undecodable records of %s skipped", undecodable, topic)
@@ -175,8 +185,9 @@ def read_topic(s: Settings, topic: str, start: int | None, end: int | None,
         cons.close()
 
 
-def _batch_records(serde: Serde, msg, batch: dict, start: int | None, end: int | None,
-                   decode: bool) -> list[ReplayRecord]:
+def _batch_records(
+    serde: Serde, msg, batch: dict, start: int | None, end: int | None, decode: bool
+) -> list[ReplayRecord]:
     """The records of a TickBatch message for a range: decoding readers get one record per
     tick (``value`` None: only its event); others the message itself when every tick is
     in range, else a batch of the ticks that are (a Tick when one)."""
@@ -203,6 +214,7 @@ def _key(msg) -> str | None:
 
 # --- files and tables --------------------------------------------------------------------
 
+
 def _micros(text: str) -> int:
     if text.lstrip("-").isdigit():
         return int(text)
@@ -215,14 +227,35 @@ def _micros(text: str) -> int:
 TICK_NUMBERS = ("price", "size", "bid", "ask", "bid_size", "ask_size")
 
 
-def bar_event(symbol: str, interval: str, start: int, o: float, h: float, lo: float, c: float,
-              volume: float, vwap: float | None = None, trade_count: int = 0) -> dict:
+def bar_event(
+    symbol: str,
+    interval: str,
+    start: int,
+    o: float,
+    h: float,
+    lo: float,
+    c: float,
+    volume: float,
+    vwap: float | None = None,
+    trade_count: int = 0,
+) -> dict:
     """A Bar event as the aggregator builds it (same event id form)."""
     end = start + interval_seconds(interval) * 1_000_000
-    return {"event_id": f"{symbol}:{interval}:{start}", "symbol": symbol, "interval": interval,
-            "ts": end, "window_start": start, "window_end": end, "open": o, "high": h, "low": lo,
-            "close": c, "volume": volume, "vwap": (h + lo + c) / 3.0 if vwap is None else vwap,
-            "trade_count": trade_count}
+    return {
+        "event_id": f"{symbol}:{interval}:{start}",
+        "symbol": symbol,
+        "interval": interval,
+        "ts": end,
+        "window_start": start,
+        "window_end": end,
+        "open": o,
+        "high": h,
+        "low": lo,
+        "close": c,
+        "volume": volume,
+        "vwap": (h + lo + c) / 3.0 if vwap is None else vwap,
+        "trade_count": trade_count,
+    }
 
 
 # a bars table's time column (window start): ours, Yahoo's (Date, Datetime), or the unnamed
@@ -249,8 +282,9 @@ def read_csv(path: str, interval: str | None, symbol: str | None = None) -> tupl
         raise UsageError(f"{path} is not a CSV text file ({type(e).__name__}: {e})") from None
 
 
-def read_table(name: str, header: list[str], rows, interval: str | None,
-               symbol: str | None = None) -> tuple[str, list[dict]]:
+def read_table(
+    name: str, header: list[str], rows, interval: str | None, symbol: str | None = None
+) -> tuple[str, list[dict]]:
     """(event type, events in row order) of a table of ticks or bars; ``rows`` gives
     (line number, cells as text).  Column names are matched case-insensitively.
 
@@ -269,8 +303,10 @@ def read_table(name: str, header: list[str], rows, interval: str | None,
     elif "symbol" in names and "ts" in names and ({"price", "bid"} & set(names)):
         kind = "tick"
     else:
-        raise UsageError(f"{name} line 1: neither ticks (symbol,ts,price|bid,...) nor bars "
-                         f"(time|date|datetime,[symbol,]open,high,low,close,volume)")
+        raise UsageError(
+            f"{name} line 1: neither ticks (symbol,ts,price|bid,...) nor bars "
+            f"(time|date|datetime,[symbol,]open,high,low,close,volume)"
+        )
     if kind == "bar" and "symbol" not in names and not symbol:
         raise UsageError(f"{name}: bars without a symbol column: name the symbol")
     index = {h: i for i, h in enumerate(names)}
@@ -367,8 +403,9 @@ def _bar_row(row: dict) -> dict:
     return {"symbol": symbol, "start": start, "values": values}
 
 
-def read_db(s: Settings, table: str, interval: str, start: int | None, end: int | None,
-            symbols: set[str] | None) -> Iterator[dict]:
+def read_db(
+    s: Settings, table: str, interval: str, start: int | None, end: int | None, symbols: set[str] | None
+) -> Iterator[dict]:
     """Events of the ``ticks`` or ``bars`` table with ts in [start, end], in (ts, event_id)
     order (bars: of ``interval``), streamed with a server-side cursor."""
     import psycopg
@@ -395,8 +432,10 @@ def read_db(s: Settings, table: str, interval: str, start: int | None, end: int 
         where.append("interval = %s")
         params.append(interval)
     query = sql.SQL("SELECT {} FROM {} {} ORDER BY ts, event_id").format(
-        sql.SQL(", ").join(map(sql.Identifier, spec.columns)), sql.Identifier(table),
-        sql.SQL("WHERE " + " AND ".join(where)) if where else sql.SQL(""))
+        sql.SQL(", ").join(map(sql.Identifier, spec.columns)),
+        sql.Identifier(table),
+        sql.SQL("WHERE " + " AND ".join(where)) if where else sql.SQL(""),
+    )
     times = spec.time_columns
     with psycopg.connect(s.database_url) as conn, conn.cursor(name=f"replay_{uuid.uuid4().hex[:8]}") as cur:
         cur.itersize = 5000
@@ -417,11 +456,18 @@ def encode_events(events, event_type: str, partitions: int, serde: Serde, topic:
     """ReplayRecords of events from a file or table (partition by symbol, record time = event time)."""
     for ev in events:
         sym = ev["symbol"]
-        yield ReplayRecord(partition_for(sym, partitions), ev["ts"], sym.encode(),
-                           serde.encode(event_type, ev, topic=topic), ev["ts"] // 1000, ev)
+        yield ReplayRecord(
+            partition_for(sym, partitions),
+            ev["ts"],
+            sym.encode(),
+            serde.encode(event_type, ev, topic=topic),
+            ev["ts"] // 1000,
+            ev,
+        )
 
 
 # --- publishing ---------------------------------------------------------------------------
+
 
 class Progress:
     """A one-line progress bar on stderr: events, events/s, % of the time range, ETA."""
@@ -454,9 +500,16 @@ class Progress:
         sys.stderr.flush()
 
 
-def publish(records, pub: EventPublisher, to_topic: str, speed: float | None, stop: StopFlag,
-            progress: Progress | None = None, same_partitions: bool = True,
-            partitions: int = 1) -> int:
+def publish(
+    records,
+    pub: EventPublisher,
+    to_topic: str,
+    speed: float | None,
+    stop: StopFlag,
+    progress: Progress | None = None,
+    same_partitions: bool = True,
+    partitions: int = 1,
+) -> int:
     """Send records to ``to_topic`` paced at ``speed`` × original (None: max); the count sent.
 
     Records keep their partition when ``same_partitions`` (the target has the source's

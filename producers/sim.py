@@ -4,6 +4,7 @@ With no ``--start`` the simulator runs live: event time starts now and ticks are
 at real time.  With ``--start`` it replays simulated history from that instant, paced
 at ``--speed`` × real time or as fast as possible (``--speed max``).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -31,8 +32,12 @@ def add_arguments(p, parse_time, parse_speed) -> None:
     p.add_argument("--symbols", help="comma/space separated symbols (SYMBOLS)")
     p.add_argument("--seed", type=int, help="random seed (SIM_SEED)")
     p.add_argument("--start", type=parse_time, help="event-time start, ISO-8601 (default: now, live)")
-    p.add_argument("--speed", type=parse_speed, default=None,
-                   help="pace: N x real time or 'max' (default 1 live, max with --start)")
+    p.add_argument(
+        "--speed",
+        type=parse_speed,
+        default=None,
+        help="pace: N x real time or 'max' (default 1 live, max with --start)",
+    )
     p.add_argument("--count", type=positive_int, help="stop after N ticks")
     p.add_argument("--duration", type=positive_float, help="stop after S seconds of event time")
 
@@ -45,8 +50,9 @@ def quiet_windows(spec: str, start_us: int) -> dict[str, list[tuple[int, int]]]:
             syms, when = part.split("@")
             begin, length = (float(x) for x in when.split(":"))
         except ValueError:
-            raise UsageError(f"SIM_QUIET has {part!r}; expected SYM[+SYM...]@START_S:DURATION_S, "
-                             "e.g. AAPL+MSFT@60:120") from None
+            raise UsageError(
+                f"SIM_QUIET has {part!r}; expected SYM[+SYM...]@START_S:DURATION_S, e.g. AAPL+MSFT@60:120"
+            ) from None
         if begin < 0 or length <= 0:
             raise UsageError(f"SIM_QUIET has {part!r}: the start must be >= 0 and the duration > 0")
         a = start_us + int(begin * 1e6)
@@ -87,8 +93,13 @@ def run(args, s: Settings, stop: StopFlag | None = None) -> int:
         ticks = (t for t in ticks if not any(a <= t["ts"] < b for a, b in quiet.get(t["symbol"], ())))
     if args.count:
         ticks = itertools.islice(ticks, args.count)
-    log.info("sim: %d symbols, %.0f ticks/s, seed %s, %s", len(symbols), rate, seed,
-             "live" if live else f"speed {speed or 'max'}")
+    log.info(
+        "sim: %d symbols, %.0f ticks/s, seed %s, %s",
+        len(symbols),
+        rate,
+        seed,
+        "live" if live else f"speed {speed or 'max'}",
+    )
     if live and hours is not None and not hours.is_open(start_us):
         # live ticks leave when their ts is now: wait for the open the session clock starts at
         opens = int(hours.session_clock(start_us, np.zeros(1, dtype=np.int64))[0])
@@ -110,4 +121,3 @@ def run(args, s: Settings, stop: StopFlag | None = None) -> int:
         progress.update(n, ts, force=True)
     log.info("sim: %d ticks published", pub.delivered)
     return 0
-

@@ -16,6 +16,7 @@ a WebSocket ping unanswered within WEBSOCKET_TIMEOUT_S counts as a dead connecti
 Errors that retrying cannot fix (a bad key, a plan that lacks the feed, too many
 symbols) end the feed with one clear message.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -59,13 +60,21 @@ def add_arguments(p, parse_time, parse_speed) -> None:
 
 def run(args, s: Settings, stop: StopFlag | None = None) -> int:
     provider = PROVIDERS[args.provider]
-    overrides = {name: value for name, value in (
-        (provider.feed_setting, args.feed), ("websocket_url", args.url),
-        ("websocket_on_full", args.on_full), ("websocket_queue_size", args.queue_size)) if value is not None}
+    overrides = {
+        name: value
+        for name, value in (
+            (provider.feed_setting, args.feed),
+            ("websocket_url", args.url),
+            ("websocket_on_full", args.on_full),
+            ("websocket_queue_size", args.queue_size),
+        )
+        if value is not None
+    }
     s = dataclasses.replace(s, **overrides)
     symbols = args.symbols.replace(",", " ").split() if args.symbols else s.symbol_list
-    channels = provider.channels if args.channels is None else tuple(
-        c.strip() for c in args.channels.split(",") if c.strip())
+    channels = (
+        provider.channels if args.channels is None else tuple(c.strip() for c in args.channels.split(",") if c.strip())
+    )
     bad = sorted(set(channels) - set(provider.channels))
     if bad or not channels:
         raise ConfigError(f"unknown channels {bad or channels}: choose from {', '.join(provider.channels)}")
@@ -76,13 +85,22 @@ def run(args, s: Settings, stop: StopFlag | None = None) -> int:
 
 
 class WebSocketFeed:
-    def __init__(self, s: Settings, symbols: list[str], channels: tuple[str, ...] | None = None, *,
-                 stop: StopFlag, count: int | None = None, publisher: EventPublisher | None = None,
-                 provider: Provider = alpaca.PROVIDER):
+    def __init__(
+        self,
+        s: Settings,
+        symbols: list[str],
+        channels: tuple[str, ...] | None = None,
+        *,
+        stop: StopFlag,
+        count: int | None = None,
+        publisher: EventPublisher | None = None,
+        provider: Provider = alpaca.PROVIDER,
+    ):
         self.credentials = tuple(getattr(s, name) for name in provider.credentials)
         if not all(self.credentials):
-            raise ConfigError(f"set {' and '.join(n.upper() for n in provider.credentials)} "
-                              f"(the {provider.name} account's keys)")
+            raise ConfigError(
+                f"set {' and '.join(n.upper() for n in provider.credentials)} (the {provider.name} account's keys)"
+            )
         if s.websocket_on_full not in ("block", "drop"):
             raise ConfigError(f"WEBSOCKET_ON_FULL={s.websocket_on_full!r}: use block or drop")
         if not symbols:
@@ -186,8 +204,7 @@ class WebSocketFeed:
             except InvalidStatus as e:
                 status = e.response.status_code
                 if 400 <= status < 500 and status != 429:
-                    raise ProviderError(self.provider.name, status, f"HTTP {status} on connect",
-                                        retry=False) from None
+                    raise ProviderError(self.provider.name, status, f"HTTP {status} on connect", retry=False) from None
                 self.stats.add("errors")
                 reason = f"HTTP {status} on connect"
             except InvalidURI as e:
@@ -198,8 +215,10 @@ class WebSocketFeed:
                     # no session came of it: a failed connect (DNS, refused, unreachable, timed out)
                     self.stats.add("errors")
                     self.connect_failures += 1
-                    reason = (f"cannot reach {self.host} ({reason}); {self.connect_failures} failed "
-                              f"connect{'s' if self.connect_failures > 1 else ''} in a row")
+                    reason = (
+                        f"cannot reach {self.host} ({reason}); {self.connect_failures} failed "
+                        f"connect{'s' if self.connect_failures > 1 else ''} in a row"
+                    )
             if self._done():
                 return
             if self._sessions > subscribed_before:  # it worked for a while: start over
@@ -230,8 +249,14 @@ class WebSocketFeed:
 
     async def _session(self) -> None:
         timeout = self.s.websocket_timeout_s
-        async with connect(self.url, ping_interval=self.s.websocket_ping_interval_s, ping_timeout=timeout,
-                           open_timeout=timeout, close_timeout=1, max_size=2 ** 24) as ws:
+        async with connect(
+            self.url,
+            ping_interval=self.s.websocket_ping_interval_s,
+            ping_timeout=timeout,
+            open_timeout=timeout,
+            close_timeout=1,
+            max_size=2**24,
+        ) as ws:
             await self._expect(ws, "connected")
             await ws.send(self.provider.auth(*self.credentials))
             await self._expect(ws, "authenticated")
@@ -240,11 +265,18 @@ class WebSocketFeed:
             if self._sessions:
                 self.stats.add("reconnects")
                 self.tracker.reconnected()
-                log.info("websocket %s: reconnected and resubscribed after %.1f s without data",
-                         self.url, time.monotonic() - self._last_frame)
+                log.info(
+                    "websocket %s: reconnected and resubscribed after %.1f s without data",
+                    self.url,
+                    time.monotonic() - self._last_frame,
+                )
             else:
-                log.info("websocket %s: subscribed to %s for %d symbols", self.url,
-                         ", ".join(self.channels), len(self.symbols))
+                log.info(
+                    "websocket %s: subscribed to %s for %d symbols",
+                    self.url,
+                    ", ".join(self.channels),
+                    len(self.symbols),
+                )
             self._sessions += 1
             watcher = asyncio.create_task(self._close_when_done(ws))
             try:
@@ -288,8 +320,11 @@ class WebSocketFeed:
         reported, at = self._drops_reported
         now = time.monotonic()
         if now - at >= DROP_REPORT_S:
-            log.warning("websocket: Kafka is slower than the feed: %d events dropped so far (%d since last report)",
-                        self.stats.drops, self.stats.drops - reported)
+            log.warning(
+                "websocket: Kafka is slower than the feed: %d events dropped so far (%d since last report)",
+                self.stats.drops,
+                self.stats.drops - reported,
+            )
             self._drops_reported = (self.stats.drops, now)
 
     def _handle(self, raw) -> list[tuple[str, str | None, dict | DeadLetter]]:
@@ -343,5 +378,17 @@ class WebSocketFeed:
 
     def _dead_letter(self, reason: str, raw: str | bytes) -> tuple[str, None, DeadLetter]:
         value = raw.encode() if isinstance(raw, str) else raw
-        return DLQ_TOPIC, None, dead_letter(reason, stage=self.provider.source, topic=self.url, partition=-1,
-                                            offset=-1, key=None, value=value, max_bytes=self.s.dlq_max_bytes)
+        return (
+            DLQ_TOPIC,
+            None,
+            dead_letter(
+                reason,
+                stage=self.provider.source,
+                topic=self.url,
+                partition=-1,
+                offset=-1,
+                key=None,
+                value=value,
+                max_bytes=self.s.dlq_max_bytes,
+            ),
+        )

@@ -16,6 +16,7 @@ then poll, publishing each closed bar once to md.bars.<interval>.
   it recovers); the others keep going.  Exit code 1 only if every symbol fails in the
   first round (offline).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,12 @@ MAX_GAP_S = 10.0  # longest spacing between requests while rate limited
 def add_arguments(p, parse_time, parse_speed) -> None:
     p.add_argument("--symbols", help="a file of symbols, or a comma/space separated list (SYMBOLS)")
     p.add_argument("--backfill", default="5d", help="history to publish first, in days (default 5d)")
-    p.add_argument("--interval", default="1m", choices=sorted(INTERVAL_S, key=INTERVAL_S.__getitem__),
-                   help="bar interval (default 1m; needs topic md.bars.<interval>)")
+    p.add_argument(
+        "--interval",
+        default="1m",
+        choices=sorted(INTERVAL_S, key=INTERVAL_S.__getitem__),
+        help="bar interval (default 1m; needs topic md.bars.<interval>)",
+    )
     p.add_argument("--poll", type=float, default=60.0, help="seconds between polls (default 60)")
     p.add_argument("--request-gap", type=float, default=0.5, help="seconds between two requests (default 0.5)")
     p.add_argument("--once", action="store_true", help="backfill / catch up once, then exit")
@@ -81,10 +86,21 @@ def bars_from_frame(symbol: str, frame, interval: str, now_us: int) -> list[dict
     for start, o, h, lo, c, v in zip(starts, *columns):
         if start % step or start + step > now_us or any(math.isnan(x) for x in (o, h, lo, c, v)):
             continue  # a live quote row, the bar still forming, or a hole
-        bars[start] = {"event_id": f"{symbol}:{interval}:{start}", "symbol": symbol, "interval": interval,
-                       "ts": start + step, "window_start": start, "window_end": start + step,
-                       "open": o, "high": h, "low": lo, "close": c, "volume": v,
-                       "vwap": (h + lo + c) / 3, "trade_count": 0}
+        bars[start] = {
+            "event_id": f"{symbol}:{interval}:{start}",
+            "symbol": symbol,
+            "interval": interval,
+            "ts": start + step,
+            "window_start": start,
+            "window_end": start + step,
+            "open": o,
+            "high": h,
+            "low": lo,
+            "close": c,
+            "volume": v,
+            "vwap": (h + lo + c) / 3,
+            "trade_count": 0,
+        }
     return [bars[k] for k in sorted(bars)]
 
 
@@ -96,8 +112,9 @@ def fetch_yahoo(symbol: str, start: datetime, end: datetime, interval: str):
 
     yf.config.debug.hide_exceptions = False  # errors as exceptions, not log lines
     try:
-        return yf.Ticker(symbol).history(start=start, end=end, interval=interval, prepost=False,
-                                         actions=False, auto_adjust=False, timeout=10)
+        return yf.Ticker(symbol).history(
+            start=start, end=end, interval=interval, prepost=False, actions=False, auto_adjust=False, timeout=10
+        )
     except YFPricesMissingError:
         import pandas as pd
 
@@ -105,9 +122,19 @@ def fetch_yahoo(symbol: str, start: datetime, end: datetime, interval: str):
 
 
 class YahooSource:
-    def __init__(self, s: Settings, symbols: list[str], interval: str, backfill_days: int, *,
-                 publisher: EventPublisher, stop: StopFlag, fetch=fetch_yahoo, clock=time.time,
-                 request_gap: float = 0.5):
+    def __init__(
+        self,
+        s: Settings,
+        symbols: list[str],
+        interval: str,
+        backfill_days: int,
+        *,
+        publisher: EventPublisher,
+        stop: StopFlag,
+        fetch=fetch_yahoo,
+        clock=time.time,
+        request_gap: float = 0.5,
+    ):
         self.symbols = symbols
         self.interval = interval
         self.topic = f"md.bars.{interval}"
@@ -200,10 +227,24 @@ def run(args, s: Settings, stop: StopFlag | None = None, fetch=fetch_yahoo, cloc
         raise UsageError("--poll must be positive and --request-gap not negative")
     metrics.serve("yahoo", s)
     pub = EventPublisher(s, stage="yahoo")
-    src = YahooSource(s, symbols, args.interval, backfill, publisher=pub, stop=stop, fetch=fetch,
-                      clock=clock, request_gap=args.request_gap)
-    log.info("yahoo: %d symbols, %s bars, backfill %dd, %s", len(symbols), args.interval, backfill,
-             "once" if args.once else f"then every {args.poll:.0f} s")
+    src = YahooSource(
+        s,
+        symbols,
+        args.interval,
+        backfill,
+        publisher=pub,
+        stop=stop,
+        fetch=fetch,
+        clock=clock,
+        request_gap=args.request_gap,
+    )
+    log.info(
+        "yahoo: %d symbols, %s bars, backfill %dd, %s",
+        len(symbols),
+        args.interval,
+        backfill,
+        "once" if args.once else f"then every {args.poll:.0f} s",
+    )
     try:
         if src.cycle() == 0 and symbols:
             log.error("yahoo: no symbol answered (offline?)")

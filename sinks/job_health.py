@@ -7,6 +7,7 @@ the series of a removed job are dropped.  On plain PostgreSQL there are no jobs 
 series.  A database that does not answer leaves the last values (the sink's own metrics
 report the outage) and is asked again at the next poll.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,8 +55,9 @@ class JobHealthExporter:
 
     def poll(self) -> None:
         """Read the jobs once and update the metrics (psycopg.Error when the database fails)."""
-        with psycopg.connect(self.url, autocommit=True, connect_timeout=5,
-                             application_name="ticktape-sink-postgres-jobs") as conn:
+        with psycopg.connect(
+            self.url, autocommit=True, connect_timeout=5, application_name="ticktape-sink-postgres-jobs"
+        ) as conn:
             rows = job_health(conn)
         seen = set()
         for job, proc, table, failed, failures in rows:

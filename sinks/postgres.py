@@ -21,6 +21,7 @@ Errors by SQLSTATE class:
 * anything else (42: a table or column that does not match the code, 0A, 58, XX, …) is
   raised as it is: no retry fixes it.
 """
+
 from __future__ import annotations
 
 import psycopg
@@ -54,11 +55,16 @@ class TableWriter:
         cols = sql.SQL(", ").join(map(sql.Identifier, table.columns))
         self.stage = sql.Identifier(f"stage_{table.name}")
         target = sql.Identifier(table.name)
-        conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DELETE ROWS").format(
-            self.stage, target))
-        types: dict[str, str] = dict(conn.execute(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (table.name,)).fetchall())
+        conn.execute(
+            sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {}) ON COMMIT DELETE ROWS").format(self.stage, target)
+        )
+        types: dict[str, str] = dict(
+            conn.execute(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                (table.name,),
+            ).fetchall()
+        )
         missing = [c for c in table.columns if c not in types]
         if missing:
             raise ConfigError(f"table {table.name} lacks columns {missing}: run `ticktape db migrate`")
@@ -66,7 +72,8 @@ class TableWriter:
         self.copy_direct = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, cols)
         self.copy_stage = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(self.stage, cols)
         self.insert = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
-            target, cols, cols, self.stage)
+            target, cols, cols, self.stage
+        )
         self.truncate = sql.SQL("TRUNCATE {}").format(self.stage)
 
     def _copy(self, cur: psycopg.Cursor, stmt, rows: list[tuple]) -> None:
@@ -106,8 +113,9 @@ class PostgresWriter:
 
     def _connect(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed:
-            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5,
-                                   application_name="ticktape-sink-postgres")
+            conn = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=5, application_name="ticktape-sink-postgres"
+            )
             try:
                 self.tables = {t.name: TableWriter(conn, t) for t in TABLES.values()}
             except BaseException:

@@ -18,6 +18,7 @@ null as an empty string, the prediction's features as JSON).  A write replaces a
 only when its ``ts`` is not older than the stored one (a Lua script), so redelivered
 or replayed events never roll the state back.  One pipeline per batch.
 """
+
 from __future__ import annotations
 
 import json

@@ -20,6 +20,7 @@ tombstone, skipped, only on a compacted topic; elsewhere it is poison (as in the
 Back-pressure: the loop stops consuming while a batch is written or retried, so memory
 holds at most one batch plus the consumer's bounded prefetch queue.
 """
+
 from __future__ import annotations
 
 import logging
@@ -75,8 +76,16 @@ class Writer(Protocol):
 
 
 class SinkRunner:
-    def __init__(self, s: Settings, writer: Writer, topics: list[str], *, group: str | None = None,
-                 batch_size: int | None = None, max_latency_ms: int | None = None):
+    def __init__(
+        self,
+        s: Settings,
+        writer: Writer,
+        topics: list[str],
+        *,
+        group: str | None = None,
+        batch_size: int | None = None,
+        max_latency_ms: int | None = None,
+    ):
         self.s = s
         self.writer = writer
         self.stage = f"sink-{writer.name}"
@@ -107,8 +116,9 @@ class SinkRunner:
         ``EXIT_BUG`` when an error that no retry fixes stopped it."""
         consumer = kafka_clients.consumer(self.s, self.group, **{"queued.max.messages.kbytes": PREFETCH_KBYTES})
         self._consumer = consumer
-        consumer.subscribe(list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
-                           on_lost=self._on_revoke)
+        consumer.subscribe(
+            list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
         metrics.SINK_HEALTHY.labels(self.writer.name).set(1)
         first_at = 0.0
         try:
@@ -121,8 +131,7 @@ class SinkRunner:
                     if not self._buf:
                         first_at = time.monotonic()
                     self._buf.append(m)
-                if self._buf and (len(self._buf) >= self.batch_size
-                                  or time.monotonic() - first_at >= self.max_latency):
+                if self._buf and (len(self._buf) >= self.batch_size or time.monotonic() - first_at >= self.max_latency):
                     rc = self._flush()
                     if rc:
                         return rc
@@ -165,8 +174,9 @@ class SinkRunner:
                 self.healthy = False
                 log.warning("%s: write failed (%s); retrying in %.1f s", self.stage, _first_line(e), backoff)
                 if self.stopping.wait(backoff):
-                    log.warning("%s: stopped with %d messages unwritten (they will be redelivered)",
-                                self.stage, len(batch))
+                    log.warning(
+                        "%s: stopped with %d messages unwritten (they will be redelivered)", self.stage, len(batch)
+                    )
                     return 1
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
             except Exception as e:  # noqa: BLE001 - not an outage: a retry would fail the same way
@@ -174,9 +184,16 @@ class SinkRunner:
                 metrics.SINK_HEALTHY.labels(self.writer.name).set(0)
                 self.healthy = False
                 where = traceback.extract_tb(e.__traceback__)[-1]
-                log.error("%s: stopped by an error a retry cannot fix: %s: %s (%s:%d); %d messages not "
-                          "committed, they are redelivered on restart", self.stage, type(e).__name__,
-                          _first_line(e), where.filename, where.lineno, len(batch))
+                log.error(
+                    "%s: stopped by an error a retry cannot fix: %s: %s (%s:%d); %d messages not "
+                    "committed, they are redelivered on restart",
+                    self.stage,
+                    type(e).__name__,
+                    _first_line(e),
+                    where.filename,
+                    where.lineno,
+                    len(batch),
+                )
                 log.debug("%s: traceback", self.stage, exc_info=e)
                 return EXIT_BUG
         if not self.healthy:
@@ -246,15 +263,34 @@ class SinkRunner:
 
         for key, p in by_msg.items():
             m = p.msg
-            dl = deadletter.dead_letter(p.error, stage=self.stage, topic=m.topic(), partition=m.partition(),  # type: ignore[arg-type]
-                                        offset=m.offset(), key=m.key(), value=m.value(),  # type: ignore[arg-type]
-                                        max_bytes=self.s.dlq_max_bytes)
+            dl = deadletter.dead_letter(
+                p.error,
+                stage=self.stage,
+                topic=m.topic(),  # type: ignore[arg-type]
+                partition=m.partition(),  # type: ignore[arg-type]
+                offset=m.offset(),  # type: ignore[arg-type]
+                key=m.key(),
+                value=m.value(),
+                max_bytes=self.s.dlq_max_bytes,
+            )
             # confluent_kafka: headers is an invariant list of (str, str | bytes | None), and
             # mypy cannot type a lambda with a default argument as its DeliveryCallback
-            self._producer.produce(self.dlq_topic, key=dl.key, value=dl.value, headers=dl.headers,  # type: ignore[arg-type]
-                                   on_delivery=lambda err, msg, key=key: report(err, msg, key))  # type: ignore[misc]
-            log.warning("%s: %s[%d]@%d -> %s: %s", self.stage, m.topic(), m.partition(), m.offset(),
-                        self.dlq_topic, p.error[:300])
+            self._producer.produce(
+                self.dlq_topic,
+                key=dl.key,
+                value=dl.value,
+                headers=dl.headers,  # type: ignore[arg-type]
+                on_delivery=lambda err, msg, key=key: report(err, msg, key),  # type: ignore[misc]
+            )
+            log.warning(
+                "%s: %s[%d]@%d -> %s: %s",
+                self.stage,
+                m.topic(),
+                m.partition(),
+                m.offset(),
+                self.dlq_topic,
+                p.error[:300],
+            )
         self._producer.flush(30)
         if not by_msg.keys() <= acked:
             raise Outage(f"{len(by_msg.keys() - acked)} dead letters not acknowledged by {self.dlq_topic}")
@@ -279,9 +315,9 @@ class SinkRunner:
             _, high = self._consumer.get_watermark_offsets(tp, cached=True)
             if high >= 0:
                 # labelled without the run prefix: label values stay bounded across runs
-                metrics.CONSUMER_LAG.labels(f"ticktape.{self.stage}", self.topics[tp.topic][0],
-                                            str(tp.partition)).set(
-                    max(0, high - tp.offset))
+                metrics.CONSUMER_LAG.labels(f"ticktape.{self.stage}", self.topics[tp.topic][0], str(tp.partition)).set(
+                    max(0, high - tp.offset)
+                )
 
 
 def _first_line(e: BaseException) -> str:

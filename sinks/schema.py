@@ -23,6 +23,7 @@ reconciled on every run: a policy whose setting is unchanged is left alone (its 
 schedule and history stay), a changed interval alters the existing job, an emptied
 setting removes it.  So changing TSDB_* and migrating again takes effect.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -103,8 +104,10 @@ def _flavor(conn: psycopg.Connection, url: str) -> str:
     available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
     if recorded is not None:
         if recorded == POSTGRES and available:
-            log.info("the database was migrated as plain PostgreSQL and stays so, though timescaledb is "
-                     "available (sinks/README.md: moving a database to TimescaleDB)")
+            log.info(
+                "the database was migrated as plain PostgreSQL and stays so, though timescaledb is "
+                "available (sinks/README.md: moving a database to TimescaleDB)"
+            )
         return recorded
     if not available:
         return POSTGRES
@@ -112,8 +115,10 @@ def _flavor(conn: psycopg.Connection, url: str) -> str:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as probe:  # may be closed by a FATAL
             probe.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
     except psycopg.Error as e:  # e.g. available but not in shared_preload_libraries
-        log.warning("timescaledb is available but cannot be created (%s); using plain PostgreSQL",
-                    e.diag.message_primary or str(e).strip().splitlines()[0])
+        log.warning(
+            "timescaledb is available but cannot be created (%s); using plain PostgreSQL",
+            e.diag.message_primary or str(e).strip().splitlines()[0],
+        )
         return POSTGRES
     return TIMESCALEDB
 
@@ -147,7 +152,8 @@ def migrate(s: Settings) -> list[str]:
                     conn.execute(mig.sql)
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name, flavor, checksum) VALUES (%s, %s, %s, %s)",
-                        (mig.version, mig.name, flavor, mig.checksum))
+                        (mig.version, mig.name, flavor, mig.checksum),
+                    )
                 log.info("applied migration %s (%s)", mig.name, flavor)
                 applied_now.append(mig.name)
             if flavor == TIMESCALEDB:
@@ -163,15 +169,20 @@ def _check_unchanged(files: list[Migration], recorded: dict[str, str]) -> None:
         if mig.version in recorded and recorded[mig.version] != mig.checksum:
             raise ConfigError(
                 f"migration {mig.path.name} was edited after it was applied (checksum {mig.checksum}, "
-                f"applied {recorded[mig.version]}): restore the file and put the change in a new migration")
+                f"applied {recorded[mig.version]}): restore the file and put the change in a new migration"
+            )
 
 
 # (policy proc, config key, add function, its interval argument, remove function)
 _POLICIES = {
-    "compression": ("policy_compression", "compress_after", "add_compression_policy", "compress_after",
-                    "remove_compression_policy"),
-    "retention": ("policy_retention", "drop_after", "add_retention_policy", "drop_after",
-                  "remove_retention_policy"),
+    "compression": (
+        "policy_compression",
+        "compress_after",
+        "add_compression_policy",
+        "compress_after",
+        "remove_compression_policy",
+    ),
+    "retention": ("policy_retention", "drop_after", "add_retention_policy", "drop_after", "remove_retention_policy"),
 }
 
 
@@ -190,7 +201,8 @@ def _reconcile(conn: psycopg.Connection, kind: str, table: str, after: str | Non
     job = conn.execute(
         "SELECT job_id, config->>%s FROM timescaledb_information.jobs "
         "WHERE proc_name = %s AND hypertable_schema = current_schema() AND hypertable_name = %s",
-        (key, proc, table)).fetchone()
+        (key, proc, table),
+    ).fetchone()
     if not after:
         if job:
             conn.execute(f"SELECT {remove}(%s, if_exists => TRUE)", (table,))
@@ -200,9 +212,11 @@ def _reconcile(conn: psycopg.Connection, kind: str, table: str, after: str | Non
         conn.execute(f"SELECT {add}(%s, {arg} => %s::interval, if_not_exists => TRUE)", (table, after))
         log.info("added a %s policy on %s: %s", kind, table, after)
     elif not cast(tuple, conn.execute("SELECT %s::interval = %s::interval", (job[1], after)).fetchone())[0]:  # one row
-        conn.execute("SELECT alter_job(%s, config => (SELECT config FROM timescaledb_information.jobs "
-                     "WHERE job_id = %s) || jsonb_build_object(%s::text, %s::interval::text))",
-                     (job[0], job[0], key, after))
+        conn.execute(
+            "SELECT alter_job(%s, config => (SELECT config FROM timescaledb_information.jobs "
+            "WHERE job_id = %s) || jsonb_build_object(%s::text, %s::interval::text))",
+            (job[0], job[0], key, after),
+        )
         log.info("%s policy of %s (job %d): %s -> %s", kind, table, job[0], job[1], after)
 
 
@@ -215,10 +229,17 @@ def status(s: Settings) -> tuple[list[dict], list[str]]:
         applied = []
         if ledger:
             cur = conn.execute(
-                "SELECT version, name, flavor, checksum, applied_at FROM schema_migrations ORDER BY version")
+                "SELECT version, name, flavor, checksum, applied_at FROM schema_migrations ORDER BY version"
+            )
             applied = [dict(zip(("version", "name", "flavor", "checksum", "applied_at"), r)) for r in cur]
-        flavor = applied[-1]["flavor"] if applied else (
-            TIMESCALEDB if conn.execute(
-                "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone() else POSTGRES)
+        flavor = (
+            applied[-1]["flavor"]
+            if applied
+            else (
+                TIMESCALEDB
+                if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
+                else POSTGRES
+            )
+        )
     done = {a["version"] for a in applied}
     return applied, [m.name for m in migrations(flavor) if m.version not in done]

@@ -4,6 +4,7 @@ A table's columns are the Avro fields of its event's latest schema, in schema or
 ``timestamp-micros`` fields become aware UTC datetimes; everything else (maps, for
 jsonb columns, included) passes through as decoded.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,9 +17,17 @@ EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # Event type -> table of record.
 TABLE_OF_EVENT = {
-    "tick": "ticks", "bar": "bars", "indicator_set": "indicators", "prediction": "predictions",
-    "signal": "signals", "order": "orders", "order_rejected": "order_rejections", "fill": "fills",
-    "position": "positions", "equity": "equity", "risk_state": "risk_states",
+    "tick": "ticks",
+    "bar": "bars",
+    "indicator_set": "indicators",
+    "prediction": "predictions",
+    "signal": "signals",
+    "order": "orders",
+    "order_rejected": "order_rejections",
+    "fill": "fills",
+    "position": "positions",
+    "equity": "equity",
+    "risk_state": "risk_states",
 }
 
 
@@ -48,8 +57,12 @@ class Table:
 
 def _table(event: str) -> Table:
     fields = catalog().latest(event).schema["fields"]
-    return Table(TABLE_OF_EVENT[event], event, tuple(f["name"] for f in fields),
-                 tuple(i for i, f in enumerate(fields) if _is_timestamp(f["type"])))
+    return Table(
+        TABLE_OF_EVENT[event],
+        event,
+        tuple(f["name"] for f in fields),
+        tuple(i for i, f in enumerate(fields) if _is_timestamp(f["type"])),
+    )
 
 
 TABLES: dict[str, Table] = {event: _table(event) for event in TABLE_OF_EVENT}
@@ -57,8 +70,9 @@ TABLES: dict[str, Table] = {event: _table(event) for event in TABLE_OF_EVENT}
 
 def topics_of_record() -> list[str]:
     """Catalog topics whose events have a table (late ticks are counted, not stored)."""
-    return [name for name, spec in topic_catalog().items()
-            if spec.event in TABLE_OF_EVENT and not name.endswith(".late")]
+    return [
+        name for name, spec in topic_catalog().items() if spec.event in TABLE_OF_EVENT and not name.endswith(".late")
+    ]
 
 
 def expected_event(topic_name: str) -> str | None:

@@ -4,6 +4,7 @@ Each stage is a module ``stream_processors/<stage>.py`` with ``attach(app, setti
 that adds its agents (and tables) to the one app; ``STAGES`` lists them in flow order.
 State lives in Faust tables in memory, rebuilt from their changelog topics on start.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,9 +25,11 @@ from ticktape.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
-OFFSET_KEY = "@offset:{}:{}"  # table key of an input partition's next offset ('@' starts no symbol, account or interval)
-TAIL_CHECK_S = 1.0
-RECOVERY_REPORT_S = 5.0  # how often a recovering worker says how far it is  # how often each stage looks for input the consumer has not delivered
+OFFSET_KEY = (
+    "@offset:{}:{}"  # table key of an input partition's next offset ('@' starts no symbol, account or interval)
+)
+TAIL_CHECK_S = 1.0  # how often each stage looks for input the consumer has not delivered
+RECOVERY_REPORT_S = 5.0  # how often a recovering worker says how far it is
 MAX_STATE_RECORD = 900_000  # bytes of one changelog value: under the broker's 1 MiB message limit
 STAGES = ["bars", "indicators", "predict", "strategy", "risk", "execution", "portfolio"]
 
@@ -86,6 +89,7 @@ def agent(app: faust.App, channel, *, name: str):
     Faust would otherwise restart the agent or leave the worker hanging; a restarted
     worker resumes from the committed offsets and the tables' changelogs instead.
     """
+
     def decorate(fun):
         async def guarded(stream):
             await crash_on_error(app, name, fun(stream))
@@ -220,8 +224,10 @@ class InputGuard:
     def offset_entries(self, runs) -> list[tuple[int, str, dict]]:
         """``save_state`` entries of the runs' next offsets, each in its input's partition
         number; they go last, so that an entry never claims input the state does not hold."""
-        return [(partition, OFFSET_KEY.format(topic, partition), {"offset": self.next_offset(topic, partition)})
-                for topic, partition, _ in runs]
+        return [
+            (partition, OFFSET_KEY.format(topic, partition), {"offset": self.next_offset(topic, partition)})
+            for topic, partition, _ in runs
+        ]
 
     async def records(self, topic: str, partition: int, messages) -> list[Record]:
         """The partition's messages (Faust ``Message`` objects, in delivery order) as
@@ -237,8 +243,14 @@ class InputGuard:
             if m.offset > nxt:
                 missing = await loop.run_in_executor(self._thread, self._read, {(topic, partition): (nxt, m.offset)})
                 if missing:
-                    log.warning("%s[%d]: re-read %d records at offsets %d..%d that the consumer skipped",
-                                topic, partition, len(missing), nxt, m.offset - 1)
+                    log.warning(
+                        "%s[%d]: re-read %d records at offsets %d..%d that the consumer skipped",
+                        topic,
+                        partition,
+                        len(missing),
+                        nxt,
+                        m.offset - 1,
+                    )
                 out += missing
             out.append(Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp, m.headers))
             nxt = m.offset + 1
@@ -256,19 +268,22 @@ class InputGuard:
             return []
         loop = asyncio.get_running_loop()
         ranges: dict[tuple[str, int], tuple[int, int | None]] = {tp: (nxt, None) for tp, nxt in still.items()}
-        records = await loop.run_in_executor(self._thread, self._read, ranges,
-                                             self.s.processor_batch_size)  # a batch; the rest, if still lost, next time
+        records = await loop.run_in_executor(
+            self._thread, self._read, ranges, self.s.processor_batch_size
+        )  # a batch; the rest, if still lost, next time
         if records:
-            log.warning("%s: read %d records that the consumer had not delivered",
-                        ", ".join(f"{t}[{p}]@{still[(t, p)]}" for t, p in sorted({(r.topic, r.partition)
-                                                                                    for r in records})),
-                        len(records))
+            log.warning(
+                "%s: read %d records that the consumer had not delivered",
+                ", ".join(f"{t}[{p}]@{still[(t, p)]}" for t, p in sorted({(r.topic, r.partition) for r in records})),
+                len(records),
+            )
         return records
 
     def _client(self):
         if self._consumer is None:
-            self._consumer = kafka_clients.consumer(self.s, self.s.group("worker.reader"),
-                                                    **{"enable.partition.eof": True})
+            self._consumer = kafka_clients.consumer(
+                self.s, self.s.group("worker.reader"), **{"enable.partition.eof": True}
+            )
         return self._consumer
 
     def _first_offset(self, topic: str, partition: int) -> int:
@@ -309,8 +324,15 @@ class InputGuard:
 
 def _record(msg) -> Record:
     ts = msg.timestamp()[1]
-    return Record(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(),
-                  ts / 1000 if ts >= 0 else None, msg.headers())
+    return Record(
+        msg.topic(),
+        msg.partition(),
+        msg.offset(),
+        msg.key(),
+        msg.value(),
+        ts / 1000 if ts >= 0 else None,
+        msg.headers(),
+    )
 
 
 async def save_state(table, entries) -> None:
@@ -329,8 +351,10 @@ async def save_state(table, entries) -> None:
     for partition, key, value in entries:  # every size checked before anything is sent
         raw = None if value is None else json.dumps(value).encode()  # None: JSON would write 'null'
         if raw is not None and len(raw) > MAX_STATE_RECORD:
-            raise StateTooLarge(f"table {table.name}: the state of key {key!r} is {len(raw):,} bytes, "
-                                f"more than the {MAX_STATE_RECORD:,} a changelog record may hold")
+            raise StateTooLarge(
+                f"table {table.name}: the state of key {key!r} is {len(raw):,} bytes, "
+                f"more than the {MAX_STATE_RECORD:,} a changelog record may hold"
+            )
         records.append((partition, key, raw, None, "raw"))
     data = table.data
     last: dict[int, tuple] = {}

@@ -17,6 +17,7 @@ per-symbol positions in the state keep redelivered ticks from being counted twic
 Outputs go to the partition number of their input, so every symbol-keyed topic keeps
 a symbol in one partition number whichever partitioner the tick source used.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -67,8 +68,9 @@ class TickRuns:
         elif event_type not in ("tick", "tick_batch"):
             raise SerdeError(f"expected a tick, got a {event_type}")
         elif msg.key != cast(str, symbol).encode():  # a tick's symbol: None only for a heartbeat
-            raise SerdeError(f"the message key {msg.key!r} is not its symbol {symbol!r}: "
-                             "producers must key ticks by symbol")
+            raise SerdeError(
+                f"the message key {msg.key!r} is not its symbol {symbol!r}: producers must key ticks by symbol"
+            )
         self.runs.append((symbol, ts, price, size, msg.offset * MAX_TICKS))
         self._starts.append(self.count)
         self._messages.append((msg, event_type))  # a heartbeat's own, for the DLQ
@@ -122,19 +124,24 @@ class BarsStage:
             data = self.table.data
             wm = data.get(WATERMARK_KEY.format(partition))
             self.guard.expect(self.source, partition, wm["offset"] if wm else None)
-            state = {"watermark": wm["watermark"] if wm else None,
-                     "symbols": {k: v for k, v in data.items()
-                                 if not k.startswith("@") and v and v["p"] == partition}}
-            agg = self._aggregators[partition] = BarAggregator.from_state(
-                state, self.intervals, self.grace_us)
+            state = {
+                "watermark": wm["watermark"] if wm else None,
+                "symbols": {k: v for k, v in data.items() if not k.startswith("@") and v and v["p"] == partition},
+            }
+            agg = self._aggregators[partition] = BarAggregator.from_state(state, self.intervals, self.grace_us)
         return agg
 
     def changes(self, partition: int, agg: BarAggregator) -> list[tuple[int, str, dict]]:
         """Table entries of the changed symbols, then of the watermark and next input
         offset (always, last)."""
         entries = [(partition, sym, {"p": partition, **agg.symbol_state(sym)}) for sym in agg.take_dirty()]
-        entries.append((partition, WATERMARK_KEY.format(partition),
-                        {"watermark": agg.watermark, "offset": self.guard.next_offset(self.source, partition)}))
+        entries.append(
+            (
+                partition,
+                WATERMARK_KEY.format(partition),
+                {"watermark": agg.watermark, "offset": self.guard.next_offset(self.source, partition)},
+            )
+        )
         return entries
 
     # -- processing ------------------------------------------------------------------
@@ -164,15 +171,15 @@ class BarsStage:
                 iv = bar["interval"]
                 topic = self.bar_topics[iv]
                 value = self.serde.encode("bar", bar, topic=topic)
-                deliveries.append(await send(topic, bar["symbol"].encode(), value, partition,
-                                             bar["window_end"] / 1e6, None))
+                deliveries.append(
+                    await send(topic, bar["symbol"].encode(), value, partition, bar["window_end"] / 1e6, None)
+                )
                 self._out[iv].inc()
                 self._closed[iv].inc()
                 self._latency.observe(now - (bar["window_end"] + self.grace_us) / 1e6)
             for idx, late_for in out.late:
                 msg, value = runs.source(idx, self.late_topic)
-                deliveries.append(await send(self.late_topic, msg.key, value, partition,
-                                             msg.timestamp, None))
+                deliveries.append(await send(self.late_topic, msg.key, value, partition, msg.timestamp, None))
                 self._late_out.inc()
                 for iv in late_for:
                     self._late[iv].inc()

@@ -10,6 +10,7 @@ orders (key ``<symbol>``) and per interval window its first prices (key
 time) and each input partition's next offset (``InputGuard``) — written to the changelog
 after each batch.
 """
+
 from __future__ import annotations
 
 import faust
@@ -32,8 +33,9 @@ class ExecutionStage:
         self.io = TradingIO(app, s, STAGE)
         self.guard = self.io.guard  # run_stage reads lost tails through it
         self.table = table
-        self.market = (s.topic("md.ticks") if s.exec_market_data == "ticks"
-                       else s.topic(f"md.bars.{s.strategy_interval}"))
+        self.market = (
+            s.topic("md.ticks") if s.exec_market_data == "ticks" else s.topic(f"md.bars.{s.strategy_interval}")
+        )
         self.orders = s.topic("trading.orders")
         self.sources = {self.market, self.orders}
         self.width = interval_seconds(s.strategy_interval) * 1_000_000
@@ -78,8 +80,13 @@ class ExecutionStage:
         fills = []
         for msg in await io.inputs(self.table, events, self.sources):
             self.load(msg.partition)
-            expected = (("order",) if msg.topic == self.orders
-                        else ("tick", "tick_batch", "heartbeat") if self.source == "ticks" else ("bar",))
+            expected = (
+                ("order",)
+                if msg.topic == self.orders
+                else ("tick", "tick_batch", "heartbeat")
+                if self.source == "ticks"
+                else ("bar",)
+            )
             decoded = await io.decode(msg, expected)
             if decoded is None or decoded[0] == "heartbeat":
                 continue  # a heartbeat carries no price
@@ -109,8 +116,10 @@ class ExecutionStage:
 
 
 def attach(app: faust.App, s: Settings) -> None:
-    stage_topics = [s.topic("trading.orders"),
-                    s.topic("md.ticks") if s.exec_market_data == "ticks" else s.topic(f"md.bars.{s.strategy_interval}")]
+    stage_topics = [
+        s.topic("trading.orders"),
+        s.topic("md.ticks") if s.exec_market_data == "ticks" else s.topic(f"md.bars.{s.strategy_interval}"),
+    ]
     topic = app.topic(*stage_topics, key_serializer="raw", value_serializer="raw")
     table = app.Table(STAGE, partitions=kafka_clients.topic_spec("trading.orders").partitions)
     stage = ExecutionStage(app, s, table)

@@ -10,6 +10,7 @@ also holds each input partition's next offset (key ``@offset:<topic>:<partition>
 as in the bars stage: send the indicator sets and dead letters and wait for the broker,
 then the changelog, then ack.  Outputs go to their input's partition number.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,8 +44,9 @@ class IndicatorsStage:
         self.dlq_topic = s.topic("dlq.indicators")
         self._states: dict[int, dict[str, IndicatorState]] = defaultdict(dict)
         self.guard = InputGuard(s)
-        self._in = {full: metrics.EVENTS_IN.labels(STAGE, f"md.bars.{iv}")
-                    for full, iv in zip(self.sources, s.interval_list)}
+        self._in = {
+            full: metrics.EVENTS_IN.labels(STAGE, f"md.bars.{iv}") for full, iv in zip(self.sources, s.interval_list)
+        }
         self._out = metrics.EVENTS_OUT.labels(STAGE, "analytics.indicators")
         self._dlq = metrics.DLQ_MESSAGES.labels(STAGE, "dlq.indicators")
         self.dlq_max_bytes = s.dlq_max_bytes
@@ -68,8 +70,9 @@ class IndicatorsStage:
     # -- processing ------------------------------------------------------------------
     async def process(self, events) -> None:
         assigned = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
-        messages = [ev.message for ev in events
-                    if (ev.message.topic, ev.message.partition) in assigned]  # else its new owner processes it
+        messages = [
+            ev.message for ev in events if (ev.message.topic, ev.message.partition) in assigned
+        ]  # else its new owner processes it
         send = self.app.producer.send
         deliveries, dirty = [], {}
         now = time.time()
@@ -89,7 +92,10 @@ class IndicatorsStage:
                     key = f"{bar['interval']}:{bar['symbol']}"
                     st = self.state(partition, key, bar["interval"])
                     values = st.update(bar)
-                except (SerdeError, BarError) as e:  # the bar's fault; a saved state this code cannot read stops the worker
+                except (
+                    SerdeError,
+                    BarError,
+                ) as e:  # the bar's fault; a saved state this code cannot read stops the worker
                     self._dlq.inc()
                     dl = deadletter.of_message(msg, str(e), stage=STAGE, max_bytes=self.dlq_max_bytes)
                     deliveries.append(await send(self.dlq_topic, dl.key, dl.value, None, msg.timestamp, dl.headers))
@@ -98,13 +104,17 @@ class IndicatorsStage:
                     continue  # redelivered: folded before
                 dirty[key] = (partition, st)
                 value = self.serde.encode("indicator_set", indicator_event(bar, values), topic=self.out_topic)
-                deliveries.append(await send(self.out_topic, bar["symbol"].encode(), value, partition,
-                                             bar["window_end"] / 1e6, None))
+                deliveries.append(
+                    await send(self.out_topic, bar["symbol"].encode(), value, partition, bar["window_end"] / 1e6, None)
+                )
                 self._out.inc()
                 self._latency.observe(now - bar["window_end"] / 1e6 - self.grace_s)
         await asyncio.gather(*deliveries)
-        await save_state(self.table, [(partition, key, {"p": partition, **st.to_state()})
-                                      for key, (partition, st) in dirty.items()] + self.guard.offset_entries(runs))
+        await save_state(
+            self.table,
+            [(partition, key, {"p": partition, **st.to_state()}) for key, (partition, st) in dirty.items()]
+            + self.guard.offset_entries(runs),
+        )
 
 
 def attach(app: faust.App, s: Settings) -> None:

@@ -6,6 +6,7 @@ One ``PortfolioDesk`` per account (``ticktape.core.desks``), kept in the ``portf
 table (one entry per account) and written to the changelog after each batch.  Gauges:
 equity, realized/unrealized PnL, gross exposure and open positions per account.
 """
+
 from __future__ import annotations
 
 import faust
@@ -38,8 +39,11 @@ class PortfolioStage:
         entry = self.desks.get(account)
         if entry is None:
             saved = self.table.data.get(account)
-            desk = (PortfolioDesk(account, self.s.starting_cash) if saved is None
-                    else PortfolioDesk.from_dict(saved["desk"]))
+            desk = (
+                PortfolioDesk(account, self.s.starting_cash)
+                if saved is None
+                else PortfolioDesk.from_dict(saved["desk"])
+            )
             entry = self.desks[account] = (partition, desk)
         return entry[1]
 
@@ -67,8 +71,7 @@ class PortfolioStage:
             metrics.PNL.labels(account, "unrealized").set(pf.market_value - pf.cost_basis)
             metrics.GROSS_EXPOSURE.labels(account).set(pf.gross_exposure)
             metrics.POSITIONS_OPEN.labels(account).set(sum(1 for p in pf.positions.values() if p.qty))
-        await io.flush(self.table, {a: (p, {"p": p, "desk": self.desks[a][1].to_dict()})
-                                    for a, p in touched.items()})
+        await io.flush(self.table, {a: (p, {"p": p, "desk": self.desks[a][1].to_dict()}) for a, p in touched.items()})
 
 
 def attach(app: faust.App, s: Settings) -> None:

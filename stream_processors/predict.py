@@ -20,6 +20,7 @@ each announced model (``Model.load``) and swaps it in between two batches — no
 A model this pipeline cannot score with is refused: a logged error, the
 ``ticktape_model_refusals`` counter, and the previous model stays active.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -78,8 +79,14 @@ class ModelWatcher:
         if old is not None:
             metrics.MODEL_ACTIVE.remove(old.name, old.version)
         metrics.MODEL_ACTIVE.labels(model.name, model.version).set(1)
-        log.info("scoring with model %s %s (%s, horizon %d, %d features)", model.name, model.version,
-                 model.interval, model.horizon, len(model.features))
+        log.info(
+            "scoring with model %s %s (%s, horizon %d, %d features)",
+            model.name,
+            model.version,
+            model.interval,
+            model.horizon,
+            len(model.features),
+        )
         return True
 
     def start(self) -> None:
@@ -159,8 +166,9 @@ class PredictStage:
         assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.source}
         deliveries, dirty, items, partition_of = [], {}, [], {}
         no_model = 0
-        runs = await self.guard.runs(self.table, [ev.message for ev in events
-                                                  if ev.message.partition in assigned])  # else its new owner processes it
+        runs = await self.guard.runs(
+            self.table, [ev.message for ev in events if ev.message.partition in assigned]
+        )  # else its new owner processes it
         self._in.inc(sum(len(records) for _, _, records in runs))  # each input record once, however often it came
         for msg in (msg for _, _, records in runs for msg in records):
             try:
@@ -192,15 +200,26 @@ class PredictStage:
             now = time.time()
             for pred in preds:
                 value = self.serde.encode("prediction", pred, topic=self.out_topic)
-                deliveries.append(await send(self.out_topic, pred["symbol"].encode(), value,
-                                             partition_of[pred["symbol"]], pred["ts"] / 1e6, None))
+                deliveries.append(
+                    await send(
+                        self.out_topic,
+                        pred["symbol"].encode(),
+                        value,
+                        partition_of[pred["symbol"]],
+                        pred["ts"] / 1e6,
+                        None,
+                    )
+                )
                 metrics.INFERENCE_LATENCY.observe(seconds)
                 self._latency.observe(now - pred["ts"] / 1e6 - self.grace_s)
             self._out.inc(len(preds))
             metrics.PREDICTIONS.labels(model.name).inc(len(preds))
         await asyncio.gather(*deliveries)
-        await save_state(self.table, [(partition, key, {"p": partition, **st.to_state()})
-                                      for key, (partition, st) in dirty.items()] + self.guard.offset_entries(runs))
+        await save_state(
+            self.table,
+            [(partition, key, {"p": partition, **st.to_state()}) for key, (partition, st) in dirty.items()]
+            + self.guard.offset_entries(runs),
+        )
 
     async def _dead_letter(self, msg, error: str):
         self._dlq.inc()

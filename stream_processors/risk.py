@@ -9,6 +9,7 @@ was interleaved.  State: the ``risk`` table, one entry per account — the desk 
 partition of each symbol (from the strategy's header) — written to the changelog after
 each batch; ``ticktape risk status`` reads that changelog.
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,8 +63,11 @@ class RiskStage:
         if entry is None:
             saved = self.table.data.get(account)
             limits = self.limits.for_account(account)
-            bounds = {"idle_us": self.s.risk_idle_ms * 1000, "max_pending": self.s.risk_max_pending,
-                      "fill_lead_us": self.fill_lead_us}
+            bounds = {
+                "idle_us": self.s.risk_idle_ms * 1000,
+                "max_pending": self.s.risk_max_pending,
+                "fill_lead_us": self.fill_lead_us,
+            }
             if saved is None:
                 desk, parts = RiskDesk(account, limits, self.s.starting_cash, self.universe, **bounds), {}
             else:
@@ -138,8 +142,12 @@ class RiskStage:
         metrics.RISK_PENDING.labels(account).set(len(desk.pending))
         idle = desk.idle(clock)
         if idle != self._idle.get(account, []):
-            log.info("account %s: %d idle symbols (more than RISK_IDLE_MS behind, they hold nothing back): %s",
-                     account, len(idle), " ".join(idle[:20]))
+            log.info(
+                "account %s: %d idle symbols (more than RISK_IDLE_MS behind, they hold nothing back): %s",
+                account,
+                len(idle),
+                " ".join(idle[:20]),
+            )
         self._idle[account] = idle
         metrics.RISK_IDLE_SYMBOLS.labels(account).set(len(idle))
         seen = self._counted.setdefault(account, {"forced": 0, "signal": 0, "mark": 0, "fill": 0})
@@ -151,8 +159,9 @@ class RiskStage:
 
 
 def attach(app: faust.App, s: Settings) -> None:
-    topic = app.topic(s.topic("trading.account"), s.topic("trading.control"),
-                      key_serializer="raw", value_serializer="raw")
+    topic = app.topic(
+        s.topic("trading.account"), s.topic("trading.control"), key_serializer="raw", value_serializer="raw"
+    )
     table = app.Table(STAGE, partitions=kafka_clients.topic_spec("trading.account").partitions)
     stage = RiskStage(app, s, table)
 

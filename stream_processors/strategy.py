@@ -10,6 +10,7 @@ Progress per symbol whose progress moved; wait for the broker; then the changelo
 Account-stream events carry the symbol's partition in a header so that the risk stage
 can send orders to the partition the symbol's market data is in.
 """
+
 from __future__ import annotations
 
 import json
@@ -83,9 +84,19 @@ class StrategyStage:
             progress = self.desk.progress(sym)
             if progress is not None and progress > self.sent_progress.get(sym, -1):
                 self.sent_progress[sym] = progress
-                await io.send("trading.account", "progress",
-                              {"event_id": f"prog:{self.account}:{sym}:{progress}", "account": self.account,
-                               "symbol": sym, "ts": progress}, self.account, acct_p, partition_header(partition))
+                await io.send(
+                    "trading.account",
+                    "progress",
+                    {
+                        "event_id": f"prog:{self.account}:{sym}:{progress}",
+                        "account": self.account,
+                        "symbol": sym,
+                        "ts": progress,
+                    },
+                    self.account,
+                    acct_p,
+                    partition_header(partition),
+                )
         states = {sym: (p, self.desk.symbol_state(sym)) for sym, p in dirty.items()}
         await io.flush(self.table, {sym: (p, {"p": p, **st}) for sym, (p, st) in states.items() if st})
 
@@ -94,10 +105,20 @@ def attach(app: faust.App, s: Settings) -> None:
     spec = load_strategy(s)
     desk = StrategyDesk(StrategyConfig.from_settings(s), spec)
     ran = spec.record()
-    metrics.STRATEGY.info({"class": ran["class"], "params": json.dumps(ran["params"], sort_keys=True),
-                           "source_sha256": ran["source_sha256"]})  # what this live run trades
-    log.info("strategy %s %s (source sha256 %s), on %s", ran["class"], json.dumps(ran["params"], sort_keys=True),
-             ran["source_sha256"][:16], INPUT_TOPICS[desk.input])
+    metrics.STRATEGY.info(
+        {
+            "class": ran["class"],
+            "params": json.dumps(ran["params"], sort_keys=True),
+            "source_sha256": ran["source_sha256"],
+        }
+    )  # what this live run trades
+    log.info(
+        "strategy %s %s (source sha256 %s), on %s",
+        ran["class"],
+        json.dumps(ran["params"], sort_keys=True),
+        ran["source_sha256"][:16],
+        INPUT_TOPICS[desk.input],
+    )
     name = INPUT_TOPICS[desk.input]
     topic = app.topic(s.topic(name), key_serializer="raw", value_serializer="raw")
     table = app.Table(STAGE, partitions=kafka_clients.topic_spec(name).partitions)

@@ -5,6 +5,7 @@ changelog partition (as in the bars stage), saved with ``save_state``.
 
 Not a stage (it is not in ``STAGES``): strategy, risk, execution and portfolio import it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -52,13 +53,14 @@ class TradingIO:
         new owners process them), per partition in offset order, holes re-read, repeats
         dropped."""
         assigned = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment() if tp.topic in topics}
-        self._runs = await self.guard.runs(table, [ev.message for ev in events
-                                                   if (ev.message.topic, ev.message.partition) in assigned])
+        self._runs = await self.guard.runs(
+            table, [ev.message for ev in events if (ev.message.topic, ev.message.partition) in assigned]
+        )
         return [msg for _, _, records in self._runs for msg in records]
 
     async def decode(self, msg, expected: tuple[str, ...]) -> tuple[str, dict] | None:
         """(event type, record), or None after sending the message to the dead-letter topic."""
-        topic = msg.topic[len(self.s.topic_prefix):]
+        topic = msg.topic[len(self.s.topic_prefix) :]
         counter = self._in.get(topic) or self._in.setdefault(topic, metrics.EVENTS_IN.labels(self.stage, topic))
         counter.inc()
         try:
@@ -75,15 +77,18 @@ class TradingIO:
         log.warning("%s: dead letter from %s[%s]@%s: %s", self.stage, msg.topic, msg.partition, msg.offset, error)
         self._dlq.inc()
         dl = deadletter.of_message(msg, error, stage=self.stage, max_bytes=self.s.dlq_max_bytes)
-        self.deliveries.append(await self.app.producer.send(
-            self.dlq_topic, dl.key, dl.value, None, msg.timestamp, dl.headers))
+        self.deliveries.append(
+            await self.app.producer.send(self.dlq_topic, dl.key, dl.value, None, msg.timestamp, dl.headers)
+        )
 
-    async def send(self, topic: str, event_type: str, record: dict, key: str, partition: int,
-                   headers: list | None = None) -> None:
+    async def send(
+        self, topic: str, event_type: str, record: dict, key: str, partition: int, headers: list | None = None
+    ) -> None:
         name = self.s.topic(topic)
         value = self.serde.encode(event_type, record, topic=name)
-        self.deliveries.append(await self.app.producer.send(
-            name, key.encode(), value, partition, record["ts"] / 1e6, headers))
+        self.deliveries.append(
+            await self.app.producer.send(name, key.encode(), value, partition, record["ts"] / 1e6, headers)
+        )
         counter = self._out.get(topic) or self._out.setdefault(topic, metrics.EVENTS_OUT.labels(self.stage, topic))
         counter.inc()
 
@@ -93,8 +98,11 @@ class TradingIO:
         wait for that too."""
         deliveries, self.deliveries = self.deliveries, []
         await asyncio.gather(*deliveries)
-        await save_state(table, [(partition, key, value) for key, (partition, value) in changes.items()]
-                         + self.guard.offset_entries(self._runs))
+        await save_state(
+            table,
+            [(partition, key, value) for key, (partition, value) in changes.items()]
+            + self.guard.offset_entries(self._runs),
+        )
 
 
 def partition_header(partition: int) -> list[tuple[str, bytes]]:
@@ -103,7 +111,7 @@ def partition_header(partition: int) -> list[tuple[str, bytes]]:
 
 def header(msg, name: str) -> bytes | None:
     headers = msg.headers or ()
-    for k, v in (headers.items() if isinstance(headers, dict) else headers):
+    for k, v in headers.items() if isinstance(headers, dict) else headers:
         if k == name:
             return v
     return None

@@ -8,6 +8,7 @@ Runnable, to try `ticktape produce websocket` offline (it prints the command lin
 
     python -m tests.alpaca_server [--port 8765] [--rate 20] [--seed 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,19 +33,38 @@ def rfc3339(us: int, nanos: int = 0) -> str:
 
 
 def trade(symbol: str, i: int, us: int, price: float, size: int, x: str = "V") -> dict:
-    return {"T": "t", "S": symbol, "i": i, "x": x, "p": price, "s": size,
-            "t": rfc3339(us, 123), "c": ["@"], "z": "C"}
+    return {"T": "t", "S": symbol, "i": i, "x": x, "p": price, "s": size, "t": rfc3339(us, 123), "c": ["@"], "z": "C"}
 
 
 def quote(symbol: str, us: int, bid: float, ask: float, bid_size: int = 1, ask_size: int = 2) -> dict:
-    return {"T": "q", "S": symbol, "bx": "V", "bp": bid, "bs": bid_size, "ax": "V", "ap": ask,
-            "as": ask_size, "t": rfc3339(us, 456), "c": ["R"], "z": "C"}
+    return {
+        "T": "q",
+        "S": symbol,
+        "bx": "V",
+        "bp": bid,
+        "bs": bid_size,
+        "ax": "V",
+        "ap": ask,
+        "as": ask_size,
+        "t": rfc3339(us, 456),
+        "c": ["R"],
+        "z": "C",
+    }
 
 
-def bar(symbol: str, start_us: int, o: float, h: float, low: float, c: float, v: int,
-        n: int, vw: float) -> dict:
-    return {"T": "b", "S": symbol, "o": o, "h": h, "l": low, "c": c, "v": v,
-            "t": rfc3339(start_us)[:19] + "Z", "n": n, "vw": vw}
+def bar(symbol: str, start_us: int, o: float, h: float, low: float, c: float, v: int, n: int, vw: float) -> dict:
+    return {
+        "T": "b",
+        "S": symbol,
+        "o": o,
+        "h": h,
+        "l": low,
+        "c": c,
+        "v": v,
+        "t": rfc3339(start_us)[:19] + "Z",
+        "n": n,
+        "vw": vw,
+    }
 
 
 class AlpacaServer(ScriptedServer):
@@ -94,10 +114,23 @@ class AlpacaServer(ScriptedServer):
             symbols = set(msg.get(channel) or [])
             subs[channel] = have | symbols if action == "subscribe" else have - symbols
         trades = sorted(subs["trades"])
-        await self.send(ws, [{"T": "subscription", "trades": trades, "quotes": sorted(subs["quotes"]),
-                              "bars": sorted(subs["bars"]), "updatedBars": [], "dailyBars": [],
-                              "statuses": [], "lulds": [], "corrections": trades,
-                              "cancelErrors": trades}])
+        await self.send(
+            ws,
+            [
+                {
+                    "T": "subscription",
+                    "trades": trades,
+                    "quotes": sorted(subs["quotes"]),
+                    "bars": sorted(subs["bars"]),
+                    "updatedBars": [],
+                    "dailyBars": [],
+                    "statuses": [],
+                    "lulds": [],
+                    "corrections": trades,
+                    "cancelErrors": trades,
+                }
+            ],
+        )
         return True
 
     def wanted(self, m: dict, subs: dict) -> bool:
@@ -111,17 +144,22 @@ class AlpacaServer(ScriptedServer):
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m tests.alpaca_server",
-                                description="a local Alpaca-protocol stream of live-paced simulated trades")
+    p = argparse.ArgumentParser(
+        prog="python -m tests.alpaca_server",
+        description="a local Alpaca-protocol stream of live-paced simulated trades",
+    )
     p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0 = any free one)")
     p.add_argument("--rate", type=float, default=20.0, help="trades a second, all symbols (default 20)")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
     with AlpacaServer(max_connections=4, port=args.port, default_script=[("live", args.rate, args.seed)]) as server:
-        print(f"Alpaca-protocol server at {server.url} (key test-key, secret test-secret); in another shell:\n"
-              f"  ALPACA_API_KEY_ID=test-key ALPACA_API_SECRET_KEY=test-secret WEBSOCKET_URL={server.url} \\\n"
-              "    .venv/bin/ticktape produce websocket --symbols AAPL,MSFT --channels trades\n"
-              "Ctrl-C stops it.", flush=True)
+        print(
+            f"Alpaca-protocol server at {server.url} (key test-key, secret test-secret); in another shell:\n"
+            f"  ALPACA_API_KEY_ID=test-key ALPACA_API_SECRET_KEY=test-secret WEBSOCKET_URL={server.url} \\\n"
+            "    .venv/bin/ticktape produce websocket --symbols AAPL,MSFT --channels trades\n"
+            "Ctrl-C stops it.",
+            flush=True,
+        )
         try:
             threading.Event().wait()
         except KeyboardInterrupt:

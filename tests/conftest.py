@@ -7,6 +7,7 @@ free 127.0.0.1 ports (the case on this machine and in CI).  Every test gets its 
 topic prefix and, where it asks for one, its own database and Redis db, so tests never
 see each other's data.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -64,8 +65,7 @@ def _containers():
 @pytest.fixture(scope="session")
 def services():
     """KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL / REDIS_URL of real services."""
-    given = {k: os.environ[k] for k in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL")
-             if os.environ.get(k)}
+    given = {k: os.environ[k] for k in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL") if os.environ.get(k)}
     stop = None
     if len(given) < 3 and _docker_available():
         found, stop = _containers()
@@ -75,9 +75,14 @@ def services():
         # and PostgreSQL, running as the postgres user, would lose its data directory
         home = Path(tempfile.mkdtemp(prefix="ticktape-test-stack-"))
         local = LocalStack(home)
-        endpoints = local.up(kafka="KAFKA_BOOTSTRAP_SERVERS" not in given,
-                             postgres="DATABASE_URL" not in given,
-                             redis="REDIS_URL" not in given) | given
+        endpoints = (
+            local.up(
+                kafka="KAFKA_BOOTSTRAP_SERVERS" not in given,
+                postgres="DATABASE_URL" not in given,
+                redis="REDIS_URL" not in given,
+            )
+            | given
+        )
         stop = lambda: (local.down(), shutil.rmtree(home, ignore_errors=True))  # noqa: E731
     yield endpoints
     stop()

@@ -1,6 +1,7 @@
 """The main job's processes for a test: the same `python -m ticktape.cli` commands
 `ticktape run` starts, on the test's services, topic prefix and free /metrics ports,
 recorded in the test's TICKTAPE_HOME like `ticktape run` records them."""
+
 from __future__ import annotations
 
 import contextlib
@@ -28,19 +29,30 @@ COMMANDS = {
 
 
 class Pipeline:
-    def __init__(self, s: Settings, roles: list[str], logs: Path, symbols: str = SYMBOLS,
-                 env: dict[str, str] | None = None):
+    def __init__(
+        self, s: Settings, roles: list[str], logs: Path, symbols: str = SYMBOLS, env: dict[str, str] | None = None
+    ):
         from sinks import schema
 
         kafka_clients.ensure_topics(s)
         schema.migrate(s)
         self.s = s
         self.ports = {role: free_port() for role in roles}
-        env = dict(os.environ) | {
-            "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "DATABASE_URL": s.database_url,
-            "REDIS_URL": s.redis_url, "TOPIC_PREFIX": s.topic_prefix, "TICKTAPE_HOME": s.home,
-            "PYTHONPATH": str(REPO_ROOT), "SYMBOLS": symbols, "BAR_INTERVALS": "1s,1m",
-            "SINK_MAX_LATENCY_MS": "200"} | (env or {})
+        env = (
+            dict(os.environ)
+            | {
+                "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+                "DATABASE_URL": s.database_url,
+                "REDIS_URL": s.redis_url,
+                "TOPIC_PREFIX": s.topic_prefix,
+                "TICKTAPE_HOME": s.home,
+                "PYTHONPATH": str(REPO_ROOT),
+                "SYMBOLS": symbols,
+                "BAR_INTERVALS": "1s,1m",
+                "SINK_MAX_LATENCY_MS": "200",
+            }
+            | (env or {})
+        )
         self.procs: dict[str, subprocess.Popen] = {}
         self._env, self._logs = env, logs
         for role in roles:
@@ -50,9 +62,13 @@ class Pipeline:
     def _start(self, role: str) -> None:
         with open(self._logs / f"{role}.log", "ab") as log:
             self.procs[role] = subprocess.Popen(
-                [sys.executable, "-m", "ticktape.cli", *COMMANDS[role]], cwd=REPO_ROOT,
-                env=self._env | {"METRICS_PORT": str(self.ports[role])}, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                [sys.executable, "-m", "ticktape.cli", *COMMANDS[role]],
+                cwd=REPO_ROOT,
+                env=self._env | {"METRICS_PORT": str(self.ports[role])},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def kill_and_restart(self, role: str) -> None:
         """kill -9 (the process group: nothing of it survives), then start it again."""
@@ -108,6 +124,10 @@ def new_database(admin_url: str):
 def module_settings(services: dict, home: Path, database_url: str) -> Settings:
     from ticktape.config import settings
 
-    return settings(kafka_bootstrap_servers=services["KAFKA_BOOTSTRAP_SERVERS"], database_url=database_url,
-                    redis_url=services["REDIS_URL"], topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
-                    home=str(home))
+    return settings(
+        kafka_bootstrap_servers=services["KAFKA_BOOTSTRAP_SERVERS"],
+        database_url=database_url,
+        redis_url=services["REDIS_URL"],
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+        home=str(home),
+    )

@@ -4,6 +4,7 @@ server closes), a ``success`` status per subscribed ``<ev>.<ticker>`` (``<ev>.*`
 all), ``max_connections`` when the key's connections are used up, events batched into
 arrays and filtered by the subscription.  Scripts: tests/ws_server.py.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,19 +18,57 @@ def status(name: str, message: str) -> dict:
 
 
 def ptrade(symbol: str, i: int, ms: int, price: float, size: int, x: int = 4) -> dict:
-    return {"ev": "T", "sym": symbol, "x": x, "i": str(i), "z": 3, "p": price, "s": size,
-            "c": [12, 37], "t": ms, "q": 1000 + i}
+    return {
+        "ev": "T",
+        "sym": symbol,
+        "x": x,
+        "i": str(i),
+        "z": 3,
+        "p": price,
+        "s": size,
+        "c": [12, 37],
+        "t": ms,
+        "q": 1000 + i,
+    }
 
 
 def pquote(symbol: str, q: int, ms: int, bid: float, ask: float, bid_size: int = 1, ask_size: int = 2) -> dict:
-    return {"ev": "Q", "sym": symbol, "bx": 11, "bp": bid, "bs": bid_size, "ax": 12, "ap": ask,
-            "as": ask_size, "c": 1, "i": [604], "t": ms, "q": q, "z": 3}
+    return {
+        "ev": "Q",
+        "sym": symbol,
+        "bx": 11,
+        "bp": bid,
+        "bs": bid_size,
+        "ax": 12,
+        "ap": ask,
+        "as": ask_size,
+        "c": 1,
+        "i": [604],
+        "t": ms,
+        "q": q,
+        "z": 3,
+    }
 
 
-def paggregate(symbol: str, start_ms: int, o: float, h: float, low: float, c: float, v: int,
-               avg_size: float, vw: float) -> dict:
-    return {"ev": "AM", "sym": symbol, "v": v, "av": v * 10, "op": o, "vw": vw, "o": o, "c": c, "h": h,
-            "l": low, "a": vw, "z": avg_size, "s": start_ms, "e": start_ms + 60_000}
+def paggregate(
+    symbol: str, start_ms: int, o: float, h: float, low: float, c: float, v: int, avg_size: float, vw: float
+) -> dict:
+    return {
+        "ev": "AM",
+        "sym": symbol,
+        "v": v,
+        "av": v * 10,
+        "op": o,
+        "vw": vw,
+        "o": o,
+        "c": c,
+        "h": h,
+        "l": low,
+        "a": vw,
+        "z": avg_size,
+        "s": start_ms,
+        "e": start_ms + 60_000,
+    }
 
 
 class PolygonServer(ScriptedServer):
@@ -77,8 +116,11 @@ class PolygonServer(ScriptedServer):
         self.subscribes.append(msg)
         topics = [p.strip() for p in params.split(",") if p.strip()]
         for t in topics:
-            (subs.setdefault("topics", set()).add if action == "subscribe"
-             else subs.setdefault("topics", set()).discard)(t)
+            (
+                subs.setdefault("topics", set()).add
+                if action == "subscribe"
+                else subs.setdefault("topics", set()).discard
+            )(t)
         verb = "subscribed to" if action == "subscribe" else "unsubscribed to"
         await self.send(ws, [status("success", f"{verb}: {t}") for t in topics])
         return action == "subscribe"

@@ -1,6 +1,7 @@
 """Alerts reach a person: the local stack's Prometheus sends a firing rule to its
 Alertmanager, which posts it to the Slack-compatible webhook of ALERT_WEBHOOK_URL (here a
 local HTTP receiver)."""
+
 from __future__ import annotations
 
 import json
@@ -23,19 +24,33 @@ REPO = Path(__file__).resolve().parent.parent
 AMTOOL = shutil.which("amtool")
 needs_alertmanager = pytest.mark.skipif(
     alertmanager_binary() is None or shutil.which("prometheus") is None,
-    reason="prometheus-alertmanager or prometheus not installed (`make system` installs them)")
+    reason="prometheus-alertmanager or prometheus not installed (`make system` installs them)",
+)
 
-RULE = {"groups": [{"name": "test", "rules": [{
-    "alert": "TestAlwaysFiring", "expr": "vector(1)", "labels": {"severity": "warning"},
-    "annotations": {"summary": "Always firing", "description": "a rule that fires at once"}}]}]}
+RULE = {
+    "groups": [
+        {
+            "name": "test",
+            "rules": [
+                {
+                    "alert": "TestAlwaysFiring",
+                    "expr": "vector(1)",
+                    "labels": {"severity": "warning"},
+                    "annotations": {"summary": "Always firing", "description": "a rule that fires at once"},
+                }
+            ],
+        }
+    ]
+}
 
 
 @pytest.mark.skipif(AMTOOL is None, reason="amtool not installed (`make system`: prometheus-alertmanager)")
 def test_alertmanager_config_is_valid(tmp_path):
     shutil.copyfile(REPO / "prometheus" / "alertmanager.yml", tmp_path / "alertmanager.yml")
     (tmp_path / "alert-webhook-url").write_text("https://hooks.example.invalid/services/T/B/X\n")
-    done = subprocess.run([AMTOOL, "check-config", "alertmanager.yml"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [AMTOOL, "check-config", "alertmanager.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS" in done.stdout and " - 1 receivers" in done.stdout
 

@@ -2,6 +2,7 @@
 daily bars (tests/data/GOOG_daily.csv) and `ticktape.backtest.run` on a DataFrame of the
 same rows give the same figures, equity curve and trades; Yahoo headers in any case;
 bad files refused in one line; a DataFrame of ticks equals the command on their CSV."""
+
 from __future__ import annotations
 
 import csv
@@ -45,38 +46,64 @@ class Stack:
         self.s = s
         _, bars = read_csv(str(GOOG), None, "GOOG")
         early = [b for b in bars if b["window_start"] < _us(TRAIN_BEFORE)]
-        daily = train(build_dataset(Bars.from_events(early), "1d", 5), list(FEATURE_NAMES), 0.2,
-                      TrainParams(rounds=30), "direction")
+        daily = train(
+            build_dataset(Bars.from_events(early), "1d", 5),
+            list(FEATURE_NAMES),
+            0.2,
+            TrainParams(rounds=30),
+            "direction",
+        )
         hist = simulated_bars(TICK_SYMBOLS, seed=5, start_us=T0 - 600 * 60_000_000, minutes=480, tick_rate=5.0)
         short = [f for f in FEATURE_NAMES if f not in ("sma_200_rel", "sma_50_rel")]
-        minute = train(build_dataset(Bars.from_events(hist), "1m", 5), short, 0.2, TrainParams(rounds=15),
-                       "direction")
+        minute = train(build_dataset(Bars.from_events(hist), "1m", 5), short, 0.2, TrainParams(rounds=15), "direction")
         for t in (daily, minute):
             registry.register(s, t)
         registry.activate(s, daily.version)
         self.daily, self.minute = daily.version, minute.version
-        self.env = dict(os.environ) | TRADING | {
-            "DATABASE_URL": s.database_url, "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
-            "REDIS_URL": s.redis_url, "TOPIC_PREFIX": s.topic_prefix, "TICKTAPE_HOME": s.home,
-            "PYTHONPATH": str(REPO_ROOT)}
+        self.env = (
+            dict(os.environ)
+            | TRADING
+            | {
+                "DATABASE_URL": s.database_url,
+                "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+                "REDIS_URL": s.redis_url,
+                "TOPIC_PREFIX": s.topic_prefix,
+                "TICKTAPE_HOME": s.home,
+                "PYTHONPATH": str(REPO_ROOT),
+            }
+        )
         # the same settings for the notebook function
         self.kwargs = TRADING | {"DATABASE_URL": s.database_url, "TICKTAPE_HOME": s.home}
 
     def cli(self, *args) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "ticktape.cli", "backtest", *args], cwd=REPO_ROOT,
-                              env=self.env, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "ticktape.cli", "backtest", *args],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     def stored(self, run_id: str) -> dict:
         """The stored run: its row, equity curve and trades."""
         with psycopg.connect(self.s.database_url) as conn:
-            row = conn.execute("SELECT metrics, counts, results_sha256, data_fingerprint, model_version, symbols, "
-                               "parameters FROM backtest_runs WHERE run_id = %s", (run_id,)).fetchone()
-            equity = conn.execute("SELECT ts, cash, market_value, equity, gross_exposure, realized_pnl, "
-                                  "unrealized_pnl, drawdown FROM backtest_equity WHERE run_id = %s ORDER BY ts",
-                                  (run_id,)).fetchall()
-            trades = conn.execute("SELECT event_id, order_id, ts, symbol, side, quantity, price, commission, "
-                                  "slippage_bps FROM backtest_trades WHERE run_id = %s ORDER BY ts, symbol, "
-                                  "event_id", (run_id,)).fetchall()
+            row = conn.execute(
+                "SELECT metrics, counts, results_sha256, data_fingerprint, model_version, symbols, "
+                "parameters FROM backtest_runs WHERE run_id = %s",
+                (run_id,),
+            ).fetchone()
+            equity = conn.execute(
+                "SELECT ts, cash, market_value, equity, gross_exposure, realized_pnl, "
+                "unrealized_pnl, drawdown FROM backtest_equity WHERE run_id = %s ORDER BY ts",
+                (run_id,),
+            ).fetchall()
+            trades = conn.execute(
+                "SELECT event_id, order_id, ts, symbol, side, quantity, price, commission, "
+                "slippage_bps FROM backtest_trades WHERE run_id = %s ORDER BY ts, symbol, "
+                "event_id",
+                (run_id,),
+            ).fetchall()
         keys = ("metrics", "counts", "sha256", "fingerprint", "model", "symbols", "parameters")
         return dict(zip(keys, row)) | {"equity": equity, "trades": trades}
 
@@ -102,15 +129,18 @@ def run_id_of(proc: subprocess.CompletedProcess) -> str:
 
 def frame_rows(df: pandas.DataFrame) -> list[tuple]:
     """A result DataFrame's rows as the database gives them back (times as datetimes)."""
-    return [tuple(v.to_pydatetime() if isinstance(v, pandas.Timestamp) else v for v in row)
-            for row in df.itertuples(index=False)]
+    return [
+        tuple(v.to_pydatetime() if isinstance(v, pandas.Timestamp) else v for v in row)
+        for row in df.itertuples(index=False)
+    ]
 
 
 def test_daily_bars_from_the_command_and_from_a_dataframe_are_the_same_run(stack):
     proc = stack.cli("--source", "csv", "--input", str(GOOG), "--symbols", "GOOG")
     cli = stack.stored(run_id_of(proc))
-    assert "backtest: 2,148 1d bars, 2004-08-19T00:00:00.000000Z .. 2013-03-02T00:00:00.000000Z, 1 symbols" \
-        in proc.stdout
+    assert (
+        "backtest: 2,148 1d bars, 2004-08-19T00:00:00.000000Z .. 2013-03-02T00:00:00.000000Z, 1 symbols" in proc.stdout
+    )
     counts = cli["counts"]
     assert counts["bars"] == {"1d": 2148} and counts["predictions"] > 1800
     assert counts["fills"] >= 50 and counts["rejections"] == {}  # the model trades the daily bars
@@ -121,25 +151,38 @@ def test_daily_bars_from_the_command_and_from_a_dataframe_are_the_same_run(stack
 
     api = ticktape.backtest.run(pandas.read_csv(GOOG), symbols="GOOG", **stack.kwargs)
     assert api.figures == cli["metrics"] and api.counts == counts and api.sha256 == cli["sha256"]
-    assert frame_rows(api.equity[["ts", "cash", "market_value", "equity", "gross_exposure", "realized_pnl",
-                                  "unrealized_pnl", "drawdown"]]) == cli["equity"]
+    assert (
+        frame_rows(
+            api.equity[
+                ["ts", "cash", "market_value", "equity", "gross_exposure", "realized_pnl", "unrealized_pnl", "drawdown"]
+            ]
+        )
+        == cli["equity"]
+    )
     assert frame_rows(api.trades) == cli["trades"] and len(cli["trades"]) == counts["fills"]
     assert api.equity["ts"].iloc[0] == pandas.Timestamp("2004-08-19", tz="UTC")
     assert api.equity["equity"].iloc[0] == 1_000_000.0 and len(api.events["fill"]) == counts["fills"]
     assert not api.stored
 
     # the time as the index, settings by field name, stored: the same run again
-    again = ticktape.backtest.run(pandas.read_csv(GOOG, index_col=0, parse_dates=True), symbols=["GOOG"],
-                                  store=True, strategy_enter_p=0.52, strategy_exit_p=0.51,
-                                  strategy_min_hold_bars=1, database_url=stack.s.database_url,
-                                  home=stack.s.home)
+    again = ticktape.backtest.run(
+        pandas.read_csv(GOOG, index_col=0, parse_dates=True),
+        symbols=["GOOG"],
+        store=True,
+        strategy_enter_p=0.52,
+        strategy_exit_p=0.51,
+        strategy_min_hold_bars=1,
+        database_url=stack.s.database_url,
+        home=stack.s.home,
+    )
     assert again.stored and again.sha256 == cli["sha256"]
     stored = stack.stored(again.run_id)
     assert stored["metrics"] == cli["metrics"] and stored["fingerprint"] == cli["fingerprint"]
 
     # other settings, other run: the figures follow them
-    other = ticktape.backtest.run(pandas.read_csv(GOOG), symbols="GOOG", **(stack.kwargs | {
-        "STRATEGY_NOTIONAL": 20000}))
+    other = ticktape.backtest.run(
+        pandas.read_csv(GOOG), symbols="GOOG", **(stack.kwargs | {"STRATEGY_NOTIONAL": 20000})
+    )
     assert other.sha256 != cli["sha256"] and other.figures["traded_notional"] > cli["metrics"]["traded_notional"]
 
 
@@ -158,14 +201,30 @@ def test_yahoo_headers_in_any_case_and_the_file_stem_as_symbol(stack, tmp_path):
         w.writerow(["time", "symbol", "open", "high", "low", "close", "volume"])
         for r in rows[1:]:
             w.writerow([f"{r[0]}T00:00:00Z", "GOOG", *r[1:]])
-    runs = [stack.stored(run_id_of(stack.cli("--source", "csv", "--input", str(p), *extra)))
-            for p, extra in ((GOOG, ["--symbols", "GOOG"]), (path, []), (ours, ["--bars", "1d"]))]
+    runs = [
+        stack.stored(run_id_of(stack.cli("--source", "csv", "--input", str(p), *extra)))
+        for p, extra in ((GOOG, ["--symbols", "GOOG"]), (path, []), (ours, ["--bars", "1d"]))
+    ]
     assert len({r["sha256"] for r in runs}) == 1 and len({r["fingerprint"] for r in runs}) == 1
     assert runs[1]["symbols"] == ["GOOG"] and runs[0]["counts"]["fills"] >= 50
 
     # --from/--to select bars by window start: a later period, the same engine
-    late = stack.stored(run_id_of(stack.cli("--source", "csv", "--input", str(GOOG), "--symbols", "GOOG",
-                                            "--from", TRAIN_BEFORE, "--to", "2012-12-31")))
+    late = stack.stored(
+        run_id_of(
+            stack.cli(
+                "--source",
+                "csv",
+                "--input",
+                str(GOOG),
+                "--symbols",
+                "GOOG",
+                "--from",
+                TRAIN_BEFORE,
+                "--to",
+                "2012-12-31",
+            )
+        )
+    )
     assert late["counts"]["bars"] == {"1d": sum(TRAIN_BEFORE <= r[0] <= "2012-12-31" for r in rows[1:])}
     assert late["sha256"] != runs[0]["sha256"]
 
@@ -189,19 +248,57 @@ def test_bars_from_the_bars_table_and_topic_equal_the_file(stack):
         prod.produce(topic, value=serde.encode("bar", b), key=b"GOOG")
     prod.produce(topic, value=serde.encode("bar", bars[7]), key=b"GOOG")  # redelivered: counts once
     assert prod.flush(30) == 0
-    file = stack.stored(run_id_of(stack.cli("--source", "csv", "--input", str(GOOG), "--symbols", "GOOG",
-                                            "--from", "2010-01-01", "--to", "2010-12-31")))
+    file = stack.stored(
+        run_id_of(
+            stack.cli(
+                "--source",
+                "csv",
+                "--input",
+                str(GOOG),
+                "--symbols",
+                "GOOG",
+                "--from",
+                "2010-01-01",
+                "--to",
+                "2010-12-31",
+            )
+        )
+    )
     for source in ("db", "topic"):
-        got = stack.stored(run_id_of(stack.cli("--source", source, "--bars", "1d", "--symbols", "GOOG",
-                                               "--from", "2010-01-01", "--to", "2010-12-31")))
+        got = stack.stored(
+            run_id_of(
+                stack.cli(
+                    "--source",
+                    source,
+                    "--bars",
+                    "1d",
+                    "--symbols",
+                    "GOOG",
+                    "--from",
+                    "2010-01-01",
+                    "--to",
+                    "2010-12-31",
+                )
+            )
+        )
         assert got["sha256"] == file["sha256"] and got["fingerprint"] == file["fingerprint"], source
         assert got["counts"]["bars"] == {"1d": 252} and got["counts"]["fills"] > 0
 
 
 def test_a_sweep_of_bars_runs_each_value_as_its_single_run(stack):
     single = stack.stored(run_id_of(stack.cli("--source", "csv", "--input", str(GOOG), "--symbols", "GOOG")))
-    sweep = stack.cli("--source", "csv", "--input", str(GOOG), "--symbols", "GOOG",
-                      "--sweep", "STRATEGY_ENTER_P=0.52,0.56", "--jobs", "2")
+    sweep = stack.cli(
+        "--source",
+        "csv",
+        "--input",
+        str(GOOG),
+        "--symbols",
+        "GOOG",
+        "--sweep",
+        "STRATEGY_ENTER_P=0.52,0.56",
+        "--jobs",
+        "2",
+    )
     assert sweep.returncode == 0, sweep.stderr
     rows = re.findall(r"^\s+(\S+)\s+([0-9a-f]{12})\s", sweep.stdout, re.M)
     assert [p for p, _ in rows] == ["0.52", "0.56"]
@@ -210,18 +307,27 @@ def test_a_sweep_of_bars_runs_each_value_as_its_single_run(stack):
     assert swept[1]["sha256"] != single["sha256"] and swept[1]["parameters"]["strategy"]["enter_p"] == 0.56
 
 
-@pytest.mark.parametrize("content, args, message", [
-    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", [], "is not a CSV text file"),
-    (b",Open,High,Low,Close,Volume\n", [], "no rows after the header"),
-    (b"when,Open,High,Low,Close,Volume\n2004-08-19,1,2,0.5,1.5,10\n", [], "line 1: neither ticks"),
-    (b"Date,Open,High,Low,Close,Volume\n2004-08-19,1,2,0.5,1.5,10\n2004-08-20,1,x,0.5,1.5,10\n", [],
-     "line 3: high is not a number: 'x'"),
-    (b"Date,Open,High,Low,Close,Volume\n2004-08-19,1,2,0.5,1.5,10\n", [], "the interval cannot be inferred"),
-    (b"Date,Open,High,Low,Close,Volume\n2004-08-19,1,2,0.5,1.5,10\n2004-08-20,1,2,0.5,1.5,10\n",
-     ["--mode", "kafka"], "bars run in-process only: drop --mode kafka"),
-    (b"Date,Open,High,Low,Close,Volume\n2004-08-19,1,2,0.5,1.5,10\n", ["--bars", "1w"], "--bars: bad interval"),
-    (b"symbol,ts,price,size\nAAA,1,10.0,1\n", ["--bars", "1d"], "holds ticks: drop --bars"),
-])
+@pytest.mark.parametrize(
+    "content, args, message",
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe", [], "is not a CSV text file"),
+        (b",Open,High,Low,Close,Volume\n", [], "no rows after the header"),
+        (b"when,Open,High,Low,Close,Volume\n2004-08-19,1,2,0.5,1.5,10\n", [], "line 1: neither ticks"),
+        (
+            b"Date,Open,High,Low,Close,Volume\n2004-08-19,1,2,0.5,1.5,10\n2004-08-20,1,x,0.5,1.5,10\n",
+            [],
+            "line 3: high is not a number: 'x'",
+        ),
+        (b"Date,Open,High,Low,Close,Volume\n2004-08-19,1,2,0.5,1.5,10\n", [], "the interval cannot be inferred"),
+        (
+            b"Date,Open,High,Low,Close,Volume\n2004-08-19,1,2,0.5,1.5,10\n2004-08-20,1,2,0.5,1.5,10\n",
+            ["--mode", "kafka"],
+            "bars run in-process only: drop --mode kafka",
+        ),
+        (b"Date,Open,High,Low,Close,Volume\n2004-08-19,1,2,0.5,1.5,10\n", ["--bars", "1w"], "--bars: bad interval"),
+        (b"symbol,ts,price,size\nAAA,1,10.0,1\n", ["--bars", "1d"], "holds ticks: drop --bars"),
+    ],
+)
 def test_bad_files_are_refused_in_one_line(stack, tmp_path, content, args, message):
     path = tmp_path / "GOOG.csv"
     path.write_bytes(content)
@@ -265,5 +371,12 @@ def test_a_dataframe_of_ticks_equals_the_command_on_their_csv(stack, tmp_path):
 
 
 def test_intervals_are_named_in_their_largest_whole_unit():
-    assert [seconds_interval(n) for n in (86400, 7 * 86400, 3600, 5400, 60, 90, 1)] == \
-        ["1d", "7d", "1h", "90m", "1m", "90s", "1s"]
+    assert [seconds_interval(n) for n in (86400, 7 * 86400, 3600, 5400, 60, 90, 1)] == [
+        "1d",
+        "7d",
+        "1h",
+        "90m",
+        "1m",
+        "90s",
+        "1s",
+    ]

@@ -1,4 +1,5 @@
 """Bar aggregation core: exact bars, lateness, state round trip, batching independence."""
+
 from __future__ import annotations
 
 import json
@@ -15,25 +16,49 @@ M0 = T0 - 20 * S  # start of T0's minute
 
 
 def tick(symbol, ts, price=None, size=None, bid=None):
-    return {"event_id": f"{symbol}:{ts}", "symbol": symbol, "ts": ts, "source": "test", "seq": 0,
-            "price": price, "size": size, "bid": bid, "ask": None, "bid_size": None, "ask_size": None}
+    return {
+        "event_id": f"{symbol}:{ts}",
+        "symbol": symbol,
+        "ts": ts,
+        "source": "test",
+        "seq": 0,
+        "price": price,
+        "size": size,
+        "bid": bid,
+        "ask": None,
+        "bid_size": None,
+        "ask_size": None,
+    }
 
 
 def bar(symbol, interval, start, width, o, h, lo, c, volume, vwap, n):
-    return {"event_id": f"{symbol}:{interval}:{start}", "symbol": symbol, "interval": interval,
-            "ts": start + width, "window_start": start, "window_end": start + width,
-            "open": o, "high": h, "low": lo, "close": c, "volume": volume, "vwap": vwap,
-            "trade_count": n}
+    return {
+        "event_id": f"{symbol}:{interval}:{start}",
+        "symbol": symbol,
+        "interval": interval,
+        "ts": start + width,
+        "window_start": start,
+        "window_end": start + width,
+        "open": o,
+        "high": h,
+        "low": lo,
+        "close": c,
+        "volume": volume,
+        "vwap": vwap,
+        "trade_count": n,
+    }
 
 
 def test_one_second_bars_with_out_of_order_tick_within_grace():
     agg = BarAggregator(["1s"], GRACE)
-    out = agg.process([
-        tick("AAPL", T0 + 100_000, 10.0, 1.0),
-        tick("AAPL", T0 + 900_000, 12.0, 2.0),
-        tick("AAPL", T0 + 1_200_000, 11.0, 1.0),  # next window; watermark T0+1.2 s
-        tick("AAPL", T0 + 50_000, 9.0, 1.0),  # out of order, window [T0, T0+1s) still open
-    ])
+    out = agg.process(
+        [
+            tick("AAPL", T0 + 100_000, 10.0, 1.0),
+            tick("AAPL", T0 + 900_000, 12.0, 2.0),
+            tick("AAPL", T0 + 1_200_000, 11.0, 1.0),  # next window; watermark T0+1.2 s
+            tick("AAPL", T0 + 50_000, 9.0, 1.0),  # out of order, window [T0, T0+1s) still open
+        ]
+    )
     assert out.bars == [] and out.late == [] and out.invalid == []
     out = agg.add(tick("AAPL", T0 + 1_500_000, 11.5, 1.0))  # watermark = T0 + 1 s + grace
     # open/close by event time: the out-of-order 9.0 at +50 ms is the open
@@ -43,11 +68,13 @@ def test_one_second_bars_with_out_of_order_tick_within_grace():
 
 def test_late_tick_beyond_grace_is_reported_per_interval_and_not_merged():
     agg = BarAggregator(["1s", "1m"], GRACE)
-    out = agg.process([
-        tick("AAPL", T0 + 100_000, 10.0, 1.0),
-        tick("AAPL", T0 + 1_600_000, 11.0, 1.0),  # closes AAPL's first 1 s window
-        tick("AAPL", T0 + 200_000, 99.0, 5.0),  # late for 1s, on time for 1m
-    ])
+    out = agg.process(
+        [
+            tick("AAPL", T0 + 100_000, 10.0, 1.0),
+            tick("AAPL", T0 + 1_600_000, 11.0, 1.0),  # closes AAPL's first 1 s window
+            tick("AAPL", T0 + 200_000, 99.0, 5.0),  # late for 1s, on time for 1m
+        ]
+    )
     assert out.bars == [bar("AAPL", "1s", T0, S, 10.0, 10.0, 10.0, 10.0, 1.0, 10.0, 1)]
     assert out.late == [(2, ("1s",))]
     out = agg.add(tick("AAPL", M0 + 60 * S + GRACE, 12.0, 1.0))
@@ -61,24 +88,31 @@ def test_late_tick_beyond_grace_is_reported_per_interval_and_not_merged():
 
 def test_symbols_share_the_partition_watermark_and_bars_come_in_order():
     agg = BarAggregator(["1s"], GRACE)
-    out = agg.process([
-        tick("MSFT", T0 + 10, 20.0, 1.0),
-        tick("AAPL", T0 + 20, 10.0, 3.0),
-        tick("AAPL", T0 + S + 30, 10.5, 1.0),
-        tick("IBM", T0 + 3 * S, 5.0, 1.0),  # closes both windows at T0+1s and AAPL's at T0+2s
-    ])
+    out = agg.process(
+        [
+            tick("MSFT", T0 + 10, 20.0, 1.0),
+            tick("AAPL", T0 + 20, 10.0, 3.0),
+            tick("AAPL", T0 + S + 30, 10.5, 1.0),
+            tick("IBM", T0 + 3 * S, 5.0, 1.0),  # closes both windows at T0+1s and AAPL's at T0+2s
+        ]
+    )
     assert [(b["window_end"], b["symbol"]) for b in out.bars] == [
-        (T0 + S, "AAPL"), (T0 + S, "MSFT"), (T0 + 2 * S, "AAPL")]
+        (T0 + S, "AAPL"),
+        (T0 + S, "MSFT"),
+        (T0 + 2 * S, "AAPL"),
+    ]
     assert out.bars[1] == bar("MSFT", "1s", T0, S, 20.0, 20.0, 20.0, 20.0, 1.0, 20.0, 1)
 
 
 def test_quote_only_ticks_move_the_watermark_but_form_no_bar():
     agg = BarAggregator(["1s"], GRACE)
-    out = agg.process([
-        tick("AAPL", T0, bid=9.9),  # quote only
-        tick("AAPL", T0 + 1, 10.0, None),  # price without size: no trade
-        tick("AAPL", T0 + 5 * S, bid=10.1),
-    ])
+    out = agg.process(
+        [
+            tick("AAPL", T0, bid=9.9),  # quote only
+            tick("AAPL", T0 + 1, 10.0, None),  # price without size: no trade
+            tick("AAPL", T0 + 5 * S, bid=10.1),
+        ]
+    )
     assert out == ([], [], []) and agg.watermark == T0 + 5 * S and agg.symbols == []
     out = agg.process([tick("AAPL", T0 + 5 * S, 10.0, 1.0), tick("AAPL", T0 + 7 * S, bid=10.0)])
     assert out.bars == [bar("AAPL", "1s", T0 + 5 * S, S, 10.0, 10.0, 10.0, 10.0, 1.0, 10.0, 1)]
@@ -86,26 +120,42 @@ def test_quote_only_ticks_move_the_watermark_but_form_no_bar():
 
 def test_empty_windows_produce_no_bar_and_zero_volume_vwap_is_close():
     agg = BarAggregator(["1s"], GRACE)
-    out = agg.process([tick("AAPL", T0, 10.0, 0.0), tick("AAPL", T0 + 10, 10.2, 0.0),
-                       tick("AAPL", T0 + 10 * S, 11.0, 1.0), tick("AAPL", T0 + 20 * S, bid=1.0)])
-    assert out.bars == [bar("AAPL", "1s", T0, S, 10.0, 10.2, 10.0, 10.2, 0.0, 10.2, 2),
-                        bar("AAPL", "1s", T0 + 10 * S, S, 11.0, 11.0, 11.0, 11.0, 1.0, 11.0, 1)]
+    out = agg.process(
+        [
+            tick("AAPL", T0, 10.0, 0.0),
+            tick("AAPL", T0 + 10, 10.2, 0.0),
+            tick("AAPL", T0 + 10 * S, 11.0, 1.0),
+            tick("AAPL", T0 + 20 * S, bid=1.0),
+        ]
+    )
+    assert out.bars == [
+        bar("AAPL", "1s", T0, S, 10.0, 10.2, 10.0, 10.2, 0.0, 10.2, 2),
+        bar("AAPL", "1s", T0 + 10 * S, S, 11.0, 11.0, 11.0, 11.0, 1.0, 11.0, 1),
+    ]
 
 
 def test_invalid_trades_are_reported_and_ignored():
     agg = BarAggregator(["1s"], GRACE)
-    out = agg.process([tick("AAPL", T0, float("nan"), 1.0), tick("AAPL", T0 + 1, 10.0, -1.0),
-                       tick("AAPL", T0 + 2, float("inf"), 1.0), tick("AAPL", T0 + 3, 10.0, 1.0),
-                       tick("AAPL", T0 + 2 * S, bid=1.0)])
+    out = agg.process(
+        [
+            tick("AAPL", T0, float("nan"), 1.0),
+            tick("AAPL", T0 + 1, 10.0, -1.0),
+            tick("AAPL", T0 + 2, float("inf"), 1.0),
+            tick("AAPL", T0 + 3, 10.0, 1.0),
+            tick("AAPL", T0 + 2 * S, bid=1.0),
+        ]
+    )
     assert [(i, reason.split(":")[0]) for i, reason in out.invalid] == [
-        (0, "invalid trade"), (1, "invalid trade"), (2, "invalid trade")]
+        (0, "invalid trade"),
+        (1, "invalid trade"),
+        (2, "invalid trade"),
+    ]
     assert "size=-1.0" in out.invalid[1][1]
     assert out.bars == [bar("AAPL", "1s", T0, S, 10.0, 10.0, 10.0, 10.0, 1.0, 10.0, 1)]
 
 
 def test_redelivered_positions_are_skipped():
-    ticks = [tick("AAPL", T0, 10.0, 1.0), tick("AAPL", T0 + 10, 11.0, 1.0),
-             tick("AAPL", T0 + 3 * S, 12.0, 1.0)]
+    ticks = [tick("AAPL", T0, 10.0, 1.0), tick("AAPL", T0 + 10, 11.0, 1.0), tick("AAPL", T0 + 3 * S, 12.0, 1.0)]
     agg = BarAggregator(["1s"], GRACE)
     agg.process(ticks[:2], [0, 1])
     out = agg.process(ticks, [0, 1, 2])  # a restart redelivers positions 0 and 1
@@ -175,8 +225,7 @@ def test_every_trade_lands_in_a_bar_or_is_late():
         open_count = len(on_time) - sum(b["trade_count"] for b in in_bars)
         last_end = max(b["window_end"] for b in in_bars)
         assert open_count == sum(1 for i in on_time if ticks[i]["ts"] >= last_end)
-        assert sum(b["volume"] for b in in_bars) == sum(
-            ticks[i]["size"] for i in on_time if ticks[i]["ts"] < last_end)
+        assert sum(b["volume"] for b in in_bars) == sum(ticks[i]["size"] for i in on_time if ticks[i]["ts"] < last_end)
 
 
 def test_state_round_trip_mid_stream_gives_identical_output():
@@ -249,12 +298,11 @@ def test_runs_give_what_ticks_one_by_one_give(seed):
     by_runs, by_ticks = BarAggregator(["1s", "1m"], GRACE), BarAggregator(["1s", "1m"], GRACE)
     out_runs, out_ticks = [], []
     for cut in range(0, len(runs), 7):
-        chunk = runs[cut:cut + 7]
+        chunk = runs[cut : cut + 7]
         out_runs.append(by_runs.process_runs(chunk))
         cols = [[], [], [], [], []]
         for sym, times, prices, sizes, first in chunk:
-            for col, items in zip(cols, ([sym] * len(times), times, prices, sizes,
-                                         range(first, first + len(times)))):
+            for col, items in zip(cols, ([sym] * len(times), times, prices, sizes, range(first, first + len(times)))):
                 col += items
         out_ticks.append(by_ticks.process_columns(*cols))
         assert by_runs.take_dirty() == by_ticks.take_dirty()
@@ -272,8 +320,7 @@ def test_a_run_that_starts_right_at_a_closed_window_end_is_late_as_ticks_are():
         agg = BarAggregator(["1s"], GRACE)
         agg.add(tick("AAPL", T0 + S + GRACE, 10.0, 1.0))  # watermark = close of [T0, T0 + 1 s)
         run = ("MSFT", [T0 + S - 1, T0 + S], [11.0, 12.0], [1.0, 1.0], 0)
-        outs.append(agg.process_runs([run]) if fold else
-                    agg.process_columns(["MSFT"] * 2, *run[1:4], [0, 1]))
+        outs.append(agg.process_runs([run]) if fold else agg.process_columns(["MSFT"] * 2, *run[1:4], [0, 1]))
         outs.append(agg.to_state())
     assert outs[0] == outs[2] and outs[1] == outs[3]
     assert outs[0].late == [(0, ("1s",))]

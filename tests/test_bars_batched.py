@@ -1,6 +1,7 @@
 """The bars stage on TickBatch messages: a real worker given ticks in batches emits
 exactly what a real worker given the same ticks one message each emits — the same bars
 in the same order, the same late ticks and dead letters (as single Tick messages)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,14 @@ def test_batched_ticks_give_the_bars_of_the_same_ticks_one_by_one(settings, tmp_
     groups = [g for t in ticks for _, g in batcher.add("md.ticks", t, 0.0)] + [g for _, g in batcher.drain()]
     assert sum(map(len, groups)) == len(ticks) and max(map(len, groups)) > 10
     flush = flush_items(ticks[-1]["ts"] + 3600 * 10**6)
-    batched = [(g[0]["symbol"].encode(), serde.encode("tick_batch", make_batch(g)) if len(g) > 1
-                else serde.encode("tick", g[0]), None) for g in groups] + flush
+    batched = [
+        (
+            g[0]["symbol"].encode(),
+            serde.encode("tick_batch", make_batch(g)) if len(g) > 1 else serde.encode("tick", g[0]),
+            None,
+        )
+        for g in groups
+    ] + flush
     single = [(t["symbol"].encode(), serde.encode("tick", t), None) for g in groups for t in g] + flush
     s_batched = settings
     s_single = dataclasses.replace(settings, topic_prefix=settings.topic_prefix + "single.")
@@ -37,8 +44,10 @@ def test_batched_ticks_give_the_bars_of_the_same_ticks_one_by_one(settings, tmp_
     bars, late, _ = expected_output(records, placed)
     assert sum(map(len, late.values())) > 10
 
-    workers = [Worker(s, tmp_path / f"{name}.log", WORKER_STAGES="bars")
-               for name, s in (("batched", s_batched), ("single", s_single))]
+    workers = [
+        Worker(s, tmp_path / f"{name}.log", WORKER_STAGES="bars")
+        for name, s in (("batched", s_batched), ("single", s_single))
+    ]
     try:
         out = []
         for s in (s_batched, s_single):
@@ -50,16 +59,22 @@ def test_batched_ticks_give_the_bars_of_the_same_ticks_one_by_one(settings, tmp_
                     got[(topic, partition)] = [m.value() for m in msgs]
             late_got = read(s, "md.ticks.late", sum(map(len, late.values())))
             dlq = read(s, "dlq.bars", 1)
-            out.append((got, {p: [m.value() for m in msgs] for p, msgs in late_got.items()},
-                        [m.value() for msgs in dlq.values() for m in msgs]))
+            out.append(
+                (
+                    got,
+                    {p: [m.value() for m in msgs] for p, msgs in late_got.items()},
+                    [m.value() for msgs in dlq.values() for m in msgs],
+                )
+            )
         assert out[0] == out[1], workers[0].log_tail()
         got, late_got, dlq = out[0]
         assert got == {k: [serde.encode("bar", b) for b in v] for k, v in bars.items()}
         assert late_got == dict(late)
         assert dlq == [serde.encode("tick", ticks[700])]
         # ticks in are counted per tick, not per message
-        assert workers[0].wait_metric("ticktape_events_in_total", len(ticks) + PARTITIONS, stage="bars",
-                                      topic="md.ticks")
+        assert workers[0].wait_metric(
+            "ticktape_events_in_total", len(ticks) + PARTITIONS, stage="bars", topic="md.ticks"
+        )
     finally:
         codes = [w.stop() for w in workers]
     assert codes == [0, 0], workers[0].log_tail()

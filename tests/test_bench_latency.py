@@ -1,5 +1,6 @@
 """The latency benchmark's quantiles interpolate within histogram buckets as
 Prometheus' histogram_quantile does."""
+
 import math
 
 from bench.bench_latency import quantile
@@ -30,15 +31,33 @@ def test_no_observations_is_nan():
 def test_a_stage_that_never_published_shows_none_in_the_table():
     from bench.harness import Figure, table
 
-    row = table([Figure("latency", "window close → Order published, p99 (risk)", "ms", [math.nan] * 3,
-                        goal="< 100 ms", higher_is_better=False, target=100.0)]).splitlines()[-1]
+    row = table(
+        [
+            Figure(
+                "latency",
+                "window close → Order published, p99 (risk)",
+                "ms",
+                [math.nan] * 3,
+                goal="< 100 ms",
+                higher_is_better=False,
+                target=100.0,
+            )
+        ]
+    ).splitlines()[-1]
     assert row == "| latency | window close → Order published, p99 (risk) | none | none – none | < 100 ms ✘ |"
 
 
 def test_runs_that_observed_nothing_do_not_count_in_median_and_spread():
     from bench.harness import Figure, table
 
-    f = Figure("latency", "p99 (bars)", "ms", [math.nan, 300.0, 100.0, 200.0], goal="< 100 ms",
-               higher_is_better=False, target=100.0)
+    f = Figure(
+        "latency",
+        "p99 (bars)",
+        "ms",
+        [math.nan, 300.0, 100.0, 200.0],
+        goal="< 100 ms",
+        higher_is_better=False,
+        target=100.0,
+    )
     assert (f.median, f.spread, f.met) == (200.0, (100.0, 300.0), False)
     assert table([f]).splitlines()[-1] == "| latency | p99 (bars) | 200 ms | 100 – 300 | < 100 ms ✘ |"

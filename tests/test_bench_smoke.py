@@ -1,5 +1,6 @@
 """`python -m bench --quick` runs every benchmark end to end on the real services and
 writes one table and one JSON (tiny sizes; speed is never asserted here)."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,14 @@ from ticktape.config import REPO_ROOT
 def test_bench_quick_runs_every_benchmark(services, tmp_path):
     out = tmp_path / "all.json"
     env = dict(os.environ) | services | {"TICKTAPE_HOME": str(tmp_path), "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--output", str(out)], cwd=REPO_ROOT,
-                          env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--output", str(out)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["quick"] is True and result["runs"] == 3 and result["benchmarks"] == available()

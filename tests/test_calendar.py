@@ -1,6 +1,7 @@
 """The market calendar (MARKET_CALENDAR): sessions, no tick / bar / order outside them,
 the day's last bars closed at the close by a close heartbeat, backtests and training
 skipping closed days."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,11 +43,17 @@ def test_xnys_sessions_holidays_early_closes_and_extended_hours():
     h = hours()
     assert h.session_at(FRI_CLOSE - 1) == (parse_time("2024-05-03T13:30:00Z"), FRI_CLOSE)
     assert (h.is_open(FRI_CLOSE - 1), h.is_open(FRI_CLOSE), h.is_open(MON_OPEN - 1), h.is_open(MON_OPEN)) == (
-        True, False, False, True)
+        True,
+        False,
+        False,
+        True,
+    )
     assert h.is_open(parse_time("2024-07-04T15:00:00Z")) is False  # Independence Day
     assert h.session_at(parse_time("2024-11-29T15:00:00Z"))[1] == parse_time("2024-11-29T18:00:00Z")  # 13:00 ET
-    assert h.session_at(parse_time("2024-01-02T15:00:00Z")) == (parse_time("2024-01-02T14:30:00Z"),
-                                                                parse_time("2024-01-02T21:00:00Z"))  # EST
+    assert h.session_at(parse_time("2024-01-02T15:00:00Z")) == (
+        parse_time("2024-01-02T14:30:00Z"),
+        parse_time("2024-01-02T21:00:00Z"),
+    )  # EST
     assert h.next_close(FRI_CLOSE) == parse_time("2024-05-06T20:00:00Z")
     assert h.closes_in(FRI_CLOSE - 1, MON_OPEN) == [FRI_CLOSE]
     assert h.overlaps(parse_time("2024-05-03T00:00:00Z"), parse_time("2024-05-04T00:00:00Z"))  # Friday 1d
@@ -68,18 +75,34 @@ def test_a_bad_calendar_name_is_one_clear_error():
 
 
 def test_the_risk_engine_rejects_orders_outside_the_session_by_event_time():
-    limits = rk.RiskLimits.from_dict({"defaults": {
-        "initial_state": "ACTIVE", "max_gross_exposure": 1e9, "daily_loss_limit": 1e9,
-        "max_orders_per_symbol": 100, "max_orders_total": 100, "rate_window_s": 60, "stale_after_s": 1e6,
-        "symbol_defaults": {"max_position_qty": 1e6, "max_position_notional": 1e9,
-                            "max_order_notional": 1e9, "price_collar_pct": 5}}}).with_market_hours(hours())
+    limits = rk.RiskLimits.from_dict(
+        {
+            "defaults": {
+                "initial_state": "ACTIVE",
+                "max_gross_exposure": 1e9,
+                "daily_loss_limit": 1e9,
+                "max_orders_per_symbol": 100,
+                "max_orders_total": 100,
+                "rate_window_s": 60,
+                "stale_after_s": 1e6,
+                "symbol_defaults": {
+                    "max_position_qty": 1e6,
+                    "max_position_notional": 1e9,
+                    "max_order_notional": 1e9,
+                    "price_collar_pct": 5,
+                },
+            }
+        }
+    ).with_market_hours(hours())
     r = rk.Risk("paper", limits.for_account("paper"), 100_000.0)
     rk.on_tick(r, tick("AAPL", FRI_CLOSE - 2, price=100.0))
     [inside] = rk.on_signal(r, signal("AAPL", FRI_CLOSE - 1, 10, 100.0))
     assert inside["event_id"] == f"ord:sig:paper:AAPL:{FRI_CLOSE - 1}:0" and inside["quantity"] == 10
     [after] = rk.on_signal(r, signal("AAPL", FRI_CLOSE, 20, 100.0, committed=10))
     assert (after["reason_code"], after["detail"]) == (
-        "MARKET_CLOSED", "2024-05-03T20:00:00.000000Z is outside the XNYS sessions")
+        "MARKET_CLOSED",
+        "2024-05-03T20:00:00.000000Z is outside the XNYS sessions",
+    )
     assert r.committed == {"AAPL": 10}  # the rejection committed nothing
     [monday] = rk.on_signal(r, signal("AAPL", MON_OPEN, 20, 100.0, committed=10))
     assert (monday["event_id"], monday["quantity"]) == (f"ord:sig:paper:AAPL:{MON_OPEN}:0", 10)  # open again
@@ -95,10 +118,15 @@ def test_backtests_and_training_skip_closed_days():
     kept = in_sessions(Market("test", {}, bars, "1m"), h).bars
     assert [b["window_start"] for b in kept] == [FRI_CLOSE - MIN, MON_OPEN]
     hb = {"event_id": "hb", "ts": FRI_CLOSE + 1, "source": "sim", "partition": 0}
-    ticks = {0: [tick("AAPL", FRI_CLOSE - 1, price=1.0), tick("AAPL", FRI_CLOSE, price=1.0), hb,
-                 tick("AAPL", MON_OPEN, price=1.0)]}
-    assert [t["ts"] for t in in_sessions(Market("test", ticks), h).ticks[0]] == [FRI_CLOSE - 1, FRI_CLOSE + 1,
-                                                                                  MON_OPEN]
+    ticks = {
+        0: [
+            tick("AAPL", FRI_CLOSE - 1, price=1.0),
+            tick("AAPL", FRI_CLOSE, price=1.0),
+            hb,
+            tick("AAPL", MON_OPEN, price=1.0),
+        ]
+    }
+    assert [t["ts"] for t in in_sessions(Market("test", ticks), h).ticks[0]] == [FRI_CLOSE - 1, FRI_CLOSE + 1, MON_OPEN]
     days = [parse_time(f"2024-05-0{d}T00:00:00Z") for d in (3, 4, 5, 6)]  # Fri, Sat, Sun, Mon daily bars
     daily = Bars(["AAPL"] * 4, days, [1.0] * 4, [1.0] * 4, [1.0] * 4, [1.0] * 4, [1.0] * 4)
     assert _select(daily, None, None, None, h, 86_400_000_000).window_start == [days[0], days[3]]
@@ -144,8 +172,15 @@ def test_the_simulator_follows_the_calendar_and_closes_the_day_at_the_close(sett
     s = dataclasses.replace(settings, market_calendar="XNYS", sim_calendar=1, heartbeat_ms=0)
     kafka_clients.ensure_topics(s, ["md.ticks"])
     start = FRI_CLOSE - 2 * MIN
-    args = argparse.Namespace(rate=20.0, symbols="AAPL,MSFT,NVDA", seed=7, start=start, speed=None, count=None,
-                              duration=(MON_OPEN + MIN - start) / 1e6)
+    args = argparse.Namespace(
+        rate=20.0,
+        symbols="AAPL,MSFT,NVDA",
+        seed=7,
+        start=start,
+        speed=None,
+        count=None,
+        duration=(MON_OPEN + MIN - start) / 1e6,
+    )
     assert sim_producer.run(args, s, StopFlag(install_signals=False)) == 0
     log = partition_log(s)
     ticks = [e for evs in log.values() for e in evs if not is_heartbeat(e)]
@@ -160,10 +195,11 @@ def test_the_simulator_follows_the_calendar_and_closes_the_day_at_the_close(sett
     closed_at_close = set()
     for p, events in log.items():
         hbs = [(i, e) for i, e in enumerate(events) if is_heartbeat(e)]
-        assert [e for _, e in hbs] == [{"event_id": f"hb:sim:{p}:{FRI_CLOSE + grace}", "ts": FRI_CLOSE + grace,
-                                        "source": "sim", "partition": p}]
+        assert [e for _, e in hbs] == [
+            {"event_id": f"hb:sim:{p}:{FRI_CLOSE + grace}", "ts": FRI_CLOSE + grace, "source": "sim", "partition": p}
+        ]
         at = hbs[0][0]
-        assert all(e["ts"] < FRI_CLOSE for e in events[:at]) and all(e["ts"] >= MON_OPEN for e in events[at + 1:])
+        assert all(e["ts"] < FRI_CLOSE for e in events[:at]) and all(e["ts"] >= MON_OPEN for e in events[at + 1 :])
         closed = bars_closed_by(events, grace)
         last = {b["symbol"]: i for i, b in closed if b["window_end"] == FRI_CLOSE}
         assert set(last) == {e["symbol"] for e in events[:at]}  # every symbol of the partition: its 15:59 bar
@@ -176,8 +212,13 @@ def test_the_simulator_follows_the_calendar_and_closes_the_day_at_the_close(sett
 @pytest.mark.slow
 def test_the_websocket_feed_publishes_only_inside_the_session(settings):
     fri, sat = FRI_CLOSE - 1000, parse_time("2024-05-04T15:00:00Z")
-    msgs = [trade("AAPL", 1, fri, 100.0, 1), trade("AAPL", 2, FRI_CLOSE, 100.1, 1), trade("AAPL", 3, sat, 100.2, 1),
-            trade("AAPL", 4, MON_OPEN - 1, 100.3, 1), trade("AAPL", 5, MON_OPEN, 100.4, 1)]
+    msgs = [
+        trade("AAPL", 1, fri, 100.0, 1),
+        trade("AAPL", 2, FRI_CLOSE, 100.1, 1),
+        trade("AAPL", 3, sat, 100.2, 1),
+        trade("AAPL", 4, MON_OPEN - 1, 100.3, 1),
+        trade("AAPL", 5, MON_OPEN, 100.4, 1),
+    ]
     with AlpacaServer(KEY, SECRET, scripts=[[("data", msgs)]]) as server:
         s = ws_settings(settings, server.url, market_calendar="XNYS", heartbeat_ms=0)
         feed = run_feed(s, ["AAPL"], count=2)
@@ -187,7 +228,8 @@ def test_the_websocket_feed_publishes_only_inside_the_session(settings):
     assert [e["ts"] for e in events if not is_heartbeat(e)] == [fri, MON_OPEN]
     grace = s.bar_grace_ms * 1000
     assert sorted((e["partition"], e["ts"]) for e in events if is_heartbeat(e)) == [
-        (p, FRI_CLOSE + grace) for p in sorted(log)]
+        (p, FRI_CLOSE + grace) for p in sorted(log)
+    ]
 
 
 def test_no_order_outside_the_session_through_the_trading_chain():
@@ -220,8 +262,16 @@ def test_no_order_outside_the_session_through_the_trading_chain():
     limits = load_risk_limits(DEFAULT_RISK_CONFIG)
     runs = {}
     for name, lim in (("calendar", limits.with_market_hours(h)), ("off", limits)):
-        setup = bt.Setup(("1m",), 500_000, StrategyConfig(enter_p=0.52, exit_p=0.51, min_hold_bars=1), ExecConfig(),
-                         lim, {}, 1_000_000.0, tuple(syms))
+        setup = bt.Setup(
+            ("1m",),
+            500_000,
+            StrategyConfig(enter_p=0.52, exit_p=0.51, min_hold_bars=1),
+            ExecConfig(),
+            lim,
+            {},
+            1_000_000.0,
+            tuple(syms),
+        )
         flushed = {p: list(v) for p, v in ticks.items()}
         for f in bt.flush_ticks(MON_OPEN + 60 * MIN, setup, 6):
             flushed[f["seq"]].append(f)
@@ -261,8 +311,12 @@ def test_a_live_feed_that_goes_quiet_at_the_close_announces_the_close_on_its_clo
     assert pub.closes_announced == [FRI_CLOSE]
     log = partition_log(s)
     grace = s.bar_grace_ms * 1000
-    closes = sorted((e["partition"], e["ts"]) for evs in log.values() for e in evs
-                    if is_heartbeat(e) and e["ts"] == FRI_CLOSE + grace)
+    closes = sorted(
+        (e["partition"], e["ts"])
+        for evs in log.values()
+        for e in evs
+        if is_heartbeat(e) and e["ts"] == FRI_CLOSE + grace
+    )
     assert closes == [(p, FRI_CLOSE + grace) for p in sorted(log)]
     [tick_partition] = [p for p, evs in log.items() if any(not is_heartbeat(e) for e in evs)]
     events = log[tick_partition]

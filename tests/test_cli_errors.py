@@ -1,6 +1,7 @@
 """Wrong invocations, each as a user types it: one line on stderr, exit code 2, no
 traceback, within 15 s (the real CLI in a subprocess; a real broker where the case
 needs one that answers, closed ports where it needs one that does not)."""
+
 from __future__ import annotations
 
 import os
@@ -36,15 +37,32 @@ CASES = [
     ("no broker: topics list", ["topics", "list"], {"KAFKA_BOOTSTRAP_SERVERS": "{closed}"}),
     ("no broker: topics tail", ["topics", "tail", "md.ticks"], {"KAFKA_BOOTSTRAP_SERVERS": "{closed}"}),
     ("no broker: process worker", ["process", "worker"], {"KAFKA_BOOTSTRAP_SERVERS": "{closed}"}),
-    ("bad strategy: process worker", ["process", "worker"],
-     {"KAFKA_BOOTSTRAP_SERVERS": "{broker}", "STRATEGY": "examples.ema_cross:EmaCross", "STRATEGY_PARAMS": '{{"fast": "x"}}'}),
-    ("unknown strategy: process worker", ["process", "worker"],
-     {"KAFKA_BOOTSTRAP_SERVERS": "{broker}", "STRATEGY": "mine.strategies:Nope"}),
+    (
+        "bad strategy: process worker",
+        ["process", "worker"],
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "{broker}",
+            "STRATEGY": "examples.ema_cross:EmaCross",
+            "STRATEGY_PARAMS": '{{"fast": "x"}}',
+        },
+    ),
+    (
+        "unknown strategy: process worker",
+        ["process", "worker"],
+        {"KAFKA_BOOTSTRAP_SERVERS": "{broker}", "STRATEGY": "mine.strategies:Nope"},
+    ),
     ("no broker: produce sim", ["produce", "sim", "--count", "10"], {"KAFKA_BOOTSTRAP_SERVERS": "{closed}"}),
     ("no broker: sink postgres", ["sink", "postgres"], {"KAFKA_BOOTSTRAP_SERVERS": "{closed}"}),
-    ("no redis: sink redis", ["sink", "redis"], {"KAFKA_BOOTSTRAP_SERVERS": "{broker}", "REDIS_URL": "redis://{closed}/0"}),
-    ("no database: sink postgres", ["sink", "postgres"],
-     {"KAFKA_BOOTSTRAP_SERVERS": "{broker}", "DATABASE_URL": "postgresql://u:secretpw@{closed}/db"}),
+    (
+        "no redis: sink redis",
+        ["sink", "redis"],
+        {"KAFKA_BOOTSTRAP_SERVERS": "{broker}", "REDIS_URL": "redis://{closed}/0"},
+    ),
+    (
+        "no database: sink postgres",
+        ["sink", "postgres"],
+        {"KAFKA_BOOTSTRAP_SERVERS": "{broker}", "DATABASE_URL": "postgresql://u:secretpw@{closed}/db"},
+    ),
 ]
 
 
@@ -64,8 +82,15 @@ def test_a_wrong_invocation_is_one_line_and_exit_2(services, files, tmp_path, ar
     environ |= {"TICKTAPE_HOME": str(tmp_path), "PYTHONPATH": str(REPO_ROOT), "METRICS_PORT": str(free_port())}
     environ |= {k: v.format(**fill) for k, v in env.items()}
     started = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "ticktape.cli", *(a.format(**fill) for a in argv)], env=environ,
-                         cwd=tmp_path, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    res = subprocess.run(
+        [sys.executable, "-m", "ticktape.cli", *(a.format(**fill) for a in argv)],
+        env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
     took = time.monotonic() - started
     assert res.returncode == 2, res.stderr[-2000:]
     assert "Traceback" not in res.stderr and res.stdout == ""
@@ -91,7 +116,9 @@ def test_the_lazy_help_lines_are_the_commands_own():
 
     full = cli.build_parser()
     lazy = cli.build_parser(load=[])
-    lines = {p: {a.dest: a.help for a in parser._subparsers._group_actions[0]._choices_actions}
-             for p, parser in (("full", full), ("lazy", lazy))}
+    lines = {
+        p: {a.dest: a.help for a in parser._subparsers._group_actions[0]._choices_actions}
+        for p, parser in (("full", full), ("lazy", lazy))
+    }
     assert lines["full"] == lines["lazy"] == cli.COMMANDS
     assert cli._command_of(["-v", "status", "--json"]) == "status" and cli._command_of(["--help"]) is None

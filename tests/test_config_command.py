@@ -1,5 +1,6 @@
 """`ticktape config`: the values `ticktape run` uses (config/run.env), where each comes
 from, and --json; config/run.env itself."""
+
 from __future__ import annotations
 
 import json
@@ -15,18 +16,28 @@ from ticktape.config import REPO_ROOT, ConfigError, run_defaults
 
 
 def _config(tmp_path, *args, **env):
-    environ = {k: v for k, v in os.environ.items()
-               if k not in {f.metadata["env"] for f in fields(config.Settings)}}
+    environ = {k: v for k, v in os.environ.items() if k not in {f.metadata["env"] for f in fields(config.Settings)}}
     environ |= {"TICKTAPE_HOME": str(tmp_path), "PYTHONPATH": str(REPO_ROOT)} | env
-    done = subprocess.run([sys.executable, "-m", "ticktape.cli", "config", *args], cwd=REPO_ROOT, env=environ,
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "ticktape.cli", "config", *args],
+        cwd=REPO_ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 def test_run_env_holds_the_main_jobs_settings():
-    assert run_defaults() == {"STRATEGY_INTERVAL": "1s", "TICK_BATCH_MAX": "500", "TICK_BATCH_MS": "100",
-                              "EXEC_MARKET_DATA": "bars"}
+    assert run_defaults() == {
+        "STRATEGY_INTERVAL": "1s",
+        "TICK_BATCH_MAX": "500",
+        "TICK_BATCH_MS": "100",
+        "EXEC_MARKET_DATA": "bars",
+    }
 
 
 def test_a_run_env_line_that_is_no_setting_is_refused(tmp_path, monkeypatch):

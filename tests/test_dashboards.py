@@ -3,6 +3,7 @@ every SQL query (panels and variables) runs against the real schema filled by th
 pure core over simulated data and returns rows; every PromQL expression of the
 dashboards and alert rules parses (promtool) and names only metrics the running
 processes export."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -70,8 +71,9 @@ def test_dashboard_files_are_the_build_scripts_output():
     assert list(build.DASHBOARDS) == DASHBOARDS
     assert sorted(p.name for p in (GRAFANA / "dashboards").glob("*.json")) == sorted(f"{n}.json" for n in DASHBOARDS)
     for name in DASHBOARDS:
-        assert (GRAFANA / "dashboards" / f"{name}.json").read_text() == build.render(name), \
+        assert (GRAFANA / "dashboards" / f"{name}.json").read_text() == build.render(name), (
             f"{name}.json is stale: run python grafana/build_dashboards.py"
+        )
     assert build.render("market") == build.render("market")  # deterministic
 
 
@@ -118,18 +120,50 @@ def test_dashboards_have_the_panels_and_variables_the_issue_asks_for():
 
     for name in ("market", "model"):
         assert [v["name"] for v in _variables(name)] == ["symbol", "interval"]
-    for words in ("top 5", "latest prices", "candlesticks", "bollinger", "vwap", "rsi 14", "macd", "sma 10/20/50/200", "volatility ranking",
-                  "volume", "active symbols", "market average volatility", "market average rsi",
-                  "data points in the last minute"):
+    for words in (
+        "top 5",
+        "latest prices",
+        "candlesticks",
+        "bollinger",
+        "vwap",
+        "rsi 14",
+        "macd",
+        "sma 10/20/50/200",
+        "volatility ranking",
+        "volume",
+        "active symbols",
+        "market average volatility",
+        "market average rsi",
+        "data points in the last minute",
+    ):
         assert words in titles("market"), words
-    for words in ("events out", "latency", "end-to-end latency", "consumer lag per group", "errors",
-                  "sink errors", "dead letters", "sink rows", "redis", "broker", "timescaledb jobs failing"):
+    for words in (
+        "events out",
+        "latency",
+        "end-to-end latency",
+        "consumer lag per group",
+        "errors",
+        "sink errors",
+        "dead letters",
+        "sink rows",
+        "redis",
+        "broker",
+        "timescaledb jobs failing",
+    ):
         assert words in titles("pipeline"), words
-    for words in ("orders", "rejections by reason", "fills", "positions", "exposure", "equity curve",
-                  "pnl", "drawdown", "kill switch"):
+    for words in (
+        "orders",
+        "rejections by reason",
+        "fills",
+        "positions",
+        "exposure",
+        "equity curve",
+        "pnl",
+        "drawdown",
+        "kill switch",
+    ):
         assert words in titles("trading"), words
-    for words in ("active model", "predictions per second", "inference latency", "p_up distribution",
-                  "hit rate"):
+    for words in ("active model", "predictions per second", "inference latency", "p_up distribution", "hit rate"):
         assert words in titles("model"), words
     rsi = next(p for p in _dashboard("market")["panels"] if p["title"] == "$symbol: RSI 14")
     steps = rsi["fieldConfig"]["defaults"]["thresholds"]["steps"]
@@ -151,10 +185,19 @@ def _stand_in_prediction(ind: dict) -> dict | None:
     if ind["rsi_14"] is None:
         return None
     p_up = 1 / (1 + math.exp(-(ind["rsi_14"] - 50) / 8))
-    return {"event_id": f"{ind['event_id']}:rsi-logistic:0", "symbol": ind["symbol"],
-            "interval": ind["interval"], "ts": ind["ts"], "model_name": "rsi-logistic",
-            "model_version": "0", "p_up": p_up, "horizon": 5, "features": {"rsi_14": ind["rsi_14"]},
-            "close": ind["close"], "volatility_20": ind["volatility_20"]}  # Prediction v2, as ml.py
+    return {
+        "event_id": f"{ind['event_id']}:rsi-logistic:0",
+        "symbol": ind["symbol"],
+        "interval": ind["interval"],
+        "ts": ind["ts"],
+        "model_name": "rsi-logistic",
+        "model_version": "0",
+        "p_up": p_up,
+        "horizon": 5,
+        "features": {"rsi_14": ind["rsi_14"]},
+        "close": ind["close"],
+        "volatility_20": ind["volatility_20"],
+    }  # Prediction v2, as ml.py
 
 
 def simulated_run(start_us: int, end_us: int) -> dict[str, list[dict]]:
@@ -181,8 +224,14 @@ def simulated_run(start_us: int, end_us: int) -> dict[str, list[dict]]:
             continue
         derived = chain.feed("bar", bar) + (chain.feed("pred", pred) if pred else [])
         for ev in derived:
-            kind = {"sig": "signal", "ord": "order", "rej": "order_rejected", "fill": "fill",
-                    "pos": "position", "eq": "equity"}[ev["event_id"].split(":", 1)[0]]
+            kind = {
+                "sig": "signal",
+                "ord": "order",
+                "rej": "order_rejected",
+                "fill": "fill",
+                "pos": "position",
+                "eq": "equity",
+            }[ev["event_id"].split(":", 1)[0]]
             out[kind].append(ev)
     return out
 
@@ -206,12 +255,22 @@ def filled_db(services, tmp_path_factory):
         try:
             for kind, records in events.items():
                 for i in range(0, len(records), 5000):
-                    assert writer.write([Item(None, kind, r) for r in records[i:i + 5000]]) == []
+                    assert writer.write([Item(None, kind, r) for r in records[i : i + 5000]]) == []
         finally:
             writer.close()
         with psycopg.connect(url) as conn:
-            for table in ("ticks", "bars", "indicators", "predictions", "signals", "orders",
-                          "order_rejections", "fills", "positions", "equity"):
+            for table in (
+                "ticks",
+                "bars",
+                "indicators",
+                "predictions",
+                "signals",
+                "orders",
+                "order_rejections",
+                "fills",
+                "positions",
+                "equity",
+            ):
                 n = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
                 assert n > 0, f"the simulated run left {table} empty"
         yield url, start_us, int(end_us)
@@ -274,8 +333,11 @@ def expand_sql(query: str, frm: int, to: int, variables: dict[str, str], timesca
             return to_s
         if name in ("__timeGroup", "__timeGroupAlias"):
             secs = _go_interval(args[1].strip("'"))
-            group = (f"time_bucket('{secs:.3f}s',{args[0]})" if timescaledb
-                     else f"floor(extract(epoch from {args[0]})/{_go_float(secs)})*{_go_float(secs)}")
+            group = (
+                f"time_bucket('{secs:.3f}s',{args[0]})"
+                if timescaledb
+                else f"floor(extract(epoch from {args[0]})/{_go_float(secs)})*{_go_float(secs)}"
+            )
             return group + (' AS "time"' if name == "__timeGroupAlias" else "")
         raise KeyError(f"macro {name} not expanded by this test")
 
@@ -335,8 +397,9 @@ def test_variable_queries_return_the_simulated_symbols_intervals_and_account(fil
         for name in DASHBOARDS:
             for v in _variables(name):
                 rows = [r[0] for r in conn.execute(expand_sql(v["query"], frm, to, {})).fetchall()]
-                assert rows == {"symbol": sorted(SIM_SYMBOLS), "interval": BAR_INTERVALS,
-                                "account": ["paper"]}[v["name"]]
+                assert (
+                    rows == {"symbol": sorted(SIM_SYMBOLS), "interval": BAR_INTERVALS, "account": ["paper"]}[v["name"]]
+                )
 
 
 def test_interval_variables_list_by_duration_and_preselect_1s():
@@ -352,19 +415,29 @@ def test_interval_order_is_by_duration(fresh_db):
         conn.execute("CREATE TEMP TABLE bars (interval text, window_start timestamptz)")
         conn.execute("INSERT INTO bars SELECT i, now() FROM unnest(ARRAY['1h', '5m', '1s', '1m', '15s', '1d']) i")
         assert [r[0] for r in conn.execute(expand_sql(q, 0, 4102444800_000_000, {}))] == [
-            "1s", "15s", "1m", "5m", "1h", "1d"]
+            "1s",
+            "15s",
+            "1m",
+            "5m",
+            "1h",
+            "1d",
+        ]
 
 
-@pytest.mark.parametrize("where,target", list(_targets("grafana-postgresql-datasource")),
-                         ids=[w for w, _ in _targets("grafana-postgresql-datasource")])
+@pytest.mark.parametrize(
+    "where,target",
+    list(_targets("grafana-postgresql-datasource")),
+    ids=[w for w, _ in _targets("grafana-postgresql-datasource")],
+)
 def test_sql_panel_query_runs_and_returns_rows(filled_db, where, target):
     url, frm, to = filled_db
     name = where.split("/")[0]
     with psycopg.connect(url) as conn:
         variables = _default_variables(conn, name, frm, to)
         for timescaledb in _flavors(conn):
-            why = _check_rows(conn.execute(expand_sql(target["rawSql"], frm, to, variables, timescaledb)),
-                              where, target["format"])
+            why = _check_rows(
+                conn.execute(expand_sql(target["rawSql"], frm, to, variables, timescaledb)), where, target["format"]
+            )
             assert why is None, why
 
 
@@ -372,9 +445,11 @@ def test_expansion_matches_grafanas_postgres_macros():
     q = "SELECT $__timeGroupAlias(ts, '5m'), x FROM t WHERE $__timeFilter(ts) AND s IN ($symbol) AND i = '$i'"
     variables = {"symbol": _grafana_value(["AAPL", "O'X"], multi=True), "i": _grafana_value(["1m"], multi=False)}
     plain = expand_sql(q, 0, 60_000_000, variables)
-    assert plain == ("SELECT floor(extract(epoch from ts)/300)*300 AS \"time\", x FROM t "
-                     "WHERE ts BETWEEN '1970-01-01T00:00:00Z' AND '1970-01-01T00:01:00Z' "
-                     "AND s IN ('AAPL','O''X') AND i = '1m'")
+    assert plain == (
+        'SELECT floor(extract(epoch from ts)/300)*300 AS "time", x FROM t '
+        "WHERE ts BETWEEN '1970-01-01T00:00:00Z' AND '1970-01-01T00:01:00Z' "
+        "AND s IN ('AAPL','O''X') AND i = '1m'"
+    )
     tsdb = expand_sql("$__timeGroup(ts,'1h') < $__timeTo()", 0, 1_500_000, {}, timescaledb=True)
     assert tsdb == "time_bucket('3600.000s',ts) < '1970-01-01T00:00:01.5Z'"
     assert expand_sql("$__timeGroup(ts, '2w')", 0, 1, {}) == "floor(extract(epoch from ts)/1.2096e+06)*1.2096e+06"
@@ -393,10 +468,13 @@ def test_market_has_candlesticks_with_overlays_fill_annotations_and_multi_select
     opts = candles[0]["options"]
     assert opts["mode"] == "candles+volume" and opts["includeAllFields"] is True
     assert all(c in candles[0]["targets"][0]["rawSql"] for c in ('"BB upper"', '"BB lower"', '"VWAP"', "volume"))
-    assert [(a["name"], a["iconColor"]) for a in d["annotations"]["list"]] == [("Buy fills", "green"),
-                                                                               ("Sell fills", "red")]
-    assert all("symbol IN ($symbol)" in t["rawSql"] for p in d["panels"] for t in p["targets"]
-               if "$symbol" in t["rawSql"])
+    assert [(a["name"], a["iconColor"]) for a in d["annotations"]["list"]] == [
+        ("Buy fills", "green"),
+        ("Sell fills", "red"),
+    ]
+    assert all(
+        "symbol IN ($symbol)" in t["rawSql"] for p in d["panels"] for t in p["targets"] if "$symbol" in t["rawSql"]
+    )
     assert "change %" in next(p for p in d["panels"] if p["title"].startswith("Latest prices"))["targets"][0]["rawSql"]
 
 
@@ -419,19 +497,38 @@ def main_job_db(services, tmp_path_factory):
         limits["defaults"]["max_orders_per_symbol"] = 2
         (home / "risk.yaml").write_text(yaml.safe_dump(limits))
         env = dict(RUN_DEFAULTS, STRATEGY_INTERVAL="1s", RISK_CONFIG=str(home / "risk.yaml"))
-        proc_env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=s.kafka_bootstrap_servers, DATABASE_URL=url,
-                        REDIS_URL=s.redis_url, TOPIC_PREFIX=s.topic_prefix, TICKTAPE_HOME=s.home)
+        proc_env = dict(
+            os.environ,
+            KAFKA_BOOTSTRAP_SERVERS=s.kafka_bootstrap_servers,
+            DATABASE_URL=url,
+            REDIS_URL=s.redis_url,
+            TOPIC_PREFIX=s.topic_prefix,
+            TICKTAPE_HOME=s.home,
+        )
         from sinks import schema
 
         schema.migrate(s)
-        trained = subprocess.run([sys.executable, "-m", "ticktape.cli", "train", "--interval", "1s",
-                                  *BOOTSTRAP_TRAIN], cwd=REPO, env=proc_env, capture_output=True, text=True,
-                                 timeout=900)
+        trained = subprocess.run(
+            [sys.executable, "-m", "ticktape.cli", "train", "--interval", "1s", *BOOTSTRAP_TRAIN],
+            cwd=REPO,
+            env=proc_env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
         pipe = Pipeline(s, ["worker", "sink-postgres", "sink-redis", "producer"], home, env=env)
         try:
-            for table in ("bars", "indicators", "predictions", "orders", "fills", "positions", "equity",
-                          "order_rejections"):
+            for table in (
+                "bars",
+                "indicators",
+                "predictions",
+                "orders",
+                "fills",
+                "positions",
+                "equity",
+                "order_rejections",
+            ):
                 pipe.wait("sink-postgres", "ticktape_sink_rows_total", 1, timeout=600, table=table)
             # the hit rate needs bars past a prediction's horizon; the averages 20 bars of history
             pipe.wait("sink-postgres", "ticktape_sink_rows_total", 60 * 6, timeout=600, table="predictions")
@@ -439,8 +536,9 @@ def main_job_db(services, tmp_path_factory):
             first = min(PIPELINE_SYMBOLS.split(","))
             with psycopg.connect(url, autocommit=True) as conn:
                 deadline = time.monotonic() + 900
-                while conn.execute("SELECT count(DISTINCT side) FROM fills WHERE symbol = %s",
-                                   (first,)).fetchone()[0] < 2:
+                while (
+                    conn.execute("SELECT count(DISTINCT side) FROM fills WHERE symbol = %s", (first,)).fetchone()[0] < 2
+                ):
                     assert time.monotonic() < deadline, f"no buy and sell fills of {first}"
                     time.sleep(1)
         finally:
@@ -463,8 +561,7 @@ def test_every_sql_panel_shows_data_with_default_variables_after_a_main_job_run(
             for where, query, fmt in _sql_queries(name):
                 for timescaledb in _flavors(conn):
                     count += 1
-                    why = _check_rows(conn.execute(expand_sql(query, frm, now_us, variables, timescaledb)),
-                                      where, fmt)
+                    why = _check_rows(conn.execute(expand_sql(query, frm, now_us, variables, timescaledb)), where, fmt)
                     if why:
                         empty.append(why)
     assert count >= 25
@@ -479,11 +576,13 @@ def _promql() -> list[str]:
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (apt-get install prometheus)")
 def test_every_promql_expression_parses(tmp_path):
     exprs = _promql()
-    rules = {"groups": [{"name": "parse", "rules": [{"record": f"parse:expr_{i}", "expr": e}
-                                                    for i, e in enumerate(exprs)]}]}
+    rules = {
+        "groups": [{"name": "parse", "rules": [{"record": f"parse:expr_{i}", "expr": e} for i, e in enumerate(exprs)]}]
+    }
     (tmp_path / "parse.yml").write_text(yaml.safe_dump(rules))
-    done = subprocess.run([PROMTOOL, "check", "rules", "parse.yml"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [PROMTOOL, "check", "rules", "parse.yml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"SUCCESS: {len(exprs)} rules found" in done.stdout
 
@@ -497,10 +596,16 @@ def test_promql_names_only_declared_metrics():
 # execution, portfolio are being built); the live test fails when one of them shows up,
 # so the list shrinks as stages land.
 PENDING_STAGES = {
-    "ticktape_predictions_total", "ticktape_model_active",
+    "ticktape_predictions_total",
+    "ticktape_model_active",
     "ticktape_equity",
-    "ticktape_pnl", "ticktape_gross_exposure", "ticktape_positions_open", "ticktape_kill_switch",
-    "ticktape_risk_pending", "ticktape_risk_idle_symbols", "ticktape_risk_late_events_total",
+    "ticktape_pnl",
+    "ticktape_gross_exposure",
+    "ticktape_positions_open",
+    "ticktape_kill_switch",
+    "ticktape_risk_pending",
+    "ticktape_risk_idle_symbols",
+    "ticktape_risk_late_events_total",
 }
 # Labelled by the failure itself: absent until a first error (declared, checked above).
 ON_ERROR = {"ticktape_processing_errors_total", "ticktape_sink_errors_total"}

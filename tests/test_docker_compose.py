@@ -4,6 +4,7 @@ The compose file is validated against the Compose Specification's JSON schema
 (tests/data/compose-spec/), then against the project itself: dependencies, mounted
 paths, settings, published ports, the image's COPY sources and the CLI commands.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -150,7 +151,8 @@ def test_depends_on_targets_exist_and_wait_for_real_conditions(services):
             target_hc = services[target].get("healthcheck") or {}
             if dep["condition"] == "service_healthy":
                 assert target_hc.get("test") and not target_hc.get("disable"), (
-                    f"{name} waits for {target} to be healthy but {target} has no healthcheck")
+                    f"{name} waits for {target} to be healthy but {target} has no healthcheck"
+                )
             if dep["condition"] == "service_completed_successfully":
                 assert services[target].get("restart") == "no", f"{target} is not one-shot"
     for name in LONG_RUNNING:
@@ -207,8 +209,10 @@ def test_the_ticktape_services_run_the_main_job_of_ticktape_run(services):
         assert {k: env.get(k) for k in passed} == {k: f"${{{k}:-}}" for k in passed}, name
         resolved = _interpolate(env, run_defaults() | _env_example())
         assert {k: resolved[k] for k in run_defaults()} == run_defaults(), name
-        assert _interpolate(env, run_defaults() | _env_example() | {"STRATEGY_INTERVAL": "1m"})[
-            "STRATEGY_INTERVAL"] == "1m"
+        assert (
+            _interpolate(env, run_defaults() | _env_example() | {"STRATEGY_INTERVAL": "1m"})["STRATEGY_INTERVAL"]
+            == "1m"
+        )
     assert "pip install -e '.[yahoo]'" in DOCKERFILE.read_text()
 
 
@@ -253,15 +257,13 @@ def test_kafka_advertises_an_in_network_and_a_loopback_listener(services):
 
 
 def test_dockerfile_copy_sources_exist():
-    copies = [shlex.split(line)[1:] for line in DOCKERFILE.read_text().splitlines()
-              if line.startswith("COPY ")]
+    copies = [shlex.split(line)[1:] for line in DOCKERFILE.read_text().splitlines() if line.startswith("COPY ")]
     assert copies
     sources = [src for args in copies for src in args[:-1] if not src.startswith("--")]
     missing = [src for src in sources if not (REPO / src).exists()]
     assert missing == []
     # The package's own folders (pyproject's packages.find) all go into the image.
-    assert {"ticktape", "producers", "stream_processors", "sinks", "schemas", "kafka",
-            "pyproject.toml"} <= set(sources)
+    assert {"ticktape", "producers", "stream_processors", "sinks", "schemas", "kafka", "pyproject.toml"} <= set(sources)
 
 
 def _argv(service: dict) -> list[list[str]]:

@@ -2,6 +2,7 @@
 ``pg_ctl -m immediate`` (no checkpoint, no shutdown: as a power cut looks to the
 database) again and again under the sink's load keeps every tick whose offset the sink
 committed, so the table ends with exactly the topic's ticks."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,8 +52,11 @@ def test_immediate_stops_of_postgresql_lose_no_committed_tick(services, settings
             before = max(0, stored(url)[0])
             wait_for(lambda before=before: stored(url)[0] > before + 500, 60, "the sink to write more")
             time.sleep(rng.uniform(0.0, 0.3))  # mid-batch, at a random moment
-            subprocess.run(_as_postgres_user(["pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"]),
-                           check=True, capture_output=True)
+            subprocess.run(
+                _as_postgres_user(["pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"]),
+                check=True,
+                capture_output=True,
+            )
             own.up(kafka=False, postgres=True, redis=False)  # crash recovery from the WAL
         assert stored(url)[0] < TICKS, f"seed {seed}: the sink finished before the last stop"
         wait_for(lambda: caught_up(runner, ends), 120, "the sink to commit every tick")

@@ -1,5 +1,6 @@
 """The stream processors' edges on the real broker: far-future and wrongly keyed input,
 heartbeats that close a quiet partition's last bars, and a restart after a long gap."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +10,18 @@ from collections import defaultdict
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from test_bars import random_ticks
-from test_worker import (GRACE_MS, INTERVALS, PARTITIONS, Worker, decoded, expected_indicators,
-                         expected_output, flush_items, produce, read)
+from test_worker import (
+    GRACE_MS,
+    INTERVALS,
+    PARTITIONS,
+    Worker,
+    decoded,
+    expected_indicators,
+    expected_output,
+    flush_items,
+    produce,
+    read,
+)
 
 from producers.base import EventPublisher
 from ticktape import kafka_clients
@@ -43,8 +54,13 @@ def test_far_future_and_wrongly_keyed_input_is_dead_lettered_and_moves_nothing(s
     bars, late, late_counts = expected_output(records, placed)
     # a 1m bar ten years ahead for AAPL: dead-lettered, AAPL's indicators go on
     last_1m = [b for (t, _), bs in bars.items() if t == "md.bars.1m" for b in bs if b["symbol"] == "AAPL"][0]
-    far_bar = dict(last_1m, ts=last_1m["ts"] + TEN_YEARS_US, window_start=last_1m["window_start"] + TEN_YEARS_US,
-                   window_end=last_1m["window_end"] + TEN_YEARS_US, event_id="far-bar")
+    far_bar = dict(
+        last_1m,
+        ts=last_1m["ts"] + TEN_YEARS_US,
+        window_start=last_1m["window_start"] + TEN_YEARS_US,
+        window_end=last_1m["window_end"] + TEN_YEARS_US,
+        event_id="far-bar",
+    )
     prod = kafka_clients.producer(settings)
     prod.produce(settings.topic("md.bars.1m"), value=serde.encode("bar", far_bar), key=b"AAPL", partition=0)
     assert prod.flush(10) == 0
@@ -102,9 +118,23 @@ def test_heartbeats_close_the_last_bar_of_a_session(settings, tmp_path):
         for i in range(60):
             for sym in symbols:
                 ts = time.time_ns() // 1000
-                pub.publish("md.ticks", "tick", {"event_id": f"{sym}:{i}", "symbol": sym, "ts": ts, "source": "test",
-                                                 "seq": i, "price": 100.0 + i, "size": 1.0, "bid": None, "ask": None,
-                                                 "bid_size": None, "ask_size": None})
+                pub.publish(
+                    "md.ticks",
+                    "tick",
+                    {
+                        "event_id": f"{sym}:{i}",
+                        "symbol": sym,
+                        "ts": ts,
+                        "source": "test",
+                        "seq": i,
+                        "price": 100.0 + i,
+                        "size": 1.0,
+                        "bid": None,
+                        "ask": None,
+                        "bid_size": None,
+                        "ask_size": None,
+                    },
+                )
                 last[sym] = ts
             time.sleep(0.05)
         pub.producer.flush(10)
@@ -132,9 +162,21 @@ def test_heartbeats_close_the_last_bar_of_a_session(settings, tmp_path):
 
 
 def _bar(symbol, start, price):
-    return {"event_id": f"{symbol}:1m:{start}", "symbol": symbol, "interval": "1m", "ts": start + 60_000_000,
-            "window_start": start, "window_end": start + 60_000_000, "open": price, "high": price, "low": price,
-            "close": price, "volume": 100.0, "vwap": price, "trade_count": 1}
+    return {
+        "event_id": f"{symbol}:1m:{start}",
+        "symbol": symbol,
+        "interval": "1m",
+        "ts": start + 60_000_000,
+        "window_start": start,
+        "window_end": start + 60_000_000,
+        "open": price,
+        "high": price,
+        "low": price,
+        "close": price,
+        "volume": 100.0,
+        "vwap": price,
+        "trade_count": 1,
+    }
 
 
 def test_execution_restarts_after_a_three_day_gap(settings, tmp_path):
@@ -158,8 +200,9 @@ def test_execution_restarts_after_a_three_day_gap(settings, tmp_path):
     worker = Worker(settings, tmp_path / "worker.log", **env)
     changelog = f"{settings.group('worker')}-execution-changelog"
     try:
-        assert worker.wait_metric("ticktape_events_in_total", 6, stage="execution", topic="md.bars.1m", timeout=60), \
+        assert worker.wait_metric("ticktape_events_in_total", 6, stage="execution", topic="md.bars.1m", timeout=60), (
             worker.log_tail()
+        )
         time.sleep(2)  # the changelog write follows the batch
     finally:
         assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
@@ -178,9 +221,18 @@ def test_execution_restarts_after_a_three_day_gap(settings, tmp_path):
 
     worker = Worker(settings, tmp_path / "worker2.log", **env)
     try:
-        order = {"event_id": "ord:x", "account": "paper", "symbol": sym, "ts": monday + 60_000_000, "side": "BUY",
-                 "quantity": 10.0, "order_type": "MARKET", "limit_price": None, "reference_price": 110.0,
-                 "signal_id": "sig:x"}
+        order = {
+            "event_id": "ord:x",
+            "account": "paper",
+            "symbol": sym,
+            "ts": monday + 60_000_000,
+            "side": "BUY",
+            "quantity": 10.0,
+            "order_type": "MARKET",
+            "limit_price": None,
+            "reference_price": 110.0,
+            "signal_id": "sig:x",
+        }
         send("trading.orders", "order", order)
         send("md.bars.1m", "bar", _bar(sym, monday + 60_000_000, 111.0))
         [fill] = [serde.decode(m.value())[1] for msgs in read(settings, "trading.fills", 1).values() for m in msgs]

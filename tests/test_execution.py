@@ -1,5 +1,6 @@
 """Paper execution: fills against the next market data, slippage, commission models; and the
 whole chain strategy -> risk -> execution -> portfolio is deterministic and restartable."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,18 @@ from trading_events import MIN, T0, assert_schema, bar, prediction, tick
 
 
 def order(symbol, ts, side, qty, order_type="MARKET", limit=None, n=0):
-    return {"event_id": f"ord:sig:paper:{symbol}:{ts}:{n}", "account": "paper", "symbol": symbol,
-            "ts": ts, "side": side, "quantity": qty, "order_type": order_type, "limit_price": limit,
-            "reference_price": 100.0, "signal_id": f"sig:paper:{symbol}:{ts}:{n}"}
+    return {
+        "event_id": f"ord:sig:paper:{symbol}:{ts}:{n}",
+        "account": "paper",
+        "symbol": symbol,
+        "ts": ts,
+        "side": side,
+        "quantity": qty,
+        "order_type": order_type,
+        "limit_price": limit,
+        "reference_price": 100.0,
+        "signal_id": f"sig:paper:{symbol}:{ts}:{n}",
+    }
 
 
 def test_buy_fills_at_next_ask_with_slippage_and_per_share_minimum():
@@ -30,9 +40,18 @@ def test_buy_fills_at_next_ask_with_slippage_and_per_share_minimum():
     assert on_tick(ex, tick("AAPL", T0, price=99.0, bid=99.9, ask=100.0)) == []  # same ts: not after
     assert on_tick(ex, tick("MSFT", T0 + 1, price=50.0, bid=49.0, ask=51.0)) == []  # other symbol
     [f] = on_tick(ex, tick("AAPL", T0 + 1, price=99.0, bid=99.9, ask=100.0))
-    assert f == {"event_id": f"fill:{o['event_id']}", "order_id": o["event_id"], "account": "paper",
-                 "symbol": "AAPL", "ts": T0 + 1, "side": "BUY", "quantity": 100.0,
-                 "price": 100.0 * (1 + 10.0 / 1e4), "commission": 1.0, "slippage_bps": 10.0}
+    assert f == {
+        "event_id": f"fill:{o['event_id']}",
+        "order_id": o["event_id"],
+        "account": "paper",
+        "symbol": "AAPL",
+        "ts": T0 + 1,
+        "side": "BUY",
+        "quantity": 100.0,
+        "price": 100.0 * (1 + 10.0 / 1e4),
+        "commission": 1.0,
+        "slippage_bps": 10.0,
+    }
     assert_schema("fill", f)
     assert ex.open_orders == {}
     assert on_tick(ex, tick("AAPL", T0 + 2, price=99.0, bid=99.9, ask=100.0)) == []  # filled once
@@ -97,6 +116,7 @@ def test_config_from_settings_and_validation():
 
 # --- the chain ---------------------------------------------------------------------------
 
+
 def market(n_bars):
     """Deterministic bars and predictions (carrying the bar's close) of two symbols (a zig-zag market)."""
     events = []
@@ -105,8 +125,9 @@ def market(n_bars):
         for k, sym in enumerate(("AAPL", "MSFT")):
             close = 100.0 + k * 50 + (i % 17) - 8 + 0.01 * i
             events.append(("bar", bar(sym, ts, close - 0.5, close)))
-            events.append(("pred", prediction(sym, ts, ((i * 7 + k * 3) % 20) / 19, close=close,
-                                              volatility=0.2 + 0.01 * (i % 5))))
+            events.append(
+                ("pred", prediction(sym, ts, ((i * 7 + k * 3) % 20) / 19, close=close, volatility=0.2 + 0.01 * (i % 5)))
+            )
     return events
 
 
@@ -142,8 +163,12 @@ class Chain:
         return out
 
     def to_dict(self):
-        return {"strategy": self.strategy.to_dict(), "risk": self.risk.to_dict(),
-                "exec": self.exec.to_dict(), "pf": self.pf.to_dict()}
+        return {
+            "strategy": self.strategy.to_dict(),
+            "risk": self.risk.to_dict(),
+            "exec": self.exec.to_dict(),
+            "pf": self.pf.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, d, limits):
@@ -164,8 +189,17 @@ def test_chain_is_deterministic_restartable_and_schema_exact():
     for e in run1:
         kind = e["event_id"].split(":", 1)[0]
         kinds[kind] = kinds.get(kind, 0) + 1
-        assert_schema({"sig": "signal", "ord": "order", "rej": "order_rejected", "fill": "fill",
-                       "pos": "position", "eq": "equity"}[kind], e)
+        assert_schema(
+            {
+                "sig": "signal",
+                "ord": "order",
+                "rej": "order_rejected",
+                "fill": "fill",
+                "pos": "position",
+                "eq": "equity",
+            }[kind],
+            e,
+        )
     # the market trades: every order fills once, on the next bar (the last one waits)
     waiting = sum(len(v) for v in chain.exec.open_orders.values())
     assert kinds["sig"] >= 10 and kinds["fill"] >= 10 and kinds["ord"] == kinds["fill"] + waiting

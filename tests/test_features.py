@@ -1,5 +1,6 @@
 """Features and labels: exact definitions, no look-ahead, the walk-forward split's gap,
 the same vector in training (batch over history) and live (bar by bar), state round trip."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,14 @@ import numpy as np
 import pytest
 
 from ticktape.core.features import (
-    FEATURE_NAMES, Bars, FeatureError, FeatureState, build_dataset, direction_labels, walk_forward_split)
+    FEATURE_NAMES,
+    Bars,
+    FeatureError,
+    FeatureState,
+    build_dataset,
+    direction_labels,
+    walk_forward_split,
+)
 from ticktape.core.indicators import INDICATOR_NAMES, IndicatorState, indicator_event
 from ticktape.core.simbars import simulated_bars
 
@@ -32,8 +40,7 @@ def _perturbed(bars, after_ts, seed):
     for b in bars:
         if b["window_end"] > after_ts:
             c = b["close"] * rng.uniform(0.9, 1.1)
-            b = b | {"open": c, "high": c * 1.01, "low": c * 0.99, "close": c, "vwap": c,
-                     "volume": rng.uniform(1, 1e5)}
+            b = b | {"open": c, "high": c * 1.01, "low": c * 0.99, "close": c, "vwap": c, "volume": rng.uniform(1, 1e5)}
         out.append(b)
     return out
 
@@ -69,18 +76,44 @@ def test_lookback_of_each_feature(sim):
     bars = [b for b in sim if b["symbol"] == "AAA"]
     ds = build_dataset(Bars.from_events(bars), "1m", 5)
     missing = np.isnan(ds.X).sum(axis=0)
-    lookback = {"sma_10_rel": 9, "sma_20_rel": 19, "sma_50_rel": 49, "sma_200_rel": 199, "ema_12_rel": 11,
-                "ema_26_rel": 25, "rsi_5": 5, "rsi_14": 14, "macd_rel": 33, "macd_signal_rel": 33,
-                "macd_hist_rel": 33, "bb_width": 19, "bb_pos": 19, "atr_14_rel": 14, "volatility_20": 20,
-                "momentum_5_rel": 5, "momentum_20_rel": 20, "vwap_rel": 0, "obv_flow_20": 20, "ret_1": 1,
-                "ret_5": 5, "ret_20": 20, "volume_z_20": 19}
+    lookback = {
+        "sma_10_rel": 9,
+        "sma_20_rel": 19,
+        "sma_50_rel": 49,
+        "sma_200_rel": 199,
+        "ema_12_rel": 11,
+        "ema_26_rel": 25,
+        "rsi_5": 5,
+        "rsi_14": 14,
+        "macd_rel": 33,
+        "macd_signal_rel": 33,
+        "macd_hist_rel": 33,
+        "bb_width": 19,
+        "bb_pos": 19,
+        "atr_14_rel": 14,
+        "volatility_20": 20,
+        "momentum_5_rel": 5,
+        "momentum_20_rel": 20,
+        "vwap_rel": 0,
+        "obv_flow_20": 20,
+        "ret_1": 1,
+        "ret_5": 5,
+        "ret_20": 20,
+        "volume_z_20": 19,
+    }
     assert dict(zip(FEATURE_NAMES, missing.tolist())) == lookback
     assert not np.isnan(ds.X[199:]).any()  # complete from bar 200 on
 
 
 def _ind(ts, close, volume, obv=None, **values):
-    ind = {"event_id": f"X:1m:{ts}", "symbol": "X", "interval": "1m", "ts": ts, "close": close,
-           "volume": volume} | dict.fromkeys(INDICATOR_NAMES)
+    ind = {
+        "event_id": f"X:1m:{ts}",
+        "symbol": "X",
+        "interval": "1m",
+        "ts": ts,
+        "close": close,
+        "volume": volume,
+    } | dict.fromkeys(INDICATOR_NAMES)
     ind["obv"] = obv
     return ind | values
 
@@ -103,8 +136,22 @@ def test_exact_definitions():
     assert vec[F["obv_flow_20"]] == pytest.approx(1.0, rel=1e-12)  # 20 up bars: all volume was buying
     assert math.isnan(vec[F["sma_10_rel"]])  # null indicators stay missing
 
-    vec = st.update(_ind(21 * MINUTE, 110.0, 300.0, obv=obv - 300.0, sma_10=99.0, rsi_14=40.0, macd=0.55,
-                         bb_upper=112.0, bb_middle=110.0, bb_lower=108.0, atr_14=2.2, vwap=121.0))
+    vec = st.update(
+        _ind(
+            21 * MINUTE,
+            110.0,
+            300.0,
+            obv=obv - 300.0,
+            sma_10=99.0,
+            rsi_14=40.0,
+            macd=0.55,
+            bb_upper=112.0,
+            bb_middle=110.0,
+            bb_lower=108.0,
+            atr_14=2.2,
+            vwap=121.0,
+        )
+    )
     assert vec[F["sma_10_rel"]] == 99.0 / 110.0 - 1.0
     assert vec[F["rsi_14"]] == 40.0
     assert vec[F["macd_rel"]] == 0.55 / 110.0

@@ -4,6 +4,7 @@ binaries find their share directory next to them) whose extension directory also
 timescaledb.control.  Its install script is what the test needs: one that ends the
 session with FATAL, as the real library does when it is not in
 shared_preload_libraries, or one that succeeds."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,6 +1,7 @@
 """A live run where one symbol of ten goes quiet for two minutes (a halt, a thin name):
 the others keep trading with a bounded delay, the quiet one is taken back when it
 trades again, and the backtest of the recording equals what the live pipeline did."""
+
 from __future__ import annotations
 
 import os
@@ -22,36 +23,85 @@ serde = Serde()
 SYMBOLS = ["AAA", "BBB", "CCC", "DDD", "EEE", "FFF", "GGG", "HHH", "III", "JJJ"]
 QUIET, QUIET_FROM_S, QUIET_FOR_S = "DDD", 50, 120
 IDLE_MS = 5000
-ENV = {"STRATEGY_INTERVAL": "1s", "EXEC_MARKET_DATA": "bars", "TICK_BATCH_MAX": "500", "TICK_BATCH_MS": "100",
-       "STRATEGY_ENTER_P": "0.52", "STRATEGY_EXIT_P": "0.51", "STRATEGY_MIN_HOLD_BARS": "1",
-       "RISK_IDLE_MS": str(IDLE_MS), "SIM_QUIET": f"{QUIET}@{QUIET_FROM_S}:{QUIET_FOR_S}", "SIM_SEED": "3",
-       "HEARTBEAT_MS": "500", "KAFKA_FETCH_MAX_WAIT_MS": "20"}
+ENV = {
+    "STRATEGY_INTERVAL": "1s",
+    "EXEC_MARKET_DATA": "bars",
+    "TICK_BATCH_MAX": "500",
+    "TICK_BATCH_MS": "100",
+    "STRATEGY_ENTER_P": "0.52",
+    "STRATEGY_EXIT_P": "0.51",
+    "STRATEGY_MIN_HOLD_BARS": "1",
+    "RISK_IDLE_MS": str(IDLE_MS),
+    "SIM_QUIET": f"{QUIET}@{QUIET_FROM_S}:{QUIET_FOR_S}",
+    "SIM_SEED": "3",
+    "HEARTBEAT_MS": "500",
+    "KAFKA_FETCH_MAX_WAIT_MS": "20",
+}
 
 
 def cli(s, *argv, env=None):
-    environ = os.environ | ENV | {
-        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "DATABASE_URL": s.database_url,
-        "REDIS_URL": s.redis_url, "TOPIC_PREFIX": s.topic_prefix, "TICKTAPE_HOME": s.home,
-        "SYMBOLS": ",".join(SYMBOLS), "PYTHONPATH": str(REPO_ROOT), "METRICS_PORT": "0"} | (env or {})
-    return subprocess.run([sys.executable, "-m", "ticktape.cli", *argv], env=environ, cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=900)
+    environ = (
+        os.environ
+        | ENV
+        | {
+            "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+            "DATABASE_URL": s.database_url,
+            "REDIS_URL": s.redis_url,
+            "TOPIC_PREFIX": s.topic_prefix,
+            "TICKTAPE_HOME": s.home,
+            "SYMBOLS": ",".join(SYMBOLS),
+            "PYTHONPATH": str(REPO_ROOT),
+            "METRICS_PORT": "0",
+        }
+        | (env or {})
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "ticktape.cli", *argv],
+        env=environ,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.mark.slow
 def test_one_quiet_symbol_of_ten_holds_nothing_back_and_the_backtest_equals_live(services, fresh_db, tmp_path):
-    s = make_settings(kafka_bootstrap_servers=services["KAFKA_BOOTSTRAP_SERVERS"], database_url=fresh_db,
-                      redis_url=services["REDIS_URL"], topic_prefix=f"t{os.urandom(5).hex()}.",
-                      home=str(tmp_path), metrics_port=free_port())
+    s = make_settings(
+        kafka_bootstrap_servers=services["KAFKA_BOOTSTRAP_SERVERS"],
+        database_url=fresh_db,
+        redis_url=services["REDIS_URL"],
+        topic_prefix=f"t{os.urandom(5).hex()}.",
+        home=str(tmp_path),
+        metrics_port=free_port(),
+    )
     from sinks import schema
 
     schema.migrate(s)
-    trained = cli(s, "train", "--source", "sim", "--sim-minutes", "20", "--interval", "1s", "--horizon", "5",
-                  "--exclude", "sma_200_rel,sma_50_rel", "--activate")
+    trained = cli(
+        s,
+        "train",
+        "--source",
+        "sim",
+        "--sim-minutes",
+        "20",
+        "--interval",
+        "1s",
+        "--horizon",
+        "5",
+        "--exclude",
+        "sma_200_rel,sma_50_rel",
+        "--activate",
+    )
     assert trained.returncode == 0, trained.stdout + trained.stderr
     kafka_clients.ensure_topics(s)
     orders = kafka_clients.consumer(s, f"{s.topic_prefix}orders")
-    orders.assign([TopicPartition(s.topic("trading.orders"), p, OFFSET_END)
-                   for p in range(kafka_clients.topic_spec("trading.orders").partitions)])
+    orders.assign(
+        [
+            TopicPartition(s.topic("trading.orders"), p, OFFSET_END)
+            for p in range(kafka_clients.topic_spec("trading.orders").partitions)
+        ]
+    )
     pipe = Pipeline(s, ["worker", "producer"], tmp_path, symbols=",".join(SYMBOLS), env=ENV)
     seen = []  # (wall time an order was read, order)
     started = time.time()
@@ -79,9 +129,12 @@ def test_one_quiet_symbol_of_ten_holds_nothing_back_and_the_backtest_equals_live
         pipe.stop()
 
     # the quiet window: the gap in DDD's ticks (the simulator's clock starts when it is ready)
-    quiet_ts = sorted(t for kind, ev in map(serde.decode, (m.value() for m in tick_messages))
-                      if kind != "heartbeat" and ev["symbol"] == QUIET
-                      for t in (ev["ticks"]["ts"] if kind == "tick_batch" else [ev["ts"]]))
+    quiet_ts = sorted(
+        t
+        for kind, ev in map(serde.decode, (m.value() for m in tick_messages))
+        if kind != "heartbeat" and ev["symbol"] == QUIET
+        for t in (ev["ticks"]["ts"] if kind == "tick_batch" else [ev["ts"]])
+    )
     gap, quiet_from = max((b - a, a) for a, b in zip(quiet_ts, quiet_ts[1:]))
     assert QUIET_FOR_S * 1e6 <= gap < (QUIET_FOR_S + 2) * 1e6
     quiet_to = quiet_from + gap
@@ -93,8 +146,10 @@ def test_one_quiet_symbol_of_ten_holds_nothing_back_and_the_backtest_equals_live
     # when it trades again (up to QUIET_FOR_S later); the slack is for a loaded machine
     assert max(during) <= max(before) + IDLE_MS / 1000 + 10.0, (max(before), sorted(during)[-5:])
     assert total(metrics, "ticktape_risk_idle_symbols") == 0  # DDD is back
-    assert total(metrics, "ticktape_risk_late_events_total") == 0 and total(
-        metrics, "ticktape_risk_forced_releases_total") == 0
+    assert (
+        total(metrics, "ticktape_risk_late_events_total") == 0
+        and total(metrics, "ticktape_risk_forced_releases_total") == 0
+    )
     ledger = kafka_clients.read_to_end(s, s.topic("trading.ledger"), f"{s.topic_prefix}ledger")
     marks = [serde.decode(m.value()) for m in ledger]
     assert any(k == "mark" and e["symbol"] == QUIET and e["ts"] > quiet_to for k, e in marks)  # taken back in

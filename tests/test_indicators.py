@@ -1,4 +1,5 @@
 """The indicator engine against TA-Lib, its state round trip, and `ticktape indicators`."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,11 @@ import talib
 
 from ticktape.cli import main
 from ticktape.core.indicators import (
-    INDICATOR_NAMES, BarError, IndicatorState, compute_batch, indicator_event,
+    INDICATOR_NAMES,
+    BarError,
+    IndicatorState,
+    compute_batch,
+    indicator_event,
 )
 from ticktape.core.intervals import bars_per_year, interval_seconds
 from ticktape.serde import Serde
@@ -19,9 +24,24 @@ from ticktape.serde import Serde
 MINUTE = 60_000_000
 N = 2500
 # Columns in price units (their tolerance floor scales with the price level).
-PRICE_COLUMNS = {"sma_10", "sma_20", "sma_50", "sma_200", "ema_12", "ema_26", "macd", "macd_signal",
-                 "macd_hist", "bb_upper", "bb_middle", "bb_lower", "atr_14", "momentum_5",
-                 "momentum_20", "vwap"}
+PRICE_COLUMNS = {
+    "sma_10",
+    "sma_20",
+    "sma_50",
+    "sma_200",
+    "ema_12",
+    "ema_26",
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "bb_upper",
+    "bb_middle",
+    "bb_lower",
+    "atr_14",
+    "momentum_5",
+    "momentum_20",
+    "vwap",
+}
 
 
 def make_series(kind: str, n: int = N, seed: int = 7) -> dict:
@@ -61,10 +81,20 @@ KINDS = ("walk", "trend_up", "trend_down", "flat", "gaps", "huge", "tiny", "near
 def bars_of(s: dict, symbol: str = "X", interval: str = "1m", vwap=None):
     for i in range(len(s["close"])):
         ws = int(s["window_start"][i])
-        yield {"symbol": symbol, "interval": interval, "ts": ws + MINUTE, "window_start": ws,
-               "window_end": ws + MINUTE, "open": float(s["close"][i - 1] if i else s["close"][0]),
-               "high": float(s["high"][i]), "low": float(s["low"][i]), "close": float(s["close"][i]),
-               "volume": float(s["volume"][i]), "vwap": vwap, "trade_count": 1}
+        yield {
+            "symbol": symbol,
+            "interval": interval,
+            "ts": ws + MINUTE,
+            "window_start": ws,
+            "window_end": ws + MINUTE,
+            "open": float(s["close"][i - 1] if i else s["close"][0]),
+            "high": float(s["high"][i]),
+            "low": float(s["low"][i]),
+            "close": float(s["close"][i]),
+            "volume": float(s["volume"][i]),
+            "vwap": vwap,
+            "trade_count": 1,
+        }
 
 
 def run_state(s: dict) -> dict[str, np.ndarray]:
@@ -101,7 +131,9 @@ def assert_matches(got: np.ndarray, ref: np.ndarray, unit: float, what: str):
     ok = ~np.isnan(ref)
     err = np.abs(got[ok] - ref[ok])
     bad = err > 1e-9 * np.abs(ref[ok]) + 1e-13 * unit
-    assert not bad.any(), f"{what}: {bad.sum()} values off, worst {err.max():.3g} (ours {got[ok][bad][:3]}, ref {ref[ok][bad][:3]})"
+    assert not bad.any(), (
+        f"{what}: {bad.sum()} values off, worst {err.max():.3g} (ours {got[ok][bad][:3]}, ref {ref[ok][bad][:3]})"
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -116,10 +148,27 @@ def test_every_column_matches_reference(kind):
     # Lookbacks as TA-Lib defines them: the first value of each column, bar numbers 1-based.
     first = {name: int(np.argmax(~np.isnan(got[name]))) + 1 for name in INDICATOR_NAMES}
     assert first | {"vwap": 1} == {
-        "sma_10": 10, "sma_20": 20, "sma_50": 50, "sma_200": 200, "ema_12": 12, "ema_26": 26,
-        "rsi_5": 6, "rsi_14": 15, "macd": 34, "macd_signal": 34, "macd_hist": 34, "bb_upper": 20,
-        "bb_middle": 20, "bb_lower": 20, "atr_14": 15, "volatility_20": 21, "momentum_5": 6,
-        "momentum_20": 21, "vwap": 1, "obv": 1}
+        "sma_10": 10,
+        "sma_20": 20,
+        "sma_50": 50,
+        "sma_200": 200,
+        "ema_12": 12,
+        "ema_26": 26,
+        "rsi_5": 6,
+        "rsi_14": 15,
+        "macd": 34,
+        "macd_signal": 34,
+        "macd_hist": 34,
+        "bb_upper": 20,
+        "bb_middle": 20,
+        "bb_lower": 20,
+        "atr_14": 15,
+        "volatility_20": 21,
+        "momentum_5": 6,
+        "momentum_20": 21,
+        "vwap": 1,
+        "obv": 1,
+    }
 
 
 def test_macd_is_seeded_like_talib_not_like_two_plain_emas():
@@ -144,7 +193,8 @@ def test_zero_volume_leaves_vwap_null_until_volume_and_obv_unchanged():
     got = run_state(s)
     first = 50 + int(np.argmax(s["volume"][50:] > 0))  # first bar with volume in the session
     assert np.all(np.isnan(got["vwap"][:first])) and got["vwap"][first] == pytest.approx(
-        (s["high"][first] + s["low"][first] + s["close"][first]) / 3, rel=1e-15)
+        (s["high"][first] + s["low"][first] + s["close"][first]) / 3, rel=1e-15
+    )
     assert np.all(got["obv"][:50] == 0.0)
     zero = np.flatnonzero(s["volume"][1:] == 0.0) + 1
     assert np.array_equal(got["obv"][zero], got["obv"][zero - 1])
@@ -156,9 +206,20 @@ def test_vwap_uses_the_bars_own_vwap_and_resets_each_utc_day():
     hour = 3_600_000_000
 
     def bar(ws, vwap, volume):
-        return {"symbol": "X", "interval": "1h", "ts": ws + hour, "window_start": ws,
-                "window_end": ws + hour, "open": 10.0, "high": 12.0, "low": 8.0, "close": 11.0,
-                "volume": volume, "vwap": vwap, "trade_count": 2}
+        return {
+            "symbol": "X",
+            "interval": "1h",
+            "ts": ws + hour,
+            "window_start": ws,
+            "window_end": ws + hour,
+            "open": 10.0,
+            "high": 12.0,
+            "low": 8.0,
+            "close": 11.0,
+            "volume": volume,
+            "vwap": vwap,
+            "trade_count": 2,
+        }
 
     assert state.update(bar(day - 2 * hour, 10.5, 3.0))["vwap"] == 10.5
     assert state.update(bar(day - hour, 11.5, 1.0))["vwap"] == (10.5 * 3 + 11.5) / 4
@@ -180,14 +241,27 @@ def test_volatility_annualization_follows_the_interval():
 
 
 def test_batch_is_bit_identical_to_per_symbol_updates():
-    series = {f"S{j}": make_series(kind, n=n, seed=j) for j, (kind, n) in enumerate(
-        [("walk", 700), ("gaps", 450), ("tiny", 260), ("trend_up", 30), ("huge", 1), ("zero_volume", 333)])}
-    rows = sorted(((int(t), sym, i) for sym, s in series.items() for i, t in enumerate(s["window_start"])),
-                  key=lambda r: r[0])  # interleaved by time, like a CSV
+    series = {
+        f"S{j}": make_series(kind, n=n, seed=j)
+        for j, (kind, n) in enumerate(
+            [("walk", 700), ("gaps", 450), ("tiny", 260), ("trend_up", 30), ("huge", 1), ("zero_volume", 333)]
+        )
+    }
+    rows = sorted(
+        ((int(t), sym, i) for sym, s in series.items() for i, t in enumerate(s["window_start"])), key=lambda r: r[0]
+    )  # interleaved by time, like a CSV
     col = {k: [series[sym][k][i] for _, sym, i in rows] for k in ("high", "low", "close", "volume")}
     symbols = [sym for _, sym, _ in rows]
-    batch = compute_batch(symbols, [t for t, _, _ in rows], col["close"], col["high"], col["low"],
-                          col["close"], col["volume"], {sym: 60 for sym in series})
+    batch = compute_batch(
+        symbols,
+        [t for t, _, _ in rows],
+        col["close"],
+        col["high"],
+        col["low"],
+        col["close"],
+        col["volume"],
+        {sym: 60 for sym in series},
+    )
     for sym, s in series.items():
         mine = np.column_stack([run_state(s)[k] for k in INDICATOR_NAMES])
         theirs = batch[[j for j, (_, r_sym, _) in enumerate(rows) if r_sym == sym]]
@@ -377,17 +451,27 @@ HEADER = "time,symbol,open,high,low,close,volume\n"
 OK_ROW = "2024-01-01T00:00:00Z,A,1,2,0.5,1.5,10\n"
 
 
-@pytest.mark.parametrize("text,line,message", [
-    ("time,symbol,open,high,low,close\n" + OK_ROW, 1, "missing column(s) volume"),
-    (HEADER + OK_ROW + "2024-01-01T00:01:00Z,A,1,2,0.5,abc,10\n", 3, "close is not a number: 'abc'"),
-    (HEADER + OK_ROW + "2024-01-01T00:01:00Z,B,1,2,0.5,1.5,10\n2024-01-01T00:00:00Z,B,1,2,0.5,1.5,10\n",
-     4, "bars of B out of time order"),
-    (HEADER + OK_ROW + OK_ROW.replace("00:00Z", "01:00Z"), 3, None),  # control: valid
-    (HEADER + OK_ROW + "2024-01-01T00:01:00Z,A,1,NaN,0.5,1.5,10\n", 3, "high must be a finite positive number, got nan"),
-    (HEADER + OK_ROW + "yesterday,A,1,2,0.5,1.5,10\n", 3, "time is not an ISO-8601 timestamp"),
-    (HEADER + OK_ROW + "2024-01-01T00:01:00Z,A,1,2\n", 3, "4 fields, the header has 7"),
-    (HEADER + OK_ROW + OK_ROW, 3, "bars of A out of time order"),
-])
+@pytest.mark.parametrize(
+    "text,line,message",
+    [
+        ("time,symbol,open,high,low,close\n" + OK_ROW, 1, "missing column(s) volume"),
+        (HEADER + OK_ROW + "2024-01-01T00:01:00Z,A,1,2,0.5,abc,10\n", 3, "close is not a number: 'abc'"),
+        (
+            HEADER + OK_ROW + "2024-01-01T00:01:00Z,B,1,2,0.5,1.5,10\n2024-01-01T00:00:00Z,B,1,2,0.5,1.5,10\n",
+            4,
+            "bars of B out of time order",
+        ),
+        (HEADER + OK_ROW + OK_ROW.replace("00:00Z", "01:00Z"), 3, None),  # control: valid
+        (
+            HEADER + OK_ROW + "2024-01-01T00:01:00Z,A,1,NaN,0.5,1.5,10\n",
+            3,
+            "high must be a finite positive number, got nan",
+        ),
+        (HEADER + OK_ROW + "yesterday,A,1,2,0.5,1.5,10\n", 3, "time is not an ISO-8601 timestamp"),
+        (HEADER + OK_ROW + "2024-01-01T00:01:00Z,A,1,2\n", 3, "4 fields, the header has 7"),
+        (HEADER + OK_ROW + OK_ROW, 3, "bars of A out of time order"),
+    ],
+)
 def test_cli_bad_input_one_line_exit_2_no_output(tmp_path, capsys, text, line, message):
     rc, out = cli(tmp_path, text)
     err = capsys.readouterr().err
@@ -408,21 +492,25 @@ def test_cli_bad_interval_and_missing_input(tmp_path, capsys):
 
 def test_cli_reads_yahoos_capitalised_headers_and_says_what_it_wrote(tmp_path, capsys):
     ours = HEADER + OK_ROW + OK_ROW.replace("00:00Z", "01:00Z")
-    yahoo = ("Date,Open,High,Low,Close,Adj Close,Volume\n"
-             "2024-01-01T00:00:00Z,1,2,0.5,1.5,1.4,10\n2024-01-01T00:01:00Z,1,2,0.5,1.5,1.4,10\n")
+    yahoo = (
+        "Date,Open,High,Low,Close,Adj Close,Volume\n"
+        "2024-01-01T00:00:00Z,1,2,0.5,1.5,1.4,10\n2024-01-01T00:01:00Z,1,2,0.5,1.5,1.4,10\n"
+    )
     rc, mine = cli(tmp_path, ours)
     ours_out = capsys.readouterr().out
     src = tmp_path / "A.csv"  # no symbol column: the file's stem
     src.write_text(yahoo)
     theirs = tmp_path / "yahoo-out.csv"
     assert rc == 0 and main(["indicators", "--input", str(src), "--output", str(theirs)]) == 0
-    assert capsys.readouterr().out == (f"wrote {theirs}: 2 rows of 1 symbol(s) (A), the 7 input columns + "
-                                       f"{len(INDICATOR_NAMES)} indicator columns\n")
+    assert capsys.readouterr().out == (
+        f"wrote {theirs}: 2 rows of 1 symbol(s) (A), the 7 input columns + {len(INDICATOR_NAMES)} indicator columns\n"
+    )
     assert ours_out.startswith(f"wrote {mine}: 2 rows of 1 symbol(s) (A), the 7 input columns")
     # the same indicator values as the file with our headers
     ind = slice(7, None)
     assert [r.split(",")[ind] for r in theirs.read_text().splitlines()[1:]] == [
-        r.split(",")[ind] for r in mine.read_text().splitlines()[1:]]
+        r.split(",")[ind] for r in mine.read_text().splitlines()[1:]
+    ]
     assert theirs.read_text().splitlines()[0].startswith("Date,Open,High,Low,Close,Adj Close,Volume,")
     assert main(["indicators", "--input", str(src), "--output", str(theirs), "--symbol", "ZZ"]) == 0
     assert "(ZZ)" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 Faust can lose messages it took from the consumer; the guard re-reads a hole when a
 later message shows it, and ``tails`` reads a lost tail, which no later message shows.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,7 +36,8 @@ def test_tails_reads_past_the_next_offset_only_of_partitions_that_stood_still(se
     first, second, third = asyncio.run(run())
     assert first == []
     assert [(r.partition, r.offset, r.key, r.value) for r in second] == [
-        (0, i, b"K", b"v%d" % i) for i in range(4, 10)]  # p1 is at its end: nothing
+        (0, i, b"K", b"v%d" % i) for i in range(4, 10)
+    ]  # p1 is at its end: nothing
     assert third == []  # p0 moved since the last look, p1 has nothing past its end
 
 

@@ -1,4 +1,5 @@
 """sinks/job_health.py: TimescaleDB background-job failures as metrics of the sink."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,7 @@ from sinks.job_health import JobHealthExporter, job_health
 
 
 def _samples(name: str) -> dict[tuple, float]:
-    return {tuple(sorted(s.labels.items())): s.value for m in REGISTRY.collect() for s in m.samples
-            if s.name == name}
+    return {tuple(sorted(s.labels.items())): s.value for m in REGISTRY.collect() for s in m.samples if s.name == name}
 
 
 @pytest.fixture
@@ -42,12 +42,17 @@ def test_timescaledb_jobs_are_exported_and_a_failed_run_shows(db):
     if not tsdb:
         pytest.skip("timescaledb is not available on this PostgreSQL: no background jobs to export")
     with psycopg.connect(s.database_url, autocommit=True) as conn:
-        policies = dict(conn.execute(
-            "SELECT job_id::text, hypertable_name FROM timescaledb_information.jobs "
-            "WHERE proc_name = 'policy_refresh_continuous_aggregate'").fetchall())
+        policies = dict(
+            conn.execute(
+                "SELECT job_id::text, hypertable_name FROM timescaledb_information.jobs "
+                "WHERE proc_name = 'policy_refresh_continuous_aggregate'"
+            ).fetchall()
+        )
         # a job whose every run fails, run by the scheduler at once
-        conn.execute("CREATE PROCEDURE always_fails(job int, config jsonb) LANGUAGE plpgsql AS "
-                     "$$ BEGIN RAISE EXCEPTION 'job health test'; END $$")
+        conn.execute(
+            "CREATE PROCEDURE always_fails(job int, config jsonb) LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'job health test'; END $$"
+        )
         failing = str(conn.execute("SELECT add_job('always_fails', '1 hour', initial_start => now())").fetchone()[0])
     exporter = JobHealthExporter(s.database_url)
     key = (("hypertable", ""), ("job_id", failing), ("proc", "always_fails"))

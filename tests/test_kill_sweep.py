@@ -2,6 +2,7 @@
 seeded run, for 3 seeds, leave every table (ticks through equity) exactly as the run
 without kills — which is the in-process pipeline over the same ticks (the backtest core;
 `test_backtest_equals_the_live_pipeline_over_its_period` shows the live run equals it)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,10 +29,18 @@ SYMS = ["AAA", "BBB", "CCC", "DDD", "EEE", "FFF"]
 T0 = 1_704_205_800_000_000  # 2024-01-02T14:30:00Z
 SECONDS, RATE, PACE = 120, 60.0, 2.0  # event time, ticks/s over all symbols, × real time
 KILLS = 12
-ENV = {"STRATEGY_INTERVAL": "1s", "EXEC_MARKET_DATA": "bars", "STRATEGY_ENTER_P": "0.52",
-       "STRATEGY_EXIT_P": "0.51", "STRATEGY_MIN_HOLD_BARS": "1", "BAR_GRACE_MS": "500",
-       # a restart takes seconds: at 2x pace no symbol may count as idle meanwhile
-       "RISK_IDLE_MS": "30000", "PROCESSOR_BATCH_SIZE": "200", "SINK_BATCH_SIZE": "500"}
+ENV = {
+    "STRATEGY_INTERVAL": "1s",
+    "EXEC_MARKET_DATA": "bars",
+    "STRATEGY_ENTER_P": "0.52",
+    "STRATEGY_EXIT_P": "0.51",
+    "STRATEGY_MIN_HOLD_BARS": "1",
+    "BAR_GRACE_MS": "500",
+    # a restart takes seconds: at 2x pace no symbol may count as idle meanwhile
+    "RISK_IDLE_MS": "30000",
+    "PROCESSOR_BATCH_SIZE": "200",
+    "SINK_BATCH_SIZE": "500",
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +52,10 @@ def model_1s():
 
 def table_rows(url: str) -> dict[str, list[tuple]]:
     with psycopg.connect(url) as conn:
-        return {t.name: sorted(conn.execute(f"SELECT {', '.join(t.columns)} FROM {t.name}").fetchall(), key=repr)
-                for t in TABLES.values()}
+        return {
+            t.name: sorted(conn.execute(f"SELECT {', '.join(t.columns)} FROM {t.name}").fetchall(), key=repr)
+            for t in TABLES.values()
+        }
 
 
 def expected_rows(ticks: dict, events: bt.Events) -> dict[str, list[tuple]]:
@@ -58,8 +69,9 @@ def expected_rows(ticks: dict, events: bt.Events) -> dict[str, list[tuple]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_twelve_kills_of_worker_and_sink_leave_every_table_exact(seed, services, fresh_db, model_1s, tmp_path,
-                                                                  monkeypatch):
+def test_twelve_kills_of_worker_and_sink_leave_every_table_exact(
+    seed, services, fresh_db, model_1s, tmp_path, monkeypatch
+):
     from pipeline import module_settings
     from sinks import schema
 
@@ -70,9 +82,14 @@ def test_twelve_kills_of_worker_and_sink_leave_every_table_exact(seed, services,
     schema.migrate(s)
     registry.register(s, model_1s)
     registry.activate(s, model_1s.metadata["version"])
-    setup = dataclasses.replace(make_setup(), intervals=("1s", "1m"), universe=tuple(SYMS), market_data="bars",
-                                strategy=dataclasses.replace(make_setup().strategy, interval="1s"),
-                                idle_us=int(ENV["RISK_IDLE_MS"]) * 1000)
+    setup = dataclasses.replace(
+        make_setup(),
+        intervals=("1s", "1m"),
+        universe=tuple(SYMS),
+        market_data="bars",
+        strategy=dataclasses.replace(make_setup().strategy, interval="1s"),
+        idle_us=int(ENV["RISK_IDLE_MS"]) * 1000,
+    )
     by_p = sim_by_partition(SECONDS / 60, rate=RATE, partitions=PARTITIONS, symbols=SYMS, seed=seed)
     end = max(t["ts"] for v in by_p.values() for t in v)
     ticks = {p: list(by_p.get(p, [])) for p in range(PARTITIONS)}

@@ -2,6 +2,7 @@
 both sinks, as `ticktape run` runs them (separate processes on the real broker,
 PostgreSQL and Redis).  The expected bars are the pure core's over the same ticks, per
 partition in offset order."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,19 +64,26 @@ def test_simulated_run_lands_exactly_in_topics_tables_and_redis(settings, fresh_
 
         # PostgreSQL: every tick and bar once
         with psycopg.connect(s.database_url, autocommit=True) as conn:
+
             def count(table):
                 return conn.execute(f"SELECT count(*), count(DISTINCT event_id) FROM {table}").fetchone()
 
             n_ticks = len({r["event_id"] for r in records})  # the flush ticks share one id
-            _wait(f"{n_ticks} ticks and {len(expected)} bars rows",
-                  lambda: count("ticks")[0] >= n_ticks and count("bars")[0] >= len(expected),
-                  lambda: f"ticks {count('ticks')}, bars {count('bars')}")
+            _wait(
+                f"{n_ticks} ticks and {len(expected)} bars rows",
+                lambda: count("ticks")[0] >= n_ticks and count("bars")[0] >= len(expected),
+                lambda: f"ticks {count('ticks')}, bars {count('bars')}",
+            )
             time.sleep(1.0)  # a duplicate written late would show now
             assert count("ticks") == (n_ticks, n_ticks)
             assert count("bars") == (len(expected), len(expected))
-            rows = conn.execute("SELECT event_id, open, high, low, close, volume, vwap, trade_count FROM bars").fetchall()
-        assert sorted(rows) == sorted((b["event_id"], b["open"], b["high"], b["low"], b["close"], b["volume"],
-                                       b["vwap"], b["trade_count"]) for b in expected)
+            rows = conn.execute(
+                "SELECT event_id, open, high, low, close, volume, vwap, trade_count FROM bars"
+            ).fetchall()
+        assert sorted(rows) == sorted(
+            (b["event_id"], b["open"], b["high"], b["low"], b["close"], b["volume"], b["vwap"], b["trade_count"])
+            for b in expected
+        )
 
         # Redis: the latest bar per symbol and interval
         last = defaultdict(dict)
@@ -84,16 +92,18 @@ def test_simulated_run_lands_exactly_in_topics_tables_and_redis(settings, fresh_
         client = redis.Redis.from_url(s.redis_url, decode_responses=True)
 
         def redis_bars():
-            return {(iv, sym): client.hgetall(f"{s.topic_prefix}ticktape:bar:{iv}:{sym}")
-                    for iv in last for sym in last[iv]}
+            return {
+                (iv, sym): client.hgetall(f"{s.topic_prefix}ticktape:bar:{iv}:{sym}") for iv in last for sym in last[iv]
+            }
 
-        _wait("latest bars in Redis", lambda: all(
-            h.get("event_id") == last[iv][sym]["event_id"] for (iv, sym), h in redis_bars().items()))
+        _wait(
+            "latest bars in Redis",
+            lambda: all(h.get("event_id") == last[iv][sym]["event_id"] for (iv, sym), h in redis_bars().items()),
+        )
         for (iv, sym), h in redis_bars().items():
             bar = last[iv][sym]
             assert float(h["close"]) == bar["close"] and float(h["volume"]) == bar["volume"]
             assert 0 < client.ttl(f"{s.topic_prefix}ticktape:bar:{iv}:{sym}") <= s.redis_ttl_s
     finally:
         pipe.stop()
-    assert {role: p.returncode for role, p in pipe.procs.items()} == {
-        "worker": 0, "sink-postgres": 0, "sink-redis": 0}
+    assert {role: p.returncode for role, p in pipe.procs.items()} == {"worker": 0, "sink-postgres": 0, "sink-redis": 0}

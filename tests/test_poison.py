@@ -2,6 +2,7 @@
 the broker, a message too big to forward neither crashes the worker nor stalls a sink,
 every invalid value is dead-lettered (once) with a reason and never stored or acted on,
 and a null value is poison wherever it is not a tombstone of a compacted topic."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,9 @@ HUGE = 1 << 20  # a 1 MiB value: over what a producer sends by default once head
 
 @pytest.fixture
 def pg_settings(settings, fresh_db, fresh_redis):
-    s = dataclasses.replace(settings, database_url=fresh_db, redis_url=fresh_redis,
-                            sink_batch_size=500, sink_max_latency_ms=100)
+    s = dataclasses.replace(
+        settings, database_url=fresh_db, redis_url=fresh_redis, sink_batch_size=500, sink_max_latency_ms=100
+    )
     schema.migrate(s)
     return s
 
@@ -40,15 +42,29 @@ def big_producer(s):
 
 
 def test_dead_letter_fits_the_limit_and_names_its_source():
-    small = deadletter.dead_letter("bad", stage="bars", topic="md.ticks", partition=3, offset=17,
-                                   key=b"AAPL", value=b"x" * 100, max_bytes=8192)
+    small = deadletter.dead_letter(
+        "bad", stage="bars", topic="md.ticks", partition=3, offset=17, key=b"AAPL", value=b"x" * 100, max_bytes=8192
+    )
     assert (small.key, small.value, small.truncated) == (b"AAPL", b"x" * 100, False)
-    assert dict(small.headers) == {"ticktape.error": b"bad", "ticktape.stage": b"bars",
-                                   "ticktape.source.topic": b"md.ticks", "ticktape.source.partition": b"3",
-                                   "ticktape.source.offset": b"17", "ticktape.source.size": b"100"}
+    assert dict(small.headers) == {
+        "ticktape.error": b"bad",
+        "ticktape.stage": b"bars",
+        "ticktape.source.topic": b"md.ticks",
+        "ticktape.source.partition": b"3",
+        "ticktape.source.offset": b"17",
+        "ticktape.source.size": b"100",
+    }
     for key, cut in ((b"AAPL", b"value"), (b"k" * 5000, b"key,value")):
-        dl = deadletter.dead_letter("é" * 5000, stage="sink-postgres", topic="md.ticks", partition=0, offset=1,
-                                    key=key, value=b"v" * HUGE, max_bytes=65536)
+        dl = deadletter.dead_letter(
+            "é" * 5000,
+            stage="sink-postgres",
+            topic="md.ticks",
+            partition=0,
+            offset=1,
+            key=key,
+            value=b"v" * HUGE,
+            max_bytes=65536,
+        )
         h = dict(dl.headers)
         size = len(dl.key) + len(dl.value) + sum(len(k) + len(v) for k, v in dl.headers)
         assert size + deadletter.RECORD_OVERHEAD <= 65536
@@ -77,7 +93,7 @@ def test_a_huge_message_is_dead_lettered_cut_and_the_worker_keeps_going(settings
         assert h["ticktape.truncated"] == b"value" and h["ticktape.source.size"] == str(HUGE).encode()
         assert (h["ticktape.source.partition"], h["ticktape.source.offset"]) == (b"0", b"0")
         assert h["ticktape.error"].startswith(b"unknown schema fingerprint")
-        assert len(dead.value()) < 65536 and dead.value() == (b"\xc3\x01" + b"z" * HUGE)[:len(dead.value())]
+        assert len(dead.value()) < 65536 and dead.value() == (b"\xc3\x01" + b"z" * HUGE)[: len(dead.value())]
         # the ticks after it made their bars: 3 one-second windows of AAPL
         bars = [serde.decode(m.value())[1] for m in read(settings, "md.bars.1s", 3)[0]]
         assert [(b["symbol"], b["trade_count"]) for b in bars] == [("AAPL", 10)] * 3
@@ -121,12 +137,21 @@ def _bad_events():
         ("md.bars.1m", "bar", bar | {"event_id": "b-nan", "close": math.nan}, "close is nan"),
         ("md.bars.1m", "bar", bar | {"event_id": "b-hl", "high": 1.0, "low": 2.0}, "high 1.0 is below low 2.0"),
         ("trading.orders", "order", order | {"event_id": "o-nan", "quantity": math.nan}, "quantity is nan"),
-        ("trading.orders", "order", order | {"event_id": "o-zero", "quantity": 0.0}, "quantity is 0.0: must be positive"),
+        (
+            "trading.orders",
+            "order",
+            order | {"event_id": "o-zero", "quantity": 0.0},
+            "quantity is 0.0: must be positive",
+        ),
         ("trading.orders", "order", order | {"event_id": "o-acct", "account": "nobody"}, "unknown account 'nobody'"),
         ("trading.fills", "fill", fill | {"event_id": "f-nan", "price": math.nan}, "price is nan"),
         ("trading.fills", "fill", fill | {"event_id": "f-fee", "commission": -1.0}, "commission is -1.0"),
-        ("ml.predictions", "prediction", pred | {"event_id": "p-nan", "features": {"x": math.nan}},
-         "features.x holds nan"),
+        (
+            "ml.predictions",
+            "prediction",
+            pred | {"event_id": "p-nan", "features": {"x": math.nan}},
+            "features.x holds nan",
+        ),
         ("ml.predictions", "prediction", pred | {"event_id": "p-p", "p_up": 1.5}, "p_up is 1.5: must be in [0, 1]"),
     ]
 
@@ -157,8 +182,9 @@ def test_invalid_values_and_null_values_are_dead_lettered_never_stored(pg_settin
 
 
 def test_the_execution_stage_fills_no_invalid_order(settings, tmp_path):
-    kafka_clients.ensure_topics(settings, ["md.ticks", "trading.orders", "trading.fills", "trading.account",
-                                           "dlq.trading"])
+    kafka_clients.ensure_topics(
+        settings, ["md.ticks", "trading.orders", "trading.fills", "trading.account", "dlq.trading"]
+    )
     t0 = 1_767_225_600_000_000
     order = event("order", 1, symbol="AAPL", ts=t0)  # a BUY of 10
     bad = [order | {"event_id": "o-nan", "quantity": math.nan}, order | {"event_id": "o-acct", "account": "nobody"}]

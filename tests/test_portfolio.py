@@ -1,4 +1,5 @@
 """Portfolio fold: exact accounting, events per schema, equals a brute-force recomputation."""
+
 from __future__ import annotations
 
 import json
@@ -27,14 +28,30 @@ def test_average_cost_realized_flip_and_commission_exact():
     assert pf.cash == 100_000.0 - 1000 - 1100 + 600 + 2000 - 4.0
     position, equity = events
     assert position == {
-        "event_id": "pos:fill:AAPL:%d:4" % (T0 + 3), "account": "paper", "symbol": "AAPL",
-        "ts": T0 + 3, "quantity": -5.0, "avg_cost": 100.0, "realized_pnl": -4.0,
-        "unrealized_pnl": 0.0, "last_price": 100.0, "market_value": -500.0}
+        "event_id": "pos:fill:AAPL:%d:4" % (T0 + 3),
+        "account": "paper",
+        "symbol": "AAPL",
+        "ts": T0 + 3,
+        "quantity": -5.0,
+        "avg_cost": 100.0,
+        "realized_pnl": -4.0,
+        "unrealized_pnl": 0.0,
+        "last_price": 100.0,
+        "market_value": -500.0,
+    }
     mark(pf, "AAPL", 90.0)  # first fill set the mark to 100; the short gains 50
     eq = equity_event(pf, T0 + 4, "eq:x")
-    assert eq == {"event_id": "eq:x", "account": "paper", "ts": T0 + 4, "cash": pf.cash,
-                  "market_value": -450.0, "equity": pf.cash - 450.0, "gross_exposure": 450.0,
-                  "realized_pnl": -4.0, "unrealized_pnl": 50.0}
+    assert eq == {
+        "event_id": "eq:x",
+        "account": "paper",
+        "ts": T0 + 4,
+        "cash": pf.cash,
+        "market_value": -450.0,
+        "equity": pf.cash - 450.0,
+        "gross_exposure": 450.0,
+        "realized_pnl": -4.0,
+        "unrealized_pnl": 50.0,
+    }
     assert eq["equity"] == 100_000.0 + eq["realized_pnl"] + eq["unrealized_pnl"]
     assert_schema("position", position)
     assert_schema("equity", equity)
@@ -49,8 +66,7 @@ def test_full_close_resets_average_cost_and_bar_marks_emit_position_and_equity()
     assert (pos.qty, pos.avg_cost) == (0.0, 0.0)
     assert math.isclose(pos.realized_pnl, 0.3, abs_tol=1e-12)
     out = on_bar(pf, bar("MSFT", T0 + MIN, 10.0, 11.0))
-    assert [e["event_id"] for e in out] == [
-        f"pos:paper:bar:MSFT:1m:{T0 + MIN}", f"eq:paper:bar:MSFT:1m:{T0 + MIN}"]
+    assert [e["event_id"] for e in out] == [f"pos:paper:bar:MSFT:1m:{T0 + MIN}", f"eq:paper:bar:MSFT:1m:{T0 + MIN}"]
     assert out[0]["last_price"] == 11.0 and out[0]["unrealized_pnl"] == 0.0
     # a symbol never held gets only the equity point
     assert [e["event_id"][:3] for e in on_bar(pf, bar("IBM", T0 + MIN, 5.0))] == ["eq:"]
@@ -67,6 +83,7 @@ def test_redelivered_fill_is_dropped_and_foreign_account_refused():
 
 
 # --- brute force -----------------------------------------------------------------------
+
 
 def brute_force(starting_cash, events):
     """Positions and equity recomputed from the whole event list, without the fold."""
@@ -106,8 +123,14 @@ def close(a, b):
 
 symbols = st.sampled_from(["AAPL", "MSFT", "TSLA"])
 prices = st.integers(100, 50_000).map(lambda c: c / 100)
-fill_ev = st.tuples(st.just("fill"), symbols, st.sampled_from(["BUY", "SELL"]),
-                    st.integers(1, 300).map(float), prices, st.sampled_from([0.0, 1.0, 0.37]))
+fill_ev = st.tuples(
+    st.just("fill"),
+    symbols,
+    st.sampled_from(["BUY", "SELL"]),
+    st.integers(1, 300).map(float),
+    prices,
+    st.sampled_from([0.0, 1.0, 0.37]),
+)
 mark_ev = st.tuples(st.just("mark"), symbols, prices)
 
 

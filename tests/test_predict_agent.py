@@ -3,6 +3,7 @@ exact predictions of the active model, missing features skipped and counted, a n
 activated model picked up without restart, a mismatching model refused while the
 previous one keeps scoring, undecodable input dead-lettered, a restarted worker resuming
 its feature states (phase 2 would have no complete features otherwise)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,8 +45,9 @@ def expected(phases):
 def produce(s, sets, extra=()):
     prod = kafka_clients.producer(s)
     for ind in sets:
-        prod.produce(s.topic("analytics.indicators"), key=ind["symbol"].encode(),
-                     value=serde.encode("indicator_set", ind))
+        prod.produce(
+            s.topic("analytics.indicators"), key=ind["symbol"].encode(), value=serde.encode("indicator_set", ind)
+        )
     for key, value in extra:
         prod.produce(s.topic("analytics.indicators"), key=key, value=value)
     assert prod.flush(30) == 0
@@ -76,11 +78,15 @@ def test_predict_agent_scores_swaps_and_refuses(settings, fresh_db, tmp_path):
     live = simulated_bars(["AAA", "BBB", "CCC"], seed=5, start_us=T0 + 1440 * MINUTE, minutes=250, tick_rate=3.0)
     sets = indicator_sets(live)
     t1, t2 = T0 + (1440 + 215) * MINUTE, T0 + (1440 + 235) * MINUTE
-    phase = [[i for i in sets if i["ts"] <= t1], [i for i in sets if t1 < i["ts"] <= t2],
-             [i for i in sets if i["ts"] > t2]]
+    phase = [
+        [i for i in sets if i["ts"] <= t1],
+        [i for i in sets if t1 < i["ts"] <= t2],
+        [i for i in sets if i["ts"] > t2],
+    ]
     model_a, model_b = Model.load(first.artifact, first.metadata), Model.load(second.artifact, second.metadata)
     (want_a, missing_a), (want_b, _), (want_b2, _) = expected(
-        [(model_a, phase[0]), (model_b, phase[1]), (model_b, phase[2])])
+        [(model_a, phase[0]), (model_b, phase[1]), (model_b, phase[2])]
+    )
     assert len(want_a) > 30 and len(want_b) > 30 and len(want_b2) > 30 and missing_a == 3 * 199
 
     worker = Worker(s, tmp_path / "worker.log", DATABASE_URL=fresh_db)
@@ -117,10 +123,13 @@ def test_predict_agent_scores_swaps_and_refuses(settings, fresh_db, tmp_path):
         assert {k: v for k, v in got.items() if k not in want_a and k not in want_b} == want_b2
         assert worker.metric("ticktape_model_active", model="direction", version=second.version) == 1
         log = worker.log_path.read_text()
-        assert ("model direction 0badf00d0bad refused: the pipeline does not produce feature(s) rsi_7" in log
-                and f"keeping the active model (direction {second.version})" in log)
-        assert worker.wait_metric("ticktape_events_in_total", len(phase[1]) + len(phase[2]), stage="predict",
-                                  topic="analytics.indicators")
+        assert (
+            "model direction 0badf00d0bad refused: the pipeline does not produce feature(s) rsi_7" in log
+            and f"keeping the active model (direction {second.version})" in log
+        )
+        assert worker.wait_metric(
+            "ticktape_events_in_total", len(phase[1]) + len(phase[2]), stage="predict", topic="analytics.indicators"
+        )
     finally:
         rc = worker.stop()
     assert rc == 0, worker.log_tail()

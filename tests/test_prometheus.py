@@ -1,5 +1,6 @@
 """prometheus/: scrape configs and alert rules are valid (promtool), their unit tests pass,
 and every metric they name is one that ticktape/metrics.py exports."""
+
 from __future__ import annotations
 
 import re
@@ -22,7 +23,8 @@ CONFIGS = ["prometheus.yml", "prometheus.local.yml"]
 
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool not installed (`make` installs it: apt-get install prometheus)")
+    PROMTOOL is None, reason="promtool not installed (`make` installs it: apt-get install prometheus)"
+)
 
 # Sample-name suffixes per metric type in the text exposition format.
 SUFFIXES = {
@@ -32,8 +34,21 @@ SUFFIXES = {
     "summary": ("", "_sum", "_count", "_created"),
     "info": ("_info",),
 }
-PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
-                   "group_left", "group_right", "inf", "nan"}
+PROMQL_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+}
 
 
 def _exposed_names(objects) -> set[str]:
@@ -56,8 +71,11 @@ def _metric_names(expr: str) -> set[str]:
     expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
     expr = re.sub(r"\[[^\]]*\]", " ", expr)  # ranges
     expr = re.sub(r"\boffset\s+\w+", " ", expr)
-    return {m.group(1) for m in re.finditer(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\b(\s*\()?", expr)
-            if not m.group(2) and m.group(1).lower() not in PROMQL_KEYWORDS}
+    return {
+        m.group(1)
+        for m in re.finditer(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\b(\s*\()?", expr)
+        if not m.group(2) and m.group(1).lower() not in PROMQL_KEYWORDS
+    }
 
 
 def _rules() -> list[dict]:
@@ -113,38 +131,57 @@ def test_exposed_names_follow_the_exposition_format():
         obj.labels("x")
     info = Info("t_build", "i", registry=registry)
     info.info({"version": "1"})
-    written = {line.split("{")[0].split(" ")[0]
-               for line in generate_latest(registry).decode().splitlines() if not line.startswith("#")}
+    written = {
+        line.split("{")[0].split(" ")[0]
+        for line in generate_latest(registry).decode().splitlines()
+        if not line.startswith("#")
+    }
     assert written == _exposed_names(objects + [info])
     assert "t_requests_total" in written and "t_requests" not in written
 
 
 def test_alert_expressions_use_only_metrics_the_project_exports():
     used = {name for rule in _rules() for name in _metric_names(rule["expr"])}
-    assert used == {"ticktape_events_in_total", "ticktape_consumer_lag", "ticktape_sink_errors_total",
-                    "ticktape_dlq_messages_total", "ticktape_kill_switch", "ticktape_risk_pending",
-                    "ticktape_risk_late_events_total", "ticktape_timescaledb_job_failed", "ticktape_process_info", "up"}
+    assert used == {
+        "ticktape_events_in_total",
+        "ticktape_consumer_lag",
+        "ticktape_sink_errors_total",
+        "ticktape_dlq_messages_total",
+        "ticktape_kill_switch",
+        "ticktape_risk_pending",
+        "ticktape_risk_late_events_total",
+        "ticktape_timescaledb_job_failed",
+        "ticktape_process_info",
+        "up",
+    }
     assert used - {"up"} <= _project_metrics(), sorted(used - {"up"} - _project_metrics())
 
 
 def test_unit_test_series_are_metrics_the_project_exports():
-    series = {item["series"].split("{")[0]
-              for case in yaml.safe_load(ALERTS_TEST.read_text())["tests"]
-              for item in case["input_series"]}
+    series = {
+        item["series"].split("{")[0]
+        for case in yaml.safe_load(ALERTS_TEST.read_text())["tests"]
+        for item in case["input_series"]
+    }
     assert series - {"up"} <= _project_metrics(), sorted(series - {"up"} - _project_metrics())
 
 
 def _targets(config: str) -> dict[str, list[str]]:
     doc = yaml.safe_load((PROM / config).read_text())
     assert doc["rule_files"] == ["alerts.yml"]
-    return {job["job_name"]: [t for sc in job.get("static_configs", ()) for t in sc["targets"]]
-            for job in doc["scrape_configs"]}
+    return {
+        job["job_name"]: [t for sc in job.get("static_configs", ()) for t in sc["targets"]]
+        for job in doc["scrape_configs"]
+    }
 
 
 def test_docker_config_scrapes_every_service_of_the_stack_at_its_metrics_port():
     compose = yaml.safe_load((REPO / "docker" / "docker-compose.yml").read_text())["services"]
-    expected = {name: [f"{name}:{svc['environment']['METRICS_PORT']}"]
-                for name, svc in compose.items() if "METRICS_PORT" in (svc.get("environment") or {})}
+    expected = {
+        name: [f"{name}:{svc['environment']['METRICS_PORT']}"]
+        for name, svc in compose.items()
+        if "METRICS_PORT" in (svc.get("environment") or {})
+    }
     assert set(expected) == {"producer", "worker", "sink-postgres", "sink-redis"}
     expected |= {"prometheus": ["localhost:9090"], "grafana": ["grafana:3000"]}
     assert _targets("prometheus.yml") == expected

@@ -1,4 +1,5 @@
 """The README's settings table is the settings module's, row for row."""
+
 from __future__ import annotations
 
 import re
@@ -12,6 +13,7 @@ def test_settings_table_matches_the_settings_module():
     readme = (REPO_ROOT / "README.md").read_text()
     block = re.search(r"<!-- settings-table:start -->\n(.*?)<!-- settings-table:end -->", readme, re.S)
     assert block, "README lost its settings-table markers"
-    table = subprocess.run([sys.executable, "-m", "ticktape.cli", "config", "--table"],
-                           capture_output=True, text=True, check=True).stdout
+    table = subprocess.run(
+        [sys.executable, "-m", "ticktape.cli", "config", "--table"], capture_output=True, text=True, check=True
+    ).stdout
     assert block.group(1) == table, "README settings table is stale: paste `ticktape config --table`"

@@ -1,6 +1,7 @@
 """`ticktape replay` on the real broker and database: the exact time range (by event
 time, whatever the record timestamps), partitions and order kept, the symbol filter,
 --to-topic, CSV and database sources, pacing, and one-line errors."""
+
 from __future__ import annotations
 
 import csv
@@ -55,8 +56,13 @@ def read_all(s, topic: str, idle: float = 1.5) -> dict[int, list]:
 
 
 def env(monkeypatch, s, **extra):
-    for k, v in {"KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "TOPIC_PREFIX": s.topic_prefix,
-                 "TICKTAPE_HOME": s.home, "DATABASE_URL": s.database_url, **extra}.items():
+    for k, v in {
+        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+        "TOPIC_PREFIX": s.topic_prefix,
+        "TICKTAPE_HOME": s.home,
+        "DATABASE_URL": s.database_url,
+        **extra,
+    }.items():
         monkeypatch.setenv(k, v)
 
 
@@ -102,8 +108,9 @@ def test_topic_range_is_exact_by_event_time_with_partitions_and_order_kept(setti
     start, end = ticks[200]["ts"], ticks[900]["ts"]
     target = f"{settings.topic_prefix}out.md.ticks"
     env(monkeypatch, settings)
-    assert main(["replay", "--topic", src, "--from", iso(start), "--to", iso(end),
-                 "--to-topic", target, "--quiet"]) == 0
+    assert (
+        main(["replay", "--topic", src, "--from", iso(start), "--to", iso(end), "--to-topic", target, "--quiet"]) == 0
+    )
     assert capsys.readouterr().out.strip() == f"replayed 701 events to {target}"
     got = read_all(settings, target)
     expected = by_partition(ticks[200:901])
@@ -115,8 +122,25 @@ def test_topic_range_is_exact_by_event_time_with_partitions_and_order_kept(setti
             assert src_ts[m.value()] == m.timestamp()
     # the symbol filter
     target2 = f"{settings.topic_prefix}aapl.md.ticks"
-    assert main(["replay", "--topic", src, "--from", iso(start), "--to", iso(end), "--symbols", "AAPL,KO",
-                 "--to-topic", target2, "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--topic",
+                src,
+                "--from",
+                iso(start),
+                "--to",
+                iso(end),
+                "--symbols",
+                "AAPL,KO",
+                "--to-topic",
+                target2,
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     got2 = read_all(settings, target2)
     want2 = by_partition([t for t in ticks[200:901] if t["symbol"] in ("AAPL", "KO")])
     assert {p: decoded(m) for p, m in got2.items()} == want2 and sum(map(len, want2.values())) > 50
@@ -127,9 +151,22 @@ def test_a_partition_ends_at_its_first_event_after_the_range(settings, monkeypat
     kafka_clients.ensure_topics(settings, ["md.ticks"])
     p = partition_for("AAPL", 6)
     ts = [T0, T0 + 10, T0 + 30, T0 + 20, T0 + 5]  # T0+20 and T0+5 arrive after T0+30
-    ticks = [{"event_id": f"e{i}", "symbol": "AAPL", "ts": t, "source": "t", "seq": i, "price": 1.0,
-              "size": 1.0, "bid": None, "ask": None, "bid_size": None, "ask_size": None}
-             for i, t in enumerate(ts)]
+    ticks = [
+        {
+            "event_id": f"e{i}",
+            "symbol": "AAPL",
+            "ts": t,
+            "source": "t",
+            "seq": i,
+            "price": 1.0,
+            "size": 1.0,
+            "bid": None,
+            "ask": None,
+            "bid_size": None,
+            "ask_size": None,
+        }
+        for i, t in enumerate(ts)
+    ]
     produce_ticks(settings, src, ticks)
     env(monkeypatch, settings, TOPIC_PREFIX=settings.topic_prefix + "r.")
     assert main(["replay", "--topic", src, "--from", iso(T0 + 5), "--to", iso(T0 + 25), "--quiet"]) == 0
@@ -155,16 +192,19 @@ def test_csv_sources_ticks_and_bars(settings, monkeypatch, tmp_path):
         assert [m.timestamp()[1] for m in msgs] == [serde.decode(m.value())[1]["ts"] // 1000 for m in msgs]
 
     bars = tmp_path / "bars.csv"
-    bars.write_text("time,symbol,open,high,low,close,volume\n"
-                    "2024-01-02T14:30:00,AAPL,10,11,9,10.5,100\n"
-                    "2024-01-02T14:30:00,MSFT,20,21,19,20.5,200\n"
-                    "2024-01-02T14:31:00,AAPL,10.5,12,10,11,300\n")
+    bars.write_text(
+        "time,symbol,open,high,low,close,volume\n"
+        "2024-01-02T14:30:00,AAPL,10,11,9,10.5,100\n"
+        "2024-01-02T14:30:00,MSFT,20,21,19,20.5,200\n"
+        "2024-01-02T14:31:00,AAPL,10.5,12,10,11,300\n"
+    )
     assert main(["replay", "--source", "csv", "--input", str(bars), "--symbols", "AAPL", "--quiet"]) == 0
     got = read_all(settings, settings.topic_prefix + "csv.md.bars.1m")
     events = [e for msgs in got.values() for e in decoded(msgs)]
     assert [(e["event_id"], e["ts"], e["close"], e["vwap"]) for e in events] == [
         (f"AAPL:1m:{T0}", T0 + 60_000_000, 10.5, 10.166666666666666),
-        (f"AAPL:1m:{T0 + 60_000_000}", T0 + 120_000_000, 11.0, 11.0)]
+        (f"AAPL:1m:{T0 + 60_000_000}", T0 + 120_000_000, 11.0, 11.0),
+    ]
     assert list(got) == [partition_for("AAPL", 6)]
 
 
@@ -184,8 +224,23 @@ def test_db_source_and_pace(settings, monkeypatch, fresh_db):
         postgres.TableWriter(conn, TABLES["tick"]).write(cur, [TABLES["tick"].row(t) for t in reversed(ticks)])
     env(monkeypatch, s, TOPIC_PREFIX=settings.topic_prefix + "db.")
     start = time.monotonic()
-    assert main(["replay", "--source", "db", "--from", iso(ticks[0]["ts"]), "--to", iso(ticks[-1]["ts"]),
-                 "--speed", "2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                "--source",
+                "db",
+                "--from",
+                iso(ticks[0]["ts"]),
+                "--to",
+                iso(ticks[-1]["ts"]),
+                "--speed",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     elapsed = time.monotonic() - start
     span = (ticks[-1]["ts"] - ticks[0]["ts"]) / 1e6
     assert elapsed >= span / 2 * 0.95  # paced at 2x: never faster (no upper bound: machines vary)
@@ -193,16 +248,28 @@ def test_db_source_and_pace(settings, monkeypatch, fresh_db):
     assert {p: decoded(m) for p, m in got.items()} == by_partition(ticks)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["replay", "--topic", "md.ticks", "--from", "yesterday"],
-     "argument --from: not an ISO-8601 time: 'yesterday'"),
-    (["replay", "--topic", "md.ticks", "--speed", "0"],
-     "argument --speed: speed must be a positive number or 'max', not '0'"),
-    (["replay", "--source", "csv"], "--source csv needs --input FILE"),
-    (["replay", "--topic", "md.ticks", "--from", "2024-01-02T15:00", "--to", "2024-01-02T14:00"],
-     "--to is before --from"),
-    (["replay", "--source", "csv", "--input", "/nonexistent.csv"], "cannot read /nonexistent.csv: No such file or directory"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["replay", "--topic", "md.ticks", "--from", "yesterday"],
+            "argument --from: not an ISO-8601 time: 'yesterday'",
+        ),
+        (
+            ["replay", "--topic", "md.ticks", "--speed", "0"],
+            "argument --speed: speed must be a positive number or 'max', not '0'",
+        ),
+        (["replay", "--source", "csv"], "--source csv needs --input FILE"),
+        (
+            ["replay", "--topic", "md.ticks", "--from", "2024-01-02T15:00", "--to", "2024-01-02T14:00"],
+            "--to is before --from",
+        ),
+        (
+            ["replay", "--source", "csv", "--input", "/nonexistent.csv"],
+            "cannot read /nonexistent.csv: No such file or directory",
+        ),
+    ],
+)
 def test_bad_arguments_are_one_line_exit_2(argv, message, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("TICKTAPE_HOME", str(tmp_path))
     try:

@@ -5,6 +5,7 @@ units, n/a for annualized figures on a short run; self-contained (no script or a
 from anywhere) and byte-for-byte deterministic; bounded; and looked at in headless
 Chromium: rendered from the file alone, the candle area is drawn in the candle and
 marker colours."""
+
 from __future__ import annotations
 
 import io
@@ -50,8 +51,15 @@ class Run:
     indicators: list
 
     def write(self, path: Path) -> Path:
-        return command.write_report(path, self.row, self.result, self.setup, self.events["bar"],
-                                    self.events["indicator_set"], self.events["order_rejected"])
+        return command.write_report(
+            path,
+            self.row,
+            self.result,
+            self.setup,
+            self.events["bar"],
+            self.events["indicator_set"],
+            self.events["order_rejected"],
+        )
 
 
 def backtest(s, model: Path, bars: list[dict] | None = None, start: int | None = None) -> Run:
@@ -69,8 +77,9 @@ def backtest(s, model: Path, bars: list[dict] | None = None, start: int | None =
 
 def model_dir(d: Path, bars: list[dict], interval: str, features: list[str]) -> Path:
     """A model trained on ``bars``, as a model directory (the registry's files)."""
-    trained = train(build_dataset(Bars.from_events(bars), interval, 5), features, 0.2, TrainParams(rounds=30),
-                    "direction")
+    trained = train(
+        build_dataset(Bars.from_events(bars), interval, 5), features, 0.2, TrainParams(rounds=30), "direction"
+    )
     (d / ARTIFACT_FILE).write_bytes(trained.artifact)
     (d / METADATA_FILE).write_bytes(metadata_json(trained.metadata))
     return d
@@ -105,13 +114,28 @@ def by_name(fig, name: str):
 
 # --- the chart ---------------------------------------------------------------------------
 
+
 def test_the_chart_draws_the_runs_bars_fills_and_indicators_exactly(goog):
-    fig, notes = report.figure(goog.result.equity, goog.result.trades, goog.bars, goog.indicators,
-                               width_us=DAY, fills_on_bars=True)
+    fig, notes = report.figure(
+        goog.result.equity, goog.result.trades, goog.bars, goog.indicators, width_us=DAY, fills_on_bars=True
+    )
     assert notes == []  # 2,148 bars, 264 fills: no bound reached
     price = price_traces(fig)
-    assert set(price) == {"GOOG", "BB upper", "BB middle", "BB lower", "EMA 12", "EMA 26", "SMA 10", "SMA 20",
-                          "SMA 50", "SMA 200", "VWAP", "entries ▲ buy ▼ sell", "exits ✕"}
+    assert set(price) == {
+        "GOOG",
+        "BB upper",
+        "BB middle",
+        "BB lower",
+        "EMA 12",
+        "EMA 26",
+        "SMA 10",
+        "SMA 20",
+        "SMA 50",
+        "SMA 200",
+        "VWAP",
+        "entries ▲ buy ▼ sell",
+        "exits ✕",
+    }
     candles = price["GOOG"]
     assert len(candles.x) == 2148 and candles.x[0] == "2004-08-19 00:00:00" and candles.x[-1] == "2013-03-01 00:00:00"
     bars = goog.bars
@@ -126,18 +150,28 @@ def test_the_chart_draws_the_runs_bars_fills_and_indicators_exactly(goog):
     opens = {report._time(b["window_start"]): b["open"] for b in bars}
     slip = goog.setup.execution.slippage_bps / 1e4
     marked = sorted(zip(entries.x + exits.x, entries.y + exits.y, entries.text + exits.text))
-    for (x, y, text), f in zip(marked, sorted(fills, key=lambda f: (report._time(f["ts"] - DAY), f["price"],
-                                                                   f["side"]))):
+    for (x, y, text), f in zip(
+        marked, sorted(fills, key=lambda f: (report._time(f["ts"] - DAY), f["price"], f["side"]))
+    ):
         assert (x, y) == (report._time(f["ts"] - DAY), f["price"])
         assert y == pytest.approx(opens[x] * (1 + slip if f["side"] == "BUY" else 1 - slip), rel=1e-12)
         assert text.startswith(f"GOOG {f['side']} {f['quantity']:g} @ ")
     outcomes = fill_outcomes(fills)
-    n_exit = sum(1 for before, after, _ in outcomes if before != 0 and after != 0 and (before > 0) == (after > 0)
-                 and abs(after) < abs(before) or before != 0 and after == 0)
+    n_exit = sum(
+        1
+        for before, after, _ in outcomes
+        if before != 0
+        and after != 0
+        and (before > 0) == (after > 0)
+        and abs(after) < abs(before)
+        or before != 0
+        and after == 0
+    )
     assert len(exits.x) == n_exit and all(re.search(r"<br>(close|reduce) (long|short):", t) for t in exits.text)
     assert all(re.search(r"<br>(open|add to|reverse to) (long|short):", t) for t in entries.text)
     assert list(entries.marker.symbol).count("triangle-up") == sum(
-        1 for t, (b, a, _) in zip(fills, outcomes) if t["side"] == "BUY" and report.is_entry(b, a))
+        1 for t, (b, a, _) in zip(fills, outcomes) if t["side"] == "BUY" and report.is_entry(b, a)
+    )
     assert set(exits.marker.symbol) == {"x"}
 
     # overlays: the indicator sets' values at their bar's window start; lookback gaps as null
@@ -163,20 +197,33 @@ def test_the_chart_draws_the_runs_bars_fills_and_indicators_exactly(goog):
 
 def test_a_menu_picks_the_symbol_most_traded_first():
     def bar(sym, i, px):
-        return {"symbol": sym, "interval": "1d", "window_start": i * DAY, "ts": (i + 1) * DAY, "open": px,
-                "high": px + 1, "low": px - 1, "close": px + 0.5}
+        return {
+            "symbol": sym,
+            "interval": "1d",
+            "window_start": i * DAY,
+            "ts": (i + 1) * DAY,
+            "open": px,
+            "high": px + 1,
+            "low": px - 1,
+            "close": px + 0.5,
+        }
 
     bars = [bar(sym, i, px + i) for i in range(5) for sym, px in (("AAA", 10.0), ("BBB", 50.0))]
-    trades = [{"ts": 2 * DAY, "symbol": "BBB", "side": "BUY", "quantity": 3.0, "price": 52.0},
-              {"ts": 3 * DAY, "symbol": "BBB", "side": "SELL", "quantity": 3.0, "price": 53.0}]
+    trades = [
+        {"ts": 2 * DAY, "symbol": "BBB", "side": "BUY", "quantity": 3.0, "price": 52.0},
+        {"ts": 3 * DAY, "symbol": "BBB", "side": "SELL", "quantity": 3.0, "price": 53.0},
+    ]
     curve = [{"ts": i * DAY, "equity": 100.0, "gross_exposure": 0.0, "drawdown": 0.0} for i in range(6)]
     fig, _ = report.figure(curve, trades, bars, (), width_us=DAY)
     names = [(t.name, t.visible) for t in fig.data if t.yaxis == "y"]
     assert names == [("BBB", True), ("entries ▲ buy ▼ sell", True), ("exits ✕", True), ("AAA", False)]
     [menu] = fig.layout.updatemenus
     assert [b.label for b in menu.buttons] == ["BBB", "AAA"]
-    assert menu.buttons[1].args == ({"visible": [False, False, False, True]},
-                                    {"annotations[0].text": "AAA candles", "yaxis.autorange": True}, (0, 1, 2, 3))
+    assert menu.buttons[1].args == (
+        {"visible": [False, False, False, True]},
+        {"annotations[0].text": "AAA candles", "yaxis.autorange": True},
+        (0, 1, 2, 3),
+    )
     assert fig.layout.annotations[0].text == "BBB candles"
     assert by_name(fig, "BBB position").y == (0.0, 3.0, 0.0, 0.0)  # flat, bought, sold, flat to the end
 
@@ -185,9 +232,14 @@ def test_many_bars_merge_into_at_most_the_bound_and_lines_thin(goog):
     candles, k = report.merge_bars(goog.bars, 500)
     assert (k, len(candles)) == (5, 430)
     first = goog.bars[:5]
-    assert candles[0] == {"window_start": first[0]["window_start"], "ts": first[-1]["ts"], "open": 100.0,
-                          "high": max(b["high"] for b in first), "low": min(b["low"] for b in first),
-                          "close": first[-1]["close"]}
+    assert candles[0] == {
+        "window_start": first[0]["window_start"],
+        "ts": first[-1]["ts"],
+        "open": 100.0,
+        "high": max(b["high"] for b in first),
+        "low": min(b["low"] for b in first),
+        "close": first[-1]["close"],
+    }
     last = goog.bars[2145:]  # the last group: 3 bars
     assert candles[-1]["close"] == last[-1]["close"] and candles[-1]["window_start"] == last[0]["window_start"]
     pts = [(i, float(v)) for i, v in enumerate([5, 3, 9, 1, 7, 2, 8])]
@@ -199,17 +251,21 @@ def test_many_bars_merge_into_at_most_the_bound_and_lines_thin(goog):
 def test_bounds_reached_are_said_in_the_report(goog, monkeypatch):
     monkeypatch.setattr(report, "MAX_POINTS", 1000)
     monkeypatch.setattr(report, "MAX_MARKERS", 100)
-    fig, notes = report.figure(goog.result.equity, goog.result.trades, goog.bars, goog.indicators,
-                               width_us=DAY, fills_on_bars=True)
+    fig, notes = report.figure(
+        goog.result.equity, goog.result.trades, goog.bars, goog.indicators, width_us=DAY, fills_on_bars=True
+    )
     n = len(goog.result.trades)
-    assert notes == ["GOOG: each candle merges 3 bars (2,148 bars)", f"GOOG: markers for the first 100 of {n} fills",
-                     f"equity and drawdown: 975 of {len(goog.result.equity):,} points (each group's last equity, "
-                     f"deepest drawdown)"]
+    assert notes == [
+        "GOOG: each candle merges 3 bars (2,148 bars)",
+        f"GOOG: markers for the first 100 of {n} fills",
+        f"equity and drawdown: 975 of {len(goog.result.equity):,} points (each group's last equity, deepest drawdown)",
+    ]
     price = price_traces(fig)
     assert len(price["GOOG"].x) == 716 and len(price["entries ▲ buy ▼ sell"].x) + len(price["exits ✕"].x) == 100
 
 
 # --- the page ----------------------------------------------------------------------------
+
 
 class Assets(HTMLParser):
     """Every element that could load something, and the scripts' text."""
@@ -222,8 +278,9 @@ class Assets(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
-        if tag in ("script", "link", "img", "iframe", "embed", "object", "source", "video", "audio") or \
-                any(k in a for k in ("src", "href", "srcset", "data")):
+        if tag in ("script", "link", "img", "iframe", "embed", "object", "source", "video", "audio") or any(
+            k in a for k in ("src", "href", "srcset", "data")
+        ):
             self.loads.append((tag, a))
         if tag == "script":
             self._in_script = True
@@ -284,8 +341,10 @@ def test_a_short_run_shows_annualized_figures_as_not_meaningful(s, tmp_path):
     assert run.row["counts"]["fills"] >= 10 and m["total_return"] != 0.0
     assert (m["cagr"], m["sharpe"], m["sortino"]) == (None, None, None)
     assert 3 * 3600e6 < m["span_us"] <= 4 * 3600e6
-    note = (f"CAGR, Sharpe and Sortino are not meaningful over an equity curve of {span_text(m['span_us'])}: "
-            f"annualized figures need at least 30 days")
+    note = (
+        f"CAGR, Sharpe and Sortino are not meaningful over an equity curve of {span_text(m['span_us'])}: "
+        f"annualized figures need at least 30 days"
+    )
     printed = command.figure_lines(m, run.row["counts"])
     assert printed[0].endswith("CAGR n/a") and printed[1].split() == ["Sharpe", "n/a", "Sortino", "n/a"]
     assert printed[-1] == f"  ({note})"
@@ -300,13 +359,38 @@ def test_the_command_writes_the_report(services, model, tmp_path):
     from pipeline import new_database
 
     with new_database(services["DATABASE_URL"]) as url:
-        env = dict(os.environ) | {"DATABASE_URL": url, "TICKTAPE_HOME": str(tmp_path / "home"),
-               "STRATEGY_ENTER_P": "0.52", "STRATEGY_EXIT_P": "0.51", "STRATEGY_MIN_HOLD_BARS": "1",
-               "PYTHONPATH": str(REPO_ROOT)}
+        env = dict(os.environ) | {
+            "DATABASE_URL": url,
+            "TICKTAPE_HOME": str(tmp_path / "home"),
+            "STRATEGY_ENTER_P": "0.52",
+            "STRATEGY_EXIT_P": "0.51",
+            "STRATEGY_MIN_HOLD_BARS": "1",
+            "PYTHONPATH": str(REPO_ROOT),
+        }
         out = tmp_path / "goog.html"
-        proc = subprocess.run([sys.executable, "-m", "ticktape.cli", "backtest", "--source", "csv", "--input",
-                               str(GOOG), "--symbols", "GOOG", "--model", str(model), "--report", str(out)],
-                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ticktape.cli",
+                "backtest",
+                "--source",
+                "csv",
+                "--input",
+                str(GOOG),
+                "--symbols",
+                "GOOG",
+                "--model",
+                str(model),
+                "--report",
+                str(out),
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == f"report {out}"
     run_id = re.search(r"^backtest ([0-9a-f]{12}) stored", proc.stdout, re.M).group(1)
@@ -318,8 +402,9 @@ def test_the_command_writes_the_report(services, model, tmp_path):
 
 # --- in a browser ------------------------------------------------------------------------
 
+
 def _colour(hex_: str) -> tuple[int, int, int]:
-    return tuple(int(hex_[i:i + 2], 16) for i in (1, 3, 5))
+    return tuple(int(hex_[i : i + 2], 16) for i in (1, 3, 5))
 
 
 @pytest.fixture(scope="module")
@@ -333,9 +418,16 @@ def browser(tmp_path_factory):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--hide-scrollbars",
-                "--window-size=1400,1400", "--force-device-scale-factor=1",
-                f"--user-data-dir={tmp_path_factory.mktemp('chrome')}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--window-size=1400,1400",
+        "--force-device-scale-factor=1",
+        f"--user-data-dir={tmp_path_factory.mktemp('chrome')}",
+    ):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     driver = webdriver.Chrome(options=opts, service=Service(driver_path))
@@ -357,7 +449,8 @@ def candle_area(driver, path: Path):
 
     left, top, width, height = driver.execute_script(
         "var c = document.getElementById('chart'), r = c.getBoundingClientRect(), l = c._fullLayout;"
-        "return [r.left + l.xaxis._offset, r.top + l.yaxis._offset, l.xaxis._length, l.yaxis._length];")
+        "return [r.left + l.xaxis._offset, r.top + l.yaxis._offset, l.xaxis._length, l.yaxis._length];"
+    )
     shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
     shot.save(path.with_suffix(".png"))  # with the test's tmp files, to look at
     assert width > 800 and height > 300 and left + width <= shot.size[0] and top + height <= shot.size[1]
@@ -388,20 +481,33 @@ def test_headless_chromium_draws_the_candles_from_the_file_alone(browser, goog, 
 def test_in_chromium_the_menu_shows_the_picked_symbols_candles(browser, goog, tmp_path):
     # GOOG and a copy of it at a tenth of the price: each symbol's candles on their own scale
     tenth = [b | {"symbol": "GOOT", **{k: b[k] / 10 for k in ("open", "high", "low", "close")}} for b in goog.bars]
-    path = report.write(tmp_path / "two.html", goog.row, goog.result.equity, goog.result.trades, (),
-                        goog.bars + tenth, goog.indicators, width_us=DAY, fills_on_bars=True)
+    path = report.write(
+        tmp_path / "two.html",
+        goog.row,
+        goog.result.equity,
+        goog.result.trades,
+        (),
+        goog.bars + tenth,
+        goog.indicators,
+        width_us=DAY,
+        fills_on_bars=True,
+    )
     open_report(browser, path)
     y_range = "return document.getElementById('chart')._fullLayout.yaxis.range"
     assert browser.execute_script(y_range)[1] > 700  # GOOG up to 800
     browser.execute_async_script(  # what a click on the menu's second entry does
         "var gd = document.getElementById('chart'), b = gd.layout.updatemenus[0].buttons[1], done = arguments[0];"
-        "Plotly.update(gd, b.args[0], b.args[1], b.args[2]).then(function () { done(); });")
-    shown = browser.execute_script("return document.getElementById('chart').data.filter(function (t) {"
-                                   " return t.visible === true && t.yaxis === 'y'; }).map(function (t) {"
-                                   " return t.name; });")
+        "Plotly.update(gd, b.args[0], b.args[1], b.args[2]).then(function () { done(); });"
+    )
+    shown = browser.execute_script(
+        "return document.getElementById('chart').data.filter(function (t) {"
+        " return t.visible === true && t.yaxis === 'y'; }).map(function (t) {"
+        " return t.name; });"
+    )
     assert shown == ["GOOT"]  # no indicator sets, no fills of its own
-    assert browser.execute_script("return document.getElementById('chart').layout.annotations[0].text") == \
-        "GOOT candles"
+    assert (
+        browser.execute_script("return document.getElementById('chart').layout.annotations[0].text") == "GOOT candles"
+    )
     assert browser.execute_script(y_range)[1] < 90  # rescaled to GOOT's prices
     counts = colours(candle_area(browser, path))
     assert counts.get(_colour(report.UP), 0) >= 20 and counts.get(_colour(report.DOWN), 0) >= 20

@@ -1,6 +1,7 @@
 """save_state's two promises, without a broker: a deleted entry goes to the changelog as
 a real tombstone (no value), and a state too large for one record is refused, naming the
 table, key and size, before anything of the batch is sent."""
+
 from __future__ import annotations
 
 import asyncio
@@ -37,7 +38,10 @@ def test_deletes_are_tombstones_and_values_are_json():
 def test_a_state_too_large_is_refused_with_its_key_and_size():
     table = Table()
     big = {"p": 0, "blob": "x" * MAX_STATE_RECORD}
-    with pytest.raises(StateTooLarge, match=r"table risk: the state of key 'paper' is 900,0\d\d bytes, more than "
-                                            r"the 900,000 a changelog record may hold"):
+    with pytest.raises(
+        StateTooLarge,
+        match=r"table risk: the state of key 'paper' is 900,0\d\d bytes, more than "
+        r"the 900,000 a changelog record may hold",
+    ):
         asyncio.run(save_state(table, [(0, "AAPL", {"p": 0}), (0, "MSFT", {"p": 0}), (0, "paper", big)]))
     assert table.sent == [] and table.data == {}  # nothing of the batch went out

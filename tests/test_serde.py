@@ -1,4 +1,5 @@
 """Serde round trips in both wire formats, and schema evolution rules."""
+
 from __future__ import annotations
 
 import copy
@@ -9,18 +10,42 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import fastavro
 import pytest
 
-from ticktape.serde import (SCHEMA_DIR, SINGLE_OBJECT_MAGIC, Serde, SerdeError,
-                            backward_incompatibilities, catalog)
+from ticktape.serde import SCHEMA_DIR, SINGLE_OBJECT_MAGIC, Serde, SerdeError, backward_incompatibilities, catalog
 
-TICK = {"event_id": "sim:AAPL:7", "symbol": "AAPL", "ts": 1_795_183_200_123_456, "source": "sim",
-        "seq": 7, "price": 190.25, "size": 300.0, "bid": 190.24, "ask": 190.26,
-        "bid_size": 500.0, "ask_size": 800.0}
+TICK = {
+    "event_id": "sim:AAPL:7",
+    "symbol": "AAPL",
+    "ts": 1_795_183_200_123_456,
+    "source": "sim",
+    "seq": 7,
+    "price": 190.25,
+    "size": 300.0,
+    "bid": 190.24,
+    "ask": 190.26,
+    "bid_size": 500.0,
+    "ask_size": 800.0,
+}
 
 
 def test_every_event_type_has_a_schema():
-    assert catalog().event_types == ["bar", "equity", "fill", "heartbeat", "indicator_set", "mark", "order",
-                                     "order_rejected", "position", "prediction", "progress",
-                                     "risk_control", "risk_state", "signal", "tick", "tick_batch"]
+    assert catalog().event_types == [
+        "bar",
+        "equity",
+        "fill",
+        "heartbeat",
+        "indicator_set",
+        "mark",
+        "order",
+        "order_rejected",
+        "position",
+        "prediction",
+        "progress",
+        "risk_control",
+        "risk_state",
+        "signal",
+        "tick",
+        "tick_batch",
+    ]
 
 
 @pytest.mark.parametrize("event_type", catalog().event_types)
@@ -46,13 +71,16 @@ def test_tick_round_trip_keeps_microsecond_ints_and_is_readable_by_plain_avro():
     assert plain["symbol"] == "AAPL" and plain["ts"].timestamp() == pytest.approx(1_795_183_200.123456)
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "empty message"),
-    (b"{\"json\": 1}", "not an Avro event"),
-    (SINGLE_OBJECT_MAGIC + b"\x00" * 8 + b"\x02", "unknown schema fingerprint"),
-    (Serde().encode("tick", TICK)[:14], "corrupt tick body"),
-    (b"\x00\x00\x00\x00\x01abc", "SCHEMA_REGISTRY_URL is not set"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty message"),
+        (b'{"json": 1}', "not an Avro event"),
+        (SINGLE_OBJECT_MAGIC + b"\x00" * 8 + b"\x02", "unknown schema fingerprint"),
+        (Serde().encode("tick", TICK)[:14], "corrupt tick body"),
+        (b"\x00\x00\x00\x00\x01abc", "SCHEMA_REGISTRY_URL is not set"),
+    ],
+)
 def test_bad_messages_give_clear_errors(data, message):
     with pytest.raises(SerdeError, match=message):
         Serde().decode(data)
@@ -97,6 +125,7 @@ def test_compatibility_check_catches_breaking_changes():
 
 class _Registry(BaseHTTPRequestHandler):
     """The two Schema Registry REST calls the codecs use, backed by a dict."""
+
     schemas: dict[int, str] = {}
     subjects: dict[str, list[int]] = {}
 

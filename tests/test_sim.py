@@ -1,4 +1,5 @@
 """The simulator: deterministic, realistic enough, and its CLI."""
+
 from __future__ import annotations
 
 import math
@@ -75,14 +76,43 @@ def test_produce_sim_publishes_exactly_the_simulated_ticks(settings):
     from ticktape.serde import Serde
 
     kafka_clients.ensure_topics(settings, ["md.ticks"])
-    env = {"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "TOPIC_PREFIX": settings.topic_prefix,
-           "TICKTAPE_HOME": settings.home, "METRICS_PORT": str(settings.metrics_port), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "ticktape.cli", "produce", "sim", "--symbols", "AAPL,MSFT,NVDA",
-                           "--seed", "5", "--rate", "1000", "--start", "2026-11-20T14:00:00Z", "--speed", "max",
-                           "--count", "3000"], check=True, env=env, timeout=120, capture_output=True, text=True)
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "TOPIC_PREFIX": settings.topic_prefix,
+        "TICKTAPE_HOME": settings.home,
+        "METRICS_PORT": str(settings.metrics_port),
+        "PATH": "/usr/bin:/bin",
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ticktape.cli",
+            "produce",
+            "sim",
+            "--symbols",
+            "AAPL,MSFT,NVDA",
+            "--seed",
+            "5",
+            "--rate",
+            "1000",
+            "--start",
+            "2026-11-20T14:00:00Z",
+            "--speed",
+            "max",
+            "--count",
+            "3000",
+        ],
+        check=True,
+        env=env,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
     # simulated history says how far it is (the last line: the total)
     assert [line for line in done.stderr.splitlines() if line.startswith("sim: ")][-1].startswith(
-        "sim: 3,000 events  "), done.stderr
+        "sim: 3,000 events  "
+    ), done.stderr
     consumer = kafka_clients.consumer(settings, group=settings.group("check"))
     consumer.subscribe([settings.topic("md.ticks")])
     serde, got = Serde(), []
@@ -102,7 +132,8 @@ def test_produce_sim_publishes_exactly_the_simulated_ticks(settings):
 
 
 def test_produce_sim_rejects_bad_arguments():
-    res = subprocess.run([sys.executable, "-m", "ticktape.cli", "produce", "sim", "--rate", "fast"],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "ticktape.cli", "produce", "sim", "--rate", "fast"], capture_output=True, text=True
+    )
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "--rate" in res.stderr

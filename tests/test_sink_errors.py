@@ -3,6 +3,7 @@ a real PostgreSQL: a row error (22, 23, 54) dead-letters the row and writes the 
 an outage (40, 53, 55, 57; 08 and a lost connection in test_sink_postgres's outage
 test) is retried until the batch goes through; anything else (42) and a bug in the code
 stop the sink with one line, nothing committed."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -109,8 +110,13 @@ def test_a_deadlock_class_40_is_retried(pg_settings, caplog):
 
         def sink_waits() -> bool:
             with psycopg.connect(s.database_url, autocommit=True) as conn:
-                return bool(conn.execute("SELECT 1 FROM pg_stat_activity WHERE application_name = "
-                                         "'ticktape-sink-postgres' AND wait_event_type = 'Lock'").fetchone())
+                return bool(
+                    conn.execute(
+                        "SELECT 1 FROM pg_stat_activity WHERE application_name = "
+                        "'ticktape-sink-postgres' AND wait_event_type = 'Lock'"
+                    ).fetchone()
+                )
+
         wait_for(sink_waits, 30, "the sink to wait for the test's row")
         other.execute(row, (ticks[0]["event_id"], ticks[0]["ts"]))  # waits for the sink: a cycle
         other.rollback()
@@ -124,8 +130,11 @@ def test_a_deadlock_class_40_is_retried(pg_settings, caplog):
 def test_too_many_connections_class_53_is_retried(pg_settings):
     s = pg_settings
     role = f"sink_{secrets.token_hex(4)}"
-    execute(s.database_url, f"CREATE ROLE {role} LOGIN PASSWORD 'pw' CONNECTION LIMIT 0",
-            f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+    execute(
+        s.database_url,
+        f"CREATE ROLE {role} LOGIN PASSWORD 'pw' CONNECTION LIMIT 0",
+        f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}",
+    )
     try:
         url = make_conninfo(s.database_url, user=role, password="pw")
         limited = dataclasses.replace(s, database_url=url)

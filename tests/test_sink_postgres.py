@@ -2,6 +2,7 @@
 lands in its table, redelivery adds nothing, poison goes to dlq.postgres, a SIGKILL
 mid-batch loses and duplicates nothing, a database outage is survived, and two
 processes in one group split the work."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,18 @@ import time
 import psycopg
 import pytest
 
-from sink_events import (TOPIC_EVENTS, caught_up, committed_offsets, event, merge, produce,
-                         read_topic, run_until_committed, spawn_sink, wait_for)
+from sink_events import (
+    TOPIC_EVENTS,
+    caught_up,
+    committed_offsets,
+    event,
+    merge,
+    produce,
+    read_topic,
+    run_until_committed,
+    spawn_sink,
+    wait_for,
+)
 from sinks import schema
 from sinks.postgres import PostgresWriter
 from sinks.runner import SinkRunner
@@ -62,12 +73,16 @@ def test_every_topic_of_record_lands_and_redelivery_adds_nothing(pg_settings):
     assert len(produced["bars"]) == 80  # 1 s and 1 min bars share one table
     # values: a tick and a prediction exactly as produced (times as timestamptz)
     t = event("tick", 7)
-    got = rows(s.database_url, "SELECT symbol, (extract(epoch FROM ts) * 1e6)::bigint, seq, price, size, bid, "
-                               f"ask, bid_size, ask_size FROM ticks WHERE event_id = '{t['event_id']}'")
+    got = rows(
+        s.database_url,
+        "SELECT symbol, (extract(epoch FROM ts) * 1e6)::bigint, seq, price, size, bid, "
+        f"ask, bid_size, ask_size FROM ticks WHERE event_id = '{t['event_id']}'",
+    )
     assert got == [(t["symbol"], t["ts"], t["seq"], t["price"], t["size"], t["bid"], t["ask"], 5.0, None)]
     p = event("prediction", 3)
-    assert rows(s.database_url, f"SELECT features, p_up, horizon FROM predictions WHERE event_id = '{p['event_id']}'"
-                ) == [(p["features"], p["p_up"], 5)]
+    assert rows(
+        s.database_url, f"SELECT features, p_up, horizon FROM predictions WHERE event_id = '{p['event_id']}'"
+    ) == [(p["features"], p["p_up"], 5)]
     counts = {t: rows(s.database_url, f"SELECT count(*) FROM {t}")[0][0] for t in produced}
 
     # redelivery: a new group re-reads every offset from the earliest; nothing changes
@@ -106,8 +121,13 @@ def test_poison_messages_go_to_the_dead_letter_topic(pg_settings):
     key, value, h = by_error["price is -5.0: must not be negative"]
     assert key == b"AAPL" and h["ticktape.source.topic"] == s.topic("md.ticks")
     # the source coordinates point at the very message
-    src = read_topic(s, h["ticktape.source.topic"], 1, partition=int(h["ticktape.source.partition"]),
-                     offset=int(h["ticktape.source.offset"]))
+    src = read_topic(
+        s,
+        h["ticktape.source.topic"],
+        1,
+        partition=int(h["ticktape.source.partition"]),
+        offset=int(h["ticktape.source.offset"]),
+    )
     assert [m.value() for m in src] == [value]
     assert any(e.startswith("not an Avro event") for e in by_error)
     assert any(e == "a tick event on a topic of bar events" for e in by_error)
@@ -135,8 +155,11 @@ def test_sigkill_mid_batch_then_restart_leaves_exactly_the_topic(pg_settings, tm
         proc = spawn_sink(s, "postgres", ["md.ticks"], log, **env)
         try:
             # kill while it writes: after it made progress, at a random moment
-            wait_for(lambda before=before, proc=proc: _count(s.database_url) > before or proc.poll() is not None,
-                     60, "progress")
+            wait_for(
+                lambda before=before, proc=proc: _count(s.database_url) > before or proc.poll() is not None,
+                60,
+                "progress",
+            )
             time.sleep(rng.uniform(0.0, 0.4))
         finally:
             proc.kill()
@@ -154,8 +177,9 @@ def test_sigkill_mid_batch_then_restart_leaves_exactly_the_topic(pg_settings, tm
         # the kills may have left everything committed already: SIGTERM only once the
         # restarted sink runs its loop (before that it has no handler and dies of it)
         wait_for(lambda: log.read_text().count("sink-postgres assigned") > joins, 60, "the restarted sink to join")
-        wait_for(lambda: committed_offsets(s, group, ends) == ends, 90, "the restarted sink to commit all",
-                 interval=0.5)
+        wait_for(
+            lambda: committed_offsets(s, group, ends) == ends, 90, "the restarted sink to commit all", interval=0.5
+        )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
@@ -213,8 +237,9 @@ def test_database_outage_is_retried_reported_and_caught_up(services, settings, t
         wait_for(lambda: caught_up(r, ends1), 60, "the first batch")
 
         data = own.state()["postgres"]["data"]
-        subprocess.run(_as_postgres_user(["pg_ctl", "-D", data, "-m", "fast", "-w", "stop"]),
-                       check=True, capture_output=True)
+        subprocess.run(
+            _as_postgres_user(["pg_ctl", "-D", data, "-m", "fast", "-w", "stop"]), check=True, capture_output=True
+        )
         down_at = time.monotonic()
         ends2 = produce(s, "md.ticks", "tick", second)
         wait_for(lambda: not r.healthy, 30, "the sink to report unhealthy")

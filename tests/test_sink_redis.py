@@ -1,5 +1,6 @@
 """The Redis sink on a real broker and a real Redis: the latest state per key, with TTLs,
 under the run's prefix, never rolled back by an older or redelivered event."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,16 @@ def test_latest_state_keeps_the_newest_event_per_key():
 def test_latest_state_per_symbol_with_ttl_and_no_rollback(settings, fresh_redis):
     s = dataclasses.replace(settings, redis_url=fresh_redis, redis_ttl_s=600, sink_max_latency_ms=100)
     topics = redis_sink.topics()
-    assert topics == ["md.ticks", "md.bars.1s", "md.bars.1m", "analytics.indicators", "ml.predictions",
-                      "trading.positions", "trading.equity", "trading.risk"]
+    assert topics == [
+        "md.ticks",
+        "md.bars.1s",
+        "md.bars.1m",
+        "analytics.indicators",
+        "ml.predictions",
+        "trading.positions",
+        "trading.equity",
+        "trading.risk",
+    ]
     kafka_clients.ensure_topics(s, topics)
     ticks = [event("tick", i) for i in range(80)]  # 10 per symbol, increasing ts
     stale = event("tick", 999, symbol="AAPL", ts=T0)  # older than AAPL's latest, produced last
@@ -38,7 +47,9 @@ def test_latest_state_per_symbol_with_ttl_and_no_rollback(settings, fresh_redis)
         produce(s, "md.ticks", "tick", ticks + [stale]),
         produce(s, "md.bars.1m", "bar", [event("bar", i, symbol="MSFT") for i in range(5)]),
         produce(s, "md.bars.1s", "bar", [event("bar", i, symbol="MSFT", interval="1s") for i in range(5)]),
-        produce(s, "analytics.indicators", "indicator_set", [event("indicator_set", i, symbol="NVDA") for i in range(4)]),
+        produce(
+            s, "analytics.indicators", "indicator_set", [event("indicator_set", i, symbol="NVDA") for i in range(4)]
+        ),
         produce(s, "ml.predictions", "prediction", [event("prediction", i, symbol="NVDA") for i in range(4)]),
         produce(s, "trading.positions", "position", [event("position", i, symbol="KO") for i in range(3)]),
         produce(s, "trading.equity", "equity", [event("equity", i) for i in range(3)]),

@@ -1,4 +1,5 @@
 """`ticktape stack up|status|env|down` on a temporary home: the commands a user types."""
+
 from __future__ import annotations
 
 import os
@@ -13,11 +14,11 @@ from ticktape.config import REPO_ROOT
 
 
 def tt(home, *args, check=True):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL")}
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL")}
     env["TICKTAPE_HOME"] = str(home)
-    res = subprocess.run([sys.executable, "-m", "ticktape.cli", *args], capture_output=True, text=True,
-                         env=env, timeout=180)
+    res = subprocess.run(
+        [sys.executable, "-m", "ticktape.cli", *args], capture_output=True, text=True, env=env, timeout=180
+    )
     assert not check or res.returncode == 0, f"ticktape {' '.join(args)}: {res.stdout}{res.stderr}"
     return res
 
@@ -30,13 +31,15 @@ def test_stack_lifecycle_and_env(tmp_path):
         assert "kafka" in up.stdout and "postgres" in up.stdout and "redis" in up.stdout
         out = tt(home, "stack", "env").stdout.strip()
         assert out.startswith("export ")
-        values = dict(item.split("=", 1) for item in shlex.split(out[len("export "):]))
+        values = dict(item.split("=", 1) for item in shlex.split(out[len("export ") :]))
         assert set(values) == {"KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL"}
         assert all("127.0.0.1" in v for v in values.values())
 
         # eval "$(ticktape stack env)" then the standard tools just work
-        script = f'eval "$({shlex.quote(sys.executable)} -m ticktape.cli stack env)"; ' \
-                 'psql "$DATABASE_URL" -Atc "select count(*) from schema_migrations"'
+        script = (
+            f'eval "$({shlex.quote(sys.executable)} -m ticktape.cli stack env)"; '
+            'psql "$DATABASE_URL" -Atc "select count(*) from schema_migrations"'
+        )
         env = {**os.environ, "TICKTAPE_HOME": str(home)}
         for k in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL"):
             env.pop(k, None)
@@ -44,12 +47,17 @@ def test_stack_lifecycle_and_env(tmp_path):
         assert res.returncode == 0, res.stderr
         assert int(res.stdout.strip()) >= 1  # the stack applied the migrations
         if shutil.which("kcat"):
-            res = subprocess.run([str(REPO_ROOT / "kafka" / "kcat"), "-b", values["KAFKA_BOOTSTRAP_SERVERS"], "-L"],
-                                 capture_output=True, text=True, timeout=30)
+            res = subprocess.run(
+                [str(REPO_ROOT / "kafka" / "kcat"), "-b", values["KAFKA_BOOTSTRAP_SERVERS"], "-L"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             assert res.returncode == 0 and "md.ticks" in res.stdout  # the topics were created
         if shutil.which("redis-cli"):
-            res = subprocess.run(["redis-cli", "-u", values["REDIS_URL"], "ping"],
-                                 capture_output=True, text=True, timeout=30)
+            res = subprocess.run(
+                ["redis-cli", "-u", values["REDIS_URL"], "ping"], capture_output=True, text=True, timeout=30
+            )
             assert res.stdout.strip() == "PONG"
         # secrets stay out of the status output
         status = tt(home, "stack", "status").stdout
@@ -80,13 +88,17 @@ def test_env_services_win_over_the_local_stack(tmp_path, monkeypatch):
     assert s.redacted()["DATABASE_URL"] == "postgresql://u:***@db.example/x?sslmode=require"
 
 
-@pytest.mark.parametrize("var, value, message", [
-    ("SIM_SEED", "abc", "SIM_SEED='abc' is not a number"),
-    ("KAFKA_LINGER_MS", "-1", "KAFKA_LINGER_MS=-1: must be at least 0"),
-    ("SIM_TICK_RATE", "0", "SIM_TICK_RATE=0.0: must be more than 0"),
-    ("METRICS_PORT", "70000", "METRICS_PORT=70000: must be at most 65535"),
-])
+@pytest.mark.parametrize(
+    "var, value, message",
+    [
+        ("SIM_SEED", "abc", "SIM_SEED='abc' is not a number"),
+        ("KAFKA_LINGER_MS", "-1", "KAFKA_LINGER_MS=-1: must be at least 0"),
+        ("SIM_TICK_RATE", "0", "SIM_TICK_RATE=0.0: must be more than 0"),
+        ("METRICS_PORT", "70000", "METRICS_PORT=70000: must be at most 65535"),
+    ],
+)
 def test_bad_setting_is_one_line_exit_2(var, value, message):
-    res = subprocess.run([sys.executable, "-m", "ticktape.cli", "config"], capture_output=True, text=True,
-                         env={**os.environ, var: value})
+    res = subprocess.run(
+        [sys.executable, "-m", "ticktape.cli", "config"], capture_output=True, text=True, env={**os.environ, var: value}
+    )
     assert res.returncode == 2 and res.stderr.strip() == f"ticktape: error: {message}"

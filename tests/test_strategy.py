@@ -1,5 +1,6 @@
 """Strategy: thresholds with hysteresis, minimum holding period, sizing; a decision needs
 its prediction alone (Prediction v2 carries the scored bar's close and volatility_20)."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,7 @@ from hypothesis import strategies as st
 
 from ticktape.config import ConfigError
 from ticktape.config import settings as make_settings
-from ticktape.core.strategy import (Strategy, StrategyConfig, SymbolState, check_prediction,
-                                    on_prediction)
+from ticktape.core.strategy import Strategy, StrategyConfig, SymbolState, check_prediction, on_prediction
 from trading_events import MIN, T0, assert_schema, prediction
 
 
@@ -31,11 +31,18 @@ def test_entry_signal_is_exact():
     assert step(st_, 0, 0.59, close=123.0) == []
     [sig] = step(st_, 1, 0.61, close=123.0)
     assert sig == {
-        "event_id": f"sig:paper:pred:AAPL:1m:{T0 + MIN}:xgb:3", "account": "paper", "symbol": "AAPL",
-        "ts": T0 + MIN, "side": "BUY", "quantity": 81.0, "target_position": 81.0,
-        "reference_price": 123.0, "strategy": "p_up_hysteresis",
+        "event_id": f"sig:paper:pred:AAPL:1m:{T0 + MIN}:xgb:3",
+        "account": "paper",
+        "symbol": "AAPL",
+        "ts": T0 + MIN,
+        "side": "BUY",
+        "quantity": 81.0,
+        "target_position": 81.0,
+        "reference_price": 123.0,
+        "strategy": "p_up_hysteresis",
         "reason": "p_up 0.6100 >= 0.6: flat -> long (fixed_notional 10000.00 @ 123)",
-        "model_version": "3"}
+        "model_version": "3",
+    }
     assert_schema("signal", sig)
 
 
@@ -68,8 +75,7 @@ def test_minimum_holding_period_in_bars():
 
 
 def test_vol_target_sizing_and_missing_volatility():
-    cfg = StrategyConfig(min_hold_bars=0, sizing="vol_target", notional=10_000.0, vol_target=0.2,
-                         max_vol_scale=3.0)
+    cfg = StrategyConfig(min_hold_bars=0, sizing="vol_target", notional=10_000.0, vol_target=0.2, max_vol_scale=3.0)
     # 10000 * 0.2/0.4 = 5000 notional at 50 -> 100 shares; vol 0.01 is capped at 3x -> 600
     assert targets(cfg, [0.7], close=50.0, vol=0.4) == [[100.0]]
     assert targets(cfg, [0.7], close=50.0, vol=0.01) == [[600.0]]
@@ -96,16 +102,25 @@ def v1(pred):
 def test_prediction_without_a_price_is_refused_naming_the_event():
     st_ = Strategy(StrategyConfig(min_hold_bars=0))
     pred = prediction("AAPL", T0, 0.9)
-    for bad in (v1(pred), {**pred, "close": None}, {**pred, "close": 0.0}, {**pred, "close": -1.0},
-                {**pred, "close": float("inf")}, {**pred, "close": float("nan")}):
+    for bad in (
+        v1(pred),
+        {**pred, "close": None},
+        {**pred, "close": 0.0},
+        {**pred, "close": -1.0},
+        {**pred, "close": float("inf")},
+        {**pred, "close": float("nan")},
+    ):
         with pytest.raises(ValueError) as err:
             on_prediction(st_, bad)
         msg = str(err.value)
         assert msg.startswith(f"prediction {pred['event_id']}: close=") and "is not a price" in msg, msg
         with pytest.raises(ValueError, match="is not a price"):
             check_prediction(bad)
-    with pytest.raises(ValueError, match=rf"prediction {pred['event_id']}: close=None is not a price "
-                                         r"\(Prediction v1 carries none: re-run the predict stage\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"prediction {pred['event_id']}: close=None is not a price "
+        r"\(Prediction v1 carries none: re-run the predict stage\)",
+    ):
         on_prediction(st_, v1(pred))
     assert st_.symbols == {}  # nothing decided, nothing remembered: the v2 prediction still counts
     check_prediction(pred)
@@ -136,13 +151,25 @@ def test_decision_uses_the_predictions_own_price_and_volatility():
 
 def test_state_saved_with_join_buffers_loads():
     """A state saved before Prediction v2 (with the join's buffers) restores its decisions."""
-    old = {"symbols": {"AAPL": {"direction": 1, "target": 100.0, "decisions": 7, "changed_at": 6,
-                                "last_pred_ts": T0, "last_ind_ts": T0 + MIN,
-                                "preds": [], "inds": [[T0 + MIN, 101.0, 0.2]]}},
-           "unmatched_predictions": 3}
+    old = {
+        "symbols": {
+            "AAPL": {
+                "direction": 1,
+                "target": 100.0,
+                "decisions": 7,
+                "changed_at": 6,
+                "last_pred_ts": T0,
+                "last_ind_ts": T0 + MIN,
+                "preds": [],
+                "inds": [[T0 + MIN, 101.0, 0.2]],
+            }
+        },
+        "unmatched_predictions": 3,
+    }
     st_ = Strategy.from_dict(old, StrategyConfig(min_hold_bars=0))
-    assert st_.to_dict() == {"symbols": {"AAPL": {"direction": 1, "target": 100.0, "decisions": 7,
-                                                  "changed_at": 6, "last_pred_ts": T0}}}
+    assert st_.to_dict() == {
+        "symbols": {"AAPL": {"direction": 1, "target": 100.0, "decisions": 7, "changed_at": 6, "last_pred_ts": T0}}
+    }
     assert isinstance(st_.symbols["AAPL"], SymbolState)
     assert on_prediction(st_, prediction("AAPL", T0, 0.1)) == []  # already decided
     [exit_] = on_prediction(st_, prediction("AAPL", T0 + MIN, 0.5))
@@ -164,9 +191,11 @@ def test_config_from_settings_and_validation():
 
 # --- properties -------------------------------------------------------------------------
 
-bars = st.lists(st.tuples(st.floats(0, 1), st.integers(50, 150).map(float), st.booleans(),
-                          st.sampled_from([None, 0.05, 0.2, 0.6])),
-                min_size=1, max_size=40)
+bars = st.lists(
+    st.tuples(st.floats(0, 1), st.integers(50, 150).map(float), st.booleans(), st.sampled_from([None, 0.05, 0.2, 0.6])),
+    min_size=1,
+    max_size=40,
+)
 
 
 def streams(raw):
@@ -229,6 +258,6 @@ def test_restored_state_continues_identically(raw, data):
     first = Strategy(cfg)
     out = feed(first, events[:cut])
     restored = Strategy.from_dict(json.loads(json.dumps(first.to_dict())), cfg)
-    out += feed(restored, events[max(0, cut - 3):])  # a restart redelivers the last few
+    out += feed(restored, events[max(0, cut - 3) :])  # a restart redelivers the last few
     assert out == expected
     assert restored.to_dict() == straight.to_dict()

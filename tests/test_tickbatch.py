@@ -1,6 +1,7 @@
 """TickBatch messages: the format (round trip, the bar stage's column reader against
 fastavro, corrupt bodies), the producer core's batcher, and every consumer expanding
 them back into exactly the ticks: the PostgreSQL sink, `ticktape topics tail`, replay."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,11 +45,23 @@ def sim_ticks(n: int, rate: float = 2000.0, symbols=SYMBOLS) -> list[dict]:
 
 
 def tick(i: int, **kw) -> dict:
-    return {"event_id": f"x:AAPL:{i}", "symbol": "AAPL", "ts": T0 + i, "source": "x", "seq": i, "price": 10.0 + i,
-            "size": 1.0, "bid": None, "ask": 11.0, "bid_size": None, "ask_size": 2.0} | kw
+    return {
+        "event_id": f"x:AAPL:{i}",
+        "symbol": "AAPL",
+        "ts": T0 + i,
+        "source": "x",
+        "seq": i,
+        "price": 10.0 + i,
+        "size": 1.0,
+        "bid": None,
+        "ask": 11.0,
+        "bid_size": None,
+        "ask_size": 2.0,
+    } | kw
 
 
 # --- the format ---------------------------------------------------------------------------
+
 
 def test_batch_round_trip_and_trade_columns():
     ticks = [t for t in sim_ticks(400) if t["symbol"] == "MSFT"][:60]
@@ -61,14 +74,35 @@ def test_batch_round_trip_and_trade_columns():
     event_type, record = serde.decode(data)
     assert event_type == "tick_batch" and expand(record) == ticks
     assert events_of(event_type, record) == ticks
-    assert serde.decode_trades(data) == ("tick_batch", "MSFT", [t["ts"] for t in ticks],
-                                          [t["price"] for t in ticks], [t["size"] for t in ticks])
+    assert serde.decode_trades(data) == (
+        "tick_batch",
+        "MSFT",
+        [t["ts"] for t in ticks],
+        [t["price"] for t in ticks],
+        [t["size"] for t in ticks],
+    )
     single = serde.encode("tick", ticks[0])
     assert serde.decode_trades(single) == ("tick", "MSFT", [ticks[0]["ts"]], [ticks[0]["price"]], [ticks[0]["size"]])
-    assert serde.decode_trades(serde.encode("bar", {
-        "event_id": "b", "symbol": "MSFT", "interval": "1s", "ts": T0, "window_start": T0, "window_end": T0,
-        "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 1.0, "vwap": 1.0, "trade_count": 1}))[1:] \
-        == (None, [], [], [])
+    assert serde.decode_trades(
+        serde.encode(
+            "bar",
+            {
+                "event_id": "b",
+                "symbol": "MSFT",
+                "interval": "1s",
+                "ts": T0,
+                "window_start": T0,
+                "window_end": T0,
+                "open": 1.0,
+                "high": 1.0,
+                "low": 1.0,
+                "close": 1.0,
+                "volume": 1.0,
+                "vwap": 1.0,
+                "trade_count": 1,
+            },
+        )
+    )[1:] == (None, [], [], [])
 
 
 def test_a_batch_is_plain_avro_for_any_reader():
@@ -89,11 +123,18 @@ any_long = st.integers(-(1 << 63), (1 << 63) - 1)
 
 
 @hsettings(max_examples=300, deadline=None)
-@given(st.one_of(st.lists(st.tuples(any_long, optional, optional), min_size=1, max_size=300),
-                 st.lists(st.tuples(eight_byte_varint, optional, optional), min_size=1, max_size=300),
-                 st.lists(st.tuples(eight_byte_varint, st.floats(allow_nan=False), st.floats(allow_nan=False)),
-                          min_size=1, max_size=300)),
-       st.text(min_size=1, max_size=8))
+@given(
+    st.one_of(
+        st.lists(st.tuples(any_long, optional, optional), min_size=1, max_size=300),
+        st.lists(st.tuples(eight_byte_varint, optional, optional), min_size=1, max_size=300),
+        st.lists(
+            st.tuples(eight_byte_varint, st.floats(allow_nan=False), st.floats(allow_nan=False)),
+            min_size=1,
+            max_size=300,
+        ),
+    ),
+    st.text(min_size=1, max_size=8),
+)
 def test_column_reader_equals_fastavro(rows, symbol):
     ticks = [tick(i, symbol=symbol, ts=ts, price=p, size=z) for i, (ts, p, z) in enumerate(rows)]
     data = serde.encode("tick_batch", make_batch(ticks))
@@ -120,10 +161,31 @@ def test_column_reader_takes_arrays_in_several_blocks():
     """Avro writers may cut an array into blocks, with a byte size after a negative count."""
     ts = [T0, T0 + 1, T0 + 2]
     price = [1.5, None, 2.5]
-    body = (_string("e+3") + _string("KO") + _long(T0 + 2) + _string("x")
-            + _long(2) + b"".join(map(_long, ts[:2])) + _long(-1) + _long(len(_long(ts[2]))) + _long(ts[2]) + _long(0)
-            + _long(1) + b"\x02" + struct.pack("<d", 1.5) + _long(2) + b"\x00\x02" + struct.pack("<d", 2.5) + _long(0)
-            + _long(3) + b"\x02" + struct.pack("<d", 7.0) + b"\x00\x02" + struct.pack("<d", 8.0) + _long(0))
+    body = (
+        _string("e+3")
+        + _string("KO")
+        + _long(T0 + 2)
+        + _string("x")
+        + _long(2)
+        + b"".join(map(_long, ts[:2]))
+        + _long(-1)
+        + _long(len(_long(ts[2])))
+        + _long(ts[2])
+        + _long(0)
+        + _long(1)
+        + b"\x02"
+        + struct.pack("<d", 1.5)
+        + _long(2)
+        + b"\x00\x02"
+        + struct.pack("<d", 2.5)
+        + _long(0)
+        + _long(3)
+        + b"\x02"
+        + struct.pack("<d", 7.0)
+        + b"\x00\x02"
+        + struct.pack("<d", 8.0)
+        + _long(0)
+    )
     rest = b"".join(_long(0) for _ in range(6))  # bid, ask, bid_size, ask_size, seq, event_id: empty
     data = SINGLE_OBJECT_MAGIC + catalog().latest("tick_batch").fingerprint + body + rest
     assert serde.decode_trades(data) == ("tick_batch", "KO", ts, price, [7.0, None, 8.0])
@@ -156,6 +218,7 @@ def test_make_batch_refuses_mixed_symbols_and_sizes():
 
 
 # --- the batcher --------------------------------------------------------------------------
+
 
 def test_batcher_groups_by_symbol_and_sends_on_size_event_time_and_wall_time():
     b = TickBatcher(3, linger_ms=10)  # 10 ms = 10,000 µs
@@ -202,8 +265,9 @@ def publish_batched(s, ticks, max_ticks=50, linger_ms=200) -> EventPublisher:
 def all_messages(s, topic="md.ticks", idle_s: float = 1.0):
     """Every message of a topic, read until nothing came for ``idle_s`` (no group join)."""
     cons = kafka_clients.consumer(s, "unused")
-    cons.assign([TopicPartition(s.topic(topic), p, OFFSET_BEGINNING)
-                 for p in range(kafka_clients.topic_spec(topic).partitions)])
+    cons.assign(
+        [TopicPartition(s.topic(topic), p, OFFSET_BEGINNING) for p in range(kafka_clients.topic_spec(topic).partitions)]
+    )
     out, last = [], time.monotonic()
     try:
         while time.monotonic() - last < idle_s:
@@ -235,8 +299,10 @@ def test_publisher_sends_batches_that_expand_to_exactly_the_ticks(settings):
 def test_tail_prints_the_ticks_of_a_batch(settings, capsys, monkeypatch):
     ticks = [tick(i) for i in range(7)]
     publish_batched(settings, ticks, max_ticks=5)
-    for k, v in {"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-                 "TOPIC_PREFIX": settings.topic_prefix}.items():
+    for k, v in {
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "TOPIC_PREFIX": settings.topic_prefix,
+    }.items():
         monkeypatch.setenv(k, v)
     assert main(["topics", "tail", "md.ticks", "--from-beginning", "--idle-timeout", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -1,6 +1,7 @@
 """`ticktape topics list|describe|tail` on the real broker: offsets and changelog topics,
 every config without librdkafka's log lines, ISO-8601 times, ml.models decoded, and a tail
 that starts at the end."""
+
 from __future__ import annotations
 
 import json
@@ -18,13 +19,24 @@ from ticktape.serde import Serde
 
 
 def _env(s) -> dict:
-    return os.environ | {"KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "TOPIC_PREFIX": s.topic_prefix,
-                         "TICKTAPE_HOME": s.home, "PYTHONPATH": str(REPO_ROOT)}
+    return os.environ | {
+        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+        "TOPIC_PREFIX": s.topic_prefix,
+        "TICKTAPE_HOME": s.home,
+        "PYTHONPATH": str(REPO_ROOT),
+    }
 
 
 def _cli(s, *argv):
-    return subprocess.run([sys.executable, "-m", "ticktape.cli", "topics", *argv], env=_env(s), cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "ticktape.cli", "topics", *argv],
+        env=_env(s),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def _publish(s, topic: str, values: list[bytes]) -> None:
@@ -54,8 +66,9 @@ def test_list_and_describe_show_offsets_changelogs_and_every_config(settings):
     assert doc["span"] == 3 and {"partition": 0, "low": 0, "high": 3} in doc["offsets"]
     assert len(doc["offsets"]) == doc["partitions"]
     # every config the broker reports, not a chosen few
-    res = adm.describe_configs([kafka_clients.ConfigResource(kafka_clients.ConfigResource.Type.TOPIC,
-                                                             s.topic("md.ticks"))])
+    res = adm.describe_configs(
+        [kafka_clients.ConfigResource(kafka_clients.ConfigResource.Type.TOPIC, s.topic("md.ticks"))]
+    )
     reported = {k: v.value for fut in res.values() for k, v in fut.result().items()}
     assert doc["configs"] == reported and doc["configs"]["cleanup.policy"] == "delete"
 
@@ -65,8 +78,14 @@ def test_tail_starts_at_the_end_prints_iso_times_and_decodes_models(settings):
     kafka_clients.ensure_topics(s, ["md.ticks", "ml.models"])
     serde = Serde()
     _publish(s, "md.ticks", [serde.encode("tick", event("tick", i, symbol="AAPL")) for i in range(3)])  # old
-    tail = subprocess.Popen([sys.executable, "-m", "ticktape.cli", "topics", "tail", "md.ticks", "--count", "1"],
-                            env=_env(s), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "ticktape.cli", "topics", "tail", "md.ticks", "--count", "1"],
+        env=_env(s),
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline, i = time.monotonic() + 120, 100
         while tail.poll() is None:  # new ticks until the tail has started and printed one

@@ -7,6 +7,7 @@ topics against the in-process chain (``ticktape.core.desks``) over the same even
 Bars run at 1 s only (BAR_INTERVALS=1s), so the crafted 1-minute indicator sets are the
 only ones the strategy trades on.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,8 +53,13 @@ def publish(s, st, upto_ts=None, from_ts=None):
         for ev in evs:
             if (upto_ts is not None and ev["ts"] > upto_ts) or (from_ts is not None and ev["ts"] <= from_ts):
                 continue
-            prod.produce(topic, key=sym.encode(), value=serde.encode(kind, ev, topic=topic), partition=PARTITION[sym],
-                         on_delivery=lambda err, msg: errors.append(err) if err else None)
+            prod.produce(
+                topic,
+                key=sym.encode(),
+                value=serde.encode(kind, ev, topic=topic),
+                partition=PARTITION[sym],
+                on_delivery=lambda err, msg: errors.append(err) if err else None,
+            )
     assert prod.flush(30) == 0 and not errors
 
 
@@ -87,12 +93,16 @@ def check_against_chain(s, want, worker):
     assert output(s, "trading.signals", len(want["signal"])) == per_partition(want["signal"], by_symbol)
     fills = output(s, "trading.fills", len(want["fill"]))
     assert sorted((json.dumps(f) for fs in fills.values() for f in fs)) == sorted(json.dumps(f) for f in want["fill"])
-    for topic, kind in (("trading.positions", "position"), ("trading.equity", "equity"), ("trading.risk", "risk_state")):
+    for topic, kind in (
+        ("trading.positions", "position"),
+        ("trading.equity", "equity"),
+        ("trading.risk", "risk_state"),
+    ):
         got = output(s, topic, len(want[kind]))
         if got != ({ACCOUNT_P: want[kind]} if want[kind] else {}):
             g = got.get(ACCOUNT_P, [])
             i = next((i for i, (a, b) in enumerate(zip(g, want[kind])) if a != b), min(len(g), len(want[kind])))
-            raise AssertionError((topic, len(g), len(want[kind]), i, g[i - 1:i + 2], want[kind][i - 1:i + 2]))
+            raise AssertionError((topic, len(g), len(want[kind]), i, g[i - 1 : i + 2], want[kind][i - 1 : i + 2]))
 
 
 def test_agents_equal_the_in_process_chain_across_a_kill(settings, tmp_path):
@@ -101,7 +111,7 @@ def test_agents_equal_the_in_process_chain_across_a_kill(settings, tmp_path):
     want = sequential(st)
     assert len(want["order"]) > 10 and want["rejection"] and len(want["position"]) > 50
     env = worker_env(tmp_path) | {"PROCESSOR_BATCH_SIZE": "20", "PROCESSOR_BATCH_MS": "20"}
-    split = min(e["ts"] for e in want["order"][len(want["order"]) // 2:])
+    split = min(e["ts"] for e in want["order"][len(want["order"]) // 2 :])
     # 1. the first half, until some of its orders are out; then kill -9
     publish(settings, st, upto_ts=split)
     first = Worker(settings, tmp_path / "worker1.log", **env)
@@ -126,9 +136,13 @@ def test_agents_equal_the_in_process_chain_across_a_kill(settings, tmp_path):
     finally:
         assert second.stop() == 0, second.log_tail()
     # every stage's table holds the next offset of each input partition it read: the end
-    inputs = {"features": ["analytics.indicators"], "strategy": ["ml.predictions"],
-              "risk": ["trading.account"], "execution": ["md.ticks", "trading.orders"],
-              "portfolio": ["trading.ledger"]}
+    inputs = {
+        "features": ["analytics.indicators"],
+        "strategy": ["ml.predictions"],
+        "risk": ["trading.account"],
+        "execution": ["md.ticks", "trading.orders"],
+        "portfolio": ["trading.ledger"],
+    }
     for table, topics in inputs.items():
         want_offsets = {}
         for topic in topics:
@@ -155,11 +169,26 @@ def orders_sent(worker) -> float:
 
 
 def run_cli(s, *argv, **env):
-    environ = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "TOPIC_PREFIX": s.topic_prefix,
-                            "TICKTAPE_HOME": s.home, "DATABASE_URL": s.database_url, "REDIS_URL": s.redis_url,
-                            "PYTHONPATH": str(REPO_ROOT)} | env
-    return subprocess.run([sys.executable, "-m", "ticktape.cli", *argv], env=environ, capture_output=True,
-                          text=True, cwd=REPO_ROOT, timeout=120)
+    environ = (
+        os.environ
+        | {
+            "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+            "TOPIC_PREFIX": s.topic_prefix,
+            "TICKTAPE_HOME": s.home,
+            "DATABASE_URL": s.database_url,
+            "REDIS_URL": s.redis_url,
+            "PYTHONPATH": str(REPO_ROOT),
+        }
+        | env
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "ticktape.cli", *argv],
+        env=environ,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+    )
 
 
 def wait_for(fn, timeout=60.0):
@@ -172,8 +201,9 @@ def wait_for(fn, timeout=60.0):
 
 
 @pytest.mark.slow
-def test_kill_switch_trips_on_falling_prices_shows_everywhere_and_reset_reopens(settings, fresh_db, fresh_redis,
-                                                                               tmp_path):
+def test_kill_switch_trips_on_falling_prices_shows_everywhere_and_reset_reopens(
+    settings, fresh_db, fresh_redis, tmp_path
+):
     s = dataclasses.replace(settings, database_url=fresh_db, redis_url=fresh_redis)
     kafka_clients.ensure_topics(s)
     assert run_cli(s, "db", "migrate").returncode == 0
@@ -184,13 +214,25 @@ def test_kill_switch_trips_on_falling_prices_shows_everywhere_and_reset_reopens(
     publish(s, st)
     env = worker_env(tmp_path)
     worker = Worker(s, tmp_path / "worker.log", **env)
-    sink_env = os.environ | {"KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "TOPIC_PREFIX": s.topic_prefix,
-                             "TICKTAPE_HOME": s.home, "DATABASE_URL": s.database_url, "REDIS_URL": s.redis_url,
-                             "PYTHONPATH": str(REPO_ROOT), "SINK_MAX_LATENCY_MS": "200"}
-    sinks = [subprocess.Popen([sys.executable, "-m", "ticktape.cli", "sink", kind],
-                              env=sink_env | {"METRICS_PORT": "0"}, cwd=REPO_ROOT,
-                              stdout=open(tmp_path / f"sink-{kind}.log", "wb"), stderr=subprocess.STDOUT)
-             for kind in ("postgres", "redis")]
+    sink_env = os.environ | {
+        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+        "TOPIC_PREFIX": s.topic_prefix,
+        "TICKTAPE_HOME": s.home,
+        "DATABASE_URL": s.database_url,
+        "REDIS_URL": s.redis_url,
+        "PYTHONPATH": str(REPO_ROOT),
+        "SINK_MAX_LATENCY_MS": "200",
+    }
+    sinks = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ticktape.cli", "sink", kind],
+            env=sink_env | {"METRICS_PORT": "0"},
+            cwd=REPO_ROOT,
+            stdout=open(tmp_path / f"sink-{kind}.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )
+        for kind in ("postgres", "redis")
+    ]
     try:
         check_against_chain(s, want, worker)
         # metrics: the kill switch, and the figures of the last fold
@@ -209,7 +251,8 @@ def test_kill_switch_trips_on_falling_prices_shows_everywhere_and_reset_reopens(
             q = "SELECT count(*) FROM order_rejections WHERE reason_code = 'DAILY_LOSS_LIMIT'"
             assert wait_for(lambda: conn.execute(q).fetchone()[0] == n_loss), n_loss
             assert conn.execute("SELECT trading_state, reason, daily_pnl FROM risk_states").fetchall() == [
-                ("HALTED", "DAILY_LOSS_LIMIT", halt["daily_pnl"])]
+                ("HALTED", "DAILY_LOSS_LIMIT", halt["daily_pnl"])
+            ]
         # ticktape risk status reads the live state
         status = run_cli(s, "risk", "status", "--json", **env)
         assert status.returncode == 0, status.stderr
@@ -233,13 +276,18 @@ def test_kill_switch_trips_on_falling_prices_shows_everywhere_and_reset_reopens(
         assert wait_for(lambda: rd.hget(key, "trading_state") == "ACTIVE")
         assert json.loads(run_cli(s, "risk", "status", "--json", **env).stdout)["trading_state"] == "ACTIVE"
         with psycopg.connect(s.database_url, autocommit=True) as conn:
-            assert wait_for(lambda: conn.execute("SELECT trading_state FROM risk_states ORDER BY ts").fetchall() == [
-                ("HALTED",), ("ACTIVE",)])
+            assert wait_for(
+                lambda: (
+                    conn.execute("SELECT trading_state FROM risk_states ORDER BY ts").fetchall()
+                    == [("HALTED",), ("ACTIVE",)]
+                )
+            )
         # ticktape risk halt: the kill switch by hand
         halted = run_cli(s, "risk", "halt", **env)
         assert halted.returncode == 0, halted.stderr
         assert halted.stdout.startswith("account paper: halt sent (ctl:") and halted.stdout.endswith(
-            "\naccount paper: HALTED (applied by the risk stage)\n"), halted.stdout
+            "\naccount paper: HALTED (applied by the risk stage)\n"
+        ), halted.stdout
         assert worker.wait_metric("ticktape_kill_switch", 1, account="paper"), worker.log_tail()
         assert wait_for(lambda: rd.hget(key, "reason") == "TRADING_HALTED")
         assert json.loads(run_cli(s, "risk", "status", "--json", **env).stdout)["trading_state"] == "HALTED"
@@ -261,9 +309,12 @@ def test_risk_cli_usage_errors(settings):
     assert lone.stderr == (
         "ticktape: risk: account paper is not HALTED after 2 s: no worker runs the risk stage? (ticktape run, or "
         f"ticktape process worker); the halt waits in {settings.topic('trading.control')} and applies when one "
-        "starts\n")
+        "starts\n"
+    )
     bad = run_cli(settings, "risk", "reset", "--state", "HALTED")
     assert (bad.returncode, bad.stderr.strip()) == (
-        2, "ticktape: error: argument --state: must be ACTIVE or REDUCING, got 'HALTED'")
+        2,
+        "ticktape: error: argument --state: must be ACTIVE or REDUCING, got 'HALTED'",
+    )
     none = run_cli(settings, "risk", "status", "--account", "nobody")
     assert none.returncode == 0 and none.stdout.startswith("account nobody: no risk state yet")

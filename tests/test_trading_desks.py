@@ -1,6 +1,7 @@
 """The trading desks (ticktape.core.desks): the in-process chain equals any interleaving of
 the agents' channels, restarts included; predictions alone decide, so feed order across
 symbols does not matter; the ordering rule and its bounded wait; the kill switch and reset."""
+
 from __future__ import annotations
 
 import json
@@ -19,21 +20,46 @@ from ticktape.core.strategy import StrategyConfig
 from ticktape.core.trading import iso
 
 SYMBOLS = ("AAPL", "KO", "MSFT")
-LIMITS_FILE = {"defaults": {
-    "initial_state": "ACTIVE", "max_gross_exposure": 25_000, "daily_loss_limit": 3000,
-    "max_orders_per_symbol": 3, "max_orders_total": 100, "rate_window_s": 600, "stale_after_s": 120,
-    "symbol_defaults": {"max_position_qty": 5000, "max_position_notional": 100_000,
-                        "max_order_notional": 100_000, "price_collar_pct": 5}}}
+LIMITS_FILE = {
+    "defaults": {
+        "initial_state": "ACTIVE",
+        "max_gross_exposure": 25_000,
+        "daily_loss_limit": 3000,
+        "max_orders_per_symbol": 3,
+        "max_orders_total": 100,
+        "rate_window_s": 600,
+        "stale_after_s": 120,
+        "symbol_defaults": {
+            "max_position_qty": 5000,
+            "max_position_notional": 100_000,
+            "max_order_notional": 100_000,
+            "price_collar_pct": 5,
+        },
+    }
+}
 LIMITS = RiskLimits.from_dict(LIMITS_FILE)
 # the same configuration as worker settings
-ENV = {"SYMBOLS": " ".join(SYMBOLS), "STRATEGY_MIN_HOLD_BARS": "2", "STRATEGY_NOTIONAL": "10000",
-       "EXEC_SLIPPAGE_BPS": "2", "STARTING_CASH": "100000", "TRADING_ACCOUNT": "paper", "STRATEGY_INTERVAL": "1m"}
+ENV = {
+    "SYMBOLS": " ".join(SYMBOLS),
+    "STRATEGY_MIN_HOLD_BARS": "2",
+    "STRATEGY_NOTIONAL": "10000",
+    "EXEC_SLIPPAGE_BPS": "2",
+    "STARTING_CASH": "100000",
+    "TRADING_ACCOUNT": "paper",
+    "STRATEGY_INTERVAL": "1m",
+}
 
 
 def chain_args(market_data="ticks"):
-    return dict(strategy_cfg=StrategyConfig(min_hold_bars=2, notional=10_000.0), limits=LIMITS,
-                exec_cfg=ExecConfig(slippage_bps=2.0), starting_cash=100_000.0, universe=SYMBOLS,
-                width_us=MIN, market_data=market_data)
+    return dict(
+        strategy_cfg=StrategyConfig(min_hold_bars=2, notional=10_000.0),
+        limits=LIMITS,
+        exec_cfg=ExecConfig(slippage_bps=2.0),
+        starting_cash=100_000.0,
+        universe=SYMBOLS,
+        width_us=MIN,
+        market_data=market_data,
+    )
 
 
 def price(k, i, crash_at):
@@ -59,8 +85,9 @@ def streams(n_bars, crash_at=10**9):
 
 def sequential(st, market_data="ticks"):
     """Inputs one stream-time step at a time (the in-process chain)."""
-    events = sorted(((ev["ts"], kind, ev["symbol"], i), kind, ev)
-                    for (kind, _), evs in st.items() for i, ev in enumerate(evs))
+    events = sorted(
+        ((ev["ts"], kind, ev["symbol"], i), kind, ev) for (kind, _), evs in st.items() for i, ev in enumerate(evs)
+    )
     return desks.run_trading_chain(((kind, ev) for _, kind, ev in events), **chain_args(market_data)).outputs
 
 
@@ -73,15 +100,19 @@ class Agents:
         a = chain_args(market_data)
         self.a = a
         self.strategy = desks.StrategyDesk(a["strategy_cfg"])
-        self.risk = desks.RiskDesk("paper", LIMITS.for_account("paper"), a["starting_cash"], SYMBOLS,
-                                   fill_lead_us=desks.fill_lead_us(market_data, MIN))
+        self.risk = desks.RiskDesk(
+            "paper",
+            LIMITS.for_account("paper"),
+            a["starting_cash"],
+            SYMBOLS,
+            fill_lead_us=desks.fill_lead_us(market_data, MIN),
+        )
         self.execution = desks.ExecutionDesk(a["exec_cfg"], MIN, market_data)
         self.portfolio = desks.PortfolioDesk("paper", a["starting_cash"])
         self.channels = {key: deque(evs) for key, evs in st.items()}
         self.pending_table: dict[str, list] = {}  # the risk agent's table: one entry per buffered event
         self.delivered: dict[tuple, deque] = {}
-        self.out = {k: [] for k in ("signal", "mark", "order", "rejection", "fill", "position", "equity",
-                                    "risk_state")}
+        self.out = {k: [] for k in ("signal", "mark", "order", "rejection", "fill", "position", "equity", "risk_state")}
 
     def push(self, channel, item):
         self.channels.setdefault(channel, deque()).append(item)
@@ -103,8 +134,7 @@ class Agents:
             if progress is not None:
                 self.push(("account", "strategy", sym), ("progress", {"symbol": sym, "ts": progress}))
         elif kind in ("tick", "order"):
-            fills = (self.execution.on_market("tick", item)[0] if kind == "tick"
-                     else self.execution.on_order(item))
+            fills = self.execution.on_market("tick", item)[0] if kind == "tick" else self.execution.on_order(item)
             for f in fills:
                 self.out["fill"].append(f)
                 self.push(("account", "execution", f["symbol"]), ("fill", f))
@@ -139,7 +169,7 @@ class Agents:
     def redeliver(self, rng):
         """Kafka after a crash: the last items of each channel come again (the state is newer)."""
         for channel, items in self.delivered.items():
-            again = list(items)[len(items) - rng.randint(0, len(items)):]
+            again = list(items)[len(items) - rng.randint(0, len(items)) :]
             self.channels[channel].extendleft(reversed(again))
 
     def restart(self):
@@ -171,9 +201,16 @@ def by_id(events):
 
 def test_sequential_chain_trades_every_reason_and_is_schema_exact():
     out = sequential(streams(60, crash_at=22))
-    for kind, schema in (("signal", "signal"), ("mark", "mark"), ("order", "order"), ("rejection", "order_rejected"),
-                         ("fill", "fill"), ("position", "position"), ("equity", "equity"),
-                         ("risk_state", "risk_state")):
+    for kind, schema in (
+        ("signal", "signal"),
+        ("mark", "mark"),
+        ("order", "order"),
+        ("rejection", "order_rejected"),
+        ("fill", "fill"),
+        ("position", "position"),
+        ("equity", "equity"),
+        ("risk_state", "risk_state"),
+    ):
         assert out[kind], kind
         for e in out[kind]:
             assert_schema(schema, e)
@@ -224,6 +261,7 @@ def test_any_interleaving_and_restarts_give_the_sequential_events(seed):
 
 def test_bar_only_market_data_fills_at_the_next_bar_open():
     from trading_events import bar
+
     st = streams(20)
     for sym in SYMBOLS:
         ticks = st.pop(("tick", sym))
@@ -231,8 +269,13 @@ def test_bar_only_market_data_fills_at_the_next_bar_open():
     out = sequential(st, market_data="bars")
     assert out["order"] and len(out["fill"]) == len(out["order"])
     bars = {(b["symbol"], b["window_start"]): b for (k, _), evs in st.items() if k == "bar" for b in evs}
-    for o, f in zip(out["order"], sorted(out["fill"], key=lambda f: out["order"].index(
-            next(o for o in out["order"] if o["event_id"] == f["order_id"])))):
+    for o, f in zip(
+        out["order"],
+        sorted(
+            out["fill"],
+            key=lambda f: out["order"].index(next(o for o in out["order"] if o["event_id"] == f["order_id"])),
+        ),
+    ):
         b = bars[(o["symbol"], o["ts"])]  # the bar of the window that starts at the order
         assert (f["ts"], f["order_id"]) == (b["ts"], o["event_id"])
         assert f["price"] == b["open"] * (1 + 2e-4 if o["side"] == "BUY" else 1 - 2e-4)
@@ -249,8 +292,9 @@ def test_nothing_is_decided_before_every_universe_symbol_has_progressed():
 
 def test_kill_switch_holds_until_reset_and_reset_reopens_trading():
     st = streams(60, crash_at=22)
-    events = sorted(((ev["ts"], kind, ev["symbol"], i), kind, ev)
-                    for (kind, _), evs in st.items() for i, ev in enumerate(evs))
+    events = sorted(
+        ((ev["ts"], kind, ev["symbol"], i), kind, ev) for (kind, _), evs in st.items() for i, ev in enumerate(evs)
+    )
     chain = desks.TradingChain(**chain_args())
     reset_at = None
     for key, kind, ev in events:
@@ -292,6 +336,7 @@ def test_an_order_fills_from_the_newest_window_even_after_a_tick_opened_an_older
 
 # --- predictions alone: no join, so feed order across symbols does not matter ------------
 
+
 def test_a_prediction_without_close_is_refused_naming_the_event():
     desk = desks.StrategyDesk(StrategyConfig(min_hold_bars=0))
     pred = prediction("AAPL", T0, 0.9, close=123.0)
@@ -302,8 +347,7 @@ def test_a_prediction_without_close_is_refused_naming_the_event():
     assert desk.progress("AAPL") is None and desk.symbol_state("AAPL") is None  # nothing advanced
     [(k1, m), (k2, sig)] = desk.on_prediction(pred)
     assert (k1, k2) == ("mark", "signal")
-    assert m == {"event_id": f"mark:paper:AAPL:1m:{T0}", "account": "paper", "symbol": "AAPL", "ts": T0,
-                 "price": 123.0}
+    assert m == {"event_id": f"mark:paper:AAPL:1m:{T0}", "account": "paper", "symbol": "AAPL", "ts": T0, "price": 123.0}
     assert (sig["reference_price"], sig["target_position"]) == (123.0, 81.0)
     assert_schema("mark", m)
     assert_schema("signal", sig)
@@ -329,8 +373,10 @@ def symbol_streams(seed: int, n_bars: int) -> dict[str, list[list[tuple[str, dic
             items = []
             if rng.random() < density:
                 p = round(close, 2)
-                items = [("prediction", prediction(sym, ts, rng.random(), close=p, volatility=0.2)),
-                         ("tick", tick(sym, ts + 1, price=p, bid=p - 0.01, ask=p + 0.01))]
+                items = [
+                    ("prediction", prediction(sym, ts, rng.random(), close=p, volatility=0.2)),
+                    ("tick", tick(sym, ts + 1, price=p, bid=p - 0.01, ask=p + 0.01)),
+                ]
             bars_.append(items)
         out[sym] = bars_
     return out
@@ -365,14 +411,21 @@ def strategy_outputs(events):
     for kind, ev in events:
         if kind == "prediction":
             out += desk.on_prediction(ev)
-    return ({k: per_symbol(e for kk, e in out if kk == k) for k in ("signal", "mark")},
-            {sym: (desk.symbol_state(sym), desk.progress(sym)) for sym in SYMBOLS})
+    return (
+        {k: per_symbol(e for kk, e in out if kk == k) for k in ("signal", "mark")},
+        {sym: (desk.symbol_state(sym), desk.progress(sym)) for sym in SYMBOLS},
+    )
 
 
 @settings(max_examples=25, deadline=None)
 @example(seed=1, shift=10_000, extra=300, lead="KO", order_seed=1)  # the whole range, every run
-@given(seed=hst.integers(0, 2**16), shift=hst.integers(0, 10_000), extra=hst.integers(20, 300),
-       lead=hst.sampled_from(SYMBOLS), order_seed=hst.integers(0, 2**16))
+@given(
+    seed=hst.integers(0, 2**16),
+    shift=hst.integers(0, 10_000),
+    extra=hst.integers(20, 300),
+    lead=hst.sampled_from(SYMBOLS),
+    order_seed=hst.integers(0, 2**16),
+)
 def test_one_symbol_fed_far_ahead_gives_the_same_signals_and_marks(seed, shift, extra, lead, order_seed):
     """Predictions carry their own price: a symbol's stream fed 0..10,000 bars before the
     others' (and the symbols interleaved in any order within a step) gives exactly the same
@@ -387,8 +440,13 @@ def test_one_symbol_fed_far_ahead_gives_the_same_signals_and_marks(seed, shift, 
 
 @settings(max_examples=10, deadline=None)
 @example(seed=2, shift=1000, extra=100, lead="AAPL", order_seed=2)
-@given(seed=hst.integers(0, 2**16), shift=hst.integers(0, 1000), extra=hst.integers(20, 300),
-       lead=hst.sampled_from(SYMBOLS), order_seed=hst.integers(0, 2**16))
+@given(
+    seed=hst.integers(0, 2**16),
+    shift=hst.integers(0, 1000),
+    extra=hst.integers(20, 300),
+    lead=hst.sampled_from(SYMBOLS),
+    order_seed=hst.integers(0, 2**16),
+)
 def test_one_symbol_fed_ahead_gives_the_same_chain_outputs(seed, shift, extra, lead, order_seed):
     """The whole chain with one symbol's predictions and ticks up to 1,000 bars ahead of the
     others': the same Signals, Marks and Fills per symbol, and (the risk desk waiting for every
@@ -412,8 +470,7 @@ NO_LATE = {"signal": 0, "mark": 0, "fill": 0}
 
 
 def mark(symbol, ts, price=100.0):
-    return {"event_id": f"mark:paper:{symbol}:1m:{ts}", "account": "paper", "symbol": symbol, "ts": ts,
-            "price": price}
+    return {"event_id": f"mark:paper:{symbol}:1m:{ts}", "account": "paper", "symbol": symbol, "ts": ts, "price": price}
 
 
 def risk_desk(idle_s=0, **kw):
@@ -500,12 +557,19 @@ def test_a_signal_more_than_idle_behind_is_rejected_as_stale_and_a_late_mark_dro
     sig = signal("KO", T0 + 30 * SEC, 25.0, 100.0)
     [(kind, rej)] = desk.add("signal", sig)
     assert kind == "rejection"
-    assert rej == {"event_id": f"rej:{sig['event_id']}", "account": "paper", "symbol": "KO",
-                   "ts": T0 + 30 * SEC, "side": "BUY", "quantity": 25.0, "reference_price": 100.0,
-                   "reason_code": "STALE_MARKET_DATA",
-                   "detail": f"signal at {iso(T0 + 30 * SEC)} came after the account had processed events "
-                             f"up to {iso(T0 + 49 * SEC)}: its symbol was idle (more than RISK_IDLE_MS behind)",
-                   "signal_id": sig["event_id"]}
+    assert rej == {
+        "event_id": f"rej:{sig['event_id']}",
+        "account": "paper",
+        "symbol": "KO",
+        "ts": T0 + 30 * SEC,
+        "side": "BUY",
+        "quantity": 25.0,
+        "reference_price": 100.0,
+        "reason_code": "STALE_MARKET_DATA",
+        "detail": f"signal at {iso(T0 + 30 * SEC)} came after the account had processed events "
+        f"up to {iso(T0 + 49 * SEC)}: its symbol was idle (more than RISK_IDLE_MS behind)",
+        "signal_id": sig["event_id"],
+    }
     assert_schema("order_rejected", rej)
     assert desk.late == {"signal": 1, "mark": 1, "fill": 0}
     assert desk.add("signal", dict(sig)) == [] and desk.late["signal"] == 1  # a redelivery: nothing
@@ -560,7 +624,8 @@ def test_a_late_fill_of_an_open_order_is_applied_where_it_arrives():
     assert desks.PortfolioDesk.from_dict(json.loads(json.dumps(pf.to_dict()))).on_ledger("late_fill", f) == []
     # with nothing open any more, every symbol's progress (T0 + 60 s) is the barrier again
     assert ids(put(desk, "mark", mark("KO", T0 + 61 * SEC))) == canonical(
-        [("mark", mark(sym, T0 + i * SEC)) for i in range(50, 61) for sym in SYMBOLS])
+        [("mark", mark(sym, T0 + i * SEC)) for i in range(50, 61) for sym in SYMBOLS]
+    )
 
 
 def test_the_buffer_stays_within_max_pending_and_counts_forced_releases():
@@ -617,8 +682,11 @@ def test_desk_state_leaves_the_buffer_out_and_restores_with_it():
     restored = desks.RiskDesk.from_dict(saved, ACCOUNT_LIMITS, SYMBOLS, rt(list(reversed(table.values()))), **bounds)
     assert restored.to_dict() == desk.to_dict()
     assert restored.pending == desk.pending
-    assert (restored.frontier, restored.idle(), restored.waiting_for()) == (desk.frontier, desk.idle(),
-                                                                           desk.waiting_for())
+    assert (restored.frontier, restored.idle(), restored.waiting_for()) == (
+        desk.frontier,
+        desk.idle(),
+        desk.waiting_for(),
+    )
     assert (restored.late, restored.forced) == (desk.late, desk.forced)
     # an older state had its buffer inside: it loads the same
     older = desks.RiskDesk.from_dict({**saved, "pending": rt(desk.pending)}, ACCOUNT_LIMITS, SYMBOLS, **bounds)

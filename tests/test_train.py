@@ -1,6 +1,7 @@
 """Training and the model registry: reproducible artifacts, a planted signal is learnt,
 mismatching models are refused, and `ticktape train` / `ticktape models` on the real
 database and broker (bars from a CSV, the database and a topic)."""
+
 from __future__ import annotations
 
 import csv
@@ -78,8 +79,18 @@ def _mean_reverting_bars(symbols=("MR1", "MR2"), n=900, seed=3):
         close = 100.0 * np.exp(np.cumsum(r))
         for t in range(n):
             c = float(close[t])
-            bars.append({"symbol": sym, "window_start": T0 + t * MINUTE, "open": c, "high": c * 1.001,
-                         "low": c * 0.999, "close": c, "volume": float(rng.uniform(100, 1000)), "vwap": c})
+            bars.append(
+                {
+                    "symbol": sym,
+                    "window_start": T0 + t * MINUTE,
+                    "open": c,
+                    "high": c * 1.001,
+                    "low": c * 0.999,
+                    "close": c,
+                    "volume": float(rng.uniform(100, 1000)),
+                    "vwap": c,
+                }
+            )
     return Bars.from_events(bars)
 
 
@@ -119,9 +130,20 @@ def test_mismatching_models_are_refused(dataset):
 def test_predictions_skip_missing_features_and_batches_equal_single_rows(dataset):
     t = train(dataset, FEATURE_NAMES, 0.2, QUICK, "direction")
     model = Model.load(t.artifact, t.metadata)
-    items = [({"event_id": f"{s}:1m:{ts}", "symbol": s, "interval": "1m", "ts": int(ts),
-               "close": 100.0, "volatility_20": 0.2}, list(x))
-             for s, ts, x in zip(dataset.symbols, dataset.ts, dataset.X)]
+    items = [
+        (
+            {
+                "event_id": f"{s}:1m:{ts}",
+                "symbol": s,
+                "interval": "1m",
+                "ts": int(ts),
+                "close": 100.0,
+                "volatility_20": 0.2,
+            },
+            list(x),
+        )
+        for s, ts, x in zip(dataset.symbols, dataset.ts, dataset.X)
+    ]
     preds, missing, seconds = model.predictions(items)
     assert missing == 3 * 199 and len(preds) == len(items) - missing and seconds > 0
     singles = [p for item in items for p in model.predictions([item])[0]]
@@ -139,16 +161,21 @@ def write_csv(path: Path, bars) -> Path:
         w.writerow(["time", "symbol", "open", "high", "low", "close", "volume"])
         for b in bars:
             t = datetime.fromtimestamp(b["window_start"] / 1e6, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-            w.writerow([t, b["symbol"], repr(b["open"]), repr(b["high"]), repr(b["low"]), repr(b["close"]),
-                        repr(b["volume"])])
+            w.writerow(
+                [t, b["symbol"], repr(b["open"]), repr(b["high"]), repr(b["low"]), repr(b["close"]), repr(b["volume"])]
+            )
     return path
 
 
 @pytest.fixture
 def env(settings, fresh_db, monkeypatch):
     s = dataclasses.replace(settings, database_url=fresh_db)
-    for k, v in {"KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "DATABASE_URL": fresh_db,
-                 "TOPIC_PREFIX": s.topic_prefix, "TICKTAPE_HOME": s.home}.items():
+    for k, v in {
+        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+        "DATABASE_URL": fresh_db,
+        "TOPIC_PREFIX": s.topic_prefix,
+        "TICKTAPE_HOME": s.home,
+    }.items():
         monkeypatch.setenv(k, v)
     return s
 
@@ -188,15 +215,16 @@ def test_train_cli_registers_and_activates(env, sim, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "holdout" in out and "baseline" in out and "importance (gain share)" in out
     with psycopg.connect(env.database_url) as conn:
-        (name, version, meta, artifact), = conn.execute(
-            "SELECT name, version, metadata, artifact FROM models").fetchall()
+        ((name, version, meta, artifact),) = conn.execute(
+            "SELECT name, version, metadata, artifact FROM models"
+        ).fetchall()
     assert f"active    direction {version}" in out
     files = Path(env.home) / "models" / "direction" / version
     assert (files / "model.ubj").read_bytes() == bytes(artifact)
     assert json.loads((files / "metadata.json").read_text()) == meta
     assert meta["data"]["source"] == f"csv:{path}" and meta["interval"] == "1m" and meta["horizon"] == 5
     assert active_versions(env) == [version]
-    (key, announced), = announcements(env, 1)
+    ((key, announced),) = announcements(env, 1)
     assert key == b"active" and announced == meta
 
     assert cli.main(argv) == 0  # same data, same seed: the same version, registered once
@@ -230,17 +258,23 @@ def test_activation_refuses_a_mismatching_model(env, dataset, capsys):
     assert [m["version"] for _, m in announcements(env, 1)] == [good.version]  # nothing announced
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--source", "csv"], "--input FILE goes with --source csv"),
-    (["--source", "db", "--input", "x.csv"], "--input FILE goes with --source csv"),
-    (["--source", "csv", "--input", "x.csv", "--interval", "1x"], "bad interval '1x'"),
-    (["--source", "csv", "--input", "x.csv", "--horizon", "0"], "--horizon must be at least 1"),
-    (["--source", "csv", "--input", "x.csv", "--holdout", "1"], "--holdout must be between 0 and 1"),
-    (["--source", "csv", "--input", "x.csv", "--exclude", "ret_1,nope"], "unknown feature(s) nope"),
-    (["--source", "csv", "--input", "x.csv", "--from", "2026-02-01", "--to", "2026-01-01"], "--from must be before"),
-    (["--source", "csv", "--input", "x.csv", "--from", "yesterday"], "not an ISO-8601 time"),
-    (["--source", "csv", "--input", "/nonexistent.csv"], "cannot read /nonexistent.csv"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--source", "csv"], "--input FILE goes with --source csv"),
+        (["--source", "db", "--input", "x.csv"], "--input FILE goes with --source csv"),
+        (["--source", "csv", "--input", "x.csv", "--interval", "1x"], "bad interval '1x'"),
+        (["--source", "csv", "--input", "x.csv", "--horizon", "0"], "--horizon must be at least 1"),
+        (["--source", "csv", "--input", "x.csv", "--holdout", "1"], "--holdout must be between 0 and 1"),
+        (["--source", "csv", "--input", "x.csv", "--exclude", "ret_1,nope"], "unknown feature(s) nope"),
+        (
+            ["--source", "csv", "--input", "x.csv", "--from", "2026-02-01", "--to", "2026-01-01"],
+            "--from must be before",
+        ),
+        (["--source", "csv", "--input", "x.csv", "--from", "yesterday"], "not an ISO-8601 time"),
+        (["--source", "csv", "--input", "/nonexistent.csv"], "cannot read /nonexistent.csv"),
+    ],
+)
 def test_train_cli_bad_arguments(argv, message, capsys):
     try:
         code = cli.main(["train", *argv])
@@ -275,8 +309,10 @@ def test_db_and_topic_sources_train_the_same_model(env, sim, capsys):
             for b in sim:
                 cp.write_row(table.row(b))
         # a bar of another interval is not picked up
-        conn.execute("INSERT INTO bars SELECT event_id || 'x', symbol, '1s', ts, window_start, window_end, "
-                     "open, high, low, close, volume, vwap, trade_count FROM bars LIMIT 1")
+        conn.execute(
+            "INSERT INTO bars SELECT event_id || 'x', symbol, '1s', ts, window_start, window_end, "
+            "open, high, low, close, volume, vwap, trade_count FROM bars LIMIT 1"
+        )
     kafka_clients.ensure_topics(env, ["md.bars.1m"])
     serde = Serde()
     prod = kafka_clients.producer(env)
@@ -300,8 +336,19 @@ def test_db_and_topic_sources_train_the_same_model(env, sim, capsys):
 
 def test_train_on_simulated_history_for_a_fresh_stack(env, monkeypatch, capsys):
     monkeypatch.setenv("SYMBOLS", "AAPL MSFT")
-    argv = ["train", "--source", "sim", "--interval", "1s", "--sim-minutes", "10", "--rounds", "10",
-            "--exclude", "sma_200_rel,sma_50_rel"]
+    argv = [
+        "train",
+        "--source",
+        "sim",
+        "--interval",
+        "1s",
+        "--sim-minutes",
+        "10",
+        "--rounds",
+        "10",
+        "--exclude",
+        "sma_200_rel,sma_50_rel",
+    ]
     assert cli.main(argv + ["--activate"]) == 0
     out = capsys.readouterr().out
     assert "sim:seed=42 minutes=10 symbols=2" in out

@@ -1,5 +1,6 @@
 """`ticktape produce websocket` against a local server speaking Alpaca's stream protocol
 (tests/alpaca_server.py), publishing to the real test broker."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,17 +27,45 @@ KEY, SECRET = "test-key", "s3cret-value-never-logged"
 # --- the pure core ------------------------------------------------------------------
 def test_trade_quote_bar_mapping_exact():
     t = alpaca.tick_from_trade(trade("BRK.B", 42, T0 + 5, 412.5, 300, x="P"))
-    assert t == {"event_id": "websocket:alpaca:BRK-B:t:2024-05-06:P:42", "symbol": "BRK-B",
-                 "ts": T0 + 5, "source": "websocket:alpaca", "seq": 0, "price": 412.5, "size": 300.0,
-                 "bid": None, "ask": None, "bid_size": None, "ask_size": None}
+    assert t == {
+        "event_id": "websocket:alpaca:BRK-B:t:2024-05-06:P:42",
+        "symbol": "BRK-B",
+        "ts": T0 + 5,
+        "source": "websocket:alpaca",
+        "seq": 0,
+        "price": 412.5,
+        "size": 300.0,
+        "bid": None,
+        "ask": None,
+        "bid_size": None,
+        "ask_size": None,
+    }
     q = alpaca.tick_from_quote(quote("AAPL", T0 + 7, 189.1, 189.12, 3, 4))
     assert q["event_id"].startswith(f"websocket:alpaca:AAPL:q:{rfc3339(T0 + 7, 456)}:")
     assert (q["ts"], q["price"], q["bid"], q["ask"], q["bid_size"], q["ask_size"]) == (
-        T0 + 7, None, 189.1, 189.12, 3.0, 4.0)
+        T0 + 7,
+        None,
+        189.1,
+        189.12,
+        3.0,
+        4.0,
+    )
     b = alpaca.bar_from_bar(bar("AAPL", T0, 1.0, 2.0, 0.5, 1.5, 1000, 12, 1.25))
-    assert b == {"event_id": f"AAPL:1m:{T0}", "symbol": "AAPL", "interval": "1m", "ts": T0 + 60_000_000,
-                 "window_start": T0, "window_end": T0 + 60_000_000, "open": 1.0, "high": 2.0, "low": 0.5,
-                 "close": 1.5, "volume": 1000.0, "vwap": 1.25, "trade_count": 12}
+    assert b == {
+        "event_id": f"AAPL:1m:{T0}",
+        "symbol": "AAPL",
+        "interval": "1m",
+        "ts": T0 + 60_000_000,
+        "window_start": T0,
+        "window_end": T0 + 60_000_000,
+        "open": 1.0,
+        "high": 2.0,
+        "low": 0.5,
+        "close": 1.5,
+        "volume": 1000.0,
+        "vwap": 1.25,
+        "trade_count": 12,
+    }
     assert alpaca.rfc3339_us("2024-05-06T13:30:00.000001999Z") == T0 + 1  # nanoseconds truncate
     with pytest.raises(ValueError):
         alpaca.tick_from_trade({**trade("AAPL", 1, T0, 1.0, 1), "p": "1.0"})
@@ -81,9 +110,16 @@ def test_error_classification():
 # --- against the local server and the broker -----------------------------------------
 def ws_settings(settings, url, **kw):
     kafka_clients.ensure_topics(settings, ["md.ticks", "md.bars.1m", "dlq.sources"])
-    base = dict(alpaca_api_key_id=KEY, alpaca_api_secret_key=SECRET, polygon_api_key=KEY, websocket_url=url,
-                websocket_ping_interval_s=0.2, websocket_timeout_s=0.5,
-                websocket_backoff_base_s=0.05, websocket_backoff_max_s=0.2)
+    base = dict(
+        alpaca_api_key_id=KEY,
+        alpaca_api_secret_key=SECRET,
+        polygon_api_key=KEY,
+        websocket_url=url,
+        websocket_ping_interval_s=0.2,
+        websocket_timeout_s=0.5,
+        websocket_backoff_base_s=0.05,
+        websocket_backoff_max_s=0.2,
+    )
     return dataclasses.replace(settings, **(base | kw))
 
 
@@ -132,22 +168,32 @@ def ids(events):
 
 
 def test_normal_flow_publishes_exact_events(settings):
-    msgs = (trades("AAPL", 1, 3) + [quote("AAPL", T0 + 3500, 100.01, 100.03)] + trades("BRK.B", 1, 2)
-            + [bar("AAPL", T0, 100.0, 100.2, 99.9, 100.1, 900, 9, 100.05), trade("MSFT", 1, T0, 1.0, 1)])
+    msgs = (
+        trades("AAPL", 1, 3)
+        + [quote("AAPL", T0 + 3500, 100.01, 100.03)]
+        + trades("BRK.B", 1, 2)
+        + [bar("AAPL", T0, 100.0, 100.2, 99.9, 100.1, 900, 9, 100.05), trade("MSFT", 1, T0, 1.0, 1)]
+    )
     with AlpacaServer(KEY, SECRET, scripts=[[("data", msgs)]], batch=3) as server:
         s = ws_settings(settings, server.url)
         feed = run_feed(s, ["AAPL", "BRK-B"], count=7)
-    assert server.subscribes == [{"action": "subscribe", "trades": ["AAPL", "BRK.B"],
-                                  "quotes": ["AAPL", "BRK.B"], "bars": ["AAPL", "BRK.B"]}]
+    assert server.subscribes == [
+        {"action": "subscribe", "trades": ["AAPL", "BRK.B"], "quotes": ["AAPL", "BRK.B"], "bars": ["AAPL", "BRK.B"]}
+    ]
     ticks = read_topic(s, "md.ticks")
     by_symbol = {}
     for t in ticks:
         by_symbol.setdefault(t["symbol"], []).append(t)
     assert [(t["event_id"].split(":", 3)[3], t["seq"], t["price"], t["bid"]) for t in by_symbol["AAPL"]] == [
-        ("t:2024-05-06:V:1", 1, 100.01, None), ("t:2024-05-06:V:2", 2, 100.02, None),
-        ("t:2024-05-06:V:3", 3, 100.03, None), (by_symbol["AAPL"][3]["event_id"].split(":", 3)[3], 4, None, 100.01)]
+        ("t:2024-05-06:V:1", 1, 100.01, None),
+        ("t:2024-05-06:V:2", 2, 100.02, None),
+        ("t:2024-05-06:V:3", 3, 100.03, None),
+        (by_symbol["AAPL"][3]["event_id"].split(":", 3)[3], 4, None, 100.01),
+    ]
     assert [(t["symbol"], t["seq"], t["ts"], t["size"]) for t in by_symbol["BRK-B"]] == [
-        ("BRK-B", 1, T0 + 1000, 2.0), ("BRK-B", 2, T0 + 2000, 3.0)]
+        ("BRK-B", 1, T0 + 1000, 2.0),
+        ("BRK-B", 2, T0 + 2000, 3.0),
+    ]
     assert read_topic(s, "md.bars.1m") == [alpaca.bar_from_bar(msgs[6])]
     st = feed.stats
     assert st.received == {"trade": 5, "quote": 1, "bar": 1}  # MSFT was not subscribed
@@ -183,11 +229,18 @@ def test_server_stops_answering_pings(settings):
 
 
 def test_malformed_messages_are_dead_lettered_and_unknown_ones_counted(settings, caplog):
-    script = [[("data", trades("AAPL", 1, 2)),
-               ("raw", '[{"T":"t","S":"AAPL",'),  # truncated JSON
-               ("raw", '[{"T":"zz","S":"AAPL"},{"T":"s","S":"AAPL","sc":"H"},{"T":"t","S":"AAPL"},'
-                       '{"T":"success","msg":"connected"},42]'),
-               ("data", trades("AAPL", 3, 2))]]
+    script = [
+        [
+            ("data", trades("AAPL", 1, 2)),
+            ("raw", '[{"T":"t","S":"AAPL",'),  # truncated JSON
+            (
+                "raw",
+                '[{"T":"zz","S":"AAPL"},{"T":"s","S":"AAPL","sc":"H"},{"T":"t","S":"AAPL"},'
+                '{"T":"success","msg":"connected"},42]',
+            ),
+            ("data", trades("AAPL", 3, 2)),
+        ]
+    ]
     with AlpacaServer(KEY, SECRET, scripts=script) as server:
         s = ws_settings(settings, server.url)
         with caplog.at_level(logging.WARNING):
@@ -206,8 +259,9 @@ def test_burst_of_50000_messages(settings):
     msgs = [trade(f"S{i % 50}", i, T0 + i * 20, 10.0 + (i % 100) / 100, 1) for i in range(n)]
     with AlpacaServer(KEY, SECRET, scripts=[[("data", msgs)]], batch=1000) as server:
         # a small queue: Kafka cannot keep up with the burst, the feed must wait, not lose
-        s = ws_settings(settings, server.url, websocket_queue_size=2000,
-                        websocket_ping_interval_s=10, websocket_timeout_s=10)
+        s = ws_settings(
+            settings, server.url, websocket_queue_size=2000, websocket_ping_interval_s=10, websocket_timeout_s=10
+        )
         feed = run_feed(s, [f"S{i}" for i in range(50)], count=n, channels=("trades",))
     ticks = read_topic(s, "md.ticks")
     assert len(ticks) == n and len(set(ids(ticks))) == n
@@ -302,8 +356,12 @@ def test_the_test_server_runs_on_its_own_and_feeds_the_source(settings):
 
     from ticktape.config import REPO_ROOT
 
-    server = subprocess.Popen([sys.executable, "-m", "tests.alpaca_server", "--port", "0", "--rate", "200"],
-                              cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.alpaca_server", "--port", "0", "--rate", "200"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = server.stdout.readline()
         url = re.search(r"server at (ws://127\.0\.0\.1:\d+/v2/iex) \(key test-key, secret test-secret\)", first)

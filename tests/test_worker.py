@@ -5,6 +5,7 @@ subprocess, configured by env vars.  The watermark only moves with data, so each
 ends its input with a quote-only tick one hour later in every partition: that closes
 every window.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,14 +39,27 @@ class Worker:
     def __init__(self, s, log_path, **env):
         self.metrics_port = free_port()
         self.log_path = log_path
-        environ = os.environ | {
-            "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "TOPIC_PREFIX": s.topic_prefix,
-            "TICKTAPE_HOME": s.home, "METRICS_PORT": str(self.metrics_port),
-            "BAR_INTERVALS": ",".join(INTERVALS), "BAR_GRACE_MS": str(GRACE_MS),
-            "PYTHONPATH": str(REPO_ROOT)} | env
+        environ = (
+            os.environ
+            | {
+                "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+                "TOPIC_PREFIX": s.topic_prefix,
+                "TICKTAPE_HOME": s.home,
+                "METRICS_PORT": str(self.metrics_port),
+                "BAR_INTERVALS": ",".join(INTERVALS),
+                "BAR_GRACE_MS": str(GRACE_MS),
+                "PYTHONPATH": str(REPO_ROOT),
+            }
+            | env
+        )
         with open(log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "ticktape.cli", "process", "worker"],
-                                         env=environ, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ticktape.cli", "process", "worker"],
+                env=environ,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+            )
 
     def metric(self, name: str, **labels) -> float:
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
@@ -92,6 +106,7 @@ def produce(s, items) -> list[tuple[int, int]]:
         def cb(err, msg):
             assert err is None, err
             placed[i] = (msg.partition(), msg.offset())
+
         return cb
 
     for i, (key, value, partition) in enumerate(items):
@@ -206,13 +221,16 @@ def test_worker_emits_exactly_the_core_bars(settings, tmp_path):
         assert headers[0]["ticktape.error"].startswith(b"invalid trade: price=nan")
         assert headers[1]["ticktape.error"] == b"not an Avro event (first bytes 6e6f7420)"
         assert [(int(h["ticktape.source.partition"]), int(h["ticktape.source.offset"])) for h in headers] == [
-            placed[1500], placed[2000]]
+            placed[1500],
+            placed[2000],
+        ]
         assert {h["ticktape.source.topic"] for h in headers} == {settings.topic("md.ticks").encode()}
 
         for interval in INTERVALS:
             assert worker.metric("ticktape_late_ticks_total", interval=interval) == late_counts[interval]
             assert worker.metric("ticktape_bars_closed_total", interval=interval) == sum(
-                len(v) for (t, _), v in bars.items() if t == f"md.bars.{interval}")
+                len(v) for (t, _), v in bars.items() if t == f"md.bars.{interval}"
+            )
         assert worker.metric("ticktape_dlq_messages_total", stage="bars", topic="dlq.bars") == 2
         assert worker.wait_metric("ticktape_events_in_total", len(items), stage="bars", topic="md.ticks")
 
@@ -307,7 +325,8 @@ def test_worker_killed_mid_stream_resumes_exactly(settings, tmp_path):
         assert sorted(distinct(settings, "md.ticks.late", len(want_late), lambda v: v)) == sorted(want_late)
         # the last worker resumed from the saved state instead of starting over
         assert third.metric("ticktape_bars_closed_total", interval="1s") < sum(
-            len(v) for (t, _), v in bars.items() if t == "md.bars.1s")
+            len(v) for (t, _), v in bars.items() if t == "md.bars.1s"
+        )
     finally:
         assert third.stop() == 0, third.log_tail()
 

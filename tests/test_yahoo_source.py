@@ -1,5 +1,6 @@
 """`ticktape produce yahoo` with recorded yfinance frames (tests/data/yahoo_*.csv), no
 network: mapping, dedupe across polls and restarts, failing symbols."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ MIN = 60_000_000
 def recording(symbol: str) -> pd.DataFrame:
     """A recorded frame, as yfinance returns it."""
     frame = pd.read_csv(DATA / f"yahoo_{symbol}_1m.csv", index_col="Datetime")
-    frame.index = pd.DatetimeIndex(pd.to_datetime(frame.index, utc=True).tz_convert("America/New_York"),
-                                   name="Datetime")
+    frame.index = pd.DatetimeIndex(
+        pd.to_datetime(frame.index, utc=True).tz_convert("America/New_York"), name="Datetime"
+    )
     return frame
 
 
@@ -58,10 +60,21 @@ def test_mapping_of_a_yfinance_frame():
     frame = recording("AAPL")
     bars = yahoo.bars_from_frame("AAPL", frame, "1m", now_us=OPEN_US + 3 * MIN + 59_000_000)
     assert [b["window_start"] for b in bars] == [OPEN_US + m * MIN for m in range(3)]  # 09:33 forming
-    assert bars[0] == {"event_id": f"AAPL:1m:{OPEN_US}", "symbol": "AAPL", "interval": "1m",
-                       "ts": OPEN_US + MIN, "window_start": OPEN_US, "window_end": OPEN_US + MIN,
-                       "open": 182.35, "high": 182.3802, "low": 182.1141, "close": 182.2443,
-                       "volume": 125954.0, "vwap": (182.3802 + 182.1141 + 182.2443) / 3, "trade_count": 0}
+    assert bars[0] == {
+        "event_id": f"AAPL:1m:{OPEN_US}",
+        "symbol": "AAPL",
+        "interval": "1m",
+        "ts": OPEN_US + MIN,
+        "window_start": OPEN_US,
+        "window_end": OPEN_US + MIN,
+        "open": 182.35,
+        "high": 182.3802,
+        "low": 182.1141,
+        "close": 182.2443,
+        "volume": 125954.0,
+        "vwap": (182.3802 + 182.1141 + 182.2443) / 3,
+        "trade_count": 0,
+    }
     odd = frame.copy()
     odd.loc[pd.Timestamp("2024-05-06 09:30:41-04:00", tz="America/New_York")] = odd.iloc[0]  # live quote row
     odd.iloc[1, odd.columns.get_loc("Close")] = float("nan")
@@ -74,8 +87,9 @@ def test_dedupe_across_polls_and_restart(settings):
     kafka_clients.ensure_topics(settings, ["md.bars.1m"])
     stop, fake = StopFlag(install_signals=False), Yahoo()
     pub = EventPublisher(settings, stage="yahoo")
-    src = yahoo.YahooSource(settings, ["AAPL", "MSFT"], "1m", 1, publisher=pub, stop=stop,
-                            fetch=fake, clock=at(5.5), request_gap=0)
+    src = yahoo.YahooSource(
+        settings, ["AAPL", "MSFT"], "1m", 1, publisher=pub, stop=stop, fetch=fake, clock=at(5.5), request_gap=0
+    )
     assert src.cycle() == 2  # 09:30..09:34 (09:35 is forming)
     src.clock = at(8.2)
     assert src.cycle() == 2  # asks from 09:34: 09:34 again, 09:35..09:37 new
@@ -96,13 +110,16 @@ def test_a_failing_symbol_does_not_stop_the_others(settings, caplog):
     kafka_clients.ensure_topics(settings, ["md.bars.1m"])
     fake = Yahoo(broken={"BAD": LookupError("no data from Yahoo (unknown or delisted symbol?)")})
     with caplog.at_level(logging.INFO):
-        code = yahoo.run(args(symbols="AAPL BAD MSFT"), settings, stop=StopFlag(install_signals=False),
-                         fetch=fake, clock=at(3.5))
+        code = yahoo.run(
+            args(symbols="AAPL BAD MSFT"), settings, stop=StopFlag(install_signals=False), fetch=fake, clock=at(3.5)
+        )
     assert code == 0
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
-        "yahoo: BAD: LookupError: no data from Yahoo (unknown or delisted symbol?)"]
+        "yahoo: BAD: LookupError: no data from Yahoo (unknown or delisted symbol?)"
+    ]
     assert sorted(b["event_id"] for b in read_topic(settings, "md.bars.1m")) == sorted(
-        f"{s}:1m:{OPEN_US + m * MIN}" for s in ("AAPL", "MSFT") for m in range(3))
+        f"{s}:1m:{OPEN_US + m * MIN}" for s in ("AAPL", "MSFT") for m in range(3)
+    )
 
 
 def test_offline_every_symbol_fails_exit_1(settings, caplog):
@@ -112,9 +129,11 @@ def test_offline_every_symbol_fails_exit_1(settings, caplog):
         code = yahoo.run(args(), settings, stop=StopFlag(install_signals=False), fetch=fake, clock=at(3.5))
     assert code == 1
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert errors == ["yahoo: AAPL: ConnectionError: Failed to resolve 'query2.finance.yahoo.com'",
-                      "yahoo: MSFT: ConnectionError: Failed to resolve 'query2.finance.yahoo.com'",
-                      "yahoo: no symbol answered (offline?)"]
+    assert errors == [
+        "yahoo: AAPL: ConnectionError: Failed to resolve 'query2.finance.yahoo.com'",
+        "yahoo: MSFT: ConnectionError: Failed to resolve 'query2.finance.yahoo.com'",
+        "yahoo: no symbol answered (offline?)",
+    ]
 
 
 def test_symbols_from_a_file_and_bad_arguments(tmp_path, settings):

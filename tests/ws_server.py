@@ -16,6 +16,7 @@ A subclass speaks its provider's protocol: ``welcome``, ``authenticate``, ``requ
 (a subscribe/unsubscribe after auth), ``wanted`` (is a data point subscribed) and, for
 "live", ``traded`` (the symbols whose trades are subscribed) and ``live_trade``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,15 @@ AUTH_TIMEOUT_S = 10
 class ScriptedServer:
     path = "/"
 
-    def __init__(self, *, scripts: list[list[tuple]] = (), batch: int = 100, max_connections: int = 1,
-                 port: int = 0, default_script: list[tuple] = ()):
+    def __init__(
+        self,
+        *,
+        scripts: list[list[tuple]] = (),
+        batch: int = 100,
+        max_connections: int = 1,
+        port: int = 0,
+        default_script: list[tuple] = (),
+    ):
         self.scripts = list(scripts)
         self.default_script = list(default_script)
         self.port = port
@@ -116,7 +124,7 @@ class ScriptedServer:
             subscribed = asyncio.Event()
             reader = asyncio.create_task(self._read_requests(ws, subs, subscribed))
             await subscribed.wait()
-            for step in (self.scripts[n] if n < len(self.scripts) else self.default_script):
+            for step in self.scripts[n] if n < len(self.scripts) else self.default_script:
                 if not await self._run(ws, step, subs):
                     break
             else:
@@ -142,7 +150,7 @@ class ScriptedServer:
         if what == "data":
             wanted = [m for m in step[1] if self.wanted(m, subs)]
             for i in range(0, len(wanted), self.batch):
-                await self.send(ws, wanted[i:i + self.batch])
+                await self.send(ws, wanted[i : i + self.batch])
         elif what == "raw":
             await ws.send(step[1])
         elif what == "close":
@@ -163,8 +171,9 @@ class ScriptedServer:
                     sym = symbols[i % len(symbols)]
                     prices[sym] = round(prices.get(sym, 100.0) * (1 + rng.gauss(0, 0.0005)), 2)
                     i += 1
-                    await self.send(ws, [self.live_trade(sym, i, time.time_ns() // 1000, prices[sym],
-                                                         rng.randint(1, 300))])
+                    await self.send(
+                        ws, [self.live_trade(sym, i, time.time_ns() // 1000, prices[sym], rng.randint(1, 300))]
+                    )
                 await asyncio.sleep(1 / step[1])
         else:
             raise ValueError(f"unknown script step {step!r}")

@@ -15,6 +15,7 @@ here); the README's "Write your own strategy" walks through ``examples/ema_cross
 ``STRATEGY`` and ``STRATEGY_PARAMS``: the module is imported from ``PYTHONPATH`` or the
 current directory.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,12 +26,35 @@ import os
 import sys
 
 from .config import ConfigError, Settings
-from .core.strategies import (STATE_MAX_BYTES, Bar, Decision, Order, Prediction, PUpHysteresis, Strategy,
-                              StrategyError, StrategySpec, Target, builtin_params, check_state)
+from .core.strategies import (
+    STATE_MAX_BYTES,
+    Bar,
+    Decision,
+    Order,
+    Prediction,
+    PUpHysteresis,
+    Strategy,
+    StrategyError,
+    StrategySpec,
+    Target,
+    builtin_params,
+    check_state,
+)
 from .core.strategy import StrategyConfig
 
-__all__ = ["STATE_MAX_BYTES", "Bar", "Decision", "Order", "Prediction", "PUpHysteresis", "Strategy",
-           "StrategyError", "StrategySpec", "Target", "load_strategy"]
+__all__ = [
+    "STATE_MAX_BYTES",
+    "Bar",
+    "Decision",
+    "Order",
+    "Prediction",
+    "PUpHysteresis",
+    "Strategy",
+    "StrategyError",
+    "StrategySpec",
+    "Target",
+    "load_strategy",
+]
 
 
 def load_strategy(s: Settings) -> StrategySpec:
@@ -53,8 +77,10 @@ def load_strategy(s: Settings) -> StrategySpec:
         raise ConfigError(f"STRATEGY_PARAMS={s.strategy_params!r}: expected a JSON object of parameters")
     if cls is PUpHysteresis:
         if params:
-            raise ConfigError(f"STRATEGY_PARAMS={s.strategy_params!r}: the built-in {path} takes its "
-                              "parameters from STRATEGY_ENTER_P, STRATEGY_EXIT_P, ... (leave STRATEGY_PARAMS empty)")
+            raise ConfigError(
+                f"STRATEGY_PARAMS={s.strategy_params!r}: the built-in {path} takes its "
+                "parameters from STRATEGY_ENTER_P, STRATEGY_EXIT_P, ... (leave STRATEGY_PARAMS empty)"
+            )
         params = builtin_params(StrategyConfig.from_settings(s))
     spec = StrategySpec(cls, params, path, _source_sha256(cls))
     try:
@@ -76,8 +102,10 @@ def _import(path: str, module_name: str, class_name: str) -> type[Strategy]:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
-            raise ConfigError(f"STRATEGY={path}: no module {module_name} (run from the directory that holds it, "
-                              "or add that directory to PYTHONPATH)") from None
+            raise ConfigError(
+                f"STRATEGY={path}: no module {module_name} (run from the directory that holds it, "
+                "or add that directory to PYTHONPATH)"
+            ) from None
         raise ConfigError(f"STRATEGY={path}: importing {module_name} failed: {e}") from None
     except Exception as e:  # a syntax error or a failing top level in the user's module
         raise ConfigError(f"STRATEGY={path}: importing {module_name} failed: {type(e).__name__}: {e}") from None

@@ -13,6 +13,7 @@ cells as the text ``to_csv`` would write, then the command's own ``prepare`` /
 figures, equity and trades.  The time may be the index (``index_col=0``, yfinance's
 ``history()``).  Errors are ``ticktape.cli.UsageError`` with the command's message.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,10 +54,18 @@ class Result:
     stored: bool
 
 
-def run(df: pandas.DataFrame, *, model: str | None = None, symbols: str | list[str] | None = None,
-        interval: str | None = None, config: str | None = None, store: bool = False,
-        strategy: str | type[Strategy] | None = None, strategy_params: dict | str | None = None,
-        **settings: Any) -> Result:
+def run(
+    df: pandas.DataFrame,
+    *,
+    model: str | None = None,
+    symbols: str | list[str] | None = None,
+    interval: str | None = None,
+    config: str | None = None,
+    store: bool = False,
+    strategy: str | type[Strategy] | None = None,
+    strategy_params: dict | str | None = None,
+    **settings: Any,
+) -> Result:
     """Backtest the bars or ticks of ``df``.
 
     ``model``: a registry version (or unique prefix) or a model directory; None: the active
@@ -74,7 +83,9 @@ def run(df: pandas.DataFrame, *, model: str | None = None, symbols: str | list[s
     if strategy is not None:
         settings["STRATEGY"] = strategy if isinstance(strategy, str) else f"{strategy.__module__}:{strategy.__name__}"
     if strategy_params is not None:
-        settings["STRATEGY_PARAMS"] = strategy_params if isinstance(strategy_params, str) else json.dumps(strategy_params)
+        settings["STRATEGY_PARAMS"] = (
+            strategy_params if isinstance(strategy_params, str) else json.dumps(strategy_params)
+        )
 
     try:
         s = env_settings(**_overrides(settings))
@@ -83,8 +94,9 @@ def run(df: pandas.DataFrame, *, model: str | None = None, symbols: str | list[s
     if interval is not None:
         command.check_interval(interval, "interval")
     # the command's --symbols rule: comma/space separated
-    wanted = None if symbols is None else command._symbols(
-        symbols if isinstance(symbols, str) else " ".join(symbols), s)
+    wanted = (
+        None if symbols is None else command._symbols(symbols if isinstance(symbols, str) else " ".join(symbols), s)
+    )
     if store and not s.database_url:
         raise UsageError("no database to store the run: set DATABASE_URL or run `ticktape stack up`")
     header, rows = _table(df)
@@ -101,8 +113,9 @@ def run(df: pandas.DataFrame, *, model: str | None = None, symbols: str | list[s
     trades = pd.DataFrame(result.trades, columns=list(TRADE_FIELDS))
     for frame in (equity, trades):
         frame["ts"] = pd.to_datetime(frame["ts"], unit="us", utc=True)
-    return Result(row["run_id"], result.metrics, result.counts, equity, trades, events, row["parameters"],
-                  result.sha256, store)
+    return Result(
+        row["run_id"], result.metrics, result.counts, equity, trades, events, row["parameters"], result.sha256, store
+    )
 
 
 def _overrides(given: dict[str, Any]) -> dict[str, Any]:

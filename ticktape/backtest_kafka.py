@@ -18,6 +18,7 @@
 Nothing outside the namespace is written.  A dead letter in the run is an error (the
 in-process run would disagree with it).
 """
+
 from __future__ import annotations
 
 import logging
@@ -66,7 +67,7 @@ def output_topics(s: Settings) -> dict[str, str]:
     wanted = set(ANALYTICS_TYPES) | set(TRADING_KINDS.values())
     out = {}
     for name, spec in kafka_clients.topic_catalog().items():
-        if name.startswith("md.bars.") and name[len("md.bars."):] not in s.interval_list:
+        if name.startswith("md.bars.") and name[len("md.bars.") :] not in s.interval_list:
             continue
         if spec.event in wanted or name == "md.ticks.late":
             assert spec.event is not None  # one of the wanted types, or md.ticks.late's tick
@@ -87,9 +88,14 @@ class _Worker:
         self.log_path = Path(s.home) / "worker.log"
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ticktape.cli", "process", "worker"], cwd=REPO_ROOT,
-                env=os.environ | env | {"PYTHONPATH": python_path()}, stdout=out,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                [sys.executable, "-m", "ticktape.cli", "process", "worker"],
+                cwd=REPO_ROOT,
+                env=os.environ | env | {"PYTHONPATH": python_path()},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -130,8 +136,14 @@ def replay(s: Settings, ticks_by_partition: dict[int, list[dict]]) -> int:
             value = serde.encode("heartbeat" if hb else "tick", t, topic=topic)
             while True:
                 try:
-                    prod.produce(topic, value=value, key=None if hb else t["symbol"].encode(),
-                                 partition=p, timestamp=t["ts"] // 1000, on_delivery=delivered)
+                    prod.produce(
+                        topic,
+                        value=value,
+                        key=None if hb else t["symbol"].encode(),
+                        partition=p,
+                        timestamp=t["ts"] // 1000,
+                        on_delivery=delivered,
+                    )
                     break
                 except BufferError:  # local queue full: let deliveries drain
                     prod.poll(0.05)
@@ -155,10 +167,14 @@ class Reader:
         self.dead_letters: list[str] = []
         self.cons = kafka_clients.consumer(s, s.group("backtest.reader"))
         existing = set(kafka_clients.admin(s).list_topics(timeout=10).topics)
-        self.cons.assign([TopicPartition(s.topic(name), p, OFFSET_BEGINNING)
-                          for name, spec in kafka_clients.topic_catalog().items()
-                          if name != registry.MODELS_TOPIC and s.topic(name) in existing
-                          for p in range(spec.partitions)])
+        self.cons.assign(
+            [
+                TopicPartition(s.topic(name), p, OFFSET_BEGINNING)
+                for name, spec in kafka_clients.topic_catalog().items()
+                if name != registry.MODELS_TOPIC and s.topic(name) in existing
+                for p in range(spec.partitions)
+            ]
+        )
         self.prefix = len(s.topic_prefix)
 
     def poll(self, seconds: float) -> None:
@@ -170,7 +186,7 @@ class Reader:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("backtest reader: %s", err)
                 continue
-            name = msg.topic()[self.prefix:]  # type: ignore[index]
+            name = msg.topic()[self.prefix :]  # type: ignore[index]
             self.seen[name] += 1
             self.ends[(name, msg.partition())] = msg.offset() + 1  # type: ignore[index, operator]
             if name not in self.topics and not name.startswith("dlq."):
@@ -227,24 +243,36 @@ class Settler:
         wanted = [TopicPartition(self.s.topic(t), p) for (t, p), end in self.reader.ends.items() if t in consumed]
         committed = self.group.committed(wanted, timeout=10) if wanted else []
         ends = self.reader.ends
-        return all(tp.offset == ends[(tp.topic[len(self.s.topic_prefix):], tp.partition)] for tp in committed)
+        return all(tp.offset == ends[(tp.topic[len(self.s.topic_prefix) :], tp.partition)] for tp in committed)
 
     def settled(self) -> bool:
         self.samples = scrape(self.port) or self.samples
         now = time.monotonic()
-        snap = (tuple(sorted(self.reader.seen.items())),
-                tuple(sorted((n, tuple(sorted(lbl.items())), v) for n in ("ticktape_events_in_total",
-                                                                          "ticktape_events_out_total")
-                             for lbl, v in self.samples.get(n, ()))))
+        snap = (
+            tuple(sorted(self.reader.seen.items())),
+            tuple(
+                sorted(
+                    (n, tuple(sorted(lbl.items())), v)
+                    for n in ("ticktape_events_in_total", "ticktape_events_out_total")
+                    for lbl, v in self.samples.get(n, ())
+                )
+            ),
+        )
         if snap != self.last or not self._agreed():
             self.last, self.since = snap, now
             return False
         return now - self.since >= SETTLE_S
 
 
-def run(s_run: Settings, run_id: str, ticks_by_partition: dict[int, list[dict]],
-        model: tuple[dict, bytes] | None, keep: bool = False, timeout_s: float = 900.0,
-        say=lambda line: None) -> Events:
+def run(
+    s_run: Settings,
+    run_id: str,
+    ticks_by_partition: dict[int, list[dict]],
+    model: tuple[dict, bytes] | None,
+    keep: bool = False,
+    timeout_s: float = 900.0,
+    say=lambda line: None,
+) -> Events:
     """The period through the real worker in ``bt.<run_id>.``; the events it produced.
 
     ``s_run``: the live settings with the run's parameters (they reach the worker as env
@@ -272,15 +300,16 @@ def run(s_run: Settings, run_id: str, ticks_by_partition: dict[int, list[dict]],
                 if settler.settled():
                     break
                 if time.monotonic() > deadline:
-                    raise KafkaModeError(f"the worker did not finish within {timeout_s:.0f} s "
-                                         f"(see {worker.log_path})")
+                    raise KafkaModeError(f"the worker did not finish within {timeout_s:.0f} s (see {worker.log_path})")
         finally:
             settler.close()
         samples = settler.samples
-        events = Events(by_type=reader.by_type(), late_ticks=reader.seen.get("md.ticks.late", 0),
-                        invalid_ticks=int(total(samples, "ticktape_dlq_messages_total", stage="bars")),
-                        skipped_predictions=int(total(samples, "ticktape_predictions_skipped_total",
-                                                      reason="missing_features")))
+        events = Events(
+            by_type=reader.by_type(),
+            late_ticks=reader.seen.get("md.ticks.late", 0),
+            invalid_ticks=int(total(samples, "ticktape_dlq_messages_total", stage="bars")),
+            skipped_predictions=int(total(samples, "ticktape_predictions_skipped_total", reason="missing_features")),
+        )
         code = worker.stop()
         if code not in (0, -signal.SIGTERM):
             raise KafkaModeError(f"the worker exited with code {code}: {worker.tail()}")
@@ -309,8 +338,11 @@ def cleanup(s: Settings, run_id: str) -> None:
         kafka_clients.delete_topics(s, topics)
     adm = kafka_clients.admin(s)
     try:
-        groups = [g.group_id for g in adm.list_consumer_groups(request_timeout=10).result().valid
-                  if g.group_id.startswith(namespace(run_id))]
+        groups = [
+            g.group_id
+            for g in adm.list_consumer_groups(request_timeout=10).result().valid
+            if g.group_id.startswith(namespace(run_id))
+        ]
         if groups:
             for fut in adm.delete_consumer_groups(groups, request_timeout=10).values():
                 fut.result()

@@ -4,6 +4,7 @@ Each subcommand lives in ``ticktape/commands/<name>.py`` and exposes
 ``register(subparsers)``; the parser it adds sets ``func(args) -> int``.
 Bad arguments give one line on stderr and exit code 2.
 """
+
 from __future__ import annotations
 
 import argparse

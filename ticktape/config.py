@@ -3,6 +3,7 @@
 Each entry of ``SETTINGS`` is one row of the README's settings table
 (`ticktape config` prints it).  Code reads ``settings()`` and never ``os.environ``.
 """
+
 from __future__ import annotations
 
 import math
@@ -10,6 +11,8 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import cast
+
+from .core.errors import ConfigError  # the settings' error is the core's
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,16 +23,33 @@ DEFAULT_SYMBOLS = (
 ).split()
 
 
-from .core.errors import ConfigError  # the settings' error is the core's
-
-
-def _setting(env: str, default, doc: str, *, secret: bool = False, low=None, above=None, high=None,
-             below=None, choices: tuple[str, ...] = (), empty: bool = False):
+def _setting(
+    env: str,
+    default,
+    doc: str,
+    *,
+    secret: bool = False,
+    low=None,
+    above=None,
+    high=None,
+    below=None,
+    choices: tuple[str, ...] = (),
+    empty: bool = False,
+):
     """A setting; a number may have bounds: ``low`` <= value, ``above`` < value, value <= ``high``,
     value < ``below``; a word may have ``choices`` (case-insensitive).  With ``empty``, an
     empty variable is a value (``TSDB_RETENTION_TICKS=`` = keep), else it means the default."""
-    return field(default=default, metadata={"env": env, "doc": doc, "secret": secret, "empty": empty,
-                                            "bounds": (low, above, high, below), "choices": choices})
+    return field(
+        default=default,
+        metadata={
+            "env": env,
+            "doc": doc,
+            "secret": secret,
+            "empty": empty,
+            "bounds": (low, above, high, below),
+            "choices": choices,
+        },
+    )
 
 
 def _out_of_bounds(value, bounds) -> str | None:
@@ -52,204 +72,294 @@ def _out_of_bounds(value, bounds) -> str | None:
 class Settings:
     # --- Kafka -----------------------------------------------------------------
     kafka_bootstrap_servers: str = _setting(
-        "KAFKA_BOOTSTRAP_SERVERS", "", "Kafka bootstrap servers; empty = the local stack's broker")
+        "KAFKA_BOOTSTRAP_SERVERS", "", "Kafka bootstrap servers; empty = the local stack's broker"
+    )
     kafka_security_protocol: str = _setting(
-        "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
-        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+        "KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
     kafka_sasl_mechanism: str = _setting(
-        "KAFKA_SASL_MECHANISM", "", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
-        choices=("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
+        "KAFKA_SASL_MECHANISM",
+        "",
+        "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+        choices=("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+    )
     kafka_sasl_username: str = _setting("KAFKA_SASL_USERNAME", "", "SASL user name")
     kafka_sasl_password: str = _setting("KAFKA_SASL_PASSWORD", "", "SASL password", secret=True)
     kafka_ssl_ca_location: str = _setting("KAFKA_SSL_CA_LOCATION", "", "CA bundle file for SSL")
     kafka_session_timeout_ms: int = _setting(
-        "KAFKA_SESSION_TIMEOUT_MS", 6000,
-        "consumer-group session timeout (the local broker's join waits about half of it)", low=1)
+        "KAFKA_SESSION_TIMEOUT_MS",
+        6000,
+        "consumer-group session timeout (the local broker's join waits about half of it)",
+        low=1,
+    )
     kafka_linger_ms: int = _setting(
-        "KAFKA_LINGER_MS", 5,
+        "KAFKA_LINGER_MS",
+        5,
         "longest a producer (the worker's included) waits to fill a record batch: fewer, larger batches "
-        "cost the broker less (the local broker's fetches slow down as small batches pile up)", low=0)
+        "cost the broker less (the local broker's fetches slow down as small batches pile up)",
+        low=0,
+    )
     kafka_fetch_max_wait_ms: int = _setting(
-        "KAFKA_FETCH_MAX_WAIT_MS", 100,
+        "KAFKA_FETCH_MAX_WAIT_MS",
+        100,
         "longest a consumer's fetch waits when there is no data: the local broker answers a waiting fetch "
         "only then (up to this much latency per hop; 10 costs an idle worker and the broker ~0.5 core), "
-        "Apache Kafka answers on arrival (500 is its default)", low=0)
+        "Apache Kafka answers on arrival (500 is its default)",
+        low=0,
+    )
     topic_prefix: str = _setting(
-        "TOPIC_PREFIX", "", "prefix for every topic and consumer group (a backtest uses bt.<run_id>.)")
+        "TOPIC_PREFIX", "", "prefix for every topic and consumer group (a backtest uses bt.<run_id>.)"
+    )
     schema_registry_url: str = _setting(
-        "SCHEMA_REGISTRY_URL", "", "Confluent Schema Registry; empty = registry-free encoding")
+        "SCHEMA_REGISTRY_URL", "", "Confluent Schema Registry; empty = registry-free encoding"
+    )
     # --- storage -----------------------------------------------------------------
     database_url: str = _setting(
-        "DATABASE_URL", "", "PostgreSQL/TimescaleDB URL (may carry sslmode); empty = local stack",
-        secret=True)
+        "DATABASE_URL", "", "PostgreSQL/TimescaleDB URL (may carry sslmode); empty = local stack", secret=True
+    )
     redis_url: str = _setting(
-        "REDIS_URL", "", "Redis URL (redis:// or rediss://, may carry a password); empty = local stack",
-        secret=True)
+        "REDIS_URL", "", "Redis URL (redis:// or rediss://, may carry a password); empty = local stack", secret=True
+    )
     redis_ttl_s: int = _setting("REDIS_TTL_S", 86400, "TTL of the latest-state keys in Redis", low=1)
     # --- local stack ---------------------------------------------------------------
-    home: str = _setting(
-        "TICKTAPE_HOME", str(REPO_ROOT / ".ticktape"), "where the local stack keeps its data and pids")
+    home: str = _setting("TICKTAPE_HOME", str(REPO_ROOT / ".ticktape"), "where the local stack keeps its data and pids")
     # --- market data -------------------------------------------------------------
     symbols: str = _setting(
-        "SYMBOLS", " ".join(DEFAULT_SYMBOLS), "symbols for the simulator and yahoo (space/comma separated)")
+        "SYMBOLS", " ".join(DEFAULT_SYMBOLS), "symbols for the simulator and yahoo (space/comma separated)"
+    )
     sim_seed: int = _setting("SIM_SEED", 42, "simulator seed (same seed, same ticks)")
     sim_tick_rate: float = _setting("SIM_TICK_RATE", 2000.0, "simulator ticks per second, all symbols", above=0)
     sim_quiet: str = _setting(
-        "SIM_QUIET", "",
+        "SIM_QUIET",
+        "",
         "simulator: symbols that go quiet for a while, SYM[+SYM...]@START_S:DURATION_S (seconds of event time "
-        "from the start), comma separated; empty = none")
-    sim_start: str = _setting(
-        "SIM_START", "", "simulator event-time start (ISO-8601); empty = now (live pace)")
+        "from the start), comma separated; empty = none",
+    )
+    sim_start: str = _setting("SIM_START", "", "simulator event-time start (ISO-8601); empty = now (live pace)")
     tick_batch_max: int = _setting(
-        "TICK_BATCH_MAX", 0,
+        "TICK_BATCH_MAX",
+        0,
         "producers: up to this many ticks of a symbol per md.ticks message (a TickBatch); 0 = one tick per message",
-        low=0)
+        low=0,
+    )
     tick_batch_ms: int = _setting(
-        "TICK_BATCH_MS", 20,
-        "producers: longest a tick waits for its batch (wall and event time); keep it well below BAR_GRACE_MS", low=0)
+        "TICK_BATCH_MS",
+        20,
+        "producers: longest a tick waits for its batch (wall and event time); keep it well below BAR_GRACE_MS",
+        low=0,
+    )
     heartbeat_ms: int = _setting(
-        "HEARTBEAT_MS", 1000,
+        "HEARTBEAT_MS",
+        1000,
         "live sources: a Heartbeat (the source's clock) to each md.ticks partition that got nothing for this "
-        "long, so quiet partitions' windows close; 0 = none", low=0)
+        "long, so quiet partitions' windows close; 0 = none",
+        low=0,
+    )
     alpaca_api_key_id: str = _setting(
-        "ALPACA_API_KEY_ID", "", "Alpaca API key id (produce websocket --provider alpaca)", secret=True)
-    alpaca_api_secret_key: str = _setting(
-        "ALPACA_API_SECRET_KEY", "", "Alpaca API secret key", secret=True)
+        "ALPACA_API_KEY_ID", "", "Alpaca API key id (produce websocket --provider alpaca)", secret=True
+    )
+    alpaca_api_secret_key: str = _setting("ALPACA_API_SECRET_KEY", "", "Alpaca API secret key", secret=True)
     alpaca_feed: str = _setting("ALPACA_FEED", "iex", "Alpaca data feed: iex (free), sip, delayed_sip, test")
     polygon_api_key: str = _setting(
-        "POLYGON_API_KEY", "", "Polygon.io API key (produce websocket --provider polygon)", secret=True)
+        "POLYGON_API_KEY", "", "Polygon.io API key (produce websocket --provider polygon)", secret=True
+    )
     polygon_feed: str = _setting(
-        "POLYGON_FEED", "realtime", "Polygon.io stocks cluster: realtime (socket.polygon.io) or delayed "
-        "(delayed.polygon.io, 15 minutes)")
+        "POLYGON_FEED",
+        "realtime",
+        "Polygon.io stocks cluster: realtime (socket.polygon.io) or delayed (delayed.polygon.io, 15 minutes)",
+    )
     websocket_url: str = _setting(
-        "WEBSOCKET_URL", "", "override the provider's stream URL (sandbox, a local test server)")
+        "WEBSOCKET_URL", "", "override the provider's stream URL (sandbox, a local test server)"
+    )
     websocket_queue_size: int = _setting(
-        "WEBSOCKET_QUEUE_SIZE", 100000, "events buffered between the feed and Kafka (bounded)", low=1)
+        "WEBSOCKET_QUEUE_SIZE", 100000, "events buffered between the feed and Kafka (bounded)", low=1
+    )
     websocket_on_full: str = _setting(
-        "WEBSOCKET_ON_FULL", "block",
-        "when that buffer is full: block (stop reading the socket) or drop (count and report drops)")
+        "WEBSOCKET_ON_FULL",
+        "block",
+        "when that buffer is full: block (stop reading the socket) or drop (count and report drops)",
+    )
     websocket_ping_interval_s: float = _setting(
-        "WEBSOCKET_PING_INTERVAL_S", 10.0, "heartbeat: seconds between WebSocket pings", above=0)
+        "WEBSOCKET_PING_INTERVAL_S", 10.0, "heartbeat: seconds between WebSocket pings", above=0
+    )
     websocket_timeout_s: float = _setting(
-        "WEBSOCKET_TIMEOUT_S", 10.0, "a ping or handshake step unanswered this long → reconnect", above=0)
+        "WEBSOCKET_TIMEOUT_S", 10.0, "a ping or handshake step unanswered this long → reconnect", above=0
+    )
     websocket_backoff_base_s: float = _setting(
-        "WEBSOCKET_BACKOFF_BASE_S", 0.5, "first reconnect delay (doubles per failure, full jitter)", low=0)
-    websocket_backoff_max_s: float = _setting(
-        "WEBSOCKET_BACKOFF_MAX_S", 30.0, "longest reconnect delay", low=0)
+        "WEBSOCKET_BACKOFF_BASE_S", 0.5, "first reconnect delay (doubles per failure, full jitter)", low=0
+    )
+    websocket_backoff_max_s: float = _setting("WEBSOCKET_BACKOFF_MAX_S", 30.0, "longest reconnect delay", low=0)
     market_calendar: str = _setting(
-        "MARKET_CALENDAR", "XNYS",
+        "MARKET_CALENDAR",
+        "XNYS",
         "exchange calendar (exchange_calendars name, e.g. XNYS, XLON) whose sessions live sources publish in, "
-        "the risk engine accepts orders in (MARKET_CLOSED) and backtests/training keep; off = always open")
+        "the risk engine accepts orders in (MARKET_CLOSED) and backtests/training keep; off = always open",
+    )
     market_pre_minutes: int = _setting(
-        "MARKET_PRE_MINUTES", 0, "minutes before each open that count as the session (pre-market; 330 = 04:00 ET)",
-        low=0, high=720)
+        "MARKET_PRE_MINUTES",
+        0,
+        "minutes before each open that count as the session (pre-market; 330 = 04:00 ET)",
+        low=0,
+        high=720,
+    )
     market_post_minutes: int = _setting(
-        "MARKET_POST_MINUTES", 0, "minutes after each close that count as the session (post-market; 240 = 20:00 ET)",
-        low=0, high=720)
+        "MARKET_POST_MINUTES",
+        0,
+        "minutes after each close that count as the session (post-market; 240 = 20:00 ET)",
+        low=0,
+        high=720,
+    )
     sim_calendar: int = _setting(
-        "SIM_CALENDAR", 0, "1 = the simulator follows MARKET_CALENDAR: ticks only in sessions (closed time skipped), "
-        "a close heartbeat at each close", low=0, high=1)
+        "SIM_CALENDAR",
+        0,
+        "1 = the simulator follows MARKET_CALENDAR: ticks only in sessions (closed time skipped), "
+        "a close heartbeat at each close",
+        low=0,
+        high=1,
+    )
     # --- stream processing ---------------------------------------------------------
     bar_intervals: str = _setting("BAR_INTERVALS", "1s,1m", "bar intervals (s, m, h suffixes)")
     bar_grace_ms: int = _setting(
-        "BAR_GRACE_MS", 500, "how long after window end a bar waits for out-of-order ticks", low=0)
+        "BAR_GRACE_MS", 500, "how long after window end a bar waits for out-of-order ticks", low=0
+    )
     max_event_ahead_ms: int = _setting(
-        "MAX_EVENT_AHEAD_MS", 300000,
+        "MAX_EVENT_AHEAD_MS",
+        300000,
         "a tick, heartbeat or bar whose event time is more than this ahead of the wall clock goes to the "
-        "dead-letter topic and moves nothing", low=1)
-    processor_batch_size: int = _setting(
-        "PROCESSOR_BATCH_SIZE", 5000, "max events an agent takes per batch", low=1)
-    processor_batch_ms: int = _setting(
-        "PROCESSOR_BATCH_MS", 50, "max wait for a batch to fill, milliseconds", low=1)
-    worker_stages: str = _setting(
-        "WORKER_STAGES", "", "stages a worker runs (comma separated, e.g. bars); empty = all")
+        "dead-letter topic and moves nothing",
+        low=1,
+    )
+    processor_batch_size: int = _setting("PROCESSOR_BATCH_SIZE", 5000, "max events an agent takes per batch", low=1)
+    processor_batch_ms: int = _setting("PROCESSOR_BATCH_MS", 50, "max wait for a batch to fill, milliseconds", low=1)
+    worker_stages: str = _setting("WORKER_STAGES", "", "stages a worker runs (comma separated, e.g. bars); empty = all")
     topic_partitions: int = _setting(
-        "TOPIC_PARTITIONS", 0,
-        "partitions of every symbol-keyed topic created from now on (co-partitioned); 0 = the catalog's", low=0)
+        "TOPIC_PARTITIONS",
+        0,
+        "partitions of every symbol-keyed topic created from now on (co-partitioned); 0 = the catalog's",
+        low=0,
+    )
     # --- trading (strategy, risk, paper execution, portfolio) ------------------------
     trading_account: str = _setting("TRADING_ACCOUNT", "paper", "account the strategy trades for")
     starting_cash: float = _setting("STARTING_CASH", 1_000_000.0, "the account's cash before any fill", above=0)
-    strategy_interval: str = _setting(
-        "STRATEGY_INTERVAL", "1m", "bar interval whose predictions the strategy trades")
+    strategy_interval: str = _setting("STRATEGY_INTERVAL", "1m", "bar interval whose predictions the strategy trades")
     strategy_enter_p: float = _setting(
-        "STRATEGY_ENTER_P", 0.60, "go long when p_up >= this (short when p_up <= 1 - this)", above=0.5, below=1)
+        "STRATEGY_ENTER_P", 0.60, "go long when p_up >= this (short when p_up <= 1 - this)", above=0.5, below=1
+    )
     strategy_exit_p: float = _setting(
-        "STRATEGY_EXIT_P", 0.55,
+        "STRATEGY_EXIT_P",
+        0.55,
         "stay long while p_up >= this (short while p_up <= 1 - this); enter - exit = hysteresis",
-        above=0, below=1)
+        above=0,
+        below=1,
+    )
     strategy_sides: str = _setting("STRATEGY_SIDES", "long_short", "long_short or long_only")
     strategy_min_hold_bars: int = _setting(
-        "STRATEGY_MIN_HOLD_BARS", 5, "bars a new target stands before it may change again")
+        "STRATEGY_MIN_HOLD_BARS", 5, "bars a new target stands before it may change again"
+    )
     strategy_sizing: str = _setting(
-        "STRATEGY_SIZING", "fixed_notional", "fixed_notional or vol_target (position size rule)")
+        "STRATEGY_SIZING", "fixed_notional", "fixed_notional or vol_target (position size rule)"
+    )
     strategy_notional: float = _setting(
-        "STRATEGY_NOTIONAL", 10_000.0,
-        "notional per position (vol_target: at the target volatility)")
+        "STRATEGY_NOTIONAL", 10_000.0, "notional per position (vol_target: at the target volatility)"
+    )
     strategy_vol_target: float = _setting(
-        "STRATEGY_VOL_TARGET", 0.20, "vol_target: annualized volatility a position is sized to")
+        "STRATEGY_VOL_TARGET", 0.20, "vol_target: annualized volatility a position is sized to"
+    )
     strategy_max_vol_scale: float = _setting(
-        "STRATEGY_MAX_VOL_SCALE", 3.0, "vol_target: cap of vol_target / volatility_20")
-    strategy_lot_size: float = _setting(
-        "STRATEGY_LOT_SIZE", 1.0, "order quantities are whole multiples of this")
+        "STRATEGY_MAX_VOL_SCALE", 3.0, "vol_target: cap of vol_target / volatility_20"
+    )
+    strategy_lot_size: float = _setting("STRATEGY_LOT_SIZE", 1.0, "order quantities are whole multiples of this")
     strategy: str = _setting(
-        "STRATEGY", "ticktape.api:PUpHysteresis",
-        "the strategy class, package.module:Class (a ticktape.api.Strategy; see Write your own strategy)")
+        "STRATEGY",
+        "ticktape.api:PUpHysteresis",
+        "the strategy class, package.module:Class (a ticktape.api.Strategy; see Write your own strategy)",
+    )
     strategy_params: str = _setting(
-        "STRATEGY_PARAMS", "{}", "STRATEGY's parameters, a JSON object (the built-in one takes STRATEGY_* instead)")
+        "STRATEGY_PARAMS", "{}", "STRATEGY's parameters, a JSON object (the built-in one takes STRATEGY_* instead)"
+    )
     exec_slippage_bps: float = _setting(
-        "EXEC_SLIPPAGE_BPS", 1.0, "paper fills: price worsened by this many basis points", low=0)
+        "EXEC_SLIPPAGE_BPS", 1.0, "paper fills: price worsened by this many basis points", low=0
+    )
     exec_commission: str = _setting(
-        "EXEC_COMMISSION", "per_share", "paper fills: commission model, per_share or bps",
-        choices=("PER_SHARE", "BPS"))
+        "EXEC_COMMISSION", "per_share", "paper fills: commission model, per_share or bps", choices=("PER_SHARE", "BPS")
+    )
     exec_commission_per_share: float = _setting(
-        "EXEC_COMMISSION_PER_SHARE", 0.005, "per_share model: commission per share", low=0)
+        "EXEC_COMMISSION_PER_SHARE", 0.005, "per_share model: commission per share", low=0
+    )
     exec_commission_bps: float = _setting(
-        "EXEC_COMMISSION_BPS", 1.0, "bps model: commission in basis points of notional", low=0)
+        "EXEC_COMMISSION_BPS", 1.0, "bps model: commission in basis points of notional", low=0
+    )
     exec_commission_min: float = _setting(
-        "EXEC_COMMISSION_MIN", 1.0, "minimum commission per fill (both models)", low=0)
+        "EXEC_COMMISSION_MIN", 1.0, "minimum commission per fill (both models)", low=0
+    )
     exec_market_data: str = _setting(
-        "EXEC_MARKET_DATA", "ticks",
-        "paper fills: ticks (next ask/bid after the order) or bars (next bar's open, bar-only sources)")
-    risk_config: str = _setting(
-        "RISK_CONFIG", "", "risk limits YAML file; empty = config/risk.yaml of the repo")
+        "EXEC_MARKET_DATA",
+        "ticks",
+        "paper fills: ticks (next ask/bid after the order) or bars (next bar's open, bar-only sources)",
+    )
+    risk_config: str = _setting("RISK_CONFIG", "", "risk limits YAML file; empty = config/risk.yaml of the repo")
     risk_idle_ms: int = _setting(
-        "RISK_IDLE_MS", 10000,
+        "RISK_IDLE_MS",
+        10000,
         "a symbol (or an order waiting for its fill) more than this much event time behind the most advanced "
         "symbol holds the account back no longer; its later input is late (stream_processors/README.md); "
-        "0 = wait for every symbol", low=0)
+        "0 = wait for every symbol",
+        low=0,
+    )
     risk_max_pending: int = _setting(
-        "RISK_MAX_PENDING", 20000,
+        "RISK_MAX_PENDING",
+        20000,
         "events the risk stage buffers per account for the ordering rule; past it the oldest are processed "
-        "without waiting (counted)", low=1)
+        "without waiting (counted)",
+        low=1,
+    )
     # --- sinks -----------------------------------------------------------------------
     sink_batch_size: int = _setting("SINK_BATCH_SIZE", 5000, "rows per database transaction", low=1)
     sink_max_latency_ms: int = _setting(
-        "SINK_MAX_LATENCY_MS", 500, "max time a row waits before its batch is written", low=1)
+        "SINK_MAX_LATENCY_MS", 500, "max time a row waits before its batch is written", low=1
+    )
     tsdb_compress_after: str = _setting(
-        "TSDB_COMPRESS_AFTER", "7 days",
+        "TSDB_COMPRESS_AFTER",
+        "7 days",
         "TimescaleDB: compress ticks/bars/indicators/predictions chunks older than this; empty = never",
-        empty=True)
+        empty=True,
+    )
     tsdb_retention_ticks: str = _setting(
-        "TSDB_RETENTION_TICKS", "30 days", "TimescaleDB: drop tick chunks older than this; empty = keep",
-        empty=True)
+        "TSDB_RETENTION_TICKS", "30 days", "TimescaleDB: drop tick chunks older than this; empty = keep", empty=True
+    )
     tsdb_retention_bars: str = _setting(
-        "TSDB_RETENTION_BARS", "365 days",
+        "TSDB_RETENTION_BARS",
+        "365 days",
         "TimescaleDB: drop raw bar chunks older than this (bars_1h/bars_1d keep theirs); empty = keep",
-        empty=True)
+        empty=True,
+    )
     # --- dead letters ----------------------------------------------------------------
     dlq_max_bytes: int = _setting(
-        "DLQ_MAX_BYTES", 262144,
+        "DLQ_MAX_BYTES",
+        262144,
         "largest dead-letter record (key + value + headers); a bigger poison message is cut to fit, "
-        "the cut marked in its headers", low=4096, high=1000000)
+        "the cut marked in its headers",
+        low=4096,
+        high=1000000,
+    )
     # --- monitoring ------------------------------------------------------------------
     metrics_port: int = _setting(
-        "METRICS_PORT", 0, "port of this process's /metrics; 0 = the role's default port", low=0, high=65535)
+        "METRICS_PORT", 0, "port of this process's /metrics; 0 = the role's default port", low=0, high=65535
+    )
     metrics_host: str = _setting("METRICS_HOST", "127.0.0.1", "address /metrics binds to")
-    log_level: str = _setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR",
-                              choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_level: str = _setting(
+        "LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR")
+    )
     alert_webhook_url: str = _setting(
-        "ALERT_WEBHOOK_URL", "", "Slack-compatible incoming webhook the local stack's Alertmanager posts "
-        "alerts to; empty = alerts only in Alertmanager's UI (delivery attempts fail, logged)", secret=True)
+        "ALERT_WEBHOOK_URL",
+        "",
+        "Slack-compatible incoming webhook the local stack's Alertmanager posts "
+        "alerts to; empty = alerts only in Alertmanager's UI (delivery attempts fail, logged)",
+        secret=True,
+    )
 
     # ----------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -261,8 +371,9 @@ class Settings:
                     raise ConfigError(f"{f.metadata['env']}={value!r}: must be {broken}")
             choices = f.metadata["choices"]
             if choices and str(value).upper() not in choices:
-                raise ConfigError(f"{f.metadata['env']}={value!r}: must be one of "
-                                  + ", ".join(c or "(empty)" for c in choices))
+                raise ConfigError(
+                    f"{f.metadata['env']}={value!r}: must be one of " + ", ".join(c or "(empty)" for c in choices)
+                )
         if not self.symbol_list:
             raise ConfigError(f"SYMBOLS={self.symbols!r}: names no symbol")
 
@@ -314,8 +425,11 @@ def _convert(raw: str, typ, env: str):
 
 
 # Endpoint settings that the running local stack fills in when the environment is silent.
-_STACK_ENDPOINTS = {"KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers",
-                    "DATABASE_URL": "database_url", "REDIS_URL": "redis_url"}
+_STACK_ENDPOINTS = {
+    "KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers",
+    "DATABASE_URL": "database_url",
+    "REDIS_URL": "redis_url",
+}
 
 
 def settings(**overrides) -> Settings:
@@ -379,5 +493,8 @@ _ENVS = {f.metadata["env"] for f in fields(Settings)}
 
 def set_in_environment() -> set[str]:
     """The settings' env vars the environment sets (as ``settings`` reads them)."""
-    return {f.metadata["env"] for f in fields(Settings)
-            if f.metadata["env"] in os.environ and (os.environ[f.metadata["env"]] != "" or f.metadata["empty"])}
+    return {
+        f.metadata["env"]
+        for f in fields(Settings)
+        if f.metadata["env"] in os.environ and (os.environ[f.metadata["env"]] != "" or f.metadata["empty"])
+    }

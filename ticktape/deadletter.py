@@ -18,6 +18,7 @@ and producers accept by default): a key or value too big for it is cut to a pref
 the cut is named in ``ticktape.truncated``.  So a poison message can always be
 forwarded, and never blocks its stage or sink.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,9 +54,18 @@ def _cut_text(text: str, limit: int) -> bytes:
     return text.encode()[:limit].decode(errors="ignore").encode()
 
 
-def dead_letter(reason: str, *, stage: str, topic: str, partition: int, offset: int,
-                key: bytes | None, value: bytes | None, max_bytes: int,
-                payload: bytes | None = None) -> DeadLetter:
+def dead_letter(
+    reason: str,
+    *,
+    stage: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    max_bytes: int,
+    payload: bytes | None = None,
+) -> DeadLetter:
     """The dead-letter record of the message at ``topic``/``partition``/``offset`` whose
     key and value are ``key`` and ``value``, failed for ``reason`` in ``stage``.
 
@@ -63,9 +73,14 @@ def dead_letter(reason: str, *, stage: str, topic: str, partition: int, offset: 
     TickBatch); ``ticktape.source.size`` is always the source value's size.  The record
     (key + value + headers + framing) fits in ``max_bytes``."""
     body = value if payload is None else payload
-    headers = [(H_ERROR, _cut_text(reason, MAX_REASON_BYTES)), (H_STAGE, stage.encode()),
-               (H_TOPIC, topic.encode()), (H_PARTITION, str(partition).encode()),
-               (H_OFFSET, str(offset).encode()), (H_SIZE, str(len(value or b"")).encode())]
+    headers = [
+        (H_ERROR, _cut_text(reason, MAX_REASON_BYTES)),
+        (H_STAGE, stage.encode()),
+        (H_TOPIC, topic.encode()),
+        (H_PARTITION, str(partition).encode()),
+        (H_OFFSET, str(offset).encode()),
+        (H_SIZE, str(len(value or b"")).encode()),
+    ]
     cut = []
     if key is not None and len(key) > MAX_KEY_BYTES:
         key = key[:MAX_KEY_BYTES]
@@ -73,7 +88,7 @@ def dead_letter(reason: str, *, stage: str, topic: str, partition: int, offset: 
     room = max_bytes - RECORD_OVERHEAD - len(key or b"") - sum(len(k) + len(v) for k, v in headers)
     room -= len(H_TRUNCATED) + len("key,value")  # the mark may be needed
     if body is not None and len(body) > room:
-        body = body[:max(0, room)]
+        body = body[: max(0, room)]
         cut.append("value")
     if cut:
         headers.append((H_TRUNCATED, ",".join(cut).encode()))
@@ -82,5 +97,14 @@ def dead_letter(reason: str, *, stage: str, topic: str, partition: int, offset: 
 
 def of_message(msg, reason: str, *, stage: str, max_bytes: int, payload: bytes | None = None) -> DeadLetter:
     """``dead_letter`` of a Faust message (attributes topic, partition, offset, key, value)."""
-    return dead_letter(reason, stage=stage, topic=msg.topic, partition=msg.partition, offset=msg.offset,
-                       key=msg.key, value=msg.value, max_bytes=max_bytes, payload=payload)
+    return dead_letter(
+        reason,
+        stage=stage,
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=msg.key,
+        value=msg.value,
+        max_bytes=max_bytes,
+        payload=payload,
+    )

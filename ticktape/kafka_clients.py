@@ -3,6 +3,7 @@
 Security settings (SASL/SSL) pass through to every client: confluent-kafka producers,
 consumers and admin, and the Faust app (aiokafka).
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,7 @@ def client_config(s: Settings) -> dict:
     """Connection and security settings shared by every confluent-kafka client."""
     if not s.kafka_bootstrap_servers:
         raise ConfigError("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or run `ticktape stack up`")
-    conf = {"bootstrap.servers": s.kafka_bootstrap_servers,
-            "security.protocol": s.kafka_security_protocol}
+    conf = {"bootstrap.servers": s.kafka_bootstrap_servers, "security.protocol": s.kafka_security_protocol}
     if s.kafka_sasl_mechanism:
         conf["sasl.mechanism"] = s.kafka_sasl_mechanism
         conf["sasl.username"] = s.kafka_sasl_username
@@ -65,8 +65,10 @@ def check_reachable(s: Settings, timeout: float = 5.0) -> Settings:
     try:
         AdminClient(client_config(s) | {"logger": quiet_logger()}).list_topics(timeout=timeout)
     except KafkaException as e:
-        raise ConfigError(f"{where} did not answer within {timeout:g} s ({e.args[0].str()}); "
-                          f"check KAFKA_SECURITY_PROTOCOL and the SASL/SSL settings") from None
+        raise ConfigError(
+            f"{where} did not answer within {timeout:g} s ({e.args[0].str()}); "
+            f"check KAFKA_SECURITY_PROTOCOL and the SASL/SSL settings"
+        ) from None
     return s
 
 
@@ -115,8 +117,11 @@ def faust_broker_settings(s: Settings) -> dict:
         ctx = ssl.create_default_context(cafile=s.kafka_ssl_ca_location or None)
     if proto.startswith("SASL"):
         kwargs["broker_credentials"] = faust.SASLCredentials(
-            username=s.kafka_sasl_username, password=s.kafka_sasl_password,
-            mechanism=s.kafka_sasl_mechanism or "PLAIN", ssl_context=ctx)
+            username=s.kafka_sasl_username,
+            password=s.kafka_sasl_password,
+            mechanism=s.kafka_sasl_mechanism or "PLAIN",
+            ssl_context=ctx,
+        )
     elif ctx is not None:
         kwargs["broker_credentials"] = faust.SSLCredentials(ctx)
     return kwargs
@@ -178,9 +183,13 @@ def _catalog(partitions: int) -> dict[str, TopicSpec]:
     for name, spec in doc["topics"].items():
         merged = defaults | (spec or {})
         out[name] = TopicSpec(
-            name=name, event=merged.get("event"), partitions=int(merged["partitions"]),
+            name=name,
+            event=merged.get("event"),
+            partitions=int(merged["partitions"]),
             replication_factor=int(merged["replication_factor"]),
-            retention_ms=int(merged["retention_ms"]), cleanup_policy=merged["cleanup_policy"])
+            retention_ms=int(merged["retention_ms"]),
+            cleanup_policy=merged["cleanup_policy"],
+        )
     return out
 
 
@@ -201,11 +210,18 @@ def ensure_topics(s: Settings, names: list[str] | None = None, *, extra: Sequenc
     specs = [cat[n] for n in (names or list(cat))] + list(extra)
     adm = admin(s)
     existing = set(adm.list_topics(timeout=10).topics)
-    new = [NewTopic(s.topic(sp.name), num_partitions=sp.partitions,
-                    replication_factor=sp.replication_factor, config=sp.configs())
-           for sp in specs if s.topic(sp.name) not in existing]
+    new = [
+        NewTopic(
+            s.topic(sp.name),
+            num_partitions=sp.partitions,
+            replication_factor=sp.replication_factor,
+            config=sp.configs(),
+        )
+        for sp in specs
+        if s.topic(sp.name) not in existing
+    ]
     created = []
-    for name, fut in (adm.create_topics(new, operation_timeout=10).items() if new else []):
+    for name, fut in adm.create_topics(new, operation_timeout=10).items() if new else []:
         try:
             fut.result()
             created.append(name)
@@ -249,19 +265,27 @@ def describe_topic(s: Settings, name: str) -> dict:
     except KafkaException as e:  # some brokers answer describe_configs partially
         log.debug("describe_configs %s: %s", name, e)
     offsets = watermarks(s, {name: sorted(md.partitions)})[name]
-    return {"topic": name, "partitions": len(md.partitions), "span": sum(h - lo for lo, h in offsets.values()),
-            "offsets": [{"partition": p, "low": lo, "high": h} for p, (lo, h) in sorted(offsets.items())],
-            "configs": configs}
+    return {
+        "topic": name,
+        "partitions": len(md.partitions),
+        "span": sum(h - lo for lo, h in offsets.values()),
+        "offsets": [{"partition": p, "low": lo, "high": h} for p, (lo, h) in sorted(offsets.items())],
+        "configs": configs,
+    }
 
 
-def watermarks(s: Settings, topics: dict[str, list[int]], timeout: float = 10.0) -> dict[str, dict[int, tuple[int, int]]]:
+def watermarks(
+    s: Settings, topics: dict[str, list[int]], timeout: float = 10.0
+) -> dict[str, dict[int, tuple[int, int]]]:
     """(low, high) offsets of each partition of ``topics`` (topic -> partitions)."""
     from confluent_kafka import TopicPartition
 
     probe = consumer(s, s.group("cli"), logger=quiet_logger())  # never subscribes: joins no group
     try:
-        return {topic: {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in parts}
-                for topic, parts in topics.items()}
+        return {
+            topic: {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout) for p in parts}
+            for topic, parts in topics.items()
+        }
     finally:
         probe.close()
 

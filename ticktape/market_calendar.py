@@ -5,6 +5,7 @@ MARKET_POST_MINUTES) as ``ticktape.core.calendar.MarketHours``, built with
 The sessions span a fixed range of days (FIRST_DAY..LAST_DAY), never "today": the
 same settings give the same sessions on any day, so replays decide as live runs did.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,11 +34,17 @@ def _build(name: str, pre_min: int, post_min: int) -> MarketHours:
             warnings.filterwarnings("ignore", message="Series.values returning an ndarray")
             cal = xcals.get_calendar(name, start=FIRST_DAY, end=LAST_DAY)
     except xcals.errors.InvalidCalendarName:
-        raise ConfigError(f"MARKET_CALENDAR={name!r} is not an exchange calendar: use an ISO MIC such as XNYS, "
-                          "XLON, XTKS (exchange_calendars.get_calendar_names()) or off") from None
+        raise ConfigError(
+            f"MARKET_CALENDAR={name!r} is not an exchange calendar: use an ISO MIC such as XNYS, "
+            "XLON, XTKS (exchange_calendars.get_calendar_names()) or off"
+        ) from None
     pre, post = pre_min * 60_000_000, post_min * 60_000_000
     opens = cal.schedule["open"].astype("int64") // _US
     closes = cal.schedule["close"].astype("int64") // _US
     sessions = [(int(a) - pre, int(b) + post) for a, b in zip(opens, closes)]
-    return MarketHours(f"{name}{'+pre' if pre else ''}{'+post' if post else ''}", sessions,
-                       sessions[0][0] - 86_400_000_000 * 7, sessions[-1][1] + 86_400_000_000 * 7)
+    return MarketHours(
+        f"{name}{'+pre' if pre else ''}{'+post' if post else ''}",
+        sessions,
+        sessions[0][0] - 86_400_000_000 * 7,
+        sessions[-1][1] + 86_400_000_000 * 7,
+    )

@@ -13,6 +13,7 @@ base64-encoded.  Compaction keeps the latest announcement, so every predict work
 on any machine, it needs only Kafka — reads the topic from the start and ends on the
 active model, and picks up later activations while it runs.
 """
+
 from __future__ import annotations
 
 import base64
@@ -84,8 +85,18 @@ def register(s: Settings, trained: Trained) -> tuple[Path, bool]:
         cur = conn.execute(
             "INSERT INTO models (name, version, interval, horizon, features, metrics, metadata, artifact, "
             "artifact_sha256) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (meta["name"], meta["version"], meta["interval"], meta["horizon"], Jsonb(meta["features"]),
-             Jsonb(meta["metrics"]), Jsonb(meta), trained.artifact, meta["artifact"]["sha256"]))
+            (
+                meta["name"],
+                meta["version"],
+                meta["interval"],
+                meta["horizon"],
+                Jsonb(meta["features"]),
+                Jsonb(meta["metrics"]),
+                Jsonb(meta),
+                trained.artifact,
+                meta["artifact"]["sha256"],
+            ),
+        )
         return path, cur.rowcount == 1
 
 
@@ -102,8 +113,9 @@ def _find(conn: psycopg.Connection, version: str) -> tuple[dict, bytes, bool]:
     """(metadata, artifact, active) of a version or a unique prefix of one."""
     if not version or not all(c in "0123456789abcdef" for c in version):
         raise RegistryError(f"bad model version {version!r}: expected hex digits (see `ticktape models list`)")
-    rows = conn.execute("SELECT metadata, artifact, active FROM models WHERE version LIKE %s ORDER BY name",
-                        (version + "%",)).fetchall()
+    rows = conn.execute(
+        "SELECT metadata, artifact, active FROM models WHERE version LIKE %s ORDER BY name", (version + "%",)
+    ).fetchall()
     if not rows:
         raise RegistryError(f"no model version {version} in the registry (see `ticktape models list`)")
     if len(rows) > 1:
@@ -119,8 +131,15 @@ def get(s: Settings, version: str) -> tuple[dict, bytes, bool]:
 
 
 def announcement(metadata: dict, artifact: bytes) -> bytes:
-    return json.dumps({"name": metadata["name"], "version": metadata["version"], "metadata": metadata,
-                       "artifact": base64.b64encode(artifact).decode()}, sort_keys=True).encode()
+    return json.dumps(
+        {
+            "name": metadata["name"],
+            "version": metadata["version"],
+            "metadata": metadata,
+            "artifact": base64.b64encode(artifact).decode(),
+        },
+        sort_keys=True,
+    ).encode()
 
 
 def parse_announcement(value: bytes) -> tuple[dict, bytes]:
@@ -136,16 +155,24 @@ def announce(s: Settings, metadata: dict, artifact: bytes) -> None:
     """Publish the active model on ml.models and wait until the broker has it."""
     value = announcement(metadata, artifact)
     if len(value) > MAX_ANNOUNCEMENT_BYTES:
-        raise RegistryError(f"model {metadata['version']} is too large to announce ({len(value):,} bytes, "
-                            f"limit {MAX_ANNOUNCEMENT_BYTES:,}): train fewer or shallower trees")
+        raise RegistryError(
+            f"model {metadata['version']} is too large to announce ({len(value):,} bytes, "
+            f"limit {MAX_ANNOUNCEMENT_BYTES:,}): train fewer or shallower trees"
+        )
     kafka_clients.ensure_topics(s, [MODELS_TOPIC])
     producer = kafka_clients.producer(s)
     errors = []
-    producer.produce(s.topic(MODELS_TOPIC), key=ANNOUNCE_KEY, value=value,
-                     on_delivery=lambda err, msg: errors.append(err) if err else None)
+    producer.produce(
+        s.topic(MODELS_TOPIC),
+        key=ANNOUNCE_KEY,
+        value=value,
+        on_delivery=lambda err, msg: errors.append(err) if err else None,
+    )
     if producer.flush(30) != 0 or errors:
-        raise RegistryError(f"could not announce model {metadata['version']} on "
-                            f"{s.topic(MODELS_TOPIC)}: {errors[0] if errors else 'timed out'}")
+        raise RegistryError(
+            f"could not announce model {metadata['version']} on "
+            f"{s.topic(MODELS_TOPIC)}: {errors[0] if errors else 'timed out'}"
+        )
 
 
 def activate(s: Settings, version: str) -> dict:
@@ -157,7 +184,9 @@ def activate(s: Settings, version: str) -> dict:
         meta, artifact, _ = _find(conn, version)
         Model.load(artifact, meta)  # refuse before anything changes
         conn.execute("UPDATE models SET active = false WHERE active")
-        conn.execute("UPDATE models SET active = true, activated_at = now() WHERE name = %s AND version = %s",
-                     (meta["name"], meta["version"]))
+        conn.execute(
+            "UPDATE models SET active = true, activated_at = now() WHERE name = %s AND version = %s",
+            (meta["name"], meta["version"]),
+        )
         announce(s, meta, artifact)  # a failure rolls the flag back
     return meta

@@ -20,6 +20,7 @@ drawdown its deepest), ``MAX_MARKERS`` fill markers per symbol (the first ones),
 traded first), ``MAX_ROWS`` rows per table.  Same input, same bytes.  Written
 atomically (a temporary file renamed into place).
 """
+
 from __future__ import annotations
 
 import html
@@ -44,15 +45,32 @@ MAX_ROWS = 200  # rows of the trades and rejections tables
 UP, DOWN = "#26a69a", "#ef5350"  # candle bodies
 BUY, SELL = "#1e63d6", "#f08c00"  # fill markers
 # price overlays of an indicator set: (field, label, colour, dash, shown at first)
-OVERLAYS = (("bb_upper", "BB upper", "#7e57c2", "dash", True), ("bb_middle", "BB middle", "#7e57c2", "dot", True),
-            ("bb_lower", "BB lower", "#7e57c2", "dash", True), ("ema_12", "EMA 12", "#e6a700", "solid", True),
-            ("ema_26", "EMA 26", "#6d4c41", "solid", True), ("sma_10", "SMA 10", "#00838f", "solid", False),
-            ("sma_20", "SMA 20", "#2e7d32", "solid", False), ("sma_50", "SMA 50", "#3949ab", "solid", False),
-            ("sma_200", "SMA 200", "#ad1457", "solid", False), ("vwap", "VWAP", "#546e7a", "dot", False))
-FIGURES = (("total_return", "total return"), ("cagr", "CAGR"), ("sharpe", "Sharpe"), ("sortino", "Sortino"),
-           ("max_drawdown", "max drawdown"), ("win_rate", "win rate"), ("closing_trades", "closing trades"),
-           ("turnover", "turnover"), ("traded_notional", "traded notional"), ("start_equity", "start equity"),
-           ("end_equity", "end equity"), ("span_us", "period"))
+OVERLAYS = (
+    ("bb_upper", "BB upper", "#7e57c2", "dash", True),
+    ("bb_middle", "BB middle", "#7e57c2", "dot", True),
+    ("bb_lower", "BB lower", "#7e57c2", "dash", True),
+    ("ema_12", "EMA 12", "#e6a700", "solid", True),
+    ("ema_26", "EMA 26", "#6d4c41", "solid", True),
+    ("sma_10", "SMA 10", "#00838f", "solid", False),
+    ("sma_20", "SMA 20", "#2e7d32", "solid", False),
+    ("sma_50", "SMA 50", "#3949ab", "solid", False),
+    ("sma_200", "SMA 200", "#ad1457", "solid", False),
+    ("vwap", "VWAP", "#546e7a", "dot", False),
+)
+FIGURES = (
+    ("total_return", "total return"),
+    ("cagr", "CAGR"),
+    ("sharpe", "Sharpe"),
+    ("sortino", "Sortino"),
+    ("max_drawdown", "max drawdown"),
+    ("win_rate", "win rate"),
+    ("closing_trades", "closing trades"),
+    ("turnover", "turnover"),
+    ("traded_notional", "traded notional"),
+    ("start_equity", "start equity"),
+    ("end_equity", "end equity"),
+    ("span_us", "period"),
+)
 CARDS = ("total_return", "cagr", "sharpe", "max_drawdown", "win_rate")
 CONFIG = {"displaylogo": False, "responsive": True, "scrollZoom": True}
 
@@ -80,9 +98,17 @@ def merge_bars(bars: Sequence[dict], limit: int | None = None) -> tuple[list[dic
         return list(bars), 1
     out = []
     for i in range(0, len(bars), k):
-        g = bars[i:i + k]
-        out.append({"window_start": g[0]["window_start"], "ts": g[-1]["ts"], "open": g[0]["open"],
-                    "high": max(b["high"] for b in g), "low": min(b["low"] for b in g), "close": g[-1]["close"]})
+        g = bars[i : i + k]
+        out.append(
+            {
+                "window_start": g[0]["window_start"],
+                "ts": g[-1]["ts"],
+                "open": g[0]["open"],
+                "high": max(b["high"] for b in g),
+                "low": min(b["low"] for b in g),
+                "close": g[-1]["close"],
+            }
+        )
     return out, k
 
 
@@ -95,8 +121,10 @@ def thin(points: Sequence[tuple[int, _V]], limit: int | None = None, pick=None) 
     k = _groups(len(points), limit or MAX_POINTS)
     if k == 1:
         return list(points)
-    return [(points[min(i + k, len(points)) - 1][0], (pick or (lambda v: v[-1]))([v for _, v in points[i:i + k]]))
-            for i in range(0, len(points), k)]
+    return [
+        (points[min(i + k, len(points)) - 1][0], (pick or (lambda v: v[-1]))([v for _, v in points[i : i + k]]))
+        for i in range(0, len(points), k)
+    ]
 
 
 def action(before: float, after: float) -> str:
@@ -125,8 +153,15 @@ def traded_first(symbols: Sequence[str], trades: Sequence[dict]) -> list[str]:
     return sorted(set(symbols), key=lambda s: (-n[s], s))
 
 
-def figure(curve: Sequence[dict], trades: Sequence[dict], bars: Sequence[dict] = (),
-           indicators: Sequence[dict] = (), *, width_us: int, fills_on_bars: bool = False):
+def figure(
+    curve: Sequence[dict],
+    trades: Sequence[dict],
+    bars: Sequence[dict] = (),
+    indicators: Sequence[dict] = (),
+    *,
+    width_us: int,
+    fills_on_bars: bool = False,
+):
     """(the Plotly figure, notes on the bounds reached) of a run's equity curve and
     fills (by time), with ``bars`` and
     ``indicators`` of the strategy interval (``width_us`` long), ``fills_on_bars`` when
@@ -150,9 +185,19 @@ def figure(curve: Sequence[dict], trades: Sequence[dict], bars: Sequence[dict] =
         notes.append(f"candles of the {MAX_SYMBOLS} most traded of {len(symbols)} symbols")
         symbols = symbols[:MAX_SYMBOLS]
 
-    fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.035, row_heights=[0.5, 0.2, 0.12, 0.18],
-                        subplot_titles=[f"{symbols[0]} candles" if symbols else "no bars", "equity",
-                                        "drawdown (% below peak)", "position (shares)"])
+    fig = make_subplots(
+        rows=4,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.035,
+        row_heights=[0.5, 0.2, 0.12, 0.18],
+        subplot_titles=[
+            f"{symbols[0]} candles" if symbols else "no bars",
+            "equity",
+            "drawdown (% below peak)",
+            "position (shares)",
+        ],
+    )
     owner: list[str] = []  # the symbol of each trace of the price panel
     first_shown: list[bool | str] = []  # the trace's visibility when its symbol is picked
     for sym in symbols:
@@ -160,12 +205,21 @@ def figure(curve: Sequence[dict], trades: Sequence[dict], bars: Sequence[dict] =
         if k > 1:
             notes.append(f"{sym}: each candle merges {k} bars ({len(by_symbol[sym]):,} bars)")
         show = sym == symbols[0]
-        fig.add_trace(go.Candlestick(
-            x=[_time(c["window_start"]) for c in candles], open=[c["open"] for c in candles],
-            high=[c["high"] for c in candles], low=[c["low"] for c in candles], close=[c["close"] for c in candles],
-            name=sym, visible=show,
-            increasing={"line": {"color": UP, "width": 1}, "fillcolor": UP},
-            decreasing={"line": {"color": DOWN, "width": 1}, "fillcolor": DOWN}), row=1, col=1)
+        fig.add_trace(
+            go.Candlestick(
+                x=[_time(c["window_start"]) for c in candles],
+                open=[c["open"] for c in candles],
+                high=[c["high"] for c in candles],
+                low=[c["low"] for c in candles],
+                close=[c["close"] for c in candles],
+                name=sym,
+                visible=show,
+                increasing={"line": {"color": UP, "width": 1}, "fillcolor": UP},
+                decreasing={"line": {"color": DOWN, "width": 1}, "fillcolor": DOWN},
+            ),
+            row=1,
+            col=1,
+        )
         owner.append(sym)
         first_shown.append(True)
         ind = sorted(sets.get(sym, []), key=lambda s: s["ts"])
@@ -174,10 +228,19 @@ def figure(curve: Sequence[dict], trades: Sequence[dict], bars: Sequence[dict] =
             if all(v is None for _, v in pts):
                 continue
             pts = thin(pts)
-            fig.add_trace(go.Scatter(
-                x=[_time(t) for t, _ in pts], y=[v for _, v in pts], name=label, mode="lines",
-                line={"color": colour, "width": 1.1, "dash": dash}, hoverinfo="skip",
-                visible=(True if shown else "legendonly") if show else False), row=1, col=1)
+            fig.add_trace(
+                go.Scatter(
+                    x=[_time(t) for t, _ in pts],
+                    y=[v for _, v in pts],
+                    name=label,
+                    mode="lines",
+                    line={"color": colour, "width": 1.1, "dash": dash},
+                    hoverinfo="skip",
+                    visible=(True if shown else "legendonly") if show else False,
+                ),
+                row=1,
+                col=1,
+            )
             owner.append(sym)
             first_shown.append(True if shown else "legendonly")
         rows = fills.get(sym, [])
@@ -190,35 +253,78 @@ def figure(curve: Sequence[dict], trades: Sequence[dict], bars: Sequence[dict] =
             if not sel:
                 continue
             shift = width_us if fills_on_bars else 0
-            fig.add_trace(go.Scatter(
-                x=[_time(t["ts"] - shift) for t, *_ in sel], y=[t["price"] for t, *_ in sel], mode="markers",
-                name="entries ▲ buy ▼ sell" if entry else "exits ✕", visible=show, hovertemplate="%{text}<extra></extra>",
-                text=[_fill_text(t, before, after, pnl) for t, before, after, pnl in sel],
-                marker={"size": size,
-                        "symbol": [("triangle-up" if t["side"] == "BUY" else "triangle-down") if entry else "x"
-                                   for t, *_ in sel],
+            fig.add_trace(
+                go.Scatter(
+                    x=[_time(t["ts"] - shift) for t, *_ in sel],
+                    y=[t["price"] for t, *_ in sel],
+                    mode="markers",
+                    name="entries ▲ buy ▼ sell" if entry else "exits ✕",
+                    visible=show,
+                    hovertemplate="%{text}<extra></extra>",
+                    text=[_fill_text(t, before, after, pnl) for t, before, after, pnl in sel],
+                    marker={
+                        "size": size,
+                        "symbol": [
+                            ("triangle-up" if t["side"] == "BUY" else "triangle-down") if entry else "x"
+                            for t, *_ in sel
+                        ],
                         "color": [BUY if t["side"] == "BUY" else SELL for t, *_ in sel],
-                        "line": {"color": "#222222", "width": 1}}), row=1, col=1)
+                        "line": {"color": "#222222", "width": 1},
+                    },
+                ),
+                row=1,
+                col=1,
+            )
             owner.append(sym)
             first_shown.append(True)
 
     eq = [(r["ts"], r["equity"]) for r in curve]
     eq_thin = thin(eq)
-    fig.add_trace(go.Scatter(x=[_time(t) for t, _ in eq_thin], y=[v for _, v in eq_thin], name="equity",
-                             mode="lines", legend="legend2", line={"color": "#1f5fa8", "width": 1.5, "shape": "hv"}),
-                  row=2, col=1)
+    fig.add_trace(
+        go.Scatter(
+            x=[_time(t) for t, _ in eq_thin],
+            y=[v for _, v in eq_thin],
+            name="equity",
+            mode="lines",
+            legend="legend2",
+            line={"color": "#1f5fa8", "width": 1.5, "shape": "hv"},
+        ),
+        row=2,
+        col=1,
+    )
     gross = thin([(r["ts"], r["gross_exposure"]) for r in curve])
-    fig.add_trace(go.Scatter(x=[_time(t) for t, _ in gross], y=[v for _, v in gross], name="gross exposure",
-                             mode="lines", visible="legendonly", legend="legend2",
-                             line={"color": "#6c3483", "width": 1, "shape": "hv"}),
-                  row=2, col=1)
+    fig.add_trace(
+        go.Scatter(
+            x=[_time(t) for t, _ in gross],
+            y=[v for _, v in gross],
+            name="gross exposure",
+            mode="lines",
+            visible="legendonly",
+            legend="legend2",
+            line={"color": "#6c3483", "width": 1, "shape": "hv"},
+        ),
+        row=2,
+        col=1,
+    )
     dd = thin([(r["ts"], -100.0 * r["drawdown"]) for r in curve], pick=min)
-    fig.add_trace(go.Scatter(x=[_time(t) for t, _ in dd], y=[v for _, v in dd], name="drawdown", mode="lines",
-                             fill="tozeroy", showlegend=False, line={"color": "#c0392b", "width": 1, "shape": "hv"},
-                             fillcolor="rgba(192,57,43,0.35)"), row=3, col=1)
+    fig.add_trace(
+        go.Scatter(
+            x=[_time(t) for t, _ in dd],
+            y=[v for _, v in dd],
+            name="drawdown",
+            mode="lines",
+            fill="tozeroy",
+            showlegend=False,
+            line={"color": "#c0392b", "width": 1, "shape": "hv"},
+            fillcolor="rgba(192,57,43,0.35)",
+        ),
+        row=3,
+        col=1,
+    )
     if len(eq) > MAX_POINTS:
-        notes.append(f"equity and drawdown: {len(eq_thin):,} of {len(eq):,} points (each group's last equity, "
-                     f"deepest drawdown)")
+        notes.append(
+            f"equity and drawdown: {len(eq_thin):,} of {len(eq):,} points (each group's last equity, deepest drawdown)"
+        )
     traded = traded_first([t["symbol"] for t in trades], trades)
     if len(traded) > MAX_SYMBOL_LINES:
         notes.append(f"positions of the {MAX_SYMBOL_LINES} most traded of {len(traded)} symbols")
@@ -230,27 +336,65 @@ def figure(curve: Sequence[dict], trades: Sequence[dict], bars: Sequence[dict] =
         if end is not None and end > steps[-1][0]:
             steps.append((end, steps[-1][1]))
         steps = thin(steps)
-        fig.add_trace(go.Scatter(x=[_time(t) for t, _ in steps], y=[q for _, q in steps], name=f"{sym} position",
-                                 mode="lines", legend="legend3", line={"width": 1.3, "shape": "hv"}), row=4, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=[_time(t) for t, _ in steps],
+                y=[q for _, q in steps],
+                name=f"{sym} position",
+                mode="lines",
+                legend="legend3",
+                line={"width": 1.3, "shape": "hv"},
+            ),
+            row=4,
+            col=1,
+        )
     fig.add_hline(y=0.0, line={"color": "#444444", "width": 0.6}, row=4, col=1)
 
     if len(symbols) > 1:  # the price panel's traces come first: the menu sets theirs only
-        buttons = [{"label": sym, "method": "update",
-                    "args": [{"visible": [(v if o == sym else False) for o, v in zip(owner, first_shown)]},
-                             {"annotations[0].text": f"{sym} candles", "yaxis.autorange": True},
-                             list(range(len(owner)))]}
-                   for sym in symbols]
-        fig.update_layout(updatemenus=[{"buttons": buttons, "direction": "down", "x": 0.0, "xanchor": "left",
-                                        "y": fig.layout.yaxis.domain[1] + 0.03, "yanchor": "bottom",
-                                        "showactive": True}])
+        buttons = [
+            {
+                "label": sym,
+                "method": "update",
+                "args": [
+                    {"visible": [(v if o == sym else False) for o, v in zip(owner, first_shown)]},
+                    {"annotations[0].text": f"{sym} candles", "yaxis.autorange": True},
+                    list(range(len(owner))),
+                ],
+            }
+            for sym in symbols
+        ]
+        fig.update_layout(
+            updatemenus=[
+                {
+                    "buttons": buttons,
+                    "direction": "down",
+                    "x": 0.0,
+                    "xanchor": "left",
+                    "y": fig.layout.yaxis.domain[1] + 0.03,
+                    "yanchor": "bottom",
+                    "showactive": True,
+                }
+            ]
+        )
     inside = {"xanchor": "left", "x": 0.01, "yanchor": "top", "bgcolor": "rgba(255,255,255,0.7)"}
-    fig.update_layout(template="plotly_white", height=1100, margin={"l": 70, "r": 40, "t": 60, "b": 40},
-                      hovermode="x", dragmode="zoom", modebar={"orientation": "v"},
-                      legend={"orientation": "h", "y": fig.layout.yaxis.domain[1] + 0.03, "x": 1.0,
-                              "xanchor": "right", "yanchor": "bottom"},
-                      legend2=inside | {"y": fig.layout.yaxis2.domain[1]},
-                      legend3=inside | {"y": fig.layout.yaxis4.domain[1]},
-                      font={"family": "system-ui, sans-serif", "size": 12})
+    fig.update_layout(
+        template="plotly_white",
+        height=1100,
+        margin={"l": 70, "r": 40, "t": 60, "b": 40},
+        hovermode="x",
+        dragmode="zoom",
+        modebar={"orientation": "v"},
+        legend={
+            "orientation": "h",
+            "y": fig.layout.yaxis.domain[1] + 0.03,
+            "x": 1.0,
+            "xanchor": "right",
+            "yanchor": "bottom",
+        },
+        legend2=inside | {"y": fig.layout.yaxis2.domain[1]},
+        legend3=inside | {"y": fig.layout.yaxis4.domain[1]},
+        font={"family": "system-ui, sans-serif", "size": 12},
+    )
     fig.update_xaxes(rangeslider_visible=False, showspikes=True, spikemode="across", spikethickness=1)
     fig.update_yaxes(title_text="price", row=1, col=1)
     fig.update_yaxes(title_text="equity", tickformat=",.0f", row=2, col=1)
@@ -260,8 +404,10 @@ def figure(curve: Sequence[dict], trades: Sequence[dict], bars: Sequence[dict] =
 
 
 def _fill_text(t: dict, before: float, after: float, pnl: float | None) -> str:
-    text = (f"{html.escape(t['symbol'])} {t['side']} {t['quantity']:g} @ {t['price']:,.4f}<br>"
-            f"{action(before, after)}: {before:g} → {after:g}<br>{_iso(t['ts'])}")
+    text = (
+        f"{html.escape(t['symbol'])} {t['side']} {t['quantity']:g} @ {t['price']:,.4f}<br>"
+        f"{action(before, after)}: {before:g} → {after:g}<br>{_iso(t['ts'])}"
+    )
     return text + (f"<br>realized {pnl:,.2f}" if pnl is not None else "")
 
 
@@ -296,9 +442,17 @@ def _script_json(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).replace("</", "<\\/")
 
 
-def document(run: dict, curve: Sequence[dict], trades: Sequence[dict], rejections: Sequence[dict] = (),
-             bars: Sequence[dict] = (), indicators: Sequence[dict] = (), *, width_us: int,
-             fills_on_bars: bool = False) -> str:
+def document(
+    run: dict,
+    curve: Sequence[dict],
+    trades: Sequence[dict],
+    rejections: Sequence[dict] = (),
+    bars: Sequence[dict] = (),
+    indicators: Sequence[dict] = (),
+    *,
+    width_us: int,
+    fills_on_bars: bool = False,
+) -> str:
     """The report's HTML."""
     import plotly.io as pio
     from plotly.offline import get_plotlyjs
@@ -308,37 +462,55 @@ def document(run: dict, curve: Sequence[dict], trades: Sequence[dict], rejection
     note = annualized_note(m)
     shown = {k: display(k, m.get(k)) for k, _ in FIGURES}
     labels = dict(FIGURES)
-    cards = "".join(f'<div class="card"><div class="k">{labels[k]}</div><div class="v">{shown[k]}</div></div>'
-                    for k in CARDS)
+    cards = "".join(
+        f'<div class="card"><div class="k">{labels[k]}</div><div class="v">{shown[k]}</div></div>' for k in CARDS
+    )
     cards += f'<div class="card"><div class="k">fills</div><div class="v">{c["fills"]:,}</div></div>'
     figures = [[label + (" *" if note and k in ANNUALIZED else ""), shown[k]] for k, label in FIGURES]
-    figures += [["orders", f"{c['orders']:,}"], ["fills", f"{c['fills']:,}"],
-                ["rejections", f"{sum(c['rejections'].values()):,}"]]
-    about = [["run", run["run_id"]], ["mode", run["mode"]],
-             ["period", f"{_iso(run['period_start'])} — {_iso(run['period_end'])}"],
-             ["symbols", " ".join(run["symbols"])], ["model", run.get("model_version") or "none"],
-             ["code", run["code_version"]], ["data fingerprint", run["data_fingerprint"]],
-             ["results sha256", run["results_sha256"]],
-             ["bars", ", ".join(f"{k} {v:,}" for k, v in c["bars"].items())],
-             ["predictions", f"{c['predictions']:,}"], ["signals", f"{c['signals']:,}"]]
-    rej_rows = [[_iso(r["ts"]), r["symbol"], r["side"], r["quantity"], r["reason_code"], r["detail"]]
-                for r in rejections[:MAX_ROWS]]
-    trade_rows = [[_iso(t["ts"]), t["symbol"], t["side"], t["quantity"], t["price"], t["commission"],
-                   action(before, after), pnl]
-                  for t, (before, after, pnl) in zip(trades[:MAX_ROWS], fill_outcomes(trades))]
+    figures += [
+        ["orders", f"{c['orders']:,}"],
+        ["fills", f"{c['fills']:,}"],
+        ["rejections", f"{sum(c['rejections'].values()):,}"],
+    ]
+    about = [
+        ["run", run["run_id"]],
+        ["mode", run["mode"]],
+        ["period", f"{_iso(run['period_start'])} — {_iso(run['period_end'])}"],
+        ["symbols", " ".join(run["symbols"])],
+        ["model", run.get("model_version") or "none"],
+        ["code", run["code_version"]],
+        ["data fingerprint", run["data_fingerprint"]],
+        ["results sha256", run["results_sha256"]],
+        ["bars", ", ".join(f"{k} {v:,}" for k, v in c["bars"].items())],
+        ["predictions", f"{c['predictions']:,}"],
+        ["signals", f"{c['signals']:,}"],
+    ]
+    rej_rows = [
+        [_iso(r["ts"]), r["symbol"], r["side"], r["quantity"], r["reason_code"], r["detail"]]
+        for r in rejections[:MAX_ROWS]
+    ]
+    trade_rows = [
+        [_iso(t["ts"]), t["symbol"], t["side"], t["quantity"], t["price"], t["commission"], action(before, after), pnl]
+        for t, (before, after, pnl) in zip(trades[:MAX_ROWS], fill_outcomes(trades))
+    ]
     spec = json.loads(pio.to_json(fig, validate=False, engine="json"))
     title = f"Backtest {run['run_id']}"
     notes_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
-    rejections_html = (_table(["reason", "orders"], [[k, v] for k, v in c["rejections"].items()])
-                       + (_table(["time", "symbol", "side", "quantity", "reason", "detail"], rej_rows)
-                          if rej_rows else "")) if c["rejections"] else "<p>none</p>"
+    rejections_html = (
+        (
+            _table(["reason", "orders"], [[k, v] for k, v in c["rejections"].items()])
+            + (_table(["time", "symbol", "side", "quantity", "reason", "detail"], rej_rows) if rej_rows else "")
+        )
+        if c["rejections"]
+        else "<p>none</p>"
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>{CSS}</style>
 <script>{get_plotlyjs()}</script></head><body>
 <h1>{html.escape(title)}</h1>
-<div class="sub">{html.escape(" ".join(run["symbols"]))} · {_iso(run['period_start'])} — {_iso(run['period_end'])}
+<div class="sub">{html.escape(" ".join(run["symbols"]))} · {_iso(run["period_start"])} — {_iso(run["period_end"])}
  · model {html.escape(run.get("model_version") or "none")} · {html.escape(run["mode"])}</div>
 <div class="cards">{cards}</div>
 {f'<p class="note">* {html.escape(note)}</p>' if note else ""}
@@ -361,9 +533,18 @@ Plotly.newPlot("chart", spec.data, spec.layout, {_script_json(CONFIG)}).then(fun
 """
 
 
-def write(path: str | Path, run: dict, curve: Sequence[dict], trades: Sequence[dict],
-          rejections: Sequence[dict] = (), bars: Sequence[dict] = (), indicators: Sequence[dict] = (), *,
-          width_us: int, fills_on_bars: bool = False) -> Path:
+def write(
+    path: str | Path,
+    run: dict,
+    curve: Sequence[dict],
+    trades: Sequence[dict],
+    rejections: Sequence[dict] = (),
+    bars: Sequence[dict] = (),
+    indicators: Sequence[dict] = (),
+    *,
+    width_us: int,
+    fills_on_bars: bool = False,
+) -> Path:
     """Write the HTML report of a run; its path.
 
     ``run`` holds the run's row: run_id, mode, period_start/period_end (µs), symbols,

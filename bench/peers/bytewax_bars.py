@@ -2,6 +2,7 @@
 operators (``fold_window`` on an event clock with the bars stage's grace, one tumbling
 windower per interval), on one worker.  Run by bench/bench_peers.py in the peers' venv;
 settings in common.py."""
+
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -46,17 +47,28 @@ def merge(a, b):
 
 def flow() -> Dataflow:
     df = Dataflow("bars")
-    messages = op.input("ticks", df, KafkaSource([BROKER], [INPUT], add_config={
-        "group.id": GROUP, "fetch.queue.backoff.ms": "10"}))
+    messages = op.input(
+        "ticks", df, KafkaSource([BROKER], [INPUT], add_config={"group.id": GROUP, "fetch.queue.backoff.ms": "10"})
+    )
     ticks = op.map("decode", messages, tick_of)
     clock = win.EventClock(event_time, wait_for_system_duration=timedelta(milliseconds=GRACE_MS))
     for interval, width_ms in INTERVALS.items():
-        windows = win.fold_window(f"bars-{interval}", ticks, clock,
-                                  win.TumblingWindower(length=timedelta(milliseconds=width_ms), align_to=EPOCH),
-                                  lambda: None, fold, merge)
-        made = op.filter_map(f"bar-{interval}", windows.down, lambda kv, iv=interval, w=width_ms: None
-                             if kv[1][1] is None else KafkaSinkMessage(kv[0].encode(), bar(kv[0], iv, kv[1][0] * w,
-                                                                                          *kv[1][1])))
+        windows = win.fold_window(
+            f"bars-{interval}",
+            ticks,
+            clock,
+            win.TumblingWindower(length=timedelta(milliseconds=width_ms), align_to=EPOCH),
+            lambda: None,
+            fold,
+            merge,
+        )
+        made = op.filter_map(
+            f"bar-{interval}",
+            windows.down,
+            lambda kv, iv=interval, w=width_ms: (
+                None if kv[1][1] is None else KafkaSinkMessage(kv[0].encode(), bar(kv[0], iv, kv[1][0] * w, *kv[1][1]))
+            ),
+        )
         op.output(f"out-{interval}", made, KafkaSink([BROKER], f"{OUTPUT_PREFIX}md.bars.{interval}"))
     return df
 

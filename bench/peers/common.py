@@ -6,6 +6,7 @@ Env: PEER_BROKER, PEER_INPUT (topic), PEER_OUTPUT_PREFIX (bars go to
 <prefix>md.bars.<interval>), PEER_GROUP, PEER_GRACE_MS, PEER_EXPECT (ticks to count),
 PEER_STATS (file: the wall and CPU times at the first and the PEER_EXPECT-th tick).
 """
+
 from __future__ import annotations
 
 import io
@@ -27,8 +28,9 @@ def _plain(schema):
     return schema
 
 
-SCHEMA = fastavro.parse_schema(_plain(json.loads(
-    (Path(__file__).resolve().parents[2] / "schemas" / "tick.v1.avsc").read_text())))
+SCHEMA = fastavro.parse_schema(
+    _plain(json.loads((Path(__file__).resolve().parents[2] / "schemas" / "tick.v1.avsc").read_text()))
+)
 INTERVALS = {"1s": 1_000, "1m": 60_000}  # ms
 BROKER = os.environ["PEER_BROKER"]
 INPUT = os.environ["PEER_INPUT"]
@@ -45,8 +47,19 @@ def decode(value: bytes) -> dict:
 
 
 def bar(symbol: str, interval: str, start_ms: int, o, h, low, c, volume, trades) -> bytes:
-    return json.dumps({"symbol": symbol, "interval": interval, "window_start": start_ms * 1000, "open": o,
-                       "high": h, "low": low, "close": c, "volume": volume, "trade_count": trades}).encode()
+    return json.dumps(
+        {
+            "symbol": symbol,
+            "interval": interval,
+            "window_start": start_ms * 1000,
+            "open": o,
+            "high": h,
+            "low": low,
+            "close": c,
+            "volume": volume,
+            "trade_count": trades,
+        }
+    ).encode()
 
 
 class Progress:
@@ -65,6 +78,14 @@ class Progress:
             self.first = (time.time(), time.process_time())
         if self.count == self.expect:
             tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"first_wall": self.first[0], "first_cpu": self.first[1],
-                                       "last_wall": time.time(), "last_cpu": time.process_time()}))
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "first_wall": self.first[0],
+                        "first_cpu": self.first[1],
+                        "last_wall": time.time(),
+                        "last_cpu": time.process_time(),
+                    }
+                )
+            )
             tmp.replace(self.path)  # the benchmark never reads half a file

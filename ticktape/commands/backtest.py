@@ -40,6 +40,7 @@ interval, risk-free rate 0; win rate over fills that reduce a position; turnover
 traded notional / mean equity; CAGR, Sharpe and Sortino n/a on an equity curve shorter
 than 30 days, where annualizing means nothing).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -72,43 +73,76 @@ SWEEP_NAMES = ("starting_cash",)
 
 def register(sub):
     paragraphs = __doc__.split("\n\n")
-    p = sub.add_parser("backtest", help="run a period through the whole pipeline, store and report it",
-                       description=paragraphs[0], epilog=paragraphs[2])
-    p.add_argument("action", nargs="*", metavar="compare RUN_A RUN_B | list | show RUN",
-                   help="compare two stored runs, list the stored runs, show one (else: run a backtest); "
-                        "RUN: a run id or a unique prefix")
+    p = sub.add_parser(
+        "backtest",
+        help="run a period through the whole pipeline, store and report it",
+        description=paragraphs[0],
+        epilog=paragraphs[2],
+    )
+    p.add_argument(
+        "action",
+        nargs="*",
+        metavar="compare RUN_A RUN_B | list | show RUN",
+        help="compare two stored runs, list the stored runs, show one (else: run a backtest); "
+        "RUN: a run id or a unique prefix",
+    )
     p.add_argument("--limit", type=int, default=20, help="list: the N latest runs (default 20)")
-    p.add_argument("--from", dest="start", type=parse_time,
-                   help="first event time, ISO-8601 (inclusive; default: the first tick)")
-    p.add_argument("--to", dest="end", type=parse_time,
-                   help="last event time, ISO-8601 (inclusive; default: the last tick)")
+    p.add_argument(
+        "--from", dest="start", type=parse_time, help="first event time, ISO-8601 (inclusive; default: the first tick)"
+    )
+    p.add_argument(
+        "--to", dest="end", type=parse_time, help="last event time, ISO-8601 (inclusive; default: the last tick)"
+    )
     p.add_argument("--symbols", help="only these symbols (comma/space separated; default SYMBOLS)")
     p.add_argument("--model", help="model version (or a unique prefix); default: the active one")
     p.add_argument("--config", help="risk limits YAML (default RISK_CONFIG or config/risk.yaml)")
     p.add_argument("--mode", choices=("inprocess", "kafka"), default="inprocess", help="default inprocess")
-    p.add_argument("--source", choices=("topic", "db", "csv"), default="topic",
-                   help="the md.ticks topic (default), the ticks table, or a CSV file (--input); "
-                        "with --bars: md.bars.<INTERVAL> or the bars table")
-    p.add_argument("--input", metavar="FILE",
-                   help="--source csv: ticks (symbol,ts,price|bid,...) or bars (time,symbol,open,high,low,close,"
-                        "volume, or Yahoo's Date|Datetime,Open,High,Low,Close[,Adj Close],Volume; any case); "
-                        "told apart by the header")
-    p.add_argument("--bars", metavar="INTERVAL",
-                   help="backtest bars of INTERVAL (e.g. 1m, 1d): --source topic/db read them; a CSV's bars "
-                        "default to their shortest time step.  Bars run in-process at their interval and "
-                        "fill at the next bar's open")
-    p.add_argument("--report", help="write an interactive HTML report here (self-contained, opens offline): "
-                                     "candles with the fills and indicators, equity, drawdown, positions")
-    p.add_argument("--sweep", action="append", default=[], metavar="PARAM=V1,V2,...",
-                   help="one in-process run per value (repeat for a grid); PARAM: a STRATEGY_*, EXEC_* "
-                        "setting or STARTING_CASH")
+    p.add_argument(
+        "--source",
+        choices=("topic", "db", "csv"),
+        default="topic",
+        help="the md.ticks topic (default), the ticks table, or a CSV file (--input); "
+        "with --bars: md.bars.<INTERVAL> or the bars table",
+    )
+    p.add_argument(
+        "--input",
+        metavar="FILE",
+        help="--source csv: ticks (symbol,ts,price|bid,...) or bars (time,symbol,open,high,low,close,"
+        "volume, or Yahoo's Date|Datetime,Open,High,Low,Close[,Adj Close],Volume; any case); "
+        "told apart by the header",
+    )
+    p.add_argument(
+        "--bars",
+        metavar="INTERVAL",
+        help="backtest bars of INTERVAL (e.g. 1m, 1d): --source topic/db read them; a CSV's bars "
+        "default to their shortest time step.  Bars run in-process at their interval and "
+        "fill at the next bar's open",
+    )
+    p.add_argument(
+        "--report",
+        help="write an interactive HTML report here (self-contained, opens offline): "
+        "candles with the fills and indicators, equity, drawdown, positions",
+    )
+    p.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        metavar="PARAM=V1,V2,...",
+        help="one in-process run per value (repeat for a grid); PARAM: a STRATEGY_*, EXEC_* setting or STARTING_CASH",
+    )
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel sweep runs (default: cores)")
     p.add_argument("--keep", action="store_true", help="kafka mode: keep the bt.<run_id>.* topics")
-    p.add_argument("--check-live", action="store_true",
-                   help="compare the events with those the live pipeline published for the period")
-    p.add_argument("--as-run", action="store_true",
-                   help="the settings `ticktape run` gives its pipeline where the environment leaves them "
-                        "at their defaults (1-second strategy bars, fills on the next bar)")
+    p.add_argument(
+        "--check-live",
+        action="store_true",
+        help="compare the events with those the live pipeline published for the period",
+    )
+    p.add_argument(
+        "--as-run",
+        action="store_true",
+        help="the settings `ticktape run` gives its pipeline where the environment leaves them "
+        "at their defaults (1-second strategy bars, fills on the next bar)",
+    )
     p.add_argument("--timeout", type=float, default=900.0, help="kafka mode: seconds to wait for the worker")
     p.set_defaults(func=run)
 
@@ -122,12 +156,15 @@ def run(args) -> int:
             return list_runs(args.limit)
         if verb == "show" and len(rest) == 1:
             return show(rest[0])
-        raise UsageError(f"backtest {' '.join(args.action)!r}: expected `backtest compare RUN_A RUN_B`, "
-                         "`backtest list`, `backtest show RUN` or options only")
+        raise UsageError(
+            f"backtest {' '.join(args.action)!r}: expected `backtest compare RUN_A RUN_B`, "
+            "`backtest list`, `backtest show RUN` or options only"
+        )
     return backtest(args)
 
 
 # --- arguments -----------------------------------------------------------------------
+
 
 def _symbols(text: str | None, s: Settings) -> tuple[str, ...]:
     if text is None:
@@ -180,9 +217,20 @@ def make_setup(s: Settings, symbols: tuple[str, ...], risk_path: str | None):
         raise UsageError(f"EXEC_MARKET_DATA must be ticks or bars, got {s.exec_market_data!r}")
     try:
         limits = load_risk_limits(path).with_market_hours(market_hours(s))
-        return Setup(tuple(s.interval_list), s.bar_grace_ms * 1000, StrategyConfig.from_settings(s),
-                     exec_config(s), limits, yaml.safe_load(path.read_text()), s.starting_cash,
-                     symbols, s.exec_market_data, s.risk_idle_ms * 1000, s.risk_max_pending, load_strategy(s))
+        return Setup(
+            tuple(s.interval_list),
+            s.bar_grace_ms * 1000,
+            StrategyConfig.from_settings(s),
+            exec_config(s),
+            limits,
+            yaml.safe_load(path.read_text()),
+            s.starting_cash,
+            symbols,
+            s.exec_market_data,
+            s.risk_idle_ms * 1000,
+            s.risk_max_pending,
+            load_strategy(s),
+        )
     except ConfigError as e:
         raise UsageError(str(e)) from None
 
@@ -192,10 +240,22 @@ def code_version() -> str:
     from .. import __version__
 
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ticktape", "stream_processors"],
-                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "ticktape", "stream_processors"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return __version__
     return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
@@ -238,6 +298,7 @@ def load_model(s: Settings, version: str | None):
 
 
 # --- input ---------------------------------------------------------------------------
+
 
 @dataclass
 class Market:
@@ -298,13 +359,19 @@ def read_ticks(s: Settings, source: str, start: int, end: int, symbols: set[str]
 
 def _window(bars, start: int | None, end: int | None, symbols: set[str] | None) -> list[dict]:
     """Bars with window start in [start, end] (of ``symbols``), by event time then symbol."""
-    keep = [b for b in bars if (start is None or b["window_start"] >= start)
-            and (end is None or b["window_start"] <= end) and (symbols is None or b["symbol"] in symbols)]
+    keep = [
+        b
+        for b in bars
+        if (start is None or b["window_start"] >= start)
+        and (end is None or b["window_start"] <= end)
+        and (symbols is None or b["symbol"] in symbols)
+    ]
     return sorted(keep, key=itemgetter("ts", "symbol"))
 
 
-def read_bars(s: Settings, source: str, interval: str, start: int | None, end: int | None,
-              symbols: set[str] | None) -> Market:
+def read_bars(
+    s: Settings, source: str, interval: str, start: int | None, end: int | None, symbols: set[str] | None
+) -> Market:
     """Bars of ``interval`` from the ``bars`` table or ``md.bars.<interval>`` (a redelivered
     bar counts once), window start in [start, end]."""
     from producers.replay import read_db, read_topic
@@ -316,21 +383,28 @@ def read_bars(s: Settings, source: str, interval: str, start: int | None, end: i
     else:
         where = s.topic(f"md.bars.{interval}")
         # cast: decode=True, so each record has its event
-        events = (cast(dict, r.event)
-                  for r in read_topic(s, where, start, last, symbols, decode=True, event="bar"))
+        events = (cast(dict, r.event) for r in read_topic(s, where, start, last, symbols, decode=True, event="bar"))
     unique = {b["event_id"]: b for b in events}
     return Market(where, {}, _window(unique.values(), start, end, symbols), interval)
 
 
-def table_market(name: str, kind: str, events: list[dict], start: int | None, end: int | None,
-                 symbols: set[str] | None) -> Market:
+def table_market(
+    name: str, kind: str, events: list[dict], start: int | None, end: int | None, symbols: set[str] | None
+) -> Market:
     """The Market of a table's events (``producers.replay.read_table``): ticks with event
     time, bars with window start in [start, end]."""
     if kind == "bar":
         return Market(name, {}, _window(events, start, end, symbols), events[0]["interval"])
-    return Market(name, by_partition(t for t in events if (start is None or t["ts"] >= start)
-                                     and (end is None or t["ts"] <= end)
-                                     and (symbols is None or t["symbol"] in symbols)))
+    return Market(
+        name,
+        by_partition(
+            t
+            for t in events
+            if (start is None or t["ts"] >= start)
+            and (end is None or t["ts"] <= end)
+            and (symbols is None or t["symbol"] in symbols)
+        ),
+    )
 
 
 def in_sessions(market: Market, hours) -> Market:
@@ -343,8 +417,9 @@ def in_sessions(market: Market, hours) -> Market:
         return market
     if market.bars is not None:
         return replace(market, bars=[b for b in market.bars if hours.overlaps(b["window_start"], b["window_end"])])
-    return replace(market, ticks={p: [t for t in v if is_heartbeat(t) or hours.is_open(t["ts"])]
-                                  for p, v in market.ticks.items()})
+    return replace(
+        market, ticks={p: [t for t in v if is_heartbeat(t) or hours.is_open(t["ts"])] for p, v in market.ticks.items()}
+    )
 
 
 def read_market(s: Settings, args) -> Market:
@@ -367,6 +442,7 @@ def read_market(s: Settings, args) -> Market:
 
 # --- storage -------------------------------------------------------------------------
 
+
 def _dt(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
@@ -388,21 +464,62 @@ def store(s: Settings, row: dict, result) -> None:
             "INSERT INTO backtest_runs (run_id, mode, period_start, period_end, symbols, parameters, code_version, "
             "model_version, data_fingerprint, results_sha256, metrics, counts, strategy, strategy_params, "
             "strategy_sha256) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (row["run_id"], row["mode"], _dt(row["period_start"]), _dt(row["period_end"]), list(row["symbols"]),
-             Jsonb(row["parameters"]), row["code_version"], row["model_version"], row["data_fingerprint"],
-             row["results_sha256"], Jsonb(row["metrics"]), Jsonb(row["counts"]), row["strategy"]["class"],
-             Jsonb(row["strategy"]["params"]), row["strategy"]["source_sha256"]))
+            (
+                row["run_id"],
+                row["mode"],
+                _dt(row["period_start"]),
+                _dt(row["period_end"]),
+                list(row["symbols"]),
+                Jsonb(row["parameters"]),
+                row["code_version"],
+                row["model_version"],
+                row["data_fingerprint"],
+                row["results_sha256"],
+                Jsonb(row["metrics"]),
+                Jsonb(row["counts"]),
+                row["strategy"]["class"],
+                Jsonb(row["strategy"]["params"]),
+                row["strategy"]["source_sha256"],
+            ),
+        )
         cur = conn.cursor()
-        with cur.copy("COPY backtest_equity (run_id, ts, equity, cash, market_value, gross_exposure, "
-                      "realized_pnl, unrealized_pnl, drawdown) FROM STDIN") as cp:
+        with cur.copy(
+            "COPY backtest_equity (run_id, ts, equity, cash, market_value, gross_exposure, "
+            "realized_pnl, unrealized_pnl, drawdown) FROM STDIN"
+        ) as cp:
             for r in result.equity:
-                cp.write_row((row["run_id"], _dt(r["ts"]), r["equity"], r["cash"], r["market_value"],
-                              r["gross_exposure"], r["realized_pnl"], r["unrealized_pnl"], r["drawdown"]))
-        with cur.copy("COPY backtest_trades (run_id, event_id, order_id, ts, symbol, side, quantity, price, "
-                      "commission, slippage_bps) FROM STDIN") as cp:
+                cp.write_row(
+                    (
+                        row["run_id"],
+                        _dt(r["ts"]),
+                        r["equity"],
+                        r["cash"],
+                        r["market_value"],
+                        r["gross_exposure"],
+                        r["realized_pnl"],
+                        r["unrealized_pnl"],
+                        r["drawdown"],
+                    )
+                )
+        with cur.copy(
+            "COPY backtest_trades (run_id, event_id, order_id, ts, symbol, side, quantity, price, "
+            "commission, slippage_bps) FROM STDIN"
+        ) as cp:
             for t in result.trades:
-                cp.write_row((row["run_id"], t["event_id"], t["order_id"], _dt(t["ts"]), t["symbol"], t["side"],
-                              t["quantity"], t["price"], t["commission"], t["slippage_bps"]))
+                cp.write_row(
+                    (
+                        row["run_id"],
+                        t["event_id"],
+                        t["order_id"],
+                        _dt(t["ts"]),
+                        t["symbol"],
+                        t["side"],
+                        t["quantity"],
+                        t["price"],
+                        t["commission"],
+                        t["slippage_bps"],
+                    )
+                )
 
 
 def load_run(s: Settings, run_id: str) -> dict:
@@ -411,21 +528,40 @@ def load_run(s: Settings, run_id: str) -> dict:
 
     from sinks import schema
 
-    cols = ("run_id", "created_at", "mode", "period_start", "period_end", "symbols", "parameters",
-            "code_version", "model_version", "data_fingerprint", "results_sha256", "metrics", "counts",
-            "strategy", "strategy_params", "strategy_sha256")
+    cols = (
+        "run_id",
+        "created_at",
+        "mode",
+        "period_start",
+        "period_end",
+        "symbols",
+        "parameters",
+        "code_version",
+        "model_version",
+        "data_fingerprint",
+        "results_sha256",
+        "metrics",
+        "counts",
+        "strategy",
+        "strategy_params",
+        "strategy_sha256",
+    )
     if not run_id:
         raise UsageError("a run id (or a prefix of one) must not be empty")
     schema.migrate(s)  # a database of runs stored before the strategy columns
     with psycopg.connect(s.database_url) as conn:
-        found = conn.execute(f"SELECT {', '.join(cols)} FROM backtest_runs WHERE starts_with(run_id, %s) "
-                             "ORDER BY run_id LIMIT 6", (run_id,)).fetchall()
+        found = conn.execute(
+            f"SELECT {', '.join(cols)} FROM backtest_runs WHERE starts_with(run_id, %s) ORDER BY run_id LIMIT 6",
+            (run_id,),
+        ).fetchall()
     exact = [r for r in found if r[0] == run_id]
     if not found:
         raise UsageError(f"no backtest run {run_id!r} (ticktape backtest list shows them)")
     if len(found) > 1 and not exact:
-        raise UsageError(f"backtest run prefix {run_id!r} is ambiguous: "
-                         f"{', '.join(r[0] for r in found[:5])}{' ...' if len(found) > 5 else ''}")
+        raise UsageError(
+            f"backtest run prefix {run_id!r} is ambiguous: "
+            f"{', '.join(r[0] for r in found[:5])}{' ...' if len(found) > 5 else ''}"
+        )
     row = dict(zip(cols, (exact or found)[0]))
     row["period_start"], row["period_end"] = _us(row["period_start"]), _us(row["period_end"])
     return row
@@ -444,18 +580,24 @@ def list_runs(limit: int) -> int:
     s = settings()
     _database(s)
     with psycopg.connect(s.database_url) as conn:
-        rows = conn.execute("SELECT run_id, created_at, mode, period_start, period_end, symbols, model_version, "
-                            "metrics FROM backtest_runs ORDER BY created_at DESC, run_id LIMIT %s",
-                            (limit,)).fetchall()
+        rows = conn.execute(
+            "SELECT run_id, created_at, mode, period_start, period_end, symbols, model_version, "
+            "metrics FROM backtest_runs ORDER BY created_at DESC, run_id LIMIT %s",
+            (limit,),
+        ).fetchall()
     if not rows:
         print("no stored backtest runs (ticktape backtest runs one)")
         return 0
-    print(f"{'run':<12}  {'created (UTC)':<19}  {'mode':<9} {'period (UTC)':<39} {'symbols':>7}  "
-          f"{'model':<12} {'return':>11} {'sharpe':>7}")
+    print(
+        f"{'run':<12}  {'created (UTC)':<19}  {'mode':<9} {'period (UTC)':<39} {'symbols':>7}  "
+        f"{'model':<12} {'return':>11} {'sharpe':>7}"
+    )
     for run_id, created, mode, start, end, symbols, model, m in rows:
-        print(f"{run_id:<12}  {created:%Y-%m-%d %H:%M:%S}  {mode:<9} {start:%Y-%m-%d %H:%M:%S} .. "
-              f"{end:%Y-%m-%d %H:%M:%S} {len(symbols):>7}  {str(model or '-'):<12} {_pct(m['total_return']):>11} "
-              f"{_num(m['sharpe']):>7}")
+        print(
+            f"{run_id:<12}  {created:%Y-%m-%d %H:%M:%S}  {mode:<9} {start:%Y-%m-%d %H:%M:%S} .. "
+            f"{end:%Y-%m-%d %H:%M:%S} {len(symbols):>7}  {str(model or '-'):<12} {_pct(m['total_return']):>11} "
+            f"{_num(m['sharpe']):>7}"
+        )
     return 0
 
 
@@ -477,18 +619,19 @@ def show(run_id: str) -> int:
 
 # --- output --------------------------------------------------------------------------
 
+
 def figure_lines(m: dict, c: dict) -> list[str]:
     rej = c["rejections"]
     by_reason = ", ".join(f"{k} {v}" for k, v in rej.items()) or "none"
     d = {k: display(k, v) for k, v in m.items()}
     note = annualized_note(m)
-    return [f"  total return {d['total_return']:>14}   CAGR {d['cagr']}",
-            f"  Sharpe {d['sharpe']:>20}   Sortino {d['sortino']}",
-            f"  max drawdown {d['max_drawdown']:>14}   win rate {d['win_rate']} "
-            f"of {m['closing_trades']} closing trades",
-            f"  turnover {d['turnover']:>18}   end equity {d['end_equity']}",
-            f"  orders {c['orders']}   fills {c['fills']}   rejections {sum(rej.values())} ({by_reason})"] \
-        + ([f"  ({note})"] if note else [])
+    return [
+        f"  total return {d['total_return']:>14}   CAGR {d['cagr']}",
+        f"  Sharpe {d['sharpe']:>20}   Sortino {d['sortino']}",
+        f"  max drawdown {d['max_drawdown']:>14}   win rate {d['win_rate']} of {m['closing_trades']} closing trades",
+        f"  turnover {d['turnover']:>18}   end equity {d['end_equity']}",
+        f"  orders {c['orders']}   fills {c['fills']}   rejections {sum(rej.values())} ({by_reason})",
+    ] + ([f"  ({note})"] if note else [])
 
 
 def _iso(us: int) -> str:
@@ -497,14 +640,21 @@ def _iso(us: int) -> str:
 
 # --- the run -------------------------------------------------------------------------
 
+
 def as_run(s: Settings) -> Settings:
     """``s`` with the values `ticktape run` sets for settings still at their defaults."""
     from ..config import run_defaults
 
     by_env = {f.metadata["env"]: f for f in fields(Settings)}
     wanted = run_defaults()
-    return replace(s, **{by_env[k].name: _convert(v, by_env[k].type, k) for k, v in wanted.items()
-                         if getattr(s, by_env[k].name) == by_env[k].default})
+    return replace(
+        s,
+        **{
+            by_env[k].name: _convert(v, by_env[k].type, k)
+            for k, v in wanted.items()
+            if getattr(s, by_env[k].name) == by_env[k].default
+        },
+    )
 
 
 @dataclass
@@ -524,8 +674,17 @@ class Plan:
     common: dict
 
 
-def prepare(s: Settings, market: Market, symbols: tuple[str, ...], model: str | None, risk_path: str | None,
-            start: int | None, end: int | None, mode: str = "inprocess", variants: list[dict] | None = None) -> Plan:
+def prepare(
+    s: Settings,
+    market: Market,
+    symbols: tuple[str, ...],
+    model: str | None,
+    risk_path: str | None,
+    start: int | None,
+    end: int | None,
+    mode: str = "inprocess",
+    variants: list[dict] | None = None,
+) -> Plan:
     """Settings, input and model into a Plan: the one path of the command and of
     ``ticktape.backtest.run``.  Bars run at their own interval: BAR_INTERVALS and
     STRATEGY_INTERVAL become it, and fills take the next bar's open (EXEC_MARKET_DATA=bars)."""
@@ -542,9 +701,11 @@ def prepare(s: Settings, market: Market, symbols: tuple[str, ...], model: str | 
     model, meta, artifact = loaded if loaded else (None, None, None)
     if market.size == 0:
         what = f"{market.interval} bars" if market.bars is not None else "ticks"
-        raise UsageError(f"no {what} from {_iso(start) if start is not None else 'the start'} "
-                         f"to {_iso(end) if end is not None else 'the end'} in {market.where}"
-                         + (f" inside the {hours.name} sessions (MARKET_CALENDAR)" if hours else ""))
+        raise UsageError(
+            f"no {what} from {_iso(start) if start is not None else 'the start'} "
+            f"to {_iso(end) if end is not None else 'the end'} in {market.where}"
+            + (f" inside the {hours.name} sessions (MARKET_CALENDAR)" if hours else "")
+        )
     if market.bars is not None:  # the period: the bars' windows
         start, end = market.bars[0]["window_start"], market.bars[-1]["ts"]
         fingerprint, live_cutoff = bt.data_fingerprint({0: market.bars}, bt.BAR_FIELDS), None
@@ -559,9 +720,15 @@ def prepare(s: Settings, market: Market, symbols: tuple[str, ...], model: str | 
         fingerprint = bt.data_fingerprint(ticks)
         for t in bt.flush_ticks(end, setups[0], len(ticks)):
             ticks[t["seq"]].append(t)
-    common = {"mode": mode, "period_start": start, "period_end": end, "symbols": list(symbols),
-              "code_version": code_version(), "model_version": meta["version"] if meta else None,
-              "data_fingerprint": fingerprint}
+    common = {
+        "mode": mode,
+        "period_start": start,
+        "period_end": end,
+        "symbols": list(symbols),
+        "code_version": code_version(),
+        "model_version": meta["version"] if meta else None,
+        "data_fingerprint": fingerprint,
+    }
     return Plan(s, market, setups, model, meta, artifact, start, end, live_cutoff, common)
 
 
@@ -587,8 +754,14 @@ def finish(plan: Plan, setup, events, run_id: str, save: bool = True) -> tuple[d
 
 def run_row(plan: Plan, setup, run_id: str, result) -> dict:
     """The ``backtest_runs`` row of one run: what ran (parameters, strategy) and its results."""
-    return plan.common | {"run_id": run_id, "parameters": setup.parameters(), "strategy": setup.strategy_spec.record(),
-                          "results_sha256": result.sha256, "metrics": result.metrics, "counts": result.counts}
+    return plan.common | {
+        "run_id": run_id,
+        "parameters": setup.parameters(),
+        "strategy": setup.strategy_spec.record(),
+        "results_sha256": result.sha256,
+        "metrics": result.metrics,
+        "counts": result.counts,
+    }
 
 
 def check_interval(text: str, what: str) -> None:
@@ -633,8 +806,10 @@ def backtest(args) -> int:
     if plan.model is None and plan.setups[0].strategy_spec.cls.input_kind() == "prediction":
         print("backtest: no model given and none active: no predictions, so no trades", file=sys.stderr)
     what = f"{market.size:,} {market.interval} bars" if market.bars is not None else f"{market.size:,} ticks"
-    print(f"backtest: {what}, {_iso(plan.start)} .. {_iso(plan.end)}, {len(symbols)} symbols, "
-          f"model {meta['name'] + ' ' + meta['version'] if meta else 'none'}, {args.mode}")
+    print(
+        f"backtest: {what}, {_iso(plan.start)} .. {_iso(plan.end)}, {len(symbols)} symbols, "
+        f"model {meta['name'] + ' ' + meta['version'] if meta else 'none'}, {args.mode}"
+    )
 
     if sweep:
         return _sweep(plan, args, variants)
@@ -645,25 +820,36 @@ def backtest(args) -> int:
 
         try:
             risk = str(Path(args.config).resolve()) if args.config else s.risk_config
-            events = backtest_kafka.run(replace(s, symbols=" ".join(symbols), risk_config=risk), run_id,
-                                        # cast: load_model gives the metadata with its artifact
-                                        market.ticks, (meta, cast(bytes, plan.artifact)) if meta else None,
-                                        keep=args.keep,
-                                        timeout_s=args.timeout, say=print)
+            events = backtest_kafka.run(
+                replace(s, symbols=" ".join(symbols), risk_config=risk),
+                run_id,
+                # cast: load_model gives the metadata with its artifact
+                market.ticks,
+                (meta, cast(bytes, plan.artifact)) if meta else None,
+                keep=args.keep,
+                timeout_s=args.timeout,
+                say=print,
+            )
         except backtest_kafka.KafkaModeError as e:
             raise SystemExit(f"ticktape: backtest {run_id}: {e}") from None
     else:
-        print(f"backtest {run_id}: {market.size:,} {'ticks' if market.bars is None else f'{market.interval} bars'} "
-              f"from {market.where} through the pipeline, in-process ...", flush=True)
+        print(
+            f"backtest {run_id}: {market.size:,} {'ticks' if market.bars is None else f'{market.interval} bars'} "
+            f"from {market.where} through the pipeline, in-process ...",
+            flush=True,
+        )
         events = simulate(plan, setup)
     row, result = finish(plan, setup, events, run_id)
-    print(f"backtest {row['run_id']} stored: {len(result.equity)} equity points, {len(result.trades)} trades; "
-          f"results sha256 {result.sha256[:16]}")
+    print(
+        f"backtest {row['run_id']} stored: {len(result.equity)} equity points, {len(result.trades)} trades; "
+        f"results sha256 {result.sha256[:16]}"
+    )
     for line in figure_lines(result.metrics, result.counts):
         print(line)
     if args.report:
-        path = write_report(args.report, row, result, setup, events["bar"], events["indicator_set"],
-                            events["order_rejected"])
+        path = write_report(
+            args.report, row, result, setup, events["bar"], events["indicator_set"], events["order_rejected"]
+        )
         print(f"report {path}")
     if args.check_live:
         assert plan.live_cutoff is not None  # ticks: --check-live with bars is refused above
@@ -680,9 +866,17 @@ def write_report(path, row: dict, result, setup, bars, indicators, rejections=()
     from .. import report
 
     iv = setup.strategy.interval
-    return report.write(path, row, result.equity, result.trades, rejections, [b for b in bars if b["interval"] == iv],
-                        [x for x in indicators if x["interval"] == iv], width_us=setup.width_us,
-                        fills_on_bars=setup.market_data == "bars")
+    return report.write(
+        path,
+        row,
+        result.equity,
+        result.trades,
+        rejections,
+        [b for b in bars if b["interval"] == iv],
+        [x for x in indicators if x["interval"] == iv],
+        width_us=setup.width_us,
+        fills_on_bars=setup.market_data == "bars",
+    )
 
 
 # --- sweeps --------------------------------------------------------------------------
@@ -718,23 +912,34 @@ def _sweep(plan: Plan, args, variants) -> int:
         results = [_sweep_one(i) for i in range(len(setups))]
     _SHARED.clear()
     names = list(variants[0])
-    print("  ".join(f"{n.upper():>16}" for n in names) + f"  {'run':<12} {'return':>11} {'Sharpe':>9} "
-          f"{'max dd':>10} {'orders':>6} {'rejected':>8}")
+    print(
+        "  ".join(f"{n.upper():>16}" for n in names) + f"  {'run':<12} {'return':>11} {'Sharpe':>9} "
+        f"{'max dd':>10} {'orders':>6} {'rejected':>8}"
+    )
     for overrides, setup, result in zip(variants, setups, results):
         run_id = new_run_id()
         row = run_row(plan, setup, run_id, result)
         store(plan.settings, row, result)
         m = result.metrics
-        print("  ".join(f"{overrides[n]!s:>16}" for n in names) + f"  {run_id:<12} {_pct(m['total_return']):>11} "
-              f"{_num(m['sharpe']):>9} {_pct(m['max_drawdown']):>10} {m['orders']:>6} {m['rejections']:>8}")
+        print(
+            "  ".join(f"{overrides[n]!s:>16}" for n in names) + f"  {run_id:<12} {_pct(m['total_return']):>11} "
+            f"{_num(m['sharpe']):>9} {_pct(m['max_drawdown']):>10} {m['orders']:>6} {m['rejections']:>8}"
+        )
         if args.report:
             path = Path(args.report)
-            write_report(path.with_name(f"{path.stem}-{run_id}{path.suffix}"), row, result, setup,
-                         [b for bars in analytics.bars.values() for b in bars], analytics.indicators)
+            write_report(
+                path.with_name(f"{path.stem}-{run_id}{path.suffix}"),
+                row,
+                result,
+                setup,
+                [b for bars in analytics.bars.values() for b in bars],
+                analytics.indicators,
+            )
     return 0
 
 
 # --- compare -------------------------------------------------------------------------
+
 
 def _flat(d: dict, prefix: str = "") -> dict:
     out: dict[str, object] = {}
@@ -764,8 +969,11 @@ def compare(a: str, b: str) -> int:
         print(f"{key:<16}{ra['metrics'][key]:>28,}{rb['metrics'][key]:>28,}")
     ran = [(key, ra[key], rb[key]) for key in ("strategy", "strategy_params", "strategy_sha256") if ra[key] != rb[key]]
     for key, va, vb in ran:  # the strategy first: the difference that matters most
-        name = {"strategy": "strategy", "strategy_params": "strategy parameters",
-                "strategy_sha256": "strategy source sha256"}[key]
+        name = {
+            "strategy": "strategy",
+            "strategy_params": "strategy parameters",
+            "strategy_sha256": "strategy source sha256",
+        }[key]
         print(f"{name}: {_ran(va)} vs {_ran(vb)}")
     pa, pb = _flat(ra["parameters"]), _flat(rb["parameters"])
     diff = sorted(k for k in pa.keys() | pb.keys() if pa.get(k) != pb.get(k))
@@ -774,8 +982,10 @@ def compare(a: str, b: str) -> int:
     diff += [key for key, _, _ in ran]
     same_data = ra["data_fingerprint"] == rb["data_fingerprint"]
     same = ra["results_sha256"] == rb["results_sha256"]
-    print(f"input data: {'same' if same_data else 'different'}; parameters: "
-          f"{'same' if not diff else f'{len(diff)} differ'}; equity and trades: {'identical' if same else 'differ'}")
+    print(
+        f"input data: {'same' if same_data else 'different'}; parameters: "
+        f"{'same' if not diff else f'{len(diff)} differ'}; equity and trades: {'identical' if same else 'differ'}"
+    )
     return 0
 
 
@@ -787,6 +997,7 @@ def _ran(value) -> str:
 
 
 # --- against the live pipeline --------------------------------------------------------
+
 
 def live_events(s: Settings, start: int, end: int) -> dict[str, list[dict]]:
     """What the live pipeline published with event time in [start, end], per event type.
@@ -805,7 +1016,10 @@ def live_events(s: Settings, start: int, end: int) -> dict[str, list[dict]]:
             continue
         out.setdefault(event_type, []).extend(
             # cast: decode=True, so each record has its event
-            cast(dict, r.event) for r in read_topic(s, s.topic(name), start, None, decode=True) if r.ts <= end)
+            cast(dict, r.event)
+            for r in read_topic(s, s.topic(name), start, None, decode=True)
+            if r.ts <= end
+        )
     return out
 
 
@@ -830,8 +1044,9 @@ def last_per_key(events: list[dict]) -> list[dict]:
 HELD_BACK = ("order", "order_rejected", "fill", "position", "equity", "risk_state")
 
 
-def differences(live: dict[str, list[dict]], ours: dict[str, list[dict]], start: int, end: int,
-                held_until: int | None = None):
+def differences(
+    live: dict[str, list[dict]], ours: dict[str, list[dict]], start: int, end: int, held_until: int | None = None
+):
     """Per event type: (live count, backtest count, first difference or None), both sides
     limited to event time in [start, end] (HELD_BACK types: before ``held_until`` too)."""
     from ..core.backtest import canonical
@@ -844,8 +1059,13 @@ def differences(live: dict[str, list[dict]], ours: dict[str, list[dict]], start:
         first = None
         for key in sorted(a.keys() | b.keys()):
             if a.get(key) != b.get(key):
-                first = (f"{key}: only live" if key not in b else f"{key}: only in the backtest" if key not in a
-                         else f"{key}: live {a[key].decode()[:300]} != backtest {b[key].decode()[:300]}")
+                first = (
+                    f"{key}: only live"
+                    if key not in b
+                    else f"{key}: only in the backtest"
+                    if key not in a
+                    else f"{key}: live {a[key].decode()[:300]} != backtest {b[key].decode()[:300]}"
+                )
                 break
         out[event_type] = (len(a), len(b), first)
     return out
@@ -859,20 +1079,29 @@ def check_live(s: Settings, events, start: int, cutoff: int) -> int:
     saw, where the backtest's flush ticks closed the last bars)."""
     live, ours = live_events(s, start, cutoff), dict(events.by_type)
     held_until = max((e["ts"] for e in live.get("equity", ())), default=None)
-    print(f"live check: events from {_iso(start)} to {_iso(cutoff)}"
-          + (f", the trading book to {_iso(held_until)} (excluded)" if held_until is not None else ""))
+    print(
+        f"live check: events from {_iso(start)} to {_iso(cutoff)}"
+        + (f", the trading book to {_iso(held_until)} (excluded)" if held_until is not None else "")
+    )
     for t in compacted_types(s):  # compaction may have dropped all but the last per key
         for side in (live, ours):
-            side[t] = last_per_key([e for e in side.get(t, ()) if start <= e["ts"] <= min(
-                cutoff, cutoff if held_until is None else held_until - 1)])
+            side[t] = last_per_key(
+                [
+                    e
+                    for e in side.get(t, ())
+                    if start <= e["ts"] <= min(cutoff, cutoff if held_until is None else held_until - 1)
+                ]
+            )
     diffs = differences(live, ours, start, cutoff, held_until)
     bad = 0
     for event_type, (n_live, n_bt, first) in diffs.items():
         print(f"  {event_type:<16} live {n_live:>8}  backtest {n_bt:>8}  {'equal' if first is None else first}")
         bad += first is not None
     if bad:
-        print(f"live check: {bad} event type(s) differ (the live run must start at --from with empty state, "
-              f"with the model active throughout and the backtest's settings)")
+        print(
+            f"live check: {bad} event type(s) differ (the live run must start at --from with empty state, "
+            f"with the model active throughout and the backtest's settings)"
+        )
         return 1
     print("live check: every event equals the live pipeline's")
     return 0

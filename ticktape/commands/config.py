@@ -4,6 +4,7 @@ the README table.
 Values are the ones `ticktape run` (make run) gives its processes: the environment, else
 the local stack's endpoints, else config/run.env, else the default.  A value that differs
 from the default is marked with where it comes from."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,11 @@ from ..config import (
 def register(sub):
     p = sub.add_parser("config", help="show the settings in force (what `ticktape run` uses), overrides marked")
     p.add_argument("--table", action="store_true", help="print the README's settings table (Markdown)")
-    p.add_argument("--json", action="store_true",
-                   help="print {VAR: {value, default, source}} (source: environment, local stack, run, default)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print {VAR: {value, default, source}} (source: environment, local stack, run, default)",
+    )
     p.set_defaults(func=run)
 
 
@@ -45,8 +49,11 @@ def in_force() -> dict[str, dict[str, str]]:
     return out
 
 
-SOURCE_NOTE = {"environment": "set in the environment", "local stack": "the running local stack",
-               "run": f"ticktape run: {RUN_DEFAULTS_FILE.parent.name}/{RUN_DEFAULTS_FILE.name}"}
+SOURCE_NOTE = {
+    "environment": "set in the environment",
+    "local stack": "the running local stack",
+    "run": f"ticktape run: {RUN_DEFAULTS_FILE.parent.name}/{RUN_DEFAULTS_FILE.name}",
+}
 
 
 def run(args) -> int:

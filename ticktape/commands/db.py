@@ -1,4 +1,5 @@
 """`ticktape db migrate|status`: the database schema (sinks/migrations)."""
+
 from __future__ import annotations
 
 import psycopg

@@ -14,6 +14,7 @@ volatility annualization takes the bar length from ``--interval`` or, by default
 the median time step of each symbol.  Bad input: one line naming the line, exit 2, and
 no output file (the file is written to a temporary name and renamed at the end).
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,8 +39,11 @@ def register(sub):
     p = sub.add_parser("indicators", help="compute the indicator set over a CSV of bars")
     p.add_argument("--input", required=True, help="CSV of bars: time,symbol,open,high,low,close,volume")
     p.add_argument("--output", required=True, help="CSV to write: the input columns + one per indicator")
-    p.add_argument("--interval", help="bar length for the volatility annualization "
-                   "(1s, 1m, 5m, 1h, 1d, ...); default: each symbol's median time step")
+    p.add_argument(
+        "--interval",
+        help="bar length for the volatility annualization "
+        "(1s, 1m, 5m, 1h, 1d, ...); default: each symbol's median time step",
+    )
     p.add_argument("--symbol", help="the symbol of a file without a symbol column (default: the file's stem)")
     p.set_defaults(func=run)
 
@@ -80,8 +84,10 @@ def _parse(path: str, reader, symbol: str) -> tuple[list[str], list[list[str]], 
     pos = _columns(header)
     missing = [c for c in REQUIRED if c not in pos and c != "symbol"]
     if missing:
-        raise UsageError(f"{path} line 1: missing column(s) {', '.join(missing)} "
-                         f"(need {','.join(REQUIRED)}, or Yahoo's Date|Datetime,Open,High,Low,Close,Volume)")
+        raise UsageError(
+            f"{path} line 1: missing column(s) {', '.join(missing)} "
+            f"(need {','.join(REQUIRED)}, or Yahoo's Date|Datetime,Open,High,Low,Close,Volume)"
+        )
     clash = [c for c in header if c in INDICATOR_NAMES]
     if clash:
         raise UsageError(f"{path} line 1: input column(s) {', '.join(clash)} clash with indicator columns")
@@ -127,8 +133,7 @@ def seconds_per_bar(symbols: list[str], times: list[int], interval: str | None) 
     for s, t in zip(symbols, times):
         by_symbol.setdefault(s, []).append(t)
     # Fewer than 2 bars: no step to measure (and too few bars for a volatility anyway).
-    return {s: float(np.median(np.diff(ts))) / 1e6 if len(ts) > 1 else None
-            for s, ts in by_symbol.items()}
+    return {s: float(np.median(np.diff(ts))) / 1e6 if len(ts) > 1 else None for s, ts in by_symbol.items()}
 
 
 def _write_atomically(path: Path, header: list[str], rows: list[list[str]], values: np.ndarray):
@@ -152,14 +157,17 @@ def run(args) -> int:
     header, rows, lines, cols = read_bars(args.input, args.symbol)
     spb = seconds_per_bar(cols["symbol"], cols["time"], args.interval)
     try:
-        values = compute_batch(cols["symbol"], cols["time"], cols["open"], cols["high"], cols["low"],
-                               cols["close"], cols["volume"], spb)
+        values = compute_batch(
+            cols["symbol"], cols["time"], cols["open"], cols["high"], cols["low"], cols["close"], cols["volume"], spb
+        )
     except BarError as e:
         assert e.row is not None  # compute_batch always names the row (None only for one bar)
         raise UsageError(f"{args.input} line {lines[e.row]}: {e}") from None
     _write_atomically(output, header, rows, values)
     symbols = sorted(set(cols["symbol"]))
-    print(f"wrote {output}: {len(rows):,} rows of {len(symbols)} symbol(s) ({', '.join(symbols[:5])}"
-          f"{' ...' if len(symbols) > 5 else ''}), the {len(header)} input columns + {len(INDICATOR_NAMES)} "
-          "indicator columns")
+    print(
+        f"wrote {output}: {len(rows):,} rows of {len(symbols)} symbol(s) ({', '.join(symbols[:5])}"
+        f"{' ...' if len(symbols) > 5 else ''}), the {len(header)} input columns + {len(INDICATOR_NAMES)} "
+        "indicator columns"
+    )
     return 0

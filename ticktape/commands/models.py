@@ -2,6 +2,7 @@
 
 VERSION may be a unique prefix of a version.  Activation refuses (exit 2, one line,
 nothing changed) a model whose features this pipeline does not produce."""
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,11 @@ def register(sub):
     act = msub.add_parser("activate", help="make a model the active one (every predict worker switches)")
     act.add_argument("version")
     act.set_defaults(func=run_activate)
-    ens = msub.add_parser("ensure", help="no active model: train and activate a bootstrap one on simulated "
-                                         "bars (what ticktape run and the docker stack do); else announce it again")
+    ens = msub.add_parser(
+        "ensure",
+        help="no active model: train and activate a bootstrap one on simulated "
+        "bars (what ticktape run and the docker stack do); else announce it again",
+    )
     ens.add_argument("--interval", help="bar interval of the model (default STRATEGY_INTERVAL)")
     ens.set_defaults(func=run_ensure)
 
@@ -55,13 +59,17 @@ def run_list(args) -> int:
 
     with registry_errors():
         rows = registry.list_models(settings())
-    print(f"  {'name':<16} {'version':<12} {'interval':>8} {'horizon':>7} {'auc':>7} {'base':>7} "
-          f"{'registered':<20} activated")
+    print(
+        f"  {'name':<16} {'version':<12} {'interval':>8} {'horizon':>7} {'auc':>7} {'base':>7} "
+        f"{'registered':<20} activated"
+    )
     for r in rows:
         activated = f"{r['activated_at']:%Y-%m-%d %H:%M:%S}" if r["active"] else ""
-        print(f"{'*' if r['active'] else ' '} {r['name']:<16} {r['version']:<12} {r['interval']:>8} "
-              f"{r['horizon']:>7} {_auc(r['metrics'], 'holdout'):>7} {_auc(r['metrics'], 'baseline'):>7} "
-              f"{r['registered_at']:%Y-%m-%d %H:%M:%S}  {activated}")
+        print(
+            f"{'*' if r['active'] else ' '} {r['name']:<16} {r['version']:<12} {r['interval']:>8} "
+            f"{r['horizon']:>7} {_auc(r['metrics'], 'holdout'):>7} {_auc(r['metrics'], 'baseline'):>7} "
+            f"{r['registered_at']:%Y-%m-%d %H:%M:%S}  {activated}"
+        )
     return 0
 
 
@@ -85,8 +93,17 @@ def run_activate(args) -> int:
 
 
 # features with a 50/200-bar lookback would keep a short run from ever predicting
-BOOTSTRAP_TRAIN = ["--source", "sim", "--sim-minutes", "60", "--horizon", "5",
-                   "--exclude", "sma_200_rel,sma_50_rel", "--activate"]
+BOOTSTRAP_TRAIN = [
+    "--source",
+    "sim",
+    "--sim-minutes",
+    "60",
+    "--horizon",
+    "5",
+    "--exclude",
+    "sma_200_rel,sma_50_rel",
+    "--activate",
+]
 
 
 def ensure_model(interval: str) -> None:
@@ -105,8 +122,11 @@ def ensure_model(interval: str) -> None:
             registry.announce(s, meta, artifact)
             print(f"ticktape: active model {meta['name']} {meta['version']} announced again", flush=True)
             return
-    print(f"ticktape: no active model: training one on simulated {interval} bars "
-          "(ticktape train --source sim; about half a minute) ...", flush=True)
+    print(
+        f"ticktape: no active model: training one on simulated {interval} bars "
+        "(ticktape train --source sim; about half a minute) ...",
+        flush=True,
+    )
     code = cli_main(["train", "--interval", interval, *BOOTSTRAP_TRAIN])
     if code != 0:
         raise SystemExit(f"ticktape: could not train the bootstrap model (exit {code})")

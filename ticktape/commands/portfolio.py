@@ -8,6 +8,7 @@ Fills are folded per account in the ledger's canonical order (ts, symbol, event_
 the order the portfolio stage folded them — so quantities, average costs, realized PnL
 and cash come out bit-identical; exit 1 when anything differs.
 """
+
 from __future__ import annotations
 
 from ..config import settings
@@ -55,8 +56,17 @@ def run_show(args) -> int:
     positions, equity = live_portfolio(s, account)
     held = {sym: rec for sym, rec in sorted(positions.items()) if rec["quantity"]}
     if args.json:
-        print(json.dumps({"account": account, "positions": [json.loads(to_json(r)) for r in held.values()],
-                          "equity": json.loads(to_json(equity)) if equity else None}, indent=2, sort_keys=True))
+        print(
+            json.dumps(
+                {
+                    "account": account,
+                    "positions": [json.loads(to_json(r)) for r in held.values()],
+                    "equity": json.loads(to_json(equity)) if equity else None,
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
         return 0
     if equity is None and not positions:
         print(f"account {account}: no position or equity yet (the portfolio stage has seen no fill of it)")
@@ -69,9 +79,11 @@ def run_show(args) -> int:
     if closed:
         print(f"  ({closed} closed position(s) not shown)")
     if equity:
-        print(f"  equity {equity['equity']:,.2f} = cash {equity['cash']:,.2f} + market value "
-              f"{equity['market_value']:,.2f};  PnL realized {equity['realized_pnl']:,.2f}, unrealized "
-              f"{equity['unrealized_pnl']:,.2f};  gross exposure {equity['gross_exposure']:,.2f}")
+        print(
+            f"  equity {equity['equity']:,.2f} = cash {equity['cash']:,.2f} + market value "
+            f"{equity['market_value']:,.2f};  PnL realized {equity['realized_pnl']:,.2f}, unrealized "
+            f"{equity['unrealized_pnl']:,.2f};  gross exposure {equity['gross_exposure']:,.2f}"
+        )
     return 0
 
 
@@ -81,8 +93,12 @@ def rebuild(s, account: str):
     from ..serde import Serde
 
     serde = Serde(s.schema_registry_url)
-    fills = [rec for m in read_to_end(s, s.topic("trading.fills"))
-             for kind, rec in [serde.decode(m.value())] if kind == "fill" and rec["account"] == account]
+    fills = [
+        rec
+        for m in read_to_end(s, s.topic("trading.fills"))
+        for kind, rec in [serde.decode(m.value())]
+        if kind == "fill" and rec["account"] == account
+    ]
     fills.sort(key=lambda f: (f["ts"], f["symbol"], f["event_id"]))
     pf = Portfolio(account, s.starting_cash)
     for f in fills:

@@ -3,6 +3,7 @@
 Each source is a module ``producers/<source>.py`` with ``add_arguments(parser,
 parse_time, parse_speed)`` and ``run(args, settings) -> int``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -13,9 +14,11 @@ from ..config import settings
 from ..kafka_clients import check_reachable
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-SOURCES = {"sim": "seeded market simulator (default source)",
-           "websocket": "live WebSocket feed of a market-data provider",
-           "yahoo": "Yahoo Finance 1-min bars: backfill, then poll"}
+SOURCES = {
+    "sim": "seeded market simulator (default source)",
+    "websocket": "live WebSocket feed of a market-data provider",
+    "yahoo": "Yahoo Finance 1-min bars: backfill, then poll",
+}
 
 
 def parse_time(text: str) -> int:

@@ -8,6 +8,7 @@
 The target is ``--to-topic`` (a full topic name), else the source's catalog topic under
 ``TOPIC_PREFIX``; replaying a topic into itself is refused.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,8 +33,7 @@ def register(sub):
     p.add_argument("--from", dest="start", type=parse_time, help="first event time, ISO-8601 (inclusive)")
     p.add_argument("--to", dest="end", type=parse_time, help="last event time, ISO-8601 (inclusive)")
     p.add_argument("--symbols", help="only these symbols (comma/space separated)")
-    p.add_argument("--speed", type=parse_speed, default=None,
-                   help="N x the original pace, or max (default max)")
+    p.add_argument("--speed", type=parse_speed, default=None, help="N x the original pace, or max (default max)")
     p.add_argument("--to-topic", help="target topic, full name (default: the catalog topic under TOPIC_PREFIX)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -107,14 +107,26 @@ def run(args) -> int:
         if args.source == "db":
             events = read_db(s, args.table, args.interval, args.start, args.end, symbols)
         else:
-            events = (e for e in events if (symbols is None or e["symbol"] in symbols)
-                      and (args.start is None or e["ts"] >= args.start)
-                      and (args.end is None or e["ts"] <= args.end))
+            events = (
+                e
+                for e in events
+                if (symbols is None or e["symbol"] in symbols)
+                and (args.start is None or e["ts"] >= args.start)
+                and (args.end is None or e["ts"] <= args.end)
+            )
         records = encode_events(events, kind, out_partitions, Serde(s.schema_registry_url), to_topic)
         same = True
     pub = EventPublisher(s, stage="replay")
-    n = publish(records, pub, to_topic, args.speed, stop, Progress(args.start, args.end, not args.quiet),
-                same_partitions=same, partitions=out_partitions)
+    n = publish(
+        records,
+        pub,
+        to_topic,
+        args.speed,
+        stop,
+        Progress(args.start, args.end, not args.quiet),
+        same_partitions=same,
+        partitions=out_partitions,
+    )
     log.info("replay: %d events to %s", n, to_topic)
     print(f"replayed {n} events to {to_topic}")
     return 0

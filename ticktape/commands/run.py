@@ -6,6 +6,7 @@ the simulator — and shows a one-line live summary read from their /metrics.  O
 ``--duration`` or Ctrl-C it stops the source first, lets the pipeline drain, then
 stops the rest; the stack stays up (`ticktape stack down` takes it down).
 """
+
 from __future__ import annotations
 
 import os
@@ -25,6 +26,8 @@ from .stack import bring_up
 from .status import remove_run_files, write_run_files
 
 DRAIN_SECONDS = 8.0
+
+
 @dataclass
 class Child:
     role: str  # metrics role and log name
@@ -38,9 +41,13 @@ class Child:
         self.port = free_port()
         log = open(logs / f"{self.role}.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ticktape.cli", *self.argv], stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=env | {"METRICS_PORT": str(self.port)},
-            start_new_session=True)  # Ctrl-C reaches us only; we stop children in order
+            [sys.executable, "-m", "ticktape.cli", *self.argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env | {"METRICS_PORT": str(self.port)},
+            start_new_session=True,
+        )  # Ctrl-C reaches us only; we stop children in order
         log.close()
 
     def alive(self) -> bool:
@@ -62,8 +69,12 @@ def register(sub):
     p = sub.add_parser("run", help="the main job: local stack + simulator + the whole pipeline")
     p.add_argument("--duration", type=float, default=0, help="stop after S seconds (0 = until Ctrl-C)")
     p.add_argument("--rate", type=float, help="simulator ticks per second (SIM_TICK_RATE)")
-    p.add_argument("--no-bootstrap-model", dest="bootstrap_model", action="store_false",
-                   help="do not train a model on simulated history when none is active")
+    p.add_argument(
+        "--no-bootstrap-model",
+        dest="bootstrap_model",
+        action="store_false",
+        help="do not train a model on simulated history when none is active",
+    )
     p.set_defaults(func=run)
 
 
@@ -100,22 +111,27 @@ class Summary:
         if self.prev is not None and now > self.prev[0]:
             rate = max(0.0, (ticks - self.prev[1]) / (now - self.prev[0]))
         self.prev = (now, ticks)
-        return {"ticks": ticks, "ticks_per_s": rate,
-                "bars": total(work, "ticktape_bars_closed_total"),
-                "late": total(work, "ticktape_late_ticks_total"),
-                "predictions": total(work, "ticktape_predictions_total"),
-                "orders": total(work, "ticktape_orders_total"),
-                "fills": total(work, "ticktape_fills_total"),
-                "rows": total(sink, "ticktape_sink_rows_total"),
-                "lag": total(sink, "ticktape_consumer_lag") + total(work, "ticktape_consumer_lag"),
-                "dlq": total(work, "ticktape_dlq_messages_total") + total(sink, "ticktape_dlq_messages_total")}
+        return {
+            "ticks": ticks,
+            "ticks_per_s": rate,
+            "bars": total(work, "ticktape_bars_closed_total"),
+            "late": total(work, "ticktape_late_ticks_total"),
+            "predictions": total(work, "ticktape_predictions_total"),
+            "orders": total(work, "ticktape_orders_total"),
+            "fills": total(work, "ticktape_fills_total"),
+            "rows": total(sink, "ticktape_sink_rows_total"),
+            "lag": total(sink, "ticktape_consumer_lag") + total(work, "ticktape_consumer_lag"),
+            "dlq": total(work, "ticktape_dlq_messages_total") + total(sink, "ticktape_dlq_messages_total"),
+        }
 
     def line(self, elapsed: float) -> str:
         f = self.figures()
-        line = (f"[{elapsed:6.0f}s] ticks {f['ticks']:>9,.0f} ({f['ticks_per_s']:>7,.0f}/s)  "
-                f"bars {f['bars']:>7,.0f}  late {f['late']:>4,.0f}  pred {f['predictions']:>6,.0f}  "
-                f"orders {f['orders']:>4,.0f}  fills {f['fills']:>4,.0f}  rows {f['rows']:>9,.0f}  "
-                f"lag {f['lag']:>6,.0f}  dlq {f['dlq']:>3,.0f}")
+        line = (
+            f"[{elapsed:6.0f}s] ticks {f['ticks']:>9,.0f} ({f['ticks_per_s']:>7,.0f}/s)  "
+            f"bars {f['bars']:>7,.0f}  late {f['late']:>4,.0f}  pred {f['predictions']:>6,.0f}  "
+            f"orders {f['orders']:>4,.0f}  fills {f['fills']:>4,.0f}  rows {f['rows']:>9,.0f}  "
+            f"lag {f['lag']:>6,.0f}  dlq {f['dlq']:>3,.0f}"
+        )
         recovering = total(self.last.get("worker", {}), "ticktape_recovery_remaining")
         if recovering:
             line += f"  [worker restoring its state: {recovering:,.0f} changelog records to go]"
@@ -127,7 +143,8 @@ class Summary:
 
         sink = self.last.get("sink-postgres", {})
         return "rows written this run: " + "  ".join(
-            f"{t} {total(sink, 'ticktape_sink_rows_total', table=t):,.0f}" for t in TABLE_OF_EVENT.values())
+            f"{t} {total(sink, 'ticktape_sink_rows_total', table=t):,.0f}" for t in TABLE_OF_EVENT.values()
+        )
 
 
 def run(args) -> int:
@@ -139,22 +156,32 @@ def run(args) -> int:
     logs = Path(s.home) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env.update({"KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "DATABASE_URL": s.database_url,
-                "REDIS_URL": s.redis_url, "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+            "DATABASE_URL": s.database_url,
+            "REDIS_URL": s.redis_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     for name, value in run_defaults().items():  # config/run.env: the main job's settings
         if name not in set_in_environment():
             env[name] = value
     if args.bootstrap_model and spec.cls.input_kind() == "prediction":  # a strategy of bars needs no model
         ensure_model(env["STRATEGY_INTERVAL"])
     producer_args = ["produce", "sim"] + (["--rate", str(args.rate)] if args.rate else [])
-    pipeline = [Child("worker", ["process", "worker"]), Child("sink-postgres", ["sink", "postgres"]),
-                Child("sink-redis", ["sink", "redis"])]
+    pipeline = [
+        Child("worker", ["process", "worker"]),
+        Child("sink-postgres", ["sink", "postgres"]),
+        Child("sink-redis", ["sink", "redis"]),
+    ]
     source = Child("producer", producer_args)
     for child in pipeline + [source]:
         child.start(logs, env)
     # cast: every child was started just above, so each has its process
-    write_run_files(s.home, [(c.role, c.port, cast(subprocess.Popen, c.proc).pid) for c in pipeline + [source]],
-                    spec.record())
+    write_run_files(
+        s.home, [(c.role, c.port, cast(subprocess.Popen, c.proc).pid) for c in pipeline + [source]], spec.record()
+    )
 
     stop = {"now": False}
     signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
@@ -190,8 +217,10 @@ def run(args) -> int:
     print(summary.rows_line(), flush=True)
     if failed is not None:
         assert failed.proc is not None  # it was started, then found dead
-        print(f"ticktape: {failed.role} exited with code {failed.proc.returncode}; "
-              f"see {logs / (failed.role + '.log')}", file=sys.stderr)
+        print(
+            f"ticktape: {failed.role} exited with code {failed.proc.returncode}; see {logs / (failed.role + '.log')}",
+            file=sys.stderr,
+        )
         return 1
     bad = {role: code for role, code in codes.items() if code not in (0, -signal.SIGTERM)}
     if bad:

@@ -6,6 +6,7 @@ running, outages are retried (``sinks/runner.py``).  An error no retry fixes sto
 sink with one line and exit code 3.  The main job starts them as
 ``python -m ticktape.cli sink postgres``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,11 +23,17 @@ log = logging.getLogger(__name__)
 def register(sub):
     p = sub.add_parser("sink", help="write topics of record to PostgreSQL, or latest state to Redis")
     ssub = p.add_subparsers(dest="target", metavar="TARGET", required=True)
-    for target, what in (("postgres", "every topic of record into its table"),
-                         ("redis", "the latest tick/bar/indicators/prediction/position per symbol")):
+    for target, what in (
+        ("postgres", "every topic of record into its table"),
+        ("redis", "the latest tick/bar/indicators/prediction/position per symbol"),
+    ):
         sp = ssub.add_parser(target, help=f"write {what}")
-        sp.add_argument("--topics", nargs="+", metavar="TOPIC",
-                        help="catalog topic names (without the run prefix); default: all of this sink's")
+        sp.add_argument(
+            "--topics",
+            nargs="+",
+            metavar="TOPIC",
+            help="catalog topic names (without the run prefix); default: all of this sink's",
+        )
         sp.set_defaults(func=run)
 
 
@@ -40,8 +47,9 @@ def run(args) -> int:
     topics = args.topics or allowed
     unknown = [t for t in topics if t not in allowed]
     if unknown:
-        raise UsageError(f"sink {args.target}: not a topic it writes: {', '.join(unknown)} "
-                         f"(choose from {', '.join(allowed)})")
+        raise UsageError(
+            f"sink {args.target}: not a topic it writes: {', '.join(unknown)} (choose from {', '.join(allowed)})"
+        )
     if args.target == "postgres":
         from sinks.postgres import PostgresWriter
 
@@ -50,8 +58,10 @@ def run(args) -> int:
         try:
             schema.migrate(s)
         except psycopg.Error as e:
-            raise ConfigError(f"sink postgres: database not ready: {type(e).__name__}: "
-                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+            raise ConfigError(
+                f"sink postgres: database not ready: {type(e).__name__}: "
+                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            ) from None
         writer: PostgresWriter | redis_sink.RedisWriter = PostgresWriter(s)
     else:
         writer = redis_sink.RedisWriter(s)

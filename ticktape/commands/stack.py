@@ -1,4 +1,5 @@
 """`ticktape stack up|down|status|env`: the local stack (broker, PostgreSQL, Redis)."""
+
 from __future__ import annotations
 
 import shlex
@@ -12,8 +13,9 @@ def register(sub):
     p = sub.add_parser("stack", help="manage the local stack (broker, PostgreSQL, Redis)")
     ssub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     up = ssub.add_parser("up", help="start the local services, create topics and the schema")
-    up.add_argument("--with-prometheus", action="store_true",
-                    help="also start a local Prometheus scraping the local processes")
+    up.add_argument(
+        "--with-prometheus", action="store_true", help="also start a local Prometheus scraping the local processes"
+    )
     up.set_defaults(func=run_up)
     ssub.add_parser("down", help="stop the local services").set_defaults(func=run_down)
     ssub.add_parser("status", help="show what runs").set_defaults(func=run_status)
@@ -37,7 +39,8 @@ def bring_up(with_prometheus: bool = False) -> dict[str, str]:
             kafka=not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
             postgres=not os.environ.get("DATABASE_URL"),
             redis=not os.environ.get("REDIS_URL"),
-            prometheus=want_prom)
+            prometheus=want_prom,
+        )
     except StackError as e:
         raise SystemExit(f"ticktape: stack: {e}") from None
     s = settings()
@@ -69,8 +72,11 @@ def run_status(args) -> int:
 
 def run_env(args) -> int:
     s = settings()
-    values = {"KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers, "DATABASE_URL": s.database_url,
-              "REDIS_URL": s.redis_url}
+    values = {
+        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+        "DATABASE_URL": s.database_url,
+        "REDIS_URL": s.redis_url,
+    }
     prom = _stack().endpoints().get("PROMETHEUS_URL")
     if prom:
         values["PROMETHEUS_URL"] = prom

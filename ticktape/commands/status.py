@@ -23,6 +23,7 @@ Health score (0-100), per stage:
     their minimum, so one dead stage costs at least half: round((mean + min) / 2).
 No process reachable: score 0 and exit code 1.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,12 @@ class StageStatus:
 def register(sub):
     p = sub.add_parser("status", help="health of the running pipeline (rate, lag, freshness, errors)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--interval", type=float, default=2.0,
-                   help="seconds between the two samples rates are computed from (default 2)")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        help="seconds between the two samples rates are computed from (default 2)",
+    )
     p.set_defaults(func=run)
 
 
@@ -96,14 +101,23 @@ def _delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
 
 def _stages_of(samples: Samples) -> list[str]:
     """Stage label values a process exports, in flow order where known."""
-    found = {lbl["stage"] for name in ("ticktape_events_in_total", "ticktape_events_out_total")
-             for lbl, _ in samples.get(name, ()) if "stage" in lbl}
+    found = {
+        lbl["stage"]
+        for name in ("ticktape_events_in_total", "ticktape_events_out_total")
+        for lbl, _ in samples.get(name, ())
+        if "stage" in lbl
+    }
     order = ["producer", "bars", "indicators", "predict", "strategy", "risk", "execution", "portfolio"]
     return sorted(found, key=lambda s: (order.index(s) if s in order else len(order), s))
 
 
-def stage_rows(processes: dict[str, int], before: dict[str, Samples], after: dict[str, Samples],
-               seconds: float, lags: dict[str, float] | None = None) -> list[StageStatus]:
+def stage_rows(
+    processes: dict[str, int],
+    before: dict[str, Samples],
+    after: dict[str, Samples],
+    seconds: float,
+    lags: dict[str, float] | None = None,
+) -> list[StageStatus]:
     """Stage rows from two samples of each process (role -> samples), ``seconds`` apart.
 
     ``lags``: consumer-group lag per stage from the broker; stages missing there use the
@@ -124,22 +138,30 @@ def stage_rows(processes: dict[str, int], before: dict[str, Samples], after: dic
             n_out = _delta(b, a, "ticktape_events_out_total", stage=stage)
             n_lat = _delta(b, a, "ticktape_event_latency_seconds_count", stage=stage)
             sum_lat = _delta(b, a, "ticktape_event_latency_seconds_sum", stage=stage)
-            errors = (_delta(b, a, "ticktape_processing_errors_total", stage=stage)
-                      + _delta(b, a, "ticktape_dlq_messages_total", stage=stage))
+            errors = _delta(b, a, "ticktape_processing_errors_total", stage=stage) + _delta(
+                b, a, "ticktape_dlq_messages_total", stage=stage
+            )
             lag = lags.get(stage)
             if role.startswith("sink-"):
                 errors += _delta(b, a, "ticktape_sink_errors_total", sink=role.removeprefix("sink-"))
             group, topics = consumed(stage, a)
-            gauges = [v for lbl, v in a.get("ticktape_consumer_lag", ())
-                      if group and lbl.get("group") == f"ticktape.{group}"
-                      and (topics is None or lbl.get("topic") in topics)]
+            gauges = [
+                v
+                for lbl, v in a.get("ticktape_consumer_lag", ())
+                if group and lbl.get("group") == f"ticktape.{group}" and (topics is None or lbl.get("topic") in topics)
+            ]
             if lag is None and gauges:
                 lag = sum(gauges)
             st = StageStatus(
-                stage=stage, process=where, up=True,
+                stage=stage,
+                process=where,
+                up=True,
                 in_per_s=n_in / seconds if "ticktape_events_in_total" in a and stage != "producer" else None,
                 out_per_s=n_out / seconds if not role.startswith("sink-") else None,
-                lag=lag, freshness_s=sum_lat / n_lat if n_lat > 0 else None, errors=errors)
+                lag=lag,
+                freshness_s=sum_lat / n_lat if n_lat > 0 else None,
+                errors=errors,
+            )
             st.score = stage_score(st)
             rows.append(st)
     return rows
@@ -190,12 +212,14 @@ def consumed(stage: str, samples: Samples) -> tuple[str | None, set[str] | None]
         return stage, None
     if stage == "producer":
         return None, None
-    return "worker", {lbl["topic"] for lbl, _ in samples.get("ticktape_events_in_total", ())
-                      if lbl.get("stage") == stage and "topic" in lbl}
+    return "worker", {
+        lbl["topic"]
+        for lbl, _ in samples.get("ticktape_events_in_total", ())
+        if lbl.get("stage") == stage and "topic" in lbl
+    }
 
 
-def broker_lags(s, wanted: dict[str, tuple[str | None, set[str] | None]],
-                timeout: float = 3.0) -> dict[str, float]:
+def broker_lags(s, wanted: dict[str, tuple[str | None, set[str] | None]], timeout: float = 3.0) -> dict[str, float]:
     """Committed-offset lag per stage (``wanted``: stage -> ``consumed``): its group's lag
     summed over the partitions of the topics the stage reads ({} when the broker does not answer)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
@@ -216,16 +240,18 @@ def broker_lags(s, wanted: dict[str, tuple[str | None, set[str] | None]],
                 per_topic = lag_of.setdefault(name, {})
                 for tp in fut.result(timeout=timeout).topic_partitions or []:
                     if tp.offset >= 0:
-                        _, high = probe.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
-                                                              timeout=timeout)
+                        _, high = probe.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout)
                         topic = tp.topic.removeprefix(s.topic_prefix)
                         per_topic[topic] = per_topic.get(topic, 0.0) + max(0, high - tp.offset)
         finally:
             probe.close()
     except (KafkaException, TimeoutError, OSError):
         return {}
-    return {stage: sum(lag for topic, lag in lag_of[group].items() if topics is None or topic in topics)
-            for stage, (group, topics) in wanted.items() if group in lag_of}
+    return {
+        stage: sum(lag for topic, lag in lag_of[group].items() if topics is None or topic in topics)
+        for stage, (group, topics) in wanted.items()
+        if group in lag_of
+    }
 
 
 def own_samples(home, processes: dict[str, tuple[int, int | None]]) -> tuple[dict[str, Samples], dict[str, str]]:
@@ -261,8 +287,12 @@ def collect(s, interval: float, with_broker: bool = True) -> dict:
         if role in notes:
             proc["note"] = notes[role]
         procs.append(proc)
-    return {"health": overall_score(rows), "sampled_s": round(seconds, 3), "processes": procs,
-            "stages": [asdict(r) for r in rows]}
+    return {
+        "health": overall_score(rows),
+        "sampled_s": round(seconds, 3),
+        "processes": procs,
+        "stages": [asdict(r) for r in rows],
+    }
 
 
 def _fmt(x: float | None, spec: str) -> str:
@@ -270,14 +300,18 @@ def _fmt(x: float | None, spec: str) -> str:
 
 
 def render(report: dict) -> str:
-    lines = [f"ticktape status: health {report['health']}/100 (sampled over {report['sampled_s']:.1f} s)",
-             f"{'STAGE':<14} {'PROCESS':<20} {'UP':<4} {'IN/s':>9} {'OUT/s':>9} {'LAG':>9} "
-             f"{'FRESH s':>8} {'ERRORS':>6} {'SCORE':>5}"]
+    lines = [
+        f"ticktape status: health {report['health']}/100 (sampled over {report['sampled_s']:.1f} s)",
+        f"{'STAGE':<14} {'PROCESS':<20} {'UP':<4} {'IN/s':>9} {'OUT/s':>9} {'LAG':>9} "
+        f"{'FRESH s':>8} {'ERRORS':>6} {'SCORE':>5}",
+    ]
     for st in report["stages"]:
-        lines.append(f"{st['stage']:<14} {st['process']:<20} {'up' if st['up'] else 'DOWN':<4} "
-                     f"{_fmt(st['in_per_s'], ',.1f'):>9} {_fmt(st['out_per_s'], ',.1f'):>9} "
-                     f"{_fmt(st['lag'], ',.0f'):>9} {_fmt(st['freshness_s'], '.2f'):>8} "
-                     f"{st['errors']:>6,.0f} {st['score']:>5}")
+        lines.append(
+            f"{st['stage']:<14} {st['process']:<20} {'up' if st['up'] else 'DOWN':<4} "
+            f"{_fmt(st['in_per_s'], ',.1f'):>9} {_fmt(st['out_per_s'], ',.1f'):>9} "
+            f"{_fmt(st['lag'], ',.0f'):>9} {_fmt(st['freshness_s'], '.2f'):>8} "
+            f"{st['errors']:>6,.0f} {st['score']:>5}"
+        )
     return "\n".join(lines)
 
 

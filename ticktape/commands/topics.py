@@ -1,4 +1,5 @@
 """`ticktape topics list|describe|create|tail`: the topic catalog (kafka/topics.yaml)."""
+
 from __future__ import annotations
 
 import json
@@ -23,13 +24,20 @@ def register(sub):
     d.add_argument("topic")
     d.set_defaults(func=run_describe)
     tsub.add_parser("create", help="create missing catalog topics").set_defaults(func=run_create)
-    t = tsub.add_parser("tail", help="print decoded events as JSON lines (a TickBatch as its ticks; ts_iso "
-                                     "beside ts; ml.models: the announced model's metadata)")
+    t = tsub.add_parser(
+        "tail",
+        help="print decoded events as JSON lines (a TickBatch as its ticks; ts_iso "
+        "beside ts; ml.models: the announced model's metadata)",
+    )
     t.add_argument("topic", help="catalog name (the run prefix is added) or a full topic name")
     t.add_argument("--from-beginning", action="store_true", help="start at the oldest event")
     t.add_argument("--count", type=positive_int, help="stop after N events")
-    t.add_argument("--idle-timeout", type=float, default=None,
-                   help="stop after S seconds without events (default: never; 5 with --from-beginning)")
+    t.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        help="stop after S seconds without events (default: never; 5 with --from-beginning)",
+    )
     t.set_defaults(func=run_tail)
 
 
@@ -48,15 +56,19 @@ def run_list(args) -> int:
     found = kafka_clients.admin(s).list_topics(timeout=10).topics
     # the worker's tables' changelogs (Faust names them <app id>-<table>-changelog)
     changelogs = sorted(t for t in found if t.startswith(s.group("worker") + "-") and t.endswith("-changelog"))
-    rows = [(s.topic(name), spec.event or "-", spec.partitions, str(spec.retention_ms), spec.cleanup_policy)
-            for name, spec in kafka_clients.topic_catalog().items()]
+    rows = [
+        (s.topic(name), spec.event or "-", spec.partitions, str(spec.retention_ms), spec.cleanup_policy)
+        for name, spec in kafka_clients.topic_catalog().items()
+    ]
     rows += [(t, "changelog", len(found[t].partitions), "-", "compact") for t in changelogs]
     offsets = kafka_clients.watermarks(s, {t: sorted(found[t].partitions) for t, *_ in rows if t in found})
     print(f"{'topic':<44} {'event':<15} {'part':>4} {'retention.ms':>13}  {'cleanup':<9} {'offsets':>10}  exists")
     for full, event, parts, retention, cleanup in rows:
         held = f"{sum(h - lo for lo, h in offsets[full].values()):,}" if full in offsets else "-"
-        print(f"{full:<44} {event:<15} {parts:>4} {retention:>13}  {cleanup:<9} {held:>10}  "
-              f"{'yes' if full in found else 'no'}")
+        print(
+            f"{full:<44} {event:<15} {parts:>4} {retention:>13}  {cleanup:<9} {held:>10}  "
+            f"{'yes' if full in found else 'no'}"
+        )
     return 0
 
 
@@ -117,7 +129,7 @@ def run_tail(args) -> int:
             except (SerdeError, ValueError) as e:
                 lines = [json.dumps({"undecodable": str(e), "partition": msg.partition(), "offset": msg.offset()})]
             if args.count is not None:
-                lines = lines[:args.count - seen]
+                lines = lines[: args.count - seen]
             sys.stdout.write("".join(line + "\n" for line in lines))
             sys.stdout.flush()
             seen += len(lines)

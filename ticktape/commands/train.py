@@ -9,6 +9,7 @@ engine runs over them, then ``ticktape.core.features`` (the predict agent's own 
 ``ticktape.core.ml`` splits by time, trains and reports.  ``--from``/``--to`` select bars
 by window start (the indicators warm up inside that range).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,8 +31,12 @@ def register(sub):
     p = sub.add_parser("train", help="train an XGBoost direction model and register it")
     p.add_argument("--source", required=True, choices=SOURCES, help="where the bars are")
     p.add_argument("--input", help="CSV file of bars (--source csv)")
-    p.add_argument("--sim-minutes", type=float, default=240.0,
-                   help="--source sim: minutes of simulated history (SYMBOLS, SIM_SEED; default 240)")
+    p.add_argument(
+        "--sim-minutes",
+        type=float,
+        default=240.0,
+        help="--source sim: minutes of simulated history (SYMBOLS, SIM_SEED; default 240)",
+    )
     p.add_argument("--from", dest="start", type=parse_time, help="first window start, ISO-8601 (UTC)")
     p.add_argument("--to", dest="end", type=parse_time, help="window starts before this, ISO-8601 (UTC)")
     p.add_argument("--symbols", help="only these symbols (comma/space separated)")
@@ -44,8 +49,9 @@ def register(sub):
     p.add_argument("--max-depth", type=int, default=TrainParams.max_depth)
     p.add_argument("--eta", type=float, default=TrainParams.eta, help="learning rate")
     p.add_argument("--seed", type=int, default=TrainParams.seed)
-    p.add_argument("--threads", type=int, default=TrainParams.threads,
-                   help="XGBoost threads (the artifact does not depend on it)")
+    p.add_argument(
+        "--threads", type=int, default=TrainParams.threads, help="XGBoost threads (the artifact does not depend on it)"
+    )
     p.add_argument("--activate", action="store_true", help="make the new model the active one")
     p.set_defaults(func=run)
 
@@ -70,8 +76,9 @@ def _check_args(args) -> list[str]:
     excluded = [f.strip() for f in (args.exclude or "").split(",") if f.strip()]
     unknown = [f for f in excluded if f not in FEATURE_NAMES]
     if unknown:
-        raise UsageError(f"--exclude: unknown feature(s) {', '.join(unknown)}; "
-                         f"the features are {', '.join(FEATURE_NAMES)}")
+        raise UsageError(
+            f"--exclude: unknown feature(s) {', '.join(unknown)}; the features are {', '.join(FEATURE_NAMES)}"
+        )
     features = [f for f in FEATURE_NAMES if f not in excluded]
     if not features:
         raise UsageError("--exclude leaves no feature")
@@ -83,8 +90,9 @@ def _csv_bars(path: str) -> tuple[Bars, list[int]]:
     from .indicators import read_bars
 
     _, _, lines, cols = read_bars(path)
-    return Bars(cols["symbol"], cols["time"], cols["open"], cols["high"], cols["low"], cols["close"],
-                cols["volume"]), lines
+    return Bars(
+        cols["symbol"], cols["time"], cols["open"], cols["high"], cols["low"], cols["close"], cols["volume"]
+    ), lines
 
 
 def _db_bars(s, interval: str) -> Bars:
@@ -92,8 +100,10 @@ def _db_bars(s, interval: str) -> Bars:
 
     if not s.database_url:
         raise UsageError("--source db: no database (set DATABASE_URL or run `ticktape stack up`)")
-    query = ("SELECT symbol, (extract(epoch FROM window_start) * 1000000)::bigint, open, high, low, close, "
-             "volume, vwap FROM bars WHERE interval = %s ORDER BY symbol, window_start")
+    query = (
+        "SELECT symbol, (extract(epoch FROM window_start) * 1000000)::bigint, open, high, low, close, "
+        "volume, vwap FROM bars WHERE interval = %s ORDER BY symbol, window_start"
+    )
     try:
         with psycopg.connect(s.database_url, connect_timeout=10) as conn:
             rows = conn.execute(query, (interval,)).fetchall()
@@ -135,24 +145,37 @@ def _sim_bars(s, interval: str, minutes: float) -> Bars:
     if minutes <= 0:
         raise UsageError(f"--sim-minutes must be positive, got {minutes:g}")
     start_us = parse_time("2026-01-05T14:30:00Z")  # a fixed session open: same history every time
-    return Bars.from_events(simulated_bars(s.symbol_list, seed=s.sim_seed, start_us=start_us,
-                                           minutes=minutes, interval=interval))
+    return Bars.from_events(
+        simulated_bars(s.symbol_list, seed=s.sim_seed, start_us=start_us, minutes=minutes, interval=interval)
+    )
 
 
 def _select(bars: Bars, start, end, symbols, hours=None, width_us: int = 0) -> Bars:
     """The bars in [start, end) of ``symbols`` whose window meets a session of ``hours``
     (a MarketHours; None: any time): closed days and hours are skipped as live sources skip them."""
-    keep = [i for i in range(len(bars))
-            if (start is None or bars.window_start[i] >= start) and (end is None or bars.window_start[i] < end)
-            and (symbols is None or bars.symbol[i] in symbols)
-            and (hours is None or hours.overlaps(bars.window_start[i], bars.window_start[i] + width_us))]
+    keep = [
+        i
+        for i in range(len(bars))
+        if (start is None or bars.window_start[i] >= start)
+        and (end is None or bars.window_start[i] < end)
+        and (symbols is None or bars.symbol[i] in symbols)
+        and (hours is None or hours.overlaps(bars.window_start[i], bars.window_start[i] + width_us))
+    ]
     if len(keep) == len(bars):
         return bars
     cols = [bars.symbol, bars.window_start, bars.open, bars.high, bars.low, bars.close, bars.volume]
     out: list[list[Any]] = [[col[i] for i in keep] for col in cols]
     # the seven columns by position (a *list of unknown length could also fill vwap, says mypy)
-    return Bars(out[0], out[1], out[2], out[3], out[4], out[5], out[6],
-                vwap=None if bars.vwap is None else [bars.vwap[i] for i in keep])
+    return Bars(
+        out[0],
+        out[1],
+        out[2],
+        out[3],
+        out[4],
+        out[5],
+        out[6],
+        vwap=None if bars.vwap is None else [bars.vwap[i] for i in keep],
+    )
 
 
 # --- the command -----------------------------------------------------------------------
@@ -196,8 +219,10 @@ def run(args) -> int:
     elif args.source == "topic":
         bars, source = _topic_bars(s, args.interval), f"topic:{s.topic(f'md.bars.{args.interval}')}"
     else:
-        bars, source = _sim_bars(s, args.interval, args.sim_minutes), (
-            f"sim:seed={s.sim_seed} minutes={args.sim_minutes:g} symbols={len(s.symbol_list)}")
+        bars, source = (
+            _sim_bars(s, args.interval, args.sim_minutes),
+            (f"sim:seed={s.sim_seed} minutes={args.sim_minutes:g} symbols={len(s.symbol_list)}"),
+        )
     if lines is not None and (args.start is not None or args.end is not None or symbols):
         lines = None  # rows are selected below: the engine's row no longer maps to a line
     hours = market_hours(s)
@@ -206,24 +231,29 @@ def run(args) -> int:
     if len(bars) != given:
         lines = None  # rows were dropped: the engine's row no longer maps to a line
     if len(bars) == 0:
-        raise UsageError(f"no {args.interval} bars in {source} for the selected symbols and time range"
-                         + (f" inside the {hours.name} sessions (MARKET_CALENDAR)" if hours else ""))
+        raise UsageError(
+            f"no {args.interval} bars in {source} for the selected symbols and time range"
+            + (f" inside the {hours.name} sessions (MARKET_CALENDAR)" if hours else "")
+        )
     print(f"train: {len(bars):,} bars from {source}: computing features ...", flush=True)
     try:
         ds = build_dataset(bars, args.interval, args.horizon)
     except BarError as e:
         where = f"{args.input} line {lines[e.row]}: " if lines is not None and e.row is not None else ""
         raise UsageError(f"{where}{e}") from None
-    params = TrainParams(rounds=args.rounds, max_depth=args.max_depth, eta=args.eta, seed=args.seed,
-                         threads=args.threads)
+    params = TrainParams(
+        rounds=args.rounds, max_depth=args.max_depth, eta=args.eta, seed=args.seed, threads=args.threads
+    )
     print(f"train: {len(ds.ts):,} rows: {args.rounds} boosting rounds ...", flush=True)
     try:
         trained = train(ds, features, args.holdout, params, args.name, source)
     except ValueError as e:
         most = max((ds.symbols.count(sym) for sym in set(ds.symbols)), default=0)
-        raise UsageError(f"{e}; {len(ds.ts):,} bars, at most {most:,} per symbol — the full feature set "
-                         "needs 200 bars of lookback per symbol (sma_200_rel): use more history or "
-                         "--exclude sma_200_rel,sma_50_rel") from None
+        raise UsageError(
+            f"{e}; {len(ds.ts):,} bars, at most {most:,} per symbol — the full feature set "
+            "needs 200 bars of lookback per symbol (sma_200_rel): use more history or "
+            "--exclude sma_200_rel,sma_50_rel"
+        ) from None
     print(report(trained.metadata))
 
     from .. import registry
@@ -232,8 +262,10 @@ def run(args) -> int:
     meta = trained.metadata
     with registry_errors():
         path, new = registry.register(s, trained)
-        print(f"model     {meta['name']} {meta['version']} {'registered' if new else 'already registered'}: "
-              f"{path} + models table")
+        print(
+            f"model     {meta['name']} {meta['version']} {'registered' if new else 'already registered'}: "
+            f"{path} + models table"
+        )
         if args.activate:
             registry.activate(s, meta["version"])
             print(f"active    {meta['name']} {meta['version']} (announced on {s.topic(registry.MODELS_TOPIC)})")

@@ -10,6 +10,7 @@ cancel errors, statuses, LULD bands, updated and daily bars).
 Symbols: the project writes class shares with a dash (``BRK-B``), Alpaca with a dot
 (``BRK.B``); events always carry the project's spelling.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,15 @@ BAR_TOPIC = "md.bars.1m"
 TICK_TOPIC = "md.ticks"
 
 # Data point types sent by the stream that have no event in this project.
-IGNORED_TYPES = {"c": "trade correction", "x": "trade cancel/error", "s": "trading status",
-                 "l": "LULD band", "u": "updated bar", "d": "daily bar", "i": "imbalance"}
+IGNORED_TYPES = {
+    "c": "trade correction",
+    "x": "trade cancel/error",
+    "s": "trading status",
+    "l": "LULD band",
+    "u": "updated bar",
+    "d": "daily bar",
+    "i": "imbalance",
+}
 
 # code -> (meaning, retry?).  Retrying cannot fix a bad key, a plan or a symbol list:
 # those end the feed with one clear message instead of a reconnect storm.
@@ -110,10 +118,19 @@ def tick_from_trade(m: dict) -> dict:
     its event id.  ``seq`` is filled in by the feed tracker."""
     t = m["t"]
     symbol = from_provider_symbol(m["S"])
-    return {"event_id": f"{SOURCE}:{symbol}:t:{t[:10]}:{m['x']}:{int(m['i'])}",
-            "symbol": symbol, "ts": rfc3339_us(t), "source": SOURCE, "seq": 0,
-            "price": _num(m, "p"), "size": _num(m, "s"),
-            "bid": None, "ask": None, "bid_size": None, "ask_size": None}
+    return {
+        "event_id": f"{SOURCE}:{symbol}:t:{t[:10]}:{m['x']}:{int(m['i'])}",
+        "symbol": symbol,
+        "ts": rfc3339_us(t),
+        "source": SOURCE,
+        "seq": 0,
+        "price": _num(m, "p"),
+        "size": _num(m, "s"),
+        "bid": None,
+        "ask": None,
+        "bid_size": None,
+        "ask_size": None,
+    }
 
 
 def tick_from_quote(m: dict) -> dict:
@@ -123,10 +140,19 @@ def tick_from_quote(m: dict) -> dict:
     symbol = from_provider_symbol(m["S"])
     bid, ask, bid_size, ask_size = _num(m, "bp"), _num(m, "ap"), _num(m, "bs"), _num(m, "as")
     book = f"{m.get('bx')}|{bid!r}|{bid_size!r}|{m.get('ax')}|{ask!r}|{ask_size!r}"
-    return {"event_id": f"{SOURCE}:{symbol}:q:{t}:{zlib.crc32(book.encode()):08x}",
-            "symbol": symbol, "ts": rfc3339_us(t), "source": SOURCE, "seq": 0,
-            "price": None, "size": None,
-            "bid": bid, "ask": ask, "bid_size": bid_size, "ask_size": ask_size}
+    return {
+        "event_id": f"{SOURCE}:{symbol}:q:{t}:{zlib.crc32(book.encode()):08x}",
+        "symbol": symbol,
+        "ts": rfc3339_us(t),
+        "source": SOURCE,
+        "seq": 0,
+        "price": None,
+        "size": None,
+        "bid": bid,
+        "ask": ask,
+        "bid_size": bid_size,
+        "ask_size": ask_size,
+    }
 
 
 def bar_from_bar(m: dict) -> dict:
@@ -134,16 +160,29 @@ def bar_from_bar(m: dict) -> dict:
     the window start, the event time is the window end."""
     start = rfc3339_us(m["t"])
     symbol = from_provider_symbol(m["S"])
-    return {"event_id": f"{symbol}:1m:{start}", "symbol": symbol, "interval": "1m",
-            "ts": start + BAR_US, "window_start": start, "window_end": start + BAR_US,
-            "open": _num(m, "o"), "high": _num(m, "h"), "low": _num(m, "l"), "close": _num(m, "c"),
-            "volume": _num(m, "v"), "vwap": _num(m, "vw"), "trade_count": int(m["n"])}
+    return {
+        "event_id": f"{symbol}:1m:{start}",
+        "symbol": symbol,
+        "interval": "1m",
+        "ts": start + BAR_US,
+        "window_start": start,
+        "window_end": start + BAR_US,
+        "open": _num(m, "o"),
+        "high": _num(m, "h"),
+        "low": _num(m, "l"),
+        "close": _num(m, "c"),
+        "volume": _num(m, "v"),
+        "vwap": _num(m, "vw"),
+        "trade_count": int(m["n"]),
+    }
 
 
 # data point type -> (kind for metrics, topic, event type, mapper)
-DATA_TYPES = {"t": ("trade", TICK_TOPIC, "tick", tick_from_trade),
-              "q": ("quote", TICK_TOPIC, "tick", tick_from_quote),
-              "b": ("bar", BAR_TOPIC, "bar", bar_from_bar)}
+DATA_TYPES = {
+    "t": ("trade", TICK_TOPIC, "tick", tick_from_trade),
+    "q": ("quote", TICK_TOPIC, "tick", tick_from_quote),
+    "b": ("bar", BAR_TOPIC, "bar", bar_from_bar),
+}
 
 
 def parse(m) -> Parsed:
@@ -168,7 +207,16 @@ def confirmed(ack: dict, channel: str) -> set[str]:
 
 
 PROVIDER = Provider(
-    name="alpaca", source=SOURCE, channels=CHANNELS,
-    credentials=("alpaca_api_key_id", "alpaca_api_secret_key"), feed_setting="alpaca_feed",
-    url=lambda feed: STREAM_URL.format(feed=feed), auth=auth_message, subscribe=subscribe_message,
-    expect=check_control, parse=parse, confirmed=confirmed, to_provider_symbol=to_provider_symbol)
+    name="alpaca",
+    source=SOURCE,
+    channels=CHANNELS,
+    credentials=("alpaca_api_key_id", "alpaca_api_secret_key"),
+    feed_setting="alpaca_feed",
+    url=lambda feed: STREAM_URL.format(feed=feed),
+    auth=auth_message,
+    subscribe=subscribe_message,
+    expect=check_control,
+    parse=parse,
+    confirmed=confirmed,
+    to_provider_symbol=to_provider_symbol,
+)

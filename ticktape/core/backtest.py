@@ -19,6 +19,7 @@ the trades (the fills, by time), the performance figures (``core.performance``) 
 counts; ``results_sha256`` fingerprints curve and trades, so two runs, or the two
 modes, are compared by one hash.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,11 +43,17 @@ from .strategy import StrategyConfig
 
 FLUSH_SYMBOL = "_flush"  # the flush ticks' symbol: no real symbol, quote-only (forms no bar)
 EQUITY_FIELDS = ("cash", "market_value", "equity", "gross_exposure", "realized_pnl", "unrealized_pnl")
-TRADE_FIELDS = ("event_id", "order_id", "ts", "symbol", "side", "quantity", "price", "commission",
-                "slippage_bps")
+TRADE_FIELDS = ("event_id", "order_id", "ts", "symbol", "side", "quantity", "price", "commission", "slippage_bps")
 # chain output kind -> event type (schemas/<type>.v1.avsc), of those with a topic of their own
-TRADING_KINDS = {"signal": "signal", "order": "order", "rejection": "order_rejected",
-                 "fill": "fill", "position": "position", "equity": "equity", "risk_state": "risk_state"}
+TRADING_KINDS = {
+    "signal": "signal",
+    "order": "order",
+    "rejection": "order_rejected",
+    "fill": "fill",
+    "position": "position",
+    "equity": "equity",
+    "risk_state": "risk_state",
+}
 
 
 @dataclass(frozen=True)
@@ -73,13 +80,19 @@ class Setup:
     def parameters(self) -> dict:
         """JSON-able parameters of the run (``backtest_runs.parameters``)."""
         st, ex = self.strategy, self.execution
-        return {"intervals": list(self.intervals), "grace_us": self.grace_us,
-                "strategy": {k: getattr(st, k) for k in st.__dataclass_fields__},
-                "execution": {k: getattr(ex, k) for k in ex.__dataclass_fields__},
-                "market_data": self.market_data, "starting_cash": self.starting_cash,
-                "universe": list(self.universe), "risk_limits": self.limits_doc,
-                "risk_idle_us": self.idle_us, "risk_max_pending": self.max_pending,
-                "market_hours": hours.name if (hours := self.limits.defaults.market_hours) else "off"}
+        return {
+            "intervals": list(self.intervals),
+            "grace_us": self.grace_us,
+            "strategy": {k: getattr(st, k) for k in st.__dataclass_fields__},
+            "execution": {k: getattr(ex, k) for k in ex.__dataclass_fields__},
+            "market_data": self.market_data,
+            "starting_cash": self.starting_cash,
+            "universe": list(self.universe),
+            "risk_limits": self.limits_doc,
+            "risk_idle_us": self.idle_us,
+            "risk_max_pending": self.max_pending,
+            "market_hours": hours.name if (hours := self.limits.defaults.market_hours) else "off",
+        }
 
 
 def flush_ticks(end_us: int, setup: Setup, partitions: int) -> list[dict]:
@@ -87,9 +100,22 @@ def flush_ticks(end_us: int, setup: Setup, partitions: int) -> list[dict]:
     at or before ``end_us``: the last such window ends by ``end + width``."""
     width = max(interval_seconds(iv) for iv in setup.intervals) * 1_000_000
     ts = end_us + width + setup.grace_us
-    return [{"event_id": f"flush:{p}", "symbol": FLUSH_SYMBOL, "ts": ts, "price": None, "size": None,
-             "bid": 1.0, "ask": 1.0, "bid_size": None, "ask_size": None, "source": "backtest", "seq": p}
-            for p in range(partitions)]
+    return [
+        {
+            "event_id": f"flush:{p}",
+            "symbol": FLUSH_SYMBOL,
+            "ts": ts,
+            "price": None,
+            "size": None,
+            "bid": 1.0,
+            "ask": 1.0,
+            "bid_size": None,
+            "ask_size": None,
+            "source": "backtest",
+            "seq": p,
+        }
+        for p in range(partitions)
+    ]
 
 
 @dataclass
@@ -121,18 +147,30 @@ def analytics(ticks_by_partition: Mapping[int, Sequence[dict]], setup: Setup, mo
 def trading(ticks_by_partition: Mapping[int, Sequence[dict]], out: pipeline.Outputs, setup: Setup) -> Events:
     """The trading desks over the market data and analytics; every event of the run."""
     iv = setup.strategy.interval
-    chain = TradingChain(setup.strategy, setup.limits, setup.execution, setup.starting_cash,
-                         setup.universe, setup.width_us, setup.market_data, setup.idle_us, setup.max_pending,
-                         setup.strategy_spec)
+    chain = TradingChain(
+        setup.strategy,
+        setup.limits,
+        setup.execution,
+        setup.starting_cash,
+        setup.universe,
+        setup.width_us,
+        setup.market_data,
+        setup.idle_us,
+        setup.max_pending,
+        setup.strategy_spec,
+    )
     kind = chain.strategy.input  # what the strategy trades on: predictions or indicator sets
-    feed_in = sorted(((kind, e) for e in (out.predictions if kind == "prediction" else out.indicators)
-                      if e["interval"] == iv), key=lambda x: x[1]["ts"])
+    feed_in = sorted(
+        ((kind, e) for e in (out.predictions if kind == "prediction" else out.indicators) if e["interval"] == iv),
+        key=lambda x: x[1]["ts"],
+    )
     streams = _market_stream(ticks_by_partition, sorted(out.bars.get(iv, []), key=itemgetter("ts")), setup)
     feed = chain.feed
     for event_type, ev in heapq.merge(*streams, feed_in, key=lambda x: x[1]["ts"]):
         feed(event_type, ev)
-    events = Events(late_ticks=out.late_ticks, invalid_ticks=out.invalid_ticks,
-                    skipped_predictions=out.skipped_predictions)
+    events = Events(
+        late_ticks=out.late_ticks, invalid_ticks=out.invalid_ticks, skipped_predictions=out.skipped_predictions
+    )
     events.by_type["bar"] = [b for i in setup.intervals for b in out.bars.get(i, [])]
     events.by_type["indicator_set"] = out.indicators
     events.by_type["prediction"] = out.predictions
@@ -156,6 +194,7 @@ def run_bars(bars: Sequence[dict], setup: Setup, model=None) -> Events:
 
 # --- what a run stores --------------------------------------------------------------
 
+
 @dataclass
 class Result:
     equity: list[dict]  # backtest_equity rows: ts + EQUITY_FIELDS + drawdown
@@ -165,12 +204,18 @@ class Result:
     sha256: str  # of curve and trades (``results_sha256``)
 
 
-def equity_curve(equity_events: Iterable[dict], start_us: int, starting_cash: float,
-                 period_us: int) -> list[dict]:
+def equity_curve(equity_events: Iterable[dict], start_us: int, starting_cash: float, period_us: int) -> list[dict]:
     """The last Equity of each period, after a first point (the period holding
     ``start_us``, at the starting cash), each with its drawdown from the running peak."""
-    first = {"ts": start_us - start_us % period_us, "cash": starting_cash, "market_value": 0.0,
-             "equity": starting_cash, "gross_exposure": 0.0, "realized_pnl": 0.0, "unrealized_pnl": 0.0}
+    first = {
+        "ts": start_us - start_us % period_us,
+        "cash": starting_cash,
+        "market_value": 0.0,
+        "equity": starting_cash,
+        "gross_exposure": 0.0,
+        "realized_pnl": 0.0,
+        "unrealized_pnl": 0.0,
+    }
     rows = [first]
     for end, ev in resample_last(((e["ts"], e) for e in equity_events), period_us):
         if end <= first["ts"]:
@@ -190,12 +235,19 @@ def trades(fills: Iterable[dict]) -> list[dict]:
 
 def counts(events: Events) -> dict:
     by_reason = Counter(r["reason_code"] for r in events["order_rejected"])
-    return {"bars": dict(sorted(Counter(b["interval"] for b in events["bar"]).items())),
-            "indicator_sets": len(events["indicator_set"]), "predictions": len(events["prediction"]),
-            "skipped_predictions": events.skipped_predictions, "late_ticks": events.late_ticks,
-            "invalid_ticks": events.invalid_ticks, "signals": len(events["signal"]),
-            "orders": len(events["order"]), "rejections": dict(sorted(by_reason.items())),
-            "fills": len(events["fill"]), "equity_events": len(events["equity"])}
+    return {
+        "bars": dict(sorted(Counter(b["interval"] for b in events["bar"]).items())),
+        "indicator_sets": len(events["indicator_set"]),
+        "predictions": len(events["prediction"]),
+        "skipped_predictions": events.skipped_predictions,
+        "late_ticks": events.late_ticks,
+        "invalid_ticks": events.invalid_ticks,
+        "signals": len(events["signal"]),
+        "orders": len(events["order"]),
+        "rejections": dict(sorted(by_reason.items())),
+        "fills": len(events["fill"]),
+        "equity_events": len(events["equity"]),
+    }
 
 
 def canonical(obj) -> bytes:
@@ -215,8 +267,21 @@ def summarize(events: Events, setup: Setup, start_us: int) -> Result:
 
 
 TICK_FIELDS = ("event_id", "symbol", "ts", "price", "size", "bid", "ask", "bid_size", "ask_size", "source", "seq")
-BAR_FIELDS = ("event_id", "symbol", "interval", "ts", "window_start", "window_end", "open", "high", "low",
-              "close", "volume", "vwap", "trade_count")
+BAR_FIELDS = (
+    "event_id",
+    "symbol",
+    "interval",
+    "ts",
+    "window_start",
+    "window_end",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "vwap",
+    "trade_count",
+)
 
 
 def data_fingerprint(events_by_partition: Mapping[int, Sequence[dict]], names: Sequence[str] = TICK_FIELDS) -> str:

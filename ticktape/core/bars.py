@@ -23,6 +23,7 @@ Positions (e.g. Kafka offsets) make redelivery harmless: each symbol remembers t
 position of the last trade it applied and skips trades at or before it, so a worker
 that restarts from older committed offsets with newer saved state counts nothing twice.
 """
+
 from __future__ import annotations
 
 from bisect import bisect_left
@@ -73,24 +74,37 @@ class BarAggregator:
     def add(self, tick: dict, position: int | None = None) -> BarBatch:
         return self.process([tick], None if position is None else [position])
 
-    def process(self, ticks: Sequence[dict], positions: Sequence[int] | None = None,
-                not_after: int | None = None) -> BarBatch:
+    def process(
+        self, ticks: Sequence[dict], positions: Sequence[int] | None = None, not_after: int | None = None
+    ) -> BarBatch:
         """Apply ticks (and heartbeats) in order; return the bars this closed, the late and
         invalid ticks."""
         # a heartbeat's None symbol is never a key: it has no price either (a quote-only tick)
-        return self.process_columns(cast("list[str]", [t.get("symbol") for t in ticks]), [t["ts"] for t in ticks],
-                                    [t.get("price") for t in ticks], [t.get("size") for t in ticks],
-                                    positions, not_after)
+        return self.process_columns(
+            cast("list[str]", [t.get("symbol") for t in ticks]),
+            [t["ts"] for t in ticks],
+            [t.get("price") for t in ticks],
+            [t.get("size") for t in ticks],
+            positions,
+            not_after,
+        )
 
-    def process_columns(self, symbols: Iterable[str], times: Iterable[int], prices: Iterable,
-                        sizes: Iterable, positions: Iterable[int] | None = None,
-                        not_after: int | None = None) -> BarBatch:
+    def process_columns(
+        self,
+        symbols: Iterable[str],
+        times: Iterable[int],
+        prices: Iterable,
+        sizes: Iterable,
+        positions: Iterable[int] | None = None,
+        not_after: int | None = None,
+    ) -> BarBatch:
         """``process`` over ticks given as columns (tick ``i`` = the ``i``-th item of each)."""
         late, invalid = self._apply(symbols, times, prices, sizes, positions, not_after)
         return BarBatch(self._close(), late, invalid)
 
-    def process_runs(self, runs: Iterable[tuple[str, Sequence[int], Sequence, Sequence, int]],
-                     not_after: int | None = None) -> BarBatch:
+    def process_runs(
+        self, runs: Iterable[tuple[str, Sequence[int], Sequence, Sequence, int]], not_after: int | None = None
+    ) -> BarBatch:
         """``process`` over runs of one symbol's ticks — ``(symbol, times, prices, sizes,
         first position)``, a TickBatch message each, tick ``i`` at position ``first + i`` —
         with the same output.  A run of valid trades in time order, new and not late, is
@@ -102,8 +116,9 @@ class BarAggregator:
         for symbol, times, prices, sizes, first in runs:
             n = len(times)
             if not (n and max(times) <= limit and self._fold_run(symbol, times, prices, sizes, first)):
-                run_late, run_invalid = self._apply(repeat(symbol, n), times, prices, sizes,
-                                                    range(first, first + n), not_after)
+                run_late, run_invalid = self._apply(
+                    repeat(symbol, n), times, prices, sizes, range(first, first + n), not_after
+                )
                 late += [(base + i, late_for) for i, late_for in run_late]
                 invalid += [(base + i, reason) for i, reason in run_invalid]
             base += n
@@ -146,8 +161,17 @@ class BarAggregator:
                 p, z = prices[i:j], sizes[i:j]
                 acc = windows.get(start)
                 if acc is None:
-                    windows[start] = [p[0], max(p), min(p), p[-1], reduce(add, z), reduce(add, map(mul, p, z)),
-                                      j - i, times[i], times[j - 1]]
+                    windows[start] = [
+                        p[0],
+                        max(p),
+                        min(p),
+                        p[-1],
+                        reduce(add, z),
+                        reduce(add, map(mul, p, z)),
+                        j - i,
+                        times[i],
+                        times[j - 1],
+                    ]
                     next_close = min(next_close, start + width + grace)
                 else:
                     acc[_H] = max(acc[_H], max(p))  # max and min keep the first of equals,
@@ -164,8 +188,15 @@ class BarAggregator:
         self.watermark = max(wm, times[-1])
         return True
 
-    def _apply(self, symbols: Iterable[str], times: Iterable[int], prices: Iterable, sizes: Iterable,
-               positions: Iterable[int] | None, not_after: int | None = None) -> tuple[list, list]:
+    def _apply(
+        self,
+        symbols: Iterable[str],
+        times: Iterable[int],
+        prices: Iterable,
+        sizes: Iterable,
+        positions: Iterable[int] | None,
+        not_after: int | None = None,
+    ) -> tuple[list, list]:
         """Apply ticks one by one (no closing); their (late, invalid) lists."""
         limit = _INF if not_after is None else not_after
         wm = self.watermark if self.watermark is not None else -(1 << 63)
@@ -178,11 +209,17 @@ class BarAggregator:
         last_sym = state = None
         idx = -1
         for idx, (sym, ts, price, size, pos) in enumerate(
-                zip(symbols, times, prices, sizes, repeat(None) if positions is None else positions)):
+            zip(symbols, times, prices, sizes, repeat(None) if positions is None else positions)
+        ):
             if ts > limit:
                 assert not_after is not None  # limit is infinite without it
-                invalid.append((idx, f"event time {iso(ts)} is past {iso(not_after)}: more than "
-                                     "MAX_EVENT_AHEAD_MS ahead of the wall clock"))
+                invalid.append(
+                    (
+                        idx,
+                        f"event time {iso(ts)} is past {iso(not_after)}: more than "
+                        "MAX_EVENT_AHEAD_MS ahead of the wall clock",
+                    )
+                )
                 continue
             if price is None or size is None:  # quote only: moves the watermark, forms no bar
                 if ts > wm:
@@ -263,10 +300,17 @@ class BarAggregator:
         volume = acc[_VOL]
         return {
             "event_id": f"{symbol}:{interval}:{start}",
-            "symbol": symbol, "interval": interval,
-            "ts": start + width, "window_start": start, "window_end": start + width,
-            "open": acc[_O], "high": acc[_H], "low": acc[_L], "close": acc[_C],
-            "volume": volume, "vwap": acc[_PV] / volume if volume else acc[_C],
+            "symbol": symbol,
+            "interval": interval,
+            "ts": start + width,
+            "window_start": start,
+            "window_end": start + width,
+            "open": acc[_O],
+            "high": acc[_H],
+            "low": acc[_L],
+            "close": acc[_C],
+            "volume": volume,
+            "vwap": acc[_PV] / volume if volume else acc[_C],
             "trade_count": acc[_N],
         }
 
@@ -284,9 +328,12 @@ class BarAggregator:
     def symbol_state(self, symbol: str) -> dict:
         """One symbol's state as plain JSON-able data (open windows, last position)."""
         state = self._symbols[symbol]
-        return {"pos": state[0],
-                "open": {iv: [[s, *state[k][s]] for s in sorted(state[k])]
-                         for k, iv in enumerate(self.intervals, 1) if state[k]}}
+        return {
+            "pos": state[0],
+            "open": {
+                iv: [[s, *state[k][s]] for s in sorted(state[k])] for k, iv in enumerate(self.intervals, 1) if state[k]
+            },
+        }
 
     def set_symbol_state(self, symbol: str, data: dict) -> None:
         """Restore one symbol saved by ``symbol_state`` (windows of other intervals are dropped)."""
@@ -298,8 +345,7 @@ class BarAggregator:
         self._symbols[symbol] = state
 
     def to_state(self) -> dict:
-        return {"watermark": self.watermark,
-                "symbols": {sym: self.symbol_state(sym) for sym in sorted(self._symbols)}}
+        return {"watermark": self.watermark, "symbols": {sym: self.symbol_state(sym) for sym in sorted(self._symbols)}}
 
     @classmethod
     def from_state(cls, state: dict, intervals: Sequence[str], grace_us: int) -> "BarAggregator":

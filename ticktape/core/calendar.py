@@ -6,6 +6,7 @@ or a backtest decides exactly as the live run did.  The sessions come from an ex
 calendar (``ticktape.market_calendar`` builds them with ``exchange_calendars``); pre-
 and post-market minutes, when configured, are already part of each interval.
 """
+
 from __future__ import annotations
 
 from bisect import bisect_right
@@ -20,8 +21,9 @@ class MarketHours:
     as closed there (nothing published, no order), and the simulator's clock raises."""
 
     def __init__(self, name: str, sessions: Sequence[tuple[int, int]], first_us: int, last_us: int):
-        if any(b <= a for a, b in sessions) or any(sessions[i][1] > sessions[i + 1][0]
-                                                   for i in range(len(sessions) - 1)):
+        if any(b <= a for a, b in sessions) or any(
+            sessions[i][1] > sessions[i + 1][0] for i in range(len(sessions) - 1)
+        ):
             raise ValueError(f"{name}: sessions must be sorted, disjoint and non-empty")
         self.name = name
         self.first_us, self.last_us = first_us, last_us

@@ -20,6 +20,7 @@ on how its input topics interleave:
   or the bar), so the fill is the same whether the data came before or after the order.
 * :class:`PortfolioDesk` (per account): folds the ledger into Positions and Equity.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -45,6 +46,8 @@ def fill_lead_us(market_data: str, width_us: int) -> int:
     """How much later than its order a fill is at the earliest: the next bar's end
     (``bars``: the fill is that bar's open, stamped with its ts), or any later tick."""
     return width_us if market_data == "bars" else 1
+
+
 MEMORY_US = 86_400_000_000  # market data kept per symbol for orders still to come (event time)
 
 
@@ -59,6 +62,7 @@ def canonical_key(kind: str, ev: dict) -> list:
 
 # --- strategy ------------------------------------------------------------------------
 
+
 class StrategyDesk:
     """A strategy (``core.strategies``: one instance per symbol) plus the Marks and
     progress the risk desk needs.
@@ -72,8 +76,9 @@ class StrategyDesk:
 
     def __init__(self, cfg: st_mod.StrategyConfig, spec: strategies.StrategySpec | None = None):
         self.cfg = cfg
-        self.spec = spec or strategies.StrategySpec(strategies.PUpHysteresis, strategies.builtin_params(cfg),
-                                                    "ticktape.api:PUpHysteresis", "")
+        self.spec = spec or strategies.StrategySpec(
+            strategies.PUpHysteresis, strategies.builtin_params(cfg), "ticktape.api:PUpHysteresis", ""
+        )
         self.input = self.spec.cls.input_kind()  # "prediction" or "indicator_set"
         self.symbols: dict[str, strategies.SymbolRun] = {}
 
@@ -111,8 +116,11 @@ class StrategyDesk:
         what the strategy does not trade on (another event type or interval) or a redelivery."""
         sym = ev["symbol"]
         run = self.symbols.get(sym)
-        if kind != self.input or ev["interval"] != self.cfg.interval or (
-                run is not None and run.last_ts is not None and ev["ts"] <= run.last_ts):
+        if (
+            kind != self.input
+            or ev["interval"] != self.cfg.interval
+            or (run is not None and run.last_ts is not None and ev["ts"] <= run.last_ts)
+        ):
             return []
         arg: Any = strategies.view(kind, ev)  # validates the event first; a Prediction for "prediction", else a Bar
         run = run or self._new(sym)
@@ -121,13 +129,19 @@ class StrategyDesk:
         try:
             decision = inst.on_prediction(arg) if kind == "prediction" else inst.on_bar(arg)
         except Exception as e:  # the strategy's own defect: stop in every mode alike (no dead letter)
-            raise strategies.StrategyError(f"strategy {spec.path} on {sym} at ts {ev['ts']}: "
-                                           f"{type(e).__name__}: {e}") from e
+            raise strategies.StrategyError(
+                f"strategy {spec.path} on {sym} at ts {ev['ts']}: {type(e).__name__}: {e}"
+            ) from e
         decided = strategies.new_target(spec, run, decision, ev["ts"])
         if not inst._fixed_state:
             strategies.check_state(spec, inst)
-        mark = {"event_id": f"mark:{self.cfg.account}:{sym}:{ev['interval']}:{ev['ts']}",
-                "account": self.cfg.account, "symbol": sym, "ts": ev["ts"], "price": ev["close"]}
+        mark = {
+            "event_id": f"mark:{self.cfg.account}:{sym}:{ev['interval']}:{ev['ts']}",
+            "account": self.cfg.account,
+            "symbol": sym,
+            "ts": ev["ts"],
+            "price": ev["close"],
+        }
         if decided is None or decided[0] == run.target:
             return [("mark", mark)]
         signal = strategies.signal_for(spec, self.cfg.account, run, ev, decided)
@@ -136,6 +150,7 @@ class StrategyDesk:
 
 
 # --- risk ----------------------------------------------------------------------------
+
 
 class RiskDesk:
     """The risk engine of one account behind the ordering rule (see the module doc).
@@ -157,14 +172,41 @@ class RiskDesk:
     waiting (counted in ``forced``); what then sorts before them is late as above.
     """
 
-    __slots__ = ("risk", "universe", "progress", "pending", "pending_ids", "open_orders", "last_key",
-                 "controls", "universe_set", "idle_us", "max_pending", "frontier", "late", "forced",
-                 "pending_added", "pending_removed", "moved_at", "order_at", "fill_lead_us", "_started",
-                 "_barrier", "_at_barrier")
+    __slots__ = (
+        "risk",
+        "universe",
+        "progress",
+        "pending",
+        "pending_ids",
+        "open_orders",
+        "last_key",
+        "controls",
+        "universe_set",
+        "idle_us",
+        "max_pending",
+        "frontier",
+        "late",
+        "forced",
+        "pending_added",
+        "pending_removed",
+        "moved_at",
+        "order_at",
+        "fill_lead_us",
+        "_started",
+        "_barrier",
+        "_at_barrier",
+    )
 
-    def __init__(self, account: str, limits: risk_mod.AccountLimits, starting_cash: float,
-                 universe: Iterable[str], idle_us: int = 0, max_pending: int = 100_000,
-                 fill_lead_us: int = 1):
+    def __init__(
+        self,
+        account: str,
+        limits: risk_mod.AccountLimits,
+        starting_cash: float,
+        universe: Iterable[str],
+        idle_us: int = 0,
+        max_pending: int = 100_000,
+        fill_lead_us: int = 1,
+    ):
         self.risk = risk_mod.Risk(account, limits, starting_cash)
         self.fill_lead_us = fill_lead_us  # an open order holds back only events after order ts + this
         self.universe = tuple(sorted(set(universe)))
@@ -198,14 +240,21 @@ class RiskDesk:
 
     def to_dict(self) -> dict:
         """The desk without its buffered events (``pending_entries``: saved one per key)."""
-        return {"risk": self.risk.to_dict(), "universe": list(self.universe),
-                "progress": dict(self.progress), "open_orders": dict(self.open_orders),
-                "last_key": self.last_key, "controls": self.controls.to_list(),
-                "late": dict(self.late), "forced": self.forced}
+        return {
+            "risk": self.risk.to_dict(),
+            "universe": list(self.universe),
+            "progress": dict(self.progress),
+            "open_orders": dict(self.open_orders),
+            "last_key": self.last_key,
+            "controls": self.controls.to_list(),
+            "late": dict(self.late),
+            "forced": self.forced,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict, limits: risk_mod.AccountLimits, universe: Iterable[str],
-                  pending: Iterable[list] = (), **bounds) -> "RiskDesk":
+    def from_dict(
+        cls, d: dict, limits: risk_mod.AccountLimits, universe: Iterable[str], pending: Iterable[list] = (), **bounds
+    ) -> "RiskDesk":
         r = risk_mod.Risk.from_dict(d["risk"], limits)
         desk = cls(r.account, limits, r.portfolio.starting_cash, universe, **bounds)
         desk.risk = r
@@ -346,14 +395,24 @@ class RiskDesk:
             elif barrier is None:
                 barrier = -(1 << 63)  # a symbol has no progress yet: only the buffer's bound releases
         else:
-            barrier = min(max(self.progress.get(s, floor), floor) if self._stood_still(s, now)
-                          else self.progress.get(s, -(1 << 63)) for s in self.universe)
+            barrier = min(
+                max(self.progress.get(s, floor), floor)
+                if self._stood_still(s, now)
+                else self.progress.get(s, -(1 << 63))
+                for s in self.universe
+            )
         wait_s = self.idle_us / 1e6
         lead = self.fill_lead_us
         fresh = now is not None and 2 * len(self.pending) < self.max_pending  # as in _stood_still
-        first_open = min((ts + lead if floor is None or (fresh and now is not None and now - self.order_at.get(o, now) < wait_s)
-                          else max(ts + lead, floor) for o, ts in self.open_orders.items()),
-                         default=None)  # the earliest time an open order's Fill may have
+        first_open = min(
+            (
+                ts + lead
+                if floor is None or (fresh and now is not None and now - self.order_at.get(o, now) < wait_s)
+                else max(ts + lead, floor)
+                for o, ts in self.open_orders.items()
+            ),
+            default=None,
+        )  # the earliest time an open order's Fill may have
         out, r, pending = [], self.risk, self.pending
         done = 0
         over = len(pending) - self.max_pending
@@ -396,13 +455,20 @@ class RiskDesk:
 
     def _state_event(self, ts: int, trigger: str) -> dict:
         r = self.risk
-        return {"event_id": f"state:{r.account}:{trigger}", "account": r.account, "ts": ts,
-                "trading_state": r.trading_state,
-                "reason": r.halt_reason if r.trading_state == risk_mod.HALTED else None,
-                "detail": r.halt_detail, "equity": r.portfolio.equity, "daily_pnl": r.daily_pnl}
+        return {
+            "event_id": f"state:{r.account}:{trigger}",
+            "account": r.account,
+            "ts": ts,
+            "trading_state": r.trading_state,
+            "reason": r.halt_reason if r.trading_state == risk_mod.HALTED else None,
+            "detail": r.halt_detail,
+            "equity": r.portfolio.equity,
+            "daily_pnl": r.daily_pnl,
+        }
 
 
 # --- execution -----------------------------------------------------------------------
+
 
 class ExecutionDesk:
     """Paper execution with market-data memory, per symbol.
@@ -438,8 +504,10 @@ class ExecutionDesk:
             part.pop(symbol, None)
 
     def symbol_state(self, symbol: str) -> dict:
-        return {"open": [dict(o) for o in self.open_orders.get(symbol, ())],
-                "last_order_ts": self.last_order_ts.get(symbol)}
+        return {
+            "open": [dict(o) for o in self.open_orders.get(symbol, ())],
+            "last_order_ts": self.last_order_ts.get(symbol),
+        }
 
     def set_symbol_state(self, symbol: str, d: dict) -> None:
         if d["open"]:
@@ -532,6 +600,7 @@ class ExecutionDesk:
 
 # --- portfolio -----------------------------------------------------------------------
 
+
 class PortfolioDesk:
     """The portfolio fold of one account's ledger (Fills and Marks in canonical order,
     and late Fills where the risk desk let them in)."""
@@ -570,24 +639,42 @@ class PortfolioDesk:
 
 # --- in process ----------------------------------------------------------------------
 
+
 class TradingChain:
     """All four desks wired as the agents wire them; :meth:`feed` one input event at a time.
 
     ``outputs`` collects every emitted event by kind, in emission order.
     """
 
-    def __init__(self, strategy_cfg: st_mod.StrategyConfig, limits: risk_mod.RiskLimits,
-                 exec_cfg: ex_mod.ExecConfig, starting_cash: float, universe: Iterable[str],
-                 width_us: int, market_data: str = "ticks", idle_us: int = 0, max_pending: int = 100_000,
-                 strategy: strategies.StrategySpec | None = None):
+    def __init__(
+        self,
+        strategy_cfg: st_mod.StrategyConfig,
+        limits: risk_mod.RiskLimits,
+        exec_cfg: ex_mod.ExecConfig,
+        starting_cash: float,
+        universe: Iterable[str],
+        width_us: int,
+        market_data: str = "ticks",
+        idle_us: int = 0,
+        max_pending: int = 100_000,
+        strategy: strategies.StrategySpec | None = None,
+    ):
         account = strategy_cfg.account
         self.strategy = StrategyDesk(strategy_cfg, strategy)
-        self.risk = RiskDesk(account, limits.for_account(account), starting_cash, universe, idle_us, max_pending,
-                             fill_lead_us(market_data, width_us))
+        self.risk = RiskDesk(
+            account,
+            limits.for_account(account),
+            starting_cash,
+            universe,
+            idle_us,
+            max_pending,
+            fill_lead_us(market_data, width_us),
+        )
         self.execution = ExecutionDesk(exec_cfg, width_us, market_data)
         self.portfolio = PortfolioDesk(account, starting_cash)
-        self.outputs: dict[str, list[dict]] = {k: [] for k in (
-            "signal", "mark", "order", "rejection", "fill", "position", "equity", "risk_state")}
+        self.outputs: dict[str, list[dict]] = {
+            k: [] for k in ("signal", "mark", "order", "rejection", "fill", "position", "equity", "risk_state")
+        }
 
     def feed(self, event_type: str, ev: dict) -> None:
         if event_type == self.strategy.input:
@@ -603,8 +690,10 @@ class TradingChain:
         elif event_type == "risk_control":
             self.outputs["risk_state"] += [e for _, e in self.risk.control(ev)]
         else:
-            raise ValueError(f"the trading chain takes no {event_type!r} events "
-                             f"(its strategy trades on {self.strategy.input} events)")
+            raise ValueError(
+                f"the trading chain takes no {event_type!r} events "
+                f"(its strategy trades on {self.strategy.input} events)"
+            )
         self._pump()
 
     def _fills(self, fills: list[dict]) -> None:

@@ -1,5 +1,6 @@
 """The core's one error of configuration (the CLI: one line, exit 2); ``ticktape.config``
 raises it too, for the settings."""
+
 from __future__ import annotations
 
 

@@ -8,6 +8,7 @@ only when that market price is at or better than its limit, and never beyond the
 Commission: ``per_share`` (quantity * rate) or ``bps`` (of notional), at least the
 minimum.  The fill's ts is the market data's ts; its id derives from the order id.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,8 +51,10 @@ class Execution:
         self.recent_orders = RecentIds(ORDER_MEMORY)
 
     def to_dict(self) -> dict:
-        return {"open_orders": {s: [dict(o) for o in orders] for s, orders in self.open_orders.items()},
-                "recent_orders": self.recent_orders.to_list()}
+        return {
+            "open_orders": {s: [dict(o) for o in orders] for s, orders in self.open_orders.items()},
+            "recent_orders": self.recent_orders.to_list(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict, cfg: ExecConfig) -> "Execution":
@@ -73,8 +76,7 @@ def on_tick(ex: Execution, tick: dict) -> list[dict]:
         return []
     price = tick.get("price")
     ask, bid = tick.get("ask"), tick.get("bid")
-    return _fill(ex, tick["symbol"], tick["ts"], ask if ask is not None else price,
-                 bid if bid is not None else price)
+    return _fill(ex, tick["symbol"], tick["ts"], ask if ask is not None else price, bid if bid is not None else price)
 
 
 def on_bar(ex: Execution, bar: dict) -> list[dict]:
@@ -112,8 +114,14 @@ def fill_for(cfg: ExecConfig, order: dict, ts: int, base: float) -> dict | None:
         price = min(price, limit) if buy else max(price, limit)
     qty = order["quantity"]
     return {
-        "event_id": f"fill:{order['event_id']}", "order_id": order["event_id"],
-        "account": order["account"], "symbol": order["symbol"], "ts": ts, "side": order["side"],
-        "quantity": qty, "price": price, "commission": cfg.commission_for(qty, price),
+        "event_id": f"fill:{order['event_id']}",
+        "order_id": order["event_id"],
+        "account": order["account"],
+        "symbol": order["symbol"],
+        "ts": ts,
+        "side": order["side"],
+        "quantity": qty,
+        "price": price,
+        "commission": cfg.commission_for(qty, price),
         "slippage_bps": cfg.slippage_bps,
     }

@@ -36,6 +36,7 @@ bar's close, else ``0`` — the sign of the log return over the next ``horizon``
 using bars t+1..t+horizon only.  ``walk_forward_split`` holds out the latest rows and
 purges every training row whose label window reaches into the holdout.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,10 +52,29 @@ from .intervals import interval_seconds
 # Bump when a definition changes: a model trained on other definitions is refused.
 FEATURE_SET = "ticktape-features-1"
 FEATURE_NAMES = (
-    "sma_10_rel", "sma_20_rel", "sma_50_rel", "sma_200_rel", "ema_12_rel", "ema_26_rel",
-    "rsi_5", "rsi_14", "macd_rel", "macd_signal_rel", "macd_hist_rel", "bb_width", "bb_pos",
-    "atr_14_rel", "volatility_20", "momentum_5_rel", "momentum_20_rel", "vwap_rel", "obv_flow_20",
-    "ret_1", "ret_5", "ret_20", "volume_z_20",
+    "sma_10_rel",
+    "sma_20_rel",
+    "sma_50_rel",
+    "sma_200_rel",
+    "ema_12_rel",
+    "ema_26_rel",
+    "rsi_5",
+    "rsi_14",
+    "macd_rel",
+    "macd_signal_rel",
+    "macd_hist_rel",
+    "bb_width",
+    "bb_pos",
+    "atr_14_rel",
+    "volatility_20",
+    "momentum_5_rel",
+    "momentum_20_rel",
+    "vwap_rel",
+    "obv_flow_20",
+    "ret_1",
+    "ret_5",
+    "ret_20",
+    "volume_z_20",
 )
 CLOSES = 21  # ret_20 needs the close 20 bars back
 VOLUMES = 20
@@ -138,11 +158,18 @@ class FeatureState:
 
     def to_state(self) -> dict:
         """A JSON-able dict (NaN as null); ``from_state`` of it continues bit for bit."""
+
         def enc(xs):
             return [None if x != x else x for x in xs]
 
-        return {"version": STATE_VERSION, "count": self.count, "last_ts": self.last_ts,
-                "closes": enc(self._closes), "volumes": enc(self._volumes), "obv": enc(self._obv)}
+        return {
+            "version": STATE_VERSION,
+            "count": self.count,
+            "last_ts": self.last_ts,
+            "closes": enc(self._closes),
+            "volumes": enc(self._volumes),
+            "obv": enc(self._obv),
+        }
 
     @classmethod
     def from_state(cls, state: Mapping) -> FeatureState:
@@ -180,8 +207,12 @@ class Bars:
     @classmethod
     def from_events(cls, bars: Sequence[Mapping]) -> Bars:
         """From Bar event dicts (schemas/bar.v1.avsc)."""
-        return cls(*([b[k] for b in bars] for k in ("symbol", "window_start", "open", "high", "low",
-                                                      "close", "volume", "vwap")))
+        return cls(
+            *(
+                [b[k] for b in bars]
+                for k in ("symbol", "window_start", "open", "high", "low", "close", "volume", "vwap")
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -202,8 +233,7 @@ def fingerprint(bars: Bars) -> str:
     """sha256 of the bars sorted by (symbol, window_start): same bars, same fingerprint."""
     order = sorted(range(len(bars)), key=lambda r: (bars.symbol[r], bars.window_start[r]))
     h = hashlib.sha256()
-    cols = [np.asarray(getattr(bars, k), dtype=np.float64)[order]
-            for k in ("open", "high", "low", "close", "volume")]
+    cols = [np.asarray(getattr(bars, k), dtype=np.float64)[order] for k in ("open", "high", "low", "close", "volume")]
     if bars.vwap is not None:
         cols.append(np.asarray(bars.vwap, dtype=np.float64)[order])
     h.update("\n".join(bars.symbol[r] for r in order).encode())
@@ -243,9 +273,18 @@ def build_dataset(bars: Bars, interval: str, horizon: int, session_seconds: int 
     vwap = pick(bars.vwap) if bars.vwap is not None else None
     sorted_starts = starts[order] if n else starts
     try:
-        values = compute_batch(symbols, sorted_starts, cols["open"], cols["high"], cols["low"],
-                               cols["close"], cols["volume"], dict.fromkeys(symbols, width / 1e6),
-                               vwap=vwap, session_seconds=session_seconds)
+        values = compute_batch(
+            symbols,
+            sorted_starts,
+            cols["open"],
+            cols["high"],
+            cols["low"],
+            cols["close"],
+            cols["volume"],
+            dict.fromkeys(symbols, width / 1e6),
+            vwap=vwap,
+            session_seconds=session_seconds,
+        )
     except BarError as e:  # the engine's row is one of the sorted rows: name it in input order
         if e.row is not None:
             e.row = order[e.row]
@@ -262,19 +301,34 @@ def build_dataset(bars: Bars, interval: str, horizon: int, session_seconds: int 
             end += 1
         state = FeatureState()
         for r in range(start, end):
-            bar = {"symbol": symbols[r], "interval": interval, "window_start": int(sorted_starts[r]),
-                   "window_end": int(ts[r]), "close": cols["close"][r], "volume": cols["volume"][r]}
+            bar = {
+                "symbol": symbols[r],
+                "interval": interval,
+                "window_start": int(sorted_starts[r]),
+                "window_end": int(ts[r]),
+                "close": cols["close"][r],
+                "volume": cols["volume"][r],
+            }
             row = values[r].tolist()
-            X[r] = state.update(indicator_event(bar, {k: (None if x != x else x)
-                                                      for k, x in zip(INDICATOR_NAMES, row)}))
+            X[r] = state.update(
+                indicator_event(bar, {k: (None if x != x else x) for k, x in zip(INDICATOR_NAMES, row)})
+            )
         labels, ends = direction_labels(cols["close"][start:end], ts[start:end].tolist(), horizon)
         y[start:end] = labels
         label_end[start:end] = ends
         start = end
 
     by_time = np.lexsort((np.arange(n), ts))  # (ts, symbol): rows were grouped by symbol
-    return Dataset(interval, horizon, [symbols[r] for r in by_time], ts[by_time], X[by_time],
-                   y[by_time], label_end[by_time], fingerprint(bars))
+    return Dataset(
+        interval,
+        horizon,
+        [symbols[r] for r in by_time],
+        ts[by_time],
+        X[by_time],
+        y[by_time],
+        label_end[by_time],
+        fingerprint(bars),
+    )
 
 
 @dataclass(frozen=True)
@@ -285,8 +339,7 @@ class Split:
     holdout_start: int  # ts of the first holdout row
 
 
-def walk_forward_split(ts: np.ndarray, label_end: np.ndarray, usable: np.ndarray,
-                       holdout_fraction: float) -> Split:
+def walk_forward_split(ts: np.ndarray, label_end: np.ndarray, usable: np.ndarray, holdout_fraction: float) -> Split:
     """Hold out the latest ``holdout_fraction`` of the usable rows (by time, no shuffling).
 
     The holdout starts at the first row time T of its share; a training row is kept only

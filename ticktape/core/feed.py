@@ -20,6 +20,7 @@ symbol and stream.  An event older than everything that memory still covers cann
 checked; it is treated as a duplicate (a replay from further back) rather than risk
 publishing a fact twice.
 """
+
 from __future__ import annotations
 
 import random
@@ -160,5 +161,5 @@ def backoff_delays(base: float, cap: float, rng: random.Random | None = None):
     rng = rng or random.Random()
     attempt = 0
     while True:
-        yield rng.uniform(0, min(cap, base * 2 ** attempt))
+        yield rng.uniform(0, min(cap, base * 2**attempt))
         attempt = min(attempt + 1, 30)

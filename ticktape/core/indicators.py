@@ -53,6 +53,7 @@ TA-Lib's output is NaN):
                      none, e.g. from a CSV) and a session is a UTC day of the bar's window
                      start by default (``session_seconds``); null while Σvolume is 0.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,21 +64,91 @@ import numpy as np
 from .intervals import bars_per_year, interval_seconds
 
 INDICATOR_NAMES = (
-    "sma_10", "sma_20", "sma_50", "sma_200", "ema_12", "ema_26", "rsi_5", "rsi_14",
-    "macd", "macd_signal", "macd_hist", "bb_upper", "bb_middle", "bb_lower", "atr_14",
-    "volatility_20", "momentum_5", "momentum_20", "vwap", "obv",
+    "sma_10",
+    "sma_20",
+    "sma_50",
+    "sma_200",
+    "ema_12",
+    "ema_26",
+    "rsi_5",
+    "rsi_14",
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "bb_upper",
+    "bb_middle",
+    "bb_lower",
+    "atr_14",
+    "volatility_20",
+    "momentum_5",
+    "momentum_20",
+    "vwap",
+    "obv",
 )
-(O_SMA10, O_SMA20, O_SMA50, O_SMA200, O_EMA12, O_EMA26, O_RSI5, O_RSI14, O_MACD, O_SIGNAL,
- O_HIST, O_BB_UP, O_BB_MID, O_BB_LOW, O_ATR14, O_VOL20, O_MOM5, O_MOM20, O_VWAP, O_OBV) = range(20)
+(
+    O_SMA10,
+    O_SMA20,
+    O_SMA50,
+    O_SMA200,
+    O_EMA12,
+    O_EMA26,
+    O_RSI5,
+    O_RSI14,
+    O_MACD,
+    O_SIGNAL,
+    O_HIST,
+    O_BB_UP,
+    O_BB_MID,
+    O_BB_LOW,
+    O_ATR14,
+    O_VOL20,
+    O_MOM5,
+    O_MOM20,
+    O_VWAP,
+    O_OBV,
+) = range(20)
 
 # State fields of one symbol (a float each), by position.
 STATE_FIELDS = (
-    "sma_10_sum", "sma_20_sum", "sma_50_sum", "sma_200_sum", "ema_12", "ema_26",
-    "macd_fast", "macd_signal", "gain_5", "loss_5", "gain_14", "loss_14", "atr_14", "obv",
-    "session", "session_pv", "session_volume", "annualization",
+    "sma_10_sum",
+    "sma_20_sum",
+    "sma_50_sum",
+    "sma_200_sum",
+    "ema_12",
+    "ema_26",
+    "macd_fast",
+    "macd_signal",
+    "gain_5",
+    "loss_5",
+    "gain_14",
+    "loss_14",
+    "atr_14",
+    "obv",
+    "session",
+    "session_pv",
+    "session_volume",
+    "annualization",
 )
-(S_SMA10, S_SMA20, S_SMA50, S_SMA200, S_EMA12, S_EMA26, S_FAST, S_SIGNAL, S_GAIN5,
- S_LOSS5, S_GAIN14, S_LOSS14, S_ATR, S_OBV, S_SESSION, S_PV, S_VOLUME, S_ANN) = range(len(STATE_FIELDS))
+(
+    S_SMA10,
+    S_SMA20,
+    S_SMA50,
+    S_SMA200,
+    S_EMA12,
+    S_EMA26,
+    S_FAST,
+    S_SIGNAL,
+    S_GAIN5,
+    S_LOSS5,
+    S_GAIN14,
+    S_LOSS14,
+    S_ATR,
+    S_OBV,
+    S_SESSION,
+    S_PV,
+    S_VOLUME,
+    S_ANN,
+) = range(len(STATE_FIELDS))
 
 CLOSES = 200  # ring of the last closes: the longest window (SMA 200)
 RETURNS = 20  # ring of the last log returns (volatility 20)
@@ -85,8 +156,7 @@ STATE_VERSION = 1
 NAN = float("nan")
 _INF = float("inf")
 
-_SMAS = ((S_SMA10, 10, O_SMA10), (S_SMA20, 20, O_SMA20), (S_SMA50, 50, O_SMA50),
-         (S_SMA200, 200, O_SMA200))
+_SMAS = ((S_SMA10, 10, O_SMA10), (S_SMA20, 20, O_SMA20), (S_SMA50, 50, O_SMA50), (S_SMA200, 200, O_SMA200))
 _RSIS = ((S_GAIN5, S_LOSS5, 5, O_RSI5), (S_GAIN14, S_LOSS14, 14, O_RSI14))
 _FAST_START = 26 - 12  # TA-Lib seeds MACD's fast EMA on bars 15..26 (0-based 14..25)
 _SIGNAL_START = 26 - 1  # the first MACD line value (0-based bar 25)
@@ -121,13 +191,12 @@ class _Scalar:
         """The last n values of a ring list, oldest first (bar i is the newest)."""
         start = (i - n + 1) % len(ring)
         end = start + n
-        return ring[start:end] if end <= len(ring) else ring[start:] + ring[:end - len(ring)]
+        return ring[start:end] if end <= len(ring) else ring[start:] + ring[: end - len(ring)]
 
     @staticmethod
     def sum20(r):
         # _Array.sum20's fixed pairwise order, unrolled (left-to-right would round differently).
-        (r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, r13, r14, r15, r16, r17, r18,
-         r19) = r
+        (r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, r13, r14, r15, r16, r17, r18, r19) = r
         b0 = (r0 + r10) + (r5 + r15)
         b1 = (r1 + r11) + (r6 + r16)
         b2 = (r2 + r12) + (r7 + r17)
@@ -313,15 +382,21 @@ def _finite_nonnegative(x):
     return (x >= 0.0) & (x < _INF)
 
 
-_CHECKS = (("open", _finite_positive), ("high", _finite_positive), ("low", _finite_positive),
-           ("close", _finite_positive), ("volume", _finite_nonnegative))
+_CHECKS = (
+    ("open", _finite_positive),
+    ("high", _finite_positive),
+    ("low", _finite_positive),
+    ("close", _finite_positive),
+    ("volume", _finite_nonnegative),
+)
 
 
 def _bar_problem(values: Mapping[str, float]) -> str | None:
     """Why a bar's numbers cannot be folded, or None; prices > 0 (log returns), volume >= 0."""
     for name, ok in _CHECKS:
         if not ok(values[name]):
-            return f"{name} must be a finite {'number >= 0' if name == 'volume' else 'positive number'}, got {values[name]!r}"
+            wanted = "number >= 0" if name == "volume" else "positive number"
+            return f"{name} must be a finite {wanted}, got {values[name]!r}"
     if values.get("vwap") is not None and not _finite_positive(values["vwap"]):
         return f"vwap must be a finite positive number, got {values['vwap']!r}"
     return None
@@ -330,8 +405,7 @@ def _bar_problem(values: Mapping[str, float]) -> str | None:
 class IndicatorState:
     """Indicators of one symbol at one interval, folded bar by bar (see the module doc)."""
 
-    __slots__ = ("interval", "session_seconds", "count", "last_window_start", "_fields",
-                 "_closes", "_returns")
+    __slots__ = ("interval", "session_seconds", "count", "last_window_start", "_fields", "_closes", "_returns")
 
     def __init__(self, interval: str, session_seconds: int = 86400):
         if not (isinstance(session_seconds, int) and session_seconds > 0):
@@ -360,8 +434,20 @@ class IndicatorState:
         price = float(vwap) if vwap is not None else (high + low + close) / 3.0
         out = [NAN] * len(INDICATOR_NAMES)
         session = float(window_start // (self.session_seconds * 1_000_000))
-        _advance(self._fields, self._closes, self._returns, self.count, close, high, low,
-                 float(bar["volume"]), price, session, out, _SCALAR)
+        _advance(
+            self._fields,
+            self._closes,
+            self._returns,
+            self.count,
+            close,
+            high,
+            low,
+            float(bar["volume"]),
+            price,
+            session,
+            out,
+            _SCALAR,
+        )
         self.count += 1
         self.last_window_start = window_start
         return {name: (None if x != x else x) for name, x in zip(INDICATOR_NAMES, out)}
@@ -369,10 +455,14 @@ class IndicatorState:
     def to_state(self) -> dict:
         """A JSON-able dict; ``from_state`` of it continues bit for bit."""
         return {
-            "version": STATE_VERSION, "interval": self.interval,
-            "session_seconds": self.session_seconds, "count": self.count,
-            "last_window_start": self.last_window_start, "fields": list(self._fields),
-            "closes": list(self._closes), "returns": list(self._returns),
+            "version": STATE_VERSION,
+            "interval": self.interval,
+            "session_seconds": self.session_seconds,
+            "count": self.count,
+            "last_window_start": self.last_window_start,
+            "fields": list(self._fields),
+            "closes": list(self._closes),
+            "returns": list(self._returns),
         }
 
     @classmethod
@@ -396,17 +486,29 @@ def indicator_event(bar: Mapping, values: Mapping[str, float | None]) -> dict:
     """The IndicatorSet event (schemas/indicator_set.v1.avsc) of a bar and its values."""
     event = {
         "event_id": f"{bar['symbol']}:{bar['interval']}:{bar['window_start']}",
-        "symbol": bar["symbol"], "interval": bar["interval"], "ts": bar["window_end"],
-        "close": float(bar["close"]), "volume": float(bar["volume"]),
+        "symbol": bar["symbol"],
+        "interval": bar["interval"],
+        "ts": bar["window_end"],
+        "close": float(bar["close"]),
+        "volume": float(bar["volume"]),
     }
     for name in INDICATOR_NAMES:
         event[name] = values[name]
     return event
 
 
-def compute_batch(symbols: Sequence[str], window_start, open_, high, low, close, volume,
-                  seconds_per_bar: Mapping[str, float | None], vwap=None,
-                  session_seconds: int = 86400) -> np.ndarray:
+def compute_batch(
+    symbols: Sequence[str],
+    window_start,
+    open_,
+    high,
+    low,
+    close,
+    volume,
+    seconds_per_bar: Mapping[str, float | None],
+    vwap=None,
+    session_seconds: int = 86400,
+) -> np.ndarray:
     """Indicators of many bars at once: an (N, 20) float array in input row order, NaN = null.
 
     Rows of different symbols may interleave; each symbol's rows must have strictly
@@ -416,8 +518,10 @@ def compute_batch(symbols: Sequence[str], window_start, open_, high, low, close,
     """
     n_rows = len(symbols)
     ws = np.asarray(window_start, dtype=np.int64)
-    cols = {name: np.asarray(a, dtype=np.float64) for name, a in
-            (("open", open_), ("high", high), ("low", low), ("close", close), ("volume", volume))}
+    cols = {
+        name: np.asarray(a, dtype=np.float64)
+        for name, a in (("open", open_), ("high", high), ("low", low), ("close", close), ("volume", volume))
+    }
     if vwap is not None:
         cols["vwap"] = np.asarray(vwap, dtype=np.float64)
     result = np.full((n_rows, len(INDICATOR_NAMES)), NAN)
@@ -446,8 +550,7 @@ def compute_batch(symbols: Sequence[str], window_start, open_, high, low, close,
     late = np.flatnonzero(same & (ws[order][1:] <= ws[order][:-1]))
     if late.size:
         row = int(order[1:][late].min())
-        raise BarError(f"bars of {symbols[row]} out of time order: this one does not start "
-                       "after the previous one", row)
+        raise BarError(f"bars of {symbols[row]} out of time order: this one does not start after the previous one", row)
 
     # Columns by decreasing bar count: the symbols still active at step k are a prefix.
     by_count = np.argsort(-counts, kind="stable")
@@ -468,14 +571,25 @@ def compute_batch(symbols: Sequence[str], window_start, open_, high, low, close,
     g_price = grid(cols["vwap"] if vwap is not None else (cols["high"] + cols["low"] + cols["close"]) / 3.0)
     g_session = grid((ws // (session_seconds * 1_000_000)).astype(np.float64))
 
-    fields = np.array([_initial_fields(_annualization(seconds_per_bar.get(names[c])))
-                       for c in by_count]).T.copy()
+    fields = np.array([_initial_fields(_annualization(seconds_per_bar.get(names[c]))) for c in by_count]).T.copy()
     closes = np.zeros((CLOSES, n_symbols))
     returns = np.zeros((RETURNS, n_symbols))
     for k in range(n_steps):
         m = int(active[k])
         out = np.full((len(INDICATOR_NAMES), m), NAN)
-        _advance(fields[:, :m], closes[:, :m], returns[:, :m], k, g_close[k, :m], g_high[k, :m],
-                 g_low[k, :m], g_volume[k, :m], g_price[k, :m], g_session[k, :m], out, _ARRAY)
+        _advance(
+            fields[:, :m],
+            closes[:, :m],
+            returns[:, :m],
+            k,
+            g_close[k, :m],
+            g_high[k, :m],
+            g_low[k, :m],
+            g_volume[k, :m],
+            g_price[k, :m],
+            g_session[k, :m],
+            out,
+            _ARRAY,
+        )
         result[row_at[k, :m]] = out.T
     return result

@@ -1,4 +1,5 @@
 """Bar intervals: ``"<n><unit>"`` with unit s, m, h or d (``1s``, ``1m``, ``5m``, ``1h``, ``1d``)."""
+
 from __future__ import annotations
 
 import re

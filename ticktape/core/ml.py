@@ -9,6 +9,7 @@ artifact plus the name, interval, horizon, feature set and feature list, 12 hex 
 not produce under the same definitions (``features.FEATURE_SET``), or whose metadata
 does not describe the artifact; the predict agent then keeps its previous model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,10 +47,18 @@ class TrainParams:
     threads: int = 1
 
     def xgb_params(self) -> dict:
-        return {"objective": OBJECTIVE, "tree_method": "hist", "eval_metric": "logloss",
-                "max_depth": self.max_depth, "eta": self.eta, "subsample": self.subsample,
-                "colsample_bytree": self.colsample_bytree, "min_child_weight": self.min_child_weight,
-                "seed": self.seed, "nthread": self.threads}
+        return {
+            "objective": OBJECTIVE,
+            "tree_method": "hist",
+            "eval_metric": "logloss",
+            "max_depth": self.max_depth,
+            "eta": self.eta,
+            "subsample": self.subsample,
+            "colsample_bytree": self.colsample_bytree,
+            "min_child_weight": self.min_child_weight,
+            "seed": self.seed,
+            "nthread": self.threads,
+        }
 
 
 # --- metrics -----------------------------------------------------------------------------
@@ -67,15 +76,18 @@ def auc(y: np.ndarray, p: np.ndarray) -> float | None:
         j = i
         while j + 1 < len(p) and sorted_p[j + 1] == sorted_p[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
         i = j + 1
     return float((ranks[y == 1].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
 def scores(y: np.ndarray, p: np.ndarray) -> dict:
     q = np.clip(p, _EPS, 1.0 - _EPS)
-    return {"auc": auc(y, p), "accuracy": float(np.mean((p >= 0.5) == (y == 1.0))),
-            "log_loss": float(-np.mean(y * np.log(q) + (1.0 - y) * np.log(1.0 - q)))}
+    return {
+        "auc": auc(y, p),
+        "accuracy": float(np.mean((p >= 0.5) == (y == 1.0))),
+        "log_loss": float(-np.mean(y * np.log(q) + (1.0 - y) * np.log(1.0 - q))),
+    }
 
 
 # --- training ------------------------------------------------------------------------------
@@ -100,8 +112,9 @@ def _iso(us: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(us // 1_000_000)) + "Z"
 
 
-def train(ds: Dataset, features: Sequence[str], holdout_fraction: float, params: TrainParams,
-          name: str, source: str = "") -> Trained:
+def train(
+    ds: Dataset, features: Sequence[str], holdout_fraction: float, params: TrainParams, name: str, source: str = ""
+) -> Trained:
     """Walk-forward split, fit, holdout report and metadata (see ``features.walk_forward_split``)."""
     unknown = [f for f in features if f not in FEATURE_NAMES]
     if unknown or not features or len(set(features)) != len(features):
@@ -123,31 +136,48 @@ def train(ds: Dataset, features: Sequence[str], holdout_fraction: float, params:
     artifact = bytes(booster.save_raw(raw_format=ARTIFACT_FORMAT))
     p_hold = booster.inplace_predict(X[split.holdout])
     base_rate = float(y_train.mean())
-    gain = cast("dict[str, float]", booster.get_score(importance_type="gain"))  # floats for a tree booster (lists only for gblinear)
+    gain = cast(
+        "dict[str, float]", booster.get_score(importance_type="gain")
+    )  # floats for a tree booster (lists only for gblinear)
     importance = sorted(((f, gain.get(f, 0.0)) for f in features), key=lambda kv: (-kv[1], kv[0]))
     total_gain = sum(g for _, g in importance) or 1.0
     version = model_version(artifact, name, ds.interval, ds.horizon, features)
     ts_train, ts_hold = ds.ts[split.train], ds.ts[split.holdout]
     metadata = {
-        "name": name, "version": version, "interval": ds.interval, "horizon": ds.horizon,
-        "objective": OBJECTIVE, "feature_set": FEATURE_SET, "features": list(features),
+        "name": name,
+        "version": version,
+        "interval": ds.interval,
+        "horizon": ds.horizon,
+        "objective": OBJECTIVE,
+        "feature_set": FEATURE_SET,
+        "features": list(features),
         "params": params.xgb_params() | {"rounds": params.rounds},
-        "window": {"train_from": _iso(int(ts_train.min())), "train_to": _iso(int(ts_train.max())),
-                   "holdout_from": _iso(int(ts_hold.min())), "holdout_to": _iso(int(ts_hold.max())),
-                   "last_train_label_end": _iso(int(ds.label_end[split.train].max()))},
-        "rows": {"bars": len(ds.ts), "missing_features": int((~complete).sum()),
-                 "unlabelled": int((complete & ~labelled).sum()), "purged": split.purged,
-                 "train": len(split.train), "holdout": len(split.holdout),
-                 "symbols": len(set(ds.symbols))},
-        "metrics": {"holdout": scores(y_hold, p_hold),
-                    "baseline": scores(y_hold, np.full(len(y_hold), base_rate)),
-                    "train_up_rate": base_rate, "holdout_up_rate": float(y_hold.mean())},
+        "window": {
+            "train_from": _iso(int(ts_train.min())),
+            "train_to": _iso(int(ts_train.max())),
+            "holdout_from": _iso(int(ts_hold.min())),
+            "holdout_to": _iso(int(ts_hold.max())),
+            "last_train_label_end": _iso(int(ds.label_end[split.train].max())),
+        },
+        "rows": {
+            "bars": len(ds.ts),
+            "missing_features": int((~complete).sum()),
+            "unlabelled": int((complete & ~labelled).sum()),
+            "purged": split.purged,
+            "train": len(split.train),
+            "holdout": len(split.holdout),
+            "symbols": len(set(ds.symbols)),
+        },
+        "metrics": {
+            "holdout": scores(y_hold, p_hold),
+            "baseline": scores(y_hold, np.full(len(y_hold), base_rate)),
+            "train_up_rate": base_rate,
+            "holdout_up_rate": float(y_hold.mean()),
+        },
         "importance": [{"feature": f, "gain_share": g / total_gain} for f, g in importance],
         "data": {"source": source, "fingerprint": ds.fingerprint},
-        "libraries": {"xgboost": xgb.__version__, "numpy": np.__version__,
-                      "python": platform.python_version()},
-        "artifact": {"format": ARTIFACT_FORMAT, "bytes": len(artifact),
-                     "sha256": hashlib.sha256(artifact).hexdigest()},
+        "libraries": {"xgboost": xgb.__version__, "numpy": np.__version__, "python": platform.python_version()},
+        "artifact": {"format": ARTIFACT_FORMAT, "bytes": len(artifact), "sha256": hashlib.sha256(artifact).hexdigest()},
     }
     return Trained(artifact, metadata, p_hold)
 
@@ -172,14 +202,18 @@ class Model:
         who = f"model {metadata.get('name', '?')} {metadata.get('version', '?')}"
         features = metadata.get("features")
         if metadata.get("feature_set") != FEATURE_SET:
-            raise ModelMismatch(f"{who} refused: its features follow definitions "
-                                f"{metadata.get('feature_set')!r}, this pipeline produces {FEATURE_SET!r}")
+            raise ModelMismatch(
+                f"{who} refused: its features follow definitions "
+                f"{metadata.get('feature_set')!r}, this pipeline produces {FEATURE_SET!r}"
+            )
         if not isinstance(features, list) or not features or len(set(features)) != len(features):
             raise ModelMismatch(f"{who} refused: its feature list is empty, repeated or not a list")
         unknown = [f for f in features if f not in FEATURE_NAMES]
         if unknown:
-            raise ModelMismatch(f"{who} refused: the pipeline does not produce feature(s) "
-                                f"{', '.join(map(str, unknown))} (it produces {', '.join(FEATURE_NAMES)})")
+            raise ModelMismatch(
+                f"{who} refused: the pipeline does not produce feature(s) "
+                f"{', '.join(map(str, unknown))} (it produces {', '.join(FEATURE_NAMES)})"
+            )
         if metadata.get("objective") != OBJECTIVE:
             raise ModelMismatch(f"{who} refused: objective {metadata.get('objective')!r}, expected {OBJECTIVE}")
         try:
@@ -196,8 +230,9 @@ class Model:
         except xgb.core.XGBoostError as e:
             raise ModelMismatch(f"{who} refused: unreadable artifact ({str(e).splitlines()[0]})") from None
         if booster.feature_names != features:
-            raise ModelMismatch(f"{who} refused: the artifact's features {booster.feature_names} "
-                                f"differ from its metadata's {features}")
+            raise ModelMismatch(
+                f"{who} refused: the artifact's features {booster.feature_names} differ from its metadata's {features}"
+            )
         objective = json.loads(booster.save_config())["learner"]["objective"]["name"]
         if objective != OBJECTIVE:
             raise ModelMismatch(f"{who} refused: the artifact's objective is {objective}, expected {OBJECTIVE}")
@@ -230,10 +265,20 @@ class Model:
         for (ind, _), ok in zip(items, complete.tolist()):
             if not ok:
                 continue
-            out.append({"event_id": f"{ind['event_id']}:{self.name}:{self.version}",
-                        "symbol": ind["symbol"], "interval": ind["interval"], "ts": ind["ts"],
-                        "model_name": self.name, "model_version": self.version, "p_up": p[k],
-                        "horizon": self.horizon, "features": dict(zip(features, rows[k])),
-                        "close": ind["close"], "volatility_20": ind["volatility_20"]})
+            out.append(
+                {
+                    "event_id": f"{ind['event_id']}:{self.name}:{self.version}",
+                    "symbol": ind["symbol"],
+                    "interval": ind["interval"],
+                    "ts": ind["ts"],
+                    "model_name": self.name,
+                    "model_version": self.version,
+                    "p_up": p[k],
+                    "horizon": self.horizon,
+                    "features": dict(zip(features, rows[k])),
+                    "close": ind["close"],
+                    "volatility_20": ind["volatility_20"],
+                }
+            )
             k += 1
         return out, len(items) - n_ok, time.perf_counter() - started

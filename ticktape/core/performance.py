@@ -26,6 +26,7 @@ spanning less than ``MIN_ANNUALIZED_DAYS`` they are None, which the command and 
 report show as "n/a" with the reason (``annualized_note``).  Both show the figures with
 ``display``: the same units everywhere (percent for returns, drawdown and win rate).
 """
+
 from __future__ import annotations
 
 import math
@@ -141,7 +142,8 @@ def summarize(curve: Sequence[tuple[int, float]], fills: Sequence[dict], period_
     notional = math.fsum(abs(f["quantity"]) * f["price"] for f in fills)
     mean_equity = math.fsum(values) / len(values) if values else math.nan
     return {
-        "start_equity": first, "end_equity": last,
+        "start_equity": first,
+        "end_equity": last,
         "total_return": last / first - 1.0 if values else None,
         "cagr": cagr,
         "sharpe": sharpe(rets, ppy) if annualize else None,
@@ -163,8 +165,14 @@ def num(x: float | None, fmt: str = ".3f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
-_FORMATS = {"sharpe": ".3f", "sortino": ".3f", "turnover": ".4f", "start_equity": ",.2f",
-            "end_equity": ",.2f", "traded_notional": ",.2f"}
+_FORMATS = {
+    "sharpe": ".3f",
+    "sortino": ".3f",
+    "turnover": ".4f",
+    "start_equity": ",.2f",
+    "end_equity": ",.2f",
+    "traded_notional": ",.2f",
+}
 
 
 def display(key: str, value) -> str:
@@ -195,5 +203,7 @@ def annualized_note(metrics: dict) -> str | None:
     span = metrics.get("span_us")  # absent from runs stored before it was recorded
     if span is None or span >= MIN_ANNUALIZED_DAYS * US_PER_DAY:
         return None
-    return (f"CAGR, Sharpe and Sortino are not meaningful over an equity curve of {span_text(span)}: "
-            f"annualized figures need at least {MIN_ANNUALIZED_DAYS} days")
+    return (
+        f"CAGR, Sharpe and Sortino are not meaningful over an equity curve of {span_text(span)}: "
+        f"annualized figures need at least {MIN_ANNUALIZED_DAYS} days"
+    )

@@ -13,6 +13,7 @@ symbol in it.  Ticks are given per partition, in partition order (a replayed top
 gives them so; a file or table is split with ``core.replay.partition_for``, as the
 replay into a backtest's topics does).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,9 @@ class Outputs:
     skipped_predictions: int = 0  # rows with a missing feature (lookback not filled)
 
 
-def aggregate(ticks_by_partition: Mapping[int, Sequence[dict]], intervals: Sequence[str],
-              grace_us: int, chunk: int = 5000) -> tuple[dict[int, list[dict]], int, int]:
+def aggregate(
+    ticks_by_partition: Mapping[int, Sequence[dict]], intervals: Sequence[str], grace_us: int, chunk: int = 5000
+) -> tuple[dict[int, list[dict]], int, int]:
     """(bars per partition in emission order, late ticks, invalid ticks)."""
     out: dict[int, list[dict]] = {}
     late = invalid = 0
@@ -49,7 +51,7 @@ def aggregate(ticks_by_partition: Mapping[int, Sequence[dict]], intervals: Seque
         agg = BarAggregator(intervals, grace_us)
         bars: list[dict] = []
         for i in range(0, len(ticks), chunk):  # the result does not depend on the cut
-            batch = agg.process(ticks[i:i + chunk])
+            batch = agg.process(ticks[i : i + chunk])
             bars.extend(batch.bars)
             late += len(batch.late)
             invalid += len(batch.invalid)
@@ -64,16 +66,29 @@ def indicator_sets(bars: Sequence[dict], session_seconds: int = 86400) -> list[d
         return []
     keys = [f"{b['interval']}\0{b['symbol']}" for b in bars]
     spb = {f"{b['interval']}\0{b['symbol']}": interval_seconds(b["interval"]) for b in bars}
-    values = compute_batch(keys, [b["window_start"] for b in bars], [b["open"] for b in bars],
-                           [b["high"] for b in bars], [b["low"] for b in bars],
-                           [b["close"] for b in bars], [b["volume"] for b in bars], spb,
-                           vwap=[b["vwap"] for b in bars], session_seconds=session_seconds).tolist()
+    values = compute_batch(
+        keys,
+        [b["window_start"] for b in bars],
+        [b["open"] for b in bars],
+        [b["high"] for b in bars],
+        [b["low"] for b in bars],
+        [b["close"] for b in bars],
+        [b["volume"] for b in bars],
+        spb,
+        vwap=[b["vwap"] for b in bars],
+        session_seconds=session_seconds,
+    ).tolist()
     out = []
     names = INDICATOR_NAMES
     for b, row in zip(bars, values):
-        ev = {"event_id": f"{b['symbol']}:{b['interval']}:{b['window_start']}", "symbol": b["symbol"],
-              "interval": b["interval"], "ts": b["window_end"], "close": float(b["close"]),
-              "volume": float(b["volume"])}
+        ev = {
+            "event_id": f"{b['symbol']}:{b['interval']}:{b['window_start']}",
+            "symbol": b["symbol"],
+            "interval": b["interval"],
+            "ts": b["window_end"],
+            "close": float(b["close"]),
+            "volume": float(b["volume"]),
+        }
         for name, x in zip(names, row):
             ev[name] = None if x != x else x
         out.append(ev)
@@ -107,9 +122,26 @@ def feature_rows(sets: Sequence[dict]) -> np.ndarray:
     ``FeatureState`` would refuse go through it row by row (it raises as the agent does)."""
     n = len(sets)
     out = np.empty((n, len(FEATURE_NAMES)))
-    col = {name: np.array([ind[name] for ind in sets], dtype=float)
-           for name in ("close", "volume", "obv", "rsi_5", "rsi_14", "bb_upper", "bb_middle", "bb_lower",
-                        "atr_14", "volatility_20", "momentum_5", "momentum_20", "vwap") + _REL + _PER_CLOSE}
+    col = {
+        name: np.array([ind[name] for ind in sets], dtype=float)
+        for name in (
+            "close",
+            "volume",
+            "obv",
+            "rsi_5",
+            "rsi_14",
+            "bb_upper",
+            "bb_middle",
+            "bb_lower",
+            "atr_14",
+            "volatility_20",
+            "momentum_5",
+            "momentum_20",
+            "vwap",
+        )
+        + _REL
+        + _PER_CLOSE
+    }
     c, v = col["close"], col["volume"]
     if not (np.all((c > 0.0) & (c < np.inf)) and np.all((v >= 0.0) & (v < np.inf))):
         states: dict[tuple[str, str], FeatureState] = {}
@@ -169,8 +201,9 @@ def _lookback_columns(out, rows, c, v, obv, log) -> None:
         out[rows[VOLUMES:], 18] = np.where(tr > 0.0, flow / tr, np.where(flow == flow, 0.0, np.nan))
 
 
-def run(ticks_by_partition: Mapping[int, Sequence[dict]], intervals: Sequence[str], grace_us: int,
-        model=None) -> Outputs:
+def run(
+    ticks_by_partition: Mapping[int, Sequence[dict]], intervals: Sequence[str], grace_us: int, model=None
+) -> Outputs:
     """Market data to predictions for one period (see the module doc)."""
     per_partition, late, invalid = aggregate(ticks_by_partition, intervals, grace_us)
     # each symbol lives in one partition: its bars keep their order across this concatenation

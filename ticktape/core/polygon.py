@@ -9,6 +9,7 @@ others this project does not publish (``A`` second aggregates, ``LULD``, ``NOI``
 ``FMV``).  Times are Unix milliseconds.  A subscription is ``<ev>.<ticker>``; tickers
 of class shares are written with a dot (``BRK.B``), the project writes a dash.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,12 @@ def check_status(messages, expected: str) -> dict:
     """The first status of a frame, which must answer handshake step ``expected``; an
     error status raises ProviderError.  (Polygon acknowledges each subscription with its
     own ``success`` status; the later ones are counted as control messages.)"""
-    if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict) \
-            or messages[0].get("ev") != "status":
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not isinstance(messages[0], dict)
+        or messages[0].get("ev") != "status"
+    ):
         raise ProtocolError(f"expected a status ({expected}), got {str(messages)[:200]}")
     m = messages[0]
     status = m.get("status")
@@ -108,10 +113,19 @@ def tick_from_trade(m: dict) -> dict:
     trade_id = m["i"]
     if not isinstance(trade_id, (str, int)) or isinstance(trade_id, bool) or trade_id == "":
         raise ValueError(f"i is not a trade id: {trade_id!r}")
-    return {"event_id": f"{SOURCE}:{symbol}:t:{_day(ts)}:{int(m['x'])}:{trade_id}",
-            "symbol": symbol, "ts": ts, "source": SOURCE, "seq": 0,
-            "price": _num(m, "p"), "size": _num(m, "s"),
-            "bid": None, "ask": None, "bid_size": None, "ask_size": None}
+    return {
+        "event_id": f"{SOURCE}:{symbol}:t:{_day(ts)}:{int(m['x'])}:{trade_id}",
+        "symbol": symbol,
+        "ts": ts,
+        "source": SOURCE,
+        "seq": 0,
+        "price": _num(m, "p"),
+        "size": _num(m, "s"),
+        "bid": None,
+        "ask": None,
+        "bid_size": None,
+        "ask_size": None,
+    }
 
 
 def tick_from_quote(m: dict) -> dict:
@@ -122,9 +136,19 @@ def tick_from_quote(m: dict) -> dict:
     seq = m["q"]
     if isinstance(seq, bool) or not isinstance(seq, int):
         raise ValueError(f"q is not a sequence number: {seq!r}")
-    return {"event_id": f"{SOURCE}:{symbol}:q:{_day(ts)}:{seq}",
-            "symbol": symbol, "ts": ts, "source": SOURCE, "seq": 0, "price": None, "size": None,
-            "bid": _num(m, "bp"), "ask": _num(m, "ap"), "bid_size": _num(m, "bs"), "ask_size": _num(m, "as")}
+    return {
+        "event_id": f"{SOURCE}:{symbol}:q:{_day(ts)}:{seq}",
+        "symbol": symbol,
+        "ts": ts,
+        "source": SOURCE,
+        "seq": 0,
+        "price": None,
+        "size": None,
+        "bid": _num(m, "bp"),
+        "ask": _num(m, "ap"),
+        "bid_size": _num(m, "bs"),
+        "ask_size": _num(m, "as"),
+    }
 
 
 def bar_from_aggregate(m: dict) -> dict:
@@ -135,16 +159,29 @@ def bar_from_aggregate(m: dict) -> dict:
         raise ValueError(f"not a minute window: s={m['s']} e={m['e']}")
     symbol = from_provider_symbol(m["sym"])
     volume, avg_size = _num(m, "v"), _num(m, "z")
-    return {"event_id": f"{symbol}:1m:{start}", "symbol": symbol, "interval": "1m",
-            "ts": end, "window_start": start, "window_end": end,
-            "open": _num(m, "o"), "high": _num(m, "h"), "low": _num(m, "l"), "close": _num(m, "c"),
-            "volume": volume, "vwap": _num(m, "vw"), "trade_count": round(volume / avg_size) if avg_size else 0}
+    return {
+        "event_id": f"{symbol}:1m:{start}",
+        "symbol": symbol,
+        "interval": "1m",
+        "ts": end,
+        "window_start": start,
+        "window_end": end,
+        "open": _num(m, "o"),
+        "high": _num(m, "h"),
+        "low": _num(m, "l"),
+        "close": _num(m, "c"),
+        "volume": volume,
+        "vwap": _num(m, "vw"),
+        "trade_count": round(volume / avg_size) if avg_size else 0,
+    }
 
 
 # ev -> (kind for metrics, topic, event type, mapper)
-DATA_TYPES = {"T": ("trade", TICK_TOPIC, "tick", tick_from_trade),
-              "Q": ("quote", TICK_TOPIC, "tick", tick_from_quote),
-              "AM": ("bar", BAR_TOPIC, "bar", bar_from_aggregate)}
+DATA_TYPES = {
+    "T": ("trade", TICK_TOPIC, "tick", tick_from_trade),
+    "Q": ("quote", TICK_TOPIC, "tick", tick_from_quote),
+    "AM": ("bar", BAR_TOPIC, "bar", bar_from_aggregate),
+}
 
 
 def parse(m) -> Parsed:
@@ -165,7 +202,16 @@ def parse(m) -> Parsed:
 
 
 PROVIDER = Provider(
-    name="polygon", source=SOURCE, channels=CHANNELS, credentials=("polygon_api_key",),
-    feed_setting="polygon_feed", url=url, auth=auth_message, subscribe=subscribe_message,
-    expect=check_status, parse=parse, confirmed=lambda ack, channel: None,
-    to_provider_symbol=to_provider_symbol)
+    name="polygon",
+    source=SOURCE,
+    channels=CHANNELS,
+    credentials=("polygon_api_key",),
+    feed_setting="polygon_feed",
+    url=url,
+    auth=auth_message,
+    subscribe=subscribe_message,
+    expect=check_status,
+    parse=parse,
+    confirmed=lambda ack, channel: None,
+    to_provider_symbol=to_provider_symbol,
+)

@@ -16,6 +16,7 @@ updated in O(1) per mark and per fill (a backtest takes an equity point per bar)
 rounding they accumulate is far below a cent (tests compare them with an exact
 recomputation).
 """
+
 from __future__ import annotations
 
 from .trading import RecentIds, side_sign
@@ -33,8 +34,18 @@ class Position:
 
 
 class Portfolio:
-    __slots__ = ("account", "starting_cash", "cash", "positions", "marks", "market_value",
-                 "gross_exposure", "cost_basis", "realized_pnl", "recent_fills")
+    __slots__ = (
+        "account",
+        "starting_cash",
+        "cash",
+        "positions",
+        "marks",
+        "market_value",
+        "gross_exposure",
+        "cost_basis",
+        "realized_pnl",
+        "recent_fills",
+    )
 
     def __init__(self, account: str, starting_cash: float):
         self.account = account
@@ -57,8 +68,10 @@ class Portfolio:
             "account": self.account,
             "starting_cash": self.starting_cash,
             "cash": self.cash,
-            "positions": {s: {"qty": p.qty, "avg_cost": p.avg_cost, "realized_pnl": p.realized_pnl}
-                          for s, p in self.positions.items()},
+            "positions": {
+                s: {"qty": p.qty, "avg_cost": p.avg_cost, "realized_pnl": p.realized_pnl}
+                for s, p in self.positions.items()
+            },
             "marks": dict(self.marks),
             # running totals carry their rounding history: stored so a restore is bit-identical
             "market_value": self.market_value,
@@ -72,8 +85,7 @@ class Portfolio:
     def from_dict(cls, d: dict) -> "Portfolio":
         pf = cls(d["account"], d["starting_cash"])
         pf.cash = d["cash"]
-        pf.positions = {s: Position(p["qty"], p["avg_cost"], p["realized_pnl"])
-                        for s, p in d["positions"].items()}
+        pf.positions = {s: Position(p["qty"], p["avg_cost"], p["realized_pnl"]) for s, p in d["positions"].items()}
         pf.marks = dict(d["marks"])
         pf.market_value, pf.gross_exposure = d["market_value"], d["gross_exposure"]
         pf.cost_basis, pf.realized_pnl = d["cost_basis"], d["realized_pnl"]
@@ -86,8 +98,7 @@ def fold_fill(pf: Portfolio, fill: dict) -> Position | None:
     if pf.recent_fills.seen(fill["event_id"]):
         return None
     if fill["account"] != pf.account:
-        raise ValueError(f"fill {fill['event_id']} is for account {fill['account']!r}, "
-                         f"not {pf.account!r}")
+        raise ValueError(f"fill {fill['event_id']} is for account {fill['account']!r}, not {pf.account!r}")
     sym, price, commission = fill["symbol"], fill["price"], fill["commission"]
     q = side_sign(fill["side"]) * fill["quantity"]
     pos = pf.positions.get(sym)
@@ -136,18 +147,29 @@ def position_event(pf: Portfolio, symbol: str, ts: int, event_id: str) -> dict:
     pos = pf.positions[symbol]
     last = pf.marks[symbol]
     return {
-        "event_id": event_id, "account": pf.account, "symbol": symbol, "ts": ts,
-        "quantity": pos.qty, "avg_cost": pos.avg_cost, "realized_pnl": pos.realized_pnl,
-        "unrealized_pnl": pos.qty * (last - pos.avg_cost), "last_price": last,
+        "event_id": event_id,
+        "account": pf.account,
+        "symbol": symbol,
+        "ts": ts,
+        "quantity": pos.qty,
+        "avg_cost": pos.avg_cost,
+        "realized_pnl": pos.realized_pnl,
+        "unrealized_pnl": pos.qty * (last - pos.avg_cost),
+        "last_price": last,
         "market_value": pos.qty * last,
     }
 
 
 def equity_event(pf: Portfolio, ts: int, event_id: str) -> dict:
     return {
-        "event_id": event_id, "account": pf.account, "ts": ts, "cash": pf.cash,
-        "market_value": pf.market_value, "equity": pf.cash + pf.market_value,
-        "gross_exposure": pf.gross_exposure, "realized_pnl": pf.realized_pnl,
+        "event_id": event_id,
+        "account": pf.account,
+        "ts": ts,
+        "cash": pf.cash,
+        "market_value": pf.market_value,
+        "equity": pf.cash + pf.market_value,
+        "gross_exposure": pf.gross_exposure,
+        "realized_pnl": pf.realized_pnl,
         "unrealized_pnl": pf.market_value - pf.cost_basis,
     }
 
@@ -157,8 +179,7 @@ def apply_fill(pf: Portfolio, fill: dict) -> list[dict]:
     if fold_fill(pf, fill) is None:
         return []
     fid, ts = fill["event_id"], fill["ts"]
-    return [position_event(pf, fill["symbol"], ts, f"pos:{fid}"),
-            equity_event(pf, ts, f"eq:{fid}")]
+    return [position_event(pf, fill["symbol"], ts, f"pos:{fid}"), equity_event(pf, ts, f"eq:{fid}")]
 
 
 def on_bar(pf: Portfolio, bar: dict) -> list[dict]:

@@ -11,6 +11,7 @@ event time; a partition of a topic is finished at its first event after ``end`` 
 of a partition are in event-time order up to the bars' grace, and a tick that late
 cannot change a bar that closes within the range).
 """
+
 from __future__ import annotations
 
 import heapq
@@ -77,7 +78,7 @@ class PartitionMerger:
             self._head[p] = 0
         else:
             if self._head[p] > 4096:  # compact the consumed prefix
-                del buf[:self._head[p]]
+                del buf[: self._head[p]]
                 self._head[p] = 0
             self._push_head(p)
         return p, ts, item
@@ -87,8 +88,7 @@ class PartitionMerger:
         heap = self._heap
         while heap:
             ts, p = heap[0][0], heap[0][1]
-            if any(q != p and self._head[q] == len(self._buf[q]) and self._frontier[q] < ts
-                   for q in self._open):
+            if any(q != p and self._head[q] == len(self._buf[q]) and self._frontier[q] < ts for q in self._open):
                 break
             out.append(self._pop())
         return out

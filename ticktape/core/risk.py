@@ -35,6 +35,7 @@ first that fails is the one reason code of the rejection:
 The daily-loss baseline is the equity at the first event of each UTC day (event time).
 Resetting a HALTED account starts a fresh loss budget from the equity at the reset.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,14 +50,23 @@ from .trading import US_PER_DAY, US_PER_S, RecentIds, iso, side_of, tick_price, 
 ACTIVE, REDUCING, HALTED = "ACTIVE", "REDUCING", "HALTED"
 TRADING_STATES = (ACTIVE, REDUCING, HALTED)
 REASON_CODES = (
-    "MAX_POSITION_QTY", "MAX_POSITION_NOTIONAL", "MAX_GROSS_EXPOSURE", "MAX_ORDER_NOTIONAL",
-    "PRICE_COLLAR", "ORDER_RATE", "STALE_MARKET_DATA", "TRADING_HALTED", "REDUCE_ONLY",
-    "DAILY_LOSS_LIMIT", "MARKET_CLOSED",
+    "MAX_POSITION_QTY",
+    "MAX_POSITION_NOTIONAL",
+    "MAX_GROSS_EXPOSURE",
+    "MAX_ORDER_NOTIONAL",
+    "PRICE_COLLAR",
+    "ORDER_RATE",
+    "STALE_MARKET_DATA",
+    "TRADING_HALTED",
+    "REDUCE_ONLY",
+    "DAILY_LOSS_LIMIT",
+    "MARKET_CLOSED",
 )
 SIGNAL_MEMORY = 4096  # signal ids remembered to drop redeliveries
 
 
 # --- limits ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class SymbolLimits:
@@ -84,8 +94,15 @@ class AccountLimits:
 
 
 _SYMBOL_KEYS = ("max_position_qty", "max_position_notional", "max_order_notional", "price_collar_pct")
-_ACCOUNT_KEYS = ("initial_state", "max_gross_exposure", "daily_loss_limit", "max_orders_per_symbol",
-                 "max_orders_total", "rate_window_s", "stale_after_s")
+_ACCOUNT_KEYS = (
+    "initial_state",
+    "max_gross_exposure",
+    "daily_loss_limit",
+    "max_orders_per_symbol",
+    "max_orders_total",
+    "rate_window_s",
+    "stale_after_s",
+)
 _INT_KEYS = ("max_orders_per_symbol", "max_orders_total")
 
 
@@ -96,8 +113,7 @@ def _check_value(key: str, value, path: str):
     elif key in _INT_KEYS:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{path}: must be an integer >= 1, got {value!r}")
-    elif (isinstance(value, bool) or not isinstance(value, (int, float))
-          or not math.isfinite(value) or value <= 0):
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{path}: must be a positive number, got {value!r}")
     return value
 
@@ -127,13 +143,11 @@ def _sections(raw, path: str, required: bool) -> tuple[dict, dict, dict]:
     if required and "symbol_defaults" not in raw:
         raise ConfigError(f"{path}: missing key 'symbol_defaults'")
     account = _mapping({k: v for k, v in raw.items() if k in _ACCOUNT_KEYS}, path, _ACCOUNT_KEYS, required)
-    sym_defaults = _mapping(raw.get("symbol_defaults", {}), f"{path}.symbol_defaults",
-                            _SYMBOL_KEYS, required)
+    sym_defaults = _mapping(raw.get("symbol_defaults", {}), f"{path}.symbol_defaults", _SYMBOL_KEYS, required)
     symbols_raw = raw.get("symbols", {}) or {}
     if not isinstance(symbols_raw, dict):
         raise ConfigError(f"{path}.symbols: must be a mapping of symbol -> limits")
-    symbols = {str(sym): _mapping(v, f"{path}.symbols.{sym}", _SYMBOL_KEYS, False)
-               for sym, v in symbols_raw.items()}
+    symbols = {str(sym): _mapping(v, f"{path}.symbols.{sym}", _SYMBOL_KEYS, False) for sym, v in symbols_raw.items()}
     return account, sym_defaults, symbols
 
 
@@ -165,30 +179,47 @@ class RiskLimits:
         accounts_raw = data.get("accounts") or {}
         if not isinstance(accounts_raw, dict):
             raise ConfigError("accounts: must be a mapping of account name -> limits")
-        accounts = {str(name): _build(base, _sections(raw, f"accounts.{name}", False))
-                    for name, raw in accounts_raw.items()}
+        accounts = {
+            str(name): _build(base, _sections(raw, f"accounts.{name}", False)) for name, raw in accounts_raw.items()
+        }
         return cls(_build(base, ({}, {}, {})), accounts)
 
     def with_market_hours(self, hours: MarketHours | None) -> "RiskLimits":
         """These limits, every account accepting orders only inside ``hours``' sessions."""
-        return RiskLimits(replace(self.defaults, market_hours=hours),
-                          {a: replace(lim, market_hours=hours) for a, lim in self.accounts.items()})
+        return RiskLimits(
+            replace(self.defaults, market_hours=hours),
+            {a: replace(lim, market_hours=hours) for a, lim in self.accounts.items()},
+        )
 
 
 def _build(base, own) -> AccountLimits:
     account = {**base[0], **own[0]}
     sym_defaults = {**base[1], **own[1]}
-    symbols = {s: SymbolLimits(**{**sym_defaults, **base[2].get(s, {}), **own[2].get(s, {})})
-               for s in {**base[2], **own[2]}}
+    symbols = {
+        s: SymbolLimits(**{**sym_defaults, **base[2].get(s, {}), **own[2].get(s, {})}) for s in {**base[2], **own[2]}
+    }
     return AccountLimits(symbol_defaults=SymbolLimits(**sym_defaults), symbols=symbols, **account)
 
 
 # --- state -----------------------------------------------------------------------------
 
+
 class Risk:
-    __slots__ = ("account", "limits", "trading_state", "halt_reason", "halt_detail", "portfolio",
-                 "committed", "md_ts", "day", "day_start_equity", "rate_symbol", "rate_total",
-                 "recent_signals")
+    __slots__ = (
+        "account",
+        "limits",
+        "trading_state",
+        "halt_reason",
+        "halt_detail",
+        "portfolio",
+        "committed",
+        "md_ts",
+        "day",
+        "day_start_equity",
+        "rate_symbol",
+        "rate_total",
+        "recent_signals",
+    )
 
     def __init__(self, account: str, limits: AccountLimits, starting_cash: float):
         self.account = account
@@ -211,12 +242,18 @@ class Risk:
 
     def to_dict(self) -> dict:
         return {
-            "account": self.account, "trading_state": self.trading_state,
-            "halt_reason": self.halt_reason, "halt_detail": self.halt_detail,
-            "portfolio": self.portfolio.to_dict(), "committed": dict(self.committed),
-            "md_ts": dict(self.md_ts), "day": self.day, "day_start_equity": self.day_start_equity,
+            "account": self.account,
+            "trading_state": self.trading_state,
+            "halt_reason": self.halt_reason,
+            "halt_detail": self.halt_detail,
+            "portfolio": self.portfolio.to_dict(),
+            "committed": dict(self.committed),
+            "md_ts": dict(self.md_ts),
+            "day": self.day,
+            "day_start_equity": self.day_start_equity,
             "rate_symbol": {s: list(w) for s, w in self.rate_symbol.items()},
-            "rate_total": list(self.rate_total), "recent_signals": self.recent_signals.to_list(),
+            "rate_total": list(self.rate_total),
+            "recent_signals": self.recent_signals.to_list(),
         }
 
     @classmethod
@@ -235,6 +272,7 @@ class Risk:
 
 
 # --- events ----------------------------------------------------------------------------
+
 
 def _roll_day(r: Risk, ts: int) -> None:
     day = utc_day(ts)
@@ -318,8 +356,9 @@ def _in_window(window: deque, cutoff: int) -> int:
     return len(window)
 
 
-def _reason(r: Risk, sig: dict, symbol: str, committed: float, target: float,
-            qty: float, side: str) -> tuple[str, str] | None:
+def _reason(
+    r: Risk, sig: dict, symbol: str, committed: float, target: float, qty: float, side: str
+) -> tuple[str, str] | None:
     """(reason code, detail) of the first failing check, or None to approve."""
     acct = r.limits
     if r.trading_state == HALTED:
@@ -327,8 +366,11 @@ def _reason(r: Risk, sig: dict, symbol: str, committed: float, target: float,
         return r.halt_reason, f"{r.halt_detail}; account {r.account} is HALTED until `ticktape risk reset`"
     reducing = committed != 0 and abs(target) < abs(committed) and (target == 0 or (target > 0) == (committed > 0))
     if r.trading_state == REDUCING and not reducing:
-        return ("REDUCE_ONLY", f"account {r.account} is REDUCING: only orders that reduce a position pass; "
-                f"{symbol} {_n(committed)} -> {_n(target)} does not")
+        return (
+            "REDUCE_ONLY",
+            f"account {r.account} is REDUCING: only orders that reduce a position pass; "
+            f"{symbol} {_n(committed)} -> {_n(target)} does not",
+        )
     ts = sig["ts"]
     hours = acct.market_hours
     if hours is not None and not hours.is_open(ts):
@@ -338,41 +380,61 @@ def _reason(r: Risk, sig: dict, symbol: str, committed: float, target: float,
         return "STALE_MARKET_DATA", f"no market data for {symbol} yet"
     age = ts - last_ts
     if age > acct.stale_after_s * US_PER_S:
-        return ("STALE_MARKET_DATA", f"last {symbol} price is {age / US_PER_S:.3f} s old at {iso(ts)}, "
-                f"limit {acct.stale_after_s:g} s")
+        return (
+            "STALE_MARKET_DATA",
+            f"last {symbol} price is {age / US_PER_S:.3f} s old at {iso(ts)}, limit {acct.stale_after_s:g} s",
+        )
     lim = acct.for_symbol(symbol)
     last = r.portfolio.marks[symbol]
     ref = sig["reference_price"]
     off = abs(ref - last) / last * 100.0
     if off > lim.price_collar_pct:
-        return ("PRICE_COLLAR", f"reference price {ref:.4f} is {off:.2f}% from the last price {last:.4f}, "
-                f"collar {lim.price_collar_pct:g}%")
+        return (
+            "PRICE_COLLAR",
+            f"reference price {ref:.4f} is {off:.2f}% from the last price {last:.4f}, collar {lim.price_collar_pct:g}%",
+        )
     cutoff = ts - int(acct.rate_window_s * US_PER_S)
     window = r.rate_symbol.get(symbol)
     if window is not None and _in_window(window, cutoff) >= acct.max_orders_per_symbol:
-        return ("ORDER_RATE", f"{symbol} had {len(window)} orders in the last {acct.rate_window_s:g} s, "
-                f"limit {acct.max_orders_per_symbol}")
+        return (
+            "ORDER_RATE",
+            f"{symbol} had {len(window)} orders in the last {acct.rate_window_s:g} s, "
+            f"limit {acct.max_orders_per_symbol}",
+        )
     if _in_window(r.rate_total, cutoff) >= acct.max_orders_total:
-        return ("ORDER_RATE", f"account {r.account} had {len(r.rate_total)} orders in the last "
-                f"{acct.rate_window_s:g} s, limit {acct.max_orders_total}")
+        return (
+            "ORDER_RATE",
+            f"account {r.account} had {len(r.rate_total)} orders in the last "
+            f"{acct.rate_window_s:g} s, limit {acct.max_orders_total}",
+        )
     notional = qty * last
     if notional > lim.max_order_notional:
-        return ("MAX_ORDER_NOTIONAL", f"order {side} {_n(qty)} {symbol} @ {last:.4f} = {notional:.2f} notional, "
-                f"limit {lim.max_order_notional:.2f}")
+        return (
+            "MAX_ORDER_NOTIONAL",
+            f"order {side} {_n(qty)} {symbol} @ {last:.4f} = {notional:.2f} notional, "
+            f"limit {lim.max_order_notional:.2f}",
+        )
     if reducing:
         return None  # the remaining checks only stop growth
     if abs(target) > lim.max_position_qty:
-        return ("MAX_POSITION_QTY", f"{symbol} position would be {_n(target)} (now {_n(committed)}), "
-                f"limit {_n(lim.max_position_qty)}")
+        return (
+            "MAX_POSITION_QTY",
+            f"{symbol} position would be {_n(target)} (now {_n(committed)}), limit {_n(lim.max_position_qty)}",
+        )
     pos_notional = abs(target) * last
     if pos_notional > lim.max_position_notional:
-        return ("MAX_POSITION_NOTIONAL", f"{symbol} position would be {_n(target)} @ {last:.4f} = "
-                f"{pos_notional:.2f} notional, limit {lim.max_position_notional:.2f}")
+        return (
+            "MAX_POSITION_NOTIONAL",
+            f"{symbol} position would be {_n(target)} @ {last:.4f} = "
+            f"{pos_notional:.2f} notional, limit {lim.max_position_notional:.2f}",
+        )
     gross = gross_exposure(r)
     after = gross + (abs(target) - abs(committed)) * last
     if after > acct.max_gross_exposure and after > gross:
-        return ("MAX_GROSS_EXPOSURE", f"gross exposure would be {after:.2f} (now {gross:.2f}), "
-                f"limit {acct.max_gross_exposure:.2f}")
+        return (
+            "MAX_GROSS_EXPOSURE",
+            f"gross exposure would be {after:.2f} (now {gross:.2f}), limit {acct.max_gross_exposure:.2f}",
+        )
     return None
 
 
@@ -383,9 +445,18 @@ def gross_exposure(r: Risk) -> float:
 
 
 def _rejected(r: Risk, sig: dict, side: str, qty: float, code: str, detail: str) -> dict:
-    return {"event_id": f"rej:{sig['event_id']}", "account": r.account, "symbol": sig["symbol"],
-            "ts": sig["ts"], "side": side, "quantity": qty, "reference_price": sig["reference_price"],
-            "reason_code": code, "detail": detail, "signal_id": sig["event_id"]}
+    return {
+        "event_id": f"rej:{sig['event_id']}",
+        "account": r.account,
+        "symbol": sig["symbol"],
+        "ts": sig["ts"],
+        "side": side,
+        "quantity": qty,
+        "reference_price": sig["reference_price"],
+        "reason_code": code,
+        "detail": detail,
+        "signal_id": sig["event_id"],
+    }
 
 
 def reject_late(r: Risk, sig: dict, processed_ts: int) -> list[dict]:
@@ -397,8 +468,10 @@ def reject_late(r: Risk, sig: dict, processed_ts: int) -> list[dict]:
     delta = sig["target_position"] - r.committed.get(sig["symbol"], 0.0)
     if delta == 0:
         return []
-    detail = (f"signal at {iso(sig['ts'])} came after the account had processed events up to "
-              f"{iso(processed_ts)}: its symbol was idle (more than RISK_IDLE_MS behind)")
+    detail = (
+        f"signal at {iso(sig['ts'])} came after the account had processed events up to "
+        f"{iso(processed_ts)}: its symbol was idle (more than RISK_IDLE_MS behind)"
+    )
     return [_rejected(r, sig, side_of(delta), abs(delta), "STALE_MARKET_DATA", detail)]
 
 
@@ -426,8 +499,17 @@ def on_signal(r: Risk, sig: dict) -> list[dict]:
         window = r.rate_symbol[symbol] = deque()
     window.append(ts)
     r.rate_total.append(ts)
-    return [{
-        "event_id": f"ord:{sig_id}", "account": r.account, "symbol": symbol, "ts": ts,
-        "side": side, "quantity": qty, "order_type": "MARKET", "limit_price": None,
-        "reference_price": sig["reference_price"], "signal_id": sig_id,
-    }]
+    return [
+        {
+            "event_id": f"ord:{sig_id}",
+            "account": r.account,
+            "symbol": symbol,
+            "ts": ts,
+            "side": side,
+            "quantity": qty,
+            "order_type": "MARKET",
+            "limit_price": None,
+            "reference_price": sig["reference_price"],
+            "signal_id": sig_id,
+        }
+    ]

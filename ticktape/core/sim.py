@@ -19,6 +19,7 @@ clock (``MarketHours.session_clock``) puts every tick inside a session, skipping
 weekends and holidays; the time a symbol waited over a closed period moves its price
 like any other wait (an overnight gap).
 """
+
 from __future__ import annotations
 
 import math
@@ -37,13 +38,21 @@ def volume_profile(seconds_of_day: np.ndarray) -> np.ndarray:
     """Relative trading intensity: U-shaped in the session (3x at open, 2x at close)."""
     x = (seconds_of_day - US_OPEN_S) / (US_CLOSE_S - US_OPEN_S)
     in_session = (x >= 0) & (x <= 1)
-    u = 1.0 + 2.0 * (1 - x) ** 8 + 1.0 * x ** 8
+    u = 1.0 + 2.0 * (1 - x) ** 8 + 1.0 * x**8
     return np.where(in_session, u, 0.3)
 
 
 class MarketSimulator:
-    def __init__(self, symbols: list[str], *, seed: int, tick_rate: float, start_us: int,
-                 source: str = "sim", clock: Callable[[np.ndarray], np.ndarray] | None = None):
+    def __init__(
+        self,
+        symbols: list[str],
+        *,
+        seed: int,
+        tick_rate: float,
+        start_us: int,
+        source: str = "sim",
+        clock: Callable[[np.ndarray], np.ndarray] | None = None,
+    ):
         if not symbols:
             raise ValueError("the simulator needs at least one symbol")
         if tick_rate <= 0:
@@ -107,11 +116,19 @@ class MarketSimulator:
             seq[s] += 1
             price = round(math.exp(log_price[s]), 2)
             half = max(0.01, round(price * spread[s], 2))
-            out.append({
-                "event_id": f"{source}:{symbols[s]}:{seq[s]}",
-                "symbol": symbols[s], "ts": t, "source": source, "seq": seq[s],
-                "price": price, "size": lots[i],
-                "bid": round(price - half, 2), "ask": round(price + half, 2),
-                "bid_size": bid_lots[i], "ask_size": ask_lots[i],
-            })
+            out.append(
+                {
+                    "event_id": f"{source}:{symbols[s]}:{seq[s]}",
+                    "symbol": symbols[s],
+                    "ts": t,
+                    "source": source,
+                    "seq": seq[s],
+                    "price": price,
+                    "size": lots[i],
+                    "bid": round(price - half, 2),
+                    "ask": round(price + half, 2),
+                    "bid_size": bid_lots[i],
+                    "ask_size": ask_lots[i],
+                }
+            )
         return out

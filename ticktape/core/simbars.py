@@ -1,5 +1,6 @@
 """Bars of the seeded simulator (ticks → ``BarAggregator``): realistic training and test
 data without a network.  Same arguments, same bars."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -9,8 +10,9 @@ from .intervals import interval_seconds
 from .sim import MarketSimulator
 
 
-def simulated_bars(symbols: Sequence[str], *, seed: int, start_us: int, minutes: float,
-                   interval: str = "1m", tick_rate: float = 20.0) -> list[dict]:
+def simulated_bars(
+    symbols: Sequence[str], *, seed: int, start_us: int, minutes: float, interval: str = "1m", tick_rate: float = 20.0
+) -> list[dict]:
     """Every bar of ``interval`` closing within ``minutes`` of event time after ``start_us``,
     in close order (a symbol gets a bar only for windows it traded in)."""
     end_us = start_us + int(minutes * 60e6)

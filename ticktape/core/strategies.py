@@ -26,6 +26,7 @@ JSON round trip unchanged, and it is bounded: over ``STATE_MAX_BYTES`` of JSON i
 :class:`StrategyError` (keep windows in fixed-size structures).  A hook must be a pure
 function of the events and the state: no clock, no unseeded randomness, no I/O.
 """
+
 from __future__ import annotations
 
 import json
@@ -120,8 +121,10 @@ class Strategy:
         """The event type the class trades on; StrategyError unless it defines exactly one hook."""
         defined = [hook for hook in INPUTS if getattr(cls, hook) is not getattr(Strategy, hook)]
         if len(defined) != 1:
-            raise StrategyError(f"{cls.__qualname__} must define exactly one of on_prediction, on_bar "
-                                f"(it defines {', '.join(defined) or 'neither'})")
+            raise StrategyError(
+                f"{cls.__qualname__} must define exactly one of on_prediction, on_bar "
+                f"(it defines {', '.join(defined) or 'neither'})"
+            )
         return INPUTS[defined[0]]
 
     @classmethod
@@ -189,14 +192,20 @@ def check_state(spec: StrategySpec, inst: Strategy) -> dict:
         text = json.dumps(state, allow_nan=True)
         same = json.loads(text) == state
     except (TypeError, ValueError) as e:
-        raise StrategyError(f"strategy {spec.path}: state of {inst.symbol} is not JSON ({e}); "
-                            "keep numbers, strings, lists and dicts in to_dict") from None
+        raise StrategyError(
+            f"strategy {spec.path}: state of {inst.symbol} is not JSON ({e}); "
+            "keep numbers, strings, lists and dicts in to_dict"
+        ) from None
     if not same:
-        raise StrategyError(f"strategy {spec.path}: state of {inst.symbol} changes in a JSON round trip "
-                            "(tuples, non-string keys?): to_dict must give what from_dict restores")
+        raise StrategyError(
+            f"strategy {spec.path}: state of {inst.symbol} changes in a JSON round trip "
+            "(tuples, non-string keys?): to_dict must give what from_dict restores"
+        )
     if len(text) > STATE_MAX_BYTES:
-        raise StrategyError(f"strategy {spec.path}: state of {inst.symbol} is {len(text)} bytes of JSON, over "
-                            f"{STATE_MAX_BYTES}: keep bounded windows (e.g. collections.deque(maxlen=N) as a list)")
+        raise StrategyError(
+            f"strategy {spec.path}: state of {inst.symbol} is {len(text)} bytes of JSON, over "
+            f"{STATE_MAX_BYTES}: keep bounded windows (e.g. collections.deque(maxlen=N) as a list)"
+        )
     return state
 
 
@@ -213,8 +222,9 @@ def new_target(spec: StrategySpec, run: SymbolRun, decision: Decision, ts: int) 
     elif isinstance(decision, Order):
         q = decision.quantity
         if decision.side not in (BUY, SELL) or not (isinstance(q, (int, float)) and 0 < q < math.inf):
-            raise StrategyError(f"{where}: Order({decision.side!r}, {q!r}): side must be BUY or SELL "
-                                "and quantity a positive number")
+            raise StrategyError(
+                f"{where}: Order({decision.side!r}, {q!r}): side must be BUY or SELL and quantity a positive number"
+            )
         target = run.target + q if decision.side == BUY else run.target - q
     else:
         raise StrategyError(f"{where}: returned {decision!r}; expected Target, Order or None")
@@ -227,13 +237,28 @@ def view(kind: str, ev: dict) -> Prediction | Bar:
     """The hook's argument for an input event (validated: ValueError when untradeable)."""
     if kind == "prediction":
         check_prediction(ev)
-        return Prediction(ev["event_id"], ev["symbol"], ev["interval"], ev["ts"], ev["p_up"], ev["close"],
-                          ev.get("volatility_20"), ev["model_version"])
+        return Prediction(
+            ev["event_id"],
+            ev["symbol"],
+            ev["interval"],
+            ev["ts"],
+            ev["p_up"],
+            ev["close"],
+            ev.get("volatility_20"),
+            ev["model_version"],
+        )
     close = ev["close"]
     if close is None or not 0.0 < close < math.inf:
         raise ValueError(f"indicator set {ev['event_id']}: close={close!r} is not a price")
-    return Bar(ev["event_id"], ev["symbol"], ev["interval"], ev["ts"], close, ev["volume"],
-               {k: v for k, v in ev.items() if k not in _BAR_KEYS})
+    return Bar(
+        ev["event_id"],
+        ev["symbol"],
+        ev["interval"],
+        ev["ts"],
+        close,
+        ev["volume"],
+        {k: v for k, v in ev.items() if k not in _BAR_KEYS},
+    )
 
 
 _BAR_KEYS = frozenset(("event_id", "symbol", "interval", "ts", "close", "volume"))
@@ -241,5 +266,15 @@ _BAR_KEYS = frozenset(("event_id", "symbol", "interval", "ts", "close", "volume"
 
 def signal_for(spec: StrategySpec, account: str, run: SymbolRun, ev: dict, decided: tuple[float, str]) -> dict:
     target, reason = decided
-    return signal_event(account, run.inst.symbol, ev["ts"], ev["event_id"], run.target, target, ev["close"],
-                        spec.cls.display_name(), reason, ev.get("model_version"))
+    return signal_event(
+        account,
+        run.inst.symbol,
+        ev["ts"],
+        ev["event_id"],
+        run.target,
+        target,
+        ev["close"],
+        spec.cls.display_name(),
+        reason,
+        ev.get("model_version"),
+    )

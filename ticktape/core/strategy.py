@@ -21,6 +21,7 @@ Price and volatility are those of the scored bar, which the Prediction carries (
 a decision needs its prediction alone, so there is no join whose buffers could
 overflow or whose result could depend on how two topics interleave.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,18 +52,19 @@ class StrategyConfig:
         if not 0.5 < self.enter_p < 1.0:
             raise ConfigError(f"STRATEGY_ENTER_P must be in (0.5, 1), got {self.enter_p!r}")
         if not 0.0 < self.exit_p <= self.enter_p:
-            raise ConfigError(
-                f"STRATEGY_EXIT_P must be in (0, STRATEGY_ENTER_P={self.enter_p}], got {self.exit_p!r}")
+            raise ConfigError(f"STRATEGY_EXIT_P must be in (0, STRATEGY_ENTER_P={self.enter_p}], got {self.exit_p!r}")
         if self.sides not in ("long_short", "long_only"):
             raise ConfigError(f"STRATEGY_SIDES must be long_short or long_only, got {self.sides!r}")
         if self.sizing not in ("fixed_notional", "vol_target"):
-            raise ConfigError(
-                f"STRATEGY_SIZING must be fixed_notional or vol_target, got {self.sizing!r}")
+            raise ConfigError(f"STRATEGY_SIZING must be fixed_notional or vol_target, got {self.sizing!r}")
         if not (isinstance(self.min_hold_bars, int) and self.min_hold_bars >= 0):
             raise ConfigError(f"STRATEGY_MIN_HOLD_BARS must be an integer >= 0, got {self.min_hold_bars!r}")
-        for env, value in (("STRATEGY_NOTIONAL", self.notional), ("STRATEGY_VOL_TARGET", self.vol_target),
-                           ("STRATEGY_MAX_VOL_SCALE", self.max_vol_scale),
-                           ("STRATEGY_LOT_SIZE", self.lot_size)):
+        for env, value in (
+            ("STRATEGY_NOTIONAL", self.notional),
+            ("STRATEGY_VOL_TARGET", self.vol_target),
+            ("STRATEGY_MAX_VOL_SCALE", self.max_vol_scale),
+            ("STRATEGY_LOT_SIZE", self.lot_size),
+        ):
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{env} must be a positive number, got {value!r}")
         if not self.account:
@@ -70,9 +72,19 @@ class StrategyConfig:
 
     @classmethod
     def from_settings(cls, s) -> "StrategyConfig":
-        return cls(s.trading_account, s.strategy_interval, s.strategy_enter_p, s.strategy_exit_p,
-                   s.strategy_sides, s.strategy_min_hold_bars, s.strategy_sizing, s.strategy_notional,
-                   s.strategy_vol_target, s.strategy_max_vol_scale, s.strategy_lot_size)
+        return cls(
+            s.trading_account,
+            s.strategy_interval,
+            s.strategy_enter_p,
+            s.strategy_exit_p,
+            s.strategy_sides,
+            s.strategy_min_hold_bars,
+            s.strategy_sizing,
+            s.strategy_notional,
+            s.strategy_vol_target,
+            s.strategy_max_vol_scale,
+            s.strategy_lot_size,
+        )
 
 
 class SymbolState:
@@ -86,8 +98,13 @@ class SymbolState:
         self.last_pred_ts: int | None = None
 
     def to_dict(self) -> dict:
-        return {"direction": self.direction, "target": self.target, "decisions": self.decisions,
-                "changed_at": self.changed_at, "last_pred_ts": self.last_pred_ts}
+        return {
+            "direction": self.direction,
+            "target": self.target,
+            "decisions": self.decisions,
+            "changed_at": self.changed_at,
+            "last_pred_ts": self.last_pred_ts,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "SymbolState":
@@ -120,8 +137,10 @@ def check_prediction(pred: dict) -> None:
     if not 0.0 <= p_up <= 1.0:
         raise ValueError(f"prediction {pred['event_id']}: p_up={p_up!r} is not a probability")
     if close is None or not 0.0 < close < math.inf:
-        raise ValueError(f"prediction {pred['event_id']}: close={close!r} is not a price "
-                         "(Prediction v1 carries none: re-run the predict stage)")
+        raise ValueError(
+            f"prediction {pred['event_id']}: close={close!r} is not a price "
+            "(Prediction v1 carries none: re-run the predict stage)"
+        )
 
 
 def on_prediction(st: Strategy, pred: dict) -> list[dict]:
@@ -139,23 +158,55 @@ def on_prediction(st: Strategy, pred: dict) -> list[dict]:
     decided = decide(st.cfg, s, pred["p_up"], pred["close"], pred.get("volatility_20"))
     if decided is None:
         return []
-    return [signal_event(st.cfg.account, symbol, ts, pred["event_id"], before, decided[0], pred["close"],
-                         STRATEGY_NAME, decided[1], pred["model_version"])]
+    return [
+        signal_event(
+            st.cfg.account,
+            symbol,
+            ts,
+            pred["event_id"],
+            before,
+            decided[0],
+            pred["close"],
+            STRATEGY_NAME,
+            decided[1],
+            pred["model_version"],
+        )
+    ]
 
 
-def signal_event(account: str, symbol: str, ts: int, source_id: str, before: float, target: float,
-                 price: float, strategy: str, reason: str, model_version: str | None) -> dict:
+def signal_event(
+    account: str,
+    symbol: str,
+    ts: int,
+    source_id: str,
+    before: float,
+    target: float,
+    price: float,
+    strategy: str,
+    reason: str,
+    model_version: str | None,
+) -> dict:
     """The Signal moving ``symbol`` from target ``before`` to ``target``, decided on the
     event ``source_id`` (its id makes the Signal's: one decision per input event)."""
     delta = target - before
-    return {"event_id": f"sig:{account}:{source_id}", "account": account, "symbol": symbol,
-            "ts": ts, "side": side_of(delta), "quantity": abs(delta), "target_position": target,
-            "reference_price": price, "strategy": strategy, "reason": reason,
-            "model_version": model_version}
+    return {
+        "event_id": f"sig:{account}:{source_id}",
+        "account": account,
+        "symbol": symbol,
+        "ts": ts,
+        "side": side_of(delta),
+        "quantity": abs(delta),
+        "target_position": target,
+        "reference_price": price,
+        "strategy": strategy,
+        "reason": reason,
+        "model_version": model_version,
+    }
 
 
-def decide(cfg: StrategyConfig, s: SymbolState, p_up: float, close: float,
-           vol: float | None) -> tuple[float, str] | None:
+def decide(
+    cfg: StrategyConfig, s: SymbolState, p_up: float, close: float, vol: float | None
+) -> tuple[float, str] | None:
     """(new target, reason) when the rule changes the target (``s`` advances), else None."""
     s.decisions += 1
     d = s.direction

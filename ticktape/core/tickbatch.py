@@ -10,6 +10,7 @@ Why: a stream processor pays a fixed cost per Kafka message, several times the c
 aggregating a tick, so at tens of thousands of ticks per second the message, not the
 tick, is the unit to save on.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,8 +27,13 @@ def make_batch(ticks: Sequence[dict]) -> dict:
     symbol, source = first["symbol"], first["source"]
     if any(t["symbol"] != symbol or t["source"] != source for t in ticks):
         raise ValueError("a batch holds ticks of one symbol and one source")
-    return {"event_id": f"{first['event_id']}+{len(ticks)}", "symbol": symbol, "ts": ticks[-1]["ts"],
-            "source": source, "ticks": {c: [t[c] for t in ticks] for c in COLUMNS}}
+    return {
+        "event_id": f"{first['event_id']}+{len(ticks)}",
+        "symbol": symbol,
+        "ts": ticks[-1]["ts"],
+        "source": source,
+        "ticks": {c: [t[c] for t in ticks] for c in COLUMNS},
+    }
 
 
 def expand(batch: dict) -> list[dict]:
@@ -35,12 +41,27 @@ def expand(batch: dict) -> list[dict]:
     cols = batch["ticks"]
     n = len(cols["ts"])
     if not 0 < n <= MAX_TICKS or any(len(cols[c]) != n for c in COLUMNS):
-        raise ValueError(f"tick batch {batch['event_id']}: columns of lengths "
-                         f"{[len(cols[c]) for c in COLUMNS]} (1 to {MAX_TICKS}, all equal)")
+        raise ValueError(
+            f"tick batch {batch['event_id']}: columns of lengths "
+            f"{[len(cols[c]) for c in COLUMNS]} (1 to {MAX_TICKS}, all equal)"
+        )
     symbol, source = batch["symbol"], batch["source"]
-    return [{"event_id": eid, "symbol": symbol, "ts": ts, "source": source, "seq": seq, "price": price,
-             "size": size, "bid": bid, "ask": ask, "bid_size": bid_size, "ask_size": ask_size}
-            for ts, price, size, bid, ask, bid_size, ask_size, seq, eid in zip(*(cols[c] for c in COLUMNS))]
+    return [
+        {
+            "event_id": eid,
+            "symbol": symbol,
+            "ts": ts,
+            "source": source,
+            "seq": seq,
+            "price": price,
+            "size": size,
+            "bid": bid,
+            "ask": ask,
+            "bid_size": bid_size,
+            "ask_size": ask_size,
+        }
+        for ts, price, size, bid, ask, bid_size, ask_size, seq, eid in zip(*(cols[c] for c in COLUMNS))
+    ]
 
 
 def events_of(event_type: str, record: dict) -> list[dict]:

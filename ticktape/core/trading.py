@@ -11,6 +11,7 @@ Conventions of the trading core:
   table changelog continues exactly where it stopped.
 * Output ``event_id`` values derive from input ids, so a replay yields the same ids.
 """
+
 from __future__ import annotations
 
 from collections import deque
