@@ -19,10 +19,9 @@ import logging
 import faust
 
 from ticktape import kafka_clients, metrics
-from ticktape.api import load_strategy
+from ticktape.api import load_strategy, strategy_config
 from ticktape.config import Settings
 from ticktape.core.desks import StrategyDesk
-from ticktape.core.strategy import StrategyConfig
 
 from .app import run_stage
 from .trading_io import TradingIO, partition_header
@@ -103,7 +102,7 @@ class StrategyStage:
 
 def attach(app: faust.App, s: Settings) -> None:
     spec = load_strategy(s)
-    desk = StrategyDesk(StrategyConfig.from_settings(s), spec)
+    desk = StrategyDesk(strategy_config(s), spec)
     ran = spec.record()
     metrics.STRATEGY.info(
         {

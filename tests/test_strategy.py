@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ticktape.api import strategy_config
 from ticktape.config import ConfigError
 from ticktape.config import settings as make_settings
 from ticktape.core.strategy import Strategy, StrategyConfig, SymbolState, check_prediction, on_prediction
@@ -177,15 +178,25 @@ def test_state_saved_with_join_buffers_loads():
 
 
 def test_config_from_settings_and_validation():
-    cfg = StrategyConfig.from_settings(make_settings(strategy_enter_p=0.7, strategy_exit_p=0.6))
-    assert (cfg.enter_p, cfg.exit_p, cfg.account, cfg.sizing) == (0.7, 0.6, "paper", "fixed_notional")
-    with pytest.raises(ConfigError, match=r"STRATEGY_EXIT_P must be in \(0, STRATEGY_ENTER_P=0.6\], got 0.65"):
+    cfg = strategy_config(make_settings(strategy_enter_p=0.7, strategy_exit_p=0.6, strategy_sizing="VOL_TARGET"))
+    assert (cfg.enter_p, cfg.exit_p, cfg.account, cfg.sizing) == (0.7, 0.6, "paper", "vol_target")
+    # the settings name the variable ...
+    with pytest.raises(ConfigError, match=r"^STRATEGY_EXIT_P=0.65: must be at most STRATEGY_ENTER_P=0.6$"):
+        make_settings(strategy_exit_p=0.65)
+    with pytest.raises(ConfigError, match=r"^STRATEGY_ENTER_P=0.5: must be more than 0.5$"):
+        make_settings(strategy_enter_p=0.5)
+    with pytest.raises(ConfigError, match=r"^STRATEGY_SIZING='kelly': must be one of FIXED_NOTIONAL, VOL_TARGET$"):
+        make_settings(strategy_sizing="kelly")
+    with pytest.raises(ConfigError, match=r"^STRATEGY_NOTIONAL=0: must be more than 0$"):
+        make_settings(strategy_notional=0)
+    # ... and the core's config, built in code, its own fields
+    with pytest.raises(ConfigError, match=r"exit_p must be in \(0, enter_p=0.6\], got 0.65"):
         StrategyConfig(exit_p=0.65)
-    with pytest.raises(ConfigError, match=r"STRATEGY_ENTER_P must be in \(0.5, 1\), got 0.5"):
+    with pytest.raises(ConfigError, match=r"enter_p must be in \(0.5, 1\), got 0.5"):
         StrategyConfig(enter_p=0.5)
-    with pytest.raises(ConfigError, match="STRATEGY_SIZING must be fixed_notional or vol_target, got 'kelly'"):
+    with pytest.raises(ConfigError, match="sizing must be fixed_notional or vol_target, got 'kelly'"):
         StrategyConfig(sizing="kelly")
-    with pytest.raises(ConfigError, match="STRATEGY_NOTIONAL must be a positive number, got 0"):
+    with pytest.raises(ConfigError, match="notional must be a positive number, got 0"):
         StrategyConfig(notional=0)
 
 

@@ -9,7 +9,17 @@ import sys
 
 import pytest
 
-from ticktape.api import Bar, Order, PUpHysteresis, Strategy, StrategyError, StrategySpec, Target, load_strategy
+from ticktape.api import (
+    Bar,
+    Order,
+    PUpHysteresis,
+    Strategy,
+    StrategyError,
+    StrategySpec,
+    Target,
+    load_strategy,
+    strategy_config,
+)
 from ticktape.config import REPO_ROOT, ConfigError
 from ticktape.config import settings as make_settings
 from ticktape.core import desks
@@ -138,7 +148,7 @@ def test_the_default_strategy_is_the_built_in_one_event_for_event():
         "max_vol_scale": 3.0,
         "lot_size": 1.0,
     }
-    cfg = StrategyConfig.from_settings(s)
+    cfg = strategy_config(s)
     a, b = desks.StrategyDesk(cfg), desks.StrategyDesk(cfg, loaded)
     p_ups = [0.5, 0.7, 0.62, 0.3, 0.58, 0.2, 0.9, 0.45, 0.61, 0.1]
     preds = [

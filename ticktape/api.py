@@ -54,7 +54,26 @@ __all__ = [
     "StrategySpec",
     "Target",
     "load_strategy",
+    "strategy_config",
 ]
+
+
+def strategy_config(s: Settings) -> StrategyConfig:
+    """The strategy stage's configuration: TRADING_ACCOUNT, STRATEGY_INTERVAL and the
+    built-in strategy's STRATEGY_* (checked by the settings)."""
+    return StrategyConfig(
+        s.trading_account,
+        s.strategy_interval,
+        s.strategy_enter_p,
+        s.strategy_exit_p,
+        s.strategy_sides.lower(),
+        s.strategy_min_hold_bars,
+        s.strategy_sizing.lower(),
+        s.strategy_notional,
+        s.strategy_vol_target,
+        s.strategy_max_vol_scale,
+        s.strategy_lot_size,
+    )
 
 
 def load_strategy(s: Settings) -> StrategySpec:
@@ -81,7 +100,7 @@ def load_strategy(s: Settings) -> StrategySpec:
                 f"STRATEGY_PARAMS={s.strategy_params!r}: the built-in {path} takes its "
                 "parameters from STRATEGY_ENTER_P, STRATEGY_EXIT_P, ... (leave STRATEGY_PARAMS empty)"
             )
-        params = builtin_params(StrategyConfig.from_settings(s))
+        params = builtin_params(strategy_config(s))
     spec = StrategySpec(cls, params, path, _source_sha256(cls))
     try:
         probe = cls("_probe", **params)

@@ -255,23 +255,30 @@ class Settings:
         above=0,
         below=1,
     )
-    strategy_sides: str = _setting("STRATEGY_SIDES", "long_short", "long_short or long_only")
+    strategy_sides: str = _setting(
+        "STRATEGY_SIDES", "long_short", "long_short or long_only", choices=("LONG_SHORT", "LONG_ONLY")
+    )
     strategy_min_hold_bars: int = _setting(
-        "STRATEGY_MIN_HOLD_BARS", 5, "bars a new target stands before it may change again"
+        "STRATEGY_MIN_HOLD_BARS", 5, "bars a new target stands before it may change again", low=0
     )
     strategy_sizing: str = _setting(
-        "STRATEGY_SIZING", "fixed_notional", "fixed_notional or vol_target (position size rule)"
+        "STRATEGY_SIZING",
+        "fixed_notional",
+        "fixed_notional or vol_target (position size rule)",
+        choices=("FIXED_NOTIONAL", "VOL_TARGET"),
     )
     strategy_notional: float = _setting(
-        "STRATEGY_NOTIONAL", 10_000.0, "notional per position (vol_target: at the target volatility)"
+        "STRATEGY_NOTIONAL", 10_000.0, "notional per position (vol_target: at the target volatility)", above=0
     )
     strategy_vol_target: float = _setting(
-        "STRATEGY_VOL_TARGET", 0.20, "vol_target: annualized volatility a position is sized to"
+        "STRATEGY_VOL_TARGET", 0.20, "vol_target: annualized volatility a position is sized to", above=0
     )
     strategy_max_vol_scale: float = _setting(
-        "STRATEGY_MAX_VOL_SCALE", 3.0, "vol_target: cap of vol_target / volatility_20"
+        "STRATEGY_MAX_VOL_SCALE", 3.0, "vol_target: cap of vol_target / volatility_20", above=0
     )
-    strategy_lot_size: float = _setting("STRATEGY_LOT_SIZE", 1.0, "order quantities are whole multiples of this")
+    strategy_lot_size: float = _setting(
+        "STRATEGY_LOT_SIZE", 1.0, "order quantities are whole multiples of this", above=0
+    )
     strategy: str = _setting(
         "STRATEGY",
         "ticktape.api:PUpHysteresis",
@@ -376,6 +383,12 @@ class Settings:
                 )
         if not self.symbol_list:
             raise ConfigError(f"SYMBOLS={self.symbols!r}: names no symbol")
+        if not self.trading_account:
+            raise ConfigError("TRADING_ACCOUNT is empty: name the account the strategy trades for")
+        if self.strategy_exit_p > self.strategy_enter_p:
+            raise ConfigError(
+                f"STRATEGY_EXIT_P={self.strategy_exit_p!r}: must be at most STRATEGY_ENTER_P={self.strategy_enter_p!r}"
+            )
 
     @property
     def symbol_list(self) -> list[str]:

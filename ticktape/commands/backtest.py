@@ -206,9 +206,8 @@ def make_setup(s: Settings, symbols: tuple[str, ...], risk_path: str | None):
     """The run's Setup from settings; a bad value → UsageError naming it."""
     import yaml
 
-    from ..api import load_strategy
+    from ..api import load_strategy, strategy_config
     from ..core.backtest import Setup
-    from ..core.strategy import StrategyConfig
     from ..market_calendar import market_hours
     from ..risk_config import exec_config, load_risk_limits, risk_config_path
 
@@ -220,7 +219,7 @@ def make_setup(s: Settings, symbols: tuple[str, ...], risk_path: str | None):
         return Setup(
             tuple(s.interval_list),
             s.bar_grace_ms * 1000,
-            StrategyConfig.from_settings(s),
+            strategy_config(s),
             exec_config(s),
             limits,
             yaml.safe_load(path.read_text()),

@@ -49,42 +49,28 @@ class StrategyConfig:
     lot_size: float = 1.0
 
     def __post_init__(self):
+        # the settings check STRATEGY_* by their names first (ticktape.config); these are
+        # the rule's own invariants, for a config built in code
         if not 0.5 < self.enter_p < 1.0:
-            raise ConfigError(f"STRATEGY_ENTER_P must be in (0.5, 1), got {self.enter_p!r}")
+            raise ConfigError(f"enter_p must be in (0.5, 1), got {self.enter_p!r}")
         if not 0.0 < self.exit_p <= self.enter_p:
-            raise ConfigError(f"STRATEGY_EXIT_P must be in (0, STRATEGY_ENTER_P={self.enter_p}], got {self.exit_p!r}")
+            raise ConfigError(f"exit_p must be in (0, enter_p={self.enter_p}], got {self.exit_p!r}")
         if self.sides not in ("long_short", "long_only"):
-            raise ConfigError(f"STRATEGY_SIDES must be long_short or long_only, got {self.sides!r}")
+            raise ConfigError(f"sides must be long_short or long_only, got {self.sides!r}")
         if self.sizing not in ("fixed_notional", "vol_target"):
-            raise ConfigError(f"STRATEGY_SIZING must be fixed_notional or vol_target, got {self.sizing!r}")
+            raise ConfigError(f"sizing must be fixed_notional or vol_target, got {self.sizing!r}")
         if not (isinstance(self.min_hold_bars, int) and self.min_hold_bars >= 0):
-            raise ConfigError(f"STRATEGY_MIN_HOLD_BARS must be an integer >= 0, got {self.min_hold_bars!r}")
-        for env, value in (
-            ("STRATEGY_NOTIONAL", self.notional),
-            ("STRATEGY_VOL_TARGET", self.vol_target),
-            ("STRATEGY_MAX_VOL_SCALE", self.max_vol_scale),
-            ("STRATEGY_LOT_SIZE", self.lot_size),
+            raise ConfigError(f"min_hold_bars must be an integer >= 0, got {self.min_hold_bars!r}")
+        for name, value in (
+            ("notional", self.notional),
+            ("vol_target", self.vol_target),
+            ("max_vol_scale", self.max_vol_scale),
+            ("lot_size", self.lot_size),
         ):
             if not (value > 0 and math.isfinite(value)):
-                raise ConfigError(f"{env} must be a positive number, got {value!r}")
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
         if not self.account:
-            raise ConfigError("TRADING_ACCOUNT must not be empty")
-
-    @classmethod
-    def from_settings(cls, s) -> "StrategyConfig":
-        return cls(
-            s.trading_account,
-            s.strategy_interval,
-            s.strategy_enter_p,
-            s.strategy_exit_p,
-            s.strategy_sides,
-            s.strategy_min_hold_bars,
-            s.strategy_sizing,
-            s.strategy_notional,
-            s.strategy_vol_target,
-            s.strategy_max_vol_scale,
-            s.strategy_lot_size,
-        )
+            raise ConfigError("account must not be empty")
 
 
 class SymbolState:
