@@ -37,6 +37,7 @@ def test_run_env_holds_the_main_jobs_settings():
         "TICK_BATCH_MAX": "500",
         "TICK_BATCH_MS": "100",
         "EXEC_MARKET_DATA": "bars",
+        "MARKET_CALENDAR": "off",
     }
 
 
