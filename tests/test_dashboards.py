@@ -486,7 +486,8 @@ RANGE = re.compile(r"now-(\d+)([mh])")
 def main_job_db(services, tmp_path_factory):
     """DATABASE_URL after a short run of the main job's processes as `make run` starts them
     (bootstrap model on 1 s bars, worker, both sinks, simulator), on the test PostgreSQL."""
-    from ticktape.commands.run import BOOTSTRAP_TRAIN, RUN_DEFAULTS
+    from ticktape.commands.models import BOOTSTRAP_TRAIN
+    from ticktape.config import run_defaults
 
     with new_database(services["DATABASE_URL"]) as url:
         home = tmp_path_factory.mktemp("mainjob")
@@ -496,7 +497,7 @@ def main_job_db(services, tmp_path_factory):
         limits = yaml.safe_load(DEFAULT_RISK_CONFIG.read_text())
         limits["defaults"]["max_orders_per_symbol"] = 2
         (home / "risk.yaml").write_text(yaml.safe_dump(limits))
-        env = dict(RUN_DEFAULTS, STRATEGY_INTERVAL="1s", RISK_CONFIG=str(home / "risk.yaml"))
+        env = dict(run_defaults(), RISK_CONFIG=str(home / "risk.yaml"))  # config/run.env: as `make run`
         proc_env = dict(
             os.environ,
             KAFKA_BOOTSTRAP_SERVERS=s.kafka_bootstrap_servers,
