@@ -39,6 +39,7 @@ def test_immediate_stops_of_postgresql_lose_no_committed_tick(services, settings
     rng = random.Random()
     seed = rng.randrange(1 << 30)
     rng.seed(seed)
+    runner = thread = None
     try:
         s = dataclasses.replace(settings, database_url=url, sink_batch_size=300, sink_max_latency_ms=50)
         schema.migrate(s)
@@ -64,4 +65,7 @@ def test_immediate_stops_of_postgresql_lose_no_committed_tick(services, settings
         thread.join(30)
         assert stored(url) == (TICKS, TICKS), f"seed {seed}"
     finally:
+        if runner is not None:  # a failed run too: its consumer must not outlive the test's topics
+            runner.stop()
+            thread.join(30)
         own.down()

@@ -254,4 +254,7 @@ def test_database_outage_is_retried_reported_and_caught_up(services, settings, t
         thread.join(30)
         assert event_ids(url, "ticks") == sorted(e["event_id"] for e in first + second)
     finally:
+        if "thread" in locals():  # a failed run too: its consumer must not outlive the test's topics
+            r.stop()
+            thread.join(30)
         own.down()
