@@ -224,6 +224,7 @@ def test_two_processes_in_one_group_split_the_partitions(pg_settings, tmp_path):
 def test_database_outage_is_retried_reported_and_caught_up(services, settings, tmp_path, outage_s):
     own = LocalStack(tmp_path / "pg")
     url = own.up(kafka=False, postgres=True, redis=False)["DATABASE_URL"]
+    r = thread = None
     try:
         s = dataclasses.replace(settings, database_url=url, sink_batch_size=300, sink_max_latency_ms=100)
         schema.migrate(s)
@@ -254,7 +255,7 @@ def test_database_outage_is_retried_reported_and_caught_up(services, settings, t
         thread.join(30)
         assert event_ids(url, "ticks") == sorted(e["event_id"] for e in first + second)
     finally:
-        if "thread" in locals():  # a failed run too: its consumer must not outlive the test's topics
+        if thread is not None:  # a failed run too: its consumer must not outlive the test's topics
             r.stop()
             thread.join(30)
         own.down()
