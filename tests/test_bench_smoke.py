@@ -8,10 +8,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from bench.__main__ import available
 from ticktape.config import REPO_ROOT
 
 
+@pytest.mark.timeout(1800)  # every benchmark, the peers' venv included: ~10 minutes here
 def test_bench_quick_runs_every_benchmark(services, tmp_path):
     out = tmp_path / "all.json"
     env = dict(os.environ) | services | {"TICKTAPE_HOME": str(tmp_path), "PYTHONPATH": str(REPO_ROOT)}
