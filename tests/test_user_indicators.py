@@ -1,0 +1,304 @@
+"""ticktape.api.Indicator: a user indicator defined in this file, loaded by INDICATORS,
+flows into the indicator sets (IndicatorSet v2 ``extra``), the features, a trained
+model that records it and the predictions that model makes, event by event as the
+stages run and in a backtest; the built-in 20 are one class on the same base."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+
+import numpy as np
+import pandas
+import pytest
+from fastavro import schemaless_writer
+
+import ticktape.backtest
+from producers.replay import read_csv
+from ticktape import registry
+from ticktape.api import Indicator, IndicatorError, IndicatorSpec, load_indicators
+from ticktape.cli import UsageError
+from ticktape.config import REPO_ROOT, ConfigError
+from ticktape.config import settings as make_settings
+from ticktape.core import pipeline
+from ticktape.core.features import FEATURE_NAMES, Bars, FeatureState, build_dataset
+from ticktape.core.indicators import INDICATOR_NAMES, SymbolIndicators, indicator_event, user_values
+from ticktape.core.ml import Model, ModelMismatch, TrainParams, train
+from ticktape.serde import SINGLE_OBJECT_MAGIC, Serde, catalog
+
+GOOG = REPO_ROOT / "tests" / "data" / "GOOG_daily.csv"
+FEATURES = ["range_5", "range_trend", "rsi_14", "ret_1", "ret_5", "bb_pos", "volume_z_20"]
+
+
+class Range5(Indicator):
+    """The mean of (high - low) / close over the last 5 bars."""
+
+    name = "range_5"
+    state_fields = ("window",)
+
+    def __init__(self):
+        self.window: list[float] = []
+
+    def update(self, bar):
+        self.window = (self.window + [(bar["high"] - bar["low"]) / bar["close"]])[-5:]
+
+    @property
+    def ready(self) -> bool:
+        return len(self.window) == 5
+
+    @property
+    def value(self) -> float:
+        return sum(self.window) / 5
+
+
+class RangeTrend(Indicator):
+    """Two outputs: this bar's range and its change since the previous bar."""
+
+    name = "range_trend_set"
+    outputs = ("range_now", "range_trend")
+    state_fields = ("last", "change")
+
+    def __init__(self):
+        self.last: float | None = None
+        self.change: float | None = None
+
+    def update(self, bar):
+        now = (bar["high"] - bar["low"]) / bar["close"]
+        self.change = None if self.last is None else now - self.last
+        self.last = now
+
+    @property
+    def ready(self) -> bool:
+        return self.change is not None
+
+    def values(self):
+        return {"range_now": self.last, "range_trend": self.change}
+
+
+INDICATORS = "test_user_indicators:Range5, test_user_indicators:RangeTrend"
+
+
+@pytest.fixture(scope="module")
+def bars() -> list[dict]:
+    _, rows = read_csv(str(GOOG), None, "GOOG")
+    return rows
+
+
+@pytest.fixture(scope="module")
+def specs() -> tuple[IndicatorSpec, ...]:
+    return load_indicators(make_settings(indicators=INDICATORS))
+
+
+def test_indicators_are_loaded_by_name_and_recorded(specs):
+    assert [s.cls for s in specs] == [Range5, RangeTrend]
+    assert specs[1].record() == {
+        "class": "test_user_indicators:RangeTrend",
+        "outputs": ["range_now", "range_trend"],
+        "source_sha256": specs[0].source_sha256,  # one file
+    }
+    assert len(specs[0].source_sha256) == 64
+    assert load_indicators(make_settings(indicators="")) == ()
+
+
+def test_streamed_indicators_equal_the_batch_path_and_resume_exactly(bars, specs):
+    classes = [s.cls for s in specs]
+    sets = pipeline.indicator_sets(bars, indicators=classes)  # the backtest's batch path
+    expected = [(b["high"] - b["low"]) / b["close"] for b in bars[:5]]
+    assert sets[0]["extra"] == {"range_5": None, "range_now": expected[0], "range_trend": None}
+    assert sets[3]["extra"]["range_5"] is None
+    assert sets[4]["extra"]["range_5"] == sum(expected) / 5
+    assert sets[1]["extra"]["range_trend"] == expected[1] - expected[0]
+
+    # the stage's way: one SymbolIndicators, its state saved as JSON and resumed half way
+    st = SymbolIndicators("1d", classes)
+    streamed = []
+    for i, bar in enumerate(bars):
+        if i == 1000:
+            st = SymbolIndicators.from_state(json.loads(json.dumps(st.to_state())), classes)
+        values, extra = st.update(bar)
+        streamed.append({"values": values, "extra": extra})
+    assert [s["extra"] for s in streamed] == [ev["extra"] for ev in sets]
+    assert [s["values"] for s in streamed] == [{k: ev[k] for k in INDICATOR_NAMES} for ev in sets]
+    assert st.update(bars[-1]) is None  # redelivered: nothing folded
+    assert st.to_state()["user"]["range_5"]["window"] == [(b["high"] - b["low"]) / b["close"] for b in bars[-5:]]
+
+
+def test_the_builtin_20_on_the_base_are_the_engines_values(bars):
+    st = SymbolIndicators("1d")
+    for bar in bars[:300]:
+        values, extra = st.update(bar)
+    assert extra == {} and st.talib.ready and list(values) == list(INDICATOR_NAMES)
+    assert st.talib.output_names() == INDICATOR_NAMES
+    assert values == {k: pipeline.indicator_sets(bars[:300])[-1][k] for k in INDICATOR_NAMES}
+
+
+class Clash(Range5):
+    name = "rsi_14"
+
+
+class FeatureClash(Range5):
+    name = "ret_1"
+
+
+class NoJsonState(Range5):
+    name = "no_json"
+
+    def to_dict(self):
+        return {"window": (1.0, 2.0)}
+
+
+class NeedsArgs(Range5):
+    name = "needs_args"
+
+    def __init__(self, n):
+        super().__init__()
+
+
+class NotAnIndicator:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("test_user_indicators", "expected package.module:Class (e.g. mypkg.indicators:Range)"),
+        ("no_such_module:X", "no module no_such_module"),
+        ("test_user_indicators:NotAnIndicator", "NotAnIndicator is not a subclass of ticktape.api.Indicator"),
+        ("test_user_indicators:Clash", "output(s) ['rsi_14'] repeat a built-in or another indicator"),
+        ("test_user_indicators:FeatureClash", "output(s) ['ret_1'] repeat a built-in"),
+        ("test_user_indicators:Range5,test_user_indicators:Range5", "output(s) ['range_5'] repeat"),
+        ("test_user_indicators:NoJsonState", "state does not survive a JSON round trip"),
+        ("test_user_indicators:NeedsArgs", "NeedsArgs() failed: TypeError"),
+    ],
+)
+def test_bad_indicators_are_refused_in_one_line(value, message):
+    with pytest.raises(ConfigError, match=f"^INDICATORS='?{re.escape(value.split(',')[-1])}") as e:
+        load_indicators(make_settings(indicators=value))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+class Broken(Range5):
+    name = "broken"
+
+    def update(self, bar):
+        if bar["close"] > 110:
+            raise ZeroDivisionError("division by zero")
+        super().update(bar)
+
+
+class NotFinite(Range5):
+    name = "not_finite"
+
+    @property
+    def value(self) -> float:
+        return float("nan")
+
+
+class Unbounded(Range5):
+    name = "unbounded"
+
+    def update(self, bar):
+        self.window.extend([bar["open"], bar["high"], bar["low"], bar["close"], bar["volume"]])  # never trimmed
+
+
+def test_a_defective_indicator_stops_with_its_name(bars):
+    st = SymbolIndicators("1d", [Broken])
+    with pytest.raises(IndicatorError, match=r"^indicator Broken failed on GOOG at \d+: ZeroDivisionError"):
+        for bar in bars:
+            st.update(bar)
+    with pytest.raises(IndicatorError, match=r"^indicator NotFinite: not_finite = nan is not a finite number"):
+        user_values(bars[:5], [NotFinite])
+    st = SymbolIndicators("1d", [Unbounded])
+    for bar in bars[:2000]:
+        st.update(bar)
+    with pytest.raises(IndicatorError, match=r"^indicator Unbounded: state is \d+ bytes of JSON, over 65536"):
+        st.to_state()
+
+
+def test_indicator_set_v2_carries_extra_and_reads_v1():
+    serde = Serde()
+    event = {"event_id": "A:1m:0", "symbol": "A", "interval": "1m", "ts": 60_000_000, "close": 10.0, "volume": 5.0}
+    event |= dict.fromkeys(INDICATOR_NAMES) | {"extra": {"range_5": 0.25, "range_trend": None}}
+    assert serde.decode(serde.encode("indicator_set", event)) == ("indicator_set", event)
+    v1 = catalog().versions["indicator_set"][0]
+    assert v1.path.name == "indicator_set.v1.avsc"
+    buf = io.BytesIO()
+    schemaless_writer(buf, v1.parsed, {k: v for k, v in event.items() if k != "extra"})
+    written_by_v1 = SINGLE_OBJECT_MAGIC + v1.fingerprint + buf.getvalue()
+    assert serde.decode(written_by_v1) == ("indicator_set", event | {"extra": {}})
+
+
+@pytest.fixture(scope="module")
+def trained(bars, specs):
+    ds = build_dataset(Bars.from_events(bars), "1d", 5, indicators=[s.cls for s in specs])
+    return ds, train(ds, FEATURES, 0.2, TrainParams(rounds=30), "direction", "csv:GOOG", specs)
+
+
+def test_features_and_the_model_record_the_user_indicators(bars, specs, trained):
+    ds, t = trained
+    assert ds.names == FEATURE_NAMES + ("range_5", "range_now", "range_trend")
+    sets = pipeline.indicator_sets(bars, indicators=[s.cls for s in specs])
+    col = ds.names.index("range_5")
+    by_ts = {int(ts): row for ts, row in zip(ds.ts, ds.X)}
+    assert [by_ts[ev["ts"]][col] for ev in sets[4:]] == [ev["extra"]["range_5"] for ev in sets[4:]]
+    assert np.isnan(by_ts[sets[3]["ts"]][col])
+
+    meta = t.metadata
+    assert meta["features"] == FEATURES
+    assert meta["indicators"] == [specs[0].record(), specs[1].record()]  # both have a feature in the model
+    assert {i["feature"] for i in meta["importance"] if i["gain_share"] > 0} >= {"range_5", "range_trend"}
+    only_builtin = train(ds, ["rsi_14", "ret_1"], 0.2, TrainParams(rounds=5), "direction", "", specs)
+    assert only_builtin.metadata["indicators"] == []
+
+
+def test_a_model_on_user_indicators_needs_them_configured_unchanged(specs, trained):
+    _, t = trained
+    with pytest.raises(ModelMismatch, match="trained on user indicator test_user_indicators:Range5, which INDICATORS"):
+        Model.load(t.artifact, t.metadata)
+    changed = (specs[0], dataclasses.replace(specs[1], source_sha256="0" * 64))
+    with pytest.raises(ModelMismatch, match="user indicator test_user_indicators:RangeTrend changed since training"):
+        Model.load(t.artifact, t.metadata, changed)
+    assert Model.load(t.artifact, t.metadata, specs).extra == ("range_5", "range_trend")
+
+
+def test_predictions_score_exactly_what_the_model_was_trained_on(bars, specs, trained):
+    ds, t = trained
+    model = Model.load(t.artifact, t.metadata, specs)
+    classes = [s.cls for s in specs]
+    out = pipeline.from_bars(bars, ["1d"], model, classes)  # the backtest's batch path
+    preds = out.predictions
+    cols = [ds.names.index(f) for f in FEATURES]
+    rows = {int(ts): row[cols] for ts, row in zip(ds.ts, ds.X)}
+    complete = [ts for ts, row in rows.items() if not np.isnan(row).any()]
+    assert [p["ts"] for p in preds] == complete and out.skipped_predictions == len(bars) - len(complete)
+    X = np.array([rows[p["ts"]] for p in preds])
+    assert [list(p["features"].values()) for p in preds] == X.tolist()
+    assert [p["p_up"] for p in preds] == model.score(X).tolist()
+
+    # the stages' way, event by event: indicators stage → IndicatorSet bytes → predict stage
+    serde = Serde()
+    ind_state, feat_state, live = SymbolIndicators("1d", classes), FeatureState(), []
+    for bar in bars:
+        folded = ind_state.update(bar)
+        assert folded is not None
+        kind, ind = serde.decode(serde.encode("indicator_set", indicator_event(bar, *folded)))
+        scored, _, _ = model.predictions([(ind, feat_state.update(ind))])
+        live.extend(scored)
+    assert live == preds
+
+
+def test_a_backtest_of_a_user_indicator_model(bars, specs, trained, tmp_path):
+    _, t = trained
+    model_dir = registry.save_files(make_settings(home=str(tmp_path)), t)
+    df = pandas.read_csv(GOOG)
+    common = {"symbols": "GOOG", "model": str(model_dir), "DATABASE_URL": "", "TICKTAPE_HOME": str(tmp_path)}
+    result = ticktape.backtest.run(df, INDICATORS=INDICATORS, STRATEGY_ENTER_P="0.52", STRATEGY_EXIT_P="0.51", **common)
+    model = Model.load(t.artifact, t.metadata, specs)
+    expected = pipeline.from_bars(bars, ["1d"], model, [s.cls for s in specs])
+    assert result.events["prediction"] == expected.predictions
+    assert [ev["extra"] for ev in result.events["indicator_set"]] == [ev["extra"] for ev in expected.indicators]
+    assert result.counts["fills"] > 0
+    with pytest.raises(UsageError, match="which INDICATORS does not name"):
+        ticktape.backtest.run(df, **common)
