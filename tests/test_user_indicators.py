@@ -17,8 +17,8 @@ from fastavro import schemaless_writer
 
 import ticktape.backtest
 from producers.replay import read_csv
-from ticktape import registry
-from ticktape.api import Indicator, IndicatorError, IndicatorSpec, load_indicators
+from ticktape import cli, registry
+from ticktape.api import Bar, Indicator, IndicatorError, IndicatorSpec, Strategy, Target, load_indicators
 from ticktape.cli import UsageError
 from ticktape.config import REPO_ROOT, ConfigError
 from ticktape.config import settings as make_settings
@@ -302,3 +302,48 @@ def test_a_backtest_of_a_user_indicator_model(bars, specs, trained, tmp_path):
     assert result.counts["fills"] > 0
     with pytest.raises(UsageError, match="which INDICATORS does not name"):
         ticktape.backtest.run(df, **common)
+
+
+class WideRangeFlat(Strategy):
+    """Long 10 while the 5-bar range is under 3 % of the close, flat otherwise: trades
+    on a user indicator (``bar.indicators["range_5"]``), no model."""
+
+    name = "wide_range_flat"
+
+    def on_bar(self, bar: Bar) -> Target | None:
+        r = bar.indicators["range_5"]
+        return None if r is None else Target(10.0 if r < 0.03 else 0.0, f"range_5 {r:.4f}")
+
+
+def test_a_strategy_trades_on_a_user_indicator_in_a_backtest(bars, tmp_path):
+    df = pandas.read_csv(GOOG)
+    result = ticktape.backtest.run(
+        df,
+        symbols="GOOG",
+        strategy=WideRangeFlat,
+        INDICATORS="test_user_indicators:Range5",
+        DATABASE_URL="",
+        TICKTAPE_HOME=str(tmp_path),
+    )
+    sets = pipeline.indicator_sets(bars, indicators=[Range5])
+    wanted, target = [], 0.0
+    for ev in sets:  # the targets the hook sets, from the user indicator alone
+        r = ev["extra"]["range_5"]
+        if r is not None and (10.0 if r < 0.03 else 0.0) != target:
+            target = 10.0 if r < 0.03 else 0.0
+            wanted.append((ev["ts"], target, f"range_5 {r:.4f}"))
+    assert len(wanted) > 20
+    assert [(s["ts"], s["target_position"], s["reason"]) for s in result.events["signal"]] == wanted
+    assert result.parameters["indicators"] == [
+        load_indicators(make_settings(indicators="test_user_indicators:Range5"))[0].record()
+    ]
+
+
+def test_train_refuses_unknown_features_in_one_line(capsys, monkeypatch):
+    monkeypatch.setenv("INDICATORS", "test_user_indicators:Range5")
+    code = cli.main(["train", "--source", "csv", "--input", "x.csv", "--features", "range_5,nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--features: unknown feature(s) nope; the features are sma_10_rel," in err
+    assert "volume_z_20, range_5 (user indicators' outputs come from INDICATORS)" in err
+    assert cli.main(["train", "--source", "csv", "--input", "x.csv", "--features", "ret_1,ret_1"]) == 2
+    assert "--features names a feature twice: ret_1,ret_1" in capsys.readouterr().err

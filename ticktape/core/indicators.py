@@ -15,7 +15,13 @@ One engine, two ways to drive it:
   the same step function runs over numpy columns, one symbol per column, the k-th bar
   of every symbol in one vectorized step.
 
-Both call ``_advance``, written once against a tiny arithmetic backend (``_SCALAR`` for
+* ``Indicator`` — the base of every indicator (one class each: ``update`` from a bar,
+  ``ready``, ``value``, state ``to_dict``/``from_dict``); a user indicator is one such
+  class, loaded by name (``INDICATORS``, ``ticktape.api.load_indicators``).  ``TaLib`` puts
+  the built-in 20 on it; ``SymbolIndicators`` folds a symbol's bars into both, the user
+  outputs going to the IndicatorSet's ``extra``; ``user_values`` is their batch loop.
+
+Both built-in paths call ``_advance``, written once against a tiny arithmetic backend (``_SCALAR`` for
 floats, ``_ARRAY`` for numpy columns) whose operations are all correctly rounded or
 performed in the same order, so the two paths give bit-identical results.
 
