@@ -26,9 +26,12 @@ from ticktape.core import pipeline
 from ticktape.core.features import FEATURE_NAMES, Bars, FeatureState, build_dataset
 from ticktape.core.indicators import INDICATOR_NAMES, SymbolIndicators, indicator_event, user_values
 from ticktape.core.ml import Model, ModelMismatch, TrainParams, train
+from ticktape.core.simbars import simulated_bars
 from ticktape.serde import SINGLE_OBJECT_MAGIC, Serde, catalog
 
 GOOG = REPO_ROOT / "tests" / "data" / "GOOG_daily.csv"
+T0 = 1_767_225_600_000_000  # 2026-01-01T00:00Z
+MINUTE = 60_000_000
 FEATURES = ["range_5", "range_trend", "rsi_14", "ret_1", "ret_5", "bb_pos", "volume_z_20"]
 
 
@@ -347,3 +350,52 @@ def test_train_refuses_unknown_features_in_one_line(capsys, monkeypatch):
     assert "volume_z_20, range_5 (user indicators' outputs come from INDICATORS)" in err
     assert cli.main(["train", "--source", "csv", "--input", "x.csv", "--features", "ret_1,ret_1"]) == 2
     assert "--features names a feature twice: ret_1,ret_1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_user_indicator_live_in_the_worker(settings, fresh_db, tmp_path):
+    """The real worker with INDICATORS: bars on md.bars.1m → IndicatorSets with the user
+    outputs → predictions of a model trained on them, equal to the in-process chain;
+    a restart half way resumes the user indicators' state from the changelog."""
+    from test_predict_agent import predictions
+    from test_worker import Worker, read
+
+    from ticktape import kafka_clients
+
+    s = dataclasses.replace(settings, database_url=fresh_db, indicators=INDICATORS)
+    kafka_clients.ensure_topics(s)
+    specs = load_indicators(s)
+    classes = [spec.cls for spec in specs]
+    history = simulated_bars(["AAA", "BBB", "CCC"], seed=11, start_us=T0, minutes=420, tick_rate=3.0)
+    ds = build_dataset(Bars.from_events(history), "1m", 5, indicators=classes)
+    t = train(ds, FEATURES, 0.2, TrainParams(rounds=20), "direction", "sim", specs)
+    registry.register(s, t)
+    registry.activate(s, t.version)  # announced before the worker starts
+
+    live = simulated_bars(["AAA", "BBB", "CCC"], seed=5, start_us=T0 + 1440 * MINUTE, minutes=90, tick_rate=3.0)
+    want = pipeline.from_bars(live, ["1m"], Model.load(t.artifact, t.metadata, specs), classes)
+    assert len(want.predictions) > 200
+    halves = [live[: len(live) // 2], live[len(live) // 2 :]]
+    env = {"DATABASE_URL": fresh_db, "INDICATORS": INDICATORS, "PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT / 'tests'}"}
+    serde = Serde()
+    worker = Worker(s, tmp_path / "worker.log", **env)
+    try:
+        for n, half in enumerate(halves):
+            if n == 1:  # restarted: the user indicators resume from the changelog
+                assert worker.stop() == 0, worker.log_tail()
+                worker = Worker(s, tmp_path / "worker2.log", **env)
+            prod = kafka_clients.producer(s)
+            for bar in half:
+                prod.produce(s.topic("md.bars.1m"), key=bar["symbol"].encode(), value=serde.encode("bar", bar))
+            assert prod.flush(30) == 0
+        got = predictions(s, len(want.predictions))
+        assert got == {p["event_id"]: p for p in want.predictions}, worker.log_tail()
+        sets = {
+            ind["event_id"]: ind["extra"]
+            for msgs in read(s, "analytics.indicators", len(live), quiet=0.5).values()
+            for ind in (serde.decode(m.value())[1] for m in msgs)
+        }
+        assert sets == {ev["event_id"]: ev["extra"] for ev in want.indicators}
+    finally:
+        rc = worker.stop()
+    assert rc == 0, worker.log_tail()
