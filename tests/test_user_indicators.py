@@ -20,6 +20,7 @@ from producers.replay import read_csv
 from ticktape import cli, registry
 from ticktape.api import Bar, Indicator, IndicatorError, IndicatorSpec, Strategy, Target, load_indicators
 from ticktape.cli import UsageError
+from ticktape.commands.train import report
 from ticktape.config import REPO_ROOT, ConfigError
 from ticktape.config import settings as make_settings
 from ticktape.core import pipeline
@@ -159,6 +160,10 @@ class NeedsArgs(Range5):
         super().__init__()
 
 
+class SameName(Range5):
+    name = "range_trend_set"  # RangeTrend's: its outputs differ, its state would not
+
+
 class NotAnIndicator:
     pass
 
@@ -172,6 +177,10 @@ class NotAnIndicator:
         ("test_user_indicators:Clash", "output(s) ['rsi_14'] repeat a built-in or another indicator"),
         ("test_user_indicators:FeatureClash", "output(s) ['ret_1'] repeat a built-in"),
         ("test_user_indicators:Range5,test_user_indicators:Range5", "output(s) ['range_5'] repeat"),
+        (
+            "test_user_indicators:RangeTrend,test_user_indicators:SameName",
+            "another indicator is named 'range_trend_set'",
+        ),
         ("test_user_indicators:NoJsonState", "state does not survive a JSON round trip"),
         ("test_user_indicators:NeedsArgs", "NeedsArgs() failed: TypeError"),
     ],
@@ -252,6 +261,9 @@ def test_features_and_the_model_record_the_user_indicators(bars, specs, trained)
     assert meta["features"] == FEATURES
     assert meta["indicators"] == [specs[0].record(), specs[1].record()]  # both have a feature in the model
     assert {i["feature"] for i in meta["importance"] if i["gain_share"] > 0} >= {"range_5", "range_trend"}
+    lines = report(meta).splitlines()
+    assert lines[5] == f"indicator test_user_indicators:Range5 (range_5; source {specs[0].source_sha256[:12]})"
+    assert lines[6].startswith("          test_user_indicators:RangeTrend (range_now, range_trend; source ")
     only_builtin = train(ds, ["rsi_14", "ret_1"], 0.2, TrainParams(rounds=5), "direction", "", specs)
     assert only_builtin.metadata["indicators"] == []
 

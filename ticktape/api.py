@@ -177,6 +177,8 @@ def load_indicators(s: Settings) -> tuple[IndicatorSpec, ...]:
             check_indicator_class(cls, taken)
         except IndicatorError as e:
             raise ConfigError(f"INDICATORS={path}: {e}") from None
+        if any(spec.cls.name == cls.name for spec in specs):  # its state is saved under its name
+            raise ConfigError(f"INDICATORS={path}: another indicator is named {cls.name!r} too")
         taken.extend(cls.output_names())
         specs.append(IndicatorSpec(cls, path, _source_sha256(cls)))
     return tuple(specs)

@@ -219,6 +219,11 @@ def report(meta: dict) -> str:
         f"later above this close",
         f"holdout   {'':<10} {'AUC':>8} {'accuracy':>9} {'log-loss':>9}",
     ]
+    for i, rec in enumerate(meta.get("indicators", [])):  # the user indicators the predict stage must run
+        head = "indicator" if i == 0 else ""
+        lines.insert(
+            5 + i, f"{head:<10}{rec['class']} ({', '.join(rec['outputs'])}; source {rec['source_sha256'][:12]})"
+        )
     for who, label in (("holdout", "model"), ("baseline", "baseline")):
         s = m[who]
         lines.append(f"          {label:<10} {_fmt(s['auc']):>8} {s['accuracy']:>9.4f} {s['log_loss']:>9.4f}")
