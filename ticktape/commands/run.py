@@ -148,9 +148,10 @@ class Summary:
 
 
 def run(args) -> int:
-    from ..api import load_strategy
+    from ..api import load_indicators, load_strategy
 
     spec = load_strategy(settings())  # a bad STRATEGY / STRATEGY_PARAMS: one line, exit 2, before anything starts
+    load_indicators(settings())  # a bad INDICATORS: the same
     bring_up(with_prometheus=True)
     s = settings()
     logs = Path(s.home) / "logs"
