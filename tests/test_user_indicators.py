@@ -276,6 +276,9 @@ def test_a_model_on_user_indicators_needs_them_configured_unchanged(specs, train
     with pytest.raises(ModelMismatch, match="user indicator test_user_indicators:RangeTrend changed since training"):
         Model.load(t.artifact, t.metadata, changed)
     assert Model.load(t.artifact, t.metadata, specs).extra == ("range_5", "range_trend")
+    unrecorded = t.metadata | {"indicators": [specs[0].record()]}  # range_trend: whose is it?
+    with pytest.raises(ModelMismatch, match=r"does not produce feature\(s\) range_trend \(it produces sma_10_rel"):
+        Model.load(t.artifact, unrecorded, specs)
 
 
 def test_predictions_score_exactly_what_the_model_was_trained_on(bars, specs, trained):

@@ -198,11 +198,13 @@ def _num(x) -> float:
     return np.nan if x is None else float(x)
 
 
-def _check_indicators(who: str, recorded, configured: Sequence[IndicatorSpec]) -> None:
-    """ModelMismatch unless every user indicator the model records is configured, same source."""
+def _check_indicators(who: str, recorded, configured: Sequence[IndicatorSpec]) -> tuple[str, ...]:
+    """The outputs of the user indicators the model records; ModelMismatch unless each is
+    configured, from the same source."""
     if not isinstance(recorded, list):
         raise ModelMismatch(f"{who} refused: its indicators are not a list")
     by_path = {spec.path: spec for spec in configured}
+    outputs: list[str] = []
     for rec in recorded:
         path = rec.get("class") if isinstance(rec, dict) else None
         spec = by_path.get(path)  # type: ignore[arg-type]  # None is no key: refused below
@@ -216,6 +218,8 @@ def _check_indicators(who: str, recorded, configured: Sequence[IndicatorSpec]) -
                 f"{who} refused: user indicator {path} changed since training "
                 f"(source sha256 {str(rec.get('source_sha256'))[:12]}, now {spec.source_sha256[:12]}): retrain"
             )
+        outputs.extend(spec.cls.output_names())
+    return tuple(outputs)
 
 
 class Model:
@@ -248,8 +252,7 @@ class Model:
             )
         if not isinstance(features, list) or not features or len(set(features)) != len(features):
             raise ModelMismatch(f"{who} refused: its feature list is empty, repeated or not a list")
-        _check_indicators(who, metadata.get("indicators", []), indicators)
-        produced = FEATURE_NAMES + tuple(o for spec in indicators for o in spec.cls.output_names())
+        produced = FEATURE_NAMES + _check_indicators(who, metadata.get("indicators", []), indicators)
         unknown = [f for f in features if f not in produced]
         if unknown:
             raise ModelMismatch(
