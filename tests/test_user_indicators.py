@@ -414,3 +414,25 @@ def test_a_user_indicator_live_in_the_worker(settings, fresh_db, tmp_path):
     finally:
         rc = worker.stop()
     assert rc == 0, worker.log_tail()
+
+
+def test_the_indicators_command_writes_the_user_outputs(bars, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("INDICATORS", INDICATORS)
+    src, out = tmp_path / "bars.csv", tmp_path / "out.csv"
+    some = bars[:300]
+    src.write_text(
+        "time,symbol,open,high,low,close,volume\n"
+        + "".join(
+            f"{pandas.Timestamp(b['window_start'], unit='us').isoformat()},GOOG,{b['open']!r},{b['high']!r},"
+            f"{b['low']!r},{b['close']!r},{b['volume']!r}\n"
+            for b in some
+        )
+    )
+    assert cli.main(["indicators", "--input", str(src), "--output", str(out), "--interval", "1d"]) == 0
+    assert "the 7 input columns + 23 indicator columns" in capsys.readouterr().out
+    header, *rows = out.read_text().splitlines()
+    assert header.split(",")[7:] == [*INDICATOR_NAMES, "range_5", "range_now", "range_trend"]
+    expected = user_values(some, [Range5, RangeTrend])
+    assert [row.split(",")[-3:] for row in rows] == [
+        ["" if v is None else repr(v) for v in e.values()] for e in expected
+    ]
