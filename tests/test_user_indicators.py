@@ -436,3 +436,12 @@ def test_the_indicators_command_writes_the_user_outputs(bars, monkeypatch, tmp_p
     assert [row.split(",")[-3:] for row in rows] == [
         ["" if v is None else repr(v) for v in e.values()] for e in expected
     ]
+
+
+def test_a_live_run_records_its_user_indicators(specs, tmp_path):
+    from ticktape.commands.status import RUN_FILE, write_run_files
+
+    (tmp_path / "prometheus").mkdir()
+    write_run_files(tmp_path, [("worker", 9101, 42)], {"class": "x:Y"}, [s.record() for s in specs])
+    doc = json.loads((tmp_path / RUN_FILE).read_text())
+    assert doc["indicators"] == [specs[0].record(), specs[1].record()] and doc["strategy"] == {"class": "x:Y"}
