@@ -441,7 +441,6 @@ def test_the_indicators_command_writes_the_user_outputs(bars, monkeypatch, tmp_p
 def test_a_live_run_records_its_user_indicators(specs, tmp_path):
     from ticktape.commands.status import RUN_FILE, write_run_files
 
-    (tmp_path / "prometheus").mkdir()
     write_run_files(tmp_path, [("worker", 9101, 42)], {"class": "x:Y"}, [s.record() for s in specs])
     doc = json.loads((tmp_path / RUN_FILE).read_text())
     assert doc["indicators"] == [specs[0].record(), specs[1].record()] and doc["strategy"] == {"class": "x:Y"}
