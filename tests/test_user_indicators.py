@@ -395,8 +395,10 @@ def test_a_user_indicator_live_in_the_worker(settings, fresh_db, tmp_path):
     serde = Serde()
     worker = Worker(s, tmp_path / "worker.log", **env)
     try:
+        first = pipeline.from_bars(halves[0], ["1m"], Model.load(t.artifact, t.metadata, specs), classes)
         for n, half in enumerate(halves):
-            if n == 1:  # restarted: the user indicators resume from the changelog
+            if n == 1:  # restarted once the first half is scored: the user indicators resume from the changelog
+                assert len(predictions(s, len(first.predictions))) == len(first.predictions), worker.log_tail()
                 assert worker.stop() == 0, worker.log_tail()
                 worker = Worker(s, tmp_path / "worker2.log", **env)
             prod = kafka_clients.producer(s)
