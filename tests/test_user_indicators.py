@@ -446,3 +446,38 @@ def test_a_live_run_records_its_user_indicators(specs, tmp_path):
     write_run_files(tmp_path, [("worker", 9101, 42)], {"class": "x:Y"}, [s.record() for s in specs])
     doc = json.loads((tmp_path / RUN_FILE).read_text())
     assert doc["indicators"] == [specs[0].record(), specs[1].record()] and doc["strategy"] == {"class": "x:Y"}
+
+
+def test_train_cli_records_the_feature_list_and_activation_needs_the_indicators(
+    settings, fresh_db, bars, specs, tmp_path, monkeypatch, capsys
+):
+    from test_train import write_csv
+
+    s = dataclasses.replace(settings, database_url=fresh_db)
+    for k, v in {
+        "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers,
+        "DATABASE_URL": fresh_db,
+        "TOPIC_PREFIX": s.topic_prefix,
+        "TICKTAPE_HOME": s.home,
+        "INDICATORS": INDICATORS,
+    }.items():
+        monkeypatch.setenv(k, v)
+    path = write_csv(tmp_path / "goog.csv", bars)
+    argv = ["train", "--source", "csv", "--input", str(path), "--interval", "1d", "--rounds", "30"]
+    assert cli.main([*argv, "--features", ",".join(FEATURES)]) == 0
+    out = capsys.readouterr().out
+    version = out.split("model     direction ")[1].split()[0]
+    assert "features  7 (ticktape-features-1)" in out and "indicator test_user_indicators:Range5 (range_5;" in out
+    meta = registry.get(s, version)[0]
+    assert meta["features"] == FEATURES and meta["indicators"] == [spec.record() for spec in specs]
+    # the same data and list in process: the same model, byte for byte
+    ds = build_dataset(Bars.from_events(bars), "1d", 5, indicators=[spec.cls for spec in specs])
+    assert train(ds, FEATURES, 0.2, TrainParams(rounds=30), "direction", f"csv:{path}", specs).version == version
+
+    monkeypatch.setenv("INDICATORS", "test_user_indicators:Range5")  # RangeTrend gone: refused, nothing active
+    assert cli.main(["models", "activate", version]) == 2
+    assert "trained on user indicator test_user_indicators:RangeTrend, which INDICATORS does not name" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setenv("INDICATORS", INDICATORS)
+    assert cli.main(["models", "activate", version]) == 0
