@@ -1,10 +1,13 @@
 """The indicators stage: md.bars.<interval> → analytics.indicators (+ dlq.indicators).
 
-Each closed bar is folded into its symbol's ``IndicatorState`` (``ticktape.core.
-indicators``) — O(1) per bar — kept in the ``indicators`` table under the key
+Each closed bar is folded into its symbol's ``SymbolIndicators`` (``ticktape.core.
+indicators``: the built-in 20, O(1) per bar, and the user indicators of ``INDICATORS``,
+their outputs in the set's ``extra``) kept in the ``indicators`` table under the key
 ``<interval>:<symbol>`` and written to the changelog after each batch, so a restarted
-worker resumes exactly.  A redelivered bar (window start not after the last one folded)
-is skipped; a bar that cannot be decoded or folded goes to dlq.indicators.  The table
+worker resumes exactly.  A user indicator's defect (``IndicatorError``) stops the worker
+before that batch's state is saved: fixed and restarted, it resumes from that state.
+A redelivered bar (window start not after the last one folded) is skipped; a bar that
+cannot be decoded or folded goes to dlq.indicators.  The table
 also holds each input partition's next offset (key ``@offset:<topic>:<partition>``) for
 ``InputGuard``, which hands over a gap-free run of messages from it.  Per batch,
 as in the bars stage: send the indicator sets and dead letters and wait for the broker,
@@ -22,7 +25,8 @@ import faust
 
 from ticktape import deadletter, kafka_clients, metrics
 from ticktape.config import Settings
-from ticktape.core.indicators import BarError, IndicatorState, indicator_event
+from ticktape.api import load_indicators
+from ticktape.core.indicators import BarError, SymbolIndicators, indicator_event
 from ticktape.core.intervals import interval_seconds
 from ticktape.serde import Serde, SerdeError
 from ticktape.validate import Validator
@@ -42,7 +46,8 @@ class IndicatorsStage:
         self.sources = [s.topic(f"md.bars.{iv}") for iv in s.interval_list]
         self.out_topic = s.topic("analytics.indicators")
         self.dlq_topic = s.topic("dlq.indicators")
-        self._states: dict[int, dict[str, IndicatorState]] = defaultdict(dict)
+        self.user = [spec.cls for spec in load_indicators(s)]
+        self._states: dict[int, dict[str, SymbolIndicators]] = defaultdict(dict)
         self.guard = InputGuard(s)
         self._in = {
             full: metrics.EVENTS_IN.labels(STAGE, f"md.bars.{iv}") for full, iv in zip(self.sources, s.interval_list)
@@ -59,12 +64,14 @@ class IndicatorsStage:
             self._states.pop(p, None)
         self.guard.forget(partitions)
 
-    def state(self, partition: int, key: str, interval: str) -> IndicatorState:
+    def state(self, partition: int, key: str, interval: str) -> SymbolIndicators:
         states = self._states[partition]
         st = states.get(key)
         if st is None:
             saved = self.table.data.get(key)
-            st = states[key] = IndicatorState.from_state(saved) if saved else IndicatorState(interval)
+            st = states[key] = (
+                SymbolIndicators.from_state(saved, self.user) if saved else SymbolIndicators(interval, self.user)
+            )
         return st
 
     # -- processing ------------------------------------------------------------------
@@ -91,7 +98,7 @@ class IndicatorsStage:
                         raise BarError(str(e)) from None
                     key = f"{bar['interval']}:{bar['symbol']}"
                     st = self.state(partition, key, bar["interval"])
-                    values = st.update(bar)
+                    folded = st.update(bar)
                 except (
                     SerdeError,
                     BarError,
@@ -100,10 +107,10 @@ class IndicatorsStage:
                     dl = deadletter.of_message(msg, str(e), stage=STAGE, max_bytes=self.dlq_max_bytes)
                     deliveries.append(await send(self.dlq_topic, dl.key, dl.value, None, msg.timestamp, dl.headers))
                     continue
-                if values is None:
+                if folded is None:
                     continue  # redelivered: folded before
                 dirty[key] = (partition, st)
-                value = self.serde.encode("indicator_set", indicator_event(bar, values), topic=self.out_topic)
+                value = self.serde.encode("indicator_set", indicator_event(bar, *folded), topic=self.out_topic)
                 deliveries.append(
                     await send(self.out_topic, bar["symbol"].encode(), value, partition, bar["window_end"] / 1e6, None)
                 )

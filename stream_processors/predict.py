@@ -6,7 +6,8 @@ key ``<interval>:<symbol>`` — and written to its changelog after each batch, s
 restarted worker resumes exactly.  Every set is folded, whatever the active model, so a
 newly activated model scores from its first bar.
 
-Scoring: the sets of the active model's interval whose features are complete are scored
+Scoring: a model's user indicator features (``INDICATORS``) are read from each set's
+``extra``, as training computed them.  The sets of the active model's interval whose features are complete are scored
 together, one XGBoost call per batch (``stream.take_events``: a batch when several sets
 are waiting, a single row otherwise); a set with a missing feature (lookback not filled)
 is skipped and counted, never scored.  The table also holds each input partition's next
@@ -17,7 +18,8 @@ broker, then the changelog (``save_state``), then ack.
 The model: a ``ModelWatcher`` thread in every worker reads the compacted ml.models
 topic from its start (no consumer group: every worker sees every announcement), checks
 each announced model (``Model.load``) and swaps it in between two batches — no restart.
-A model this pipeline cannot score with is refused: a logged error, the
+A model this pipeline cannot score with (its user indicators included: not configured,
+or changed since training) is refused: a logged error, the
 ``ticktape_model_refusals`` counter, and the previous model stays active.
 """
 
@@ -34,6 +36,7 @@ import faust
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from ticktape import deadletter, kafka_clients, metrics
+from ticktape.api import load_indicators
 from ticktape.config import Settings
 from ticktape.core.features import FeatureError, FeatureState
 from ticktape.core.ml import Model
@@ -54,6 +57,7 @@ class ModelWatcher:
 
     def __init__(self, s: Settings):
         self.s = s
+        self.indicators = load_indicators(s)
         self.model: Model | None = None  # swapped whole: readers see the old or the new one
         self.caught_up = threading.Event()  # ml.models read to its end once
         self._stop = threading.Event()
@@ -65,7 +69,7 @@ class ModelWatcher:
         try:
             meta, artifact = parse_announcement(value)
             name = str(meta.get("name", "?"))
-            model = Model.load(artifact, meta)
+            model = Model.load(artifact, meta, self.indicators)
         except ValueError as e:  # ModelMismatch included
             current = self.model
             keep = f"{current.name} {current.version}" if current else "none"

@@ -83,6 +83,7 @@ def event(kind: str, i: int, *, symbol: str | None = None, interval: str = "1m",
             "rsi_14": 55.5,
             "macd": None,
             "obv": -12.0,
+            "extra": {"range_5": 0.25, "warming_up": None},  # user indicators (v2)
         }
     if kind == "prediction":
         return base | {

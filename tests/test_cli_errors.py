@@ -51,6 +51,11 @@ CASES = [
         ["process", "worker"],
         {"KAFKA_BOOTSTRAP_SERVERS": "{broker}", "STRATEGY": "mine.strategies:Nope"},
     ),
+    (
+        "unknown indicator: process worker",
+        ["process", "worker"],
+        {"KAFKA_BOOTSTRAP_SERVERS": "{broker}", "INDICATORS": "mine.indicators:Nope"},
+    ),
     ("no broker: produce sim", ["produce", "sim", "--count", "10"], {"KAFKA_BOOTSTRAP_SERVERS": "{closed}"}),
     ("no broker: sink postgres", ["sink", "postgres"], {"KAFKA_BOOTSTRAP_SERVERS": "{closed}"}),
     (

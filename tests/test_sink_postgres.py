@@ -83,6 +83,10 @@ def test_every_topic_of_record_lands_and_redelivery_adds_nothing(pg_settings):
     assert rows(
         s.database_url, f"SELECT features, p_up, horizon FROM predictions WHERE event_id = '{p['event_id']}'"
     ) == [(p["features"], p["p_up"], 5)]
+    ind = event("indicator_set", 4)
+    assert rows(s.database_url, f"SELECT extra, obv FROM indicators WHERE event_id = '{ind['event_id']}'") == [
+        ({"range_5": 0.25, "warming_up": None}, -12.0)
+    ]
     counts = {t: rows(s.database_url, f"SELECT count(*) FROM {t}")[0][0] for t in produced}
 
     # redelivery: a new group re-reads every offset from the earliest; nothing changes

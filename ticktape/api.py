@@ -1,4 +1,4 @@
-"""ticktape's public Python API: your own strategy, the same live and in backtests.
+"""ticktape's public Python API: your own strategy and indicators, the same live and in backtests.
 
     from ticktape.api import Bar, Strategy, Target
 
@@ -14,6 +14,16 @@ here); the README's "Write your own strategy" walks through ``examples/ema_cross
 ``load_strategy`` is how the worker, both backtest modes and ``ticktape run`` load
 ``STRATEGY`` and ``STRATEGY_PARAMS``: the module is imported from ``PYTHONPATH`` or the
 current directory.
+
+    from ticktape.api import Indicator
+
+    class Range(Indicator):        # INDICATORS=mypkg.indicators:Range
+        name = "range_5"           # IndicatorSet extra["range_5"], feature "range_5"
+        ...
+
+``Indicator`` (``ticktape.core.indicators``): one class per indicator, fed each symbol's
+bars; ``load_indicators`` loads ``INDICATORS`` the same way for the indicators stage,
+``ticktape train``, the predict stage and both backtest modes.
 """
 
 from __future__ import annotations
@@ -24,8 +34,12 @@ import inspect
 import json
 import os
 import sys
+from typing import TypeVar
 
 from .config import ConfigError, Settings
+from .core.features import FEATURE_NAMES
+from .core.indicators import STATE_MAX_BYTES as INDICATOR_STATE_MAX_BYTES
+from .core.indicators import Indicator, IndicatorError, IndicatorSpec, check_indicator_class
 from .core.strategies import (
     STATE_MAX_BYTES,
     Bar,
@@ -42,10 +56,16 @@ from .core.strategies import (
 )
 from .core.strategy import StrategyConfig
 
+_T = TypeVar("_T")
+
 __all__ = [
+    "INDICATOR_STATE_MAX_BYTES",
     "STATE_MAX_BYTES",
     "Bar",
     "Decision",
+    "Indicator",
+    "IndicatorError",
+    "IndicatorSpec",
     "Order",
     "Prediction",
     "PUpHysteresis",
@@ -53,6 +73,7 @@ __all__ = [
     "StrategyError",
     "StrategySpec",
     "Target",
+    "load_indicators",
     "load_strategy",
     "strategy_config",
 ]
@@ -80,10 +101,8 @@ def load_strategy(s: Settings) -> StrategySpec:
     """The class ``STRATEGY`` names with ``STRATEGY_PARAMS``, checked by building one
     instance; ConfigError (one line, naming the value) when either cannot be used."""
     path = s.strategy.strip()
-    module_name, sep, class_name = path.partition(":")
-    if not sep or not all(part.isidentifier() for part in module_name.split(".")) or not class_name.isidentifier():
-        raise ConfigError(f"STRATEGY={path!r}: expected package.module:Class (e.g. examples.ema_cross:EmaCross)")
-    cls = _import(path, module_name, class_name)
+    cls = _import("STRATEGY", path, Strategy)
+    class_name = path.partition(":")[2]
     try:
         cls.input_kind()
     except StrategyError as e:
@@ -113,7 +132,12 @@ def load_strategy(s: Settings) -> StrategySpec:
     return spec
 
 
-def _import(path: str, module_name: str, class_name: str) -> type[Strategy]:
+def _import(setting: str, path: str, base: type[_T]) -> type[_T]:
+    """The class ``path`` (package.module:Class) names, a subclass of ``base``; ConfigError
+    naming ``setting`` otherwise."""
+    module_name, sep, class_name = path.partition(":")
+    if not sep or not all(part.isidentifier() for part in module_name.split(".")) or not class_name.isidentifier():
+        raise ConfigError(f"{setting}={path!r}: expected package.module:Class (e.g. {_EXAMPLES[setting]})")
     here = os.getcwd()
     if here not in sys.path and "" not in sys.path:
         sys.path.append(here)  # after everything installed: a local file shadows nothing
@@ -122,18 +146,42 @@ def _import(path: str, module_name: str, class_name: str) -> type[Strategy]:
     except ModuleNotFoundError as e:
         if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
             raise ConfigError(
-                f"STRATEGY={path}: no module {module_name} (run from the directory that holds it, "
+                f"{setting}={path}: no module {module_name} (run from the directory that holds it, "
                 "or add that directory to PYTHONPATH)"
             ) from None
-        raise ConfigError(f"STRATEGY={path}: importing {module_name} failed: {e}") from None
+        raise ConfigError(f"{setting}={path}: importing {module_name} failed: {e}") from None
     except Exception as e:  # a syntax error or a failing top level in the user's module
-        raise ConfigError(f"STRATEGY={path}: importing {module_name} failed: {type(e).__name__}: {e}") from None
+        raise ConfigError(f"{setting}={path}: importing {module_name} failed: {type(e).__name__}: {e}") from None
     cls = getattr(module, class_name, None)
     if cls is None:
-        raise ConfigError(f"STRATEGY={path}: module {module_name} has no {class_name}")
-    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-        raise ConfigError(f"STRATEGY={path}: {class_name} is not a subclass of ticktape.api.Strategy")
+        raise ConfigError(f"{setting}={path}: module {module_name} has no {class_name}")
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"{setting}={path}: {class_name} is not a subclass of ticktape.api.{base.__name__}")
     return cls
+
+
+_EXAMPLES = {"STRATEGY": "examples.ema_cross:EmaCross", "INDICATORS": "mypkg.indicators:Range"}
+
+
+def load_indicators(s: Settings) -> tuple[IndicatorSpec, ...]:
+    """The user indicators ``INDICATORS`` names, in its order, each checked (outputs that
+    clash with no built-in indicator or feature nor each other, an instance and its state);
+    ConfigError (one line, naming the value) otherwise."""
+    specs: list[IndicatorSpec] = []
+    taken: list[str] = list(FEATURE_NAMES)
+    for path in (p.strip() for p in s.indicators.split(",")):
+        if not path:
+            continue
+        cls = _import("INDICATORS", path, Indicator)
+        try:
+            check_indicator_class(cls, taken)
+        except IndicatorError as e:
+            raise ConfigError(f"INDICATORS={path}: {e}") from None
+        if any(spec.cls.name == cls.name for spec in specs):  # its state is saved under its name
+            raise ConfigError(f"INDICATORS={path}: another indicator is named {cls.name!r} too")
+        taken.extend(cls.output_names())
+        specs.append(IndicatorSpec(cls, path, _source_sha256(cls)))
+    return tuple(specs)
 
 
 def _source_sha256(cls: type) -> str:

@@ -287,6 +287,11 @@ class Settings:
     strategy_params: str = _setting(
         "STRATEGY_PARAMS", "{}", "STRATEGY's parameters, a JSON object (the built-in one takes STRATEGY_* instead)"
     )
+    indicators: str = _setting(
+        "INDICATORS",
+        "",
+        "user indicators, package.module:Class, comma separated (ticktape.api.Indicator; see Write your own indicator)",
+    )
     exec_slippage_bps: float = _setting(
         "EXEC_SLIPPAGE_BPS", 1.0, "paper fills: price worsened by this many basis points", low=0
     )

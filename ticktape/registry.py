@@ -178,11 +178,15 @@ def announce(s: Settings, metadata: dict, artifact: bytes) -> None:
 def activate(s: Settings, version: str) -> dict:
     """Make a registered model the active one; returns its metadata.
 
-    ``ModelMismatch`` (nothing changed) when this pipeline cannot score with it."""
+    ``ModelMismatch`` (nothing changed) when this pipeline cannot score with it (its
+    user indicators included: ``INDICATORS``)."""
+    from .api import load_indicators
+
+    indicators = load_indicators(s)
     with psycopg.connect(_url(s)) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         meta, artifact, _ = _find(conn, version)
-        Model.load(artifact, meta)  # refuse before anything changes
+        Model.load(artifact, meta, indicators)  # refuse before anything changes
         conn.execute("UPDATE models SET active = false WHERE active")
         conn.execute(
             "UPDATE models SET active = true, activated_at = now() WHERE name = %s AND version = %s",

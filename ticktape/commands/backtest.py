@@ -206,7 +206,7 @@ def make_setup(s: Settings, symbols: tuple[str, ...], risk_path: str | None):
     """The run's Setup from settings; a bad value → UsageError naming it."""
     import yaml
 
-    from ..api import load_strategy, strategy_config
+    from ..api import load_indicators, load_strategy, strategy_config
     from ..core.backtest import Setup
     from ..market_calendar import market_hours
     from ..risk_config import exec_config, load_risk_limits, risk_config_path
@@ -229,6 +229,7 @@ def make_setup(s: Settings, symbols: tuple[str, ...], risk_path: str | None):
             s.risk_idle_ms * 1000,
             s.risk_max_pending,
             load_strategy(s),
+            load_indicators(s),
         )
     except ConfigError as e:
         raise UsageError(str(e)) from None
@@ -269,12 +270,15 @@ def load_model(s: Settings, version: str | None):
     from ..core.ml import Model, ModelMismatch
     from ..registry import ARTIFACT_FILE, METADATA_FILE, RegistryError, get, list_models
     from .models import registry_errors
+    from ..api import load_indicators
+
+    indicators = load_indicators(s)  # a model trained on user indicators needs them (ConfigError: exit 2)
 
     if version is not None and (Path(version) / METADATA_FILE).is_file():
         try:
             meta = json.loads((Path(version) / METADATA_FILE).read_text())
             artifact = (Path(version) / ARTIFACT_FILE).read_bytes()
-            return Model.load(artifact, meta), meta, artifact
+            return Model.load(artifact, meta, indicators), meta, artifact
         except (OSError, ValueError) as e:  # ModelMismatch and bad JSON are ValueErrors
             raise UsageError(f"model {version}: {e}") from None
     if version is None and not s.database_url:
@@ -291,7 +295,7 @@ def load_model(s: Settings, version: str | None):
             version = active[0]["version"]
         try:
             meta, artifact, _ = get(s, version)
-            return Model.load(artifact, meta), meta, artifact
+            return Model.load(artifact, meta, indicators), meta, artifact
         except (RegistryError, ModelMismatch) as e:
             raise UsageError(str(e)) from None
 
@@ -899,7 +903,9 @@ def _sweep(plan: Plan, args, variants) -> int:
 
     setups, market = plan.setups, plan.market
     if market.bars is not None:  # as run_bars: no ticks, fills on the bars
-        analytics = pipeline.from_bars(market.bars, setups[0].intervals, plan.model)
+        analytics = pipeline.from_bars(
+            market.bars, setups[0].intervals, plan.model, [spec.cls for spec in setups[0].indicators]
+        )
     else:
         analytics = bt.analytics(market.ticks, setups[0], plan.model)
     _SHARED.update(ticks=market.ticks, analytics=analytics, setups=setups, start=plan.start)

@@ -4,10 +4,11 @@ Input: a header with at least ``time,symbol,open,high,low,close,volume`` in any 
 Yahoo's ``Date``/``Datetime,Open,High,Low,Close[,Adj Close],Volume`` (no symbol column:
 every row is ``--symbol``'s, else the file's stem's); ``time`` is the bar's window start
 in ISO-8601 (without an offset: UTC); symbols may interleave, each symbol's times
-strictly increasing.  Output: every input column as it was (extra
-columns pass through untouched), then one column per indicator (``INDICATOR_NAMES``),
-one row per input row; an empty cell where the value is null.  It says what it wrote.  Numbers are written in
-Python's shortest round-trip form, so the file is byte-for-byte reproducible.
+strictly increasing.  Output: every input column as it was (extra columns pass through
+untouched), then one column per indicator (``INDICATOR_NAMES``, then the outputs of the
+user indicators of ``INDICATORS``), one row per input row; an empty cell where the value
+is null.  It says what it wrote.  Numbers are written in Python's shortest round-trip
+form, so the file is byte-for-byte reproducible.
 
 The bars carry no VWAP, so ``vwap`` uses each bar's typical price (h+l+c)/3.  The
 volatility annualization takes the bar length from ``--interval`` or, by default, from
@@ -25,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..api import load_indicators
 from ..cli import UsageError
-from ..core.indicators import INDICATOR_NAMES, BarError, compute_batch
+from ..config import settings
+from ..core.indicators import INDICATOR_NAMES, BarError, compute_batch, user_values
 from ..core.intervals import interval_seconds
 
 REQUIRED = ("time", "symbol", "open", "high", "low", "close", "volume")
@@ -136,12 +139,12 @@ def seconds_per_bar(symbols: list[str], times: list[int], interval: str | None) 
     return {s: float(np.median(np.diff(ts))) / 1e6 if len(ts) > 1 else None for s, ts in by_symbol.items()}
 
 
-def _write_atomically(path: Path, header: list[str], rows: list[list[str]], values: np.ndarray):
+def _write_atomically(path: Path, header: list[str], rows: list[list[str]], names: list[str], values: np.ndarray):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(header + list(INDICATOR_NAMES))
+            writer.writerow(header + names)
             for row, vals in zip(rows, values.tolist()):
                 writer.writerow(row + ["" if v != v else repr(v) for v in vals])
         os.replace(tmp, path)
@@ -154,6 +157,7 @@ def run(args) -> int:
     output = Path(args.output)
     if not output.parent.is_dir():
         raise UsageError(f"output directory {str(output.parent)!r} does not exist")
+    user = [spec.cls for spec in load_indicators(settings())]  # ConfigError: one line, exit 2
     header, rows, lines, cols = read_bars(args.input, args.symbol)
     spb = seconds_per_bar(cols["symbol"], cols["time"], args.interval)
     try:
@@ -163,11 +167,20 @@ def run(args) -> int:
     except BarError as e:
         assert e.row is not None  # compute_batch always names the row (None only for one bar)
         raise UsageError(f"{args.input} line {lines[e.row]}: {e}") from None
-    _write_atomically(output, header, rows, values)
+    names = list(INDICATOR_NAMES) + [name for cls in user for name in cls.output_names()]
+    if user:  # the bars as the indicators stage hands them over (no vwap in a CSV)
+        bars = [
+            {"symbol": sym, "interval": args.interval or "", "window_start": t, "vwap": None}
+            | {k: cols[k][r] for k in _NUMBERS}
+            for r, (sym, t) in enumerate(zip(cols["symbol"], cols["time"]))
+        ]
+        extra = [[np.nan if x is None else x for x in row.values()] for row in user_values(bars, user)]
+        values = np.hstack([values, np.array(extra, dtype=float).reshape(len(rows), len(names) - values.shape[1])])
+    _write_atomically(output, header, rows, names, values)
     symbols = sorted(set(cols["symbol"]))
     print(
         f"wrote {output}: {len(rows):,} rows of {len(symbols)} symbol(s) ({', '.join(symbols[:5])}"
-        f"{' ...' if len(symbols) > 5 else ''}), the {len(header)} input columns + {len(INDICATOR_NAMES)} "
+        f"{' ...' if len(symbols) > 5 else ''}), the {len(header)} input columns + {len(names)} "
         "indicator columns"
     )
     return 0

@@ -148,9 +148,10 @@ class Summary:
 
 
 def run(args) -> int:
-    from ..api import load_strategy
+    from ..api import load_indicators, load_strategy
 
     spec = load_strategy(settings())  # a bad STRATEGY / STRATEGY_PARAMS: one line, exit 2, before anything starts
+    indicators = load_indicators(settings())  # a bad INDICATORS: the same
     bring_up(with_prometheus=True)
     s = settings()
     logs = Path(s.home) / "logs"
@@ -180,7 +181,10 @@ def run(args) -> int:
         child.start(logs, env)
     # cast: every child was started just above, so each has its process
     write_run_files(
-        s.home, [(c.role, c.port, cast(subprocess.Popen, c.proc).pid) for c in pipeline + [source]], spec.record()
+        s.home,
+        [(c.role, c.port, cast(subprocess.Popen, c.proc).pid) for c in pipeline + [source]],
+        spec.record(),
+        [i.record() for i in indicators],
     )
 
     stop = {"now": False}

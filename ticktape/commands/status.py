@@ -168,15 +168,20 @@ def stage_rows(
 
 
 # -- I/O -------------------------------------------------------------------------------
-def write_run_files(home, processes: list[tuple[str, int, int]], strategy: dict | None = None) -> None:
+def write_run_files(
+    home, processes: list[tuple[str, int, int]], strategy: dict | None = None, indicators: list[dict] | None = None
+) -> None:
     """Record the main job's (role, metrics port, pid) in ``home``: run.json for this
-    command (with the strategy it trades: ``StrategySpec.record()``), and the
+    command (with the strategy it trades: ``StrategySpec.record()``, and its user
+    indicators: ``IndicatorSpec.record()`` each), and the
     file-discovery targets the local Prometheus scrapes (prometheus/prometheus.local.yml),
     so it scrapes exactly the processes that run."""
     home = Path(home)
     doc: dict[str, object] = {"processes": [{"role": r, "port": port, "pid": pid} for r, port, pid in processes]}
     if strategy is not None:
         doc["strategy"] = strategy
+    if indicators:
+        doc["indicators"] = indicators
     # the pid lets Prometheus' ForeignProcess alert tell whether the port answers for that process
     targets = [{"targets": [f"127.0.0.1:{port}"], "labels": {"job": r, "pid": str(pid)}} for r, port, pid in processes]
     for name, content in ((RUN_FILE, doc), (TARGETS_FILE, targets)):

@@ -7,17 +7,21 @@ indicators` reads it; no VWAP column: the typical price stands in), the database
 simulator (``sim``: history for a fresh stack, made by the pure core).  The indicator
 engine runs over them, then ``ticktape.core.features`` (the predict agent's own code);
 ``ticktape.core.ml`` splits by time, trains and reports.  ``--from``/``--to`` select bars
-by window start (the indicators warm up inside that range).
+by window start (the indicators warm up inside that range).  ``--features`` names the
+model's features, built-in ones and the outputs of the user indicators of ``INDICATORS``
+(default: all of them); the model records them and the user indicators it uses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from ..api import load_indicators
 from ..cli import UsageError
 from ..config import settings
 from ..core.features import FEATURE_NAMES, Bars, build_dataset
-from ..core.indicators import BarError
+from ..core.indicators import BarError, IndicatorSpec
 from ..core.intervals import interval_seconds
 from ..core.ml import TrainParams, train
 from ..market_calendar import market_hours
@@ -43,6 +47,10 @@ def register(sub):
     p.add_argument("--interval", default="1m", help="bar interval (default 1m)")
     p.add_argument("--horizon", type=int, default=5, help="label: direction over the next N bars (default 5)")
     p.add_argument("--holdout", type=float, default=0.2, help="latest share of the rows held out (default 0.2)")
+    p.add_argument(
+        "--features",
+        help="the model's features (comma separated): built-in ones and INDICATORS outputs (default: all)",
+    )
     p.add_argument("--exclude", help="features to leave out (comma separated), e.g. sma_200_rel for short histories")
     p.add_argument("--name", default="direction", help="model name (default direction)")
     p.add_argument("--rounds", type=int, default=TrainParams.rounds, help="boosting rounds")
@@ -56,7 +64,7 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def _check_args(args) -> list[str]:
+def _check_args(args, indicators: Sequence[IndicatorSpec]) -> list[str]:
     try:
         interval_seconds(args.interval)
     except ValueError as e:
@@ -73,15 +81,29 @@ def _check_args(args) -> list[str]:
         raise UsageError("--from must be before --to")
     if not args.name or not all(c.isalnum() or c in "-_." for c in args.name) or args.name[0] == ".":
         raise UsageError(f"--name must be letters, digits, '-', '_' or '.', got {args.name!r}")
-    excluded = [f.strip() for f in (args.exclude or "").split(",") if f.strip()]
-    unknown = [f for f in excluded if f not in FEATURE_NAMES]
-    if unknown:
-        raise UsageError(
-            f"--exclude: unknown feature(s) {', '.join(unknown)}; the features are {', '.join(FEATURE_NAMES)}"
-        )
-    features = [f for f in FEATURE_NAMES if f not in excluded]
+    return _feature_list(args, FEATURE_NAMES + tuple(o for spec in indicators for o in spec.cls.output_names()))
+
+
+def _feature_list(args, available: tuple[str, ...]) -> list[str]:
+    """--features (default: every available one) minus --exclude, each name checked."""
+
+    def names(option: str, text: str | None) -> list[str]:
+        given = [f.strip() for f in (text or "").split(",") if f.strip()]
+        unknown = [f for f in given if f not in available]
+        if unknown:
+            raise UsageError(
+                f"{option}: unknown feature(s) {', '.join(unknown)}; the features are {', '.join(available)} "
+                "(user indicators' outputs come from INDICATORS)"
+            )
+        return given
+
+    chosen = names("--features", args.features)
+    if len(set(chosen)) != len(chosen):
+        raise UsageError(f"--features names a feature twice: {args.features}")
+    excluded = names("--exclude", args.exclude)
+    features = [f for f in (chosen or available) if f not in excluded]
     if not features:
-        raise UsageError("--exclude leaves no feature")
+        raise UsageError("--features/--exclude leave no feature")
     return features
 
 
@@ -197,6 +219,11 @@ def report(meta: dict) -> str:
         f"later above this close",
         f"holdout   {'':<10} {'AUC':>8} {'accuracy':>9} {'log-loss':>9}",
     ]
+    for i, rec in enumerate(meta.get("indicators", [])):  # the user indicators the predict stage must run
+        head = "indicator" if i == 0 else ""
+        lines.insert(
+            5 + i, f"{head:<10}{rec['class']} ({', '.join(rec['outputs'])}; source {rec['source_sha256'][:12]})"
+        )
     for who, label in (("holdout", "model"), ("baseline", "baseline")):
         s = m[who]
         lines.append(f"          {label:<10} {_fmt(s['auc']):>8} {s['accuracy']:>9.4f} {s['log_loss']:>9.4f}")
@@ -207,8 +234,9 @@ def report(meta: dict) -> str:
 
 
 def run(args) -> int:
-    features = _check_args(args)
     s = settings()
+    indicators = load_indicators(s)  # ConfigError: one line, exit 2
+    features = _check_args(args, indicators)
     symbols = set(args.symbols.replace(",", " ").split()) if args.symbols else None
     lines = None
     if args.source == "csv":
@@ -237,7 +265,7 @@ def run(args) -> int:
         )
     print(f"train: {len(bars):,} bars from {source}: computing features ...", flush=True)
     try:
-        ds = build_dataset(bars, args.interval, args.horizon)
+        ds = build_dataset(bars, args.interval, args.horizon, indicators=[spec.cls for spec in indicators])
     except BarError as e:
         where = f"{args.input} line {lines[e.row]}: " if lines is not None and e.row is not None else ""
         raise UsageError(f"{where}{e}") from None
@@ -246,7 +274,7 @@ def run(args) -> int:
     )
     print(f"train: {len(ds.ts):,} rows: {args.rounds} boosting rounds ...", flush=True)
     try:
-        trained = train(ds, features, args.holdout, params, args.name, source)
+        trained = train(ds, features, args.holdout, params, args.name, source, indicators)
     except ValueError as e:
         most = max((ds.symbols.count(sym) for sym in set(ds.symbols)), default=0)
         raise UsageError(

@@ -35,6 +35,7 @@ from . import pipeline
 from .bars import is_heartbeat
 from .desks import TradingChain
 from .execution import ExecConfig
+from .indicators import IndicatorSpec
 from .intervals import interval_seconds
 from .performance import resample_last, summarize as figures
 from .risk import RiskLimits
@@ -72,6 +73,7 @@ class Setup:
     idle_us: int = 0  # RISK_IDLE_MS: how far a symbol may fall behind before it holds nothing back
     max_pending: int = 100_000  # RISK_MAX_PENDING
     strategy_spec: StrategySpec | None = None  # STRATEGY (None: the built-in with ``strategy``'s parameters)
+    indicators: tuple[IndicatorSpec, ...] = ()  # INDICATORS: the user indicators
 
     @property
     def width_us(self) -> int:
@@ -92,6 +94,7 @@ class Setup:
             "risk_idle_us": self.idle_us,
             "risk_max_pending": self.max_pending,
             "market_hours": hours.name if (hours := self.limits.defaults.market_hours) else "off",
+            **({"indicators": [spec.record() for spec in self.indicators]} if self.indicators else {}),
         }
 
 
@@ -141,7 +144,9 @@ def _market_stream(ticks_by_partition: Mapping[int, Sequence[dict]], bars: Seque
 
 def analytics(ticks_by_partition: Mapping[int, Sequence[dict]], setup: Setup, model=None) -> pipeline.Outputs:
     """Bars, indicator sets and predictions: they do not depend on the trading parameters."""
-    return pipeline.run(ticks_by_partition, setup.intervals, setup.grace_us, model)
+    return pipeline.run(
+        ticks_by_partition, setup.intervals, setup.grace_us, model, [spec.cls for spec in setup.indicators]
+    )
 
 
 def trading(ticks_by_partition: Mapping[int, Sequence[dict]], out: pipeline.Outputs, setup: Setup) -> Events:
@@ -189,7 +194,7 @@ def run_bars(bars: Sequence[dict], setup: Setup, model=None) -> Events:
     at the next bar's open, ``market_data="bars"``)."""
     if setup.market_data != "bars":
         raise ValueError("a backtest over bars fills against bars: market_data must be 'bars'")
-    return trading({}, pipeline.from_bars(bars, setup.intervals, model), setup)
+    return trading({}, pipeline.from_bars(bars, setup.intervals, model, [spec.cls for spec in setup.indicators]), setup)
 
 
 # --- what a run stores --------------------------------------------------------------

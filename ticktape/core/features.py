@@ -28,8 +28,11 @@ serves symbols at any price level):
 ``volume_z_20``               ``(volume - mean) / std`` over the last 20 bars' volumes, this
                               one included (population std; 0 when the volumes are equal)
 
+User indicators (``INDICATORS``, ``ticktape.api.Indicator``) add one feature per output,
+named as the output, its value as it is (``extra[name]`` of the IndicatorSet).
+
 The longest lookback is ``sma_200_rel``'s: 200 bars.  A model may use a subset of the
-features (``ticktape train --exclude``), which shortens the lookback it needs.
+features (``ticktape train --features``/``--exclude``), which shortens the lookback it needs.
 
 Label: ``1`` when the close ``horizon`` bars later (the symbol's own bars) is above this
 bar's close, else ``0`` — the sign of the log return over the next ``horizon`` bars,
@@ -46,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .indicators import INDICATOR_NAMES, BarError, compute_batch, indicator_event
+from .indicators import INDICATOR_NAMES, BarError, Indicator, compute_batch, indicator_event, user_values
 from .intervals import interval_seconds
 
 # Bump when a definition changes: a model trained on other definitions is refused.
@@ -227,6 +230,7 @@ class Dataset:
     y: np.ndarray  # float64: 1.0 up, 0.0 not up, NaN = no bar `horizon` later yet
     label_end: np.ndarray  # int64: ts of the bar `horizon` later (-1 without a label)
     fingerprint: str  # sha256 of the bars it was built from (order-independent)
+    names: tuple[str, ...] = FEATURE_NAMES  # X's columns: FEATURE_NAMES, then user indicator outputs
 
 
 def fingerprint(bars: Bars) -> str:
@@ -255,8 +259,12 @@ def direction_labels(closes: Sequence[float], ts: Sequence[int], horizon: int) -
     return labels, ends
 
 
-def build_dataset(bars: Bars, interval: str, horizon: int, session_seconds: int = 86400) -> Dataset:
-    """Indicators (the engine's batch path), features (``FeatureState``) and labels of every bar.
+def build_dataset(
+    bars: Bars, interval: str, horizon: int, session_seconds: int = 86400, indicators: Sequence[type[Indicator]] = ()
+) -> Dataset:
+    """Indicators (the engine's batch path; user ``indicators`` bar by bar, as the stage
+    folds them), features (``FeatureState``, then each user output as it is) and labels
+    of every bar.
 
     Each symbol's window starts must be distinct (``BarError`` from the engine otherwise,
     naming the row in the input order)."""
@@ -290,7 +298,8 @@ def build_dataset(bars: Bars, interval: str, horizon: int, session_seconds: int 
             e.row = order[e.row]
         raise
 
-    X = np.full((n, len(FEATURE_NAMES)), NAN)
+    extra_names = tuple(name for cls in indicators for name in cls.output_names())
+    X = np.full((n, len(FEATURE_NAMES) + len(extra_names)), NAN)
     y = np.full(n, NAN)
     label_end = np.full(n, -1, dtype=np.int64)
     ts = sorted_starts + width
@@ -300,19 +309,24 @@ def build_dataset(bars: Bars, interval: str, horizon: int, session_seconds: int 
         while end < n and symbols[end] == symbols[start]:
             end += 1
         state = FeatureState()
-        for r in range(start, end):
-            bar = {
+        events = [
+            {
                 "symbol": symbols[r],
                 "interval": interval,
                 "window_start": int(sorted_starts[r]),
                 "window_end": int(ts[r]),
-                "close": cols["close"][r],
-                "volume": cols["volume"][r],
+                **{k: cols[k][r] for k in cols},
+                "vwap": None if vwap is None else vwap[r],
             }
+            for r in range(start, end)
+        ]
+        extras = user_values(events, indicators)
+        for r, bar, extra in zip(range(start, end), events, extras):
             row = values[r].tolist()
-            X[r] = state.update(
+            X[r, : len(FEATURE_NAMES)] = state.update(
                 indicator_event(bar, {k: (None if x != x else x) for k, x in zip(INDICATOR_NAMES, row)})
             )
+            X[r, len(FEATURE_NAMES) :] = [_num(extra[k]) for k in extra_names]
         labels, ends = direction_labels(cols["close"][start:end], ts[start:end].tolist(), horizon)
         y[start:end] = labels
         label_end[start:end] = ends
@@ -328,6 +342,7 @@ def build_dataset(bars: Bars, interval: str, horizon: int, session_seconds: int 
         y[by_time],
         label_end[by_time],
         fingerprint(bars),
+        FEATURE_NAMES + extra_names,
     )
 
 

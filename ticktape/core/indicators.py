@@ -15,7 +15,13 @@ One engine, two ways to drive it:
   the same step function runs over numpy columns, one symbol per column, the k-th bar
   of every symbol in one vectorized step.
 
-Both call ``_advance``, written once against a tiny arithmetic backend (``_SCALAR`` for
+* ``Indicator`` — the base of every indicator (one class each: ``update`` from a bar,
+  ``ready``, ``value``, state ``to_dict``/``from_dict``); a user indicator is one such
+  class, loaded by name (``INDICATORS``, ``ticktape.api.load_indicators``).  ``TaLib`` puts
+  the built-in 20 on it; ``SymbolIndicators`` folds a symbol's bars into both, the user
+  outputs going to the IndicatorSet's ``extra``; ``user_values`` is their batch loop.
+
+Both built-in paths call ``_advance``, written once against a tiny arithmetic backend (``_SCALAR`` for
 floats, ``_ARRAY`` for numpy columns) whose operations are all correctly rounded or
 performed in the same order, so the two paths give bit-identical results.
 
@@ -56,8 +62,11 @@ TA-Lib's output is NaN):
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -482,8 +491,11 @@ class IndicatorState:
         return self
 
 
-def indicator_event(bar: Mapping, values: Mapping[str, float | None]) -> dict:
-    """The IndicatorSet event (schemas/indicator_set.v1.avsc) of a bar and its values."""
+def indicator_event(
+    bar: Mapping, values: Mapping[str, float | None], extra: Mapping[str, float | None] | None = None
+) -> dict:
+    """The IndicatorSet event (schemas/indicator_set.v2.avsc) of a bar, its values and its
+    user indicators' outputs (``extra``)."""
     event = {
         "event_id": f"{bar['symbol']}:{bar['interval']}:{bar['window_start']}",
         "symbol": bar["symbol"],
@@ -494,6 +506,7 @@ def indicator_event(bar: Mapping, values: Mapping[str, float | None]) -> dict:
     }
     for name in INDICATOR_NAMES:
         event[name] = values[name]
+    event["extra"] = dict(extra or {})
     return event
 
 
@@ -593,3 +606,223 @@ def compute_batch(
         )
         result[row_at[k, :m]] = out.T
     return result
+
+
+# --- the Indicator API: one class per indicator ------------------------------------------
+STATE_MAX_BYTES = 65_536  # JSON of one user indicator's state for one symbol
+
+
+class IndicatorError(RuntimeError):
+    """An indicator broke the API's contract (raised in ``update``, a non-finite or missing
+    value, a state too large or not JSON): a defect of the indicator, not of the bar, so
+    the stage stops with this one line (and resumes from its last saved state)."""
+
+
+class Indicator:
+    """Base of every indicator: one instance per symbol and interval, fed that symbol's
+    closed bars in window order (a redelivered or unusable bar never reaches it).
+
+    Subclass it with a ``name`` (an identifier: the IndicatorSet's ``extra[name]`` and the
+    feature name ``ticktape train --features`` takes), ``update`` (fold one Bar event
+    dict: open, high, low, close, volume, vwap, window_start, ...), ``ready`` and
+    ``value``.  ``__init__`` takes no arguments: a parameter is a class attribute (a
+    subclass per setting, each with its own name).  Its state is ``to_dict``/``from_dict``
+    (by default the attributes named in ``state_fields``): saved with the indicator
+    stage's state, a JSON round trip of at most ``STATE_MAX_BYTES``; keep windows in
+    fixed-size structures (e.g. a deque(maxlen=N) kept as a list).  ``update`` must be a
+    pure function of the bars: no clock, no unseeded randomness, no I/O.
+    """
+
+    name: ClassVar[str] = ""
+    outputs: ClassVar[tuple[str, ...]] = ()  # the values it writes; () = one, named ``name``
+    state_fields: ClassVar[tuple[str, ...]] = ()
+
+    def update(self, bar: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    @property
+    def ready(self) -> bool:
+        """True once the lookback is filled (before that the value is null)."""
+        raise NotImplementedError
+
+    @property
+    def value(self) -> float:
+        raise NotImplementedError
+
+    def values(self) -> dict[str, float | None]:
+        """Every output by name, None while not ready (one output: ``value``)."""
+        return {self.name: float(self.value) if self.ready else None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.state_fields}
+
+    def from_dict(self, d: Mapping[str, Any]) -> None:
+        for k in self.state_fields:
+            setattr(self, k, d[k])
+
+    @classmethod
+    def output_names(cls) -> tuple[str, ...]:
+        return cls.outputs or (cls.name,)
+
+
+class TaLib(Indicator):
+    """The built-in 20 on the base: ``IndicatorState``'s one fused TA-Lib-exact step per
+    bar (their batch fast path stays ``compute_batch``)."""
+
+    name = "talib"
+    outputs = INDICATOR_NAMES
+
+    def __init__(self, interval: str, session_seconds: int = 86400):
+        self.state = IndicatorState(interval, session_seconds)
+        self._values: dict[str, float | None] = dict.fromkeys(INDICATOR_NAMES)
+
+    def update(self, bar: Mapping[str, Any]) -> None:
+        values = self.state.update(bar)
+        if values is not None:
+            self._values = values
+
+    def fold(self, bar: Mapping[str, Any]) -> bool:
+        """``update``, telling whether the bar was new (False: redelivered, skipped)."""
+        count = self.state.count
+        self.update(bar)
+        return self.state.count != count
+
+    @property
+    def ready(self) -> bool:
+        return all(v is not None for v in self._values.values())
+
+    def values(self) -> dict[str, float | None]:
+        return self._values
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.state.to_state()
+
+    def from_dict(self, d: Mapping[str, Any]) -> None:
+        self.state = IndicatorState.from_state(d)
+
+
+@dataclass(frozen=True)
+class IndicatorSpec:
+    """A user indicator as configured (``INDICATORS``): its class, where it was imported
+    from and the sha256 of its module's source (recorded with a model trained on it)."""
+
+    cls: type[Indicator]
+    path: str
+    source_sha256: str
+
+    def record(self) -> dict[str, Any]:
+        return {"class": self.path, "outputs": list(self.cls.output_names()), "source_sha256": self.source_sha256}
+
+
+def check_indicator_class(cls: type[Indicator], taken: Sequence[str] = ()) -> None:
+    """IndicatorError unless ``cls`` can run: identifier outputs clashing with no built-in
+    field (nor ``taken``), an instance built without arguments whose state is JSON."""
+    names = cls.output_names()
+    reserved = set(INDICATOR_NAMES) | set(taken) | {"event_id", "symbol", "interval", "ts", "close", "volume", "extra"}
+    bad = [n for n in names if not (isinstance(n, str) and n.isidentifier())]
+    if not cls.name or bad:
+        raise IndicatorError(f"{cls.__qualname__}: name and outputs must be identifiers, got {cls.name!r} {bad}")
+    clash = [n for n in names if n in reserved]
+    if clash or len(set(names)) != len(names):
+        raise IndicatorError(f"{cls.__qualname__}: output(s) {clash or names} repeat a built-in or another indicator")
+    try:
+        inst = cls()
+    except Exception as e:
+        raise IndicatorError(f"{cls.__qualname__}() failed: {type(e).__name__}: {e}") from None
+    _checked_state(inst)
+
+
+def _checked_state(inst: Indicator) -> dict[str, Any]:
+    who = type(inst).__qualname__
+    state = inst.to_dict()
+    try:
+        text = json.dumps(state)
+        same = json.loads(text) == state
+    except (TypeError, ValueError) as e:
+        raise IndicatorError(f"indicator {who}: state is not JSON ({e}); keep numbers, strings, lists") from None
+    if not same:
+        raise IndicatorError(f"indicator {who}: state does not survive a JSON round trip (tuples? int keys?)")
+    if len(text) > STATE_MAX_BYTES:
+        raise IndicatorError(
+            f"indicator {who}: state is {len(text)} bytes of JSON, over {STATE_MAX_BYTES}: keep bounded windows"
+        )
+    return state
+
+
+def _fold_user(inst: Indicator, bar: Mapping[str, Any]) -> dict[str, float | None]:
+    """Fold one bar into a user indicator; its outputs (floats or None), checked."""
+    who = type(inst).__qualname__
+    try:
+        inst.update(bar)
+        values = inst.values()
+    except Exception as e:  # the indicator's defect, named (the bar passed the checks)
+        raise IndicatorError(
+            f"indicator {who} failed on {bar.get('symbol', '?')} at {bar['window_start']}: {type(e).__name__}: {e}"
+        ) from None
+    out: dict[str, float | None] = {}
+    for name in inst.output_names():
+        if name not in values:
+            raise IndicatorError(f"indicator {who}: values() has no {name!r}")
+        x = values[name]
+        if x is not None and not (isinstance(x, (int, float)) and math.isfinite(x)):
+            raise IndicatorError(f"indicator {who}: {name} = {x!r} is not a finite number or None")
+        out[name] = None if x is None else float(x)
+    return out
+
+
+class SymbolIndicators:
+    """All indicators of one symbol at one interval: the built-in 20 and the user ones."""
+
+    __slots__ = ("talib", "user")
+
+    def __init__(self, interval: str, user: Sequence[type[Indicator]] = (), session_seconds: int = 86400):
+        self.talib = TaLib(interval, session_seconds)
+        self.user = [cls() for cls in user]
+
+    def update(self, bar: Mapping[str, Any]) -> tuple[dict[str, float | None], dict[str, float | None]] | None:
+        """(the 20 values, the user outputs) of a bar, None for a redelivered one; BarError
+        for unusable numbers (nothing folded), IndicatorError for a user indicator's defect."""
+        if not self.talib.fold(bar):
+            return None
+        extra: dict[str, float | None] = {}
+        for inst in self.user:
+            extra.update(_fold_user(inst, bar))
+        return self.talib.values(), extra
+
+    def to_state(self) -> dict[str, Any]:
+        """The built-in state (``IndicatorState.to_state``) plus ``user``: each user
+        indicator's ``to_dict`` by name (checked: bounded JSON)."""
+        return {**self.talib.to_dict(), "user": {type(u).name: _checked_state(u) for u in self.user}}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], user: Sequence[type[Indicator]] = ()) -> SymbolIndicators:
+        """Resume; a user indicator without a saved state (configured since) starts empty,
+        a saved one no longer configured is dropped."""
+        self = cls(state["interval"], (), state["session_seconds"])
+        self.talib.from_dict(state)
+        saved = state.get("user", {})
+        for k in user:
+            inst = k()
+            if k.name in saved:
+                inst.from_dict(saved[k.name])
+            self.user.append(inst)
+        return self
+
+
+def user_values(bars: Sequence[Mapping[str, Any]], user: Sequence[type[Indicator]]) -> list[dict[str, float | None]]:
+    """The user outputs of each bar (same order), one instance per (interval, symbol) fed
+    its bars in order, as ``SymbolIndicators`` does; the bars are usable and not repeated
+    (the batch path checks them)."""
+    if not user:
+        return [{} for _ in bars]
+    states: dict[tuple[str, str], list[Indicator]] = {}
+    out = []
+    for bar in bars:
+        insts = states.get((bar["interval"], bar["symbol"]))
+        if insts is None:
+            insts = states[(bar["interval"], bar["symbol"])] = [cls() for cls in user]
+        extra: dict[str, float | None] = {}
+        for inst in insts:
+            extra.update(_fold_user(inst, bar))
+        out.append(extra)
+    return out

@@ -24,6 +24,7 @@ import numpy as np
 import xgboost as xgb
 
 from .features import FEATURE_NAMES, FEATURE_SET, Dataset, Split, walk_forward_split
+from .indicators import IndicatorSpec
 from .intervals import interval_seconds
 
 OBJECTIVE = "binary:logistic"
@@ -113,13 +114,22 @@ def _iso(us: int) -> str:
 
 
 def train(
-    ds: Dataset, features: Sequence[str], holdout_fraction: float, params: TrainParams, name: str, source: str = ""
+    ds: Dataset,
+    features: Sequence[str],
+    holdout_fraction: float,
+    params: TrainParams,
+    name: str,
+    source: str = "",
+    indicators: Sequence[IndicatorSpec] = (),
 ) -> Trained:
-    """Walk-forward split, fit, holdout report and metadata (see ``features.walk_forward_split``)."""
-    unknown = [f for f in features if f not in FEATURE_NAMES]
+    """Walk-forward split, fit, holdout report and metadata (see ``features.walk_forward_split``).
+
+    ``indicators``: the user indicators ``ds`` was built with; those the features use are
+    recorded (class, outputs, source sha256), so the predict stage scores with the same."""
+    unknown = [f for f in features if f not in ds.names]
     if unknown or not features or len(set(features)) != len(features):
         raise ValueError(f"bad feature list: unknown {unknown}" if unknown else "bad feature list: empty or repeated")
-    cols = [FEATURE_NAMES.index(f) for f in features]
+    cols = [ds.names.index(f) for f in features]
     X = ds.X[:, cols]
     complete = ~np.isnan(X).any(axis=1)
     labelled = ~np.isnan(ds.y)
@@ -151,6 +161,7 @@ def train(
         "objective": OBJECTIVE,
         "feature_set": FEATURE_SET,
         "features": list(features),
+        "indicators": [spec.record() for spec in indicators if any(o in features for o in spec.cls.output_names())],
         "params": params.xgb_params() | {"rounds": params.rounds},
         "window": {
             "train_from": _iso(int(ts_train.min())),
@@ -183,8 +194,37 @@ def train(
 
 
 # --- scoring -------------------------------------------------------------------------------
+def _num(x) -> float:
+    return np.nan if x is None else float(x)
+
+
+def _check_indicators(who: str, recorded, configured: Sequence[IndicatorSpec]) -> tuple[str, ...]:
+    """The outputs of the user indicators the model records; ModelMismatch unless each is
+    configured, from the same source."""
+    if not isinstance(recorded, list):
+        raise ModelMismatch(f"{who} refused: its indicators are not a list")
+    by_path = {spec.path: spec for spec in configured}
+    outputs: list[str] = []
+    for rec in recorded:
+        path = rec.get("class") if isinstance(rec, dict) else None
+        spec = by_path.get(path)  # type: ignore[arg-type]  # None is no key: refused below
+        if spec is None:
+            raise ModelMismatch(
+                f"{who} refused: trained on user indicator {path}, which INDICATORS does not name "
+                f"(it names {', '.join(by_path) or 'none'})"
+            )
+        if rec.get("source_sha256") != spec.source_sha256:
+            raise ModelMismatch(
+                f"{who} refused: user indicator {path} changed since training "
+                f"(source sha256 {str(rec.get('source_sha256'))[:12]}, now {spec.source_sha256[:12]}): retrain"
+            )
+        outputs.extend(spec.cls.output_names())
+    return tuple(outputs)
+
+
 class Model:
-    """A loaded, checked model: scores feature vectors aligned with ``FEATURE_NAMES``."""
+    """A loaded, checked model: scores feature vectors aligned with ``FEATURE_NAMES``, its
+    user indicator features taken from each IndicatorSet's ``extra``."""
 
     def __init__(self, metadata: Mapping, booster: xgb.Booster):
         self.metadata = dict(metadata)
@@ -193,12 +233,16 @@ class Model:
         self.interval: str = metadata["interval"]
         self.horizon: int = metadata["horizon"]
         self.features: tuple[str, ...] = tuple(metadata["features"])
-        self.columns = np.array([FEATURE_NAMES.index(f) for f in self.features])
+        self.extra = tuple(f for f in self.features if f not in FEATURE_NAMES)  # user indicator outputs
+        layout = FEATURE_NAMES + self.extra  # a row: the FeatureState vector, then the extras
+        self.columns = np.array([layout.index(f) for f in self.features])
         self.booster = booster
 
     @classmethod
-    def load(cls, artifact: bytes, metadata: Mapping) -> Model:
-        """The model, or ``ModelMismatch`` saying why this pipeline cannot use it."""
+    def load(cls, artifact: bytes, metadata: Mapping, indicators: Sequence[IndicatorSpec] = ()) -> Model:
+        """The model, or ``ModelMismatch`` saying why this pipeline cannot use it;
+        ``indicators`` are this pipeline's user indicators (``INDICATORS``): each one the
+        model was trained on must be configured, from the same source."""
         who = f"model {metadata.get('name', '?')} {metadata.get('version', '?')}"
         features = metadata.get("features")
         if metadata.get("feature_set") != FEATURE_SET:
@@ -208,11 +252,13 @@ class Model:
             )
         if not isinstance(features, list) or not features or len(set(features)) != len(features):
             raise ModelMismatch(f"{who} refused: its feature list is empty, repeated or not a list")
-        unknown = [f for f in features if f not in FEATURE_NAMES]
+        produced = FEATURE_NAMES + _check_indicators(who, metadata.get("indicators", []), indicators)
+        unknown = [f for f in features if f not in produced]
         if unknown:
             raise ModelMismatch(
                 f"{who} refused: the pipeline does not produce feature(s) "
-                f"{', '.join(map(str, unknown))} (it produces {', '.join(FEATURE_NAMES)})"
+                f"{', '.join(map(str, unknown))} (it produces {', '.join(produced)}; "
+                "user indicators come from INDICATORS)"
             )
         if metadata.get("objective") != OBJECTIVE:
             raise ModelMismatch(f"{who} refused: objective {metadata.get('objective')!r}, expected {OBJECTIVE}")
@@ -251,7 +297,12 @@ class Model:
         if not items:
             return [], 0, 0.0
         started = time.perf_counter()
-        X = np.asarray([vec for _, vec in items])[:, self.columns]
+        if self.extra:  # a missing output (not in the set's extra) is a missing feature
+            extra = self.extra
+            rows_in = [[*vec, *(_num(ind["extra"].get(k)) for k in extra)] for ind, vec in items]
+            X = np.asarray(rows_in)[:, self.columns]
+        else:
+            X = np.asarray([vec for _, vec in items])[:, self.columns]
         complete = ~np.isnan(X).any(axis=1)
         n_ok = int(complete.sum())
         if n_ok == 0:

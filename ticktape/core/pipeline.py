@@ -24,7 +24,7 @@ import numpy as np
 
 from .bars import BarAggregator
 from .features import FEATURE_NAMES, VOLUMES, FeatureState
-from .indicators import INDICATOR_NAMES, compute_batch
+from .indicators import INDICATOR_NAMES, Indicator, compute_batch, user_values
 from .intervals import interval_seconds
 
 
@@ -59,9 +59,12 @@ def aggregate(
     return out, late, invalid
 
 
-def indicator_sets(bars: Sequence[dict], session_seconds: int = 86400) -> list[dict]:
-    """The IndicatorSet of each bar (same order), as ``indicator_event`` builds it; the bars
-    of a symbol and interval must come in window order (they do from the aggregator)."""
+def indicator_sets(
+    bars: Sequence[dict], session_seconds: int = 86400, indicators: Sequence[type[Indicator]] = ()
+) -> list[dict]:
+    """The IndicatorSet of each bar (same order), as ``indicator_event`` builds it, with the
+    user ``indicators``' outputs in ``extra``; the bars of a symbol and interval must come
+    in window order (they do from the aggregator)."""
     if not bars:
         return []
     keys = [f"{b['interval']}\0{b['symbol']}" for b in bars]
@@ -80,7 +83,7 @@ def indicator_sets(bars: Sequence[dict], session_seconds: int = 86400) -> list[d
     ).tolist()
     out = []
     names = INDICATOR_NAMES
-    for b, row in zip(bars, values):
+    for b, row, extra in zip(bars, values, user_values(bars, indicators)):
         ev = {
             "event_id": f"{b['symbol']}:{b['interval']}:{b['window_start']}",
             "symbol": b["symbol"],
@@ -91,6 +94,7 @@ def indicator_sets(bars: Sequence[dict], session_seconds: int = 86400) -> list[d
         }
         for name, x in zip(names, row):
             ev[name] = None if x != x else x
+        ev["extra"] = extra
         out.append(ev)
     return out
 
@@ -202,22 +206,29 @@ def _lookback_columns(out, rows, c, v, obv, log) -> None:
 
 
 def run(
-    ticks_by_partition: Mapping[int, Sequence[dict]], intervals: Sequence[str], grace_us: int, model=None
+    ticks_by_partition: Mapping[int, Sequence[dict]],
+    intervals: Sequence[str],
+    grace_us: int,
+    model=None,
+    indicators: Sequence[type[Indicator]] = (),
 ) -> Outputs:
     """Market data to predictions for one period (see the module doc)."""
     per_partition, late, invalid = aggregate(ticks_by_partition, intervals, grace_us)
     # each symbol lives in one partition: its bars keep their order across this concatenation
-    out = from_bars([b for p in sorted(per_partition) for b in per_partition[p]], intervals, model)
+    out = from_bars([b for p in sorted(per_partition) for b in per_partition[p]], intervals, model, indicators)
     out.late_ticks, out.invalid_ticks = late, invalid
     return out
 
 
-def from_bars(bars: Sequence[dict], intervals: Sequence[str], model=None) -> Outputs:
+def from_bars(
+    bars: Sequence[dict], intervals: Sequence[str], model=None, indicators: Sequence[type[Indicator]] = ()
+) -> Outputs:
     """Bars to predictions: each symbol's bars of an interval in window order (as the
-    aggregator emits them, or as a bar-only source publishes them)."""
+    aggregator emits them, or as a bar-only source publishes them); ``indicators``: the
+    user indicators (``INDICATORS``)."""
     out = Outputs()
     for iv in intervals:
         out.bars[iv] = [b for b in bars if b["interval"] == iv]
-    out.indicators = indicator_sets(bars)
+    out.indicators = indicator_sets(bars, indicators=indicators)
     out.predictions, out.skipped_predictions = predictions(out.indicators, model)
     return out

@@ -62,7 +62,8 @@ class Prediction:
 @dataclass(slots=True)
 class Bar:
     """A closed bar as the indicator stage publishes it: close, volume and the indicator
-    set (``indicators["ema_12"]`` ...; None until an indicator's lookback is filled)."""
+    set (``indicators["ema_12"]`` ..., the user indicators' outputs by name too; None
+    until an indicator's lookback is filled)."""
 
     event_id: str
     symbol: str
@@ -257,11 +258,11 @@ def view(kind: str, ev: dict) -> Prediction | Bar:
         ev["ts"],
         close,
         ev["volume"],
-        {k: v for k, v in ev.items() if k not in _BAR_KEYS},
+        {k: v for k, v in ev.items() if k not in _BAR_KEYS} | ev.get("extra", {}),  # user indicators by name
     )
 
 
-_BAR_KEYS = frozenset(("event_id", "symbol", "interval", "ts", "close", "volume"))
+_BAR_KEYS = frozenset(("event_id", "symbol", "interval", "ts", "close", "volume", "extra"))
 
 
 def signal_for(spec: StrategySpec, account: str, run: SymbolRun, ev: dict, decided: tuple[float, str]) -> dict:
