@@ -307,6 +307,25 @@ class Settings:
         "ticks",
         "paper fills: ticks (next ask/bid after the order) or bars (next bar's open, bar-only sources)",
     )
+    execution_venue: str = _setting(
+        "EXECUTION_VENUE",
+        "paper",
+        "where approved orders execute: paper (the internal desk) or alpaca-paper (Alpaca's paper account, "
+        "ALPACA_API_KEY_ID / ALPACA_API_SECRET_KEY)",
+        choices=("PAPER", "ALPACA-PAPER"),
+    )
+    alpaca_trading_url: str = _setting(
+        "ALPACA_TRADING_URL",
+        "https://paper-api.alpaca.markets",
+        "EXECUTION_VENUE=alpaca-paper: the Trading API's base URL (its trade_updates stream is <url>/stream)",
+    )
+    venue_timeout_s: float = _setting(
+        "VENUE_TIMEOUT_S",
+        10.0,
+        "EXECUTION_VENUE=alpaca-paper: an order the venue has not answered after this long (retries included) "
+        "is rejected, VENUE_UNANSWERED",
+        above=0,
+    )
     risk_config: str = _setting("RISK_CONFIG", "", "risk limits YAML file; empty = config/risk.yaml of the repo")
     risk_idle_ms: int = _setting(
         "RISK_IDLE_MS",
