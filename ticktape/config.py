@@ -159,7 +159,10 @@ class Settings:
         low=0,
     )
     alpaca_api_key_id: str = _setting(
-        "ALPACA_API_KEY_ID", "", "Alpaca API key id (produce websocket --provider alpaca)", secret=True
+        "ALPACA_API_KEY_ID",
+        "",
+        "Alpaca API key id (produce websocket --provider alpaca; EXECUTION_VENUE=alpaca-paper)",
+        secret=True,
     )
     alpaca_api_secret_key: str = _setting("ALPACA_API_SECRET_KEY", "", "Alpaca API secret key", secret=True)
     alpaca_feed: str = _setting("ALPACA_FEED", "iex", "Alpaca data feed: iex (free), sip, delayed_sip, test")

@@ -1,0 +1,168 @@
+"""EXECUTION_VENUE=alpaca-paper in a real worker on the real broker, against the local
+Trading-API server (tests/alpaca_trading_server.py): the same positions as the internal
+paper desk for the same fills, across a kill -9 with an order open at the venue; and a
+venue rejection and a partial fill reaching the risk stage."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+from alpaca_trading_server import TradingServer
+from test_trading_agents import ACCOUNT_P, PARTITION, output, per_partition, publish, wait_for, worker_env
+from test_trading_desks import chain_args, streams
+from test_worker import Worker
+
+from ticktape import kafka_clients
+from ticktape.core import desks
+from ticktape.core.execution import ExecConfig
+from ticktape.core.venue import client_order_id
+
+pytestmark = pytest.mark.slow
+
+
+def paper_chain(st):
+    """The in-process chain with the internal desk, commission-free (as Alpaca's stocks)."""
+    events = sorted(
+        ((ev["ts"], kind, ev["symbol"], i), kind, ev) for (kind, _), evs in st.items() for i, ev in enumerate(evs)
+    )
+    args = chain_args() | {"exec_cfg": ExecConfig(slippage_bps=2.0, per_share=0.0, minimum=0.0)}
+    return desks.run_trading_chain(((kind, ev) for _, kind, ev in events), **args).outputs
+
+
+def venue_env(tmp_path, server) -> dict:
+    return worker_env(tmp_path) | {
+        "PROCESSOR_BATCH_SIZE": "20",
+        "PROCESSOR_BATCH_MS": "20",
+        "EXECUTION_VENUE": "alpaca-paper",
+        "ALPACA_TRADING_URL": server.url,
+        "ALPACA_API_KEY_ID": "test-key",
+        "ALPACA_API_SECRET_KEY": "test-secret",
+    }
+
+
+def as_venue_fill(f: dict) -> dict:
+    return f | {"slippage_bps": 0.0}  # the venue fills at the desk's price; Alpaca reports no slippage
+
+
+def test_the_venue_gives_the_paper_desks_positions_across_a_kill_with_an_order_open(settings, tmp_path):
+    kafka_clients.ensure_topics(settings)
+    st = streams(40)
+    want = paper_chain(st)
+    assert len(want["order"]) > 10 and want["rejection"]
+    by_cid = {client_order_id(f["order_id"]): f for f in want["fill"]}
+    held = client_order_id(want["order"][len(want["order"]) // 2]["event_id"])
+    fill_of = {cid: ("fill", f["quantity"], f["price"], f["ts"]) for cid, f in by_cid.items()}
+    plan = lambda o: [("hold",)] if o["client_order_id"] == held else [fill_of[o["client_order_id"]]]  # noqa: E731
+    with TradingServer(plan=plan) as server:
+        env = venue_env(tmp_path, server)
+        publish(settings, st)
+        first = Worker(settings, tmp_path / "worker1.log", **env)
+        try:
+            assert wait_for(lambda: held in server.orders, timeout=240), first.log_tail()
+        finally:
+            first.stop(signal.SIGKILL)
+        # the held order fills while no one listens: its update is lost, the order's state tells
+        server.run(held, [fill_of[held]])
+        assert server.listening == 0 and server.orders[held]["status"] == "filled"
+        second = Worker(settings, tmp_path / "worker2.log", **env)
+        try:
+            by_symbol = lambda e: PARTITION[e["symbol"]]  # noqa: E731
+            got = output(settings, "trading.orders", len(want["order"]), timeout=240)
+            assert got == per_partition(want["order"], by_symbol), second.log_tail()
+            fills = output(settings, "trading.fills", len(want["fill"]), timeout=120)
+            assert sorted(json.dumps(f) for fs in fills.values() for f in fs) == sorted(
+                json.dumps(as_venue_fill(f)) for f in want["fill"]
+            )
+            for topic, kind in (("trading.positions", "position"), ("trading.equity", "equity")):
+                assert output(settings, topic, len(want[kind]), timeout=120) == {ACCOUNT_P: want[kind]}, topic
+        finally:
+            assert second.stop() == 0, second.log_tail()
+        # one order at the venue per approved order: the resend after the kill doubled none
+        assert sorted(server.orders) == sorted(client_order_id(o["event_id"]) for o in want["order"])
+        assert [u["order"]["client_order_id"] for u in server.updates if u["event"] == "fill"].count(held) == 1
+
+
+def test_a_venue_rejection_and_a_partial_fill_reach_the_risk_stage(settings, tmp_path):
+    kafka_clients.ensure_topics(settings)
+    st = streams(40)
+    seen: dict[str, int] = {}
+
+    def plan(o):
+        """AAPL's first order refused; KO's first filled a third, the rest canceled; the
+        others whole.  Venue times at the epoch: each is stamped 1 µs after its order."""
+        n = seen[o["symbol"]] = seen.get(o["symbol"], 0) + 1
+        qty = float(o["qty"])
+        if (o["symbol"], n) == ("AAPL", 1):
+            return [("refuse", 403, "insufficient buying power")]
+        if (o["symbol"], n) == ("KO", 1):
+            return [("fill", qty // 3, 60.0, 0), ("cancel", 0)]
+        return [("fill", qty, 100.0, 0)]
+
+    with TradingServer(plan=plan) as server:
+        worker = Worker(settings, tmp_path / "worker.log", **venue_env(tmp_path, server))
+        try:
+            publish(settings, st)
+            assert wait_for(lambda: seen.get("AAPL", 0) >= 3 and seen.get("KO", 0) >= 3, timeout=240), worker.log_tail()
+            got = wait_for(lambda: settled(settings), timeout=240)
+            assert got, worker.log_tail()
+            orders, signals, rejected, fills = got
+        finally:
+            assert worker.stop() == 0, worker.log_tail()
+    aapl = [o for o in orders if o["symbol"] == "AAPL"]
+    ko = [o for o in orders if o["symbol"] == "KO"]
+    a, k = aapl[0], ko[0]
+    venue_rej = {r["event_id"]: r for r in rejected if r["reason_code"].startswith("VENUE_")}
+    assert venue_rej.pop(f"rej:{a['event_id']}") == {
+        "event_id": f"rej:{a['event_id']}",
+        "account": "paper",
+        "symbol": "AAPL",
+        "ts": a["ts"] + 1,
+        "side": a["side"],
+        "quantity": a["quantity"],
+        "reference_price": a["reference_price"],
+        "reason_code": "VENUE_REJECTED",
+        "detail": "alpaca refused: HTTP 403: insufficient buying power",
+        "signal_id": a["signal_id"],
+    }
+    part = k["quantity"] // 3
+    n = lambda x: str(int(x)) if x == int(x) else repr(x)  # noqa: E731
+    assert venue_rej.pop(f"rej:{k['event_id']}") == {
+        "event_id": f"rej:{k['event_id']}",
+        "account": "paper",
+        "symbol": "KO",
+        "ts": k["ts"] + 1,
+        "side": k["side"],
+        "quantity": k["quantity"] - part,
+        "reference_price": k["reference_price"],
+        "reason_code": "VENUE_CANCELED",
+        "detail": f"alpaca canceled the order ({n(part)} of {n(k['quantity'])} filled): canceled",
+        "signal_id": k["signal_id"],
+    }
+    assert venue_rej == {}
+    [k_fill] = [f for f in fills if f["order_id"] == k["event_id"]]
+    assert (k_fill["event_id"], k_fill["quantity"], k_fill["price"], k_fill["ts"]) == (
+        f"fill:{k['event_id']}@{n(part)}",
+        part,
+        60.0,
+        k["ts"] + 1,
+    )
+    # the risk stage's committed position is what filled: the next order goes from there
+    for first, filled, nxt in ((a, 0.0, aapl[1]), (k, part if k["side"] == "BUY" else -part, ko[1])):
+        target = signals[nxt["signal_id"]]["target_position"]
+        assert (nxt["side"], nxt["quantity"]) == ("BUY" if target > filled else "SELL", abs(target - filled)), first
+
+
+def settled(s):
+    """(orders, signals by id, rejections, fills) once every order's Fills and rejected
+    rest make its quantity (nothing lost; a doubled fill would never settle); else None."""
+    everything = lambda topic: [e for es in output(s, topic, 1).values() for e in es]  # noqa: E731
+    orders = everything("trading.orders")
+    fills, rejected = everything("trading.fills"), everything("trading.orders.rejected")
+    for o in orders:
+        done = sum(f["quantity"] for f in fills if f["order_id"] == o["event_id"])
+        rest = sum(r["quantity"] for r in rejected if r["event_id"] == f"rej:{o['event_id']}")
+        if done + rest != o["quantity"]:
+            return None
+    return orders, {e["event_id"]: e for e in everything("trading.signals")}, rejected, fills
