@@ -204,7 +204,7 @@ class TradingServer:
                 avg = float(order["filled_avg_price"] or 0)
                 cum = filled + qty
                 order["filled_qty"] = _num(cum)
-                order["filled_avg_price"] = repr((filled * avg + qty * price) / cum)
+                order["filled_avg_price"] = repr(price if filled == 0 else (filled * avg + qty * price) / cum)
                 whole = cum >= float(order["qty"])
                 order["status"] = "filled" if whole else "partially_filled"
                 order["updated_at"] = rfc3339(ts)

@@ -275,13 +275,31 @@ def test_the_client_reports_a_refusal_and_an_unavailable_venue():
         assert run(go()) == (False, "HTTP 403: insufficient buying power")
 
 
-def test_the_client_needs_credentials_and_an_http_url():
-    with pytest.raises(ConfigError, match="needs ALPACA_API_KEY_ID and ALPACA_API_SECRET_KEY"):
-        AlpacaTrading.from_settings(settings(execution_venue="alpaca-paper"))
-    with pytest.raises(ConfigError, match="ALPACA_TRADING_URL='ftp://x'"):
-        AlpacaTrading.from_settings(
-            settings(alpaca_api_key_id="k", alpaca_api_secret_key="s", alpaca_trading_url="ftp://x")
+def test_the_venue_needs_credentials_and_an_http_url():
+    with pytest.raises(
+        ConfigError, match="^EXECUTION_VENUE=alpaca-paper needs ALPACA_API_KEY_ID and ALPACA_API_SECRET_KEY set$"
+    ):
+        settings(execution_venue="alpaca-paper", alpaca_api_key_id="", alpaca_api_secret_key="")
+    with pytest.raises(ConfigError, match="^ALPACA_TRADING_URL='ftp://x': must be an http\\(s\\):// URL$"):
+        settings(
+            execution_venue="alpaca-paper",
+            alpaca_api_key_id="k",
+            alpaca_api_secret_key="s",
+            alpaca_trading_url="ftp://x",
         )
+    c = AlpacaTrading.from_settings(
+        settings(
+            execution_venue="alpaca-paper",
+            alpaca_api_key_id="k",
+            alpaca_api_secret_key="s",
+            alpaca_trading_url="http://127.0.0.1:9/",
+        )
+    )
+    assert (c.base, c.stream_url) == ("http://127.0.0.1:9", "ws://127.0.0.1:9/stream")
+    assert (
+        AlpacaTrading("https://paper-api.alpaca.markets", "k", "s", 1).stream_url
+        == "wss://paper-api.alpaca.markets/stream"
+    )
 
 
 def test_the_stream_delivers_trade_updates_and_reconnects():

@@ -35,10 +35,7 @@ class AlpacaTrading:
 
     @classmethod
     def from_settings(cls, s: Settings) -> "AlpacaTrading":
-        if not (s.alpaca_api_key_id and s.alpaca_api_secret_key):
-            raise ConfigError("EXECUTION_VENUE=alpaca-paper needs ALPACA_API_KEY_ID and ALPACA_API_SECRET_KEY set")
-        if not s.alpaca_trading_url.startswith(("http://", "https://")):
-            raise ConfigError(f"ALPACA_TRADING_URL={s.alpaca_trading_url!r}: must be an http(s):// URL")
+        """The settings checked EXECUTION_VENUE's credentials and URL."""
         return cls(s.alpaca_trading_url, s.alpaca_api_key_id, s.alpaca_api_secret_key, s.venue_timeout_s)
 
     def session(self) -> aiohttp.ClientSession:

@@ -411,6 +411,11 @@ class Settings:
             raise ConfigError(
                 f"STRATEGY_EXIT_P={self.strategy_exit_p!r}: must be at most STRATEGY_ENTER_P={self.strategy_enter_p!r}"
             )
+        if self.execution_venue.lower() == "alpaca-paper":
+            if not (self.alpaca_api_key_id and self.alpaca_api_secret_key):
+                raise ConfigError("EXECUTION_VENUE=alpaca-paper needs ALPACA_API_KEY_ID and ALPACA_API_SECRET_KEY set")
+            if not self.alpaca_trading_url.startswith(("http://", "https://")):
+                raise ConfigError(f"ALPACA_TRADING_URL={self.alpaca_trading_url!r}: must be an http(s):// URL")
 
     @property
     def symbol_list(self) -> list[str]:

@@ -9,8 +9,9 @@ makes — Fills on ``trading.fills``, and OrderRejected for what will never fill
   ``filled_avg_price``): a trade update and a reconciliation snapshot of the same state
   give the same Fill, a replayed update none.  A Fill's quantity is the growth of
   ``filled_qty``; its price the update's own ``price`` when its ``qty`` is that growth,
-  else what the average implies.  An order filled in one piece gets the internal desk's
-  id ``fill:<order id>``; a partial fill ``fill:<order id>@<filled qty>``.  Alpaca
+  else the average (the order's first Fill) or what the average implies.  An order
+  filled in one piece gets the internal desk's id ``fill:<order id>``; a partial fill
+  ``fill:<order id>@<filled qty>``.  Alpaca
   charges no commission on stocks: commission and slippage are 0.
 * The unfilled rest of an order the venue ends otherwise (rejected, canceled, expired),
   or that got no answer, is an OrderRejected of that rest (``VENUE_REJECTED``,
@@ -161,7 +162,12 @@ def _grown(entry: dict, cum: float, avg: float, ts: int, last) -> dict | None:
     qty = cum - entry["filled"]
     if qty <= _tol(order["quantity"]):
         return None  # a replayed update, or the state a Fill already carried
-    price = last[1] if last is not None and abs(last[0] - qty) <= _tol(qty) else (cum * avg - entry["cost"]) / qty
+    if last is not None and abs(last[0] - qty) <= _tol(qty):
+        price = last[1]
+    elif entry["filled"] == 0.0:
+        price = avg  # the first fill(s) known: their average, exactly
+    else:
+        price = (cum * avg - entry["cost"]) / qty
     whole = entry["filled"] == 0.0 and cum >= order["quantity"] - _tol(order["quantity"])
     entry["filled"], entry["cost"] = cum, entry["cost"] + qty * price
     oid = order["event_id"]
