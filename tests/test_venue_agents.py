@@ -11,7 +11,7 @@ import signal
 import pytest
 from alpaca_trading_server import TradingServer
 from test_trading_agents import ACCOUNT_P, PARTITION, output, per_partition, publish, wait_for, worker_env
-from test_trading_desks import chain_args, streams
+from test_trading_desks import SYMBOLS, chain_args, streams
 from test_worker import Worker
 
 from ticktape import kafka_clients
@@ -87,24 +87,30 @@ def test_the_venue_gives_the_paper_desks_positions_across_a_kill_with_an_order_o
 def test_a_venue_rejection_and_a_partial_fill_reach_the_risk_stage(settings, tmp_path):
     kafka_clients.ensure_topics(settings)
     st = streams(40)
-    seen: dict[str, int] = {}
+    seen: dict[str, list[str]] = {}  # per symbol, the client ids of its orders in arrival order
 
     def plan(o):
-        """AAPL's first order refused; KO's first filled a third, the rest canceled; the
-        others whole.  Venue times at the epoch: each is stamped 1 µs after its order."""
-        n = seen[o["symbol"]] = seen.get(o["symbol"], 0) + 1
+        """AAPL's first order refused; KO's first filled a third, the rest canceled; MSFT's
+        first never answered (HTTP 503); the others filled whole.  Venue times at the
+        epoch: each is stamped 1 µs after its order."""
+        cids = seen.setdefault(o["symbol"], [])
+        if o["client_order_id"] not in cids:
+            cids.append(o["client_order_id"])
+        first = cids[0] == o["client_order_id"]
         qty = float(o["qty"])
-        if (o["symbol"], n) == ("AAPL", 1):
+        if first and o["symbol"] == "AAPL":
             return [("refuse", 403, "insufficient buying power")]
-        if (o["symbol"], n) == ("KO", 1):
+        if first and o["symbol"] == "MSFT":
+            return [("refuse", 503, "venue unavailable")]
+        if first and o["symbol"] == "KO":
             return [("fill", qty // 3, 60.0, 0), ("cancel", 0)]
         return [("fill", qty, 100.0, 0)]
 
     with TradingServer(plan=plan) as server:
-        worker = Worker(settings, tmp_path / "worker.log", **venue_env(tmp_path, server))
+        worker = Worker(settings, tmp_path / "worker.log", **venue_env(tmp_path, server) | {"VENUE_TIMEOUT_S": "2"})
         try:
             publish(settings, st)
-            assert wait_for(lambda: seen.get("AAPL", 0) >= 3 and seen.get("KO", 0) >= 3, timeout=240), worker.log_tail()
+            assert wait_for(lambda: all(len(seen.get(sym, ())) >= 3 for sym in SYMBOLS), timeout=240), worker.log_tail()
             got = wait_for(lambda: settled(settings), timeout=240)
             assert got, worker.log_tail()
             orders, signals, rejected, fills = got
@@ -112,7 +118,8 @@ def test_a_venue_rejection_and_a_partial_fill_reach_the_risk_stage(settings, tmp
             assert worker.stop() == 0, worker.log_tail()
     aapl = [o for o in orders if o["symbol"] == "AAPL"]
     ko = [o for o in orders if o["symbol"] == "KO"]
-    a, k = aapl[0], ko[0]
+    msft = [o for o in orders if o["symbol"] == "MSFT"]
+    a, k, m = aapl[0], ko[0], msft[0]
     venue_rej = {r["event_id"]: r for r in rejected if r["reason_code"].startswith("VENUE_")}
     assert venue_rej.pop(f"rej:{a['event_id']}") == {
         "event_id": f"rej:{a['event_id']}",
@@ -140,6 +147,19 @@ def test_a_venue_rejection_and_a_partial_fill_reach_the_risk_stage(settings, tmp
         "detail": f"alpaca canceled the order ({n(part)} of {n(k['quantity'])} filled): canceled",
         "signal_id": k["signal_id"],
     }
+    assert venue_rej.pop(f"rej:{m['event_id']}") == {
+        "event_id": f"rej:{m['event_id']}",
+        "account": "paper",
+        "symbol": "MSFT",
+        "ts": m["ts"] + 1,
+        "side": m["side"],
+        "quantity": m["quantity"],
+        "reference_price": m["reference_price"],
+        "reason_code": "VENUE_UNANSWERED",
+        "detail": "no answer from alpaca within VENUE_TIMEOUT_S=2: POST /v2/orders: HTTP 503 "
+        '{"code": 50300000, "message": "venue unavailable"}',
+        "signal_id": m["signal_id"],
+    }
     assert venue_rej == {}
     [k_fill] = [f for f in fills if f["order_id"] == k["event_id"]]
     assert (k_fill["event_id"], k_fill["quantity"], k_fill["price"], k_fill["ts"]) == (
@@ -149,7 +169,7 @@ def test_a_venue_rejection_and_a_partial_fill_reach_the_risk_stage(settings, tmp
         k["ts"] + 1,
     )
     # the risk stage's committed position is what filled: the next order goes from there
-    for first, filled, nxt in ((a, 0.0, aapl[1]), (k, part if k["side"] == "BUY" else -part, ko[1])):
+    for first, filled, nxt in ((a, 0.0, aapl[1]), (m, 0.0, msft[1]), (k, part if k["side"] == "BUY" else -part, ko[1])):
         target = signals[nxt["signal_id"]]["target_position"]
         assert (nxt["side"], nxt["quantity"]) == ("BUY" if target > filled else "SELL", abs(target - filled)), first
 

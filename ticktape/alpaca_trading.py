@@ -19,6 +19,7 @@ from ticktape.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 RECONNECT_S = (0.5, 1, 2, 5)  # waits before the stream's reconnects, the last one repeated
+HEARTBEAT_S = 20  # a ping unanswered this long: the stream is dead, reconnect
 
 
 class VenueUnavailable(RuntimeError):
@@ -96,7 +97,7 @@ class AlpacaTrading:
         while True:
             try:
                 async with self.session().ws_connect(
-                    self.stream_url, timeout=aiohttp.ClientWSTimeout(ws_close=5)
+                    self.stream_url, heartbeat=HEARTBEAT_S, timeout=aiohttp.ClientWSTimeout(ws_close=5)
                 ) as ws:
                     await self._listen(ws)
                     attempt = 0
