@@ -64,8 +64,9 @@ def test_the_venue_gives_the_paper_desks_positions_across_a_kill_with_an_order_o
         finally:
             first.stop(signal.SIGKILL)
         # the held order fills while no one listens: its update is lost, the order's state tells
+        assert wait_for(lambda: server.listening == 0, timeout=30)
         server.run(held, [fill_of[held]])
-        assert server.listening == 0 and server.orders[held]["status"] == "filled"
+        assert server.orders[held]["status"] == "filled"
         second = Worker(settings, tmp_path / "worker2.log", **env)
         try:
             by_symbol = lambda e: PARTITION[e["symbol"]]  # noqa: E731
