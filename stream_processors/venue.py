@@ -12,6 +12,7 @@ Reconciliation — after (re)connecting to the stream, after taking partitions, 
 every ``RECONCILE_S`` while orders are open — compares the open orders with ``GET
 /v2/orders?status=open`` (an order not there by ``GET /v2/orders:by_client_order_id``;
 one the venue never got is sent again): a kill -9 neither loses nor doubles an order.
+An order rejected unanswered that did reach the venue is canceled there.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class VenueStage:
                 self.partition_of[order["symbol"]] = msg.partition
                 if self.desk.on_order(order):
                     out += await self.send(order)
-                    out.append(("order", order))  # its symbol's state changed
+                    out.append(("state", order))  # its symbol's state changed
             await self.publish(out)
 
     async def send(self, order: dict) -> list[tuple[str, dict]]:
@@ -124,7 +125,7 @@ class VenueStage:
             for tp in self.app.consumer.assignment():
                 if tp.topic == self.orders:
                     self.load(tp.partition)
-            if not (self.stale or self.desk.open):
+            if not (self.stale or self.desk.open or self.desk.abandoned):
                 return
             self.stale = False
             try:
@@ -138,7 +139,24 @@ class VenueStage:
                         out += await self.send(order)
                     else:
                         out += self.desk.on_snapshot(snap)
-                    out.append(("order", order))
+                    out.append(("state", order))
+                for cid, sym in list(self.desk.abandoned.items()):
+                    snap = at_venue.get(cid) or await self.client.by_client_id(cid)
+                    action = self.desk.on_abandoned(cid, snap)
+                    if action == "cancel":
+                        assert snap is not None
+                        log.warning("order %s was rejected unanswered but reached alpaca: canceling it", cid)
+                        await self.client.cancel(snap["id"])
+                    elif action == "filled":
+                        assert snap is not None
+                        log.error(
+                            "order %s was rejected unanswered, yet alpaca filled %s of it: the venue's %s position "
+                            "differs from the account's",
+                            cid,
+                            snap["filled_qty"],
+                            sym,
+                        )
+                    out.append(("state", {"symbol": sym}))
             except VenueUnavailable as e:
                 self.stale = True
                 log.warning("alpaca reconciliation: %s; trying again in %g s", e, RECONCILE_S)
@@ -146,14 +164,15 @@ class VenueStage:
             await self.publish(out)
 
     async def publish(self, out: list[tuple[str, dict]]) -> None:
-        """Send the fills and rejections, then save the state of the symbols they touch."""
+        """Send the fills and rejections, then save the state of the symbols they (and the
+        ("state", {"symbol": ...}) items) touch."""
         io = self.io
         dirty: dict[str, int] = {}
         for kind, e in out:
             sym = e["symbol"]
             p = self.partition_of[sym]
             dirty[sym] = p
-            if kind == "order":
+            if kind == "state":
                 continue
             account_p = io.account_partition(e["account"])
             if kind == "fill":

@@ -12,7 +12,8 @@ What happens to an order is ``plan(order)``'s list of steps, run when it arrives
     ("refuse", http_status, message)   answer the POST with that error instead (first step only)
     ("hold",)                      stop here: the order stays open (``run`` goes on later)
 
-``down = True`` answers every request with HTTP 503.
+``DELETE /v2/orders/<id>`` cancels an open order (204; 422 once it ended).  ``down =
+True`` answers every request with HTTP 503.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class TradingServer:
         app.router.add_post("/v2/orders", self._post)
         app.router.add_get("/v2/orders", self._list)
         app.router.add_get("/v2/orders:by_client_order_id", self._by_client_id)
+        app.router.add_delete("/v2/orders/{order_id}", self._cancel)
         app.router.add_get("/stream", self._stream)
 
         async def start():
@@ -165,12 +167,9 @@ class TradingServer:
         self.steps[cid] = steps
         answer = dict(order)
         order["status"] = "new"
-        asyncio.get_running_loop().create_task(self._start(cid))
+        await self._send("new", order, None)
+        asyncio.get_running_loop().create_task(self._advance(cid))  # the rest after the answer
         return web.json_response(answer)
-
-    async def _start(self, cid: str) -> None:
-        await self._send("new", self.orders[cid], None)
-        await self._advance(cid)
 
     async def _list(self, request) -> web.Response:
         refused = self._refused(request)
@@ -189,6 +188,20 @@ class TradingServer:
         if order is None:
             return web.json_response({"code": 40410000, "message": f"order not found for {cid}"}, status=404)
         return web.json_response(order)
+
+    async def _cancel(self, request) -> web.Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        oid = request.match_info["order_id"]
+        order = next((o for o in self.orders.values() if o["id"] == oid), None)
+        if order is None:
+            return web.json_response({"code": 40410000, "message": "order not found"}, status=404)
+        if order["status"] not in OPEN:
+            return web.json_response({"code": 42210000, "message": "order is not cancelable"}, status=422)
+        self.steps[order["client_order_id"]] = [("cancel", 0)]
+        await self._advance(order["client_order_id"])
+        return web.Response(status=204)
 
     # -- the order's life --------------------------------------------------------------
     async def _advance(self, cid: str) -> None:

@@ -181,12 +181,43 @@ def test_the_state_round_trips_per_symbol():
     d = desk_with_order()
     d.on_update(update("partial_fill", 40, 185.5, qty=40, price=185.5))
     state = d.symbol_state("AAPL")
-    assert state == {"open": [{"order": ORDER, "filled": 40.0, "cost": 40 * 185.5}], "last_order_ts": T0}
+    assert state == {
+        "open": [{"order": ORDER, "filled": 40.0, "cost": 40 * 185.5}],
+        "last_order_ts": T0,
+        "abandoned": [],
+    }
     e = venue.VenueDesk()
     e.set_symbol_state("AAPL", state)
     assert e.on_update(update("fill", 100, 185.56, T0 + 2 * SEC, 60, 185.6)) == d.on_update(
         update("fill", 100, 185.56, T0 + 2 * SEC, 60, 185.6)
     )
+
+
+def test_an_order_rejected_unanswered_is_canceled_if_it_reached_the_venue():
+    d = desk_with_order()
+    d.on_send_failed(ORDER["event_id"], "VENUE_UNANSWERED", "no answer")
+    assert d.abandoned == {CID: "AAPL"} and d.symbol_state("AAPL")["abandoned"] == [CID]
+    e = venue.VenueDesk()
+    e.set_symbol_state("AAPL", d.symbol_state("AAPL"))
+    assert e.abandoned == {CID: "AAPL"}
+    assert d.on_abandoned(CID, venue_order("new", 0)) == "cancel" and CID in d.abandoned
+    assert d.on_abandoned(CID, venue_order("canceled", 0)) is None and d.abandoned == {}
+    assert e.on_abandoned(CID, venue_order("canceled", 40, 185.5)) == "filled" and e.abandoned == {}
+    f = desk_with_order()
+    f.on_send_failed(ORDER["event_id"], "VENUE_UNANSWERED", "no answer")
+    assert f.on_abandoned(CID, None) is None and f.abandoned == {}  # it never got there
+    g = desk_with_order()
+    g.on_send_failed(ORDER["event_id"], "VENUE_REJECTED", "refused")
+    assert g.abandoned == {}  # refused: nothing there to cancel
+
+
+def test_the_abandoned_orders_are_bounded_oldest_forgotten_first():
+    d = venue.VenueDesk()
+    ids = [f"ord:{i}" for i in range(venue.ABANDONED_MEMORY + 1)]
+    for i, oid in enumerate(ids):
+        d.on_order(ORDER | {"event_id": oid, "ts": T0 + i})
+        d.on_send_failed(oid, "VENUE_UNANSWERED", "no answer")
+    assert list(d.abandoned) == [venue.client_order_id(oid) for oid in ids[1:]]
 
 
 # --- the risk stage's view ---------------------------------------------------------------
@@ -256,6 +287,22 @@ def test_the_client_submits_once_and_finds_a_resent_order():
         assert known["status"] == "new" and unknown is None
         assert [o["client_order_id"] for o in open_orders] == [CID]
         assert len(server.orders) == 1
+
+
+def test_the_client_cancels_an_open_order_once():
+    with TradingServer(plan=lambda o: [("hold",)]) as server:
+
+        async def go():
+            c = client(server)
+            try:
+                _, order = await c.submit(venue.order_request(ORDER))
+                return await c.cancel(order["id"]), await c.cancel(order["id"]), await c.cancel("nothing")
+            finally:
+                await c.close()
+
+        assert run(go()) == (True, False, False)
+        assert server.orders[CID]["status"] == "canceled"
+        assert [u["event"] for u in server.updates] == ["new", "canceled"]
 
 
 def test_the_client_reports_a_refusal_and_an_unavailable_venue():

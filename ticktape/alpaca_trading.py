@@ -81,6 +81,11 @@ class AlpacaTrading:
             raise VenueUnavailable(f"GET order {client_id}: HTTP {status} {str(payload)[:200]}")
         return payload
 
+    async def cancel(self, order_id: str) -> bool:
+        """``DELETE /v2/orders/<id>``; False when the order is unknown or no longer cancelable."""
+        status, _ = await self._call("DELETE", f"/v2/orders/{order_id}")
+        return status in (200, 204)
+
     async def open_orders(self) -> list[dict]:
         status, payload = await self._call("GET", "/v2/orders", params={"status": "open", "limit": "500"})
         if status != 200 or not isinstance(payload, list):

@@ -18,6 +18,9 @@ makes — Fills on ``trading.fills``, and OrderRejected for what will never fill
   ``VENUE_CANCELED``, ``VENUE_UNANSWERED``; id ``rej:<order id>``): the risk stage
   takes it back from its committed position (``core.risk.on_order_closed``).
 * A venue time never sorts before its order: events are stamped at least 1 µs after it.
+* An order rejected unanswered may still have reached the venue: it is remembered
+  (``abandoned``, the last ``ABANDONED_MEMORY``) until the venue, once it answers, shows
+  it never got it or ended it; one still working is to be canceled.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from .alpaca import rfc3339_us
 from .trading import BUY
 
 CLIENT_ID_PREFIX = "tt-"
+ABANDONED_MEMORY = 256  # orders rejected unanswered, remembered to cancel (the oldest forgotten first)
+ENDED_STATUSES = ("filled", "canceled", "expired", "rejected", "done_for_day", "replaced")
 # trade_updates events (and order statuses) that end an order with a rest that never fills
 CLOSING = {"rejected": "VENUE_REJECTED", "canceled": "VENUE_CANCELED", "expired": "VENUE_CANCELED"}
 FILLING = ("fill", "partial_fill")
@@ -76,16 +81,18 @@ class VenueDesk:
     an older one is a redelivery).  Bounded by the risk engine's order rate limits: an
     order leaves when the venue ends it."""
 
-    __slots__ = ("open", "last_order_ts")
+    __slots__ = ("open", "last_order_ts", "abandoned")
 
     def __init__(self) -> None:
         self.open: dict[str, dict] = {}  # client id -> {"order", "filled", "cost"}
         self.last_order_ts: dict[str, int] = {}
+        self.abandoned: dict[str, str] = {}  # client id -> symbol, oldest first
 
     def symbol_state(self, symbol: str) -> dict:
         return {
             "open": [dict(e) for e in self.open.values() if e["order"]["symbol"] == symbol],
             "last_order_ts": self.last_order_ts.get(symbol),
+            "abandoned": [cid for cid, sym in self.abandoned.items() if sym == symbol],
         }
 
     def set_symbol_state(self, symbol: str, d: dict) -> None:
@@ -93,10 +100,14 @@ class VenueDesk:
             self.open[client_order_id(e["order"]["event_id"])] = dict(e)
         if d["last_order_ts"] is not None:
             self.last_order_ts[symbol] = d["last_order_ts"]
+        for cid in d.get("abandoned", ()):
+            self.abandoned[cid] = symbol
 
     def forget_symbol(self, symbol: str) -> None:
         for cid in [c for c, e in self.open.items() if e["order"]["symbol"] == symbol]:
             del self.open[cid]
+        for cid in [c for c, sym in self.abandoned.items() if sym == symbol]:
+            del self.abandoned[cid]
         self.last_order_ts.pop(symbol, None)
 
     def on_order(self, order: dict) -> bool:
@@ -129,10 +140,24 @@ class VenueDesk:
     def on_send_failed(self, order_id: str, code: str, detail: str) -> list[tuple[str, dict]]:
         """The Order's request failed: refused by the venue (an HTTP 4xx: ``VENUE_REJECTED``)
         or unanswered (``VENUE_UNANSWERED``); it is rejected whole."""
-        entry = self.open.pop(client_order_id(order_id), None)
+        cid = client_order_id(order_id)
+        entry = self.open.pop(cid, None)
         if entry is None:
             return []
+        if code == "VENUE_UNANSWERED":
+            self.abandoned[cid] = entry["order"]["symbol"]
+            if len(self.abandoned) > ABANDONED_MEMORY:
+                del self.abandoned[next(iter(self.abandoned))]
         return [("rejection", _rejection(entry, entry["order"]["ts"] + 1, code, detail))]
+
+    def on_abandoned(self, client_id: str, venue_order: dict | None) -> str | None:
+        """What the venue shows of an order rejected unanswered (None: it never got it):
+        "cancel" while it still works; else it is forgotten, and "filled" when it filled
+        some of it meanwhile (the venue's position then differs from the account's)."""
+        if venue_order is not None and venue_order["status"] not in ENDED_STATUSES:
+            return "cancel"
+        self.abandoned.pop(client_id, None)
+        return "filled" if venue_order is not None and _number(venue_order, "filled_qty") > 0 else None
 
     def _apply(self, venue_order: dict, event: str, ts: int | None, last) -> list[tuple[str, dict]]:
         cid = venue_order.get("client_order_id", "")
