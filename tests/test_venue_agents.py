@@ -20,6 +20,7 @@ from ticktape.core.execution import ExecConfig
 from ticktape.core.venue import client_order_id
 
 pytestmark = pytest.mark.slow
+PRICE = {sym: 100.0 + 40 * k for k, sym in enumerate(SYMBOLS)}  # about the streams' prices: no loss limit hit
 
 
 def paper_chain(st):
@@ -104,8 +105,8 @@ def test_a_venue_rejection_and_a_partial_fill_reach_the_risk_stage(settings, tmp
         if first and o["symbol"] == "MSFT":
             return [("refuse", 503, "venue unavailable")]
         if first and o["symbol"] == "KO":
-            return [("fill", qty // 3, 60.0, 0), ("cancel", 0)]
-        return [("fill", qty, 100.0, 0)]
+            return [("fill", qty // 3, PRICE["KO"], 0), ("cancel", 0)]
+        return [("fill", qty, PRICE[o["symbol"]], 0)]
 
     with TradingServer(plan=plan) as server:
         worker = Worker(settings, tmp_path / "worker.log", **venue_env(tmp_path, server) | {"VENUE_TIMEOUT_S": "2"})
@@ -166,7 +167,7 @@ def test_a_venue_rejection_and_a_partial_fill_reach_the_risk_stage(settings, tmp
     assert (k_fill["event_id"], k_fill["quantity"], k_fill["price"], k_fill["ts"]) == (
         f"fill:{k['event_id']}@{n(part)}",
         part,
-        60.0,
+        PRICE["KO"],
         k["ts"] + 1,
     )
     # the risk stage's committed position is what filled: the next order goes from there
