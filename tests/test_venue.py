@@ -256,6 +256,23 @@ def test_the_risk_desk_holds_a_partly_filled_order_open_and_takes_its_rest_back(
     assert desk.risk.portfolio.positions["AAPL"].qty == 40.0
 
 
+def test_a_late_venue_rejection_applies_where_it_arrives_once():
+    desk = RiskDesk("paper", LIMITS.for_account("paper"), 100_000.0, ["AAPL"], max_pending=1)
+    desk.add("mark", mark(T0, 185.5))
+    desk.add("signal", signal("AAPL", T0, 100.0, 185.5))
+    desk.on_progress("AAPL", T0)
+    [order] = [e for k, e in desk.release() if k == "order"]
+    # the buffer's bound forces later events through while the order is open
+    desk.add("mark", mark(T0 + MIN, 186.0))
+    desk.add("mark", mark(T0 + 2 * MIN, 186.5))
+    desk.on_progress("AAPL", T0 + 2 * MIN)
+    assert [k for k, _ in desk.release()] == ["mark"] and desk.forced == 1
+    rest = rejection(100.0, T0 + 2 * SEC, "VENUE_REJECTED", "refused") | {"signal_id": order["signal_id"]}
+    assert desk.add("order_rejected", rest) == []  # late: applied at once, nothing to pass on
+    assert desk.risk.committed == {"AAPL": 0.0} and desk.open_orders == {} and desk.open_rest == {}
+    assert desk.add("order_rejected", rest) == [] and desk.risk.committed == {"AAPL": 0.0}  # once
+
+
 # --- the client against the local Trading-API server ----------------------------------------
 
 
