@@ -11,6 +11,7 @@ What happens to an order is ``plan(order)``'s list of steps, run when it arrives
     ("cancel", ts_us) / ("expire", ts_us) / ("reject", ts_us, reason)
     ("refuse", http_status, message)   answer the POST with that error instead (first step only)
     ("hold",)                      stop here: the order stays open (``run`` goes on later)
+    ("stall",)                     keep the POST's answer until ``release()`` (first step only)
 
 ``DELETE /v2/orders/<id>`` cancels an open order (204; 422 once it ended).  ``down =
 True`` answers every request with HTTP 503.
@@ -48,6 +49,7 @@ class TradingServer:
         self.down = False
         self.auth_failures = 0
         self._clients: set = set()
+        self._released: asyncio.Event | None = None
         self._n = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -96,6 +98,15 @@ class TradingServer:
         async def go():
             self.steps[client_id] = list(steps)
             await self._advance(client_id)
+
+        self.call(go())
+
+    def release(self) -> None:
+        """Answer the stalled POSTs (their clients may be gone)."""
+
+        async def go():
+            self._released = self._released or asyncio.Event()
+            self._released.set()
 
         self.call(go())
 
@@ -168,6 +179,10 @@ class TradingServer:
         answer = dict(order)
         order["status"] = "new"
         await self._send("new", order, None)
+        if steps and steps[0][0] == "stall":
+            steps.pop(0)
+            self._released = self._released or asyncio.Event()
+            await self._released.wait()
         asyncio.get_running_loop().create_task(self._advance(cid))  # the rest after the answer
         return web.json_response(answer)
 

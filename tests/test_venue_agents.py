@@ -47,25 +47,45 @@ def as_venue_fill(f: dict) -> dict:
     return f | {"slippage_bps": 0.0}  # the venue fills at the desk's price; Alpaca reports no slippage
 
 
-def test_the_venue_gives_the_paper_desks_positions_across_a_kill_with_an_order_open(settings, tmp_path):
+def saved_open(s, symbol: str) -> list[str]:
+    """Event ids of the orders the execution stage's saved state holds open for a symbol."""
+    changelog = f"{s.group('worker')}-execution-changelog"
+    last = None
+    for m in kafka_clients.read_to_end(s, changelog, f"{s.topic_prefix}reader", idle_s=1.0):
+        if json.loads(m.key()) == f"@venue:{symbol}":
+            last = m.value()
+    return [e["order"]["event_id"] for e in json.loads(last)["open"]] if last else []
+
+
+@pytest.mark.parametrize("killed", ["with the order saved", "while the order is sent"])
+def test_the_venue_gives_the_paper_desks_positions_across_a_kill_with_an_order_open(settings, tmp_path, killed):
+    """Killed with the order saved: the restart reconciles it (GET, no resend).  Killed
+    while its POST waits for the answer: nothing is saved, the order is read again and
+    resent — refused as a duplicate, then found by its client order id."""
     kafka_clients.ensure_topics(settings)
     st = streams(40)
     want = paper_chain(st)
     assert len(want["order"]) > 10 and want["rejection"]
     by_cid = {client_order_id(f["order_id"]): f for f in want["fill"]}
-    held = client_order_id(want["order"][len(want["order"]) // 2]["event_id"])
+    held_order = want["order"][len(want["order"]) // 2]
+    held = client_order_id(held_order["event_id"])
     fill_of = {cid: ("fill", f["quantity"], f["price"], f["ts"]) for cid, f in by_cid.items()}
-    plan = lambda o: [("hold",)] if o["client_order_id"] == held else [fill_of[o["client_order_id"]]]  # noqa: E731
+    stop = ("hold",) if killed == "with the order saved" else ("stall",)
+    plan = lambda o: [stop] if o["client_order_id"] == held else [fill_of[o["client_order_id"]]]  # noqa: E731
     with TradingServer(plan=plan) as server:
         env = venue_env(tmp_path, server)
         publish(settings, st)
         first = Worker(settings, tmp_path / "worker1.log", **env)
         try:
             assert wait_for(lambda: held in server.orders, timeout=240), first.log_tail()
+            if stop == ("hold",):
+                sym = held_order["symbol"]
+                assert wait_for(lambda: held_order["event_id"] in saved_open(settings, sym), timeout=120)
         finally:
             first.stop(signal.SIGKILL)
         # the held order fills while no one listens: its update is lost, the order's state tells
         assert wait_for(lambda: server.listening == 0, timeout=30)
+        server.release()
         server.run(held, [fill_of[held]])
         assert server.orders[held]["status"] == "filled"
         second = Worker(settings, tmp_path / "worker2.log", **env)
@@ -82,6 +102,7 @@ def test_the_venue_gives_the_paper_desks_positions_across_a_kill_with_an_order_o
         finally:
             assert second.stop() == 0, second.log_tail()
         # one order at the venue per approved order: the resend after the kill doubled none
+        assert sum(p["client_order_id"] == held for p in server.posts) == (1 if stop == ("hold",) else 2)
         assert sorted(server.orders) == sorted(client_order_id(o["event_id"]) for o in want["order"])
         assert [u["order"]["client_order_id"] for u in server.updates if u["event"] == "fill"].count(held) == 1
 
