@@ -8,7 +8,8 @@ orders and prices meet here.  State: the ``execution`` table — per symbol its 
 orders (key ``<symbol>``) and per interval window its first prices (key
 ``<symbol>@<window start>``, one small entry per window, deleted after a day of event
 time) and each input partition's next offset (``InputGuard``) — written to the changelog
-after each batch.
+after each batch.  With EXECUTION_VENUE=alpaca-paper, ``stream_processors/venue.py``
+runs instead.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ticktape.risk_config import exec_config
 from ticktape.core.intervals import interval_seconds
 from ticktape.core.tickbatch import events_of
 
+from . import venue
 from .app import run_stage
 from .trading_io import TradingIO
 
@@ -116,6 +118,11 @@ class ExecutionStage:
 
 
 def attach(app: faust.App, s: Settings) -> None:
+    if s.execution_venue.lower() != "paper":  # orders only: the venue fills them
+        orders = app.topic(s.topic("trading.orders"), key_serializer="raw", value_serializer="raw")
+        venue_table = app.Table(STAGE, partitions=kafka_clients.topic_spec("trading.orders").partitions)
+        venue.attach(app, s, venue_table, orders, STAGE)
+        return
     stage_topics = [
         s.topic("trading.orders"),
         s.topic("md.ticks") if s.exec_market_data == "ticks" else s.topic(f"md.bars.{s.strategy_interval}"),

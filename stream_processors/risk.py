@@ -1,4 +1,5 @@
-"""The risk stage: the account stream (trading.account: Signals, Marks, Fills, Progress)
+"""The risk stage: the account stream (trading.account: Signals, Marks, Fills, a venue's
+OrderRejected of an order's unfilled rest, Progress)
 and operator controls (trading.control) → trading.orders / trading.orders.rejected, the
 portfolio's ledger (trading.ledger) and trading-state changes (trading.risk).
 
@@ -51,7 +52,8 @@ class RiskStage:
         self.grace_s = s.bar_grace_ms / 1000  # latency from the bar's close, as in the other stages
         self._counted: dict[str, dict[str, int]] = {}  # the desks' counters already exported
         self._idle: dict[str, list[str]] = {}  # idle symbols last reported, per account
-        self.fill_lead_us = fill_lead_us(s.exec_market_data, interval_seconds(s.strategy_interval) * 1_000_000)
+        market = s.exec_market_data if s.execution_venue.lower() == "paper" else "ticks"  # a venue fills any time
+        self.fill_lead_us = fill_lead_us(market, interval_seconds(s.strategy_interval) * 1_000_000)
 
     def forget(self, partitions) -> None:
         self.io.forget(partitions)
@@ -83,7 +85,7 @@ class RiskStage:
         touched, out = {}, []
         clock = time.monotonic()  # idleness needs a symbol to stand still on the wall clock too
         for msg in await io.inputs(self.table, events, self.sources):
-            decoded = await io.decode(msg, ("signal", "mark", "fill", "progress", "risk_control"))
+            decoded = await io.decode(msg, ("signal", "mark", "fill", "order_rejected", "progress", "risk_control"))
             if decoded is None:
                 continue
             event_type, rec = decoded

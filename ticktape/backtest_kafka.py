@@ -278,7 +278,10 @@ def run(
     ``s_run``: the live settings with the run's parameters (they reach the worker as env
     vars); ``model``: (metadata, artifact) to announce, or None."""
     home = Path(tempfile.mkdtemp(prefix=f"ticktape-bt-{run_id}-"))
-    s = replace(s_run, topic_prefix=namespace(run_id), home=str(home), metrics_port=free_port())
+    # a backtest fills on the paper desk, never at an external venue (EXECUTION_VENUE)
+    s = replace(
+        s_run, topic_prefix=namespace(run_id), home=str(home), metrics_port=free_port(), execution_venue="paper"
+    )
     worker = reader = None
     try:
         kafka_clients.ensure_topics(s)

@@ -159,7 +159,10 @@ class Settings:
         low=0,
     )
     alpaca_api_key_id: str = _setting(
-        "ALPACA_API_KEY_ID", "", "Alpaca API key id (produce websocket --provider alpaca)", secret=True
+        "ALPACA_API_KEY_ID",
+        "",
+        "Alpaca API key id (produce websocket --provider alpaca; EXECUTION_VENUE=alpaca-paper)",
+        secret=True,
     )
     alpaca_api_secret_key: str = _setting("ALPACA_API_SECRET_KEY", "", "Alpaca API secret key", secret=True)
     alpaca_feed: str = _setting("ALPACA_FEED", "iex", "Alpaca data feed: iex (free), sip, delayed_sip, test")
@@ -312,6 +315,25 @@ class Settings:
         "ticks",
         "paper fills: ticks (next ask/bid after the order) or bars (next bar's open, bar-only sources)",
     )
+    execution_venue: str = _setting(
+        "EXECUTION_VENUE",
+        "paper",
+        "where approved orders execute: paper (the internal desk) or alpaca-paper (Alpaca's paper account, "
+        "ALPACA_API_KEY_ID / ALPACA_API_SECRET_KEY)",
+        choices=("PAPER", "ALPACA-PAPER"),
+    )
+    alpaca_trading_url: str = _setting(
+        "ALPACA_TRADING_URL",
+        "https://paper-api.alpaca.markets",
+        "EXECUTION_VENUE=alpaca-paper: the Trading API's base URL (its trade_updates stream is <url>/stream)",
+    )
+    venue_timeout_s: float = _setting(
+        "VENUE_TIMEOUT_S",
+        10.0,
+        "EXECUTION_VENUE=alpaca-paper: an order the venue has not answered after this long (retries included) "
+        "is rejected, VENUE_UNANSWERED",
+        above=0,
+    )
     risk_config: str = _setting("RISK_CONFIG", "", "risk limits YAML file; empty = config/risk.yaml of the repo")
     risk_idle_ms: int = _setting(
         "RISK_IDLE_MS",
@@ -394,6 +416,11 @@ class Settings:
             raise ConfigError(
                 f"STRATEGY_EXIT_P={self.strategy_exit_p!r}: must be at most STRATEGY_ENTER_P={self.strategy_enter_p!r}"
             )
+        if self.execution_venue.lower() == "alpaca-paper":
+            if not (self.alpaca_api_key_id and self.alpaca_api_secret_key):
+                raise ConfigError("EXECUTION_VENUE=alpaca-paper needs ALPACA_API_KEY_ID and ALPACA_API_SECRET_KEY set")
+            if not self.alpaca_trading_url.startswith(("http://", "https://")):
+                raise ConfigError(f"ALPACA_TRADING_URL={self.alpaca_trading_url!r}: must be an http(s):// URL")
 
     @property
     def symbol_list(self) -> list[str]:

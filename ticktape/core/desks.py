@@ -38,7 +38,12 @@ from .trading import BUY
 # Order of events with the same ts.  A Fill goes last: it is never known before the
 # market data after its order, so an open order holds back only what sorts after its
 # earliest possible fill (``fill_lead_us``): with bar fills, a whole bar of events.
-RANK = {"mark": 0, "signal": 1, "fill": 2}
+RANK = {
+    "mark": 0,
+    "signal": 1,
+    "fill": 2,
+    "order_rejected": 2,
+}  # a venue's rejection of an order's rest: a "fill" of nothing
 FILL = RANK["fill"]
 
 
@@ -166,7 +171,12 @@ class RiskDesk:
     of the frontier (a silent symbol trading again, a partition catching up) sorts after
     everything processed, so the outcome is the canonical one; only input that comes
     more than ``idle_us`` behind is *late*: a late Signal is rejected (STALE_MARKET_DATA),
-    a late Mark is dropped, a late Fill is applied where it arrives (``late_fill``).
+    a late Mark is dropped, a late Fill is applied where it arrives (``late_fill``), and so
+    is a late OrderRejected of an external venue (the unfilled rest of an order).
+
+    An order stays open until Fills of its whole quantity, or the venue's OrderRejected of
+    its rest, are in: an external venue may fill in parts (``open_rest``; the ids of the
+    partial Fills counted, per open order, drop their redeliveries).
 
     Bounded buffer: past ``max_pending`` buffered events the oldest are processed without
     waiting (counted in ``forced``); what then sorts before them is late as above.
@@ -179,6 +189,8 @@ class RiskDesk:
         "pending",
         "pending_ids",
         "open_orders",
+        "open_rest",
+        "fill_ids",
         "last_key",
         "controls",
         "universe_set",
@@ -222,7 +234,9 @@ class RiskDesk:
         self.pending_ids: set[str] = set()
         self.pending_added: dict[str, list] = {}  # since the last ``take_pending_changes``
         self.pending_removed: set[str] = set()
-        self.open_orders: dict[str, int] = {}  # approved order id -> ts, until its Fill arrives
+        self.open_orders: dict[str, int] = {}  # approved order id -> ts, until its Fills are in
+        self.open_rest: dict[str, float] = {}  # approved order id -> quantity still to fill
+        self.fill_ids: dict[str, list[str]] = {}  # open order id -> its partial Fills counted
         self.last_key: list | None = None  # canonical key of the last processed event
         self.controls = risk_mod.RecentIds(256)
         self.late: dict[str, int] = {"signal": 0, "mark": 0, "fill": 0}
@@ -245,6 +259,8 @@ class RiskDesk:
             "universe": list(self.universe),
             "progress": dict(self.progress),
             "open_orders": dict(self.open_orders),
+            "open_rest": dict(self.open_rest),
+            "fill_ids": {o: list(ids) for o, ids in self.fill_ids.items()},
             "last_key": self.last_key,
             "controls": self.controls.to_list(),
             "late": dict(self.late),
@@ -263,6 +279,8 @@ class RiskDesk:
         desk.pending = sorted(list(p) for p in (*d.get("pending", ()), *pending))  # "pending": an older state
         desk.pending_ids = {p[3] for p in desk.pending}
         desk.open_orders = dict(d["open_orders"])
+        desk.open_rest = dict(d.get("open_rest", {}))  # an older state: an order's first Fill settles it
+        desk.fill_ids = {o: list(ids) for o, ids in d.get("fill_ids", {}).items()}
         desk.last_key = d["last_key"]
         desk.controls = risk_mod.RecentIds(256, d["controls"])
         desk.late = dict(d.get("late", desk.late))
@@ -336,24 +354,46 @@ class RiskDesk:
             return []
         if self.last_key is not None and key <= self.last_key:
             return self._late(kind, ev)
-        if kind == "fill":
-            self.open_orders.pop(ev["order_id"], None)
-            self.order_at.pop(ev["order_id"], None)
+        if kind in ("fill", "order_rejected"):
+            self._settle(kind, ev)
         self.pending_ids.add(ev["event_id"])
         item = key + [kind, ev]
         self.pending_added[ev["event_id"]] = item
         bisect.insort(self.pending, item)
         return []
 
+    def _settle(self, kind: str, ev: dict) -> bool:
+        """Count a Fill or a venue's OrderRejected against its open order (closed once
+        nothing of it is left to fill); False when its order has it already (a redelivery)."""
+        oid = ev["order_id"] if kind == "fill" else risk_mod.order_id_of(ev["signal_id"])
+        if oid not in self.open_orders:
+            return False
+        rest = self.open_rest.get(oid)
+        if kind == "fill" and rest is not None and ev["quantity"] < rest - 1e-9 * max(1.0, rest):
+            ids = self.fill_ids.setdefault(oid, [])
+            if ev["event_id"] in ids:
+                return False
+            ids.append(ev["event_id"])
+            self.open_rest[oid] = rest - ev["quantity"]
+            # its next Fill comes after this one: the order holds back only what is later
+            # (a venue, the only one to fill in parts, may fill 1 µs after: fill_lead_us 1)
+            self.open_orders[oid] = max(self.open_orders[oid], ev["ts"])
+            return True
+        for part in (self.open_orders, self.order_at, self.open_rest, self.fill_ids):
+            part.pop(oid, None)
+        return True
+
     def _late(self, kind: str, ev: dict) -> list[tuple[str, dict]]:
         """An event sorting before what was processed: a redelivery, or late input."""
         assert self.last_key is not None  # called only for an event at or before last_key
-        if kind == "fill":
-            self.order_at.pop(ev["order_id"], None)
-            if self.open_orders.pop(ev["order_id"], None) is None:
-                return []  # its order's fill is in: a redelivery
-            self.late["fill"] += 1
+        if kind in ("fill", "order_rejected"):
+            if not self._settle(kind, ev):
+                return []  # its order has it (or is settled): a redelivery
+            if kind == "order_rejected":
+                risk_mod.on_order_closed(self.risk, ev)
+                return []
             before = self.risk.trading_state
+            self.late["fill"] += 1
             risk_mod.on_fill(self.risk, ev)
             out = [("late_fill", ev)]
             if self.risk.trading_state != before:
@@ -432,6 +472,7 @@ class RiskDesk:
                 for decision in risk_mod.on_signal(r, ev):
                     if decision["event_id"].startswith("ord:"):
                         self.open_orders[decision["event_id"]] = decision["ts"]
+                        self.open_rest[decision["event_id"]] = decision["quantity"]
                         hold = decision["ts"] + lead
                         if now is not None:
                             self.order_at[decision["event_id"]] = now
@@ -445,6 +486,8 @@ class RiskDesk:
             elif kind == "mark":
                 risk_mod.on_mark(r, ev)
                 out.append(("mark", ev))
+            elif kind == "order_rejected":
+                risk_mod.on_order_closed(r, ev)  # published by the execution stage already
             else:
                 risk_mod.on_fill(r, ev)
                 out.append(("fill", ev))

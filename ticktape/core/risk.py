@@ -32,6 +32,9 @@ first that fails is the one reason code of the rejection:
    an order that lowers the measure is let through even while it stays above the limit
    (prices move; reducing risk must stay possible).
 
+An external venue may fill an order in part and end the rest: its OrderRejected of the
+rest (``on_order_closed``) moves the committed position back by that rest.
+
 The daily-loss baseline is the equity at the first event of each UTC day (event time).
 Resetting a HALTED account starts a fresh loss budget from the equity at the reset.
 """
@@ -45,7 +48,7 @@ from dataclasses import dataclass, replace
 from .calendar import MarketHours
 from .errors import ConfigError
 from .portfolio import Portfolio, fold_fill, mark
-from .trading import US_PER_DAY, US_PER_S, RecentIds, iso, side_of, tick_price, utc_day
+from .trading import US_PER_DAY, US_PER_S, RecentIds, iso, side_of, side_sign, tick_price, utc_day
 
 ACTIVE, REDUCING, HALTED = "ACTIVE", "REDUCING", "HALTED"
 TRADING_STATES = (ACTIVE, REDUCING, HALTED)
@@ -61,6 +64,9 @@ REASON_CODES = (
     "REDUCE_ONLY",
     "DAILY_LOSS_LIMIT",
     "MARKET_CLOSED",
+    "VENUE_REJECTED",  # the rest of an order an external venue ended (core.venue), not the risk engine's
+    "VENUE_CANCELED",
+    "VENUE_UNANSWERED",
 )
 SIGNAL_MEMORY = 4096  # signal ids remembered to drop redeliveries
 
@@ -328,6 +334,14 @@ def on_fill(r: Risk, fill: dict) -> list[dict]:
     return []
 
 
+def on_order_closed(r: Risk, rejected: dict) -> list[dict]:
+    """The unfilled rest of an approved order that will never fill (an OrderRejected from
+    the venue): the committed position takes it back, so it is again where the book is."""
+    sym = rejected["symbol"]
+    r.committed[sym] = r.committed.get(sym, 0.0) - side_sign(rejected["side"]) * rejected["quantity"]
+    return []
+
+
 def set_trading_state(r: Risk, state: str, ts: int, who: str = "operator") -> None:
     """Switch the trading state (``ticktape risk reset`` = back to ACTIVE or REDUCING).
 
@@ -475,6 +489,11 @@ def reject_late(r: Risk, sig: dict, processed_ts: int) -> list[dict]:
     return [_rejected(r, sig, side_of(delta), abs(delta), "STALE_MARKET_DATA", detail)]
 
 
+def order_id_of(signal_id: str) -> str:
+    """The event id of the Order a Signal becomes (the venue's rejection of it names only the signal)."""
+    return f"ord:{signal_id}"
+
+
 def on_signal(r: Risk, sig: dict) -> list[dict]:
     """[Order] or [OrderRejected]; [] for a redelivered signal or one already on target."""
     if sig["account"] != r.account:
@@ -501,7 +520,7 @@ def on_signal(r: Risk, sig: dict) -> list[dict]:
     r.rate_total.append(ts)
     return [
         {
-            "event_id": f"ord:{sig_id}",
+            "event_id": order_id_of(sig_id),
             "account": r.account,
             "symbol": symbol,
             "ts": ts,
