@@ -17,7 +17,7 @@ import json
 import zlib
 from datetime import datetime, timedelta, timezone
 
-from ticktape.core.feed import Parsed, ProtocolError, Provider, ProviderError, parse_data
+from ticktape.core.feed import Parsed, ProtocolError, Provider, ProviderError, parse_typed
 
 SOURCE = "websocket:alpaca"
 STREAM_URL = "wss://stream.data.alpaca.markets/v2/{feed}"
@@ -185,21 +185,14 @@ DATA_TYPES = {
 }
 
 
-def parse(m) -> Parsed:
-    kind = m.get("T") if isinstance(m, dict) else None
-    kind = kind if isinstance(kind, str) else None
-    data = parse_data(DATA_TYPES, kind, m)
-    if data is not None:
-        return data
+def _control(kind: str, m: dict) -> Parsed | None:
     if kind == "error":
         raise error(m.get("code"), str(m.get("msg", "")))
-    if kind in ("success", "subscription"):
-        return Parsed("control")
-    if kind in IGNORED_TYPES:
-        return Parsed("ignored")
-    if kind is not None:
-        return Parsed("unknown", detail=kind)
-    return Parsed("malformed", detail="not a typed message")
+    return Parsed("control") if kind in ("success", "subscription") else None
+
+
+def parse(m) -> Parsed:
+    return parse_typed(m, "T", DATA_TYPES, _control, IGNORED_TYPES, "not a typed message")
 
 
 def confirmed(ack: dict, channel: str) -> set[str]:

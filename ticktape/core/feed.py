@@ -24,7 +24,7 @@ publishing a fact twice.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -58,18 +58,33 @@ class Parsed(NamedTuple):
     detail: str = ""
 
 
-def parse_data(types: dict, kind: str | None, m: dict) -> Parsed | None:
-    """A provider's data point as ``Parsed``, by its ``types`` table (type -> (kind for
-    metrics, topic, event type, mapper)); None when ``kind`` names no data point.  A point
-    its mapper cannot read is ``malformed``, naming why."""
+def parse_typed(
+    m: Any,
+    field: str,
+    types: dict,
+    control: Callable[[str, dict], Parsed | None],
+    ignored: Collection[str],
+    untyped: str,
+) -> Parsed:
+    """One message of a provider whose messages name their type in ``field``: a data point
+    by the ``types`` table (type -> (kind for metrics, topic, event type, mapper)), else
+    what ``control(type, m)`` makes of it (it may raise ProviderError), else ``ignored``
+    or ``unknown``; ``malformed`` (``untyped``) without a type.  A data point its mapper
+    cannot read is ``malformed``, naming why."""
+    kind = m.get(field) if isinstance(m, dict) else None
+    if not isinstance(kind, str):
+        return Parsed("malformed", detail=untyped)
     spec = types.get(kind)
-    if spec is None:
-        return None
-    name, topic, event_type, mapper = spec
-    try:
-        return Parsed(name, mapper(m), topic, event_type)
-    except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as e:
-        return Parsed("malformed", detail=f"{name} ({type(e).__name__}: {e})")
+    if spec is not None:
+        name, topic, event_type, mapper = spec
+        try:
+            return Parsed(name, mapper(m), topic, event_type)
+        except (KeyError, ValueError, TypeError, AttributeError, OverflowError) as e:
+            return Parsed("malformed", detail=f"{name} ({type(e).__name__}: {e})")
+    parsed = control(kind, m)
+    if parsed is not None:
+        return parsed
+    return Parsed("ignored") if kind in ignored else Parsed("unknown", detail=kind)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from ticktape.core.feed import Parsed, ProtocolError, Provider, ProviderError, parse_data
+from ticktape.core.feed import Parsed, ProtocolError, Provider, ProviderError, parse_typed
 
 SOURCE = "websocket:polygon"
 CLUSTERS = {"realtime": "wss://socket.polygon.io/stocks", "delayed": "wss://delayed.polygon.io/stocks"}
@@ -184,21 +184,16 @@ DATA_TYPES = {
 }
 
 
+def _control(ev: str, m: dict) -> Parsed | None:
+    if ev != "status":
+        return None
+    if m.get("status") in ERRORS:
+        raise _status_error(m)
+    return Parsed("control")
+
+
 def parse(m) -> Parsed:
-    ev = m.get("ev") if isinstance(m, dict) else None
-    ev = ev if isinstance(ev, str) else None
-    data = parse_data(DATA_TYPES, ev, m)
-    if data is not None:
-        return data
-    if ev == "status":
-        if m.get("status") in ERRORS:
-            raise _status_error(m)
-        return Parsed("control")
-    if ev in IGNORED_TYPES:
-        return Parsed("ignored")
-    if ev is not None:
-        return Parsed("unknown", detail=ev)
-    return Parsed("malformed", detail="not an event")
+    return parse_typed(m, "ev", DATA_TYPES, _control, IGNORED_TYPES, "not an event")
 
 
 PROVIDER = Provider(
