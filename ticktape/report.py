@@ -81,6 +81,23 @@ def _time(us: int) -> str:
     return dt.strftime("%Y-%m-%d %H:%M:%S.%f") if us % 1_000_000 else dt.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _step_line(fig, points: list[tuple[int, float]], row: int, line: dict, **trace) -> None:
+    """(ts, value) points as a line held until the next point, in panel ``row``."""
+    import plotly.graph_objects as go
+
+    fig.add_trace(
+        go.Scatter(
+            x=[_time(t) for t, _ in points],
+            y=[v for _, v in points],
+            mode="lines",
+            line={**line, "shape": "hv"},
+            **trace,
+        ),
+        row=row,
+        col=1,
+    )
+
+
 def _iso(us: int) -> str:
     return _time(us) + " UTC"
 
@@ -280,46 +297,27 @@ def figure(
 
     eq = [(r["ts"], r["equity"]) for r in curve]
     eq_thin = thin(eq)
-    fig.add_trace(
-        go.Scatter(
-            x=[_time(t) for t, _ in eq_thin],
-            y=[v for _, v in eq_thin],
-            name="equity",
-            mode="lines",
-            legend="legend2",
-            line={"color": "#1f5fa8", "width": 1.5, "shape": "hv"},
-        ),
-        row=2,
-        col=1,
-    )
+    _step_line(fig, eq_thin, 2, name="equity", legend="legend2", line={"color": "#1f5fa8", "width": 1.5})
     gross = thin([(r["ts"], r["gross_exposure"]) for r in curve])
-    fig.add_trace(
-        go.Scatter(
-            x=[_time(t) for t, _ in gross],
-            y=[v for _, v in gross],
-            name="gross exposure",
-            mode="lines",
-            visible="legendonly",
-            legend="legend2",
-            line={"color": "#6c3483", "width": 1, "shape": "hv"},
-        ),
-        row=2,
-        col=1,
+    _step_line(
+        fig,
+        gross,
+        2,
+        name="gross exposure",
+        visible="legendonly",
+        legend="legend2",
+        line={"color": "#6c3483", "width": 1},
     )
     dd = thin([(r["ts"], -100.0 * r["drawdown"]) for r in curve], pick=min)
-    fig.add_trace(
-        go.Scatter(
-            x=[_time(t) for t, _ in dd],
-            y=[v for _, v in dd],
-            name="drawdown",
-            mode="lines",
-            fill="tozeroy",
-            showlegend=False,
-            line={"color": "#c0392b", "width": 1, "shape": "hv"},
-            fillcolor="rgba(192,57,43,0.35)",
-        ),
-        row=3,
-        col=1,
+    _step_line(
+        fig,
+        dd,
+        3,
+        name="drawdown",
+        fill="tozeroy",
+        showlegend=False,
+        line={"color": "#c0392b", "width": 1},
+        fillcolor="rgba(192,57,43,0.35)",
     )
     if len(eq) > MAX_POINTS:
         notes.append(
@@ -336,18 +334,7 @@ def figure(
         if end is not None and end > steps[-1][0]:
             steps.append((end, steps[-1][1]))
         steps = thin(steps)
-        fig.add_trace(
-            go.Scatter(
-                x=[_time(t) for t, _ in steps],
-                y=[q for _, q in steps],
-                name=f"{sym} position",
-                mode="lines",
-                legend="legend3",
-                line={"width": 1.3, "shape": "hv"},
-            ),
-            row=4,
-            col=1,
-        )
+        _step_line(fig, steps, 4, name=f"{sym} position", legend="legend3", line={"width": 1.3})
     fig.add_hline(y=0.0, line={"color": "#444444", "width": 0.6}, row=4, col=1)
 
     if len(symbols) > 1:  # the price panel's traces come first: the menu sets theirs only
