@@ -68,6 +68,12 @@ def panel(
     }
 
 
+def zero_one(zero: str, zero_color: str, one: str, one_color: str) -> dict:
+    """Field defaults that show a 0/1 series as words in colours."""
+    options = {"0": {"text": zero, "color": zero_color}, "1": {"text": one, "color": one_color}}
+    return {"mappings": [{"type": "value", "options": options}]}
+
+
 def by_name(names: list[str], properties: list[dict]) -> list[dict]:
     """Field overrides: the same properties for each field name."""
     return [{"matcher": {"id": "byName", "options": n}, "properties": properties} for n in names]
@@ -419,14 +425,7 @@ def pipeline() -> dict:
             [prom("up", "{{job}}", instant=True)],
             w=12,
             h=4,
-            defaults={
-                "mappings": [
-                    {
-                        "type": "value",
-                        "options": {"0": {"text": "DOWN", "color": "red"}, "1": {"text": "UP", "color": "green"}},
-                    }
-                ]
-            },
+            defaults=zero_one("DOWN", "red", "UP", "green"),
         ),
         panel(
             "Sinks healthy",
@@ -434,14 +433,7 @@ def pipeline() -> dict:
             [prom("ticktape_sink_healthy", "{{sink}}", instant=True)],
             w=12,
             h=4,
-            defaults={
-                "mappings": [
-                    {
-                        "type": "value",
-                        "options": {"0": {"text": "FAILING", "color": "red"}, "1": {"text": "OK", "color": "green"}},
-                    }
-                ]
-            },
+            defaults=zero_one("FAILING", "red", "OK", "green"),
         ),
         panel(
             "Events out per stage and topic",
@@ -490,14 +482,7 @@ def pipeline() -> dict:
                 prom("max by (sink) (ticktape_sink_healthy)", "{{sink}} writes", instant=True),
                 prom(f"sum(rate(ticktape_events_in_total{RATE})) > bool 0", "broker: events consumed", instant=True),
             ],
-            defaults={
-                "mappings": [
-                    {
-                        "type": "value",
-                        "options": {"0": {"text": "FAILING", "color": "red"}, "1": {"text": "OK", "color": "green"}},
-                    }
-                ]
-            },
+            defaults=zero_one("FAILING", "red", "OK", "green"),
             description="A sink's last write to its store, and whether any stage consumes from the broker.",
         ),
         panel(
@@ -587,14 +572,7 @@ def trading() -> dict:
             [prom("max by (account) (ticktape_kill_switch)", "{{account}}", instant=True)],
             w=6,
             h=5,
-            defaults={
-                "mappings": [
-                    {
-                        "type": "value",
-                        "options": {"0": {"text": "ACTIVE", "color": "green"}, "1": {"text": "HALTED", "color": "red"}},
-                    }
-                ]
-            },
+            defaults=zero_one("ACTIVE", "green", "HALTED", "red"),
         ),
         panel(
             "Equity",
