@@ -17,7 +17,7 @@ import json
 import zlib
 from datetime import datetime, timedelta, timezone
 
-from ticktape.core.feed import Parsed, ProtocolError, Provider, ProviderError, parse_typed
+from ticktape.core.feed import Parsed, ProtocolError, Provider, ProviderError, number, parse_typed, tick
 
 SOURCE = "websocket:alpaca"
 STREAM_URL = "wss://stream.data.alpaca.markets/v2/{feed}"
@@ -105,32 +105,14 @@ def rfc3339_us(text: str) -> int:
     return (dt - _EPOCH) // _US
 
 
-def _num(m: dict, key: str) -> float:
-    value = m[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{key} is not a number: {value!r}")
-    return float(value)
-
-
 def tick_from_trade(m: dict) -> dict:
     """Tick of a trade ``{"T":"t","S","i","x","p","s","t","c","z"}``.  The id is the
     provider's trade id, unique per symbol, exchange and day, so a replayed trade keeps
     its event id.  ``seq`` is filled in by the feed tracker."""
     t = m["t"]
     symbol = from_provider_symbol(m["S"])
-    return {
-        "event_id": f"{SOURCE}:{symbol}:t:{t[:10]}:{m['x']}:{int(m['i'])}",
-        "symbol": symbol,
-        "ts": rfc3339_us(t),
-        "source": SOURCE,
-        "seq": 0,
-        "price": _num(m, "p"),
-        "size": _num(m, "s"),
-        "bid": None,
-        "ask": None,
-        "bid_size": None,
-        "ask_size": None,
-    }
+    event_id = f"{SOURCE}:{symbol}:t:{t[:10]}:{m['x']}:{int(m['i'])}"
+    return tick(SOURCE, event_id, symbol, rfc3339_us(t), price=number(m, "p"), size=number(m, "s"))
 
 
 def tick_from_quote(m: dict) -> dict:
@@ -138,21 +120,10 @@ def tick_from_quote(m: dict) -> dict:
     Quotes carry no id: the nanosecond timestamp plus a checksum of the book identify it."""
     t = m["t"]
     symbol = from_provider_symbol(m["S"])
-    bid, ask, bid_size, ask_size = _num(m, "bp"), _num(m, "ap"), _num(m, "bs"), _num(m, "as")
+    bid, ask, bid_size, ask_size = number(m, "bp"), number(m, "ap"), number(m, "bs"), number(m, "as")
     book = f"{m.get('bx')}|{bid!r}|{bid_size!r}|{m.get('ax')}|{ask!r}|{ask_size!r}"
-    return {
-        "event_id": f"{SOURCE}:{symbol}:q:{t}:{zlib.crc32(book.encode()):08x}",
-        "symbol": symbol,
-        "ts": rfc3339_us(t),
-        "source": SOURCE,
-        "seq": 0,
-        "price": None,
-        "size": None,
-        "bid": bid,
-        "ask": ask,
-        "bid_size": bid_size,
-        "ask_size": ask_size,
-    }
+    event_id = f"{SOURCE}:{symbol}:q:{t}:{zlib.crc32(book.encode()):08x}"
+    return tick(SOURCE, event_id, symbol, rfc3339_us(t), bid=bid, ask=ask, bid_size=bid_size, ask_size=ask_size)
 
 
 def bar_from_bar(m: dict) -> dict:
@@ -167,12 +138,12 @@ def bar_from_bar(m: dict) -> dict:
         "ts": start + BAR_US,
         "window_start": start,
         "window_end": start + BAR_US,
-        "open": _num(m, "o"),
-        "high": _num(m, "h"),
-        "low": _num(m, "l"),
-        "close": _num(m, "c"),
-        "volume": _num(m, "v"),
-        "vwap": _num(m, "vw"),
+        "open": number(m, "o"),
+        "high": number(m, "h"),
+        "low": number(m, "l"),
+        "close": number(m, "c"),
+        "volume": number(m, "v"),
+        "vwap": number(m, "vw"),
         "trade_count": int(m["n"]),
     }
 

@@ -58,6 +58,44 @@ class Parsed(NamedTuple):
     detail: str = ""
 
 
+def number(m: dict, key: str) -> float:
+    """``m[key]``, which must be a JSON number (a provider's price, size or volume)."""
+    value = m[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key} is not a number: {value!r}")
+    return float(value)
+
+
+def tick(
+    source: str,
+    event_id: str,
+    symbol: str,
+    ts: int,
+    *,
+    price: float | None = None,
+    size: float | None = None,
+    bid: float | None = None,
+    ask: float | None = None,
+    bid_size: float | None = None,
+    ask_size: float | None = None,
+) -> dict:
+    """A Tick of a provider's trade (price, size) or quote (bid, ask and sizes); ``seq``
+    is set by the feed tracker."""
+    return {
+        "event_id": event_id,
+        "symbol": symbol,
+        "ts": ts,
+        "source": source,
+        "seq": 0,
+        "price": price,
+        "size": size,
+        "bid": bid,
+        "ask": ask,
+        "bid_size": bid_size,
+        "ask_size": ask_size,
+    }
+
+
 def parse_typed(
     m: Any,
     field: str,

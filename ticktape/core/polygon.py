@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from ticktape.core.feed import Parsed, ProtocolError, Provider, ProviderError, parse_typed
+from ticktape.core.feed import Parsed, ProtocolError, Provider, ProviderError, number, parse_typed, tick
 
 SOURCE = "websocket:polygon"
 CLUSTERS = {"realtime": "wss://socket.polygon.io/stocks", "delayed": "wss://delayed.polygon.io/stocks"}
@@ -86,13 +86,6 @@ def check_status(messages, expected: str) -> dict:
     raise ProtocolError(f"expected status {EXPECTED[expected]}, got {str(m)[:200]}")
 
 
-def _num(m: dict, key: str) -> float:
-    value = m[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{key} is not a number: {value!r}")
-    return float(value)
-
-
 def _ms(m: dict, key: str) -> int:
     value = m[key]
     if isinstance(value, bool) or not isinstance(value, int):
@@ -113,19 +106,8 @@ def tick_from_trade(m: dict) -> dict:
     trade_id = m["i"]
     if not isinstance(trade_id, (str, int)) or isinstance(trade_id, bool) or trade_id == "":
         raise ValueError(f"i is not a trade id: {trade_id!r}")
-    return {
-        "event_id": f"{SOURCE}:{symbol}:t:{_day(ts)}:{int(m['x'])}:{trade_id}",
-        "symbol": symbol,
-        "ts": ts,
-        "source": SOURCE,
-        "seq": 0,
-        "price": _num(m, "p"),
-        "size": _num(m, "s"),
-        "bid": None,
-        "ask": None,
-        "bid_size": None,
-        "ask_size": None,
-    }
+    event_id = f"{SOURCE}:{symbol}:t:{_day(ts)}:{int(m['x'])}:{trade_id}"
+    return tick(SOURCE, event_id, symbol, ts, price=number(m, "p"), size=number(m, "s"))
 
 
 def tick_from_quote(m: dict) -> dict:
@@ -136,19 +118,9 @@ def tick_from_quote(m: dict) -> dict:
     seq = m["q"]
     if isinstance(seq, bool) or not isinstance(seq, int):
         raise ValueError(f"q is not a sequence number: {seq!r}")
-    return {
-        "event_id": f"{SOURCE}:{symbol}:q:{_day(ts)}:{seq}",
-        "symbol": symbol,
-        "ts": ts,
-        "source": SOURCE,
-        "seq": 0,
-        "price": None,
-        "size": None,
-        "bid": _num(m, "bp"),
-        "ask": _num(m, "ap"),
-        "bid_size": _num(m, "bs"),
-        "ask_size": _num(m, "as"),
-    }
+    bid, ask, bid_size, ask_size = number(m, "bp"), number(m, "ap"), number(m, "bs"), number(m, "as")
+    event_id = f"{SOURCE}:{symbol}:q:{_day(ts)}:{seq}"
+    return tick(SOURCE, event_id, symbol, ts, bid=bid, ask=ask, bid_size=bid_size, ask_size=ask_size)
 
 
 def bar_from_aggregate(m: dict) -> dict:
@@ -158,7 +130,7 @@ def bar_from_aggregate(m: dict) -> dict:
     if end - start != BAR_US:
         raise ValueError(f"not a minute window: s={m['s']} e={m['e']}")
     symbol = from_provider_symbol(m["sym"])
-    volume, avg_size = _num(m, "v"), _num(m, "z")
+    volume, avg_size = number(m, "v"), number(m, "z")
     return {
         "event_id": f"{symbol}:1m:{start}",
         "symbol": symbol,
@@ -166,12 +138,12 @@ def bar_from_aggregate(m: dict) -> dict:
         "ts": end,
         "window_start": start,
         "window_end": end,
-        "open": _num(m, "o"),
-        "high": _num(m, "h"),
-        "low": _num(m, "l"),
-        "close": _num(m, "c"),
+        "open": number(m, "o"),
+        "high": number(m, "h"),
+        "low": number(m, "l"),
+        "close": number(m, "c"),
         "volume": volume,
-        "vwap": _num(m, "vw"),
+        "vwap": number(m, "vw"),
         "trade_count": round(volume / avg_size) if avg_size else 0,
     }
 
