@@ -84,6 +84,26 @@ def run(args, s: Settings, stop: StopFlag | None = None) -> int:
     return 0
 
 
+class _FrameLog(logging.LoggerAdapter):
+    """The WebSocket library's log (frames at DEBUG) without the credentials: a frame
+    that holds one is logged by its size only, since the library's own text of a frame
+    shows part of it."""
+
+    def __init__(self, credentials: tuple[str, ...]):
+        super().__init__(logging.getLogger("websockets.client"), {})
+        self.credentials = [c.encode() for c in credentials if c]
+
+    def log(self, level, msg, *args, **kwargs) -> None:
+        if not self.isEnabledFor(level):
+            return
+        for arg in args:
+            data = getattr(arg, "data", None)
+            if isinstance(data, (bytes, bytearray)) and any(c in data for c in self.credentials):
+                msg, args = "%s [a frame of %d bytes holding credentials, not shown]", (str(msg)[:1], len(data))
+                break
+        self.logger.log(level, msg, *args, **kwargs)
+
+
 class WebSocketFeed:
     def __init__(
         self,
@@ -256,6 +276,7 @@ class WebSocketFeed:
             open_timeout=timeout,
             close_timeout=1,
             max_size=2**24,
+            logger=_FrameLog(self.credentials),
         ) as ws:
             await self._expect(ws, "connected")
             await ws.send(self.provider.auth(*self.credentials))
