@@ -11,16 +11,15 @@ Runnable, to try `ticktape produce websocket` offline (it prints the command lin
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import sys
-import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
 if __package__:  # run as `python -m tests.alpaca_server`: its siblings are top-level modules in the tests
     sys.path.insert(0, str(Path(__file__).parent))
+import ws_server  # noqa: E402
 from ws_server import AUTH_TIMEOUT_S, ScriptedServer  # noqa: E402
 
 CHANNEL_OF = {"t": "trades", "q": "quotes", "b": "bars"}
@@ -144,26 +143,12 @@ class AlpacaServer(ScriptedServer):
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m tests.alpaca_server",
-        description="a local Alpaca-protocol stream of live-paced simulated trades",
+    ws_server.main(
+        argv,
+        "alpaca",
+        lambda port, rate, seed: AlpacaServer(max_connections=4, port=port, default_script=[("live", rate, seed)]),
+        "ALPACA_API_KEY_ID=test-key ALPACA_API_SECRET_KEY=test-secret",
     )
-    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0 = any free one)")
-    p.add_argument("--rate", type=float, default=20.0, help="trades a second, all symbols (default 20)")
-    p.add_argument("--seed", type=int, default=1)
-    args = p.parse_args(argv)
-    with AlpacaServer(max_connections=4, port=args.port, default_script=[("live", args.rate, args.seed)]) as server:
-        print(
-            f"Alpaca-protocol server at {server.url} (key test-key, secret test-secret); in another shell:\n"
-            f"  ALPACA_API_KEY_ID=test-key ALPACA_API_SECRET_KEY=test-secret WEBSOCKET_URL={server.url} \\\n"
-            "    .venv/bin/ticktape produce websocket --symbols AAPL,MSFT --channels trades\n"
-            "Ctrl-C stops it.",
-            flush=True,
-        )
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
 
 
 if __name__ == "__main__":

@@ -3,14 +3,24 @@
 server closes), a ``success`` status per subscribed ``<ev>.<ticker>`` (``<ev>.*`` for
 all), ``max_connections`` when the key's connections are used up, events batched into
 arrays and filtered by the subscription.  Scripts: tests/ws_server.py.
+
+Runnable, to try `ticktape produce websocket --provider polygon` offline (it prints the
+command line):
+
+    python -m tests.polygon_server [--port 8765] [--rate 20] [--seed 1]
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
+from pathlib import Path
 
-from ws_server import AUTH_TIMEOUT_S, ScriptedServer
+if __package__:  # run as `python -m tests.polygon_server`: its siblings are top-level modules in the tests
+    sys.path.insert(0, str(Path(__file__).parent))
+import ws_server  # noqa: E402
+from ws_server import AUTH_TIMEOUT_S, ScriptedServer  # noqa: E402
 
 
 def status(name: str, message: str) -> dict:
@@ -130,3 +140,22 @@ class PolygonServer(ScriptedServer):
             return True
         topics = subs.get("topics", set())
         return f"{m['ev']}.{m['sym']}" in topics or f"{m['ev']}.*" in topics
+
+    def traded(self, subs: dict) -> list[str]:
+        return sorted(t[2:] for t in subs.get("topics", ()) if t.startswith("T.") and t != "T.*")
+
+    def live_trade(self, symbol: str, i: int, us: int, price: float, size: int) -> dict:
+        return ptrade(symbol, i, us // 1000, price, size)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ws_server.main(
+        argv,
+        "polygon",
+        lambda port, rate, seed: PolygonServer(max_connections=4, port=port, default_script=[("live", rate, seed)]),
+        "POLYGON_API_KEY=test-key",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -353,26 +353,37 @@ def test_an_unreachable_host_is_counted_and_named(settings, caplog):
     assert "3 failed connects in a row" in caplog.text
 
 
-def test_the_test_server_runs_on_its_own_and_feeds_the_source(settings):
+@pytest.mark.parametrize(
+    "provider, path, credentials",
+    [
+        ("alpaca", "/v2/iex", {"alpaca_api_key_id": "test-key", "alpaca_api_secret_key": "test-secret"}),
+        ("polygon", "/stocks", {"polygon_api_key": "test-key"}),
+    ],
+)
+def test_the_test_server_runs_on_its_own_and_feeds_the_source(settings, provider, path, credentials):
     import re
     import subprocess
     import sys
 
     from ticktape.config import REPO_ROOT
+    from ticktape.core import polygon
 
     server = subprocess.Popen(
-        [sys.executable, "-m", "tests.alpaca_server", "--port", "0", "--rate", "200"],
+        [sys.executable, "-m", f"tests.{provider}_server", "--port", "0", "--rate", "200"],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         first = server.stdout.readline()
-        url = re.search(r"server at (ws://127\.0\.0\.1:\d+/v2/iex) \(key test-key, secret test-secret\)", first)
+        url = re.search(rf"server at (ws://127\.0\.0\.1:\d+{path}) \(", first)
         assert url, first
-        assert f"WEBSOCKET_URL={url.group(1)}" in server.stdout.readline()
-        s = ws_settings(settings, url.group(1), alpaca_api_key_id="test-key", alpaca_api_secret_key="test-secret")
-        feed = run_feed(s, ["AAPL", "MSFT"], 20, channels=("trades",))
+        env = " ".join(f"{k.upper()}={v}" for k, v in credentials.items())
+        assert f"{env} WEBSOCKET_URL={url.group(1)}" in server.stdout.readline()
+        assert f"--provider {provider} " in server.stdout.readline()
+        s = ws_settings(settings, url.group(1), **credentials)
+        provider_spec = {"alpaca": alpaca.PROVIDER, "polygon": polygon.PROVIDER}[provider]
+        feed = run_feed(s, ["AAPL", "MSFT"], 20, channels=("trades",), provider=provider_spec)
         assert feed.stats.published == 20 and feed.stats.received["trade"] >= 20
         assert {t["symbol"] for t in read_topic(s, "md.ticks")} == {"AAPL", "MSFT"}
     finally:

@@ -15,10 +15,12 @@ A connection whose script is done (or that has none) stays open, idle; connectio
 A subclass speaks its provider's protocol: ``welcome``, ``authenticate``, ``request``
 (a subscribe/unsubscribe after auth), ``wanted`` (is a data point subscribed) and, for
 "live", ``traded`` (the symbols whose trades are subscribed) and ``live_trade``.
+``main`` runs one on its own, to try `ticktape produce websocket` offline.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import random
@@ -178,3 +180,29 @@ class ScriptedServer:
         else:
             raise ValueError(f"unknown script step {step!r}")
         return True
+
+
+def main(argv: list[str] | None, provider: str, make, env: str) -> None:
+    """``python -m tests.<provider>_server``: ``make(port, rate, seed)`` serving live-paced
+    trades until Ctrl-C, after printing where it listens and how to feed from it (``env``:
+    the credentials' settings)."""
+    p = argparse.ArgumentParser(
+        prog=f"python -m tests.{provider}_server",
+        description=f"a local {provider.capitalize()}-protocol stream of live-paced simulated trades",
+    )
+    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765; 0 = any free one)")
+    p.add_argument("--rate", type=float, default=20.0, help="trades a second, all symbols (default 20)")
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    with make(args.port, args.rate, args.seed) as server:
+        print(
+            f"{provider.capitalize()}-protocol server at {server.url} ({env}); in another shell:\n"
+            f"  {env} WEBSOCKET_URL={server.url} \\\n"
+            f"    .venv/bin/ticktape produce websocket --provider {provider} --symbols AAPL,MSFT --channels trades\n"
+            "Ctrl-C stops it.",
+            flush=True,
+        )
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
