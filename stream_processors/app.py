@@ -65,6 +65,11 @@ def build_app(s: Settings) -> faust.App:
         producer_linger=s.kafka_linger_ms / 1000,  # Faust's default 0 sends a record batch per await
     )
     kafka_clients.faust_fetch_max_wait(app, s.kafka_fetch_max_wait_ms)
+    # Table changelog records wait in the producer's buffer; past its bound the conductor
+    # flushes before taking the next message, and warns each time.  ``save_state`` writes up
+    # to one entry per event of a batch and waits for them all, so the batch bounds the
+    # buffer: Faust's 100 would only log a warning for most batches.
+    app.producer.buffer.max_messages = 2 * s.processor_batch_size
 
     @app.task
     async def report_recovery() -> None:
