@@ -72,7 +72,9 @@ def run(quick: bool, runs: int) -> list[Figure]:
         conn.execute(f'CREATE DATABASE "{db}"')
     url = make_conninfo(**(conninfo_to_dict(admin_url) | {"dbname": db}))
     try:
-        s = settings(database_url=url, tsdb_compress_after="")  # chunks compressed here, not by a job
+        # chunks compressed here, not by a job; and no retention job: the ticks are of 2026-01-01
+        # and older than TSDB_RETENTION_TICKS, a job would drop their chunk mid-run
+        s = settings(database_url=url, tsdb_compress_after="", tsdb_retention_ticks="", tsdb_retention_bars="")
         schema.migrate(s)
         if schema.status(s)[0][0]["flavor"] != schema.TIMESCALEDB:
             print(
