@@ -148,8 +148,6 @@ def test_a_replay_into_a_compressed_chunk_adds_only_the_new_rows(pg_settings):
     """TimescaleDB: a batch of stored and new ticks reaching a compressed chunk (the
     staging path deletes the stored ones first, sinks/postgres.py) and an uncompressed one."""
     url = pg_settings.database_url
-    # no retention job: it would drop the chunks of these 2026-01 ticks (older than 30 days)
-    schema.migrate(dataclasses.replace(pg_settings, tsdb_retention_ticks=""))
     with psycopg.connect(url, autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone():
             pytest.skip("timescaledb is not available on this PostgreSQL: no compressed chunks")
