@@ -16,7 +16,11 @@ says how to move such a database to TimescaleDB).
 
 An applied migration is immutable: its file's checksum is compared with the one the
 ledger recorded, and an edited file stops ``migrate`` before anything runs (a change
-goes into a new migration).
+goes into a new migration).  The one exception is ``AMENDED``: files rewritten so that a
+new database reaches directly what a later migration does for the databases that
+applied their earlier form (0002 and 0006 now order compressed segments by time then
+event_id, as 0009 does, so TimescaleDB no longer warns on a first migrate); the
+checksums of those earlier forms are accepted, and nothing else.
 
 On TimescaleDB the compression and retention policies come from settings and are
 reconciled on every run: a policy whose setting is unchanged is left alone (its job id,
@@ -44,6 +48,13 @@ TIMESCALEDB = "timescaledb"
 POSTGRES = "postgres"
 _LOCK_KEY = 0x7469636B  # "tick": the advisory lock every migrator takes
 _FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+?)(?:\.(?P<flavor>timescaledb|postgres))?\.sql$")
+
+# Migrations amended after they were applied somewhere: version -> checksums of their
+# earlier forms, which a database may have recorded and which stay valid (see above).
+AMENDED = {
+    "0002": {"12b80241b6f88914"},  # 0002_time_series.timescaledb.sql: orderby without event_id
+    "0006": {"bd651e5b435ac67a"},  # 0006_finite_values.sql: the same
+}
 
 # Hypertables whose old chunks are compressed (segmented by symbol, see 0002).
 COMPRESSED = ("ticks", "bars", "indicators", "predictions")
@@ -138,6 +149,7 @@ def migrate(s: Settings) -> list[str]:
     applied_now = []
     url = _database_url(s)
     with psycopg.connect(url, autocommit=True) as conn:
+        conn.add_notice_handler(_log_warning)
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             flavor = _flavor(conn, url)
@@ -163,10 +175,18 @@ def migrate(s: Settings) -> list[str]:
     return applied_now
 
 
+def _log_warning(diag: psycopg.errors.Diagnostic) -> None:
+    """A WARNING the server sends while migrating is logged (NOTICEs are not)."""
+    if diag.severity_nonlocalized == "WARNING":
+        log.warning("database: %s", diag.message_primary)
+
+
 def _check_unchanged(files: list[Migration], recorded: dict[str, str]) -> None:
     """ConfigError when the file of an applied migration differs from what was applied."""
     for mig in files:
-        if mig.version in recorded and recorded[mig.version] != mig.checksum:
+        if mig.version not in recorded or recorded[mig.version] == mig.checksum:
+            continue
+        if recorded[mig.version] not in AMENDED.get(mig.version, ()):
             raise ConfigError(
                 f"migration {mig.path.name} was edited after it was applied (checksum {mig.checksum}, "
                 f"applied {recorded[mig.version]}): restore the file and put the change in a new migration"

@@ -26,6 +26,11 @@ from ticktape.stack import LocalStack, free_port
 # The suite's data sit at any hour of any day: the market calendar is off unless a test
 # names one (tests/test_calendar.py); commands run by tests inherit it.
 os.environ.setdefault("MARKET_CALENDAR", "off")
+# Most of the suite's data are of 2026-01-01 (T0), older than the default retention: on
+# TimescaleDB a retention job, run at once when migrate adds it, would drop their chunks in
+# the middle of a test.  No retention unless a test sets one (tests/test_migrations.py).
+os.environ.setdefault("TSDB_RETENTION_TICKS", "")
+os.environ.setdefault("TSDB_RETENTION_BARS", "")
 
 
 def _docker_available() -> bool:

@@ -11,11 +11,13 @@ import signal
 import subprocess
 import threading
 import time
+from datetime import datetime, timezone
 
 import psycopg
 import pytest
 
 from sink_events import (
+    T0,
     TOPIC_EVENTS,
     caught_up,
     committed_offsets,
@@ -28,7 +30,7 @@ from sink_events import (
     wait_for,
 )
 from sinks import schema
-from sinks.postgres import PostgresWriter
+from sinks.postgres import PostgresWriter, TableWriter
 from sinks.runner import SinkRunner
 from sinks.tables import TABLES, topics_of_record
 from ticktape import kafka_clients, metrics
@@ -140,6 +142,36 @@ def test_poison_messages_go_to_the_dead_letter_topic(pg_settings):
 
 def _count(url, table="ticks") -> int:
     return rows(url, f"SELECT count(*) FROM {table}")[0][0]
+
+
+def test_a_replay_into_a_compressed_chunk_adds_only_the_new_rows(pg_settings):
+    """TimescaleDB: a batch of stored and new ticks reaching a compressed chunk (the
+    staging path deletes the stored ones first, sinks/postgres.py) and an uncompressed one."""
+    url = pg_settings.database_url
+    with psycopg.connect(url, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'").fetchone():
+            pytest.skip("timescaledb is not available on this PostgreSQL: no compressed chunks")
+        day = 86_400_000_000
+        tick = TABLES["tick"]
+        stored = [tick.row(event("tick", i, ts=T0 + i * 10_000_000)) for i in range(3000)]  # day 1
+        later = [tick.row(event("tick", 5000 + i, ts=T0 + day + i * 1_000_000)) for i in range(100)]  # day 2
+        late = [tick.row(event("tick", 9000 + i, ts=T0 + 5_000_000 + i * 10_000_000)) for i in range(200)]
+        tw = TableWriter(conn, tick)
+        with conn.transaction(), conn.cursor() as cur:
+            assert tw.write(cur, stored + later) == 3100
+        chunks = conn.execute(
+            "SELECT compress_chunk(c) FROM show_chunks('ticks', older_than => %s::timestamptz) c",
+            (datetime.fromtimestamp((T0 + day) / 1e6, timezone.utc),),
+        ).fetchall()
+        assert len(chunks) == 1
+        batch = stored[::3] + late + later[::2]  # 1000 + 50 stored, 200 new
+        with conn.transaction(), conn.cursor() as cur:
+            assert tw.write(cur, batch) == 200
+        with conn.transaction(), conn.cursor() as cur:
+            assert tw.write(cur, batch) == 0
+        assert conn.execute("SELECT count(*), count(DISTINCT event_id) FROM ticks").fetchone() == (3300, 3300)
+        # the stored rows stayed compressed: only the new ones are in the chunk's row store
+        assert conn.execute(f"SELECT count(*) FROM ONLY {chunks[0][0]}").fetchone() == (200,)
 
 
 def test_sigkill_mid_batch_then_restart_leaves_exactly_the_topic(pg_settings, tmp_path):

@@ -253,7 +253,15 @@ class LocalStack:
         # sinks commit Kafka offsets once COMMIT returns, so a committed batch must survive a crash
         opts = f"-p {port} -c listen_addresses=127.0.0.1 -k {sockdir} -c max_connections=200"
         if timescaledb_installed(pg_ctl):  # it loads only when preloaded
-            opts += " -c shared_preload_libraries=timescaledb"
+            # a scheduler per database plus its jobs (TimescaleDB's troubleshooting docs: the
+            # background workers are the databases plus concurrent jobs; max_worker_processes
+            # those, the parallel workers (8) and the launcher); with the defaults (16 of 8
+            # processes) the jobs of a few databases fail with "failed to start a background worker".
+            # No telemetry: its job fails without internet, and the job-health alert would fire on it.
+            opts += (
+                " -c shared_preload_libraries=timescaledb -c timescaledb.max_background_workers=32"
+                " -c max_worker_processes=41 -c timescaledb.telemetry_level=off"
+            )
         res = subprocess.run(
             _as_postgres_user([pg_ctl, "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", "60", "start"]),
             capture_output=True,

@@ -1,4 +1,7 @@
 -- TimescaleDB 2.x: hypertables on event time, columnar compression segmented by symbol
+-- and ordered by time then event_id, the rest of the primary key (amended: this file first
+-- ordered by time alone, which TimescaleDB warns about; 0009 brings databases migrated
+-- with that form to this ordering, and sinks/schema.py accepts its checksum)
 -- (compression and retention *policies* come from settings and are re-applied by every
 -- `ticktape db migrate`), and continuous aggregates 1 min -> 1 h -> 1 day with refresh
 -- policies.  migrate_data: a table that already holds rows is converted in place.
@@ -16,13 +19,13 @@ SELECT create_hypertable(t::regclass, 'ts', chunk_time_interval => INTERVAL '30 
 FROM unnest(ARRAY['signals', 'orders', 'order_rejections', 'fills', 'positions', 'equity']) AS t;
 
 ALTER TABLE ticks SET (timescaledb.compress, timescaledb.compress_segmentby = 'symbol',
-                       timescaledb.compress_orderby = 'ts DESC');
+                       timescaledb.compress_orderby = 'ts DESC, event_id');
 ALTER TABLE bars SET (timescaledb.compress, timescaledb.compress_segmentby = 'symbol',
-                      timescaledb.compress_orderby = 'window_start DESC');
+                      timescaledb.compress_orderby = 'window_start DESC, event_id');
 ALTER TABLE indicators SET (timescaledb.compress, timescaledb.compress_segmentby = 'symbol',
-                            timescaledb.compress_orderby = 'ts DESC');
+                            timescaledb.compress_orderby = 'ts DESC, event_id');
 ALTER TABLE predictions SET (timescaledb.compress, timescaledb.compress_segmentby = 'symbol',
-                             timescaledb.compress_orderby = 'ts DESC');
+                             timescaledb.compress_orderby = 'ts DESC, event_id');
 
 -- WITH NO DATA: a continuous aggregate created WITH DATA cannot run inside the
 -- migration's transaction; the refresh policies fill it.  materialized_only = false

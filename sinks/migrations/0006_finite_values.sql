@@ -3,7 +3,10 @@
 -- any lower bound, so the CHECKs of 0001 let both through.  NaN fails both comparisons.
 -- TimescaleDB 2.x refuses new constraints on a hypertable with compression enabled: such
 -- a table is decompressed, gets its constraints and is set to compress again (with the
--- settings of 0002; the policy is re-applied by `ticktape db migrate` from settings).
+-- settings of 0009; the policy is re-applied by `ticktape db migrate` from settings).
+-- (Amended: this file first restored 0002's ordering by time alone, which TimescaleDB warns
+-- about; 0009 brings databases migrated with that form to the same ordering, and
+-- sinks/schema.py accepts its checksum.)
 
 DO $$
 DECLARE
@@ -12,8 +15,8 @@ DECLARE
     compressed boolean;
     tables text[] := ARRAY['ticks', 'bars', 'indicators', 'predictions', 'signals', 'orders',
                            'order_rejections', 'fills', 'positions', 'equity', 'risk_states'];
-    orderby jsonb := '{"ticks": "ts DESC", "bars": "window_start DESC", "indicators": "ts DESC",
-                       "predictions": "ts DESC"}';
+    orderby jsonb := '{"ticks": "ts DESC, event_id", "bars": "window_start DESC, event_id",
+                       "indicators": "ts DESC, event_id", "predictions": "ts DESC, event_id"}';
 BEGIN
     FOREACH t IN ARRAY tables LOOP
         compressed := false;
