@@ -107,12 +107,14 @@ def sql_variable(
     }
 
 
-SYMBOL_VAR = sql_variable(
-    "symbol", "Symbol", "SELECT DISTINCT symbol FROM bars WHERE $__timeFilter(window_start) ORDER BY 1"
-)
-SYMBOLS_VAR = sql_variable(  # multi-select: queries use `symbol IN ($symbol)`
-    "symbol", "Symbols", "SELECT DISTINCT symbol FROM bars WHERE $__timeFilter(window_start) ORDER BY 1", multi=True
-)
+# Grafana selects a variable's first value: the symbols that were bought and sold come
+# first, the most filled first, so the default shows trades as soon as there are any.
+TRADED_FIRST = """
+    SELECT b.symbol FROM (SELECT DISTINCT symbol FROM bars WHERE $__timeFilter(window_start)) b
+    LEFT JOIN fills f ON f.symbol = b.symbol AND $__timeFilter(f.ts)
+    GROUP BY b.symbol ORDER BY count(DISTINCT f.side) DESC, count(f.ts) DESC, b.symbol"""
+SYMBOL_VAR = sql_variable("symbol", "Symbol", TRADED_FIRST, sort=0)
+SYMBOLS_VAR = sql_variable("symbol", "Symbols", TRADED_FIRST, sort=0, multi=True)  # queries use `symbol IN ($symbol)`
 
 
 def interval_variable(table: str, time_col: str) -> dict:

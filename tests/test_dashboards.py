@@ -24,7 +24,6 @@ from pathlib import Path
 import psycopg
 import pytest
 import yaml
-from pipeline import SYMBOLS as PIPELINE_SYMBOLS
 from pipeline import Pipeline, module_settings, new_database
 from test_execution import Chain
 from test_prometheus import _metric_names, _project_metrics, _rules
@@ -394,12 +393,18 @@ def _check_rows(cur, where: str, fmt: str) -> str | None:
 def test_variable_queries_return_the_simulated_symbols_intervals_and_account(filled_db):
     url, frm, to = filled_db
     with psycopg.connect(url) as conn:
+        fills = conn.execute(
+            "SELECT symbol, side FROM fills WHERE ts >= to_timestamp(%s / 1e6) AND ts <= to_timestamp(%s / 1e6)",
+            (frm, to),
+        ).fetchall()
+        sides = {sym: {side for s2, side in fills if s2 == sym} for sym in SIM_SYMBOLS}
+        count = {sym: sum(s2 == sym for s2, _ in fills) for sym in SIM_SYMBOLS}
+        assert max(len(v) for v in sides.values()) == 2 and len(set(count.values())) > 1  # the order is tested
+        traded_first = sorted(SIM_SYMBOLS, key=lambda sym: (-len(sides[sym]), -count[sym], sym))
         for name in DASHBOARDS:
             for v in _variables(name):
                 rows = [r[0] for r in conn.execute(expand_sql(v["query"], frm, to, {})).fetchall()]
-                assert (
-                    rows == {"symbol": sorted(SIM_SYMBOLS), "interval": BAR_INTERVALS, "account": ["paper"]}[v["name"]]
-                )
+                assert rows == {"symbol": traded_first, "interval": BAR_INTERVALS, "account": ["paper"]}[v["name"]]
 
 
 def test_interval_variables_list_by_duration_and_preselect_1s():
@@ -533,14 +538,13 @@ def main_job_db(services, tmp_path_factory):
                 pipe.wait("sink-postgres", "ticktape_sink_rows_total", 1, timeout=600, table=table)
             # the hit rate needs bars past a prediction's horizon; the averages 20 bars of history
             pipe.wait("sink-postgres", "ticktape_sink_rows_total", 60 * 6, timeout=600, table="predictions")
-            # Grafana selects the first symbol: the fill annotations need its buys and sells
-            first = min(PIPELINE_SYMBOLS.split(","))
+            # the fill annotations of the default symbol (one bought and sold) need one
             with psycopg.connect(url, autocommit=True) as conn:
                 deadline = time.monotonic() + 900
-                while (
-                    conn.execute("SELECT count(DISTINCT side) FROM fills WHERE symbol = %s", (first,)).fetchone()[0] < 2
-                ):
-                    assert time.monotonic() < deadline, f"no buy and sell fills of {first}"
+                while not conn.execute(
+                    "SELECT 1 FROM fills GROUP BY symbol HAVING count(DISTINCT side) = 2 LIMIT 1"
+                ).fetchone():
+                    assert time.monotonic() < deadline, "no symbol bought and sold"
                     time.sleep(1)
         finally:
             pipe.stop()
