@@ -593,18 +593,19 @@ class ExecutionDesk:
             return [], []
         if entry is None:
             entry = mem[b] = [None, None, None, None]
-            if b > self.newest.get(sym, b - 1):  # a tick within grace may open an older window
+            if b > self.newest.get(sym, b - 1):
                 self.newest[sym] = b
+            else:  # a tick within grace opened an older window: keep the memory oldest first
+                mem = self.memory[sym] = dict(sorted(mem.items()))
         if entry[0] is None and buy is not None:
             entry[0], entry[1] = ts, buy
         if entry[2] is None and sell is not None:
             entry[2], entry[3] = ts, sell
         changed = [b]
         cutoff = b - MEMORY_US
-        if next(iter(mem)) < cutoff:  # windows are added in ts order: the oldest come first
-            for old in [k for k in mem if k < cutoff]:
-                del mem[old]
-                changed.append(old)
+        while (old := next(iter(mem))) < cutoff:  # the memory is oldest first; b itself stays
+            del mem[old]
+            changed.append(old)
         fills: list[dict] = []
         orders = self.open_orders.get(sym)
         if orders:
