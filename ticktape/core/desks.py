@@ -441,9 +441,13 @@ class RiskDesk:
                 else self.progress.get(s, -(1 << 63))
                 for s in self.universe
             )
+        pending = self.pending
+        over = len(pending) - self.max_pending
+        if not pending or (pending[0][0] > barrier and over <= 0):
+            return []  # nothing to release (the common case: checked before the open orders)
         wait_s = self.idle_us / 1e6
         lead = self.fill_lead_us
-        fresh = now is not None and 2 * len(self.pending) < self.max_pending  # as in _stood_still
+        fresh = now is not None and 2 * len(pending) < self.max_pending  # as in _stood_still
         first_open = min(
             (
                 ts + lead
@@ -453,9 +457,8 @@ class RiskDesk:
             ),
             default=None,
         )  # the earliest time an open order's Fill may have
-        out, r, pending = [], self.risk, self.pending
+        out, r = [], self.risk
         done = 0
-        over = len(pending) - self.max_pending
         for item in pending:
             ts = item[0]
             if ts > barrier or (first_open is not None and (ts > first_open or (ts == first_open and item[1] == FILL))):
@@ -730,7 +733,10 @@ class TradingChain:
             if progress is not None:
                 self.risk.on_progress(ev["symbol"], progress)
         elif event_type in ("tick", "bar"):
-            self._fills(self.execution.on_market(event_type, ev)[0])
+            fills = self.execution.on_market(event_type, ev)[0]
+            if not fills:
+                return  # the risk desk's input did not change: it has nothing more to release
+            self._fills(fills)
         elif event_type == "risk_control":
             self.outputs["risk_state"] += [e for _, e in self.risk.control(ev)]
         else:
