@@ -207,8 +207,7 @@ def run(quick: bool, runs: int) -> list[Figure]:
     figures.append(
         Figure(
             "backtest",
-            f"backtesting.py {BACKTESTING_PY}: an EMA 12/26 cross per symbol, a Backtest each "
-            f"(same bars)",
+            f"backtesting.py {BACKTESTING_PY}: an EMA 12/26 cross per symbol, a Backtest each (same bars)",
             "bars/s",
             peer_rates,
             detail={"bars": len(bars), "trades": peer_trades[-1]},

@@ -130,9 +130,7 @@ class TaLibStreams:
         import talib.stream as ts
 
         c, h, lo, v = (np.array([b[k] for b in history]) for k in ("close", "high", "low", "volume"))
-        self.closes = [ts.SMA(c, timeperiod=n) for n in (10, 20, 50, 200)] + [ts.EMA(c, timeperiod=n) for n in (12, 26)]
-        self.closes += [ts.RSI(c, timeperiod=5), ts.RSI(c, timeperiod=14)]
-        self.closes += [ts.MOM(c, timeperiod=5), ts.MOM(c, timeperiod=20)]
+        self.closes = [getattr(ts, fn)(c, timeperiod=n) for _, fn, n in CLOSE_STREAMS]
         self.macd = ts.MACD(c, 12, 26, 9)
         self.bbands = ts.BBANDS(c, 20, 2.0, 2.0)
         self.atr = ts.ATR(h, lo, c, timeperiod=14)
@@ -170,21 +168,17 @@ def talib_streams(warm: list[dict]) -> dict:
     return {sym: TaLibStreams(h) for sym, h in history.items()}
 
 
-# TaLibStreams.update's order of the values
+# TaLibStreams' handles on the close alone: (value, talib.stream function, period)
+CLOSE_STREAMS = (
+    *(("sma_10", "SMA", 10), ("sma_20", "SMA", 20), ("sma_50", "SMA", 50), ("sma_200", "SMA", 200)),
+    *(("ema_12", "EMA", 12), ("ema_26", "EMA", 26), ("rsi_5", "RSI", 5), ("rsi_14", "RSI", 14)),
+    *(("momentum_5", "MOM", 5), ("momentum_20", "MOM", 20)),
+)
+# the order of TaLibStreams.update's values
 TALIB_ORDER = (
-    *("sma_10", "sma_20", "sma_50", "sma_200", "ema_12", "ema_26", "rsi_5", "rsi_14", "momentum_5", "momentum_20"),
-    *(
-        "macd",
-        "macd_signal",
-        "macd_hist",
-        "bb_upper",
-        "bb_middle",
-        "bb_lower",
-        "atr_14",
-        "obv",
-        "volatility_20",
-        "vwap",
-    ),
+    *(name for name, _, _ in CLOSE_STREAMS),
+    *("macd", "macd_signal", "macd_hist", "bb_upper", "bb_middle", "bb_lower", "atr_14", "obv", "volatility_20"),
+    "vwap",
 )
 
 

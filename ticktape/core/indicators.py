@@ -215,6 +215,27 @@ def _ema_fold(acc, x, j: int, n: int, k: float):
     return (x - acc) * k + acc
 
 
+def _wilder(gain, loss, up, down, i: int, n: int):
+    """TA-Lib RSI's average gain and loss after change number ``i`` (bar i): sums of the
+    first n changes, their mean at change n, then Wilder's ``(avg*(n-1) + x)/n``."""
+    if i > n:
+        gain, loss = gain * (n - 1) + up, loss * (n - 1) - down
+    else:
+        gain, loss = gain + up, loss - down
+    if i >= n:
+        gain, loss = gain / n, loss / n
+    return gain, loss
+
+
+def _atr(atr, true_range, i: int):
+    """TA-Lib ATR(14) after bar ``i``'s true range: their sum, its mean at bar 14, then Wilder."""
+    if i < 14:
+        return atr + true_range
+    if i == 14:
+        return (atr + true_range) / 14
+    return (atr * 13 + true_range) / 14
+
+
 def _rsi(gain, loss):
     total = gain + loss
     moved = total > 0.0  # no movement at all: TA-Lib gives 0
@@ -278,28 +299,12 @@ def _advance(v, closes, returns, i: int, close, high, low, volume, price, sessio
         up = np.maximum(change, 0.0)
         down = np.minimum(change, 0.0)
         for gain_slot, loss_slot, n, o in _RSIS:
-            gain, loss = v[gain_slot], v[loss_slot]
-            if i > n:
-                gain = gain * (n - 1)
-                loss = loss * (n - 1)
-            gain = gain + up
-            loss = loss - down
+            v[gain_slot], v[loss_slot] = gain, loss = _wilder(v[gain_slot], v[loss_slot], up, down, i, n)
             if i >= n:
-                gain = gain / n
-                loss = loss / n
                 out[o] = _rsi(gain, loss)
-            v[gain_slot] = gain
-            v[loss_slot] = loss
 
         true_range = np.maximum(np.maximum(high - low, np.abs(prev - high)), np.abs(prev - low))
-        atr = v[S_ATR]
-        if i < 14:
-            atr = atr + true_range
-        elif i == 14:
-            atr = (atr + true_range) / 14
-        else:
-            atr = (atr * 13 + true_range) / 14
-        v[S_ATR] = atr
+        v[S_ATR] = atr = _atr(v[S_ATR], true_range, i)
         if i >= 14:
             out[O_ATR14] = atr
 
@@ -333,13 +338,13 @@ def _fold(v: list[float], closes: list[float], returns: list[float], i: int, clo
     prev = closes[k - 1]  # previous close (meaningless when i == 0, unused)
     closes[k] = close
     # Ring slots not yet written hold 0.0, so "dropping" one before a window fills is a no-op.
-    total = v[S_SMA10] + close
-    if i >= 9:
-        out[O_SMA10] = total / 10
-    v[S_SMA10] = total - closes[k - 9]
-    total = v[S_SMA20] + close
+    for slot, n, o in _SMAS:
+        total = v[slot] + close
+        if i >= n - 1:
+            out[o] = total / n
+        v[slot] = total - closes[k - n + 1]
     if i >= 19:
-        out[O_SMA20] = mid = total / 20
+        mid = out[O_SMA20]
         start = k - 19
         w = closes[start : k + 1] if start >= 0 else closes[start:] + closes[: k + 1]
         mean = _sum20(w) / 20
@@ -347,15 +352,6 @@ def _fold(v: list[float], closes: list[float], returns: list[float], i: int, clo
         out[O_BB_UP] = mid + dev
         out[O_BB_MID] = mid
         out[O_BB_LOW] = mid - dev
-    v[S_SMA20] = total - closes[k - 19]
-    total = v[S_SMA50] + close
-    if i >= 49:
-        out[O_SMA50] = total / 50
-    v[S_SMA50] = total - closes[k - 49]
-    total = v[S_SMA200] + close
-    if i >= 199:
-        out[O_SMA200] = total / 200
-    v[S_SMA200] = total - closes[k - 199]
 
     if i > 25:  # past every seed: the common case first
         ema12 = v[S_EMA12] = (close - v[S_EMA12]) * _K12 + v[S_EMA12]
@@ -393,40 +389,14 @@ def _fold(v: list[float], closes: list[float], returns: list[float], i: int, clo
         change = close - prev
         up = change if change > 0.0 else 0.0  # closes > 0: change is never -0.0
         down = change if change < 0.0 else 0.0
-        gain, loss = v[S_GAIN5], v[S_LOSS5]
-        if i > 5:
-            gain = gain * 4
-            loss = loss * 4
-        gain = gain + up
-        loss = loss - down
-        if i >= 5:
-            gain = gain / 5
-            loss = loss / 5
-            total = gain + loss
-            out[O_RSI5] = 100.0 * (gain / total) if total > 0.0 else 0.0
-        v[S_GAIN5], v[S_LOSS5] = gain, loss
-        gain, loss = v[S_GAIN14], v[S_LOSS14]
-        if i > 14:
-            gain = gain * 13
-            loss = loss * 13
-        gain = gain + up
-        loss = loss - down
-        if i >= 14:
-            gain = gain / 14
-            loss = loss / 14
-            total = gain + loss
-            out[O_RSI14] = 100.0 * (gain / total) if total > 0.0 else 0.0
-        v[S_GAIN14], v[S_LOSS14] = gain, loss
+        for gain_slot, loss_slot, n, o in _RSIS:
+            v[gain_slot], v[loss_slot] = gain, loss = _wilder(v[gain_slot], v[loss_slot], up, down, i, n)
+            if i >= n:
+                total = gain + loss
+                out[o] = 100.0 * (gain / total) if total > 0.0 else 0.0
 
         true_range = max(max(high - low, abs(prev - high)), abs(prev - low))
-        atr = v[S_ATR]
-        if i < 14:
-            atr = atr + true_range
-        elif i == 14:
-            atr = (atr + true_range) / 14
-        else:
-            atr = (atr * 13 + true_range) / 14
-        v[S_ATR] = atr
+        v[S_ATR] = atr = _atr(v[S_ATR], true_range, i)
         if i >= 14:
             out[O_ATR14] = atr
 
