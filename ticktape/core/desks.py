@@ -441,9 +441,13 @@ class RiskDesk:
                 else self.progress.get(s, -(1 << 63))
                 for s in self.universe
             )
+        pending = self.pending
+        over = len(pending) - self.max_pending
+        if not pending or (pending[0][0] > barrier and over <= 0):
+            return []  # nothing to release (the common case: checked before the open orders)
         wait_s = self.idle_us / 1e6
         lead = self.fill_lead_us
-        fresh = now is not None and 2 * len(self.pending) < self.max_pending  # as in _stood_still
+        fresh = now is not None and 2 * len(pending) < self.max_pending  # as in _stood_still
         first_open = min(
             (
                 ts + lead
@@ -453,9 +457,8 @@ class RiskDesk:
             ),
             default=None,
         )  # the earliest time an open order's Fill may have
-        out, r, pending = [], self.risk, self.pending
+        out, r = [], self.risk
         done = 0
-        over = len(pending) - self.max_pending
         for item in pending:
             ts = item[0]
             if ts > barrier or (first_open is not None and (ts > first_open or (ts == first_open and item[1] == FILL))):
@@ -593,18 +596,19 @@ class ExecutionDesk:
             return [], []
         if entry is None:
             entry = mem[b] = [None, None, None, None]
-            if b > self.newest.get(sym, b - 1):  # a tick within grace may open an older window
+            if b > self.newest.get(sym, b - 1):
                 self.newest[sym] = b
+            else:  # a tick within grace opened an older window: keep the memory oldest first
+                mem = self.memory[sym] = dict(sorted(mem.items()))
         if entry[0] is None and buy is not None:
             entry[0], entry[1] = ts, buy
         if entry[2] is None and sell is not None:
             entry[2], entry[3] = ts, sell
         changed = [b]
         cutoff = b - MEMORY_US
-        if next(iter(mem)) < cutoff:  # windows are added in ts order: the oldest come first
-            for old in [k for k in mem if k < cutoff]:
-                del mem[old]
-                changed.append(old)
+        while (old := next(iter(mem))) < cutoff:  # the memory is oldest first; b itself stays
+            del mem[old]
+            changed.append(old)
         fills: list[dict] = []
         orders = self.open_orders.get(sym)
         if orders:
@@ -729,7 +733,10 @@ class TradingChain:
             if progress is not None:
                 self.risk.on_progress(ev["symbol"], progress)
         elif event_type in ("tick", "bar"):
-            self._fills(self.execution.on_market(event_type, ev)[0])
+            fills = self.execution.on_market(event_type, ev)[0]
+            if not fills:
+                return  # the risk desk's input did not change: it has nothing more to release
+            self._fills(fills)
         elif event_type == "risk_control":
             self.outputs["risk_state"] += [e for _, e in self.risk.control(ev)]
         else:

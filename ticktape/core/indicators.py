@@ -21,9 +21,11 @@ One engine, two ways to drive it:
   the built-in 20 on it; ``SymbolIndicators`` folds a symbol's bars into both, the user
   outputs going to the IndicatorSet's ``extra``; ``user_values`` is their batch loop.
 
-Both built-in paths call ``_advance``, written once against a tiny arithmetic backend (``_SCALAR`` for
-floats, ``_ARRAY`` for numpy columns) whose operations are all correctly rounded or
-performed in the same order, so the two paths give bit-identical results.
+The two built-in paths are one step written twice: ``_advance`` over numpy columns (the
+batch) and ``_fold``, the same operations in the same order on Python floats, unrolled
+for one symbol (a generic step over a scalar backend cost three times as much per bar).
+Every operation is correctly rounded or done in the same order, numpy's ``log`` in
+both, so the two give bit-identical results (``tests/test_indicators.py`` holds them so).
 
 Work per bar is constant: running sums, Wilder/EMA recursions, ring buffers; the two
 standard deviations are fixed 20-value two-pass sums over a ring (never over history).
@@ -169,6 +171,8 @@ _SMAS = ((S_SMA10, 10, O_SMA10), (S_SMA20, 20, O_SMA20), (S_SMA50, 50, O_SMA50),
 _RSIS = ((S_GAIN5, S_LOSS5, 5, O_RSI5), (S_GAIN14, S_LOSS14, 14, O_RSI14))
 _FAST_START = 26 - 12  # TA-Lib seeds MACD's fast EMA on bars 15..26 (0-based 14..25)
 _SIGNAL_START = 26 - 1  # the first MACD line value (0-based bar 25)
+_K12, _K26, _K9 = 2.0 / 13, 2.0 / 27, 2.0 / 10  # the EMA factors 2/(N+1)
+_log = np.log
 
 
 class BarError(ValueError):
@@ -179,80 +183,27 @@ class BarError(ValueError):
         self.row = row
 
 
-class _Scalar:
-    """Arithmetic backend for one symbol: Python floats."""
-
-    maximum = staticmethod(max)
-    minimum = staticmethod(min)
-    abs = staticmethod(abs)
-    sqrt = staticmethod(math.sqrt)
-
-    @staticmethod
-    def where(cond, a, b):
-        return a if cond else b
-
-    @staticmethod
-    def log(x):
-        return float(np.log(x))  # numpy's log in both backends: identical bits
-
-    @staticmethod
-    def window(ring, i, n):
-        """The last n values of a ring list, oldest first (bar i is the newest)."""
-        start = (i - n + 1) % len(ring)
-        end = start + n
-        return ring[start:end] if end <= len(ring) else ring[start:] + ring[: end - len(ring)]
-
-    @staticmethod
-    def sum20(r):
-        # _Array.sum20's fixed pairwise order, unrolled (left-to-right would round differently).
-        (r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, r13, r14, r15, r16, r17, r18, r19) = r
-        b0 = (r0 + r10) + (r5 + r15)
-        b1 = (r1 + r11) + (r6 + r16)
-        b2 = (r2 + r12) + (r7 + r17)
-        b3 = (r3 + r13) + (r8 + r18)
-        b4 = (r4 + r14) + (r9 + r19)
-        return ((b0 + b2) + (b1 + b3)) + b4
-
-    @staticmethod
-    def deviations(r, mean):
-        return [x - mean for x in r]
-
-    @staticmethod
-    def squares(d):
-        return [x * x for x in d]
+def _sum20(r):
+    """Σ of 20 floats in a fixed pairwise order (left to right would round differently)."""
+    (r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, r13, r14, r15, r16, r17, r18, r19) = r
+    b0 = (r0 + r10) + (r5 + r15)
+    b1 = (r1 + r11) + (r6 + r16)
+    b2 = (r2 + r12) + (r7 + r17)
+    b3 = (r3 + r13) + (r8 + r18)
+    b4 = (r4 + r14) + (r9 + r19)
+    return ((b0 + b2) + (b1 + b3)) + b4
 
 
-class _Array:
-    """Arithmetic backend for a column of symbols: 1-d numpy arrays (rings are 2-d)."""
-
-    maximum = staticmethod(np.maximum)
-    minimum = staticmethod(np.minimum)
-    abs = staticmethod(np.abs)
-    sqrt = staticmethod(np.sqrt)
-    where = staticmethod(np.where)
-    log = staticmethod(np.log)
-
-    @staticmethod
-    def window(ring, i, n):
-        return ring[np.arange(i - n + 1, i + 1) % len(ring)]
-
-    @staticmethod
-    def sum20(r):
-        a = r[:10] + r[10:]
-        b = a[:5] + a[5:]
-        return ((b[0] + b[2]) + (b[1] + b[3])) + b[4]
-
-    @staticmethod
-    def deviations(r, mean):
-        return r - mean
-
-    @staticmethod
-    def squares(d):
-        return d * d
+def _sum20_columns(r):
+    """``_sum20`` of each column of a (20, m) array, in the same order."""
+    a = r[:10] + r[10:]
+    b = a[:5] + a[5:]
+    return ((b[0] + b[2]) + (b[1] + b[3])) + b[4]
 
 
-_SCALAR = _Scalar()
-_ARRAY = _Array()
+def _window(ring, i: int, n: int):
+    """The last n rows of a ring (bar i is the newest), oldest first."""
+    return ring[np.arange(i - n + 1, i + 1) % len(ring)]
 
 
 def _ema_fold(acc, x, j: int, n: int, k: float):
@@ -264,19 +215,40 @@ def _ema_fold(acc, x, j: int, n: int, k: float):
     return (x - acc) * k + acc
 
 
-def _rsi(gain, loss, xp):
+def _wilder(gain, loss, up, down, i: int, n: int):
+    """TA-Lib RSI's average gain and loss after change number ``i`` (bar i): sums of the
+    first n changes, their mean at change n, then Wilder's ``(avg*(n-1) + x)/n``."""
+    if i > n:
+        gain, loss = gain * (n - 1) + up, loss * (n - 1) - down
+    else:
+        gain, loss = gain + up, loss - down
+    if i >= n:
+        gain, loss = gain / n, loss / n
+    return gain, loss
+
+
+def _atr(atr, true_range, i: int):
+    """TA-Lib ATR(14) after bar ``i``'s true range: their sum, its mean at bar 14, then Wilder."""
+    if i < 14:
+        return atr + true_range
+    if i == 14:
+        return (atr + true_range) / 14
+    return (atr * 13 + true_range) / 14
+
+
+def _rsi(gain, loss):
     total = gain + loss
     moved = total > 0.0  # no movement at all: TA-Lib gives 0
-    return xp.where(moved, 100.0 * (gain / xp.where(moved, total, 1.0)), 0.0)
+    return np.where(moved, 100.0 * (gain / np.where(moved, total, 1.0)), 0.0)
 
 
-def _sum_sq_dev20(window, xp):
-    """Σ(x - mean)² of 20 values: two-pass, the stable way to a windowed variance."""
-    mean = xp.sum20(window) / 20
-    return xp.sum20(xp.squares(xp.deviations(window, mean)))
+def _sum_sq_dev20(window):
+    """Σ(x - mean)² of 20 values per column: two-pass, the stable way to a windowed variance."""
+    d = window - _sum20_columns(window) / 20
+    return _sum20_columns(d * d)
 
 
-def _advance(v, closes, returns, i: int, close, high, low, volume, price, session, out, xp):
+def _advance(v, closes, returns, i: int, close, high, low, volume, price, session, out):
     """Fold bar number ``i`` (0-based, per symbol) into state ``v``/``closes``/``returns``.
 
     Writes the indicators whose lookback is filled into ``out`` (indexed by O_*); the
@@ -296,7 +268,7 @@ def _advance(v, closes, returns, i: int, close, high, low, volume, price, sessio
         # Population std of the 20 closes, two-pass (no running sum of squares to cancel);
         # the middle band is sma_20 itself, as in TA-Lib.
         mid = out[O_SMA20]
-        dev = xp.sqrt(_sum_sq_dev20(xp.window(closes, i, 20), xp) / 20) * 2.0
+        dev = np.sqrt(_sum_sq_dev20(_window(closes, i, 20)) / 20) * 2.0
         out[O_BB_UP] = mid + dev
         out[O_BB_MID] = mid
         out[O_BB_LOW] = mid - dev
@@ -324,52 +296,134 @@ def _advance(v, closes, returns, i: int, close, high, low, volume, price, sessio
 
     if i >= 1:
         change = close - prev
-        up = xp.maximum(change, 0.0)
-        down = xp.minimum(change, 0.0)
+        up = np.maximum(change, 0.0)
+        down = np.minimum(change, 0.0)
         for gain_slot, loss_slot, n, o in _RSIS:
-            gain, loss = v[gain_slot], v[loss_slot]
-            if i > n:
-                gain = gain * (n - 1)
-                loss = loss * (n - 1)
-            gain = gain + up
-            loss = loss - down
+            v[gain_slot], v[loss_slot] = gain, loss = _wilder(v[gain_slot], v[loss_slot], up, down, i, n)
             if i >= n:
-                gain = gain / n
-                loss = loss / n
-                out[o] = _rsi(gain, loss, xp)
-            v[gain_slot] = gain
-            v[loss_slot] = loss
+                out[o] = _rsi(gain, loss)
 
-        true_range = xp.maximum(xp.maximum(high - low, xp.abs(prev - high)), xp.abs(prev - low))
-        atr = v[S_ATR]
-        if i < 14:
-            atr = atr + true_range
-        elif i == 14:
-            atr = (atr + true_range) / 14
-        else:
-            atr = (atr * 13 + true_range) / 14
-        v[S_ATR] = atr
+        true_range = np.maximum(np.maximum(high - low, np.abs(prev - high)), np.abs(prev - low))
+        v[S_ATR] = atr = _atr(v[S_ATR], true_range, i)
         if i >= 14:
             out[O_ATR14] = atr
 
-        returns[i % RETURNS] = xp.log(close / prev)
+        returns[i % RETURNS] = np.log(close / prev)
         if i >= RETURNS:
-            window = xp.window(returns, i, RETURNS)
-            out[O_VOL20] = xp.sqrt(_sum_sq_dev20(window, xp) / (RETURNS - 1)) * v[S_ANN]
+            window = _window(returns, i, RETURNS)
+            out[O_VOL20] = np.sqrt(_sum_sq_dev20(window) / (RETURNS - 1)) * v[S_ANN]
 
-        v[S_OBV] = v[S_OBV] + xp.where(close > prev, volume, xp.where(close < prev, -volume, 0.0))
+        v[S_OBV] = v[S_OBV] + np.where(close > prev, volume, np.where(close < prev, -volume, 0.0))
     else:
         v[S_OBV] = volume
     out[O_OBV] = v[S_OBV]
 
     new_session = session != v[S_SESSION]
-    pv = xp.where(new_session, 0.0, v[S_PV]) + price * volume
-    vol = xp.where(new_session, 0.0, v[S_VOLUME]) + volume
+    pv = np.where(new_session, 0.0, v[S_PV]) + price * volume
+    vol = np.where(new_session, 0.0, v[S_VOLUME]) + volume
     v[S_SESSION] = session
     v[S_PV] = pv
     v[S_VOLUME] = vol
     traded = vol > 0.0
-    out[O_VWAP] = xp.where(traded, pv / xp.where(traded, vol, 1.0), NAN)
+    out[O_VWAP] = np.where(traded, pv / np.where(traded, vol, 1.0), NAN)
+
+
+def _fold(v: list[float], closes: list[float], returns: list[float], i: int, close, high, low, volume, price, session):
+    """``_advance`` for one symbol on Python floats, unrolled: the same operations in the
+    same order (so the same bits, ``tests/test_indicators.py`` holds them equal), without
+    a backend's calls, loops over the windows or per-bar lists.  The 20 values (NaN: not
+    yet filled); negative ring indices are the ring's modulo."""
+    out = [NAN] * 20
+    k = i % CLOSES
+    prev = closes[k - 1]  # previous close (meaningless when i == 0, unused)
+    closes[k] = close
+    # Ring slots not yet written hold 0.0, so "dropping" one before a window fills is a no-op.
+    for slot, n, o in _SMAS:
+        total = v[slot] + close
+        if i >= n - 1:
+            out[o] = total / n
+        v[slot] = total - closes[k - n + 1]
+    if i >= 19:
+        mid = out[O_SMA20]
+        start = k - 19
+        w = closes[start : k + 1] if start >= 0 else closes[start:] + closes[: k + 1]
+        mean = _sum20(w) / 20
+        dev = math.sqrt(_sum20([(x - mean) * (x - mean) for x in w]) / 20) * 2.0
+        out[O_BB_UP] = mid + dev
+        out[O_BB_MID] = mid
+        out[O_BB_LOW] = mid - dev
+
+    if i > 25:  # past every seed: the common case first
+        ema12 = v[S_EMA12] = (close - v[S_EMA12]) * _K12 + v[S_EMA12]
+        ema26 = v[S_EMA26] = (close - v[S_EMA26]) * _K26 + v[S_EMA26]
+        fast = v[S_FAST] = (close - v[S_FAST]) * _K12 + v[S_FAST]
+        out[O_EMA12], out[O_EMA26] = ema12, ema26
+        line = fast - ema26
+        j = i - _SIGNAL_START
+        signal = v[S_SIGNAL]
+        signal = v[S_SIGNAL] = (
+            signal + line if j < 8 else (signal + line) / 9 if j == 8 else (line - signal) * _K9 + signal
+        )
+        if j >= 8:
+            out[O_MACD] = line
+            out[O_SIGNAL] = signal
+            out[O_HIST] = line - signal
+    else:
+        v[S_EMA12] = _ema_fold(v[S_EMA12], close, i, 12, _K12)
+        v[S_EMA26] = _ema_fold(v[S_EMA26], close, i, 26, _K26)
+        if i >= 11:
+            out[O_EMA12] = v[S_EMA12]
+        if i >= 25:
+            out[O_EMA26] = v[S_EMA26]
+        if i >= _FAST_START:
+            v[S_FAST] = _ema_fold(v[S_FAST], close, i - _FAST_START, 12, _K12)
+        if i >= _SIGNAL_START:
+            v[S_SIGNAL] = _ema_fold(v[S_SIGNAL], v[S_FAST] - v[S_EMA26], 0, 9, _K9)
+
+    if i >= 5:
+        out[O_MOM5] = close - closes[k - 5]
+    if i >= 20:
+        out[O_MOM20] = close - closes[k - 20]
+
+    if i >= 1:
+        change = close - prev
+        up = change if change > 0.0 else 0.0  # closes > 0: change is never -0.0
+        down = change if change < 0.0 else 0.0
+        for gain_slot, loss_slot, n, o in _RSIS:
+            v[gain_slot], v[loss_slot] = gain, loss = _wilder(v[gain_slot], v[loss_slot], up, down, i, n)
+            if i >= n:
+                total = gain + loss
+                out[o] = 100.0 * (gain / total) if total > 0.0 else 0.0
+
+        true_range = max(max(high - low, abs(prev - high)), abs(prev - low))
+        v[S_ATR] = atr = _atr(v[S_ATR], true_range, i)
+        if i >= 14:
+            out[O_ATR14] = atr
+
+        r = i % RETURNS
+        returns[r] = float(_log(close / prev))  # numpy's log, as the batch path's: identical bits
+        if i >= RETURNS:
+            w = returns[r + 1 :] + returns[: r + 1]
+            mean = _sum20(w) / 20
+            out[O_VOL20] = math.sqrt(_sum20([(x - mean) * (x - mean) for x in w]) / (RETURNS - 1)) * v[S_ANN]
+
+        v[S_OBV] = v[S_OBV] + (volume if close > prev else -volume if close < prev else 0.0)
+    else:
+        v[S_OBV] = volume
+    out[O_OBV] = v[S_OBV]
+
+    if session != v[S_SESSION]:
+        pv = 0.0 + price * volume
+        vol = 0.0 + volume
+    else:
+        pv = v[S_PV] + price * volume
+        vol = v[S_VOLUME] + volume
+    v[S_SESSION] = session
+    v[S_PV] = pv
+    v[S_VOLUME] = vol
+    if vol > 0.0:
+        out[O_VWAP] = pv / vol
+    return out
 
 
 def _initial_fields(annualization: float) -> list[float]:
@@ -435,27 +489,21 @@ class IndicatorState:
         window_start = bar["window_start"]
         if self.last_window_start is not None and window_start <= self.last_window_start:
             return None
-        problem = _bar_problem(bar)
-        if problem:
-            raise BarError(f"{bar.get('symbol', '?')} bar at {window_start}: {problem}")
-        high, low, close = float(bar["high"]), float(bar["low"]), float(bar["close"])
-        vwap = bar.get("vwap")
+        high, low, close, volume, vwap = bar["high"], bar["low"], bar["close"], bar["volume"], bar.get("vwap")
+        if not (
+            0.0 < bar["open"] < _INF
+            and 0.0 < high < _INF
+            and 0.0 < low < _INF
+            and 0.0 < close < _INF
+            and 0.0 <= volume < _INF
+            and (vwap is None or 0.0 < vwap < _INF)
+        ):  # _bar_problem's checks, inline: it names the first that fails
+            raise BarError(f"{bar.get('symbol', '?')} bar at {window_start}: {_bar_problem(bar)}")
+        high, low, close = float(high), float(low), float(close)
         price = float(vwap) if vwap is not None else (high + low + close) / 3.0
-        out = [NAN] * len(INDICATOR_NAMES)
         session = float(window_start // (self.session_seconds * 1_000_000))
-        _advance(
-            self._fields,
-            self._closes,
-            self._returns,
-            self.count,
-            close,
-            high,
-            low,
-            float(bar["volume"]),
-            price,
-            session,
-            out,
-            _SCALAR,
+        out = _fold(
+            self._fields, self._closes, self._returns, self.count, close, high, low, float(volume), price, session
         )
         self.count += 1
         self.last_window_start = window_start
@@ -602,7 +650,6 @@ def compute_batch(
             g_price[k, :m],
             g_session[k, :m],
             out,
-            _ARRAY,
         )
         result[row_at[k, :m]] = out.T
     return result
