@@ -232,8 +232,10 @@ class RiskDesk:
         self.frontier: int | None = None  # highest progress of a universe symbol
         self.pending: list[list] = []  # [ts, rank, symbol, event_id, kind, event], sorted
         self.pending_ids: set[str] = set()
-        self.pending_added: dict[str, list] = {}  # since the last ``take_pending_changes``
-        self.pending_removed: set[str] = set()
+        # since the last ``take_pending_changes`` (what the live stage saves); None after
+        # ``untracked`` (in process nothing takes them: they would grow with the run)
+        self.pending_added: dict[str, list] | None = {}
+        self.pending_removed: set[str] | None = set()
         self.open_orders: dict[str, int] = {}  # approved order id -> ts, until its Fills are in
         self.open_rest: dict[str, float] = {}  # approved order id -> quantity still to fill
         self.fill_ids: dict[str, list[str]] = {}  # open order id -> its partial Fills counted
@@ -287,8 +289,15 @@ class RiskDesk:
         desk.forced = d.get("forced", 0)
         return desk
 
+    def untracked(self) -> RiskDesk:
+        """This desk, no longer recording what ``take_pending_changes`` would return."""
+        self.pending_added = self.pending_removed = None
+        return self
+
     def take_pending_changes(self) -> tuple[list[list], list[str]]:
         """(events buffered, event ids released) since the last call: what to save."""
+        if self.pending_added is None or self.pending_removed is None:
+            raise RuntimeError("this desk does not track its changes (untracked)")
         added = [p for eid, p in self.pending_added.items() if eid in self.pending_ids]
         removed = sorted(self.pending_removed)
         self.pending_added, self.pending_removed = {}, set()
@@ -358,7 +367,8 @@ class RiskDesk:
             self._settle(kind, ev)
         self.pending_ids.add(ev["event_id"])
         item = key + [kind, ev]
-        self.pending_added[ev["event_id"]] = item
+        if self.pending_added is not None:
+            self.pending_added[ev["event_id"]] = item
         bisect.insort(self.pending, item)
         return []
 
@@ -467,7 +477,8 @@ class RiskDesk:
                 self.forced += 1
             kind, ev = item[4], item[5]
             self.pending_ids.discard(ev["event_id"])
-            self.pending_removed.add(ev["event_id"])
+            if self.pending_removed is not None:
+                self.pending_removed.add(ev["event_id"])
             self.last_key = item[:4]
             done += 1
             before = r.trading_state
@@ -716,7 +727,7 @@ class TradingChain:
             idle_us,
             max_pending,
             fill_lead_us(market_data, width_us),
-        )
+        ).untracked()
         self.execution = ExecutionDesk(exec_cfg, width_us, market_data)
         self.portfolio = PortfolioDesk(account, starting_cash)
         self.outputs: dict[str, list[dict]] = {
