@@ -13,11 +13,13 @@ import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import faust
+from faust.types import TP
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ticktape import kafka_clients, metrics
@@ -143,7 +145,7 @@ def run_stage(app: faust.App, s: Settings, stage, topic, *, name: str) -> None:
 
     async def catch_up() -> None:
         assigned = {(tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in sources}
-        records = await stage.guard.tails(assigned)
+        records = await stage.guard.tails(assigned, consumer_read_offsets(app))
         if records:
             async with one_at_a_time:
                 await stage.process([Taken(r) for r in records])
@@ -151,6 +153,14 @@ def run_stage(app: faust.App, s: Settings, stage, topic, *, name: str) -> None:
     @app.timer(TAIL_CHECK_S, name=f"{name}.tails")
     async def tails() -> None:
         await crash_on_error(app, name, catch_up())
+
+
+def consumer_read_offsets(app: faust.App) -> Callable[[str, int], int | None]:
+    """The offset of the last message Faust's consumer handed on, per input partition
+    (None: none since it was assigned or sought).  Faust keeps it in ``_read_offset``;
+    a message lost after it was read is at or below it."""
+    read = app.consumer._read_offset  # type: ignore[attr-defined]  # the Consumer's, not in ConsumerT
+    return lambda topic, partition: read.get(TP(topic, partition))
 
 
 @dataclass(frozen=True)
@@ -262,12 +272,21 @@ class InputGuard:
         self._next[(topic, partition)] = nxt
         return out
 
-    async def tails(self, assigned: set[tuple[str, int]]) -> list[Record]:
+    async def tails(
+        self, assigned: set[tuple[str, int]], read_offset: Callable[[str, int], int | None] = lambda t, p: None
+    ) -> list[Record]:
         """Records past the next offset of each assigned partition whose next offset has
         not moved since the previous call (the rest are still being delivered), up to
-        PROCESSOR_BATCH_SIZE of them."""
+        PROCESSOR_BATCH_SIZE of them.  A partition whose consumer has not read up to its
+        next offset (``read_offset``: the last offset it read, None unknown) is only
+        behind, not losing: a loaded worker's fetches reach it later, and reading it here
+        would read its records twice."""
         now = {tp: self._next[tp] for tp in assigned if tp in self._next}
-        still = {tp: nxt for tp, nxt in now.items() if self._checked.get(tp) == nxt}
+        still = {
+            tp: nxt
+            for tp, nxt in now.items()
+            if self._checked.get(tp) == nxt and ((read := read_offset(*tp)) is None or read >= nxt)
+        }
         self._checked = now
         if not still:
             return []
