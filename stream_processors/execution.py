@@ -24,7 +24,7 @@ from ticktape.core.intervals import interval_seconds
 from ticktape.core.tickbatch import events_of
 
 from . import venue
-from .runner import DLQ, Outbox, Stage, run
+from .runner import DLQ, Outbox, Stage, forget_symbols, run
 
 STAGE = "execution"
 
@@ -54,8 +54,7 @@ class ExecutionStage(Stage):
 
     def forget(self, partitions: set[int]) -> None:
         self.loaded -= partitions
-        for sym in [k for k, p in self.partition_of.items() if p in partitions]:
-            del self.partition_of[sym]
+        for sym in forget_symbols(self.partition_of, partitions):
             self.desk.forget_symbol(sym)
 
     def load(self, partition: int) -> None:

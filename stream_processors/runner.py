@@ -242,6 +242,14 @@ def run(app: faust.App, s: Settings, stage: Stage) -> Runner:
     return runner
 
 
+def forget_symbols(partition_of: dict[str, int], partitions: set[int]) -> list[str]:
+    """Drop the symbols of these input partitions from ``partition_of``; the symbols dropped."""
+    gone = [sym for sym, p in partition_of.items() if p in partitions]
+    for sym in gone:
+        del partition_of[sym]
+    return gone
+
+
 def partition_header(partition: int) -> list[tuple[str, bytes]]:
     return [(PARTITION_HEADER, str(partition).encode())]
 

@@ -23,7 +23,7 @@ from ticktape.api import load_strategy, strategy_config
 from ticktape.config import Settings
 from ticktape.core.desks import StrategyDesk, account_partition
 
-from .runner import DLQ, Outbox, Stage, partition_header, run
+from .runner import DLQ, Outbox, Stage, forget_symbols, partition_header, run
 
 log = logging.getLogger(__name__)
 STAGE = "strategy"
@@ -47,8 +47,7 @@ class StrategyStage(Stage):
         self._dirty: dict[str, int] = {}  # this batch's symbols -> partition
 
     def forget(self, partitions: set[int]) -> None:
-        for sym in [k for k, p in self.partition_of.items() if p in partitions]:
-            del self.partition_of[sym]
+        for sym in forget_symbols(self.partition_of, partitions):
             self.desk.forget_symbol(sym)
             self.sent_progress.pop(sym, None)
 

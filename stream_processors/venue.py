@@ -31,7 +31,7 @@ from ticktape.core.desks import account_partition
 from ticktape.core.venue import VenueDesk, order_request
 
 from .app import crash_on_error
-from .runner import DLQ, Outbox, Runner, Stage, run
+from .runner import DLQ, Outbox, Runner, Stage, forget_symbols, run
 
 log = logging.getLogger(__name__)
 KEY = "@venue:"  # '@': not a symbol entry of the paper desk, whose table this is
@@ -63,8 +63,7 @@ class VenueStage(Stage):
 
     def forget(self, partitions: set[int]) -> None:
         self.loaded -= partitions
-        for sym in [k for k, p in self.partition_of.items() if p in partitions]:
-            del self.partition_of[sym]
+        for sym in forget_symbols(self.partition_of, partitions):
             self.desk.forget_symbol(sym)
 
     def load(self, partition: int) -> None:
