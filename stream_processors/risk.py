@@ -63,7 +63,7 @@ class RiskStage(Stage):
         # this batch's: the clock, the accounts touched (-> partition), the desks' output
         self._clock = 0.0
         self._touched: dict[str, int] = {}
-        self._out: list[tuple[RiskDesk, str, dict]] = []
+        self._decided: list[tuple[RiskDesk, str, dict]] = []
 
     def forget(self, partitions: set[int]) -> None:
         for account in [a for a, (p, _, _) in self.desks.items() if p in partitions]:
@@ -107,13 +107,13 @@ class RiskStage(Stage):
         if event_type == "progress":
             desk.on_progress(rec["symbol"], rec["ts"], self._clock)
         elif event_type == "risk_control":
-            self._out += [(desk, k, e) for k, e in desk.control(rec)]
+            self._decided += [(desk, k, e) for k, e in desk.control(rec)]
         else:
-            self._out += [(desk, k, e) for k, e in desk.add(event_type, rec)]
+            self._decided += [(desk, k, e) for k, e in desk.add(event_type, rec)]
 
     async def finish(self, out: Outbox) -> None:
-        clock, touched, released = self._clock, self._touched, self._out
-        self._touched, self._out = {}, []
+        clock, touched, released = self._clock, self._touched, self._decided
+        self._touched, self._decided = {}, []
         for account in touched:
             _, desk, _ = self.desks[account]
             released += [(desk, k, e) for k, e in desk.release(clock)]
