@@ -158,7 +158,7 @@ class Runner:
     updates)."""
 
     def __init__(self, app: faust.App, s: Settings, stage: Stage):
-        self.app, self.s, self.stage = app, s, stage
+        self.app, self.stage = app, stage
         self.guard = InputGuard(s)
         self.lock = asyncio.Lock()
         self.out = Outbox(s, stage.name, stage.dlq, stage.serde)
