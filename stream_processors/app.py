@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faust
-from faust.types import TP
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ticktape import kafka_clients, metrics
@@ -27,10 +26,6 @@ from ticktape.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
-OFFSET_KEY = (
-    "@offset:{}:{}"  # table key of an input partition's next offset ('@' starts no symbol, account or interval)
-)
-TAIL_CHECK_S = 1.0  # how often each stage looks for input the consumer has not delivered
 RECOVERY_REPORT_S = 5.0  # how often a recovering worker says how far it is
 MAX_STATE_RECORD = 900_000  # bytes of one changelog value: under the broker's 1 MiB message limit
 STAGES = ["bars", "indicators", "predict", "strategy", "risk", "execution", "portfolio"]
@@ -120,52 +115,10 @@ async def crash_on_error(app: faust.App, name: str, work) -> None:
         await app.crash(exc)
 
 
-def run_stage(app: faust.App, s: Settings, stage, topic, *, name: str) -> None:
-    """Feed ``stage.process`` its input ``topic`` in batches (up to PROCESSOR_BATCH_SIZE
-    events or PROCESSOR_BATCH_MS), as agent ``name``; after a rebalance the stage forgets
-    what it knew of the input partitions it lost.
-
-    A timer also hands the stage, every ``TAIL_CHECK_S``, the records of input partitions
-    that stood still since the last check but have more in the log (``InputGuard.tails``):
-    Faust can lose taken messages, and a lost tail has no later message to reveal it.
-    ``stage.guard`` is the stage's ``InputGuard``; a lock keeps the two callers apart.
-    """
-    sources = set(topic.topics)
-    one_at_a_time = asyncio.Lock()
-
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust awaits async receivers
-    async def on_revoked(sender, revoked, **kwargs) -> None:
-        stage.forget({tp.partition for tp in revoked if tp.topic in sources})
-
-    @agent(app, topic, name=name)
-    async def run(stream):
-        async for events in stream.take_events(s.processor_batch_size, within=s.processor_batch_ms / 1000):
-            async with one_at_a_time:
-                await stage.process(events)
-
-    async def catch_up() -> None:
-        assigned = {(tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in sources}
-        records = await stage.guard.tails(assigned, consumer_read_offsets(app))
-        if records:
-            async with one_at_a_time:
-                await stage.process([Taken(r) for r in records])
-
-    @app.timer(TAIL_CHECK_S, name=f"{name}.tails")
-    async def tails() -> None:
-        await crash_on_error(app, name, catch_up())
-
-
-def consumer_read_offsets(app: faust.App) -> Callable[[str, int], int | None]:
-    """The offset of the last message Faust's consumer handed on, per input partition
-    (None: none since it was assigned or sought).  Faust keeps it in ``_read_offset``;
-    a message lost after it was read is at or below it."""
-    read = app.consumer._read_offset  # type: ignore[attr-defined]  # the Consumer's, not in ConsumerT
-    return lambda topic, partition: read.get(TP(topic, partition))
-
-
 @dataclass(frozen=True)
 class Record:
-    """One input message, whether Faust delivered it or ``InputGuard`` re-read it."""
+    """An input message ``InputGuard`` read itself, with the attributes of a Faust message
+    that the stages use."""
 
     topic: str
     partition: int
@@ -176,11 +129,7 @@ class Record:
     headers: list | dict | None = None
 
 
-@dataclass(frozen=True)
-class Taken:
-    """A record the guard read itself, in the shape of a Faust event (``.message``)."""
-
-    message: Record
+Run = tuple[str, int, list]  # an input partition's topic, number and gap-free messages (see InputGuard.records)
 
 
 class InputGuard:
@@ -194,8 +143,7 @@ class InputGuard:
     never seen starts at its first retained offset, so a stage without state rebuilds
     it from the whole partition.  A lost tail (no later message) is read by ``tails``.
 
-    ``runs`` and ``offset_entries`` keep the next offsets in the stage's table under
-    ``OFFSET_KEY``; bars keeps them in its own watermark entries and uses ``records``.
+    Where a stage keeps its next offsets is the stage's (``stream_processors/runner.py``).
     """
 
     def __init__(self, s: Settings):
@@ -213,40 +161,38 @@ class InputGuard:
         else:
             self._next[(topic, partition)] = offset
 
-    def next_offset(self, topic: str, partition: int) -> int | None:
-        return self._next.get((topic, partition))
+    def next_offset(self, topic: str, partition: int) -> int:
+        """The next offset of a partition the guard has handed records of."""
+        return self._next[(topic, partition)]
 
     def forget(self, partitions) -> None:
         """Read these partitions' next offsets from the table again (after a rebalance)."""
         self._loaded = {(t, p) for t, p in self._loaded if p not in partitions}
         self._next = {(t, p): n for (t, p), n in self._next.items() if p not in partitions}
 
-    async def runs(self, table, messages) -> list[tuple[str, int, list[Record]]]:
-        """The messages grouped per input partition (sorted), each as ``records`` makes
-        them, from the next offset saved in ``table``."""
+    async def runs(self, messages, assigned: set[tuple[str, int]], saved) -> list[Run]:
+        """The messages of the ``assigned`` input partitions (the others' new owners process
+        them) grouped per partition (sorted), each as ``records`` makes them; ``saved(topic,
+        partition)`` is the next offset the stage's state holds for a partition not seen since
+        it was assigned."""
         by_input = defaultdict(list)
         for m in messages:
             by_input[(m.topic, m.partition)].append(m)
         out = []
-        for (topic, partition), msgs in sorted(by_input.items()):
-            if (topic, partition) not in self._loaded:
-                saved = table.data.get(OFFSET_KEY.format(topic, partition))
-                self.expect(topic, partition, saved["offset"] if saved else None)
-                self._loaded.add((topic, partition))
+        for tp, msgs in sorted(by_input.items()):
+            if tp not in assigned:
+                continue
+            topic, partition = tp
+            if tp not in self._loaded:
+                self.expect(topic, partition, saved(topic, partition))
+                self._loaded.add(tp)
             out.append((topic, partition, await self.records(topic, partition, msgs)))
         return out
 
-    def offset_entries(self, runs) -> list[tuple[int, str, dict]]:
-        """``save_state`` entries of the runs' next offsets, each in its input's partition
-        number; they go last, so that an entry never claims input the state does not hold."""
-        return [
-            (partition, OFFSET_KEY.format(topic, partition), {"offset": self.next_offset(topic, partition)})
-            for topic, partition, _ in runs
-        ]
-
-    async def records(self, topic: str, partition: int, messages) -> list[Record]:
+    async def records(self, topic: str, partition: int, messages) -> list:
         """The partition's messages (Faust ``Message`` objects, in delivery order) as
-        a gap-free run of records starting at the expected offset."""
+        a gap-free run starting at the expected offset: the messages themselves, and a
+        ``Record`` of each re-read one."""
         loop = asyncio.get_running_loop()
         nxt = self._next.get((topic, partition))
         if nxt is None:
@@ -267,7 +213,7 @@ class InputGuard:
                         m.offset - 1,
                     )
                 out += missing
-            out.append(Record(m.topic, m.partition, m.offset, m.key, m.value, m.timestamp, m.headers))
+            out.append(m)
             nxt = m.offset + 1
         self._next[(topic, partition)] = nxt
         return out

@@ -18,42 +18,43 @@ import faust
 
 from ticktape import kafka_clients, metrics
 from ticktape.config import Settings
-from ticktape.core.desks import ExecutionDesk
+from ticktape.core.desks import ExecutionDesk, account_partition
 from ticktape.risk_config import exec_config
 from ticktape.core.intervals import interval_seconds
 from ticktape.core.tickbatch import events_of
 
 from . import venue
-from .app import run_stage
-from .trading_io import TradingIO
+from .runner import DLQ, Outbox, Stage, forget_symbols, run
 
 STAGE = "execution"
 
 
-class ExecutionStage:
-    def __init__(self, app: faust.App, s: Settings, table):
-        self.io = TradingIO(app, s, STAGE)
-        self.guard = self.io.guard  # run_stage reads lost tails through it
-        self.table = table
-        self.market = (
-            s.topic("md.ticks") if s.exec_market_data == "ticks" else s.topic(f"md.bars.{s.strategy_interval}")
-        )
-        self.orders = s.topic("trading.orders")
-        self.sources = {self.market, self.orders}
+class ExecutionStage(Stage):
+    name = STAGE
+    dlq = DLQ
+
+    def __init__(self, s: Settings, table):
+        super().__init__(s, table)
+        self.accept("trading.orders", "order")
+        if s.exec_market_data == "ticks":
+            self.accept("md.ticks", "tick", "tick_batch", "heartbeat")
+        else:
+            self.accept(f"md.bars.{s.strategy_interval}", "bar")
+        self.fills = self.sink("trading.fills")
+        self.account_stream = self.sink("trading.account")
+        self.account_partitions = kafka_clients.topic_spec("trading.account").partitions
         self.width = interval_seconds(s.strategy_interval) * 1_000_000
-        self.cfg = exec_config(s)
-        self.source = s.exec_market_data
-        self.desk = ExecutionDesk(self.cfg, self.width, self.source)
+        self.desk = ExecutionDesk(exec_config(s), self.width, s.exec_market_data)
         for side in ("BUY", "SELL"):  # at 0 from the start, so rate() sees a first fill
             metrics.FILLS.labels(s.trading_account, side)
         self.loaded: set[int] = set()
         self.partition_of: dict[str, int] = {}
+        self._dirty: dict[str, int] = {}  # this batch's symbols with changed orders -> partition
+        self._fills: list[tuple[dict, int]] = []  # this batch's
 
-    def forget(self, partitions) -> None:
-        self.io.forget(partitions)
-        self.loaded -= set(partitions)
-        for sym in [k for k, p in self.partition_of.items() if p in partitions]:
-            del self.partition_of[sym]
+    def forget(self, partitions: set[int]) -> None:
+        self.loaded -= partitions
+        for sym in forget_symbols(self.partition_of, partitions):
             self.desk.forget_symbol(sym)
 
     def load(self, partition: int) -> None:
@@ -75,60 +76,42 @@ class ExecutionStage:
             self.desk.restore_memory(sym, mem)
             self.partition_of.setdefault(sym, partition)
 
-    async def process(self, events) -> None:
-        io = self.io
-        changes = {}
-        dirty = {}
-        fills = []
-        for msg in await io.inputs(self.table, events, self.sources):
-            self.load(msg.partition)
-            expected = (
-                ("order",)
-                if msg.topic == self.orders
-                else ("tick", "tick_batch", "heartbeat")
-                if self.source == "ticks"
-                else ("bar",)
-            )
-            decoded = await io.decode(msg, expected)
-            if decoded is None or decoded[0] == "heartbeat":
-                continue  # a heartbeat carries no price
-            event_type, rec = decoded
-            sym = rec["symbol"]
-            self.partition_of[sym] = msg.partition
-            if event_type == "order":
-                fills += [(f, msg.partition) for f in self.desk.on_order(rec)]
-                dirty[sym] = msg.partition
-                continue
-            for market in events_of(event_type, rec):  # a TickBatch: its ticks, in order
-                new, windows = self.desk.on_market("bar" if event_type == "bar" else "tick", market)
-                mem = self.desk.memory[sym]
-                for b in windows:
-                    entry = mem.get(b)
-                    changes[f"{sym}@{b}"] = (msg.partition, None if entry is None else {"p": msg.partition, "m": entry})
-                if new:
-                    fills += [(f, msg.partition) for f in new]
-                    dirty[sym] = msg.partition
+    def fold(self, msg, event: tuple[str, dict], out: Outbox) -> None:
+        self.load(msg.partition)
+        event_type, rec = event
+        if event_type == "heartbeat":
+            return  # a heartbeat carries no price
+        sym = rec["symbol"]
+        self.partition_of[sym] = msg.partition
+        if event_type == "order":
+            self._fills += [(f, msg.partition) for f in self.desk.on_order(rec)]
+            self._dirty[sym] = msg.partition
+            return
+        for market in events_of(event_type, rec):  # a TickBatch: its ticks, in order
+            new, windows = self.desk.on_market("bar" if event_type == "bar" else "tick", market)
+            mem = self.desk.memory[sym]
+            for b in windows:
+                entry = mem.get(b)
+                out.changes[f"{sym}@{b}"] = (msg.partition, None if entry is None else {"p": msg.partition, "m": entry})
+            if new:
+                self._fills += [(f, msg.partition) for f in new]
+                self._dirty[sym] = msg.partition
+
+    async def finish(self, out: Outbox) -> None:
+        fills, dirty = self._fills, self._dirty
+        self._fills, self._dirty = [], {}
         for fill, partition in fills:
-            await io.send("trading.fills", "fill", fill, fill["symbol"], partition)
-            await io.send("trading.account", "fill", fill, fill["account"], io.account_partition(fill["account"]))
-            metrics.FILLS.labels(fill["account"], fill["side"]).inc()
+            account = fill["account"]
+            out.send(self.fills, "fill", fill, fill["symbol"], partition)
+            out.send(self.account_stream, "fill", fill, account, account_partition(account, self.account_partitions))
+            metrics.FILLS.labels(account, fill["side"]).inc()
         for sym, p in dirty.items():
-            changes[sym] = (p, {"p": p, **self.desk.symbol_state(sym)})
-        await io.flush(self.table, changes)
+            out.changes[sym] = (p, {"p": p, **self.desk.symbol_state(sym)})
 
 
 def attach(app: faust.App, s: Settings) -> None:
-    if s.execution_venue.lower() != "paper":  # orders only: the venue fills them
-        orders = app.topic(s.topic("trading.orders"), key_serializer="raw", value_serializer="raw")
-        venue_table = app.Table(STAGE, partitions=kafka_clients.topic_spec("trading.orders").partitions)
-        venue.attach(app, s, venue_table, orders, STAGE)
-        return
-    stage_topics = [
-        s.topic("trading.orders"),
-        s.topic("md.ticks") if s.exec_market_data == "ticks" else s.topic(f"md.bars.{s.strategy_interval}"),
-    ]
-    topic = app.topic(*stage_topics, key_serializer="raw", value_serializer="raw")
     table = app.Table(STAGE, partitions=kafka_clients.topic_spec("trading.orders").partitions)
-    stage = ExecutionStage(app, s, table)
-
-    run_stage(app, s, stage, topic, name=STAGE)
+    if s.execution_venue.lower() != "paper":  # orders only: the venue fills them
+        venue.attach(app, s, table, STAGE)
+    else:
+        run(app, s, ExecutionStage(s, table))

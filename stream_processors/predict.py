@@ -11,9 +11,7 @@ Scoring: a model's user indicator features (``INDICATORS``) are read from each s
 together, one XGBoost call per batch (``stream.take_events``: a batch when several sets
 are waiting, a single row otherwise); a set with a missing feature (lookback not filled)
 is skipped and counted, never scored.  The table also holds each input partition's next
-offset for ``InputGuard``, which hands over a gap-free run of messages from it.  Per
-batch, as in the bars stage: send the predictions and dead letters and wait for the
-broker, then the changelog (``save_state``), then ack.
+offset; the runner (``runner.py``) reads from it and sends and saves each batch.
 
 The model: a ``ModelWatcher`` thread in every worker reads the compacted ml.models
 topic from its start (no consumer group: every worker sees every announcement), checks
@@ -30,21 +28,18 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from typing import cast
 
 import faust
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-from ticktape import deadletter, kafka_clients, metrics
+from ticktape import kafka_clients, metrics
 from ticktape.api import load_indicators
 from ticktape.config import Settings
 from ticktape.core.features import FeatureError, FeatureState
 from ticktape.core.ml import Model
 from ticktape.registry import MODELS_TOPIC, parse_announcement
-from ticktape.serde import Serde, SerdeError
-from ticktape.validate import Validator
 
-from .app import InputGuard, run_stage, save_state
+from .runner import Outbox, Stage, run
 
 log = logging.getLogger(__name__)
 
@@ -126,33 +121,31 @@ class ModelWatcher:
             consumer.close()
 
 
-class PredictStage:
-    def __init__(self, app: faust.App, s: Settings, table, watcher: ModelWatcher):
-        self.app = app
-        self.table = table
+class PredictStage(Stage):
+    name = STAGE
+    dlq = "dlq.predict"
+
+    def __init__(self, s: Settings, table, watcher: ModelWatcher):
+        super().__init__(s, table)
         self.watcher = watcher
-        self.serde = Serde(s.schema_registry_url)
-        self.validator = Validator(s)
-        self.source = s.topic("analytics.indicators")
-        self.out_topic = s.topic("ml.predictions")
-        self.dlq_topic = s.topic("dlq.predict")
+        self.accept("analytics.indicators", "indicator_set")
+        self.predictions = self.sink("ml.predictions")
         self.grace_s = s.bar_grace_ms / 1000
         self._states: dict[int, dict[str, FeatureState]] = defaultdict(dict)
-        self.guard = InputGuard(s)
-        self._in = metrics.EVENTS_IN.labels(STAGE, "analytics.indicators")
-        self._out = metrics.EVENTS_OUT.labels(STAGE, "ml.predictions")
-        self._dlq = metrics.DLQ_MESSAGES.labels(STAGE, "dlq.predict")
-        self.dlq_max_bytes = s.dlq_max_bytes
         self._latency = metrics.EVENT_LATENCY.labels(STAGE)
         self._missing = metrics.PREDICTIONS_SKIPPED.labels("missing_features")
         self._no_model = metrics.PREDICTIONS_SKIPPED.labels("no_model")
+        # this batch's: one model for the whole batch, the changed states, the sets to score
+        self._model: Model | None = None
+        self._dirty: dict[str, tuple[int, FeatureState]] = {}
+        self._items: list[tuple[dict, list]] = []
+        self._partition_of: dict[str, int] = {}
+        self._unscored = 0
 
     # -- state ---------------------------------------------------------------------
-    def forget(self, partitions) -> None:
-        """Drop cached states (after a rebalance the table is the truth)."""
+    def forget(self, partitions: set[int]) -> None:
         for p in partitions:
             self._states.pop(p, None)
-        self.guard.forget(partitions)
 
     def state(self, partition: int, key: str) -> FeatureState:
         states = self._states[partition]
@@ -163,79 +156,54 @@ class PredictStage:
         return st
 
     # -- processing ------------------------------------------------------------------
-    async def process(self, events) -> None:
+    async def begin(self) -> None:
         if not self.watcher.caught_up.is_set():  # first batch: learn the active model first
             await asyncio.get_running_loop().run_in_executor(None, self.watcher.caught_up.wait, STARTUP_WAIT_S)
-        model = self.watcher.model  # one model for the whole batch
-        assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.source}
-        deliveries, dirty, items, partition_of = [], {}, [], {}
-        no_model = 0
-        runs = await self.guard.runs(
-            self.table, [ev.message for ev in events if ev.message.partition in assigned]
-        )  # else its new owner processes it
-        self._in.inc(sum(len(records) for _, _, records in runs))  # each input record once, however often it came
-        for msg in (msg for _, _, records in runs for msg in records):
-            try:
-                event_type, ind = self.serde.decode(cast(bytes, msg.value))  # None: SerdeError("empty message")
-                if event_type != "indicator_set":
-                    raise SerdeError(f"expected an indicator_set, got a {event_type}")
-                self.validator.check(event_type, ind)
-                key = f"{ind['interval']}:{ind['symbol']}"
-                st = self.state(msg.partition, key)
-                vec = st.update(ind)
-            except (SerdeError, FeatureError) as e:
-                deliveries.append(await self._dead_letter(msg, str(e)))
-                continue
-            if vec is None:
-                continue  # redelivered: folded (and scored) before
-            dirty[key] = (msg.partition, st)
-            if model is None:
-                no_model += 1
-            elif ind["interval"] == model.interval:
-                items.append((ind, vec))
-                partition_of[ind["symbol"]] = msg.partition
-        if no_model:
-            self._no_model.inc(no_model)
+        self._model = self.watcher.model
+
+    def fold(self, msg, event: tuple[str, dict], out: Outbox) -> None:
+        ind = event[1]
+        key = f"{ind['interval']}:{ind['symbol']}"
+        try:
+            st = self.state(msg.partition, key)
+            vec = st.update(ind)
+        except FeatureError as e:
+            out.dead_letter(msg, str(e))
+            return
+        if vec is None:
+            return  # redelivered: folded (and scored) before
+        self._dirty[key] = (msg.partition, st)
+        model = self._model
+        if model is None:
+            self._unscored += 1
+        elif ind["interval"] == model.interval:
+            self._items.append((ind, vec))
+            self._partition_of[ind["symbol"]] = msg.partition
+
+    async def finish(self, out: Outbox) -> None:
+        model, items, partition_of = self._model, self._items, self._partition_of
+        self._items, self._partition_of = [], {}
+        if self._unscored:
+            self._no_model.inc(self._unscored)
+            self._unscored = 0
         if items:
             assert model is not None  # items are added only with a model
             preds, missing, seconds = model.predictions(items)
             self._missing.inc(missing)
-            send = self.app.producer.send
             now = time.time()
             for pred in preds:
-                value = self.serde.encode("prediction", pred, topic=self.out_topic)
-                deliveries.append(
-                    await send(
-                        self.out_topic,
-                        pred["symbol"].encode(),
-                        value,
-                        partition_of[pred["symbol"]],
-                        pred["ts"] / 1e6,
-                        None,
-                    )
-                )
+                out.send(self.predictions, "prediction", pred, pred["symbol"], partition_of[pred["symbol"]])
                 metrics.INFERENCE_LATENCY.observe(seconds)
                 self._latency.observe(now - pred["ts"] / 1e6 - self.grace_s)
-            self._out.inc(len(preds))
             metrics.PREDICTIONS.labels(model.name).inc(len(preds))
-        await asyncio.gather(*deliveries)
-        await save_state(
-            self.table,
-            [(partition, key, {"p": partition, **st.to_state()}) for key, (partition, st) in dirty.items()]
-            + self.guard.offset_entries(runs),
-        )
-
-    async def _dead_letter(self, msg, error: str):
-        self._dlq.inc()
-        dl = deadletter.of_message(msg, error, stage=STAGE, max_bytes=self.dlq_max_bytes)
-        return await self.app.producer.send(self.dlq_topic, dl.key, dl.value, None, msg.timestamp, dl.headers)
+        dirty, self._dirty = self._dirty, {}
+        for key, (partition, st) in dirty.items():
+            out.changes[key] = (partition, {"p": partition, **st.to_state()})
 
 
 def attach(app: faust.App, s: Settings) -> None:
-    indicators = app.topic(s.topic("analytics.indicators"), key_serializer="raw", value_serializer="raw")
     table = app.Table("features", partitions=kafka_clients.topic_spec("analytics.indicators").partitions)
     watcher = ModelWatcher(s)
-    stage = PredictStage(app, s, table, watcher)
 
     @app.task
     async def watch_models() -> None:
@@ -245,4 +213,4 @@ def attach(app: faust.App, s: Settings) -> None:
     async def stop_watching(sender, **kwargs) -> None:
         watcher.stop()
 
-    run_stage(app, s, stage, indicators, name=STAGE)
+    run(app, s, PredictStage(s, table, watcher))

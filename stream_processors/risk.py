@@ -20,29 +20,35 @@ import faust
 
 from ticktape import kafka_clients, metrics
 from ticktape.config import Settings
-from ticktape.core.desks import RiskDesk, fill_lead_us
+from ticktape.core.desks import RiskDesk, account_partition, fill_lead_us
 from ticktape.core.intervals import interval_seconds
 from ticktape.core.risk import HALTED, REASON_CODES
 from ticktape.market_calendar import market_hours
 from ticktape.risk_config import load_risk_limits, risk_config_path
 
-from .app import run_stage
-from .trading_io import LATE_HEADER, TradingIO, header_partition
+from .runner import DLQ, LATE_HEADER, Outbox, Stage, header_partition, run
 
 STAGE = "risk"
 log = logging.getLogger(__name__)
 PENDING_KEY = "@pending:{}:{}"  # table key of a buffered event: account, event id ('@' starts no account)
 
 
-class RiskStage:
-    def __init__(self, app: faust.App, s: Settings, table):
-        self.io = TradingIO(app, s, STAGE)
-        self.guard = self.io.guard  # run_stage reads lost tails through it
-        self.s = s
-        self.table = table
+class RiskStage(Stage):
+    name = STAGE
+    dlq = DLQ
+
+    def __init__(self, s: Settings, table):
+        super().__init__(s, table)
         self.limits = load_risk_limits(risk_config_path(s)).with_market_hours(market_hours(s))
         self.universe = s.symbol_list
-        self.sources = {s.topic("trading.account"), s.topic("trading.control")}
+        types = ("signal", "mark", "fill", "order_rejected", "progress", "risk_control")
+        self.accept("trading.account", *types)
+        self.accept("trading.control", *types)
+        self.orders = self.sink("trading.orders")
+        self.rejected = self.sink("trading.orders.rejected")
+        self.risk_states = self.sink("trading.risk")
+        self.ledger = self.sink("trading.ledger")
+        self.account_partitions = kafka_clients.topic_spec("trading.account").partitions
         self.desks: dict[str, tuple[int, RiskDesk, dict]] = {}  # account -> (partition, desk, symbol partitions)
         self._latency = metrics.EVENT_LATENCY.labels(STAGE)
         for code in REASON_CODES:  # at 0 from the start, so rate() sees a first rejection
@@ -54,9 +60,12 @@ class RiskStage:
         self._idle: dict[str, list[str]] = {}  # idle symbols last reported, per account
         market = s.exec_market_data if s.execution_venue.lower() == "paper" else "ticks"  # a venue fills any time
         self.fill_lead_us = fill_lead_us(market, interval_seconds(s.strategy_interval) * 1_000_000)
+        # this batch's: the clock, the accounts touched (-> partition), the desks' output
+        self._clock = 0.0
+        self._touched: dict[str, int] = {}
+        self._decided: list[tuple[RiskDesk, str, dict]] = []
 
-    def forget(self, partitions) -> None:
-        self.io.forget(partitions)
+    def forget(self, partitions: set[int]) -> None:
         for account in [a for a, (p, _, _) in self.desks.items() if p in partitions]:
             del self.desks[account]
 
@@ -80,35 +89,36 @@ class RiskStage:
             entry = self.desks[account] = (partition, desk, parts)
         return entry
 
-    async def process(self, events) -> None:
-        io = self.io
-        touched, out = {}, []
-        clock = time.monotonic()  # idleness needs a symbol to stand still on the wall clock too
-        for msg in await io.inputs(self.table, events, self.sources):
-            decoded = await io.decode(msg, ("signal", "mark", "fill", "order_rejected", "progress", "risk_control"))
-            if decoded is None:
-                continue
-            event_type, rec = decoded
-            account = rec["account"]
-            if io.account_partition(account) != msg.partition:
-                await io.dead_letter(msg, f"account {account!r} belongs to partition {io.account_partition(account)}")
-                continue
-            partition, desk, parts = self.desk(account, msg.partition)
-            touched[account] = partition
-            p = header_partition(msg)
-            if p is not None and "symbol" in rec:
-                parts[rec["symbol"]] = p
-            if event_type == "progress":
-                desk.on_progress(rec["symbol"], rec["ts"], clock)
-            elif event_type == "risk_control":
-                out += [(desk, k, e) for k, e in desk.control(rec)]
-            else:
-                out += [(desk, k, e) for k, e in desk.add(event_type, rec)]
+    async def begin(self) -> None:
+        self._clock = time.monotonic()  # idleness needs a symbol to stand still on the wall clock too
+
+    def fold(self, msg, event: tuple[str, dict], out: Outbox) -> None:
+        event_type, rec = event
+        account = rec["account"]
+        home = account_partition(account, self.account_partitions)
+        if home != msg.partition:
+            out.dead_letter(msg, f"account {account!r} belongs to partition {home}")
+            return
+        partition, desk, parts = self.desk(account, msg.partition)
+        self._touched[account] = partition
+        p = header_partition(msg)
+        if p is not None and "symbol" in rec:
+            parts[rec["symbol"]] = p
+        if event_type == "progress":
+            desk.on_progress(rec["symbol"], rec["ts"], self._clock)
+        elif event_type == "risk_control":
+            self._decided += [(desk, k, e) for k, e in desk.control(rec)]
+        else:
+            self._decided += [(desk, k, e) for k, e in desk.add(event_type, rec)]
+
+    async def finish(self, out: Outbox) -> None:
+        clock, touched, released = self._clock, self._touched, self._decided
+        self._touched, self._decided = {}, []
         for account in touched:
             _, desk, _ = self.desks[account]
-            out += [(desk, k, e) for k, e in desk.release(clock)]
+            released += [(desk, k, e) for k, e in desk.release(clock)]
         now = time.time()
-        for desk, kind, e in out:
+        for desk, kind, e in released:
             account = desk.account
             partition, _, parts = self.desks[account]
             if kind in ("order", "rejection"):
@@ -116,19 +126,19 @@ class RiskStage:
                 if sym_p is None:  # cannot happen: a signal always comes with its header
                     raise RuntimeError(f"no partition known for {e['symbol']}")
                 if kind == "order":
-                    await io.send("trading.orders", "order", e, e["symbol"], sym_p)
+                    out.send(self.orders, "order", e, e["symbol"], sym_p)
                     metrics.ORDERS.labels(account, e["side"]).inc()
                 else:
-                    await io.send("trading.orders.rejected", "order_rejected", e, e["symbol"], sym_p)
+                    out.send(self.rejected, "order_rejected", e, e["symbol"], sym_p)
                     metrics.RISK_REJECTIONS.labels(e["reason_code"]).inc()
                 self._latency.observe(now - e["ts"] / 1e6 - self.grace_s)
             elif kind == "risk_state":
-                await io.send("trading.risk", "risk_state", e, account, partition)
+                out.send(self.risk_states, "risk_state", e, account, partition)
             elif kind == "late_fill":
-                await io.send("trading.ledger", "fill", e, account, partition, [(LATE_HEADER, b"1")])
+                out.send(self.ledger, "fill", e, account, partition, [(LATE_HEADER, b"1")])
             else:
-                await io.send("trading.ledger", kind, e, account, partition)
-        changes: dict[str, tuple[int, dict | None]] = {}
+                out.send(self.ledger, kind, e, account, partition)
+        changes = out.changes
         for account, p in touched.items():
             desk = self.desks[account][1]
             added, removed = desk.take_pending_changes()
@@ -136,7 +146,6 @@ class RiskStage:
             changes.update((PENDING_KEY.format(account, item[3]), (p, {"p": p, "e": item})) for item in added)
             changes[account] = (p, {"p": p, "desk": desk.to_dict(), "partitions": self.desks[account][2]})
             self._report(desk, clock)
-        await io.flush(self.table, changes)
 
     def _report(self, desk: RiskDesk, clock: float) -> None:
         account = desk.account
@@ -161,10 +170,5 @@ class RiskStage:
 
 
 def attach(app: faust.App, s: Settings) -> None:
-    topic = app.topic(
-        s.topic("trading.account"), s.topic("trading.control"), key_serializer="raw", value_serializer="raw"
-    )
     table = app.Table(STAGE, partitions=kafka_clients.topic_spec("trading.account").partitions)
-    stage = RiskStage(app, s, table)
-
-    run_stage(app, s, stage, topic, name=STAGE)
+    run(app, s, RiskStage(s, table))

@@ -21,32 +21,33 @@ import faust
 from ticktape import kafka_clients, metrics
 from ticktape.api import load_strategy, strategy_config
 from ticktape.config import Settings
-from ticktape.core.desks import StrategyDesk
+from ticktape.core.desks import StrategyDesk, account_partition
 
-from .app import run_stage
-from .trading_io import TradingIO, partition_header
+from .runner import DLQ, Outbox, Stage, forget_symbols, partition_header, run
 
 log = logging.getLogger(__name__)
 STAGE = "strategy"
 INPUT_TOPICS = {"prediction": "ml.predictions", "indicator_set": "analytics.indicators"}
 
 
-class StrategyStage:
-    def __init__(self, app: faust.App, s: Settings, table, desk: StrategyDesk):
-        self.io = TradingIO(app, s, STAGE)
-        self.guard = self.io.guard  # run_stage reads lost tails through it
-        self.table = table
+class StrategyStage(Stage):
+    name = STAGE
+    dlq = DLQ
+
+    def __init__(self, s: Settings, table, desk: StrategyDesk):
+        super().__init__(s, table)
         self.desk = desk
-        self.cfg = desk.cfg
-        self.account = self.cfg.account
-        self.sources = {s.topic(INPUT_TOPICS[desk.input])}
+        self.account = desk.cfg.account
+        self.account_p = account_partition(self.account, kafka_clients.topic_spec("trading.account").partitions)
+        self.accept(INPUT_TOPICS[desk.input], desk.input)
+        self.signals = self.sink("trading.signals")
+        self.account_stream = self.sink("trading.account")
         self.partition_of: dict[str, int] = {}  # symbols loaded into the desk
         self.sent_progress: dict[str, int] = {}
+        self._dirty: dict[str, int] = {}  # this batch's symbols -> partition
 
-    def forget(self, partitions) -> None:
-        self.io.forget(partitions)
-        for sym in [k for k, p in self.partition_of.items() if p in partitions]:
-            del self.partition_of[sym]
+    def forget(self, partitions: set[int]) -> None:
+        for sym in forget_symbols(self.partition_of, partitions):
             self.desk.forget_symbol(sym)
             self.sent_progress.pop(sym, None)
 
@@ -57,34 +58,30 @@ class StrategyStage:
             if saved is not None:
                 self.desk.set_symbol_state(symbol, saved)
 
-    async def process(self, events) -> None:
-        io = self.io
-        acct_p = io.account_partition(self.account)
-        dirty = {}
-        for msg in await io.inputs(self.table, events, self.sources):
-            decoded = await io.decode(msg, (self.desk.input,))
-            if decoded is None:
-                continue
-            kind, rec = decoded
-            sym = rec["symbol"]
-            self.load(sym, msg.partition)
-            try:
-                out = self.desk.on_input(kind, rec)
-            except ValueError as e:  # e.g. a p_up that is not a probability, no close
-                await io.dead_letter(msg, str(e))
-                continue
-            header = partition_header(msg.partition)
-            for kind, ev in out:
-                if kind == "signal":
-                    await io.send("trading.signals", "signal", ev, sym, msg.partition)
-                await io.send("trading.account", kind, ev, self.account, acct_p, header)
-            dirty[sym] = msg.partition
+    def fold(self, msg, event: tuple[str, dict], out: Outbox) -> None:
+        kind, rec = event
+        sym = rec["symbol"]
+        self.load(sym, msg.partition)
+        try:
+            emitted = self.desk.on_input(kind, rec)
+        except ValueError as e:  # e.g. a p_up that is not a probability, no close
+            out.dead_letter(msg, str(e))
+            return
+        header = partition_header(msg.partition)
+        for kind, ev in emitted:
+            if kind == "signal":
+                out.send(self.signals, "signal", ev, sym, msg.partition)
+            out.send(self.account_stream, kind, ev, self.account, self.account_p, header)
+        self._dirty[sym] = msg.partition
+
+    async def finish(self, out: Outbox) -> None:
+        dirty, self._dirty = self._dirty, {}
         for sym, partition in dirty.items():
             progress = self.desk.progress(sym)
             if progress is not None and progress > self.sent_progress.get(sym, -1):
                 self.sent_progress[sym] = progress
-                await io.send(
-                    "trading.account",
+                out.send(
+                    self.account_stream,
                     "progress",
                     {
                         "event_id": f"prog:{self.account}:{sym}:{progress}",
@@ -93,11 +90,13 @@ class StrategyStage:
                         "ts": progress,
                     },
                     self.account,
-                    acct_p,
+                    self.account_p,
                     partition_header(partition),
                 )
-        states = {sym: (p, self.desk.symbol_state(sym)) for sym, p in dirty.items()}
-        await io.flush(self.table, {sym: (p, {"p": p, **st}) for sym, (p, st) in states.items() if st})
+        for sym, p in dirty.items():
+            st = self.desk.symbol_state(sym)
+            if st:
+                out.changes[sym] = (p, {"p": p, **st})
 
 
 def attach(app: faust.App, s: Settings) -> None:
@@ -118,9 +117,5 @@ def attach(app: faust.App, s: Settings) -> None:
         ran["source_sha256"][:16],
         INPUT_TOPICS[desk.input],
     )
-    name = INPUT_TOPICS[desk.input]
-    topic = app.topic(s.topic(name), key_serializer="raw", value_serializer="raw")
-    table = app.Table(STAGE, partitions=kafka_clients.topic_spec(name).partitions)
-    stage = StrategyStage(app, s, table, desk)
-
-    run_stage(app, s, stage, topic, name=STAGE)
+    table = app.Table(STAGE, partitions=kafka_clients.topic_spec(INPUT_TOPICS[desk.input]).partitions)
+    run(app, s, StrategyStage(s, table, desk))

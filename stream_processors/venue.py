@@ -20,16 +20,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 
 import faust
 
-from ticktape import metrics
+from ticktape import kafka_clients, metrics
 from ticktape.alpaca_trading import AlpacaTrading, VenueUnavailable
 from ticktape.config import Settings
+from ticktape.core.desks import account_partition
 from ticktape.core.venue import VenueDesk, order_request
 
-from .app import crash_on_error, run_stage
-from .trading_io import TradingIO
+from .app import crash_on_error
+from .runner import DLQ, Outbox, Runner, Stage, forget_symbols, run
 
 log = logging.getLogger(__name__)
 KEY = "@venue:"  # '@': not a symbol entry of the paper desk, whose table this is
@@ -37,27 +39,31 @@ RECONCILE_S = 5.0
 RETRY_S = 0.5  # between the attempts at an order the venue does not answer
 
 
-class VenueStage:
+class VenueStage(Stage):
+    dlq = DLQ
+
     def __init__(self, app: faust.App, s: Settings, table, client: AlpacaTrading, stage: str):
-        self.app, self.table, self.client = app, table, client
-        self.io = TradingIO(app, s, stage)
-        self.guard = self.io.guard  # run_stage reads lost tails through it
+        self.name = stage
+        super().__init__(s, table)
+        self.app, self.client = app, client
         self.orders = s.topic("trading.orders")
-        self.sources = {self.orders}
+        self.accept("trading.orders", "order")
+        self.fills = self.sink("trading.fills")
+        self.rejected = self.sink("trading.orders.rejected")
+        self.account_stream = self.sink("trading.account")
+        self.account_partitions = kafka_clients.topic_spec("trading.account").partitions
         self.timeout_s = s.venue_timeout_s
         self.desk = VenueDesk()
         self.loaded: set[int] = set()
         self.partition_of: dict[str, int] = {}
-        self.lock = asyncio.Lock()  # the batches and the stream's updates change the desk in turn
         self.stale = True  # to reconcile: at start, after a reconnect, after new partitions
+        self._new: list[dict] = []  # this batch's orders, to send to the venue
         for side in ("BUY", "SELL"):
             metrics.FILLS.labels(s.trading_account, side)
 
-    def forget(self, partitions) -> None:
-        self.io.forget(partitions)
-        self.loaded -= set(partitions)
-        for sym in [k for k, p in self.partition_of.items() if p in partitions]:
-            del self.partition_of[sym]
+    def forget(self, partitions: set[int]) -> None:
+        self.loaded -= partitions
+        for sym in forget_symbols(self.partition_of, partitions):
             self.desk.forget_symbol(sym)
 
     def load(self, partition: int) -> None:
@@ -71,20 +77,20 @@ class VenueStage:
                 self.desk.set_symbol_state(sym, value)
                 self.partition_of[sym] = partition
 
-    async def process(self, events) -> None:
-        async with self.lock:
-            out: list[tuple[str, dict]] = []
-            for msg in await self.io.inputs(self.table, events, self.sources):
-                self.load(msg.partition)
-                decoded = await self.io.decode(msg, ("order",))
-                if decoded is None:
-                    continue
-                order = decoded[1]
-                self.partition_of[order["symbol"]] = msg.partition
-                if self.desk.on_order(order):
-                    out += await self.send(order)
-                    out.append(("state", order))  # its symbol's state changed
-            await self.publish(out)
+    def fold(self, msg, event: tuple[str, dict], out: Outbox) -> None:
+        self.load(msg.partition)
+        order = event[1]
+        self.partition_of[order["symbol"]] = msg.partition
+        if self.desk.on_order(order):
+            self._new.append(order)
+
+    async def finish(self, out: Outbox) -> None:
+        new, self._new = self._new, []
+        decided: list[tuple[str, dict]] = []
+        for order in new:
+            decided += await self.send(order)
+            decided.append(("state", order))  # its symbol's state changed
+        self.emit(decided, out)
 
     async def send(self, order: dict) -> list[tuple[str, dict]]:
         """Submit an order (again: its client id makes a resend harmless) → what it decides now."""
@@ -106,22 +112,23 @@ class VenueStage:
                     return self.desk.on_send_failed(order["event_id"], "VENUE_UNANSWERED", detail)
                 await asyncio.sleep(RETRY_S)
 
-    async def on_update(self, data: dict) -> None:
-        async with self.lock:
-            out = self.desk.on_update(data)
-            if out:
-                await self.publish(out)
+    async def on_update(self, runner: Runner, data: dict) -> None:
+        async with runner.lock:
+            decided = self.desk.on_update(data)
+            if decided:
+                self.emit(decided, runner.out)
+                await runner.flush()
 
-    async def on_connected(self) -> None:
+    async def on_connected(self, runner: Runner) -> None:
         self.stale = True
-        await self.reconcile()
+        await self.reconcile(runner)
 
-    async def reconcile(self) -> None:
+    async def reconcile(self, runner: Runner) -> None:
         """Bring the open orders up to the venue's state (see the module doc)."""
         recovery = getattr(self.app.tables, "recovery", None)
         if recovery is not None and not recovery.completed.is_set():
             return  # the table is not read back yet; the timer comes again
-        async with self.lock:
+        async with runner.lock:
             for tp in self.app.consumer.assignment():
                 if tp.topic == self.orders:
                     self.load(tp.partition)
@@ -130,16 +137,16 @@ class VenueStage:
             self.stale = False
             try:
                 at_venue = {o.get("client_order_id"): o for o in await self.client.open_orders()}
-                out: list[tuple[str, dict]] = []
+                decided: list[tuple[str, dict]] = []
                 for cid, entry in list(self.desk.open.items()):
                     snap = at_venue.get(cid) or await self.client.by_client_id(cid)
                     order = entry["order"]
                     if snap is None:
                         log.info("order %s never reached alpaca: sending it", order["event_id"])
-                        out += await self.send(order)
+                        decided += await self.send(order)
                     else:
-                        out += self.desk.on_snapshot(snap)
-                    out.append(("state", order))
+                        decided += self.desk.on_snapshot(snap)
+                    decided.append(("state", order))
                 for cid, sym in list(self.desk.abandoned.items()):
                     snap = at_venue.get(cid) or await self.client.by_client_id(cid)
                     action = self.desk.on_abandoned(cid, snap)
@@ -156,49 +163,51 @@ class VenueStage:
                             snap["filled_qty"],
                             sym,
                         )
-                    out.append(("state", {"symbol": sym}))
+                    decided.append(("state", {"symbol": sym}))
             except VenueUnavailable as e:
                 self.stale = True
                 log.warning("alpaca reconciliation: %s; trying again in %g s", e, RECONCILE_S)
                 return
-            await self.publish(out)
+            self.emit(decided, runner.out)
+            await runner.flush()
 
-    async def publish(self, out: list[tuple[str, dict]]) -> None:
-        """Send the fills and rejections, then save the state of the symbols they (and the
+    def emit(self, decided: list[tuple[str, dict]], out: Outbox) -> None:
+        """The fills and rejections to send, and the state of the symbols they (and the
         ("state", {"symbol": ...}) items) touch."""
-        io = self.io
         dirty: dict[str, int] = {}
-        for kind, e in out:
+        for kind, e in decided:
             sym = e["symbol"]
             p = self.partition_of[sym]
             dirty[sym] = p
             if kind == "state":
                 continue
-            account_p = io.account_partition(e["account"])
+            account_p = account_partition(e["account"], self.account_partitions)
             if kind == "fill":
-                await io.send("trading.fills", "fill", e, sym, p)
-                await io.send("trading.account", "fill", e, e["account"], account_p)
+                out.send(self.fills, "fill", e, sym, p)
+                out.send(self.account_stream, "fill", e, e["account"], account_p)
                 metrics.FILLS.labels(e["account"], e["side"]).inc()
             else:
                 log.warning("order %s: %s %s", e["signal_id"], e["reason_code"], e["detail"])
-                await io.send("trading.orders.rejected", "order_rejected", e, sym, p)
-                await io.send("trading.account", "order_rejected", e, e["account"], account_p)
-        changes = {KEY + sym: (p, {"p": p, **self.desk.symbol_state(sym)}) for sym, p in dirty.items()}
-        await io.flush(self.table, changes)
+                out.send(self.rejected, "order_rejected", e, sym, p)
+                out.send(self.account_stream, "order_rejected", e, e["account"], account_p)
+        for sym, p in dirty.items():
+            out.changes[KEY + sym] = (p, {"p": p, **self.desk.symbol_state(sym)})
 
 
-def attach(app: faust.App, s: Settings, table, topic, stage_name: str) -> None:
-    """Run the venue stage on ``topic`` (trading.orders), with its stream and reconciliation."""
+def attach(app: faust.App, s: Settings, table, stage_name: str) -> None:
+    """Run the venue stage on trading.orders, with its stream and reconciliation."""
     client = AlpacaTrading.from_settings(s)
     stage = VenueStage(app, s, table, client, stage_name)
-    run_stage(app, s, stage, topic, name=stage_name)
+    runner = run(app, s, stage)
 
     @app.task
     async def trade_updates() -> None:
         await crash_on_error(
-            app, f"{stage_name}.trade_updates", client.trade_updates(stage.on_update, stage.on_connected)
+            app,
+            f"{stage_name}.trade_updates",
+            client.trade_updates(partial(stage.on_update, runner), partial(stage.on_connected, runner)),
         )
 
     @app.timer(RECONCILE_S, name=f"{stage_name}.reconcile")
     async def reconcile() -> None:
-        await crash_on_error(app, f"{stage_name}.reconcile", stage.reconcile())
+        await crash_on_error(app, f"{stage_name}.reconcile", stage.reconcile(runner))

@@ -83,7 +83,7 @@ def test_batched_ticks_give_the_bars_of_the_same_ticks_one_by_one(settings, tmp_
 def test_positions_of_batched_ticks_skip_redelivery_tick_by_tick():
     """A tick's position is offset × MAX_TICKS + index: a redelivered batch is skipped
     whole, and a batch after it counts from its first tick."""
-    from stream_processors.bars import TickRuns
+    from stream_processors.bars import TickRuns, decode_trades
     from ticktape.core.bars import BarAggregator
     from ticktape.core.tickbatch import MAX_TICKS
 
@@ -94,15 +94,19 @@ def test_positions_of_batched_ticks_skip_redelivery_tick_by_tick():
     ticks = random_ticks(5, 200)
     sym = [t for t in ticks if t["symbol"] == "AAPL" and t["price"] is not None][:20]
     first, second = make_batch(sym[:10]), make_batch(sym[11:])
+
+    def add(runs, msg):
+        runs.add(msg, decode_trades(serde, msg))
+
     cols = TickRuns(serde)
-    cols.add(Msg(3, serde.encode("tick_batch", first)))
-    cols.add(Msg(4, serde.encode("tick", sym[10])))
+    add(cols, Msg(3, serde.encode("tick_batch", first)))
+    add(cols, Msg(4, serde.encode("tick", sym[10])))
     assert [(len(ts), first) for _, ts, _, _, first in cols.runs] == [(10, 3 * MAX_TICKS), (1, 4 * MAX_TICKS)]
     agg = BarAggregator(["1m"], 10**12)  # nothing closes
     agg.process_runs(cols.runs)
     again = TickRuns(serde)
-    again.add(Msg(3, serde.encode("tick_batch", first)))  # redelivered: nothing applied
-    again.add(Msg(5, serde.encode("tick_batch", second)))
+    add(again, Msg(3, serde.encode("tick_batch", first)))  # redelivered: nothing applied
+    add(again, Msg(5, serde.encode("tick_batch", second)))
     agg.process_runs(again.runs)
     counted = sum(acc[6] for _start, *acc in agg.symbol_state("AAPL")["open"]["1m"])
     assert counted == 20 and agg.symbol_state("AAPL")["pos"] == 5 * MAX_TICKS + 8

@@ -1,0 +1,284 @@
+"""The stage runner: every stage is its pure part, a ``Stage``, run by one ``Runner``.
+
+A stage decodes a message (``decoders``, one per input topic), folds it into its state
+(``fold``, which puts what goes out in the ``Outbox``: events, dead letters, changed table
+entries), and ends the batch (``finish``).  The runner does the rest, per batch, in this
+order, so that a crash at any point loses nothing:
+1. the input partitions this worker still owns, each once and in offset order from the
+   next offset saved with the state (``InputGuard``), partition by partition;
+2. decode and fold; what cannot be decoded goes to the stage's dead-letter topic;
+3. send the outbox and wait until the broker has it all;
+4. write the changed entries, then the inputs' next offsets, with ``save_state``;
+5. only then are the batch's offsets acked (and later committed).
+A crash after 3 re-sends identical events on restart (same event ids, same bytes); the
+next offsets saved with the state drop the redelivered input.
+
+Not a stage (it is not in ``STAGES``): every stage module imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from ticktape import deadletter, metrics
+from ticktape.config import Settings
+from ticktape.serde import Serde, SerdeError
+from ticktape.validate import Validator
+
+from .app import InputGuard, Run, agent, crash_on_error, save_state
+
+log = logging.getLogger(__name__)
+OFFSET_KEY = (
+    "@offset:{}:{}"  # table key of an input partition's next offset ('@' starts no symbol, account or interval)
+)
+TAIL_CHECK_S = 1.0  # how often each stage looks for input the consumer has not delivered
+TAIL_BUSY_CHECKS = 10  # checks passed over in a row while a batch is being processed, at most
+PARTITION_HEADER = "ticktape.partition"  # a symbol's partition number on symbol-keyed topics
+LATE_HEADER = "ticktape.late"  # on a ledger Fill: applied where it arrived, not in canonical order
+DLQ = "dlq.trading"  # the trading stages' dead letters
+
+Entry = tuple[int, str, Any]  # a ``save_state`` entry: (partition, key, value or None)
+
+
+class Sink:
+    """An output topic of a stage, with its counter of events sent."""
+
+    __slots__ = ("name", "counter", "sent")
+
+    def __init__(self, s: Settings, stage: str, topic: str):
+        self.name = s.topic(topic)
+        self.counter = metrics.EVENTS_OUT.labels(stage, topic)
+        self.sent = 0  # this batch's, counted once per batch
+
+
+class Outbox:
+    """What a batch sends and saves, in the order the stage puts it there."""
+
+    def __init__(self, s: Settings, stage: str, dlq: str, serde: Serde):
+        self.stage, self.serde = stage, serde
+        self.dlq_topic = s.topic(dlq)
+        self.dlq_max_bytes = s.dlq_max_bytes
+        self._dlq = metrics.DLQ_MESSAGES.labels(stage, dlq)
+        self.sends: list[tuple] = []  # the producer's arguments
+        self.changes: dict[str, tuple[int, Any]] = {}  # table key -> (partition, value or None: delete)
+        self.extra_in = 0  # events beyond one a message (a TickBatch's ticks), counted in
+
+    def send(
+        self, sink: Sink, event_type: str, record: dict, key: str, partition: int, headers: list | None = None
+    ) -> None:
+        """An event, at its event time."""
+        value = self.serde.encode(event_type, record, topic=sink.name)
+        self.sends.append((sink.name, key.encode(), value, partition, record["ts"] / 1e6, headers))
+        sink.sent += 1
+
+    def send_raw(self, sink: Sink, key: bytes | None, value: bytes, partition: int, timestamp: float | None) -> None:
+        """Bytes as they are (an input tick, forwarded)."""
+        self.sends.append((sink.name, key, value, partition, timestamp, None))
+        sink.sent += 1
+
+    def dead_letter(self, msg, error: str, payload: bytes | None = None) -> None:
+        """The message (or ``payload``, a part of it) to the stage's dead-letter topic."""
+        log.warning("%s: dead letter from %s[%s]@%s: %s", self.stage, msg.topic, msg.partition, msg.offset, error)
+        self._dlq.inc()
+        dl = deadletter.of_message(msg, error, stage=self.stage, max_bytes=self.dlq_max_bytes, payload=payload)
+        self.sends.append((self.dlq_topic, dl.key, dl.value, None, msg.timestamp, dl.headers))
+
+
+class Stage(ABC):
+    """A stage's pure part, which ``Runner`` drives.  A subclass sets ``name`` (the agent's
+    and the metrics' label) and ``dlq``, declares its inputs with ``accept`` (or its own
+    decoder in ``decoders``) and its outputs with ``sink``, and implements ``fold``,
+    ``finish`` and ``forget``.  Its next input offsets live in its table under
+    ``OFFSET_KEY`` unless it overrides ``saved_offset`` and ``offset_entries``."""
+
+    name: str
+    dlq: str
+
+    def __init__(self, s: Settings, table):
+        self.s, self.table = s, table
+        self.serde = Serde(s.schema_registry_url)
+        self.validator = Validator(s)
+        self.decoders: dict[str, Callable[[Any], Any]] = {}  # input topic (full name) -> its decoder
+        self.sinks: list[Sink] = []
+
+    def accept(self, topic: str, *event_types: str) -> None:
+        """Read ``topic``: each message one of ``event_types``, valid (``Validator``)."""
+        decode, check = self.serde.decode, self.validator.check
+        wanted = " or ".join(event_types)
+
+        def decoder(msg) -> tuple[str, dict]:
+            event_type, record = decode(msg.value)  # None: SerdeError("empty message")
+            if event_type not in event_types:
+                raise SerdeError(f"expected {wanted} on {topic}, got a {event_type}")
+            check(event_type, record)
+            return event_type, record
+
+        self.decoders[self.s.topic(topic)] = decoder
+
+    def sink(self, topic: str) -> Sink:
+        sink = Sink(self.s, self.name, topic)
+        self.sinks.append(sink)
+        return sink
+
+    async def begin(self) -> None:  # noqa: B027  # optional: most stages need nothing then
+        """Before a batch's input is read."""
+
+    @abstractmethod
+    def fold(self, msg, event, out: Outbox) -> None:
+        """Fold one decoded message (``event``, what its topic's decoder returned)."""
+
+    @abstractmethod
+    async def finish(self, out: Outbox) -> None:
+        """After the batch's last message: what goes out at the end, the changed entries."""
+
+    @abstractmethod
+    def forget(self, partitions: set[int]) -> None:
+        """Drop what is cached of these input partitions (after a rebalance the table is the truth)."""
+
+    def saved_offset(self, topic: str, partition: int) -> int | None:
+        saved = self.table.data.get(OFFSET_KEY.format(topic, partition))
+        return saved["offset"] if saved else None
+
+    def offset_entries(self, positions: list[tuple[str, int, int]]) -> list[Entry]:
+        """``save_state`` entries of the inputs' ``(topic, partition, next offset)``, each in its
+        input's partition number; they go last, so that an entry never claims input the
+        state does not hold."""
+        return [(p, OFFSET_KEY.format(t, p), {"offset": n}) for t, p, n in positions]
+
+
+class Runner:
+    """Runs a ``Stage`` as the Faust agent ``stage.name`` on its input topics (see the
+    module doc).  ``lock`` keeps apart everything that changes the stage's state: the
+    batches, the lost tails (``tails``) and whatever else the stage does (the venue's
+    updates)."""
+
+    def __init__(self, app: faust.App, s: Settings, stage: Stage):
+        self.app, self.stage = app, stage
+        self.guard = InputGuard(s)
+        self.lock = asyncio.Lock()
+        self._busy_checks = 0
+        self.out = Outbox(s, stage.name, stage.dlq, stage.serde)
+        cut = len(s.topic_prefix)
+        self._in = {topic: metrics.EVENTS_IN.labels(stage.name, topic[cut:]) for topic in stage.decoders}
+
+    async def process(self, messages) -> None:
+        """One batch of input messages (Faust's or the guard's)."""
+        stage, out = self.stage, self.out
+        await stage.begin()
+        assigned = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()}
+        runs = await self.guard.runs(messages, assigned, stage.saved_offset)
+        fold = stage.fold
+        for topic, _, records in runs:
+            decode = stage.decoders[topic]
+            for msg in records:
+                try:
+                    event = decode(msg)
+                except SerdeError as e:
+                    out.dead_letter(msg, str(e))
+                    continue
+                fold(msg, event, out)
+            self._in[topic].inc(len(records) + out.extra_in)  # each input record once, however often it came
+            out.extra_in = 0
+        await stage.finish(out)
+        await self.flush(runs)
+
+    async def flush(self, runs: Sequence[Run] = ()) -> None:
+        """Send the outbox and wait for the broker, then save the changed entries and the
+        runs' next offsets (``save_state``) and wait for that too."""
+        out, send = self.out, self.app.producer.send
+        sends, out.sends = out.sends, []
+        deliveries = [await send(*args) for args in sends]
+        for sink in self.stage.sinks:
+            if sink.sent:
+                sink.counter.inc(sink.sent)
+                sink.sent = 0
+        await asyncio.gather(*deliveries)
+        changes, out.changes = out.changes, {}
+        next_offset = self.guard.next_offset
+        positions = [(t, p, next_offset(t, p)) for t, p, _ in runs]
+        await save_state(
+            self.stage.table,
+            [(p, key, value) for key, (p, value) in changes.items()] + self.stage.offset_entries(positions),
+        )
+
+    async def tails(self) -> None:
+        """Process the records of input partitions that stood still since the last check but
+        have more in the log (``InputGuard.tails``): Faust can lose taken messages, and a lost
+        tail has no later message to reveal it.  While a batch is being processed its input
+        has not moved yet (it moves when the batch is saved): the check waits for it, up to
+        TAIL_BUSY_CHECKS times in a row."""
+        if self.lock.locked() and self._busy_checks < TAIL_BUSY_CHECKS:
+            self._busy_checks += 1
+            return
+        self._busy_checks = 0
+        assigned = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment() if tp.topic in self._in}
+        records = await self.guard.tails(assigned, consumer_read_offsets(self.app))
+        if records:
+            async with self.lock:
+                await self.process(records)
+
+
+def consumer_read_offsets(app: faust.App) -> Callable[[str, int], int | None]:
+    """The offset of the last message Faust's consumer handed on, per input partition
+    (None: none since it was assigned or sought).  Faust keeps it in ``_read_offset``;
+    a message lost after it was read is at or below it."""
+    read = app.consumer._read_offset  # type: ignore[attr-defined]  # the Consumer's, not in ConsumerT
+    return lambda topic, partition: read.get(TP(topic, partition))
+
+
+def run(app: faust.App, s: Settings, stage: Stage) -> Runner:
+    """Run ``stage`` on its inputs in batches (up to PROCESSOR_BATCH_SIZE events or
+    PROCESSOR_BATCH_MS), its lost tails every ``TAIL_CHECK_S``; after a rebalance the stage
+    forgets what it knew of the input partitions it lost."""
+    runner = Runner(app, s, stage)
+    topic = app.topic(*stage.decoders, key_serializer="raw", value_serializer="raw")
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust awaits async receivers
+    async def on_revoked(sender, revoked, **kwargs) -> None:
+        partitions = {tp.partition for tp in revoked if tp.topic in stage.decoders}
+        runner.guard.forget(partitions)
+        stage.forget(partitions)
+
+    @agent(app, topic, name=stage.name)
+    async def batches(stream):
+        async for events in stream.take_events(s.processor_batch_size, within=s.processor_batch_ms / 1000):
+            async with runner.lock:
+                await runner.process([ev.message for ev in events])
+
+    @app.timer(TAIL_CHECK_S, name=f"{stage.name}.tails")
+    async def tails() -> None:
+        await crash_on_error(app, stage.name, runner.tails())
+
+    return runner
+
+
+def forget_symbols(partition_of: dict[str, int], partitions: set[int]) -> list[str]:
+    """Drop the symbols of these input partitions from ``partition_of``; the symbols dropped."""
+    gone = [sym for sym, p in partition_of.items() if p in partitions]
+    for sym in gone:
+        del partition_of[sym]
+    return gone
+
+
+def partition_header(partition: int) -> list[tuple[str, bytes]]:
+    return [(PARTITION_HEADER, str(partition).encode())]
+
+
+def header(msg, name: str) -> bytes | None:
+    headers = msg.headers or ()
+    for k, v in headers.items() if isinstance(headers, dict) else headers:
+        if k == name:
+            return v
+    return None
+
+
+def header_partition(msg) -> int | None:
+    v = header(msg, PARTITION_HEADER)
+    return None if v is None else int(v)
