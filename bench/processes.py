@@ -179,14 +179,19 @@ class Process:
 def time_count(procs: list[Process], total: float, name: str, timeout: float, **labels) -> dict:
     """Poll a counter summed over ``procs`` until it reaches ``total``: the rate from the
     first poll that saw any count to the one that saw all (start-up and group join
-    excluded), with the count already done at the first poll subtracted."""
+    excluded), with the count already done at the first poll subtracted.  When one poll
+    already saw it all (a fast run between two polls), the time runs from the last poll
+    that saw none: a lower bound of the rate, never an undefined one."""
     deadline = time.monotonic() + timeout
     first = None
+    last_zero = time.monotonic()
     while True:
         now = time.monotonic()
         count = sum(p.metric(name, **labels) for p in procs)
         if first is None and count > 0:
-            first = (now, count)
+            first = (now, count) if count < total else (last_zero, 0)
+        if first is None:
+            last_zero = now
         if count >= total:
             break
         if now > deadline:
@@ -195,11 +200,7 @@ def time_count(procs: list[Process], total: float, name: str, timeout: float, **
             p.check()
         time.sleep(0.1)  # each scrape costs the process CPU; 0.1 s is ~1 % of a timed run
     seconds = now - first[0]
-    return {
-        "rate": (count - first[1]) / seconds if seconds > 0 else float("nan"),
-        "seconds": seconds,
-        "counted": count - first[1],
-    }
+    return {"rate": (count - first[1]) / seconds, "seconds": seconds, "counted": count - first[1]}
 
 
 @contextlib.contextmanager

@@ -41,7 +41,13 @@ def installation():
     new_bin.mkdir(parents=True)
     for name in ("postgres", "initdb", "pg_ctl", "pg_config"):
         shutil.copy2(bindir / name, new_bin / name)  # copies: PostgreSQL resolves symlinks to find its tree
-    (root / lib.relative_to(prefix)).symlink_to(lib)
+    # The copy never has a timescaledb of its own, even where this machine's PostgreSQL has one:
+    # its library and extension files are left out (and never written through a link).
+    new_lib = root / lib.relative_to(prefix)
+    new_lib.mkdir(parents=True)
+    for entry in lib.iterdir():
+        if not entry.name.startswith("timescaledb"):
+            (new_lib / entry.name).symlink_to(entry)
     new_share = root / share.relative_to(prefix)
     new_share.mkdir(parents=True)
     for entry in share.iterdir():
@@ -50,7 +56,8 @@ def installation():
     ext = new_share / "extension"
     ext.mkdir()
     for entry in (share / "extension").iterdir():
-        (ext / entry.name).symlink_to(entry)
+        if not entry.name.startswith("timescaledb"):
+            (ext / entry.name).symlink_to(entry)
     for p in [root, *root.rglob("*")]:
         if not p.is_symlink():
             p.chmod(p.stat().st_mode | 0o755)
