@@ -225,7 +225,16 @@ class Settler:
         self.group = kafka_clients.consumer(s, s.group("worker"))  # only asked for its commits
         self.samples: dict = {}
         self.last: tuple | None = None  # the counts' last snapshot
-        self.since = time.monotonic()
+        self.since = time.monotonic()  # when the snapshot last changed or the counts last disagreed
+        self.changed = self.since  # when the snapshot last changed
+        self.before_input = self.since  # the last poll that saw the worker take no source event yet
+        self.taking = False
+
+    def processing_s(self) -> float:
+        """Seconds from the last poll before the worker took its first source event to its
+        counts' last change: its start-up and the settling wait excluded (a poll's time at
+        most included)."""
+        return self.changed - self.before_input
 
     def close(self) -> None:
         self.group.close()
@@ -248,6 +257,12 @@ class Settler:
     def settled(self) -> bool:
         self.samples = scrape(self.port) or self.samples
         now = time.monotonic()
+        if not self.taking:
+            self.taking = any(
+                v > 0 for lbl, v in self.samples.get("ticktape_events_in_total", ()) if lbl["topic"] in self.sources
+            )
+            if not self.taking:
+                self.before_input = now
         snap = (
             tuple(sorted(self.reader.seen.items())),
             tuple(
@@ -258,6 +273,8 @@ class Settler:
                 )
             ),
         )
+        if snap != self.last:
+            self.changed = now
         if snap != self.last or not self._agreed():
             self.last, self.since = snap, now
             return False
@@ -272,11 +289,13 @@ def run(
     keep: bool = False,
     timeout_s: float = 900.0,
     say=lambda line: None,
+    timing: dict | None = None,
 ) -> Events:
     """The period through the real worker in ``bt.<run_id>.``; the events it produced.
 
     ``s_run``: the live settings with the run's parameters (they reach the worker as env
-    vars); ``model``: (metadata, artifact) to announce, or None."""
+    vars); ``model``: (metadata, artifact) to announce, or None; ``timing``, when given,
+    gets ``processing_s`` (``Settler.processing_s``)."""
     home = Path(tempfile.mkdtemp(prefix=f"ticktape-bt-{run_id}-"))
     # a backtest fills on the paper desk, never at an external venue (EXECUTION_VENUE)
     s = replace(
@@ -306,6 +325,8 @@ def run(
                     raise KafkaModeError(f"the worker did not finish within {timeout_s:.0f} s (see {worker.log_path})")
         finally:
             settler.close()
+        if timing is not None:
+            timing["processing_s"] = settler.processing_s()
         samples = settler.samples
         events = Events(
             by_type=reader.by_type(),
