@@ -250,11 +250,13 @@ class Runner:
         self.stage.forget(partitions)
 
     async def tick(self) -> None:
-        """Once a ``TAIL_CHECK_S``: a checkpoint when one is due with nothing coming in, then
-        the lost tails (``tails``)."""
+        """Once a ``TAIL_CHECK_S``: a checkpoint when one is due with nothing coming in, or
+        else the lost tails (``tails``): the input stands still during a checkpoint, which is
+        no sign of a lost tail."""
         if (self._kept or self._inputs or self._deliveries) and self.due() and not self.lock.locked():
             async with self.lock:
                 await self.checkpoint()
+            return
         await self.tails()
 
     async def tails(self) -> None:
