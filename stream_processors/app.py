@@ -13,7 +13,6 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,21 +217,12 @@ class InputGuard:
         self._next[(topic, partition)] = nxt
         return out
 
-    async def tails(
-        self, assigned: set[tuple[str, int]], read_offset: Callable[[str, int], int | None] = lambda t, p: None
-    ) -> list[Record]:
+    async def tails(self, assigned: set[tuple[str, int]]) -> list[Record]:
         """Records past the next offset of each assigned partition whose next offset has
         not moved since the previous call (the rest are still being delivered), up to
-        PROCESSOR_BATCH_SIZE of them.  A partition whose consumer has not read up to its
-        next offset (``read_offset``: the last offset it read, None unknown) is only
-        behind, not losing: a loaded worker's fetches reach it later, and reading it here
-        would read its records twice."""
+        PROCESSOR_BATCH_SIZE of them."""
         now = {tp: self._next[tp] for tp in assigned if tp in self._next}
-        still = {
-            tp: nxt
-            for tp, nxt in now.items()
-            if self._checked.get(tp) == nxt and ((read := read_offset(*tp)) is None or read >= nxt)
-        }
+        still = {tp: nxt for tp, nxt in now.items() if self._checked.get(tp) == nxt}
         self._checked = now
         if not still:
             return []

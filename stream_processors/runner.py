@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
-from faust.types import TP
 
 from ticktape import deadletter, metrics
 from ticktape.config import Settings
@@ -219,18 +218,10 @@ class Runner:
             return
         self._busy_checks = 0
         assigned = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment() if tp.topic in self._in}
-        records = await self.guard.tails(assigned, consumer_read_offsets(self.app))
+        records = await self.guard.tails(assigned)
         if records:
             async with self.lock:
                 await self.process(records)
-
-
-def consumer_read_offsets(app: faust.App) -> Callable[[str, int], int | None]:
-    """The offset of the last message Faust's consumer handed on, per input partition
-    (None: none since it was assigned or sought).  Faust keeps it in ``_read_offset``;
-    a message lost after it was read is at or below it."""
-    read = app.consumer._read_offset  # type: ignore[attr-defined]  # the Consumer's, not in ConsumerT
-    return lambda topic, partition: read.get(TP(topic, partition))
 
 
 def run(app: faust.App, s: Settings, stage: Stage) -> Runner:

@@ -41,25 +41,6 @@ def test_tails_reads_past_the_next_offset_only_of_partitions_that_stood_still(se
     assert third == []  # p0 moved since the last look, p1 has nothing past its end
 
 
-def test_tails_leaves_a_partition_the_consumer_has_not_read_up_to(settings):
-    """A stalled partition is lost only where the consumer read past the stage's next
-    offset; behind it, the consumer delivers it later."""
-    kafka_clients.ensure_topics(settings)
-    topic = settings.topic("md.ticks")
-    produce(settings, [(b"K", b"v%d" % i, 0) for i in range(6)] + [(b"K", b"w%d" % i, 1) for i in range(6)])
-    guard = InputGuard(settings)
-    p0, p1 = (topic, 0), (topic, 1)
-    guard.expect(*p0, 2)
-    guard.expect(*p1, 2)
-    read = {p0: 1, p1: 3}.get  # the consumer read p0 up to 1 (behind), p1 up to 3 (past 2: lost)
-
-    async def run():
-        await guard.tails({p0, p1}, lambda t, p: read((t, p)))
-        return await guard.tails({p0, p1}, lambda t, p: read((t, p)))
-
-    assert [(r.partition, r.offset) for r in asyncio.run(run())] == [(1, i) for i in range(2, 6)]
-
-
 def test_a_hole_read_stops_at_its_end_or_at_the_end_of_the_log(settings):
     kafka_clients.ensure_topics(settings)
     topic = settings.topic("md.ticks")
