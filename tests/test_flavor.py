@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -30,6 +31,14 @@ def _pg_config(flag: str) -> Path:
     return Path(subprocess.run([str(pg_config), flag], capture_output=True, text=True, check=True).stdout.strip())
 
 
+def link_entries(src: Path, dst: Path, leave_out: Callable[[str], bool]) -> None:
+    """A new directory ``dst`` of links to the entries of ``src``, but those left out."""
+    dst.mkdir(parents=True)
+    for entry in src.iterdir():
+        if not leave_out(entry.name):
+            (dst / entry.name).symlink_to(entry)
+
+
 @pytest.fixture(scope="module")
 def installation():
     """(bin dir of the copy, its extension dir)."""
@@ -43,21 +52,11 @@ def installation():
         shutil.copy2(bindir / name, new_bin / name)  # copies: PostgreSQL resolves symlinks to find its tree
     # The copy never has a timescaledb of its own, even where this machine's PostgreSQL has one:
     # its library and extension files are left out (and never written through a link).
-    new_lib = root / lib.relative_to(prefix)
-    new_lib.mkdir(parents=True)
-    for entry in lib.iterdir():
-        if not entry.name.startswith("timescaledb"):
-            (new_lib / entry.name).symlink_to(entry)
+    link_entries(lib, root / lib.relative_to(prefix), lambda name: name.startswith("timescaledb"))
     new_share = root / share.relative_to(prefix)
-    new_share.mkdir(parents=True)
-    for entry in share.iterdir():
-        if entry.name != "extension":
-            (new_share / entry.name).symlink_to(entry)
+    link_entries(share, new_share, lambda name: name == "extension")
     ext = new_share / "extension"
-    ext.mkdir()
-    for entry in (share / "extension").iterdir():
-        if not entry.name.startswith("timescaledb"):
-            (ext / entry.name).symlink_to(entry)
+    link_entries(share / "extension", ext, lambda name: name.startswith("timescaledb"))
     for p in [root, *root.rglob("*")]:
         if not p.is_symlink():
             p.chmod(p.stat().st_mode | 0o755)
