@@ -26,6 +26,7 @@ from ticktape.config import ConfigError, Settings
 log = logging.getLogger(__name__)
 
 RECOVERY_REPORT_S = 5.0  # how often a recovering worker says how far it is
+PRODUCER_BATCH_BYTES = 512 * 1024  # a record batch of the worker's producer: well under the broker's 1 MiB
 MAX_STATE_RECORD = 900_000  # bytes of one changelog value: under the broker's 1 MiB message limit
 STAGES = ["bars", "indicators", "predict", "strategy", "risk", "execution", "portfolio"]
 
@@ -59,6 +60,9 @@ def build_app(s: Settings) -> faust.App:
         # not committed, so a restart redelivers them and the stages' state skips repeats
         stream_wait_empty=False,
         producer_linger=s.kafka_linger_ms / 1000,  # Faust's default 0 sends a record batch per await
+        # Faust's 16 KiB record batches took a broker round trip each for a few state records
+        # (one symbol's indicators state is ~1.7 KB); librdkafka's producers batch up to 1 MB
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
     )
     kafka_clients.faust_fetch_max_wait(app, s.kafka_fetch_max_wait_ms)
     # Table changelog records wait in the producer's buffer; past its bound the conductor
@@ -204,7 +208,8 @@ class InputGuard:
                 missing = await loop.run_in_executor(self._thread, self._read, {(topic, partition): (nxt, m.offset)})
                 if missing:
                     log.warning(
-                        "%s[%d]: re-read %d records at offsets %d..%d that the consumer skipped",
+                        "%s[%d]: re-read %d records at offsets %d..%d that the consumer skipped or had "
+                        "committed past the stage's last checkpoint",
                         topic,
                         partition,
                         len(missing),

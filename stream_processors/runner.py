@@ -2,16 +2,23 @@
 
 A stage decodes a message (``decoders``, one per input topic), folds it into its state
 (``fold``, which puts what goes out in the ``Outbox``: events, dead letters, changed table
-entries), and ends the batch (``finish``).  The runner does the rest, per batch, in this
-order, so that a crash at any point loses nothing:
-1. the input partitions this worker still owns, each once and in offset order from the
-   next offset saved with the state (``InputGuard``), partition by partition;
+entries), and ends the batch (``finish``).  The runner does the rest, in this order, so
+that a crash at any point loses nothing:
+1. per batch, the input partitions this worker still owns, each once and in offset order
+   from the next offset the stage has folded (``InputGuard``), partition by partition;
 2. decode and fold; what cannot be decoded goes to the stage's dead-letter topic;
-3. send the outbox and wait until the broker has it all;
-4. write the changed entries, then the inputs' next offsets, with ``save_state``;
-5. only then are the batch's offsets acked (and later committed).
-A crash after 3 re-sends identical events on restart (same event ids, same bytes); the
-next offsets saved with the state drop the redelivered input.
+3. send the outbox (not waited for) and keep the batch's changed entries, merged by key
+   with those of the batches since the last checkpoint;
+4. at a checkpoint (every PROCESSOR_CHECKPOINT_MS, once PROCESSOR_BATCH_SIZE entries are
+   kept, or after every batch of a stage whose effects leave the log, the venue's): wait
+   until the broker has everything sent, then write the kept entries, then the inputs'
+   next offsets, with ``save_state``, and wait for that too.
+Faust acks (and later commits) a batch's offsets once it is processed, so its committed
+offsets may run ahead of the last checkpoint: after a crash the guard re-reads from the
+next offsets saved with the state, the stage folds that input again from the saved state
+and re-sends identical events (same event ids, same bytes), which every consumer drops or
+stores once.  This is Kafka Streams' and Quix Streams' commit interval: the state and its
+changelog are written once per interval instead of once per batch.
 
 Not a stage (it is not in ``STAGES``): every stage module imports it.
 """
@@ -20,8 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -31,7 +39,7 @@ from ticktape.config import Settings
 from ticktape.serde import Serde, SerdeError
 from ticktape.validate import Validator
 
-from .app import InputGuard, Run, agent, crash_on_error, save_state
+from .app import InputGuard, agent, crash_on_error, save_state
 
 log = logging.getLogger(__name__)
 OFFSET_KEY = (
@@ -99,6 +107,7 @@ class Stage(ABC):
 
     name: str
     dlq: str
+    checkpoint_each_batch = False  # True: a checkpoint after every batch (a stage whose effects leave the log)
 
     def __init__(self, s: Settings, table):
         self.s, self.table = s, table
@@ -155,8 +164,8 @@ class Stage(ABC):
 class Runner:
     """Runs a ``Stage`` as the Faust agent ``stage.name`` on its input topics (see the
     module doc).  ``lock`` keeps apart everything that changes the stage's state: the
-    batches, the lost tails (``tails``) and whatever else the stage does (the venue's
-    updates)."""
+    batches, the lost tails (``tails``), the checkpoints and whatever else the stage does
+    (the venue's updates)."""
 
     def __init__(self, app: faust.App, s: Settings, stage: Stage):
         self.app, self.stage = app, stage
@@ -166,6 +175,12 @@ class Runner:
         self.out = Outbox(s, stage.name, stage.dlq, stage.serde)
         cut = len(s.topic_prefix)
         self._in = {topic: metrics.EVENTS_IN.labels(stage.name, topic[cut:]) for topic in stage.decoders}
+        self.checkpoint_s = s.processor_checkpoint_ms / 1000
+        self.max_kept = s.processor_batch_size  # kept entries: past this many, a checkpoint
+        self._kept: dict[str, tuple[int, Any]] = {}  # table key -> (partition, value or None), since the checkpoint
+        self._inputs: set[tuple[str, int]] = set()  # input partitions folded since the checkpoint
+        self._deliveries: list = []  # of what was sent since the checkpoint
+        self._checkpointed = time.monotonic()
 
     async def process(self, messages) -> None:
         """One batch of input messages (Faust's or the guard's)."""
@@ -186,32 +201,68 @@ class Runner:
             self._in[topic].inc(len(records) + out.extra_in)  # each input record once, however often it came
             out.extra_in = 0
         await stage.finish(out)
-        await self.flush(runs)
+        self._inputs.update((t, p) for t, p, _ in runs)
+        await self.flush(checkpoint=self.due())
 
-    async def flush(self, runs: Sequence[Run] = ()) -> None:
-        """Send the outbox and wait for the broker, then save the changed entries and the
-        runs' next offsets (``save_state``) and wait for that too."""
+    def due(self) -> bool:
+        return (
+            self.stage.checkpoint_each_batch
+            or time.monotonic() - self._checkpointed >= self.checkpoint_s
+            or len(self._kept) >= self.max_kept
+        )
+
+    async def flush(self, checkpoint: bool = True) -> None:
+        """Send the outbox and keep its changed entries; with ``checkpoint``, then wait until
+        the broker has everything sent since the last checkpoint, and save the kept entries
+        and the folded inputs' next offsets (``save_state``), and wait for that too."""
         out, send = self.out, self.app.producer.send
         sends, out.sends = out.sends, []
-        deliveries = [await send(*args) for args in sends]
+        self._deliveries += [await send(*args) for args in sends]
         for sink in self.stage.sinks:
             if sink.sent:
                 sink.counter.inc(sink.sent)
                 sink.sent = 0
+        self._kept.update(out.changes)
+        out.changes = {}
+        if checkpoint:
+            await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        deliveries, self._deliveries = self._deliveries, []
         await asyncio.gather(*deliveries)
-        changes, out.changes = out.changes, {}
+        kept, self._kept = self._kept, {}
+        inputs, self._inputs = self._inputs, set()
+        self._checkpointed = time.monotonic()
         next_offset = self.guard.next_offset
-        positions = [(t, p, next_offset(t, p)) for t, p, _ in runs]
+        positions = [(t, p, next_offset(t, p)) for t, p in sorted(inputs)]
         await save_state(
             self.stage.table,
-            [(p, key, value) for key, (p, value) in changes.items()] + self.stage.offset_entries(positions),
+            [(p, key, value) for key, (p, value) in kept.items()] + self.stage.offset_entries(positions),
         )
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop what is kept of these input partitions: their new owner (or this worker,
+        assigned them again) resumes from their last checkpoint."""
+        self._kept = {k: (p, v) for k, (p, v) in self._kept.items() if p not in partitions}
+        self._inputs = {(t, p) for t, p in self._inputs if p not in partitions}
+        self.guard.forget(partitions)
+        self.stage.forget(partitions)
+
+    async def tick(self) -> None:
+        """Once a ``TAIL_CHECK_S``: a checkpoint when one is due with nothing coming in, or
+        else the lost tails (``tails``): the input stands still during a checkpoint, which is
+        no sign of a lost tail."""
+        if (self._kept or self._inputs or self._deliveries) and self.due() and not self.lock.locked():
+            async with self.lock:
+                await self.checkpoint()
+            return
+        await self.tails()
 
     async def tails(self) -> None:
         """Process the records of input partitions that stood still since the last check but
         have more in the log (``InputGuard.tails``): Faust can lose taken messages, and a lost
         tail has no later message to reveal it.  While a batch is being processed its input
-        has not moved yet (it moves when the batch is saved): the check waits for it, up to
+        has not moved yet (it moves when the batch is folded): the check waits for it, up to
         TAIL_BUSY_CHECKS times in a row."""
         if self.lock.locked() and self._busy_checks < TAIL_BUSY_CHECKS:
             self._busy_checks += 1
@@ -233,9 +284,7 @@ def run(app: faust.App, s: Settings, stage: Stage) -> Runner:
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # faust awaits async receivers
     async def on_revoked(sender, revoked, **kwargs) -> None:
-        partitions = {tp.partition for tp in revoked if tp.topic in stage.decoders}
-        runner.guard.forget(partitions)
-        stage.forget(partitions)
+        runner.forget({tp.partition for tp in revoked if tp.topic in stage.decoders})
 
     @agent(app, topic, name=stage.name)
     async def batches(stream):
@@ -243,9 +292,9 @@ def run(app: faust.App, s: Settings, stage: Stage) -> Runner:
             async with runner.lock:
                 await runner.process([ev.message for ev in events])
 
-    @app.timer(TAIL_CHECK_S, name=f"{stage.name}.tails")
-    async def tails() -> None:
-        await crash_on_error(app, stage.name, runner.tails())
+    @app.timer(TAIL_CHECK_S, name=f"{stage.name}.tick")
+    async def tick() -> None:
+        await crash_on_error(app, stage.name, runner.tick())
 
     return runner
 

@@ -7,7 +7,8 @@ rest back from its committed position).
 
 One ``VenueDesk`` (``ticktape.core.venue``) for the worker's partitions; state in the
 ``execution`` table, per symbol its orders open at the venue (key ``@venue:<symbol>``)
-and each input partition's next offset, written after each batch and each update.
+and each input partition's next offset, written after each batch and each update (its
+runner checkpoints every batch: what it did at the venue is not on the log).
 Reconciliation — after (re)connecting to the stream, after taking partitions, and
 every ``RECONCILE_S`` while orders are open — compares the open orders with ``GET
 /v2/orders?status=open`` (an order not there by ``GET /v2/orders:by_client_order_id``;
@@ -41,6 +42,7 @@ RETRY_S = 0.5  # between the attempts at an order the venue does not answer
 
 class VenueStage(Stage):
     dlq = DLQ
+    checkpoint_each_batch = True  # what it did at the venue is not on the log: saved at once
 
     def __init__(self, app: faust.App, s: Settings, table, client: AlpacaTrading, stage: str):
         self.name = stage

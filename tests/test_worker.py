@@ -177,6 +177,14 @@ def read(s, topic: str, count: int, timeout: float = 60.0, quiet: float = 2.0):
     return out
 
 
+def assert_distinct_bars(s, bars: dict, worker: Worker) -> None:
+    """The bar topics hold exactly ``bars`` (repeats allowed, with the same bytes)."""
+    for interval in INTERVALS:
+        want = [b for (t, _), v in bars.items() if t == f"md.bars.{interval}" for b in v]
+        got = distinct(s, f"md.bars.{interval}", len(want), lambda v: serde.decode(v)[1]["event_id"])
+        assert sorted(map(bytes, got.values())) == sorted(serde.encode("bar", b) for b in want), worker.log_tail()
+
+
 def decoded(messages):
     return [serde.decode(m.value())[1] for m in messages]
 
@@ -314,10 +322,7 @@ def test_worker_killed_mid_stream_resumes_exactly(settings, tmp_path):
     bars, late, _ = expected_output(records, placed)
     third = Worker(settings, tmp_path / "worker3.log")
     try:
-        for interval in INTERVALS:
-            want = [b for (t, _), v in bars.items() if t == f"md.bars.{interval}" for b in v]
-            got = distinct(settings, f"md.bars.{interval}", len(want), lambda v: serde.decode(v)[1]["event_id"])
-            assert sorted(map(bytes, got.values())) == sorted(serde.encode("bar", b) for b in want), third.log_tail()
+        assert_distinct_bars(settings, bars, third)
         want_ind = [v for vs in expected_indicators(bars).values() for v in vs]
         got_ind = distinct(settings, "analytics.indicators", len(want_ind), lambda v: serde.decode(v)[1]["event_id"])
         assert sorted(got_ind.values()) == sorted(want_ind)
@@ -329,6 +334,41 @@ def test_worker_killed_mid_stream_resumes_exactly(settings, tmp_path):
         )
     finally:
         assert third.stop() == 0, third.log_tail()
+
+
+def test_a_worker_killed_before_its_first_checkpoint_is_redone_identically(settings, tmp_path):
+    """With no checkpoint yet, Faust has committed the input while the state holds none of
+    it: the restarted worker reads it all again from the (empty) state's offsets and sends
+    the same bars again, byte for byte; the run's output is that of one uninterrupted run."""
+    kafka_clients.ensure_topics(settings)
+    ticks = random_ticks(13, 3000)
+    items = [(t["symbol"].encode(), serde.encode("tick", t), None) for t in ticks]
+    items += flush_items(ticks[-1]["ts"] + 3600 * 10**6)
+    records = [dict(t) for t in ticks] + [serde.decode(v)[1] for _, v, _ in items[-PARTITIONS:]]
+
+    placed = produce(settings, items[:1500])
+    first = Worker(settings, tmp_path / "worker1.log", PROCESSOR_CHECKPOINT_MS="600000")
+    try:
+        assert first.wait_metric("ticktape_events_in_total", 1500, stage="bars", topic="md.ticks"), first.log_tail()
+        sent = first.metric("ticktape_events_out_total", stage="bars", topic="md.bars.1s")
+        deadline = time.monotonic() + 20
+        while committed(settings) < 1500 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert committed(settings) == 1500  # Faust's commit is past the state's position
+    finally:
+        first.stop(signal.SIGKILL)
+    assert sent > 0
+
+    placed += produce(settings, items[1500:])
+    bars, _, _ = expected_output(records, placed)
+    second = Worker(settings, tmp_path / "worker2.log")
+    try:
+        assert_distinct_bars(settings, bars, second)
+        # nothing was saved: the second worker folded every tick, the first 1,500 again
+        assert second.wait_metric("ticktape_events_in_total", len(items), stage="bars", topic="md.ticks")
+        assert "committed past the stage's last checkpoint" in second.log_path.read_text(errors="replace")
+    finally:
+        assert second.stop() == 0, second.log_tail()
 
 
 def test_worker_consumer_fetch_wait_comes_from_settings():

@@ -237,6 +237,13 @@ class Settings:
     )
     processor_batch_size: int = _setting("PROCESSOR_BATCH_SIZE", 5000, "max events an agent takes per batch", low=1)
     processor_batch_ms: int = _setting("PROCESSOR_BATCH_MS", 50, "max wait for a batch to fill, milliseconds", low=1)
+    processor_checkpoint_ms: int = _setting(
+        "PROCESSOR_CHECKPOINT_MS",
+        1000,
+        "how often a stage saves its state and input offsets (its outputs are sent at once); a restart "
+        "re-reads and re-sends, identically, what came after the last save; 0 = after every batch",
+        low=0,
+    )
     worker_stages: str = _setting("WORKER_STAGES", "", "stages a worker runs (comma separated, e.g. bars); empty = all")
     topic_partitions: int = _setting(
         "TOPIC_PARTITIONS",
