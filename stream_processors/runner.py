@@ -181,6 +181,7 @@ class Runner:
         self._inputs: set[tuple[str, int]] = set()  # input partitions folded since the checkpoint
         self._deliveries: list = []  # of what was sent since the checkpoint
         self._checkpointed = time.monotonic()
+        self._tails_deferred = False  # the last tick checkpointed instead of looking for lost tails
 
     async def process(self, messages) -> None:
         """One batch of input messages (Faust's or the guard's)."""
@@ -249,13 +250,18 @@ class Runner:
         self.stage.forget(partitions)
 
     async def tick(self) -> None:
-        """Once a ``TAIL_CHECK_S``: a checkpoint when one is due with nothing coming in, or
-        else the lost tails (``tails``): the input stands still during a checkpoint, which is
-        no sign of a lost tail."""
+        """Once a ``TAIL_CHECK_S``: a checkpoint when one is due with nothing coming in, and
+        the lost tails (``tails``).  The input stands still during a checkpoint, which is no
+        sign of a lost tail, so a tick that checkpoints leaves the tails to the next tick, but
+        never two ticks in a row: a stage whose input keeps coming (one partition's lost tail
+        among others that flow) would else never look."""
         if (self._kept or self._inputs or self._deliveries) and self.due() and not self.lock.locked():
             async with self.lock:
                 await self.checkpoint()
-            return
+            if not self._tails_deferred:
+                self._tails_deferred = True
+                return
+        self._tails_deferred = False
         await self.tails()
 
     async def tails(self) -> None:

@@ -400,3 +400,46 @@ def test_worker_producer_linger_comes_from_settings():
     for ms in (0, 12):
         app = build_app(make_settings(kafka_bootstrap_servers="127.0.0.1:1", kafka_linger_ms=ms))
         assert app.producer._settings_default()["linger_ms"] == ms
+
+
+def test_a_stage_whose_checkpoint_is_due_at_every_tick_still_reads_lost_tails():
+    """A tick that checkpoints leaves the lost-tails check to the next tick, but never two
+    ticks in a row: with input coming all the time (a checkpoint due at every tick), one
+    partition's lost tail would else never be read."""
+    import asyncio
+
+    import faust
+
+    from stream_processors.runner import Runner, Stage
+    from ticktape.config import settings as make_settings
+
+    class Quiet(Stage):
+        name, dlq = "quiet", "dlq.trading"
+
+        def fold(self, msg, event, out) -> None: ...
+
+        async def finish(self, out) -> None: ...
+
+        def forget(self, partitions) -> None: ...
+
+    s = make_settings(kafka_bootstrap_servers="127.0.0.1:1")
+    runner = Runner(faust.App("quiet", broker="kafka://127.0.0.1:1"), s, Quiet(s, table=None))
+    calls = []
+
+    async def checkpoint() -> None:
+        calls.append("checkpoint")
+        runner._inputs.clear()
+
+    async def tails() -> None:
+        calls.append("tails")
+
+    runner.checkpoint, runner.tails = checkpoint, tails  # type: ignore[method-assign]
+
+    async def ticks() -> None:
+        for _ in range(6):
+            runner._inputs.add(("in", 0))  # input folded since the last tick
+            runner._checkpointed -= s.processor_checkpoint_ms / 1000  # so a checkpoint is due
+            await runner.tick()
+
+    asyncio.run(ticks())
+    assert calls == ["checkpoint", "checkpoint", "tails"] * 3
