@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faust
+import uvloop
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from ticktape import kafka_clients, metrics
@@ -353,6 +354,8 @@ def run_worker(s: Settings) -> int:
     """Run every stage until SIGTERM/SIGINT (exit 0) or a crash (exit 1)."""
     check_topics(s)
     kafka_clients.ensure_topics(s)  # never rely on broker auto-creation
+    if s.worker_event_loop.lower() == "uvloop":  # before the app exists: its services take the policy's loop
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return execute(build_app(s), s)
 
 

@@ -244,6 +244,12 @@ class Settings:
         "re-reads and re-sends, identically, what came after the last save; 0 = after every batch",
         low=0,
     )
+    worker_event_loop: str = _setting(
+        "WORKER_EVENT_LOOP",
+        "uvloop",
+        "the worker's asyncio event loop: uvloop (libuv, less CPU per message) or asyncio (the standard library's)",
+        choices=("UVLOOP", "ASYNCIO"),
+    )
     worker_stages: str = _setting("WORKER_STAGES", "", "stages a worker runs (comma separated, e.g. bars); empty = all")
     topic_partitions: int = _setting(
         "TOPIC_PARTITIONS",
