@@ -143,6 +143,29 @@ def test_column_reader_equals_fastavro(rows, symbol):
     assert serde.decode_trades(data) == ("tick_batch", symbol, cols["ts"], cols["price"], cols["size"])
 
 
+@hsettings(max_examples=300, deadline=None)
+@given(any_long, optional, optional, st.text(min_size=1, max_size=8), st.text(max_size=8), any_long)
+def test_tick_reader_equals_fastavro(ts, price, size, symbol, source, seq):
+    data = serde.encode("tick", tick(1, symbol=symbol, ts=ts, price=price, size=size, source=source, seq=seq))
+    _, record = serde.decode(data)  # fastavro
+    assert serde.decode_trades(data) == ("tick", symbol, [record["ts"]], [record["price"]], [record["size"]])
+
+
+@pytest.mark.parametrize("cut", [11, 20, 30, 40, 50])
+def test_corrupt_ticks_are_serde_errors(cut):
+    data = serde.encode("tick", tick(1, source="a-longer-source"))
+    with pytest.raises(SerdeError, match="corrupt tick body"):
+        serde.decode_trades(data[:cut])
+
+
+def test_a_tick_with_an_overlong_string_is_a_serde_error():
+    data = serde.encode("tick", tick(1, source="s" * 10_000))
+    with pytest.raises(SerdeError, match="source is 10000 characters long"):
+        serde.decode(data)
+    with pytest.raises(SerdeError, match="source is 10000 characters long"):
+        serde.decode_trades(data)
+
+
 def _long(n: int) -> bytes:
     n = (n << 1) ^ (n >> 63)
     out = bytearray()

@@ -232,18 +232,22 @@ class Serde:
         """``(event_type, symbol, ts, price, size)`` of a message: the columns bars are
         made of, for one Tick or every tick of a TickBatch (empty lists for other events).
 
-        A TickBatch written with ``tick_batch.v1`` is read by ``read_trade_columns``, which
-        stops after the ``size`` column and decodes the arrays a column at a time: several
-        times faster than decoding every field."""
+        A Tick written with ``tick.v1`` is read by ``read_trade`` and a TickBatch written with
+        ``tick_batch.v1`` by ``read_trade_columns`` (the arrays a column at a time); both stop
+        after ``size``: several times faster than decoding every field with fastavro."""
         writer, body = self._writer(data)
-        if writer.event_type == "tick_batch" and writer.version == 1:
+        if writer.version == 1 and writer.event_type in ("tick", "tick_batch"):
             try:
-                event_id, symbol, ts, price, size = read_trade_columns(data, body)
-            except (IndexError, ValueError, UnicodeDecodeError) as e:
-                raise SerdeError(f"corrupt tick_batch body: {type(e).__name__}: {e}") from None
+                if writer.event_type == "tick":
+                    event_id, symbol, t, p, z = read_trade(data, body)
+                    ts, price, size = [t], [p], [z]
+                else:
+                    event_id, symbol, ts, price, size = read_trade_columns(data, body)
+            except (IndexError, ValueError, UnicodeDecodeError, struct.error) as e:
+                raise SerdeError(f"corrupt {writer.event_type} body: {type(e).__name__}: {e}") from None
             check_length("event_id", event_id)
             check_length("symbol", symbol)
-            return "tick_batch", symbol, ts, price, size
+            return writer.event_type, symbol, ts, price, size
         event_type, record = self.decode(data)
         if event_type == "tick":
             return event_type, record["symbol"], [record["ts"]], [record["price"]], [record["size"]]
@@ -265,7 +269,7 @@ class Serde:
         return self._writers_by_id[schema_id]
 
 
-# -- the TickBatch columns the bar stage needs, decoded a column at a time -------------
+# -- the trades the bar stage needs, of a Tick, or of a TickBatch a column at a time ----
 # Avro binary encoding: a long is a zigzag varint, a string its byte length (a long) and
 # UTF-8, an array a series of blocks (item count, items; a negative count is followed by
 # the block's byte size) ended by a zero count, a union the branch index then the value.
@@ -391,6 +395,32 @@ def _optional_doubles(data: bytes, pos: int, count: int) -> tuple[list, int]:
     if pos > len(data):
         raise ValueError("array of doubles beyond the message")
     return out, pos
+
+
+def read_trade(data: bytes, pos: int) -> tuple[str, str, int, float | None, float | None]:
+    """(event_id, symbol, ts, price, size) of a ``tick.v1`` body starting at ``pos``."""
+    event_id, pos = _string(data, pos)
+    symbol, pos = _string(data, pos)
+    ts, pos = _long(data, pos)
+    source, pos = _string(data, pos)
+    check_length("source", source)  # as fastavro's path checks every string
+    _, pos = _long(data, pos)  # seq
+    price, pos = _optional_double(data, pos)
+    size, pos = _optional_double(data, pos)
+    return event_id, symbol, ts, price, size
+
+
+_DOUBLE = struct.Struct("<d")
+
+
+def _optional_double(data: bytes, pos: int) -> tuple[float | None, int]:
+    """One item of the union [null, double]."""
+    b = data[pos]
+    if b == 2:
+        return _DOUBLE.unpack_from(data, pos + 1)[0], pos + 9
+    if b == 0:
+        return None, pos + 1
+    raise ValueError(f"union branch byte {b}")
 
 
 def read_trade_columns(data: bytes, pos: int) -> tuple[str, str, list, list, list]:
