@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.harness import ROOT, Figure, bench_main, repeat, services
-from bench.processes import Process, core_bars, drop, namespace, preload, tick_messages
+from bench.processes import POLL_S, Process, core_bars, drop, namespace, preload, tick_messages
 from ticktape import kafka_clients
 from ticktape.serde import Serde
 from ticktape.stack import LocalStack, free_port
@@ -123,7 +123,7 @@ def ticktape_run(ns, n_messages: int, logs: Path) -> Span:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"ticktape: {count:,.0f} of {n_messages:,} ticks in 600 s")
             worker.check()
-            time.sleep(0.1)
+            time.sleep(POLL_S)
         check_bars(ns, "ticktape", lambda v: Serde().decode(v)[1])
         return Span(first[0], now, int(n_messages - first[2]), cpu - first[1])
     finally:
