@@ -190,11 +190,27 @@ class InputGuard:
             if tp not in assigned:
                 continue
             topic, partition = tp
-            if tp not in self._loaded:
-                self.expect(topic, partition, saved(topic, partition))
-                self._loaded.add(tp)
+            self._load(tp, saved)
             out.append((topic, partition, await self.records(topic, partition, msgs)))
         return out
+
+    def _load(self, tp: tuple[str, int], saved) -> None:
+        if tp not in self._loaded:
+            self.expect(*tp, saved(*tp))
+            self._loaded.add(tp)
+
+    async def watch(self, assigned: set[tuple[str, int]], saved) -> None:
+        """Take the assigned partitions nothing has come from since their assignment into
+        ``tails``' watch, from the next offset their stage saved (``saved``, as ``runs``) or
+        their first.  Faust's commits run ahead of the stage's checkpoints: after a crash
+        it may deliver nothing more of a partition whose last records the state never
+        held, and no later message would show the hole.  Call it only once the tables
+        are recovered (the saved offsets are in them)."""
+        loop = asyncio.get_running_loop()
+        for tp in sorted(assigned - self._loaded):
+            self._load(tp, saved)
+            if tp not in self._next:
+                self._next[tp] = await loop.run_in_executor(self._thread, self._first_offset, *tp)
 
     async def records(self, topic: str, partition: int, messages) -> list:
         """The partition's messages (Faust ``Message`` objects, in delivery order) as

@@ -269,12 +269,15 @@ class Runner:
         have more in the log (``InputGuard.tails``): Faust can lose taken messages, and a lost
         tail has no later message to reveal it.  While a batch is being processed its input
         has not moved yet (it moves when the batch is folded): the check waits for it, up to
-        TAIL_BUSY_CHECKS times in a row."""
+        TAIL_BUSY_CHECKS times in a row.  An assigned partition nothing has come from is
+        watched from the offset saved with the state (``InputGuard.watch``)."""
         if self.lock.locked() and self._busy_checks < TAIL_BUSY_CHECKS:
             self._busy_checks += 1
             return
         self._busy_checks = 0
         assigned = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment() if tp.topic in self._in}
+        if not self.app.rebalancing:  # Faust ends a rebalance once the tables are recovered
+            await self.guard.watch(assigned, self.stage.saved_offset)
         records = await self.guard.tails(assigned)
         if records:
             async with self.lock:

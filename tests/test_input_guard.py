@@ -50,3 +50,30 @@ def test_a_hole_read_stops_at_its_end_or_at_the_end_of_the_log(settings):
     assert [(r.offset, r.value) for r in records] == [(1, b"v1"), (2, b"v2")]
     assert [r.offset for r in guard._read({(topic, 0): (0, 2)})] == [0, 1]  # a hole ends where delivery resumed
     assert [r.offset for r in guard._read({(topic, 0): (0, None)}, limit=2)] == [0, 1]
+
+
+def test_watch_takes_assigned_partitions_nothing_came_from_from_their_saved_offsets(settings):
+    """After a crash Faust may deliver nothing more of a partition its commits had passed:
+    ``watch`` starts such a partition at the offset the stage saved (or its first), and
+    ``tails`` then reads what lies past it."""
+    kafka_clients.ensure_topics(settings)
+    topic = settings.topic("md.ticks")
+    produce(settings, [(b"K", b"v%d" % i, 0) for i in range(5)] + [(b"K", b"w%d" % i, 1) for i in range(2)])
+    guard = InputGuard(settings)
+    p0, p1, p2 = (topic, 0), (topic, 1), (topic, 2)
+    saved = {p0: 3}  # p0's checkpoint holds offsets 0..2; p1 and p2 (empty) have none
+
+    async def run():
+        await guard.watch({p0, p1, p2}, lambda t, p: saved.get((t, p)))
+        first = await guard.tails({p0, p1, p2})  # nothing to compare with yet
+        second = await guard.tails({p0, p1, p2})
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert first == []
+    assert sorted((r.partition, r.offset, r.value) for r in second) == [
+        (0, 3, b"v3"),
+        (0, 4, b"v4"),
+        (1, 0, b"w0"),
+        (1, 1, b"w1"),
+    ]

@@ -371,6 +371,42 @@ def test_a_worker_killed_before_its_first_checkpoint_is_redone_identically(setti
         assert second.stop() == 0, second.log_tail()
 
 
+def test_a_worker_killed_before_its_first_checkpoint_with_no_input_after_it_reads_it_again(settings, tmp_path):
+    """Faust has committed every input message, the state holds none of it, and nothing
+    comes after the restart: no later message shows the hole, so the restarted worker
+    watches each assigned partition from the offset saved with the state and folds the
+    input again; its bars are those of one uninterrupted run."""
+    kafka_clients.ensure_topics(settings)
+    ticks = random_ticks(17, 1500)
+    items = [(t["symbol"].encode(), serde.encode("tick", t), None) for t in ticks]
+    items += flush_items(ticks[-1]["ts"] + 3600 * 10**6)
+    records = [dict(t) for t in ticks] + [serde.decode(v)[1] for _, v, _ in items[-PARTITIONS:]]
+
+    placed = produce(settings, items)
+    first = Worker(settings, tmp_path / "worker1.log", PROCESSOR_CHECKPOINT_MS="600000")
+    try:
+        assert first.wait_metric("ticktape_events_in_total", len(items), stage="bars", topic="md.ticks"), (
+            first.log_tail()
+        )
+        deadline = time.monotonic() + 20
+        while committed(settings) < len(items) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert committed(settings) == len(items)  # Faust's commit is past the state's position
+    finally:
+        first.stop(signal.SIGKILL)
+
+    bars, _, _ = expected_output(records, placed)
+    second = Worker(settings, tmp_path / "worker2.log")
+    try:
+        assert second.wait_metric("ticktape_events_in_total", len(items), stage="bars", topic="md.ticks"), (
+            second.log_tail()
+        )
+        assert "that the consumer had not delivered" in second.log_path.read_text(errors="replace")
+        assert_distinct_bars(settings, bars, second)
+    finally:
+        assert second.stop() == 0, second.log_tail()
+
+
 def test_worker_consumer_fetch_wait_comes_from_settings():
     """Faust's driver fixes the fetch wait at 1.5 s; on a broker that answers a waiting
     fetch only when the wait is over, that would be each hop's latency."""
