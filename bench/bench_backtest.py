@@ -12,8 +12,8 @@ the full pipeline from ticks (bars aggregated from the simulator's ticks, fills 
 next tick: ``run``) — ticks/s.
 
 Kafka mode: a seeded simulator period replayed into ``bt.<run_id>.md.ticks`` and run
-through the worker until it settles (worker start included: about 10 s of the figure's
-time at full size) — replayed events/s.
+through the worker until it settles, timed from the worker's first tick taken to its
+last output (its start-up and the settling wait excluded) — replayed events/s.
 
     python -m bench.bench_backtest            # full run
     python -m bench.bench_backtest --quick    # seconds-long smoke run
