@@ -30,6 +30,7 @@ STAGE = "execution"
 
 
 class ExecutionStage(Stage):
+    checkpoint_each_batch = True  # a trading desk: see the runner module doc
     name = STAGE
     dlq = DLQ
 

@@ -21,6 +21,7 @@ STAGE = "portfolio"
 
 
 class PortfolioStage(Stage):
+    checkpoint_each_batch = True  # a trading desk: see the runner module doc
     name = STAGE
     dlq = DLQ
 

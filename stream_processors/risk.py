@@ -34,6 +34,7 @@ PENDING_KEY = "@pending:{}:{}"  # table key of a buffered event: account, event 
 
 
 class RiskStage(Stage):
+    checkpoint_each_batch = True  # a trading desk: see the runner module doc
     name = STAGE
     dlq = DLQ
 

@@ -31,6 +31,7 @@ INPUT_TOPICS = {"prediction": "ml.predictions", "indicator_set": "analytics.indi
 
 
 class StrategyStage(Stage):
+    checkpoint_each_batch = True  # a trading desk: see the runner module doc
     name = STAGE
     dlq = DLQ
 
