@@ -240,8 +240,9 @@ class Settings:
     processor_checkpoint_ms: int = _setting(
         "PROCESSOR_CHECKPOINT_MS",
         1000,
-        "how often a stage saves its state and input offsets (its outputs are sent at once); a restart "
-        "re-reads and re-sends, identically, what came after the last save; 0 = after every batch",
+        "how often the bars, indicators and predict stages save their state and input offsets (outputs are "
+        "sent at once; the trading desks save after every batch); a restart re-reads and re-sends, "
+        "identically, what came after the last save; 0 = after every batch",
         low=0,
     )
     worker_event_loop: str = _setting(
