@@ -427,16 +427,6 @@ def test_worker_consumer_fetch_wait_comes_from_settings():
     assert asyncio.run(fetch_wait(250)) == 250
 
 
-def test_the_worker_consumer_hands_messages_to_the_streams_without_tasks():
-    """Faust's drain loop spends two asyncio tasks a message (``wait_first``); the worker's
-    consumer awaits the stream's callback instead (every worker test runs through it)."""
-    from stream_processors.app import build_app
-    from stream_processors.consumer import Consumer
-    from ticktape.config import settings as make_settings
-
-    assert type(build_app(make_settings(kafka_bootstrap_servers="127.0.0.1:1")).consumer) is Consumer
-
-
 def test_worker_producer_linger_comes_from_settings():
     """Faust's default linger of 0 sends a record batch per await; small batches pile up
     and slow the local broker's fetches."""
