@@ -383,15 +383,8 @@ def _optional_doubles(data: bytes, pos: int, count: int) -> tuple[list, int]:
             return np.ndarray((count,), "<f8", data, pos + 1, (9,)).tolist(), end
     out: list[float | None] = []
     for _ in range(count):
-        b = data[pos]
-        if b == 0:
-            out.append(None)
-            pos += 1
-        elif b == 2:
-            out.append(struct.unpack_from("<d", data, pos + 1)[0])
-            pos += 9
-        else:
-            raise ValueError(f"union branch byte {b}")
+        value, pos = _optional_double(data, pos)
+        out.append(value)
     if pos > len(data):
         raise ValueError("array of doubles beyond the message")
     return out, pos
