@@ -24,6 +24,8 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from ticktape import kafka_clients, metrics
 from ticktape.config import ConfigError, Settings
 
+from .consumer import Consumer
+
 log = logging.getLogger(__name__)
 
 RECOVERY_REPORT_S = 5.0  # how often a recovering worker says how far it is
@@ -66,6 +68,7 @@ def build_app(s: Settings) -> faust.App:
         producer_max_batch_size=PRODUCER_BATCH_BYTES,
     )
     kafka_clients.faust_fetch_max_wait(app, s.kafka_fetch_max_wait_ms)
+    app.transport.Consumer = Consumer  # type: ignore[misc]  # hands most messages over without two tasks each
     # Table changelog records wait in the producer's buffer; past its bound the conductor
     # flushes before taking the next message, and warns each time.  ``save_state`` writes up
     # to one entry per event of a batch and waits for them all, so the batch bounds the

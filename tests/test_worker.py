@@ -336,6 +336,44 @@ def test_worker_killed_mid_stream_resumes_exactly(settings, tmp_path):
         assert third.stop() == 0, third.log_tail()
 
 
+def test_a_worker_stopped_while_it_catches_up_stops_at_once_and_resumes_exactly(settings, tmp_path):
+    """SIGTERM while the worker works through a backlog of one-tick messages (its stream
+    buffers full, its fetcher ahead): it stops within seconds, cleanly, twice; the next
+    worker's output is that of one uninterrupted run."""
+    kafka_clients.ensure_topics(settings)
+    ticks = random_ticks(13, 20000)
+    items = [(t["symbol"].encode(), serde.encode("tick", t), None) for t in ticks]
+    items += flush_items(ticks[-1]["ts"] + 3600 * 10**6)
+    records = [dict(t) for t in ticks] + [serde.decode(v)[1] for _, v, _ in items[-PARTITIONS:]]
+    placed = produce(settings, items)
+    bars, _, _ = expected_output(records, placed)
+    for n, at in enumerate((2000, 8000)):
+        worker = Worker(settings, tmp_path / f"worker{n}.log")
+        try:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and worker.proc.poll() is None:
+                try:
+                    if worker.metric("ticktape_events_in_total", stage="bars", topic="md.ticks") >= at:
+                        break
+                except (OSError, KeyError):
+                    pass  # not up yet
+                time.sleep(0.05)
+            assert worker.metric("ticktape_events_in_total", stage="bars", topic="md.ticks") < len(items), (
+                "stopped after the backlog, not while catching up"
+            )
+            started = time.monotonic()
+            assert worker.stop(timeout=20) == 0, worker.log_tail()
+            assert time.monotonic() - started < 10, worker.log_tail()
+        finally:
+            if worker.proc.poll() is None:
+                worker.stop(signal.SIGKILL)
+    last = Worker(settings, tmp_path / "last.log")
+    try:
+        assert_distinct_bars(settings, bars, last)
+    finally:
+        assert last.stop() == 0, last.log_tail()
+
+
 def test_a_worker_killed_before_its_first_checkpoint_is_redone_identically(settings, tmp_path):
     """With no checkpoint yet, Faust has committed the input while the state holds none of
     it: the restarted worker reads it all again from the (empty) state's offsets and sends
