@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
@@ -54,7 +54,7 @@ class Consumer(driver.Consumer):
     async def deliver(self, message: Any) -> None:
         """Hand ``message`` to the streams as Faust's drain loop does, without its tasks
         when the callback never suspends."""
-        coro = self.callback(message)
+        coro = cast(Coroutine[Any, Any, None], self.callback(message))  # the conductor's async def
         try:
             waiting = coro.send(None)
         except StopIteration:
