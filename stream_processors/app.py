@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 RECOVERY_REPORT_S = 5.0  # how often a recovering worker says how far it is
 PRODUCER_BATCH_BYTES = 512 * 1024  # a record batch of the worker's producer: well under the broker's 1 MiB
 MAX_STATE_RECORD = 900_000  # bytes of one changelog value: under the broker's 1 MiB message limit
+# ``InputGuard.tails`` calls (one a TAIL_CHECK_S) a partition's next offset must stand still
+# before its tail is read: a stage behind its input (the consumer has not fetched it yet)
+# moves within seconds, a lost tail never does
+TAIL_STILL_CHECKS = 5
 STAGES = ["bars", "indicators", "predict", "strategy", "risk", "execution", "portfolio"]
 
 
@@ -153,13 +157,14 @@ class InputGuard:
     Where a stage keeps its next offsets is the stage's (``stream_processors/runner.py``).
     """
 
-    def __init__(self, s: Settings):
+    def __init__(self, s: Settings, still_checks: int = TAIL_STILL_CHECKS):
         self.s = s
+        self.still_checks = still_checks
         self._next: dict[tuple[str, int], int] = {}
         self._loaded: set[tuple[str, int]] = set()  # input partitions whose next offset is read from the table
         self._consumer = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="input-guard")  # one consumer, one thread
-        self._checked: dict[tuple[str, int], int] = {}  # next offsets at the last ``tails`` call
+        self._still: dict[tuple[str, int], tuple[int, int]] = {}  # next offset, ``tails`` calls it stood still
 
     def expect(self, topic: str, partition: int, offset: int | None) -> None:
         """The next offset of a partition, from the stage's saved state (None: unknown)."""
@@ -244,11 +249,20 @@ class InputGuard:
 
     async def tails(self, assigned: set[tuple[str, int]]) -> list[Record]:
         """Records past the next offset of each assigned partition whose next offset has
-        not moved since the previous call (the rest are still being delivered), up to
-        PROCESSOR_BATCH_SIZE of them."""
-        now = {tp: self._next[tp] for tp in assigned if tp in self._next}
-        still = {tp: nxt for tp, nxt in now.items() if self._checked.get(tp) == nxt}
-        self._checked = now
+        stood still over the last ``still_checks`` calls (the rest are still being
+        delivered), up to PROCESSOR_BATCH_SIZE of them.  A partition read starts counting
+        again: an idle one is read once every ``still_checks`` calls."""
+        still, counts = {}, {}
+        for tp in assigned:
+            nxt = self._next.get(tp)
+            if nxt is None:
+                continue
+            last, n = self._still.get(tp, (None, -1))
+            n = n + 1 if last == nxt else 0
+            if n >= self.still_checks:
+                still[tp], n = nxt, 0
+            counts[tp] = (nxt, n)
+        self._still = counts
         if not still:
             return []
         loop = asyncio.get_running_loop()
@@ -352,8 +366,19 @@ async def save_state(table, entries) -> None:
         if partition in last:
             earlier.append(table.send_changelog(*last[partition]))
         last[partition] = record
-    await asyncio.gather(*earlier)
-    await asyncio.gather(*(table.send_changelog(*entry) for entry in last.values()))
+    await delivered(earlier)
+    await delivered([table.send_changelog(*entry) for entry in last.values()])
+
+
+async def delivered(futures: list) -> None:
+    """Wait until the broker has acknowledged every one of ``futures`` (Faust's
+    ``FutureMessage``), raising the first failure.  A cancel of the waiter (a stop) leaves
+    them be: ``asyncio.gather`` would cancel them, and Faust's producer callback then fails
+    on completing one ("invalid state", logged as an ERROR)."""
+    if futures:
+        await asyncio.wait(futures)
+        for future in futures:
+            future.result()
 
 
 class StateTooLarge(RuntimeError):

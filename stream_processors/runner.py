@@ -45,7 +45,7 @@ from ticktape.config import Settings
 from ticktape.serde import Serde, SerdeError
 from ticktape.validate import Validator
 
-from .app import InputGuard, agent, crash_on_error, save_state
+from .app import InputGuard, agent, crash_on_error, delivered, save_state
 
 log = logging.getLogger(__name__)
 OFFSET_KEY = (
@@ -236,7 +236,7 @@ class Runner:
 
     async def checkpoint(self) -> None:
         deliveries, self._deliveries = self._deliveries, []
-        await asyncio.gather(*deliveries)
+        await delivered(deliveries)
         kept, self._kept = self._kept, {}
         inputs, self._inputs = self._inputs, set()
         self._checkpointed = time.monotonic()
@@ -271,12 +271,13 @@ class Runner:
         await self.tails()
 
     async def tails(self) -> None:
-        """Process the records of input partitions that stood still since the last check but
-        have more in the log (``InputGuard.tails``): Faust can lose taken messages, and a lost
-        tail has no later message to reveal it.  While a batch is being processed its input
-        has not moved yet (it moves when the batch is folded): the check waits for it, up to
-        TAIL_BUSY_CHECKS times in a row.  An assigned partition nothing has come from is
-        watched from the offset saved with the state (``InputGuard.watch``)."""
+        """Process the records of input partitions that stood still over the last
+        TAIL_STILL_CHECKS checks but have more in the log (``InputGuard.tails``): Faust can
+        lose taken messages, and a lost tail has no later message to reveal it.  While a
+        batch is being processed its input has not moved yet (it moves when the batch is
+        folded): the check waits for it, up to TAIL_BUSY_CHECKS times in a row.  An
+        assigned partition nothing has come from is watched from the offset saved with the
+        state (``InputGuard.watch``)."""
         if self.lock.locked() and self._busy_checks < TAIL_BUSY_CHECKS:
             self._busy_checks += 1
             return

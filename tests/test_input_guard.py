@@ -19,7 +19,7 @@ def test_tails_reads_past_the_next_offset_only_of_partitions_that_stood_still(se
     topic = settings.topic("md.ticks")
     placed = produce(settings, [(b"K", b"v%d" % i, 0) for i in range(10)] + [(b"K", b"w", 1)])
     assert placed == [(0, i) for i in range(10)] + [(1, 0)]
-    guard = InputGuard(settings)
+    guard = InputGuard(settings, still_checks=1)
     p0, p1, p2 = (topic, 0), (topic, 1), (topic, 2)
     guard.expect(*p0, 4)
     guard.expect(*p1, 1)
@@ -59,7 +59,7 @@ def test_watch_takes_assigned_partitions_nothing_came_from_from_their_saved_offs
     kafka_clients.ensure_topics(settings)
     topic = settings.topic("md.ticks")
     produce(settings, [(b"K", b"v%d" % i, 0) for i in range(5)] + [(b"K", b"w%d" % i, 1) for i in range(2)])
-    guard = InputGuard(settings)
+    guard = InputGuard(settings, still_checks=1)
     p0, p1, p2 = (topic, 0), (topic, 1), (topic, 2)
     saved = {p0: 3}  # p0's checkpoint holds offsets 0..2; p1 and p2 (empty) have none
 
@@ -77,3 +77,25 @@ def test_watch_takes_assigned_partitions_nothing_came_from_from_their_saved_offs
         (1, 0, b"w0"),
         (1, 1, b"w1"),
     ]
+
+
+def test_tails_reads_a_partition_once_it_stood_still_over_still_checks_calls_and_then_counts_again(settings):
+    """A stage behind its input (not yet fetched) moves within a few checks: reading its
+    tail then would only read what the consumer is about to deliver."""
+    kafka_clients.ensure_topics(settings)
+    topic = settings.topic("md.ticks")
+    produce(settings, [(b"K", b"v%d" % i, 0) for i in range(3)])
+    guard = InputGuard(settings, still_checks=3)
+    p0 = (topic, 0)
+    guard.expect(*p0, 1)
+
+    async def run():
+        reads = []
+        for call in range(9):
+            if call == 2:
+                guard.expect(*p0, 2)  # it moved: counting starts again
+            reads.append([r.offset for r in await guard.tails({p0})])
+        return reads
+
+    # calls 2..5 see 2 standing still; read at 5, then again three calls later
+    assert asyncio.run(run()) == [[], [], [], [], [], [2], [], [], [2]]
