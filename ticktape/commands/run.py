@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import cast
 
 from ..config import run_defaults, set_in_environment, settings
@@ -25,7 +26,8 @@ from .models import ensure_model
 from .stack import bring_up
 from .status import remove_run_files, write_run_files
 
-DRAIN_SECONDS = 8.0
+DRAIN_SECONDS = 60.0  # longest wait for the pipeline to write what the source sent
+DRAIN_QUIET_S = 3.0  # no new rows for this long: drained (a busy sink writes every SINK_MAX_LATENCY_MS)
 
 
 @dataclass
@@ -213,7 +215,8 @@ def run(args) -> int:
         print()
     print("ticktape: stopping the source, draining the pipeline ...", flush=True)
     source.stop()
-    _drain(summary)
+    if not _drain(summary.figures):
+        print(f"ticktape: rows still coming after {DRAIN_SECONDS:.0f} s; the next run writes the rest", flush=True)
     print(summary.line(time.monotonic() - t0), flush=True)
     summary.figures()  # the sink's last counts before it stops
     codes = {c.role: c.stop() for c in pipeline}
@@ -234,13 +237,18 @@ def run(args) -> int:
     return 0
 
 
-def _drain(summary: Summary) -> None:
-    """Wait until the sink stops writing new rows (or DRAIN_SECONDS pass)."""
-    deadline = time.monotonic() + DRAIN_SECONDS
-    last = -1.0
-    while time.monotonic() < deadline:
-        rows = summary.figures()["rows"]
-        if rows == last:
-            return
-        last = rows
-        time.sleep(1.0)
+def _drain(figures: Callable[[], dict[str, float]], clock=time.monotonic, sleep=time.sleep) -> bool:
+    """Wait until the pipeline has written what the source sent: no new rows for
+    DRAIN_QUIET_S, or none since the last look with no lag left.  False after
+    DRAIN_SECONDS with rows still coming (the rest is written by the next run: nothing
+    is committed before it is written)."""
+    deadline = clock() + DRAIN_SECONDS
+    last_rows, quiet_since = None, clock()
+    while clock() < deadline:
+        f, now = figures(), clock()
+        if f["rows"] != last_rows:
+            last_rows, quiet_since = f["rows"], now
+        elif f["lag"] == 0 or now - quiet_since >= DRAIN_QUIET_S:
+            return True
+        sleep(1.0)
+    return False
