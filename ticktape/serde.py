@@ -23,7 +23,8 @@ import struct
 import threading
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -31,6 +32,7 @@ import fastavro
 import numpy as np
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from .avro_writer import Unsupported, compile_writer
 from .config import REPO_ROOT
 
 SCHEMA_DIR = REPO_ROOT / "schemas"
@@ -85,6 +87,7 @@ class SchemaVersion:
     parsed: dict  # fastavro-parsed, logical types stripped (ints for timestamps)
     canonical: str
     fingerprint: bytes  # 8 bytes, little endian CRC-64-AVRO
+    write: Callable[[dict, bytearray], None] | None = field(default=None, compare=False, repr=False)  # compiled
 
 
 def _load_version(path: Path) -> SchemaVersion:
@@ -94,7 +97,7 @@ def _load_version(path: Path) -> SchemaVersion:
     canonical = to_parsing_canonical_form(parsed_full)
     fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
     parsed = cast(dict, fastavro.parse_schema(_strip_logical_types(schema)))  # a record schema: a dict
-    return SchemaVersion(event_type, int(vpart), path, schema, parsed, canonical, fp)
+    return SchemaVersion(event_type, int(vpart), path, schema, parsed, canonical, fp, compile_writer(parsed))
 
 
 class SchemaCatalog:
@@ -184,18 +187,26 @@ class Serde:
     # -- encoding -------------------------------------------------------------------
     def encode(self, event_type: str, record: dict, topic: str | None = None) -> bytes:
         sv = self.schemas.latest(event_type)
-        buf = io.BytesIO()
         if self.registry is not None:
             if topic is None:
                 raise SerdeError("a topic is needed to register schemas (subject <topic>-value)")
             schema_id = self.registry.register(f"{topic}-value", json.dumps(sv.schema))
-            buf.write(CONFLUENT_MAGIC + struct.pack(">I", schema_id))
+            header = CONFLUENT_MAGIC + struct.pack(">I", schema_id)
         else:
-            buf.write(SINGLE_OBJECT_MAGIC + sv.fingerprint)
+            header = SINGLE_OBJECT_MAGIC + sv.fingerprint
+        if sv.write is not None:
+            out = bytearray(header)
+            try:
+                sv.write(record, out)
+                return bytes(out)
+            except (Unsupported, KeyError, UnicodeEncodeError):
+                pass  # fastavro writes it, or says what is wrong with it
+        buf = io.BytesIO()
+        buf.write(header)
         try:
             fastavro.schemaless_writer(buf, sv.parsed, record)
-        except (TypeError, ValueError, KeyError, AttributeError) as e:
-            raise SerdeError(f"cannot encode {event_type}: {e}") from None
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as e:
+            raise SerdeError(f"cannot encode {event_type}: {type(e).__name__}: {e}") from None
         return buf.getvalue()
 
     # -- decoding -------------------------------------------------------------------
