@@ -32,7 +32,7 @@ import fastavro
 import numpy as np
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from .avro_writer import Unsupported, compile_writer
+from .avro_writer import Unsupported, compile_reader, compile_writer
 from .config import REPO_ROOT
 
 SCHEMA_DIR = REPO_ROOT / "schemas"
@@ -88,6 +88,7 @@ class SchemaVersion:
     canonical: str
     fingerprint: bytes  # 8 bytes, little endian CRC-64-AVRO
     write: Callable[[dict, bytearray], None] | None = field(default=None, compare=False, repr=False)  # compiled
+    read: Callable[[bytes, int], tuple[dict, int]] | None = field(default=None, compare=False, repr=False)
 
 
 def _load_version(path: Path) -> SchemaVersion:
@@ -97,7 +98,9 @@ def _load_version(path: Path) -> SchemaVersion:
     canonical = to_parsing_canonical_form(parsed_full)
     fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
     parsed = cast(dict, fastavro.parse_schema(_strip_logical_types(schema)))  # a record schema: a dict
-    return SchemaVersion(event_type, int(vpart), path, schema, parsed, canonical, fp, compile_writer(parsed))
+    return SchemaVersion(
+        event_type, int(vpart), path, schema, parsed, canonical, fp, compile_writer(parsed), compile_reader(parsed)
+    )
 
 
 class SchemaCatalog:
@@ -215,12 +218,15 @@ class Serde:
         writer, body = self._writer(data)
         reader = self.schemas.latest(writer.event_type)
         try:
-            record = cast(
-                dict,
-                fastavro.schemaless_reader(  # an event schema is a record: a dict
-                    io.BytesIO(data[body:]), writer.parsed, None if reader is writer else reader.parsed
-                ),
-            )
+            if reader is writer and writer.read is not None:
+                record, _ = writer.read(data, body)
+            else:  # an older version: fastavro resolves it to the latest
+                record = cast(
+                    dict,
+                    fastavro.schemaless_reader(  # an event schema is a record: a dict
+                        io.BytesIO(data[body:]), writer.parsed, reader.parsed
+                    ),
+                )
         except Exception as e:  # fastavro raises many types on corrupt bodies
             raise SerdeError(f"corrupt {writer.event_type} body: {type(e).__name__}: {e}") from None
         _check_strings(record)
