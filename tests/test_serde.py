@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import fastavro
 import pytest
 
-from ticktape.avro_writer import Unsupported
+from ticktape.avro_compiled import Unsupported
 from ticktape.serde import SCHEMA_DIR, SINGLE_OBJECT_MAGIC, Serde, SerdeError, backward_incompatibilities, catalog
 
 TICK = {

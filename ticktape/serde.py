@@ -32,7 +32,7 @@ import fastavro
 import numpy as np
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from .avro_writer import Unsupported, compile_reader, compile_writer
+from .avro_compiled import Unsupported, compile_reader, compile_writer
 from .config import REPO_ROOT
 
 SCHEMA_DIR = REPO_ROOT / "schemas"
