@@ -73,8 +73,9 @@ def distinct(messages):
 
 
 def output(s, topic, count, **kw):
-    """{partition: distinct events} of a topic once ``count`` events are there."""
-    return {p: distinct(msgs) for p, msgs in read(s, topic, count, **kw).items()}
+    """{partition: distinct events} of a topic once ``count`` distinct events are there."""
+    event_id = lambda v: serde.decode(v)[1]["event_id"]  # noqa: E731
+    return {p: distinct(msgs) for p, msgs in read(s, topic, count, key=event_id, **kw).items()}
 
 
 def per_partition(events, partition_of):

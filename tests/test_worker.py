@@ -120,6 +120,14 @@ def flush_items(ts):
     return [(b"ZFLUSH", serde.encode("tick", tick("ZFLUSH", ts, bid=1.0)), p) for p in range(PARTITIONS)]
 
 
+def flushed(ticks) -> tuple[list, list]:
+    """md.ticks items of ``ticks``, then a flush tick per partition an hour after the last
+    (it closes every window), and the records of them all."""
+    items = [(t["symbol"].encode(), serde.encode("tick", t), None) for t in ticks]
+    items += flush_items(ticks[-1]["ts"] + 3600 * 10**6)
+    return items, [dict(t) for t in ticks] + [serde.decode(v)[1] for _, v, _ in items[-PARTITIONS:]]
+
+
 def expected_output(records, placed):
     """Bars (per topic and partition, in order) and late tick bytes the core computes."""
     per_partition = defaultdict(list)
@@ -150,14 +158,16 @@ def expected_indicators(bars) -> dict[tuple[str, str], list[bytes]]:
     return out
 
 
-def read(s, topic: str, count: int, timeout: float = 60.0, quiet: float = 2.0):
-    """Messages of a topic, by partition in order: waits for ``count`` of them, then
-    ``quiet`` seconds more so that extra (duplicate) messages would show too."""
+def read(s, topic: str, count: int, timeout: float = 60.0, quiet: float = 2.0, key=None):
+    """Messages of a topic, by partition in order: waits for ``count`` of them (with
+    ``key``, of distinct ``key(value)``: a repeat sent at once must not end the wait for a
+    lost tail read a few seconds later), then ``quiet`` seconds more so that extra
+    (duplicate) messages would show too."""
     partitions = kafka_clients.topic_spec(topic).partitions
     cons = kafka_clients.consumer(s, f"{s.topic_prefix}reader")
     cons.assign([TopicPartition(s.topic(topic), p, OFFSET_BEGINNING) for p in range(partitions)])
     out = defaultdict(list)
-    n = 0
+    n, seen = 0, set()
     deadline = time.monotonic() + timeout
     quiet_until = None
     try:
@@ -171,7 +181,11 @@ def read(s, topic: str, count: int, timeout: float = 60.0, quiet: float = 2.0):
                 continue
             assert msg.error() is None, msg.error()
             out[msg.partition()].append(msg)
-            n += 1
+            if key is None:
+                n += 1
+            elif key(msg.value()) not in seen:
+                seen.add(key(msg.value()))
+                n += 1
     finally:
         cons.close()
     return out
@@ -271,7 +285,7 @@ def committed(s) -> int:
 def distinct(s, topic, count, key):
     """The distinct messages of a topic, checking that repeats carry the same bytes."""
     first_copy = {}
-    for msgs in read(s, topic, count, quiet=3.0).values():
+    for msgs in read(s, topic, count, quiet=3.0, key=key).values():
         for m in msgs:  # sent just before a kill, sent again after it: same bytes
             assert first_copy.setdefault(key(m.value()), m.value()) == m.value()
     return first_copy
@@ -282,9 +296,7 @@ def test_worker_killed_mid_stream_resumes_exactly(settings, tmp_path):
     ticks = random_ticks(12, 6000)
     # first after the first restart: late only by the watermark saved before it
     ticks[2000] = tick(ticks[1999]["symbol"], ticks[1999]["ts"] - 3 * 10**6, 100.0, 100.0)
-    items = [(t["symbol"].encode(), serde.encode("tick", t), None) for t in ticks]
-    items += flush_items(ticks[-1]["ts"] + 3600 * 10**6)
-    records = [dict(t) for t in ticks] + [serde.decode(v)[1] for _, v, _ in items[-PARTITIONS:]]
+    items, records = flushed(ticks)
     small_batches = {"PROCESSOR_BATCH_SIZE": "100", "PROCESSOR_BATCH_MS": "20"}
 
     # 1. all of the first part processed and committed, then killed: its open windows
@@ -342,9 +354,7 @@ def test_a_worker_stopped_while_it_catches_up_stops_at_once_and_resumes_exactly(
     worker's output is that of one uninterrupted run."""
     kafka_clients.ensure_topics(settings)
     ticks = random_ticks(13, 20000)
-    items = [(t["symbol"].encode(), serde.encode("tick", t), None) for t in ticks]
-    items += flush_items(ticks[-1]["ts"] + 3600 * 10**6)
-    records = [dict(t) for t in ticks] + [serde.decode(v)[1] for _, v, _ in items[-PARTITIONS:]]
+    items, records = flushed(ticks)
     placed = produce(settings, items)
     bars, _, _ = expected_output(records, placed)
     for n, at in enumerate((2000, 8000)):
@@ -380,9 +390,7 @@ def test_a_worker_killed_before_its_first_checkpoint_is_redone_identically(setti
     the same bars again, byte for byte; the run's output is that of one uninterrupted run."""
     kafka_clients.ensure_topics(settings)
     ticks = random_ticks(13, 3000)
-    items = [(t["symbol"].encode(), serde.encode("tick", t), None) for t in ticks]
-    items += flush_items(ticks[-1]["ts"] + 3600 * 10**6)
-    records = [dict(t) for t in ticks] + [serde.decode(v)[1] for _, v, _ in items[-PARTITIONS:]]
+    items, records = flushed(ticks)
 
     placed = produce(settings, items[:1500])
     first = Worker(settings, tmp_path / "worker1.log", PROCESSOR_CHECKPOINT_MS="600000")
@@ -416,9 +424,7 @@ def test_a_worker_killed_before_its_first_checkpoint_with_no_input_after_it_read
     input again; its bars are those of one uninterrupted run."""
     kafka_clients.ensure_topics(settings)
     ticks = random_ticks(17, 1500)
-    items = [(t["symbol"].encode(), serde.encode("tick", t), None) for t in ticks]
-    items += flush_items(ticks[-1]["ts"] + 3600 * 10**6)
-    records = [dict(t) for t in ticks] + [serde.decode(v)[1] for _, v, _ in items[-PARTITIONS:]]
+    items, records = flushed(ticks)
 
     placed = produce(settings, items)
     first = Worker(settings, tmp_path / "worker1.log", PROCESSOR_CHECKPOINT_MS="600000")

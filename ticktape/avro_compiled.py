@@ -50,44 +50,67 @@ def _string(out: bytearray, v: Any) -> None:
     out += b
 
 
-def _double(out: bytearray, v: Any) -> None:
-    if type(v) is not float:
-        raise Unsupported
-    out += _DOUBLE(v)
+class _Generator:
+    """Lines of one generated function and the names they use; ``emit`` (a subclass's)
+    adds the lines of one schema."""
 
-
-class _Compiler:
-    """Generates the body of ``write(r, out)`` for one record schema."""
+    names: dict[str, Any] = {}
 
     def __init__(self) -> None:
         self.lines: list[str] = []
-        self.names: dict[str, Any] = {
-            "_varint": _varint,
-            "_long": _long,
-            "_string": _string,
-            "_double": _double,
-            "_DOUBLE": _DOUBLE,
-            "Unsupported": Unsupported,
-            "_INT_MIN": _INT_MIN,
-            "_INT_MAX": _INT_MAX,
-        }
+        self.names = dict(self.names)
         self._n = 0
 
     def var(self) -> str:
         self._n += 1
         return f"v{self._n}"
 
+    def emit(self, schema: Any, name: str, indent: str) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def optional(schema: list) -> Any:
+        """The T of the union [null, T], the only union the codecs compile."""
+        if len(schema) != 2 or schema[0] != "null" or schema[1] == "null":
+            raise Unsupported(f"union {schema}")
+        return schema[1]
+
+    def function(self, parsed: dict, head: str, name: str, tail: str = "") -> Any:
+        """The function ``head`` (a ``def`` line) whose body is ``emit(parsed, name)``, or
+        None for a schema of a shape it does not compile."""
+        try:
+            self.emit(parsed, name, "    ")
+        except Unsupported:
+            return None
+        source = head + "\n" + "\n".join(self.lines) + "\n" + tail
+        namespace = dict(self.names)
+        exec(compile(source, f"<avro {parsed.get('name')}>", "exec"), namespace)  # noqa: S102  # generated above
+        return namespace[head.split()[1].split("(")[0]]
+
+
+class _WriterGenerator(_Generator):
+    """Generates the body of ``write(r, out)`` for one record schema."""
+
+    names = {
+        "_varint": _varint,
+        "_long": _long,
+        "_string": _string,
+        "_DOUBLE": _DOUBLE,
+        "Unsupported": Unsupported,
+        "_INT_MIN": _INT_MIN,
+        "_INT_MAX": _INT_MAX,
+    }
+
     def emit(self, schema: Any, value: str, indent: str) -> None:
         """Lines that write ``value`` (a local name) as ``schema``."""
         add = self.lines.append
         if isinstance(schema, list):
-            if len(schema) != 2 or schema[0] != "null" or schema[1] == "null":
-                raise Unsupported(f"union {schema}")
+            kind = self.optional(schema)
             add(f"{indent}if {value} is None:")
             add(f"{indent}    out.append(0)")
             add(f"{indent}else:")
             add(f"{indent}    out.append(2)")
-            self.emit(schema[1], value, indent + "    ")
+            self.emit(kind, value, indent + "    ")
             return
         kind = schema["type"] if isinstance(schema, dict) else schema
         if isinstance(kind, (dict, list)):
@@ -137,15 +160,7 @@ def compile_writer(parsed: dict) -> Callable[[dict, bytearray], None] | None:
     ``Unsupported``, KeyError or UnicodeEncodeError where fastavro must write it), or
     None for a schema of a shape it does not compile.  ``parsed``: fastavro's parsed
     schema (named types expanded where first used, as ``parse_schema`` leaves them)."""
-    compiler = _Compiler()
-    try:
-        compiler.emit(parsed, "r", "    ")
-    except Unsupported:
-        return None
-    source = "def write(r, out):\n" + "\n".join(compiler.lines) + "\n"
-    namespace = dict(compiler.names)
-    exec(compile(source, f"<avro writer {parsed.get('name')}>", "exec"), namespace)  # noqa: S102  # generated above
-    return namespace["write"]
+    return _WriterGenerator().function(parsed, "def write(r, out):", "r")
 
 
 # -- readers ----------------------------------------------------------------------------
@@ -190,35 +205,23 @@ def _least_size(schema: Any) -> int:
     return {"null": 0, "double": 8}.get(kind, 1)
 
 
-class _ReaderCompiler:
+class _ReaderGenerator(_Generator):
     """Generates the body of ``read(data, pos)`` for one record schema."""
 
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.names: dict[str, Any] = {
-            "_read_long": _read_long,
-            "_read_string": _read_string,
-            "_UNPACK_DOUBLE": _UNPACK_DOUBLE,
-        }
-        self._n = 0
-
-    def var(self) -> str:
-        self._n += 1
-        return f"v{self._n}"
+    names = {"_read_long": _read_long, "_read_string": _read_string, "_UNPACK_DOUBLE": _UNPACK_DOUBLE}
 
     def emit(self, schema: Any, target: str, indent: str) -> None:
         """Lines that read one ``schema`` value at ``pos`` into ``target`` and move ``pos``."""
         add = self.lines.append
         if isinstance(schema, list):
-            if len(schema) != 2 or schema[0] != "null" or schema[1] == "null":
-                raise Unsupported(f"union {schema}")
+            kind = self.optional(schema)
             branch = self.var()
             add(f"{indent}{branch} = data[pos]")
             add(f"{indent}pos += 1")
             add(f"{indent}if {branch} == 0:")
             add(f"{indent}    {target} = None")
             add(f"{indent}elif {branch} == 2:")
-            self.emit(schema[1], target, indent + "    ")
+            self.emit(kind, target, indent + "    ")
             add(f"{indent}else:")
             add(f"{indent}    raise ValueError(f'union branch byte {{{branch}}}')")
             return
@@ -279,12 +282,4 @@ def compile_reader(parsed: dict) -> Callable[[bytes, int], tuple[dict, int]] | N
     ``pos`` and where it ends, as fastavro's ``schemaless_reader`` reads it with the same
     schema; IndexError, ValueError or UnicodeDecodeError on a corrupt body.  None for a
     schema of a shape it does not compile."""
-    compiler = _ReaderCompiler()
-    try:
-        compiler.emit(parsed, "record", "    ")
-    except Unsupported:
-        return None
-    source = "def read(data, pos):\n" + "\n".join(compiler.lines) + "\n    return record, pos\n"
-    namespace = dict(compiler.names)
-    exec(compile(source, f"<avro reader {parsed.get('name')}>", "exec"), namespace)  # noqa: S102  # generated above
-    return namespace["read"]
+    return _ReaderGenerator().function(parsed, "def read(data, pos):", "record", "    return record, pos\n")
