@@ -678,10 +678,16 @@ def test_kafka_mode_equals_inprocess_mode_event_for_event(recorded):
     run_id = uuid.uuid4().hex[:12]
     kafka = backtest_kafka.run(s, run_id, ticks, (meta, artifact))
     assert set(kafka.by_type) >= {"bar", "indicator_set", "prediction", "signal", "order", "fill", "position", "equity"}
+    differ = []
     for event_type in sorted(set(kafka.by_type) | set(inproc.by_type)):
         key = lambda e: (e["ts"], e["event_id"])  # noqa: E731  (across partitions only the order differs)
         got, want = sorted(kafka[event_type], key=key), sorted(inproc[event_type], key=key)
-        assert bt.canonical(got) == bt.canonical(want), event_type
+        if bt.canonical(got) != bt.canonical(want):
+            differ.append(f"{event_type} ({len(got)} events against {len(want)})")
+    assert not differ, (
+        f"{', '.join(differ)} differ; the risk desk took {kafka.risk_late} events late and released "
+        f"{kafka.risk_forced} without waiting"
+    )
     assert [e["event_id"] for e in kafka["equity"]] == [e["event_id"] for e in inproc["equity"]]
     assert (kafka.late_ticks, kafka.invalid_ticks, kafka.skipped_predictions) == (
         inproc.late_ticks,

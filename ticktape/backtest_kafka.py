@@ -333,7 +333,15 @@ def run(
             late_ticks=reader.seen.get("md.ticks.late", 0),
             invalid_ticks=int(total(samples, "ticktape_dlq_messages_total", stage="bars")),
             skipped_predictions=int(total(samples, "ticktape_predictions_skipped_total", reason="missing_features")),
+            risk_late=int(total(samples, "ticktape_risk_late_events_total")),
+            risk_forced=int(total(samples, "ticktape_risk_forced_releases_total")),
         )
+        if events.risk_late or events.risk_forced:
+            say(
+                f"kafka mode: the risk desk took {events.risk_late:,} account events late and released "
+                f"{events.risk_forced:,} without waiting (a partition fell behind the others by more than "
+                "RISK_IDLE_MS, or RISK_MAX_PENDING events waited): this run can differ from in-process"
+            )
         code = worker.stop()
         if code not in (0, -signal.SIGTERM):
             raise KafkaModeError(f"the worker exited with code {code}: {worker.tail()}")

@@ -129,6 +129,11 @@ class Events:
     late_ticks: int = 0
     invalid_ticks: int = 0
     skipped_predictions: int = 0
+    # kafka mode: account-stream events the risk desk took late, and released without
+    # waiting (a full buffer): bounded waiting decided on the worker's pace, which the
+    # in-process run never does, so the two can differ
+    risk_late: int = 0
+    risk_forced: int = 0
 
     def __getitem__(self, event_type: str) -> list[dict]:
         return self.by_type.get(event_type, [])
