@@ -10,6 +10,11 @@ the caller writes that record with fastavro, which also gives a bad record its e
 the output is fastavro's byte for byte (``tests/test_serde.py`` checks it on generated
 records of every schema).  Schemas with other shapes (unions other than ``[null, T]``,
 fixed, floats, bytes, booleans) get no compiled writer (``compile_writer`` returns None).
+
+A compiled reader (``compile_reader``) reads a body written with its own schema into the
+dict fastavro gives (same keys in the same order), in less than half the time; a corrupt
+body raises IndexError, ValueError or UnicodeDecodeError.  The tests check it against
+fastavro on generated records, every cut of them and one-byte changes.
 """
 
 from __future__ import annotations
