@@ -71,14 +71,24 @@ class _Generator:
         return f"v{self._n}"
 
     def emit(self, schema: Any, name: str, indent: str) -> None:
+        """Lines for one value ``name`` of ``schema``: a union [null, T] (the only one
+        compiled) to ``emit_optional``, a type to ``emit_type``."""
+        if isinstance(schema, list):
+            if len(schema) != 2 or schema[0] != "null" or schema[1] == "null":
+                raise Unsupported(f"union {schema}")
+            self.emit_optional(schema[1], name, indent)
+            return
+        kind = schema["type"] if isinstance(schema, dict) else schema
+        if isinstance(kind, (dict, list)):
+            self.emit(kind, name, indent)
+        else:
+            self.emit_type(kind, schema, name, indent)
+
+    def emit_optional(self, schema: Any, name: str, indent: str) -> None:
         raise NotImplementedError
 
-    @staticmethod
-    def optional(schema: list) -> Any:
-        """The T of the union [null, T], the only union the codecs compile."""
-        if len(schema) != 2 or schema[0] != "null" or schema[1] == "null":
-            raise Unsupported(f"union {schema}")
-        return schema[1]
+    def emit_type(self, kind: str, schema: Any, name: str, indent: str) -> None:
+        raise NotImplementedError
 
     def function(self, parsed: dict, head: str, name: str, tail: str = "") -> Any:
         """The function ``head`` (a ``def`` line) whose body is ``emit(parsed, name)``, or
@@ -106,21 +116,18 @@ class _WriterGenerator(_Generator):
         "_INT_MAX": _INT_MAX,
     }
 
-    def emit(self, schema: Any, value: str, indent: str) -> None:
+    def emit_optional(self, schema: Any, value: str, indent: str) -> None:
+        add = self.lines.append
+        add(f"{indent}if {value} is None:")
+        add(f"{indent}    out.append(0)")
+        add(f"{indent}else:")
+        add(f"{indent}    out.append(2)")
+        self.emit(schema, value, indent + "    ")
+
+    def emit_type(self, kind: str, schema: Any, value: str, indent: str) -> None:
         """Lines that write ``value`` (a local name) as ``schema``."""
         add = self.lines.append
-        if isinstance(schema, list):
-            kind = self.optional(schema)
-            add(f"{indent}if {value} is None:")
-            add(f"{indent}    out.append(0)")
-            add(f"{indent}else:")
-            add(f"{indent}    out.append(2)")
-            self.emit(kind, value, indent + "    ")
-            return
-        kind = schema["type"] if isinstance(schema, dict) else schema
-        if isinstance(kind, (dict, list)):
-            self.emit(kind, value, indent)
-        elif kind == "null":
+        if kind == "null":
             add(f"{indent}if {value} is not None: raise Unsupported")
         elif kind == "long":
             add(f"{indent}_long(out, {value})")
@@ -169,7 +176,8 @@ def compile_writer(parsed: dict) -> Callable[[dict, bytearray], None] | None:
 
 
 # -- readers ----------------------------------------------------------------------------
-def _read_long(data: bytes, pos: int) -> tuple[int, int]:
+def read_long(data: bytes, pos: int) -> tuple[int, int]:
+    """Avro's zig-zag varint long at ``pos`` and where it ends (64 bits, as fastavro)."""
     b = data[pos]
     if b < 0x80:  # most longs of an event: one byte
         return (b >> 1) ^ -(b & 1), pos + 1
@@ -187,8 +195,9 @@ def _read_long(data: bytes, pos: int) -> tuple[int, int]:
     return (n >> 1) ^ -(n & 1), pos + 1
 
 
-def _read_string(data: bytes, pos: int) -> tuple[str, int]:
-    n, pos = _read_long(data, pos)
+def read_string(data: bytes, pos: int) -> tuple[str, int]:
+    """Avro's string at ``pos`` (its byte length, then UTF-8) and where it ends."""
+    n, pos = read_long(data, pos)
     end = pos + n
     if n < 0 or end > len(data):
         raise ValueError(f"string of {n} bytes beyond the message")
@@ -213,51 +222,48 @@ def _least_size(schema: Any) -> int:
 class _ReaderGenerator(_Generator):
     """Generates the body of ``read(data, pos)`` for one record schema."""
 
-    names = {"_read_long": _read_long, "_read_string": _read_string, "_UNPACK_DOUBLE": _UNPACK_DOUBLE}
+    names = {"read_long": read_long, "read_string": read_string, "_UNPACK_DOUBLE": _UNPACK_DOUBLE}
 
-    def emit(self, schema: Any, target: str, indent: str) -> None:
+    def emit_optional(self, schema: Any, target: str, indent: str) -> None:
+        add = self.lines.append
+        branch = self.var()
+        add(f"{indent}{branch} = data[pos]")
+        add(f"{indent}pos += 1")
+        add(f"{indent}if {branch} == 0:")
+        add(f"{indent}    {target} = None")
+        add(f"{indent}elif {branch} == 2:")
+        self.emit(schema, target, indent + "    ")
+        add(f"{indent}else:")
+        add(f"{indent}    raise ValueError(f'union branch byte {{{branch}}}')")
+
+    def emit_type(self, kind: str, schema: Any, target: str, indent: str) -> None:
         """Lines that read one ``schema`` value at ``pos`` into ``target`` and move ``pos``."""
         add = self.lines.append
-        if isinstance(schema, list):
-            kind = self.optional(schema)
-            branch = self.var()
-            add(f"{indent}{branch} = data[pos]")
-            add(f"{indent}pos += 1")
-            add(f"{indent}if {branch} == 0:")
-            add(f"{indent}    {target} = None")
-            add(f"{indent}elif {branch} == 2:")
-            self.emit(kind, target, indent + "    ")
-            add(f"{indent}else:")
-            add(f"{indent}    raise ValueError(f'union branch byte {{{branch}}}')")
-            return
-        kind = schema["type"] if isinstance(schema, dict) else schema
-        if isinstance(kind, (dict, list)):
-            self.emit(kind, target, indent)
-        elif kind == "null":
+        if kind == "null":
             add(f"{indent}{target} = None")
         elif kind in ("long", "int"):
-            add(f"{indent}{target}, pos = _read_long(data, pos)")
+            add(f"{indent}{target}, pos = read_long(data, pos)")
         elif kind == "double":
             add(f"{indent}if pos + 8 > len(data): raise ValueError('double beyond the message')")
             add(f"{indent}{target} = _UNPACK_DOUBLE(data, pos)[0]")
             add(f"{indent}pos += 8")
         elif kind == "string":
-            add(f"{indent}{target}, pos = _read_string(data, pos)")
+            add(f"{indent}{target}, pos = read_string(data, pos)")
         elif kind == "enum":
             symbols, index = self.var(), self.var()
             self.names[symbols] = tuple(schema["symbols"])
-            add(f"{indent}{index}, pos = _read_long(data, pos)")
+            add(f"{indent}{index}, pos = read_long(data, pos)")
             add(f"{indent}if not 0 <= {index} < {len(schema['symbols'])}: raise ValueError(f'enum index {{{index}}}')")
             add(f"{indent}{target} = {symbols}[{index}]")
         elif kind in ("array", "map"):
             acc, count, item, key, size = self.var(), self.var(), self.var(), self.var(), self.var()
             add(f"{indent}{acc} = {'[]' if kind == 'array' else '{}'}")
             add(f"{indent}while True:")
-            add(f"{indent}    {count}, pos = _read_long(data, pos)")
+            add(f"{indent}    {count}, pos = read_long(data, pos)")
             add(f"{indent}    if {count} == 0: break")
             add(f"{indent}    if {count} < 0:")  # a block with its byte size
             add(f"{indent}        {count} = -{count}")
-            add(f"{indent}        {size}, pos = _read_long(data, pos)")
+            add(f"{indent}        {size}, pos = read_long(data, pos)")
             least = _least_size(schema["items"] if kind == "array" else "string")  # a map: its key at least
             if least == 0:
                 raise Unsupported("items of no size")  # a corrupt count would loop for ages
@@ -267,7 +273,7 @@ class _ReaderGenerator(_Generator):
                 self.emit(schema["items"], item, indent + "        ")
                 add(f"{indent}        {acc}.append({item})")
             else:
-                add(f"{indent}        {key}, pos = _read_string(data, pos)")
+                add(f"{indent}        {key}, pos = read_string(data, pos)")
                 self.emit(schema["values"], item, indent + "        ")
                 add(f"{indent}        {acc}[{key}] = {item}")
             add(f"{indent}{target} = {acc}")

@@ -32,7 +32,7 @@ import fastavro
 import numpy as np
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from .avro_compiled import Unsupported, compile_reader, compile_writer
+from .avro_compiled import Unsupported, compile_reader, compile_writer, read_long, read_string
 from .config import REPO_ROOT
 
 SCHEMA_DIR = REPO_ROOT / "schemas"
@@ -290,35 +290,15 @@ class Serde:
 # Avro binary encoding: a long is a zigzag varint, a string its byte length (a long) and
 # UTF-8, an array a series of blocks (item count, items; a negative count is followed by
 # the block's byte size) ended by a zero count, a union the branch index then the value.
-def _long(data: bytes, pos: int) -> tuple[int, int]:
-    shift = n = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        n |= (b & 0x7F) << shift
-        if b < 0x80:
-            return (n >> 1) ^ -(n & 1), pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint longer than 10 bytes")
-
-
-def _string(data: bytes, pos: int) -> tuple[str, int]:
-    n, pos = _long(data, pos)
-    if n < 0 or pos + n > len(data):
-        raise ValueError("string beyond the message")
-    return data[pos : pos + n].decode(), pos + n
-
-
 def _blocks(data: bytes, pos: int, read_items) -> tuple[list, int]:
     out: list = []
     while True:
-        count, pos = _long(data, pos)
+        count, pos = read_long(data, pos)
         if count == 0:
             return out, pos
         if count < 0:
             count = -count
-            _, pos = _long(data, pos)  # block size in bytes
+            _, pos = read_long(data, pos)  # block size in bytes
         items, pos = read_items(data, pos, count)
         out += items
 
@@ -409,12 +389,12 @@ def _optional_doubles(data: bytes, pos: int, count: int) -> tuple[list, int]:
 
 def read_trade(data: bytes, pos: int) -> tuple[str, str, int, float | None, float | None]:
     """(event_id, symbol, ts, price, size) of a ``tick.v1`` body starting at ``pos``."""
-    event_id, pos = _string(data, pos)
-    symbol, pos = _string(data, pos)
-    ts, pos = _long(data, pos)
-    source, pos = _string(data, pos)
+    event_id, pos = read_string(data, pos)
+    symbol, pos = read_string(data, pos)
+    ts, pos = read_long(data, pos)
+    source, pos = read_string(data, pos)
     check_length("source", source)  # as fastavro's path checks every string
-    _, pos = _long(data, pos)  # seq
+    _, pos = read_long(data, pos)  # seq
     price, pos = _optional_double(data, pos)
     size, pos = _optional_double(data, pos)
     return event_id, symbol, ts, price, size
@@ -435,10 +415,10 @@ def _optional_double(data: bytes, pos: int) -> tuple[float | None, int]:
 
 def read_trade_columns(data: bytes, pos: int) -> tuple[str, str, list, list, list]:
     """(event_id, symbol, ts, price, size) of a ``tick_batch.v1`` body starting at ``pos``."""
-    event_id, pos = _string(data, pos)
-    symbol, pos = _string(data, pos)
-    _, pos = _long(data, pos)  # ts
-    _, pos = _string(data, pos)  # source
+    event_id, pos = read_string(data, pos)
+    symbol, pos = read_string(data, pos)
+    _, pos = read_long(data, pos)  # ts
+    _, pos = read_string(data, pos)  # source
     ts, pos = _blocks(data, pos, _longs)
     price, pos = _blocks(data, pos, _optional_doubles)
     size, pos = _blocks(data, pos, _optional_doubles)
